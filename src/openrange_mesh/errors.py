@@ -1,0 +1,100 @@
+"""The exception tree. Everything we raise on purpose derives from ``MeshError``::
+
+    MeshError
+    ├── ConfigError            bad settings, URL or flag (user error)
+    ├── SpecError              a malformed episode spec (user error)
+    │   └── UnknownRuntime     the spec names a runtime nobody registered
+    ├── RegistryError          the control plane (etcd or memory) refused or failed
+    │   ├── Unavailable        no endpoint answered within retry_timeout: retryable
+    │   ├── Compacted          a watch or read asked for a revision etcd already compacted
+    │   ├── LeaseLost          the lease expired or was revoked: stop and let peers requeue
+    │   └── TooLarge           a value or txn over etcd's request limits
+    ├── StoreError             shared storage (NFS path, S3) failed
+    │   └── ArtifactNotFound   no such object
+    ├── RuntimeFailure         a runtime could not realise or run an episode
+    └── EpisodeNotFound        no record under that ID
+
+Losing a race (a claim another host won, a fenced commit) is a result, not an error:
+those calls return False or None. Each exception carries its facts as attributes and builds
+its own one-line message, which the CLI prints as is.
+"""
+
+from __future__ import annotations
+
+
+class MeshError(Exception):
+    """Root of every error openrange-mesh raises on purpose."""
+
+
+class ConfigError(MeshError):
+    """Settings, URLs or flags that cannot work."""
+
+
+class SpecError(MeshError):
+    """An episode spec that cannot be submitted; ``field`` names the culprit."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"invalid spec: {field}: {problem}")
+
+
+class UnknownRuntime(SpecError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = sorted(known)
+        super().__init__("runtime", f"unknown runtime {name!r} (known: {', '.join(self.known) or 'none'})")
+
+
+class RegistryError(MeshError):
+    """The control plane failed in a way that is not a lost race."""
+
+
+class Unavailable(RegistryError):
+    """No endpoint answered within the retry budget. Safe to retry later."""
+
+    def __init__(self, endpoints: str, reason: str) -> None:
+        self.endpoints = endpoints
+        self.reason = reason
+        super().__init__(f"etcd unavailable at {endpoints}: {reason}")
+
+
+class Compacted(RegistryError):
+    def __init__(self, revision: int, compact_revision: int) -> None:
+        self.revision = revision
+        self.compact_revision = compact_revision
+        super().__init__(f"revision {revision} is compacted (oldest kept: {compact_revision})")
+
+
+class LeaseLost(RegistryError):
+    def __init__(self, lease: int) -> None:
+        self.lease = lease
+        super().__init__(f"lease {lease:x} expired or was revoked")
+
+
+class TooLarge(RegistryError):
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        self.what = what
+        self.size = size
+        self.limit = limit
+        super().__init__(f"{what} is {size} bytes, over the {limit}-byte limit")
+
+
+class StoreError(MeshError):
+    """Shared storage failed."""
+
+
+class ArtifactNotFound(StoreError):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"no artifact at {path}")
+
+
+class RuntimeFailure(MeshError):
+    """A runtime could not realise or run an episode."""
+
+
+class EpisodeNotFound(MeshError):
+    def __init__(self, episode_id: str) -> None:
+        self.episode_id = episode_id
+        super().__init__(f"no episode {episode_id!r}")

@@ -1,0 +1,195 @@
+"""The registry seam: a handful of etcd-shaped primitives, nothing domain-specific.
+
+Every backend implements ``Registry`` with etcd's semantics:
+
+* Every successful write (put, delete, or a txn whose chosen branch writes) advances the single
+  store-wide revision by exactly one; all keys written by one txn share that revision.
+  A txn that writes nothing (a failed compare with an empty failure branch, or reads only)
+  does not advance the revision.
+* ``KeyValue.create_revision`` is the revision that created the key's current incarnation (0 when
+  absent in a compare), ``mod_revision`` the last write, ``version`` the number of writes since
+  creation, ``lease`` the lease the key is bound to (0 for none).
+* A lease expires ``ttl`` seconds after its grant or last refresh; expiry deletes every key bound
+  to it, each deletion a normal delete event, all in one revision.
+* ``watch(prefix, start_revision)`` yields every event on keys under ``prefix`` with revision >=
+  ``start_revision``, in revision order (events of one txn in op order). A start revision older
+  than the oldest kept revision raises ``Compacted``: re-list with ``range`` and watch again from
+  the list's revision + 1.
+* Keys and values are bytes. Nothing above the seam sees a third-party exception: backends raise
+  only ``errors.RegistryError`` subclasses (``Unavailable`` is the only retryable one).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+CompareTarget = Literal["value", "version", "create", "mod", "lease"]
+CompareOp = Literal["==", "!=", "<", ">"]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """``key``'s ``target`` ``op`` ``operand``. An absent key has version, create and mod 0,
+    lease 0, and fails every value compare (etcd's behaviour)."""
+
+    key: bytes
+    target: CompareTarget
+    op: CompareOp
+    operand: bytes | int
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: bytes
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete ``key``; with ``prefix=True`` every key starting with ``key``."""
+
+    key: bytes
+    prefix: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    """Read inside a txn: ``key`` exactly, or with ``prefix=True`` every key under it."""
+
+    key: bytes
+    prefix: bool = False
+
+
+Op = Put | Delete | Get
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    # One entry per op of the branch that ran: the KeyValues a Get read, [] for Put/Delete.
+    responses: list[list[KeyValue]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    kvs: list[KeyValue]
+    revision: int  # the store revision the range was read at
+    more: bool  # there are more keys after the last one returned (paging)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: Literal["put", "delete"]
+    kv: KeyValue  # for a delete: key, mod_revision = the delete's revision, empty value
+    prev: KeyValue | None = None  # the key's previous KeyValue, when the watch asked for it
+
+
+@dataclass(frozen=True, slots=True)
+class WatchBatch:
+    """What one wait on a watch returns: zero or more events, and the revision up to which
+    the watcher has seen everything (so a resumed watch starts at ``revision + 1``)."""
+
+    events: list[Event]
+    revision: int
+
+
+@runtime_checkable
+class Watch(Protocol):
+    def next(self, timeout: float) -> WatchBatch:
+        """Wait up to ``timeout`` seconds for events; an empty batch on timeout.
+        Raises ``Compacted`` if the start revision is gone, ``Unavailable`` when no endpoint
+        answers (the watch may be resumed by opening a new one at ``revision + 1``)."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop the watch and release its connection and thread. Idempotent."""
+        ...
+
+    def __iter__(self) -> Iterator[Event]: ...
+
+
+@runtime_checkable
+class Registry(Protocol):
+    """The control-plane seam. Implementations are thread-safe."""
+
+    url: str  # the URL it was opened with, credentials removed (safe to log)
+
+    def grant(self, ttl: int) -> int:
+        """Grant a lease of ``ttl`` seconds (>= 2 on etcd); return its id."""
+        ...
+
+    def refresh(self, lease: int) -> int:
+        """Keep ``lease`` alive; return its ttl. Raises ``LeaseLost`` if it already expired."""
+        ...
+
+    def revoke(self, lease: int) -> None:
+        """Revoke ``lease`` and delete its keys. Revoking an unknown lease is not an error."""
+        ...
+
+    def get(self, key: bytes) -> tuple[KeyValue | None, int]:
+        """The current KeyValue of ``key`` (or None) and the revision it was read at."""
+        ...
+
+    def range(
+        self,
+        prefix: bytes,
+        *,
+        start: bytes | None = None,
+        revision: int | None = None,
+        limit: int = 0,
+    ) -> RangeResult:
+        """Keys under ``prefix`` in byte order, from ``start`` (inclusive; default the prefix)
+        at ``revision`` (default: current), at most ``limit`` (0: all). Page by passing the
+        last key + b"\\0" as the next ``start`` and the first page's revision."""
+        ...
+
+    def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
+        """Atomically: if every compare holds run ``success`` else ``failure``."""
+        ...
+
+    def watch(self, prefix: bytes, start_revision: int, *, prev_kv: bool = False) -> Watch:
+        """Watch every key under ``prefix`` from ``start_revision`` (see module docstring)."""
+        ...
+
+    def close(self) -> None:
+        """Cancel open watches, release connections. Idempotent."""
+        ...
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with ``prefix`` (etcd's range_end)."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"  # etcd: range_end "\0" means "every key >= key"
+
+
+class WatchIterMixin:
+    """``__iter__`` for Watch implementations: yield events until cancelled."""
+
+    _cancelled: threading.Event
+
+    def next(self, timeout: float) -> WatchBatch:  # pragma: no cover - provided by the backend
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Event]:
+        while not self._cancelled.is_set():
+            yield from self.next(0.5).events

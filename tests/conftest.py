@@ -1,0 +1,50 @@
+"""Shared fixtures. etcd is a real process (see tests/etcdkit.py for the lookup order)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from openrange_mesh.registry import Registry, open_registry
+
+from .etcdkit import EtcdServer, start_etcd
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """One etcd for the session; tests isolate themselves with a unique key prefix."""
+    server = start_etcd(tmp_path_factory.mktemp("etcd"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A private etcd for tests that stop, pause or kill it."""
+    server = start_etcd(tmp_path / "etcd")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def prefix() -> bytes:
+    """A key prefix no other test uses."""
+    return f"/t/{uuid.uuid4().hex[:12]}/".encode()
+
+
+@pytest.fixture(params=["memory", "etcd"])
+def registry_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return f"memory://{uuid.uuid4().hex[:12]}"
+    server: EtcdServer = request.getfixturevalue("etcd")
+    return server.url
+
+
+@pytest.fixture
+def registry(registry_url: str) -> Iterator[Registry]:
+    reg = open_registry(registry_url, retry_timeout=5.0)
+    yield reg
+    reg.close()
