@@ -1,0 +1,61 @@
+"""Episode event logs: JSON lines, written in numbered chunks (see ``layout.events_path``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from . import layout
+from .base import Store
+
+log = logging.getLogger(__name__)
+
+JsonObject = dict[str, Any]
+
+
+def encode_events(events: list[JsonObject]) -> bytes:
+    """One compact JSON object per line, each line ending in a newline."""
+    return b"".join(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for e in events)
+
+
+def decode_events(data: bytes, source: str = "") -> list[JsonObject]:
+    """The JSON objects in ``data``, one per line. A line that is not a JSON object (a torn
+    write, corruption) is skipped; each call logs one warning naming how many and the first."""
+    events: list[JsonObject] = []
+    skipped: list[int] = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+            event = None
+        if isinstance(event, dict):
+            events.append(event)
+        else:
+            skipped.append(number)
+    if skipped:
+        where = source or "events"
+        log.warning("skipped %d corrupt event line(s) in %s, first at %d", len(skipped), where, skipped[0])
+    return events
+
+
+def read_events(store: Store, episode_id: str, attempt: int | None = None) -> list[JsonObject]:
+    """Every event of ``attempt`` (default: the latest attempt with events), chunks in order."""
+    if attempt is None:
+        prefix = layout.episode_prefix(episode_id)
+    else:
+        prefix = layout.attempt_prefix(episode_id, attempt)
+    chunks = sorted(
+        (parsed[1], parsed[2], path)
+        for path in store.list(prefix)
+        if (parsed := layout.parse_events_path(path)) is not None and parsed[0] == episode_id
+    )
+    if chunks and attempt is None:
+        latest = chunks[-1][0]
+        chunks = [c for c in chunks if c[0] == latest]
+    events: list[JsonObject] = []
+    for _, _, path in chunks:
+        events.extend(decode_events(store.get_bytes(path), source=store.location(path)))
+    return events

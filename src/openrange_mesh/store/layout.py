@@ -1,0 +1,64 @@
+"""Where everything lives in the store. Every path is built here, by a one-line function;
+no store path is formatted anywhere else::
+
+    snapshots/<ref>
+    episodes/<episode_id>/attempt-<n>/events-<chunk:06d>.jsonl
+    episodes/<episode_id>/attempt-<n>/result.json
+    episodes/<episode_id>/attempt-<n>/artifacts/<name>
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import StoreError
+
+_EVENTS = re.compile(r"episodes/(?P<episode>[^/]+)/attempt-(?P<attempt>\d+)/events-(?P<chunk>\d{6,})\.jsonl")
+
+
+def episode_prefix(episode_id: str) -> str:
+    return f"episodes/{_component('episode id', episode_id)}/"
+
+
+def attempt_prefix(episode_id: str, attempt: int) -> str:
+    return f"{episode_prefix(episode_id)}attempt-{_number('attempt', attempt)}/"
+
+
+def events_path(episode_id: str, attempt: int, chunk: int) -> str:
+    return f"{attempt_prefix(episode_id, attempt)}events-{_number('chunk', chunk):06d}.jsonl"
+
+
+def result_path(episode_id: str, attempt: int) -> str:
+    return f"{attempt_prefix(episode_id, attempt)}result.json"
+
+
+def artifact_path(episode_id: str, attempt: int, name: str) -> str:
+    return f"{attempt_prefix(episode_id, attempt)}artifacts/{_component('artifact name', name)}"
+
+
+def snapshot_path(ref: str) -> str:
+    return f"snapshots/{_component('snapshot ref', ref)}"
+
+
+def parse_events_path(path: str) -> tuple[str, int, int] | None:
+    """``(episode_id, attempt, chunk)`` for a path ``events_path`` built, else None."""
+    m = _EVENTS.fullmatch(path)
+    return (m["episode"], int(m["attempt"]), int(m["chunk"])) if m else None
+
+
+def _component(what: str, value: str) -> str:
+    """``value`` if it is safe as one path component, else ``StoreError``."""
+    if (
+        not isinstance(value, str)
+        or value in ("", ".", "..")
+        or len(value) > 255
+        or any(c in "/\\" or ord(c) < 0x20 for c in value)
+    ):
+        raise StoreError(f"invalid {what} {value!r}: 1-255 characters, no '/', '\\' or control character")
+    return value
+
+
+def _number(what: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise StoreError(f"invalid {what} {value!r}: want an integer >= 0")
+    return value
