@@ -12,6 +12,7 @@
     ├── StoreError             shared storage (NFS path, S3) failed
     │   └── ArtifactNotFound   no such object
     ├── RuntimeFailure         a runtime could not realise or run an episode
+    ├── CorruptRecord          a record in the registry that does not decode (skipped, logged)
     └── EpisodeNotFound        no record under that ID
 
 Losing a race (a claim another host won, a fenced commit) is a result, not an error:
@@ -92,6 +93,13 @@ class ArtifactNotFound(StoreError):
 
 class RuntimeFailure(MeshError):
     """A runtime could not realise or run an episode."""
+
+
+class CorruptRecord(MeshError):
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"corrupt record at {key}: {problem}")
 
 
 class EpisodeNotFound(MeshError):

@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Single-host overhead: EpisodeService on memory:// versus a plain-dict baseline, one run.
+
+Both sides run the same CartPole-v1 episodes (same seeds, same runtime handles, same spec
+checks) to terminal, one at a time. The service is measured twice: ``run_many`` (records
+started and committed in batches, the way to run many episodes) and ``run`` in a loop (two
+registry txns per episode). The baseline is the service as it was before the registry
+seam: running episodes in a ``dict[str, _RunningEpisode]`` with uuid4 ids and no records.
+Rounds alternate A/B so drift on a shared machine hits both sides alike; the ratio is of the
+per-side medians.
+
+    python scripts/bench_single_host.py            # 1000 episodes x 5 rounds
+    python scripts/bench_single_host.py --quick    # under 30 s
+    python scripts/bench_single_host.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from openrange_mesh.keys import Keys
+from openrange_mesh.model import EpisodeSpec
+from openrange_mesh.registry import Compare, Get, Put, open_registry
+from openrange_mesh.runtimes import Handle, load_runtime
+from openrange_mesh.service import EpisodeService
+from openrange_mesh.specs import check_spec
+
+
+@dataclass
+class _RunningEpisode:
+    spec: EpisodeSpec
+    handle: Handle
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class DictEpisodeService:
+    """The baseline: what a single-host service did with a plain dict."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, _RunningEpisode] = {}
+        self.finished: dict[str, dict[str, Any]] = {}
+
+    def run(self, spec: EpisodeSpec) -> dict[str, Any]:
+        spec = check_spec(spec)
+        handle = load_runtime(spec.runtime).realize(spec.params, seed=spec.seed)
+        handle.reset()
+        episode_id = uuid.uuid4().hex
+        running = self._running[episode_id] = _RunningEpisode(spec, handle)
+        while handle.terminal() is None:
+            handle.advance(0.5)
+        running.events.extend(handle.poll_events())
+        outcome = handle.terminal()
+        result = handle.collect()
+        handle.stop()
+        del self._running[episode_id]
+        report = {"id": episode_id, "succeeded": bool(outcome and outcome.succeeded), "result": result}
+        self.finished[episode_id] = report
+        return report
+
+
+def specs(n: int) -> list[EpisodeSpec]:
+    return [EpisodeSpec(runtime="gymnasium", params={"env": "CartPole-v1"}, seed=i) for i in range(n)]
+
+
+def time_baseline(items: list[EpisodeSpec]) -> float:
+    service = DictEpisodeService()
+    start = time.perf_counter()
+    for spec in items:
+        service.run(spec)
+    return time.perf_counter() - start
+
+
+def time_service(items: list[EpisodeSpec]) -> float:
+    """``run_many``: how a user runs a thousand episodes (records written in batches)."""
+    with EpisodeService("memory://") as service:
+        start = time.perf_counter()
+        service.run_many(items)
+        elapsed = time.perf_counter() - start
+        assert len(service.list("succeeded")) == len(items)
+    return elapsed
+
+
+def time_service_one_by_one(items: list[EpisodeSpec]) -> float:
+    """``run`` in a loop: two registry txns per episode."""
+    with EpisodeService("memory://") as service:
+        start = time.perf_counter()
+        for spec in items:
+            service.run(spec)
+        elapsed = time.perf_counter() - start
+        assert len(service.list("succeeded")) == len(items)
+    return elapsed
+
+
+def registry_op_costs(n: int = 20_000) -> dict[str, float]:
+    """µs per registry primitive on memory://, as the service uses them."""
+    registry = open_registry("memory://")
+    keys = Keys("bench")
+    value = b"x" * 300
+    start = time.perf_counter()
+    for i in range(n):
+        registry.txn([Compare(keys.episode(str(i)), "create", "==", 0)], [Put(keys.episode(str(i)), value)])
+    put = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(n):
+        registry.txn([Compare(keys.episode(str(i)), "mod", ">", 0)], [Put(keys.episode(str(i)), value)])
+    cas = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(n):
+        registry.txn([], [Get(keys.episode(str(i)))])
+    get = time.perf_counter() - start
+    registry.close()
+    return {"create_txn_us": put / n * 1e6, "cas_txn_us": cas / n * 1e6, "get_txn_us": get / n * 1e6}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="fewer episodes and rounds (< 30 s)")
+    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.episodes, args.rounds = min(args.episodes, 1000), 3
+    items = specs(args.episodes)
+    time_baseline(items[:50])  # warm imports and gymnasium's registry on both paths
+    time_service(items[:50])
+    base: list[float] = []
+    mesh: list[float] = []
+    single: list[float] = []
+    gc.disable()  # collector pauses land on whichever side happens to run; keep them out
+    try:
+        for _ in range(args.rounds):
+            base.append(time_baseline(items))
+            mesh.append(time_service(items))
+            single.append(time_service_one_by_one(items))
+    finally:
+        gc.enable()
+    base_s, mesh_s, single_s = statistics.median(base), statistics.median(mesh), statistics.median(single)
+    ops = registry_op_costs()
+    figures = {
+        "episodes": args.episodes,
+        "rounds": args.rounds,
+        "baseline_us_per_episode": base_s / args.episodes * 1e6,
+        "service_us_per_episode": mesh_s / args.episodes * 1e6,
+        "overhead_us_per_episode": (mesh_s - base_s) / args.episodes * 1e6,
+        "overhead_ratio": mesh_s / base_s,
+        "one_by_one_us_per_episode": single_s / args.episodes * 1e6,
+        "overhead_ratio_one_by_one": single_s / base_s,
+        **ops,
+    }
+    print(f"{'figure':<28}{'value':>12}")
+    for name, value in figures.items():
+        print(f"{name:<28}{value:>12.3f}" if isinstance(value, float) else f"{name:<28}{value:>12}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Reading the cluster: records and hosts, paged at one consistent revision, decoded tolerantly.
+
+Listing never loads the whole keyspace: it pages ``page_size`` keys at a time, every page read at
+the revision of the first, so 100k records list in bounded memory and show one moment in time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from ..errors import EpisodeNotFound
+from ..keys import Keys
+from ..model import EpisodeRecord, HostInfo, State, decode_or_none
+from ..registry import KeyValue, Registry
+
+PAGE_SIZE = 500
+
+
+@dataclass(frozen=True)
+class EpisodeFilter:
+    states: frozenset[State] = frozenset()
+    hosts: frozenset[str] = frozenset()
+    runtimes: frozenset[str] = frozenset()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    submitter: str | None = None
+
+    def __call__(self, record: EpisodeRecord) -> bool:
+        return (
+            (not self.states or record.state in self.states)
+            and (not self.hosts or record.owner in self.hosts or _ran_on(record, self.hosts))
+            and (not self.runtimes or record.spec.runtime in self.runtimes)
+            and all(record.spec.labels.get(k) == v for k, v in self.labels.items())
+            and (self.submitter is None or record.submitter == self.submitter)
+        )
+
+
+def _ran_on(record: EpisodeRecord, hosts: frozenset[str]) -> bool:
+    return bool(record.history) and record.history[-1].host in hosts
+
+
+class Catalog:
+    def __init__(self, registry: Registry, keys: Keys) -> None:
+        self.registry = registry
+        self.keys = keys
+
+    def get(self, episode_id: str) -> EpisodeRecord:
+        kv, _ = self.registry.get(self.keys.episode(episode_id))
+        record = decode_or_none(EpisodeRecord.from_bytes, kv.value, kv.key) if kv else None
+        if record is None:
+            raise EpisodeNotFound(episode_id)
+        return record
+
+    def episodes(
+        self, where: Callable[[EpisodeRecord], bool] | None = None, *, revision: int | None = None,
+        page_size: int = PAGE_SIZE, after: str | None = None,
+    ) -> Iterator[tuple[EpisodeRecord, int]]:
+        """Yield (record, mod_revision) in id order, all read at one revision (the first
+        page's, unless ``revision`` is given)."""
+        for kv, revision in self._scan(self.keys.episodes(), revision, page_size, after):
+            record = decode_or_none(EpisodeRecord.from_bytes, kv.value, kv.key)
+            if record is not None and (where is None or where(record)):
+                yield record, kv.mod_revision
+
+    def hosts(self) -> list[HostInfo]:
+        result = self.registry.range(self.keys.hosts())
+        hosts = (decode_or_none(HostInfo.from_bytes, kv.value, kv.key) for kv in result.kvs)
+        return [h for h in hosts if h is not None]
+
+    def queued(self, limit: int = 0) -> list[str]:
+        result = self.registry.range(self.keys.queue(), limit=limit)
+        return [self.keys.name_of(kv.key, self.keys.queue()) for kv in result.kvs]
+
+    def _scan(
+        self, prefix: bytes, revision: int | None, page_size: int, after: str | None
+    ) -> Iterator[tuple[KeyValue, int]]:
+        start = prefix + after.encode() + b"\0" if after else None
+        while True:
+            page = self.registry.range(prefix, start=start, revision=revision, limit=page_size)
+            if revision is None:  # later pages read at the first page's revision
+                revision = page.revision
+            for kv in page.kvs:
+                yield kv, revision
+            if not page.more or not page.kvs:
+                return
+            start = page.kvs[-1].key + b"\0"

@@ -1,0 +1,83 @@
+"""Follow a prefix through outages and compaction: the one place that resumes watches.
+
+A watch resumed from a compacted revision fails; the rule (etcd's and Jepsen's) is to re-list at
+the current revision and watch again from there. ``Follower`` restarts the watch at the current
+revision and tells its owner through ``on_relist(revision)`` so the owner can re-read, at that
+revision, whatever it derived from the events it missed (owners re-list only the small prefixes
+they need, not the whole namespace).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from ..errors import Compacted, RegistryError
+from ..registry import Event, Registry, Watch
+
+log = logging.getLogger(__name__)
+
+
+class Follower:
+    def __init__(
+        self, registry: Registry, prefix: bytes, *, prev_kv: bool = False,
+        on_relist: Callable[[int], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.prefix = prefix
+        self.prev_kv = prev_kv
+        self.on_relist = on_relist
+        self.revision = 0  # everything up to here has been delivered
+        self._watch: Watch | None = None
+        self._failing = False
+
+    def start(self, revision: int) -> None:
+        """Deliver events after ``revision`` (the revision of the caller's initial listing)."""
+        self.revision = revision
+
+    def poll(self, timeout: float) -> list[Event]:
+        """Events since the last poll (possibly none). Never raises RegistryError: an outage
+        is logged (traceback once, then one line per call) and retried on the next poll."""
+        try:
+            if self._watch is None:
+                self._watch = self.registry.watch(self.prefix, self.revision + 1, prev_kv=self.prev_kv)
+            batch = self._watch.next(timeout)
+        except Compacted as exc:
+            try:
+                self._relist(exc)
+            except RegistryError as failure:
+                self._note_failure(failure)
+            return []
+        except RegistryError as exc:
+            self._note_failure(exc)
+            self._close_watch()
+            time.sleep(min(timeout, 0.5))
+            return []
+        if self._failing:
+            log.info("watch on %s is back at revision %d", self.prefix.decode(errors="replace"), batch.revision)
+            self._failing = False
+        self.revision = max(self.revision, batch.revision)
+        return batch.events
+
+    def close(self) -> None:
+        self._close_watch()
+
+    def _relist(self, exc: Compacted) -> None:
+        log.warning("watch fell behind compaction (%s): re-listing %s", exc, self.prefix.decode(errors="replace"))
+        self._close_watch()
+        self.revision = self.registry.range(self.prefix, limit=1).revision
+        if self.on_relist is not None:
+            self.on_relist(self.revision)
+
+    def _close_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+    def _note_failure(self, exc: RegistryError) -> None:
+        if not self._failing:
+            log.warning("watch on %s failing: %s", self.prefix.decode(errors="replace"), exc, exc_info=True)
+            self._failing = True
+        else:
+            log.warning("watch on %s still failing: %s", self.prefix.decode(errors="replace"), exc)

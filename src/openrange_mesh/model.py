@@ -1,0 +1,302 @@
+"""Episode specs, records and host records: frozen values, msgpack-encoded with a schema version.
+
+Records are maps of named fields so that decoding is tolerant: unknown fields are ignored (a newer
+minor writer), missing fields take their defaults (an older writer). A record whose schema major
+version is newer than ours, or that does not decode at all, raises ``CorruptRecord``; callers
+that scan the registry log it and skip the record (``decode_or_none``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import msgpack
+
+from .errors import CorruptRecord, SpecError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1
+# etcd rejects requests over 1.5 MiB (--max-request-bytes). A spec is stored inside its record and
+# several records share one submission txn, so a spec gets a third of that; bigger inputs belong
+# in the store (snapshots) and are referenced by name.
+MAX_SPEC_BYTES = 512 * 1024
+MAX_LABELS = 32
+MAX_ATTEMPTS = 100
+MAX_BATCH = 60  # episodes per claim txn: two ops each stay under etcd's 128 ops per txn
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_./-]{0,62})$")
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.LOST})
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeSpec:
+    """What to run. ``timeout`` is wall-clock seconds per attempt; ``progress_timeout`` is the
+    no-progress watchdog (seconds without an event); ``on_timeout`` is "fail" or "retry".
+    ``batch`` lets one claim take up to that many episodes of the same submission (short
+    episodes); 1 keeps per-episode claims (design/README.md, "Batching")."""
+
+    runtime: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    snapshot: str | None = None
+    seed: int | None = None
+    timeout: float | None = None
+    progress_timeout: float | None = None
+    on_timeout: str = "fail"
+    max_attempts: int = 3
+    idempotency_key: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    batch: int = 1
+
+    def check(self) -> EpisodeSpec:
+        """Raise SpecError naming the first bad field; return self. Runtime-specific params are
+        checked by ``runtimes.check_spec``, which calls this first."""
+        _check_str("runtime", self.runtime, 200)
+        if not isinstance(self.params, Mapping):
+            raise SpecError("params", f"must be a mapping, not {type(self.params).__name__}")
+        _check_optional_str("snapshot", self.snapshot, 512)
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
+            raise SpecError("seed", f"must be an integer in [0, 2**63), not {self.seed!r}")
+        _check_seconds("timeout", self.timeout)
+        _check_seconds("progress_timeout", self.progress_timeout)
+        if self.on_timeout not in ("fail", "retry"):
+            raise SpecError("on_timeout", f"must be 'fail' or 'retry', not {self.on_timeout!r}")
+        if not _is_int(self.max_attempts) or not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            raise SpecError("max_attempts", f"must be an integer from 1 to {MAX_ATTEMPTS}, not {self.max_attempts!r}")
+        _check_optional_str("idempotency_key", self.idempotency_key, 256)
+        if not _is_int(self.batch) or not 1 <= self.batch <= MAX_BATCH:
+            raise SpecError("batch", f"must be an integer from 1 to {MAX_BATCH}, not {self.batch!r}")
+        _check_labels(self.labels)
+        size = len(_pack_spec(self))
+        if size > MAX_SPEC_BYTES:
+            raise SpecError("params", f"spec encodes to {size} bytes, over the {MAX_SPEC_BYTES}-byte limit "
+                            "(put large inputs in the store and pass a snapshot reference)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime, "params": self.params, "snapshot": self.snapshot, "seed": self.seed,
+            "timeout": self.timeout, "progress_timeout": self.progress_timeout, "on_timeout": self.on_timeout,
+            "max_attempts": self.max_attempts, "idempotency_key": self.idempotency_key, "labels": self.labels,
+            "batch": self.batch,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EpisodeSpec:
+        """Build a spec from user input (JSON, CLI): unknown fields are an error here, since a
+        typo in a spec file should not be silently dropped."""
+        unknown = sorted(set(data) - set(_SPEC_FIELDS))
+        if unknown:
+            raise SpecError(unknown[0], f"unknown field (known: {', '.join(_SPEC_FIELDS)})")
+        if "runtime" not in data:
+            raise SpecError("runtime", "missing")
+        return cls(**data).check()
+
+
+_SPEC_FIELDS = tuple(EpisodeSpec.__dataclass_fields__)
+
+
+# Attempt and EpisodeRecord are values: never mutate one, derive a new one with replace().
+# They are not frozen only because frozen dataclasses build ~7x slower, and every episode builds
+# several on the single-host hot path (design/README.md, "Single-host mode").
+@dataclass(slots=True)
+class Attempt:
+    n: int
+    host: str
+    started_at: float
+    finished_at: float | None = None
+    outcome: str | None = None  # the State the attempt ended in, or "requeued"
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class EpisodeRecord:
+    """The registry's view of one episode. ``claim`` names the claim key the owner holds while
+    running; the claim key's create_revision is the fencing token (design/README.md)."""
+
+    id: str
+    spec: EpisodeSpec
+    state: State = State.PENDING
+    attempt: int = 1
+    owner: str | None = None
+    claim: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    result: Mapping[str, Any] | None = None
+    history: tuple[Attempt, ...] = ()
+    submitter: str | None = None
+    acked_at: float | None = None
+
+    def to_bytes(self) -> bytes:
+        # Hand-built dicts, not dataclasses.asdict: this runs twice per episode on the hot path.
+        data = {
+            "v": SCHEMA, "id": self.id, "spec": self.spec.to_dict(), "state": self.state.value,
+            "attempt": self.attempt, "owner": self.owner, "claim": self.claim,
+            "created_at": self.created_at, "started_at": self.started_at,
+            "finished_at": self.finished_at, "error": self.error, "result": self.result,
+            "history": [{"n": a.n, "host": a.host, "started_at": a.started_at, "finished_at": a.finished_at,
+                         "outcome": a.outcome, "error": a.error} for a in self.history],
+            "submitter": self.submitter, "acked_at": self.acked_at,
+        }
+        return pack(data)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, key: str = "?") -> EpisodeRecord:
+        raw = _unpack(data, key)
+        try:
+            spec = EpisodeSpec(**_known(raw.get("spec") or {}, _SPEC_FIELDS))
+            history = tuple(Attempt(**_known(a, _ATTEMPT_FIELDS)) for a in raw.get("history") or ())
+            fields = _known(raw, _RECORD_FIELDS)
+            fields.update(spec=spec, history=history, state=State(raw.get("state", "pending")))
+            return cls(**fields)
+        except (TypeError, ValueError) as exc:
+            raise CorruptRecord(key, str(exc)) from exc
+
+    def replace(self, **changes: Any) -> EpisodeRecord:
+        fields = {name: getattr(self, name) for name in _ALL_RECORD_FIELDS}
+        fields.update(changes)
+        return EpisodeRecord(**fields)
+
+
+_ATTEMPT_FIELDS = tuple(Attempt.__dataclass_fields__)
+_ALL_RECORD_FIELDS = tuple(EpisodeRecord.__dataclass_fields__)
+_RECORD_FIELDS = tuple(f for f in _ALL_RECORD_FIELDS if f not in ("spec", "history", "state"))
+
+
+@dataclass(frozen=True, slots=True)
+class HostInfo:
+    """What an agent publishes under its lease-bound host key."""
+
+    id: str
+    capacity: int
+    running: int = 0
+    address: str | None = None  # "host:port" of its HTTP endpoint (dashboard, metrics)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    version: str = ""
+    started_at: float = 0.0
+    pid: int = 0
+    machine: str = ""  # boot id: tells a crashed predecessor on this machine from a live twin
+
+    def to_bytes(self) -> bytes:
+        data = {name: getattr(self, name) for name in _HOST_FIELDS}
+        data["v"] = SCHEMA
+        return pack(data)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, key: str = "?") -> HostInfo:
+        try:
+            return cls(**_known(_unpack(data, key), _HOST_FIELDS))
+        except (TypeError, ValueError) as exc:
+            raise CorruptRecord(key, str(exc)) from exc
+
+
+_HOST_FIELDS = tuple(HostInfo.__dataclass_fields__)
+
+T = TypeVar("T")
+
+
+def decode_or_none(decode: Callable[[bytes, str], T], data: bytes, key: bytes) -> T | None:
+    """Decode a record read from the registry; log and skip (None) one that does not decode.
+    One bad record must never take an agent or a listing down."""
+    try:
+        return decode(data, key.decode(errors="replace"))
+    except CorruptRecord as exc:
+        log.warning("skipping %s", exc)
+        return None
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True, default=_plain)
+
+
+def unpack(data: bytes, key: str = "?") -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise CorruptRecord(key, f"not msgpack ({exc})") from exc
+
+
+def _unpack(data: bytes, key: str) -> dict[str, Any]:
+    raw = unpack(data, key)
+    if not isinstance(raw, dict):
+        raise CorruptRecord(key, f"expected a map, got {type(raw).__name__}")
+    version = raw.get("v")
+    if not isinstance(version, int) or version > SCHEMA:
+        raise CorruptRecord(key, f"schema version {version!r} is not one this version ({SCHEMA}) reads")
+    return raw
+
+
+def _known(raw: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in raw.items() if k in names}
+
+
+def _plain(value: Any) -> Any:
+    """msgpack's fallback: other mappings (MappingProxy, user types) become dicts, other
+    sequences lists. Anything else does not serialize."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return list(value)
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def _pack_spec(spec: EpisodeSpec) -> bytes:
+    try:
+        return pack(spec.to_dict())
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SpecError("params", f"does not serialize: {exc}") from exc
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_str(name: str, value: object, limit: int) -> None:
+    if not isinstance(value, str) or not value or len(value) > limit or not value.isprintable():
+        raise SpecError(name, f"must be a printable string of 1-{limit} characters, not {value!r}")
+
+
+def _check_optional_str(name: str, value: object, limit: int) -> None:
+    if value is not None:
+        _check_str(name, value, limit)
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise SpecError(name, f"must be a positive number of seconds, not {value!r}")
+
+
+def _check_labels(labels: object) -> None:
+    if not isinstance(labels, Mapping):
+        raise SpecError("labels", f"must be a mapping of strings, not {type(labels).__name__}")
+    if len(labels) > MAX_LABELS:
+        raise SpecError("labels", f"at most {MAX_LABELS} labels, got {len(labels)}")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not _LABEL_KEY.match(key):
+            raise SpecError("labels", f"bad label key {key!r}: 1-63 of letters, digits, '_', '.', '/', '-'")
+        if not isinstance(value, str) or len(value) > 63 or not value.isprintable():
+            raise SpecError("labels", f"label {key!r}: value must be a printable string of at most 63 characters")

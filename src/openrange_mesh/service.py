@@ -1,0 +1,300 @@
+"""EpisodeService: run episodes on this host, over any registry.
+
+On ``memory://`` (the default) this is the single-host service users have always had: running
+episodes live in a local dict of handles, and their records live in an in-process registry with
+etcd's semantics. On ``etcd://`` the same service publishes its episodes to the cluster: every
+record is visible to ``openrange-mesh ls``, and its claims are fenced like an agent's.
+
+Handles are process-local by nature (a live environment, a subprocess), so the dict stays; what
+moved behind the registry seam is the record of each episode: state, attempts, owner, result.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from .config import default_host_id
+from .errors import ConfigError, EpisodeNotFound, SpecError
+from .ids import IdAllocator
+from .keys import Keys
+from .mesh.catalog import Catalog, EpisodeFilter
+from .mesh.lease import LeaseKeeper
+from .mesh.ledger import Claim, Ledger, finish_attempt
+from .model import MAX_BATCH, EpisodeRecord, EpisodeSpec, State
+from .registry import Registry, open_registry
+from .runtimes import Handle, load_runtime
+from .specs import check_spec
+from .store import Store, open_store
+from .store.events import encode_events
+from .store.layout import events_path, result_path, snapshot_path
+
+log = logging.getLogger(__name__)
+
+SpecLike = EpisodeSpec | Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class EpisodeReport:
+    """What ``stop`` and ``run`` return: the committed record plus what the handle produced."""
+
+    record: EpisodeRecord
+    events: list[dict[str, Any]]
+    committed: bool  # False if a peer had already taken the episode over (fenced)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def state(self) -> State:
+        return self.record.state
+
+    @property
+    def result(self) -> Mapping[str, Any] | None:
+        return self.record.result
+
+
+@dataclass
+class _ClaimState:
+    """One claim shared by the episodes started together; the last commit releases it."""
+
+    claim: Claim
+    open: set[str]
+
+
+@dataclass
+class _RunningEpisode:
+    record: EpisodeRecord
+    claim: _ClaimState
+    handle: Handle
+    started: float
+    events: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class EpisodeService:
+    def __init__(
+        self, registry: Registry | str = "memory://", *, namespace: str = "default",
+        host_id: str | None = None, store: Store | str | None = None, ttl: int = 10,
+    ) -> None:
+        self.registry = open_registry(registry) if isinstance(registry, str) else registry
+        self._owns_registry = isinstance(registry, str)
+        self.host_id = host_id or default_host_id()
+        self.keys = Keys(namespace)
+        self.ledger = Ledger(self.registry, self.keys)
+        self.catalog = Catalog(self.registry, self.keys)
+        self.ids = IdAllocator(self.registry, self.keys, self.host_id)
+        self.store = open_store(store) if isinstance(store, str) else store
+        self._lease = LeaseKeeper(self.registry, ttl)
+        self._running: dict[str, _RunningEpisode] = {}
+        self._lock = threading.Lock()
+
+    # --- lifecycle of episodes ----------------------------------------------------------------
+
+    def start(self, spec: SpecLike) -> str:
+        """Realise and reset an episode; return its id. The record is ``running`` from here."""
+        return self.start_many([spec])[0]
+
+    def start_many(self, specs: Sequence[SpecLike]) -> builtins.list[str]:
+        """Realise and reset up to ``MAX_BATCH`` episodes, recorded as running in one txn."""
+        return self._start_checked([check_spec(s) for s in specs])
+
+    def _start_checked(self, checked: Sequence[EpisodeSpec]) -> builtins.list[str]:
+        if len(checked) > MAX_BATCH:
+            raise SpecError("specs", f"start at most {MAX_BATCH} episodes at once (run_many takes any number)")
+        handles: builtins.list[Handle] = []
+        try:
+            for spec in checked:
+                handles.append(load_runtime(spec.runtime).realize(spec.params, seed=spec.seed,
+                                                                   snapshot=self._snapshot(spec)))
+                handles[-1].reset()
+            now = time.time()
+            records = [EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.host_id)
+                       for i, s in zip(self.ids.next_ids(len(checked)), checked, strict=True)]
+            claim, running = self.ledger.start(self.host_id, self._lease.ensure(), records)
+        except BaseException:
+            for handle in handles:
+                handle.stop()
+            raise
+        shared = _ClaimState(claim, {r.id for r in running})
+        started = time.monotonic()
+        with self._lock:
+            for record, handle in zip(running, handles, strict=True):
+                self._running[record.id] = _RunningEpisode(record, shared, handle, started)
+        return [r.id for r in running]
+
+    def surface(self, episode_id: str) -> dict[str, Any]:
+        """The IO surface a harness connects to (spaces, a pid, an address...)."""
+        return self._get(episode_id).handle.surface()
+
+    def advance(self, episode_id: str, max_seconds: float = 0.1) -> builtins.list[dict[str, Any]]:
+        """Let the episode make progress for up to ``max_seconds``; return its new events."""
+        running = self._get(episode_id)
+        with running.lock:
+            running.handle.advance(max_seconds)
+            return self._drain_events(running)
+
+    def observe(self, episode_id: str) -> builtins.list[dict[str, Any]]:
+        """New events since the last observe/advance, without advancing."""
+        running = self._get(episode_id)
+        with running.lock:
+            return self._drain_events(running)
+
+    def is_terminal(self, episode_id: str) -> bool:
+        return self._get(episode_id).handle.terminal() is not None
+
+    def stop(self, episode_id: str, *, error: str | None = None) -> EpisodeReport:
+        """Stop the episode and commit its outcome: the runtime's verdict if it reached a
+        terminal state, else ``cancelled`` (or ``failed`` when ``error`` is given)."""
+        return self.stop_many({episode_id: error})[0]
+
+    def stop_many(self, errors: Mapping[str, str | None]) -> builtins.list[EpisodeReport]:
+        """Stop episodes and commit their outcomes, one txn per claim they share."""
+        with self._lock:
+            missing = [i for i in errors if i not in self._running]
+            if missing:
+                raise EpisodeNotFound(missing[0])
+            stopping = [self._running.pop(i) for i in errors]
+        finals = {}
+        for running in stopping:
+            with running.lock:
+                finals[running.record.id] = self._final(running, errors[running.record.id])
+        committed = self._commit(finals, stopping)
+        return [EpisodeReport(finals[r.record.id], r.events, r.record.id in committed) for r in stopping]
+
+    # --- whole runs ------------------------------------------------------------------------
+
+    def run(self, spec: SpecLike, *, slice_seconds: float = 0.5) -> EpisodeReport:
+        """Run one autonomous episode to its terminal state (or its spec's timeout)."""
+        return self.run_many([spec], slice_seconds=slice_seconds)[0]
+
+    def run_many(
+        self, specs: Iterable[SpecLike], *, parallel: int = 1, slice_seconds: float = 0.5,
+    ) -> builtins.list[EpisodeReport]:
+        """Run episodes to terminal, ``parallel`` at a time; reports in input order. Episodes
+        are started and committed in batches of up to MAX_BATCH (one txn each way), the same
+        batching rule as the mesh, so short episodes pay little for their records."""
+        checked = [check_spec(s) for s in specs]  # reject a bad spec before running any
+        reports: builtins.list[EpisodeReport] = []
+        pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="episode") if parallel > 1 else None
+        try:
+            for first in range(0, len(checked), MAX_BATCH):
+                ids = self._start_checked(checked[first : first + MAX_BATCH])
+                drive = partial(self._drive, slice_seconds=slice_seconds)
+                errors = list(pool.map(drive, ids)) if pool else [drive(i) for i in ids]
+                reports += self.stop_many(dict(zip(ids, errors, strict=True)))
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        return reports
+
+    def _drive(self, episode_id: str, *, slice_seconds: float) -> str | None:
+        """Advance to terminal; the error that ends it early (a timeout), else None."""
+        running = self._get(episode_id)
+        timeout = running.record.spec.timeout
+        handle = running.handle
+        while handle.terminal() is None:
+            if timeout is not None and time.monotonic() - running.started > timeout:
+                return f"timed out after {timeout:g} s"
+            with running.lock:
+                handle.advance(slice_seconds)
+        return None
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def get(self, episode_id: str) -> EpisodeRecord:
+        return self.catalog.get(episode_id)
+
+    def list(self, state: State | str | None = None, **filters: Any) -> builtins.list[EpisodeRecord]:
+        where = EpisodeFilter(states=frozenset({State(state)}) if state else frozenset(), **filters)
+        return [record for record, _ in self.catalog.episodes(where)]
+
+    def running_ids(self) -> builtins.list[str]:
+        with self._lock:
+            return list(self._running)
+
+    def close(self) -> None:
+        """Stop every running episode (committed as cancelled) and release the lease."""
+        with self._lock:
+            ids = list(self._running)
+        if ids:
+            self.stop_many(dict.fromkeys(ids))
+        self._lease.stop()
+        if self._owns_registry:
+            self.registry.close()
+
+    def __enter__(self) -> EpisodeService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _get(self, episode_id: str) -> _RunningEpisode:
+        running = self._running.get(episode_id)
+        if running is None:
+            raise EpisodeNotFound(episode_id)
+        return running
+
+    def _drain_events(self, running: _RunningEpisode) -> builtins.list[dict[str, Any]]:
+        new = running.handle.poll_events()
+        running.events.extend(new)
+        return new
+
+    def _final(self, running: _RunningEpisode, error: str | None) -> EpisodeRecord:
+        handle = running.handle
+        try:
+            outcome = handle.terminal()
+            result = handle.collect()
+            self._drain_events(running)
+        finally:
+            handle.stop()
+        if error is not None:
+            state = State.FAILED
+        elif outcome is None:
+            state, error = State.CANCELLED, "stopped before reaching a terminal state"
+        else:
+            state, error = (State.SUCCEEDED, None) if outcome.succeeded else (State.FAILED, outcome.error)
+        final = finish_attempt(running.record, state, time.time(), error, dict(result))
+        self._save_artifacts(final, running.events)
+        return final
+
+    def _commit(self, finals: Mapping[str, EpisodeRecord], stopping: Sequence[_RunningEpisode]) -> set[str]:
+        """Commit finals grouped by claim; the ids whose commit landed."""
+        by_claim: dict[int, tuple[_ClaimState, builtins.list[EpisodeRecord]]] = {}
+        for running in stopping:
+            by_claim.setdefault(id(running.claim), (running.claim, []))[1].append(finals[running.record.id])
+        committed: set[str] = set()
+        for shared, records in by_claim.values():
+            ids = {r.id for r in records}
+            with self._lock:
+                last = shared.open <= ids
+                shared.open -= ids
+            if self.ledger.commit(shared.claim, records, last=last):
+                committed |= ids
+            else:
+                log.warning("%d episodes were taken over before they finished here; not committed", len(ids))
+        return committed
+
+    def _save_artifacts(self, record: EpisodeRecord, events: Sequence[dict[str, Any]]) -> None:
+        if self.store is None:
+            return
+        self.store.put_bytes(events_path(record.id, record.attempt, 0), encode_events(list(events)))
+        self.store.put_bytes(result_path(record.id, record.attempt), encode_events([dict(record.result or {})]))
+
+    def _snapshot(self, spec: EpisodeSpec) -> bytes | None:
+        if spec.snapshot is None:
+            return None
+        if self.store is None:
+            raise ConfigError(f"spec references snapshot {spec.snapshot!r} but the service has no store")
+        return self.store.get_bytes(snapshot_path(spec.snapshot))

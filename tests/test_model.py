@@ -1,0 +1,158 @@
+"""Specs, records and IDs: validation with clear errors, tolerant decoding, unique sortable IDs."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import msgpack
+import pytest
+
+from openrange_mesh.config import Settings, parse_labels, registry_url
+from openrange_mesh.errors import ConfigError, CorruptRecord, SpecError, UnknownRuntime
+from openrange_mesh.ids import IdAllocator
+from openrange_mesh.keys import Keys
+from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, HostInfo, State, decode_or_none
+from openrange_mesh.registry import Put, Registry
+from openrange_mesh.specs import check_spec
+
+CARTPOLE = {"runtime": "gymnasium", "params": {"env": "CartPole-v1"}}
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "words"),
+    [
+        ({"runtime": "nope"}, "runtime", "unknown runtime 'nope'"),
+        ({**CARTPOLE, "timeout": -1}, "timeout", "positive number"),
+        ({**CARTPOLE, "timeout": math.inf}, "timeout", "positive number"),
+        ({**CARTPOLE, "max_attempts": 0}, "max_attempts", "from 1"),
+        ({**CARTPOLE, "seed": -3}, "seed", "[0, 2**63)"),
+        ({**CARTPOLE, "labels": {"bad key!": "x"}}, "labels", "bad label key"),
+        ({**CARTPOLE, "labels": {"k": 3}}, "labels", "printable string"),
+        ({**CARTPOLE, "params": {"env": "CartPole-v1", "obj": object()}}, "params", "does not serialize"),
+        ({**CARTPOLE, "params": {"env": "CartPole-v1", "blob": "x" * 600_000}}, "params", "over the"),
+        ({**CARTPOLE, "on_timeout": "sometimes"}, "on_timeout", "'fail' or 'retry'"),
+        ({**CARTPOLE, "batch": 61}, "batch", "from 1 to 60"),
+        ({**CARTPOLE, "colour": "red"}, "colour", "unknown field"),
+        ({"params": {}}, "runtime", "missing"),
+        ({"runtime": "gymnasium", "params": {}}, "params.env", ""),
+    ],
+)
+def test_bad_specs_name_the_field(spec: dict[str, object], field: str, words: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        check_spec(spec)
+    assert caught.value.field == field
+    assert words in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_unknown_runtime_lists_known_ones() -> None:
+    with pytest.raises(UnknownRuntime) as caught:
+        check_spec({"runtime": "gym"})
+    assert {"command", "gymnasium", "sleep"} <= set(caught.value.known)
+
+
+def test_record_round_trip() -> None:
+    spec = check_spec({**CARTPOLE, "seed": 3, "labels": {"team": "rl"}, "timeout": 5})
+    record = EpisodeRecord(
+        id="000000002a-0000-h1",
+        spec=spec,
+        state=State.FAILED,
+        attempt=2,
+        owner="h1",
+        history=(
+            Attempt(1, "h2", 1.0, 2.0, "retried", "host h2 lost its lease"),
+            Attempt(2, "h1", 3.0, 4.0, "failed"),
+        ),
+        result={"return": 9.0},
+        error="boom",
+        created_at=0.5,
+    )
+    assert EpisodeRecord.from_bytes(record.to_bytes()) == record
+
+
+def test_decoding_is_tolerant_of_unknown_and_missing_fields() -> None:
+    raw = {"v": 1, "id": "x", "spec": {"runtime": "sleep", "future_field": 1}, "shiny_new_thing": [1, 2]}
+    record = EpisodeRecord.from_bytes(msgpack.packb(raw))
+    assert record.id == "x" and record.state is State.PENDING and record.spec.runtime == "sleep"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xc1garbage",
+        msgpack.packb([1, 2]),
+        msgpack.packb({"v": 99, "id": "x"}),
+        msgpack.packb({"v": 1}),
+        msgpack.packb({"v": 1, "id": "x", "spec": {"runtime": "s"}, "state": "exploded"}),
+    ],
+)
+def test_corrupt_records_raise_and_are_skipped(data: bytes) -> None:
+    with pytest.raises(CorruptRecord):
+        EpisodeRecord.from_bytes(data, "k")
+    assert decode_or_none(EpisodeRecord.from_bytes, data, b"/k") is None
+
+
+def test_host_info_round_trip() -> None:
+    info = HostInfo(
+        id="h1", capacity=4, running=2, labels={"gpu": "a100"}, version="0.1.0", pid=7, machine="m"
+    )
+    assert HostInfo.from_bytes(info.to_bytes()) == info
+
+
+def test_ids_are_unique_across_allocators_and_sorted(registry: Registry) -> None:
+    keys = Keys("ids")
+    allocators = [IdAllocator(registry, keys, "same-host") for _ in range(4)]
+    out: list[list[str]] = [[] for _ in allocators]
+
+    def take(i: int) -> None:
+        for _ in range(50):
+            out[i] += allocators[i].next_ids(7)
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(len(allocators))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [i for ids in out for i in ids]
+    assert len(set(every)) == len(every) == 4 * 50 * 7
+    for ids in out:
+        assert ids == sorted(ids)  # creation order within an allocator is byte order
+
+
+def test_adopting_a_later_revision_keeps_ids_sorted(registry: Registry) -> None:
+    allocator = IdAllocator(registry, Keys("ids2"), "h")
+    first = allocator.next_ids(3)
+    allocator.adopt(registry.txn([], [Put(b"/ids2/own-write", b"")]).revision)  # as a submission does
+    later = allocator.next_ids(2)
+    assert later[0].endswith("-0000-h") and later[0][:10] > first[0][:10]
+    assert first + later == sorted(first + later)
+
+
+def test_settings_enforce_the_timing_rule() -> None:
+    with pytest.raises(ConfigError, match="timing rule"):
+        Settings(ttl=4, loop_wait=1, retry_timeout=2)
+    with pytest.raises(ConfigError, match="at least 2"):
+        Settings(ttl=1, loop_wait=0.1, retry_timeout=0.1)
+    assert Settings(host_id="h").with_timing(2).ttl == 2
+
+
+def test_settings_layering_env_then_flags() -> None:
+    env = {"OPENRANGE_ETCD": "a:1,b:2", "OPENRANGE_CAPACITY": "3", "OPENRANGE_LABELS": "x=1"}
+    settings = Settings.load({"capacity": 5, "host_id": "h"}, env=env)
+    assert (settings.registry, settings.capacity, dict(settings.labels)) == ("etcd://a:1,b:2", 5, {"x": "1"})
+    with pytest.raises(ConfigError, match="bad value for capacity"):
+        Settings.load({"capacity": "lots", "host_id": "h"}, env={})
+    with pytest.raises(ConfigError, match="bad host id"):
+        Settings.load({"host_id": "no/slashes"}, env={})
+
+
+def test_small_parsers() -> None:
+    assert registry_url("h1:2379") == "etcd://h1:2379"
+    assert registry_url("memory://x") == "memory://x"
+    assert parse_labels("a=1, b = two") == {"a": "1", "b": "two"}
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_labels("novalue")
+    with pytest.raises(ConfigError):
+        registry_url("  ")
+    assert EpisodeSpec(runtime="sleep").check().batch == 1
