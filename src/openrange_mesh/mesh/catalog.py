@@ -57,7 +57,7 @@ class Catalog:
     ) -> Iterator[tuple[EpisodeRecord, int]]:
         """Yield (record, mod_revision) in id order, all read at one revision (the first
         page's, unless ``revision`` is given)."""
-        for kv, revision in self._scan(self.keys.episodes(), revision, page_size, after):
+        for kv, revision in self.scan(self.keys.episodes(), revision, page_size, after):
             record = decode_or_none(EpisodeRecord.from_bytes, kv.value, kv.key)
             if record is not None and (where is None or where(record)):
                 yield record, kv.mod_revision
@@ -67,13 +67,10 @@ class Catalog:
         hosts = (decode_or_none(HostInfo.from_bytes, kv.value, kv.key) for kv in result.kvs)
         return [h for h in hosts if h is not None]
 
-    def queued(self, limit: int = 0) -> list[str]:
-        result = self.registry.range(self.keys.queue(), limit=limit)
-        return [self.keys.name_of(kv.key, self.keys.queue()) for kv in result.kvs]
-
-    def _scan(
-        self, prefix: bytes, revision: int | None, page_size: int, after: str | None
+    def scan(
+        self, prefix: bytes, revision: int | None, page_size: int = PAGE_SIZE, after: str | None = None
     ) -> Iterator[tuple[KeyValue, int]]:
+        """Every key under ``prefix`` with the revision it was read at, paged, one revision."""
         start = prefix + after.encode() + b"\0" if after else None
         while True:
             page = self.registry.range(prefix, start=start, revision=revision, limit=page_size)

@@ -3,7 +3,7 @@
 Every transition is one txn whose compares make it safe to race:
 
 * submit   (none)    -> pending    compare: idempotency keys absent
-* claim    pending   -> running    compare: queue keys present, records unchanged since read
+* claim    pending   -> running    compare: queue keys present, records unchanged since queued
 * start    (none)    -> running    submit and claim in one txn (single-host service)
 * commit   running   -> terminal, or pending (retry)
                                    compare: claim key create_revision == token (fencing), records
@@ -54,12 +54,15 @@ class Versioned:
     mod_revision: int
 
 
-def chunks(items: Sequence[EpisodeRecord], size: int = MAX_BATCH) -> Iterable[Sequence[EpisodeRecord]]:
-    """Split by count and by encoded size, so no txn exceeds etcd's limits."""
+def chunks(
+    items: Sequence[EpisodeRecord], size: int = MAX_BATCH, *, copies: int = 1
+) -> Iterable[Sequence[EpisodeRecord]]:
+    """Split by count and by encoded size (each record written ``copies`` times), so no txn
+    exceeds etcd's limits."""
     batch: list[EpisodeRecord] = []
     nbytes = 0
     for item in items:
-        item_bytes = len(item.to_bytes())
+        item_bytes = len(item.to_bytes()) * copies
         if batch and (len(batch) >= size or nbytes + item_bytes > MAX_TXN_BYTES):
             yield batch
             batch, nbytes = [], 0
@@ -82,7 +85,7 @@ class Ledger:
         for keys that were already taken, so those records were not written; last revision)."""
         existing: dict[str, str] = {}
         revision = 0
-        for batch in chunks(records, MAX_TXN_OPS // 3):
+        for batch in chunks(records, MAX_TXN_OPS // 3, copies=2):
             taken, revision = self._submit_batch(batch)
             existing.update(taken)
         return existing, revision
@@ -96,7 +99,7 @@ class Ledger:
             idem = [self.keys.idempotency(r.spec.idempotency_key) for r in todo if r.spec.idempotency_key]
             ops: list[Op] = []
             for record in todo:
-                ops += [Put(self.keys.episode(record.id), record.to_bytes()), Put(self.keys.queued(record.id), b"")]
+                ops += _enqueue(self.keys, record)
                 if record.spec.idempotency_key:
                     ops.append(Put(self.keys.idempotency(record.spec.idempotency_key), record.id.encode()))
             result = self.registry.txn(
@@ -155,9 +158,11 @@ class Ledger:
         ops: list[Op] = []
         for record in finals:
             compares.append(Compare(self.keys.episode(record.id), "mod", "==", claim.token))
-            ops += [Put(self.keys.episode(record.id), record.to_bytes()), Delete(self.keys.cancel(record.id))]
+            ops.append(Delete(self.keys.cancel(record.id)))
             if record.state is State.PENDING:
-                ops.append(Put(self.keys.queued(record.id), b""))
+                ops += _enqueue(self.keys, record)
+            else:
+                ops.append(Put(self.keys.episode(record.id), record.to_bytes()))
         if last:
             ops.append(Delete(self.keys.claim(claim.host, claim.claim_id)))
         return self.registry.txn(compares, [*ops, *extra]).succeeded
@@ -193,11 +198,10 @@ class Ledger:
         for v in mine:
             compares.append(Compare(self.keys.episode(v.record.id), "mod", "==", v.mod_revision))
             record = _requeued(v.record, now, reason, cancel=v.record.id in cancelled)
-            ops.append(Put(self.keys.episode(record.id), record.to_bytes()))
             if record.state is State.PENDING:
-                ops.append(Put(self.keys.queued(record.id), b""))
+                ops += _enqueue(self.keys, record)
             else:
-                ops.append(Delete(self.keys.cancel(record.id)))
+                ops += [Put(self.keys.episode(record.id), record.to_bytes()), Delete(self.keys.cancel(record.id))]
         if not self.registry.txn(compares, ops).succeeded:
             return []  # a peer got there first, or the claim came back: both fine
         return [v.record.id for v in mine]
@@ -219,6 +223,20 @@ class Ledger:
     def _cancel_requested(self, episode_ids: Sequence[str]) -> set[str]:
         result = self.registry.txn([], [Get(self.keys.cancel(i)) for i in episode_ids[:MAX_TXN_OPS]])
         return {self.keys.name_of(kv.key, self.keys.cancels()) for kvs in result.responses for kv in kvs}
+
+
+def _enqueue(keys: Keys, record: EpisodeRecord) -> list[Op]:
+    """A pending record and its queue entry, written together (so they share a mod_revision).
+    The queue entry carries the record itself: agents learn everything a claim needs from the
+    queue's watch events and claim without reading anything."""
+    data = record.to_bytes()
+    return [Put(keys.episode(record.id), data), Put(keys.queued(record.id), data)]
+
+
+def queued_record(kv: KeyValue) -> Versioned | None:
+    """The pending record a queue entry carries, with the revision a claim compares against."""
+    record = decode_or_none(EpisodeRecord.from_bytes, kv.value, kv.key)
+    return Versioned(record, kv.mod_revision) if record is not None else None
 
 
 def claim_episode_ids(kv: KeyValue) -> list[str]:

@@ -26,8 +26,11 @@ class Store(Protocol):
 
     url: str  # the URL it was opened with, normalised, credentials never included (safe to log)
 
-    def put_bytes(self, path: str, data: bytes) -> None:
-        """Write ``data`` at ``path``, replacing any object there, atomically for readers."""
+    def put_bytes(self, path: str, data: bytes, *, durable: bool = True) -> None:
+        """Write ``data`` at ``path``, replacing any object there, atomically for readers.
+        ``durable=False`` lets a local filesystem skip the fsync (readers still never see a
+        partial object; a host crash may lose it): for event chunks, whose loss costs only
+        diagnostics, at a fraction of the price."""
         ...
 
     def get_bytes(self, path: str) -> bytes:

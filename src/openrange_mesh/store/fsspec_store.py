@@ -119,11 +119,11 @@ class FsspecStore:
 
     # -- the Store protocol ------------------------------------------------------------------
 
-    def put_bytes(self, path: str, data: bytes) -> None:
+    def put_bytes(self, path: str, data: bytes, *, durable: bool = True) -> None:
         full = self._full(path)
         with self._translated("write", path):
             if self._kind == "file":
-                _replace_file(full, data)
+                _replace_file(full, data, durable=durable)
             else:  # memory and S3 puts replace whole objects atomically already
                 self._fs.pipe_file(full, bytes(data))
 
@@ -210,16 +210,18 @@ class FsspecStore:
             raise StoreError(f"cannot {action} {self.location(path)}: {_reason(exc)}") from exc
 
 
-def _replace_file(full: str, data: bytes) -> None:
-    """Write ``full`` atomically: a synced temp file in the same directory, then a rename."""
+def _replace_file(full: str, data: bytes, *, durable: bool) -> None:
+    """Write ``full`` atomically: a temp file in the same directory (synced when ``durable``),
+    then a rename."""
     directory, _, name = full.rpartition("/")
     os.makedirs(directory, exist_ok=True)
     temp = f"{directory}/.{name}.{uuid.uuid4().hex}.tmp"
     try:
         with open(temp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # data before rename, so a crash never leaves an empty file
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())  # data before rename, so a crash never leaves an empty file
         os.replace(temp, full)  # atomic on POSIX filesystems, NFS included
     except BaseException:
         with suppress(OSError):
