@@ -1,9 +1,10 @@
 """Every etcd key path, each built by a one-line method. No key is formatted anywhere else.
 
 All keys live under ``/openrange/<namespace>/`` so several meshes (tenants, experiments) can
-share one etcd. Keys are UTF-8 bytes (etcd3gw would encode str as latin-1). Agents watch only
-``ctl/`` (queue, claims, cancels, hosts, leader): records change three times per episode and
-agents never need those events, so records live outside the watched subtree.
+share one etcd. Keys are UTF-8 bytes (etcd3gw would encode str as latin-1). Agents watch
+``queue/`` (without previous values: a queue entry is a whole record) and ``ctl/`` (claims,
+cancels, hosts, leader; with previous values, for the ids of a deleted claim). Records change
+three times per episode and agents never need those events, so they live outside both.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Keys:
         return self.root + b"ctl/"
 
     def queue(self) -> bytes:
-        return self.control() + b"queue/"
+        return self.root + b"queue/"
 
     def queued(self, episode_id: str) -> bytes:
         return self.queue() + episode_id.encode()

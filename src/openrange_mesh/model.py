@@ -125,8 +125,9 @@ class Attempt:
     host: str
     started_at: float
     finished_at: float | None = None
-    outcome: str | None = None  # the State the attempt ended in, or "requeued"
+    outcome: str | None = None  # the State the attempt ended in, or "retried"
     error: str | None = None
+    batch: str | None = None  # the claim id, when the attempt ran in a batch (its events are shared)
 
 
 @dataclass(slots=True)
@@ -151,16 +152,18 @@ class EpisodeRecord:
 
     def to_bytes(self) -> bytes:
         # Hand-built dicts, not dataclasses.asdict: this runs twice per episode on the hot path.
+        # None fields are left out (decoding restores them): every byte crosses etcd's JSON
+        # gateway several times per episode.
         data = {
-            "v": SCHEMA, "id": self.id, "spec": self.spec.to_dict(), "state": self.state.value,
+            "v": SCHEMA, "id": self.id, "spec": _compact(self.spec.to_dict()), "state": self.state.value,
             "attempt": self.attempt, "owner": self.owner, "claim": self.claim,
             "created_at": self.created_at, "started_at": self.started_at,
             "finished_at": self.finished_at, "error": self.error, "result": self.result,
-            "history": [{"n": a.n, "host": a.host, "started_at": a.started_at, "finished_at": a.finished_at,
-                         "outcome": a.outcome, "error": a.error} for a in self.history],
+            "history": [_compact({"n": a.n, "host": a.host, "started_at": a.started_at, "finished_at": a.finished_at,
+                                  "outcome": a.outcome, "error": a.error, "batch": a.batch}) for a in self.history],
             "submitter": self.submitter, "acked_at": self.acked_at,
         }
-        return pack(data)
+        return pack(_compact(data))
 
     @classmethod
     def from_bytes(cls, data: bytes, key: str = "?") -> EpisodeRecord:
@@ -246,6 +249,10 @@ def _unpack(data: bytes, key: str) -> dict[str, Any]:
     if not isinstance(version, int) or version > SCHEMA:
         raise CorruptRecord(key, f"schema version {version!r} is not one this version ({SCHEMA}) reads")
     return raw
+
+
+def _compact(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None}
 
 
 def _known(raw: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:

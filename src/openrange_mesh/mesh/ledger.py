@@ -3,7 +3,8 @@
 Every transition is one txn whose compares make it safe to race:
 
 * submit   (none)    -> pending    compare: idempotency keys absent
-* claim    pending   -> running    compare: queue keys present, records unchanged since queued
+* claim    pending   -> running    compare: records unchanged since queued (a claim or a cancel
+                                   of a pending episode rewrites it with its queue entry)
 * start    (none)    -> running    submit and claim in one txn (single-host service)
 * commit   running   -> terminal, or pending (retry)
                                    compare: claim key create_revision == token (fencing), records
@@ -27,8 +28,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from ..errors import CorruptRecord
 from ..keys import Keys
-from ..model import MAX_BATCH, Attempt, EpisodeRecord, State, decode_or_none, pack, unpack
+from ..model import Attempt, EpisodeRecord, State, decode_or_none, pack, unpack
 from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry
 
 MAX_TXN_OPS = 128
@@ -55,14 +57,14 @@ class Versioned:
 
 
 def chunks(
-    items: Sequence[EpisodeRecord], size: int = MAX_BATCH, *, copies: int = 1
-) -> Iterable[Sequence[EpisodeRecord]]:
-    """Split by count and by encoded size (each record written ``copies`` times), so no txn
-    exceeds etcd's limits."""
-    batch: list[EpisodeRecord] = []
+    encoded: Sequence[tuple[EpisodeRecord, bytes]], size: int, *, copies: int = 1
+) -> Iterable[Sequence[tuple[EpisodeRecord, bytes]]]:
+    """Split (record, its bytes) pairs by count and by size (each record written ``copies``
+    times), so no txn exceeds etcd's limits."""
+    batch: list[tuple[EpisodeRecord, bytes]] = []
     nbytes = 0
-    for item in items:
-        item_bytes = len(item.to_bytes()) * copies
+    for item in encoded:
+        item_bytes = len(item[1]) * copies
         if batch and (len(batch) >= size or nbytes + item_bytes > MAX_TXN_BYTES):
             yield batch
             batch, nbytes = [], 0
@@ -85,21 +87,22 @@ class Ledger:
         for keys that were already taken, so those records were not written; last revision)."""
         existing: dict[str, str] = {}
         revision = 0
-        for batch in chunks(records, MAX_TXN_OPS // 3, copies=2):
+        encoded = [(r, r.to_bytes()) for r in records]  # once: sizing and writing both need it
+        for batch in chunks(encoded, MAX_TXN_OPS // 3, copies=2):
             taken, revision = self._submit_batch(batch)
             existing.update(taken)
         return existing, revision
 
-    def _submit_batch(self, batch: Sequence[EpisodeRecord]) -> tuple[dict[str, str], int]:
+    def _submit_batch(self, batch: Sequence[tuple[EpisodeRecord, bytes]]) -> tuple[dict[str, str], int]:
         taken: dict[str, str] = {}
         while True:
-            todo = [r for r in batch if r.spec.idempotency_key not in taken]
+            todo = [(r, data) for r, data in batch if r.spec.idempotency_key not in taken]
             if not todo:
                 return taken, 0
-            idem = [self.keys.idempotency(r.spec.idempotency_key) for r in todo if r.spec.idempotency_key]
+            idem = [self.keys.idempotency(r.spec.idempotency_key) for r, _ in todo if r.spec.idempotency_key]
             ops: list[Op] = []
-            for record in todo:
-                ops += _enqueue(self.keys, record)
+            for record, data in todo:
+                ops += _enqueue(self.keys, record, data)
                 if record.spec.idempotency_key:
                     ops.append(Put(self.keys.idempotency(record.spec.idempotency_key), record.id.encode()))
             result = self.registry.txn(
@@ -122,10 +125,12 @@ class Ledger:
         claim_id = f"{candidates[0].record.id}.{candidates[0].record.attempt}"
         compares: list[Compare] = []
         ops: list[Op] = []
-        running = [_running(v.record, host, claim_id, now) for v in candidates]
+        batch = claim_id if len(candidates) > 1 else None
+        running = [_running(v.record, host, claim_id, now, batch) for v in candidates]
         for v, record in zip(candidates, running, strict=True):
-            compares += [Compare(self.keys.queued(v.record.id), "version", ">", 0),
-                         Compare(self.keys.episode(v.record.id), "mod", "==", v.mod_revision)]
+            # The record's revision is enough: every txn that removes a queue entry (a claim, a
+            # pending cancel) rewrites the record in the same txn.
+            compares.append(Compare(self.keys.episode(v.record.id), "mod", "==", v.mod_revision))
             ops += [Delete(self.keys.queued(v.record.id)), Put(self.keys.episode(v.record.id), record.to_bytes())]
         ids = tuple(v.record.id for v in candidates)
         ops.append(Put(self.keys.claim(host, claim_id), pack(list(ids)), lease=lease))
@@ -138,7 +143,8 @@ class Ledger:
         """Create records already running under a claim of ``host`` (no queue round trip)."""
         now = self.clock()
         claim_id = f"{records[0].id}.{records[0].attempt}"
-        running = [_running(r, host, claim_id, now) for r in records]
+        batch = claim_id if len(records) > 1 else None
+        running = [_running(r, host, claim_id, now, batch) for r in records]
         ops: list[Op] = [Put(self.keys.episode(r.id), r.to_bytes()) for r in running]
         ids = tuple(r.id for r in records)
         ops.append(Put(self.keys.claim(host, claim_id), pack(list(ids)), lease=lease))
@@ -149,16 +155,23 @@ class Ledger:
 
     # --- commit ---------------------------------------------------------------------------
 
-    def commit(self, claim: Claim, finals: Sequence[EpisodeRecord], *, last: bool, extra: Sequence[Op] = ()) -> bool:
+    def commit(
+        self, claim: Claim, finals: Sequence[EpisodeRecord], *, last: bool, extra: Sequence[Op] = (),
+        cancelled: Iterable[str] = (),
+    ) -> bool:
         """Fenced write of the outcomes of some of ``claim``'s episodes. ``last`` says these are
         the claim's final open episodes, so the claim key goes too. False: fenced off (the claim
         expired, was requeued, or an episode changed under us): nothing was written. ``extra``
-        ops ride along (the owner's host record), costing no extra revision."""
+        ops ride along (the owner's host record), costing no extra revision. ``cancelled``: ids
+        whose cancel marker the owner saw, deleted here (a marker that arrives too late to be
+        seen is deleted with its record by retention)."""
         compares = [Compare(self.keys.claim(claim.host, claim.claim_id), "create", "==", claim.token)]
         ops: list[Op] = []
+        markers = set(cancelled)
         for record in finals:
             compares.append(Compare(self.keys.episode(record.id), "mod", "==", claim.token))
-            ops.append(Delete(self.keys.cancel(record.id)))
+            if record.id in markers:
+                ops.append(Delete(self.keys.cancel(record.id)))
             if record.state is State.PENDING:
                 ops += _enqueue(self.keys, record)
             else:
@@ -225,33 +238,48 @@ class Ledger:
         return {self.keys.name_of(kv.key, self.keys.cancels()) for kvs in result.responses for kv in kvs}
 
 
-def _enqueue(keys: Keys, record: EpisodeRecord) -> list[Op]:
+def _enqueue(keys: Keys, record: EpisodeRecord, data: bytes | None = None) -> list[Op]:
     """A pending record and its queue entry, written together (so they share a mod_revision).
-    The queue entry carries the record itself: agents learn everything a claim needs from the
-    queue's watch events and claim without reading anything."""
-    data = record.to_bytes()
-    return [Put(keys.episode(record.id), data), Put(keys.queued(record.id), data)]
+    The entry is a compact header, enough to choose a group to claim; agents read the records
+    of the group they chose. (Carrying whole records in the queue would make etcd send every
+    pending record to every agent: fan-out that grows with the mesh.)"""
+    data = record.to_bytes() if data is None else data
+    header = pack([record.spec.batch, record.submitter or ""])
+    return [Put(keys.episode(record.id), data), Put(keys.queued(record.id), header)]
 
 
-def queued_record(kv: KeyValue) -> Versioned | None:
-    """The pending record a queue entry carries, with the revision a claim compares against."""
-    record = decode_or_none(EpisodeRecord.from_bytes, kv.value, kv.key)
-    return Versioned(record, kv.mod_revision) if record is not None else None
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    episode_id: str
+    batch: int
+    submitter: str
+    mod_revision: int  # equals the pending record's mod_revision (written in one txn)
+
+
+def queue_entry(keys: Keys, kv: KeyValue) -> QueueEntry:
+    """Decode a queue entry; an undecodable header reads as an unbatched entry (the claim
+    reads the record itself anyway)."""
+    episode_id = keys.name_of(kv.key, keys.queue())
+    try:
+        batch, submitter = unpack(kv.value)
+        return QueueEntry(episode_id, int(batch), str(submitter), kv.mod_revision)
+    except (CorruptRecord, TypeError, ValueError):
+        return QueueEntry(episode_id, 1, "", kv.mod_revision)
 
 
 def claim_episode_ids(kv: KeyValue) -> list[str]:
     """The episode ids a claim key lists (tolerant: a corrupt claim lists nothing)."""
     try:
         value = unpack(kv.value)
-    except Exception:  # noqa: BLE001 - a corrupt claim must not stop requeueing the rest
+    except Exception:
         return []
     return [str(i) for i in value] if isinstance(value, list) else []
 
 
-def _running(record: EpisodeRecord, host: str, claim_id: str, now: float) -> EpisodeRecord:
+def _running(record: EpisodeRecord, host: str, claim_id: str, now: float, batch: str | None) -> EpisodeRecord:
     return record.replace(
         state=State.RUNNING, owner=host, claim=claim_id, started_at=now, error=None,
-        history=(*record.history, Attempt(record.attempt, host, now)),
+        history=(*record.history, Attempt(record.attempt, host, now, batch=batch)),
     )
 
 
@@ -259,7 +287,8 @@ def finish_attempt(record: EpisodeRecord, state: State, now: float, error: str |
                    result: dict[str, object] | None = None) -> EpisodeRecord:
     """Close the current attempt. A ``PENDING`` state means "retry": attempt + 1, back in the queue."""
     last = record.history[-1] if record.history else Attempt(record.attempt, record.owner or "?", now)
-    closed = Attempt(last.n, last.host, last.started_at, now, "retried" if state is State.PENDING else state.value, error)
+    outcome = "retried" if state is State.PENDING else state.value
+    closed = Attempt(last.n, last.host, last.started_at, now, outcome, error, last.batch)
     history = (*record.history[:-1], closed)
     if state is State.PENDING:
         return record.replace(state=State.PENDING, attempt=record.attempt + 1, owner=None, claim=None,

@@ -41,8 +41,20 @@ def decode_events(data: bytes, source: str = "") -> list[JsonObject]:
     return events
 
 
-def read_events(store: Store, episode_id: str, attempt: int | None = None) -> list[JsonObject]:
-    """Every event of ``attempt`` (default: the latest attempt with events), chunks in order."""
+def read_events(
+    store: Store, episode_id: str, attempt: int | None = None, *, batch: str | None = None
+) -> list[JsonObject]:
+    """Every event of ``attempt`` (default: the latest attempt with events), chunks in order.
+    ``batch`` names the claim when the attempt ran in a batch (``Attempt.batch``): its events
+    are in the batch's shared chunks, tagged with the episode and attempt."""
+    if batch is not None:
+        return [
+            event
+            for path in sorted(store.list(layout.batch_prefix(batch)))
+            if path.endswith(".jsonl")
+            for event in decode_events(store.get_bytes(path), source=store.location(path))
+            if event.get("episode") == episode_id and (attempt is None or event.get("attempt") == attempt)
+        ]
     if attempt is None:
         prefix = layout.episode_prefix(episode_id)
     else:

@@ -5,6 +5,8 @@ no store path is formatted anywhere else::
     episodes/<episode_id>/attempt-<n>/events-<chunk:06d>.jsonl
     episodes/<episode_id>/attempt-<n>/result.json
     episodes/<episode_id>/attempt-<n>/artifacts/<name>
+    batches/<claim_id>/events-<chunk:06d>.jsonl      events of a batch claim's episodes, tagged
+                                                     with "episode" and "attempt"
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ def attempt_prefix(episode_id: str, attempt: int) -> str:
 
 def events_path(episode_id: str, attempt: int, chunk: int) -> str:
     return f"{attempt_prefix(episode_id, attempt)}events-{_number('chunk', chunk):06d}.jsonl"
+
+
+def batch_prefix(claim_id: str) -> str:
+    return f"batches/{_component('claim id', claim_id)}/"
+
+
+def batch_events_path(claim_id: str, chunk: int) -> str:
+    return f"{batch_prefix(claim_id)}events-{_number('chunk', chunk):06d}.jsonl"
 
 
 def result_path(episode_id: str, attempt: int) -> str:

@@ -1,0 +1,97 @@
+"""``openrange-agent --etcd ENDPOINTS``: the agent every host runs.
+
+Signals: SIGTERM (or a first SIGINT) drains: stop claiming, let running episodes finish within
+``--grace`` seconds, hand the rest back, revoke the lease, exit 0. A second SIGINT exits at once
+(workers stop their episodes); the lease expires and peers requeue the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from types import FrameType
+
+import click
+
+from ..config import ENV_CAPACITY, ENV_ETCD, ENV_HOST_ID, ENV_LABELS, ENV_LOG_LEVEL, ENV_NAMESPACE, ENV_STORE, Settings
+from ..errors import MeshError
+from ..mesh.agent import Agent
+
+log = logging.getLogger("openrange_mesh.agent")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--etcd", "registry", envvar=ENV_ETCD, help="etcd endpoints h1:2379,h2:2379 or a registry URL.")
+@click.option("--host-id", envvar=ENV_HOST_ID, help="This host's id (default: the hostname).")
+@click.option("--namespace", envvar=ENV_NAMESPACE, help="Mesh namespace (default: default).")
+@click.option("--capacity", type=int, envvar=ENV_CAPACITY, help="Worker processes (default: CPU count).")
+@click.option("--store", envvar=ENV_STORE, help="Shared store for events and artifacts: a path, file://, s3://.")
+@click.option("--ttl", type=int, help="Lease TTL in seconds (default 10; min 2). Timing scales with it.")
+@click.option("--labels", envvar=ENV_LABELS, help="Host labels k=v,k2=v2.")
+@click.option("--grace", type=float, default=30.0, show_default=True, help="Drain grace period on SIGTERM.")
+@click.option("--log-level", envvar=ENV_LOG_LEVEL, default="INFO", show_default=True)
+def main(
+    registry: str | None,
+    host_id: str | None,
+    namespace: str | None,
+    capacity: int | None,
+    store: str | None,
+    ttl: int | None,
+    labels: str | None,
+    grace: float,
+    log_level: str,
+) -> None:
+    """Join the mesh and run episodes.
+
+    \b
+    Examples:
+      openrange-agent --etcd 10.0.0.5:2379,10.0.0.6:2379 --store /mnt/nfs/openrange
+      OPENRANGE_ETCD=127.0.0.1:2379 openrange-agent --capacity 4 --labels gpu=a100
+    """
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        if not registry:
+            raise click.UsageError(f"--etcd (or {ENV_ETCD}) is required")
+        settings = Settings.load(
+            {
+                "registry": registry,
+                "host_id": host_id,
+                "namespace": namespace,
+                "capacity": capacity,
+                "store": store,
+                "labels": labels,
+            }
+        )
+        if ttl is not None:
+            settings = settings.with_timing(ttl)
+        agent = Agent(settings)
+        _install_signals(agent, grace)
+        agent.run()
+    except MeshError as exc:
+        click.echo(f"openrange-agent: {exc}", err=True)
+        sys.exit(3 if type(exc).__name__ == "Unavailable" else 1)
+
+
+def _install_signals(agent: Agent, grace: float) -> None:
+    interrupts = 0
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        agent.drain(grace)
+
+    def on_int(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            log.info("interrupted: draining (interrupt again to exit at once)")
+            agent.drain(grace)
+            return
+        log.warning("second interrupt: exiting now; the lease expiry hands work back")
+        agent.pool.abandon()  # not close(): this handler may have interrupted a holder of the pool's lock
+        os._exit(130)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_int)

@@ -1,0 +1,254 @@
+"""MeshClient: what a trainer uses to fan episodes out across the mesh and consume results.
+
+    client = MeshClient("etcd://10.0.0.5:2379", consumer="ppo-run-7")
+    ids = client.submit([{"runtime": "gymnasium", "params": {"env": "CartPole-v1"}, "seed": s}
+                         for s in range(1000)], batch=32)
+    for record in client.as_completed(ids):
+        learn(record.result)
+        client.ack([record.id])
+
+Results are in etcd, not in the client: a restarted trainer with the same ``consumer`` name gets
+every committed-but-unacked result again from ``as_completed()``, and nothing it acked is re-run
+(idempotency keys) or re-delivered. The client holds no lease: it can die at any time.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..config import default_host_id
+from ..errors import EpisodeNotFound
+from ..ids import IdAllocator
+from ..keys import Keys
+from ..model import EpisodeRecord, EpisodeSpec, State, decode_or_none
+from ..registry import Compare, Delete, Put, Registry, open_registry
+from ..specs import check_spec
+from .catalog import Catalog, EpisodeFilter
+from .follow import Follower
+from .ledger import MAX_TXN_OPS, Ledger, Versioned
+
+SpecLike = EpisodeSpec | Mapping[str, Any]
+
+
+class MeshClient:
+    def __init__(
+        self, registry: Registry | str, *, namespace: str = "default", consumer: str | None = None,
+        max_in_flight: int = 100_000, retry_timeout: float = 10.0,
+    ) -> None:
+        self.registry = open_registry(registry, retry_timeout=retry_timeout) if isinstance(registry, str) else registry
+        self._owns_registry = isinstance(registry, str)
+        self.keys = Keys(namespace)
+        self.consumer = consumer or default_host_id()
+        self.ledger = Ledger(self.registry, self.keys)
+        self.catalog = Catalog(self.registry, self.keys)
+        self.ids = IdAllocator(self.registry, self.keys, default_host_id())
+        self.max_in_flight = max_in_flight
+        self._in_flight: set[str] = set()
+
+    # --- submitting ----------------------------------------------------------------------
+
+    def submit(self, specs: SpecLike | Iterable[SpecLike], *, batch: int | None = None) -> list[str]:
+        """Submit specs; return their ids in order. A spec whose idempotency key was already
+        used returns the existing episode's id and submits nothing. Blocks while this client
+        has ``max_in_flight`` unfinished episodes (backpressure). Every spec is checked before
+        any is submitted, so one bad spec submits nothing."""
+        items = [specs] if isinstance(specs, EpisodeSpec | Mapping) else list(specs)
+        checked = [check_spec(s) for s in items]
+        if batch is not None:
+            checked = [replace(s, batch=batch).check() for s in checked]
+        out: list[str] = []
+        step = max(1, min(self.max_in_flight, 4096))
+        for start in range(0, len(checked), step):
+            chunk = checked[start : start + step]
+            self._wait_for_room(len(chunk))
+            out += self._submit_chunk(chunk)
+        return out
+
+    def _submit_chunk(self, specs: Sequence[EpisodeSpec]) -> list[str]:
+        now = time.time()
+        records = [EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.consumer)
+                   for i, s in zip(self.ids.next_ids(len(specs)), specs, strict=True)]
+        existing, revision = self.ledger.submit(records)
+        if revision:
+            self.ids.adopt(revision)
+        ids = [existing.get(r.spec.idempotency_key or "", r.id) for r in records]
+        self._in_flight.update(i for i, r in zip(ids, records, strict=True) if i == r.id)
+        return ids
+
+    def _wait_for_room(self, wanted: int) -> None:
+        while self._in_flight and len(self._in_flight) + wanted > self.max_in_flight:
+            self._in_flight = {i for i, v in self._read(sorted(self._in_flight)).items()
+                               if not v.record.state.is_terminal}
+            if len(self._in_flight) + wanted > self.max_in_flight:
+                time.sleep(0.05)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def get(self, episode_id: str) -> EpisodeRecord:
+        return self.catalog.get(episode_id)
+
+    def list(self, where: EpisodeFilter | None = None, *, page_size: int = 500) -> Iterator[EpisodeRecord]:
+        """Every matching record, paged, all at one revision."""
+        for record, _ in self.catalog.episodes(where, page_size=page_size):
+            yield record
+
+    def as_completed(
+        self, episode_ids: Iterable[str] | None = None, *, timeout: float | None = None,
+    ) -> Iterator[EpisodeRecord]:
+        """Yield records as their episodes finish, each once.
+
+        With ids: every one of them (acked or not) until all have been yielded; an unknown id
+        raises EpisodeNotFound. Without ids (the restart-safe consumer): every finished, unacked
+        episode this consumer submitted, starting with those that finished while it was away,
+        then new ones as they finish, until ``timeout`` (forever if None). Streams from a watch
+        that resumes from its last revision after a reconnect."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wanted = None if episode_ids is None else set(episode_ids)
+        revision = self._revision_now()
+        accept = self._accepts(wanted)
+        for record in self._initial(wanted, revision):
+            if accept(record):
+                if wanted is not None:
+                    wanted.discard(record.id)
+                yield record
+        follower = Follower(self.registry, self.keys.episodes())
+        follower.start(revision)
+        try:
+            while wanted is None or wanted:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return
+                for event in follower.poll(1.0 if remaining is None else min(1.0, remaining)):
+                    if event.type != "put":
+                        continue
+                    final = decode_or_none(EpisodeRecord.from_bytes, event.kv.value, event.kv.key)
+                    if final is None or not accept(final):
+                        continue
+                    if wanted is not None:
+                        wanted.discard(final.id)
+                    self._in_flight.discard(final.id)
+                    yield final
+        finally:
+            follower.close()
+
+    def _accepts(self, wanted: set[str] | None) -> Callable[[EpisodeRecord], bool]:
+        """Which finished records ``as_completed`` yields (each once: acking rewrites a record
+        but a yielded id leaves ``wanted``; in consumer mode acked records are skipped)."""
+        if wanted is not None:
+            return lambda r: r.id in wanted and r.state.is_terminal
+        return lambda r: r.state.is_terminal and r.acked_at is None and r.submitter == self.consumer
+
+    def wait(self, episode_ids: Iterable[str], *, timeout: float | None = None) -> builtins.list[EpisodeRecord]:
+        """Block until every episode is finished (acked or not); their records in input order."""
+        ids = list(episode_ids)
+        done = {r.id: r for r in self._terminal(ids)}
+        if len(done) < len(set(ids)):
+            for record in self.as_completed([i for i in ids if i not in done], timeout=timeout):
+                done[record.id] = record
+        done.update({r.id: r for r in self._terminal([i for i in ids if i not in done])})
+        missing = [i for i in ids if i not in done]
+        if missing:
+            raise TimeoutError(f"{len(missing)} episodes not finished after {timeout} s (first: {missing[0]})")
+        return [done[i] for i in ids]
+
+    # --- acting on episodes --------------------------------------------------------------
+
+    def cancel(self, episode_ids: Iterable[str]) -> dict[str, str]:
+        """Cancel episodes. Returns id -> "cancelled" (was pending), "requested" (running:
+        its owner stops it and commits ``cancelled``), or its terminal state (too late)."""
+        out: dict[str, str] = {}
+        for episode_id in episode_ids:
+            out[episode_id] = self._cancel_one(episode_id)
+        return out
+
+    def _cancel_one(self, episode_id: str) -> str:
+        while True:
+            versioned = self._read([episode_id]).get(episode_id)
+            if versioned is None:
+                raise EpisodeNotFound(episode_id)
+            state = versioned.record.state
+            if state.is_terminal:
+                return state.value
+            if state is State.RUNNING:
+                self.ledger.request_cancel(episode_id)
+                return "requested"
+            if self.ledger.cancel_pending(versioned):
+                return "cancelled"
+
+    def ack(self, episode_ids: Iterable[str]) -> int:
+        """Mark finished results consumed: they are not delivered again and may be collected
+        after the retention period. Returns how many were newly acked."""
+        acked = 0
+        ids = list(episode_ids)
+        for start in range(0, len(ids), MAX_TXN_OPS // 2):
+            acked += self._ack_batch(ids[start : start + MAX_TXN_OPS // 2])
+        return acked
+
+    def _ack_batch(self, ids: Sequence[str]) -> int:
+        while True:
+            todo = [v for v in self._read(ids).values() if v.record.state.is_terminal and v.record.acked_at is None]
+            if not todo:
+                return 0
+            now = time.time()
+            result = self.registry.txn(
+                [Compare(self.keys.episode(v.record.id), "mod", "==", v.mod_revision) for v in todo],
+                [Put(self.keys.episode(v.record.id), v.record.replace(acked_at=now).to_bytes()) for v in todo],
+            )
+            if result.succeeded:
+                return len(todo)
+
+    def close(self) -> None:
+        if self._owns_registry:
+            self.registry.close()
+
+    def __enter__(self) -> MeshClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _read(self, ids: Sequence[str]) -> dict[str, Versioned]:
+        return self.ledger.read(ids)
+
+    def _initial(self, wanted: set[str] | None, revision: int) -> Iterator[EpisodeRecord]:
+        """The records to start from, as of ``revision``."""
+        if wanted is None:
+            for record, _ in self.catalog.episodes(EpisodeFilter(submitter=self.consumer), revision=revision):
+                yield record
+            return
+        found = self._read(sorted(wanted))
+        missing = sorted(wanted - set(found))
+        if missing:
+            raise EpisodeNotFound(missing[0])
+        for versioned in found.values():
+            yield versioned.record
+
+    def _revision_now(self) -> int:
+        return self.registry.get(self.keys.root)[1]
+
+    def _terminal(self, ids: Sequence[str]) -> builtins.list[EpisodeRecord]:
+        return [v.record for v in self._read(ids).values() if v.record.state.is_terminal]
+
+
+def collect_garbage(registry: Registry, keys: Keys, retention: float, now: float | None = None) -> int:
+    """Delete acked finished records older than ``retention`` seconds (with their idempotency
+    and cancel keys). Each delete compares the record is unchanged. Returns how many went."""
+    now = time.time() if now is None else now
+    catalog = Catalog(registry, keys)
+    doomed = [(r, rev) for r, rev in catalog.episodes(
+        lambda r: r.state.is_terminal and r.acked_at is not None and r.acked_at <= now - retention)]
+    removed = 0
+    for record, mod_revision in doomed:
+        ops: list[Put | Delete] = [Delete(keys.episode(record.id)), Delete(keys.cancel(record.id))]
+        if record.spec.idempotency_key:
+            ops.append(Delete(keys.idempotency(record.spec.idempotency_key)))
+        if registry.txn([Compare(keys.episode(record.id), "mod", "==", mod_revision)], ops).succeeded:
+            removed += 1
+    return removed

@@ -1,0 +1,95 @@
+"""Leader election and the leader's duties.
+
+The leader is the agent whose lease holds the ``leader`` key (created only if absent). It is not
+a controller: claims, commits and requeues never wait for it. It runs the reconcile sweep (the
+safety net for requeues whose trigger event nobody saw, e.g. when every agent was down when a
+lease expired) and is where the dashboard's URL is published.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from ..model import State, pack, unpack
+from ..registry import Compare, Event, Put
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+log = logging.getLogger(__name__)
+
+
+class Leadership:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.is_leader = False
+        self.leader: str | None = None  # None: unknown or vacant
+        self.sweep_due = True
+        self._next_sweep = 0.0
+
+    @property
+    def sweep_interval(self) -> float:
+        return max(10.0 * self.agent.settings.ttl, 20.0)
+
+    def on_event(self, event: Event) -> bool:
+        """Called from the watch thread. True: wake the loop (the seat is vacant)."""
+        if event.type == "delete":
+            self.leader = None
+            self.is_leader = False
+            return True
+        self.leader = _leader_host(event.kv.value)
+        self.is_leader = self.leader == self.agent.host
+        return False
+
+    def step(self) -> str | None:
+        agent = self.agent
+        line = None
+        if self.leader is None and agent.lease.is_alive and not agent._draining:
+            line = self._campaign()
+        if self.sweep_due or (self.is_leader and time.monotonic() >= self._next_sweep):
+            requeued = sweep(agent)
+            self.sweep_due = False
+            self._next_sweep = time.monotonic() + self.sweep_interval
+            if requeued:
+                line = f"{line + '; ' if line else ''}sweep requeued {requeued} orphaned episodes"
+        return line
+
+    def _campaign(self) -> str | None:
+        agent = self.agent
+        key = agent.keys.leader()
+        value = pack({"host": agent.host})
+        result = agent.registry.txn([Compare(key, "create", "==", 0)], [Put(key, value, agent.lease.lease)])
+        if result.succeeded:
+            self.leader, self.is_leader, self.sweep_due = agent.host, True, True
+            return f"elected leader of namespace {agent.keys.namespace}"
+        kv, _ = agent.registry.get(key)
+        self.leader = _leader_host(kv.value) if kv else None
+        self.is_leader = self.leader == agent.host
+        return f"following leader {self.leader}" if self.leader else None
+
+
+def sweep(agent: Agent) -> int:
+    """Requeue running episodes whose claim key is gone, reading claims and records at one
+    revision (a claim txn writes both, so a consistent view never shows a false orphan)."""
+    claims = agent.registry.range(agent.keys.claims())
+    present = {agent.keys.name_of(kv.key, agent.keys.claims()) for kv in claims.kvs}
+    orphans: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for record, _ in agent.catalog.episodes(lambda r: r.state is State.RUNNING, revision=claims.revision):
+        if f"{record.owner}/{record.claim}" not in present and record.owner and record.claim:
+            orphans[(record.owner, record.claim)].append(record.id)
+    requeued = 0
+    for (host, claim_id), ids in orphans.items():
+        requeued += len(agent.ledger.requeue(host, claim_id, ids, f"claim of host {host} vanished"))
+    return requeued
+
+
+def _leader_host(value: bytes) -> str | None:
+    try:
+        data = unpack(value)
+    except Exception:  # noqa: BLE001 - a corrupt leader value reads as "unknown leader"
+        return None
+    host = data.get("host") if isinstance(data, dict) else None
+    return str(host) if host else None
