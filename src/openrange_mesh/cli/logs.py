@@ -1,0 +1,87 @@
+"""``openrange-mesh logs ID``: an episode's events from the store, optionally followed."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import click
+
+from ..mesh.catalog import Catalog
+from ..model import EpisodeRecord
+from ..store import Store, open_store
+from ..store.events import decode_events, read_events
+from ..store.layout import attempt_prefix, parse_events_path
+from .common import Mesh, compact_json, output_option, pass_mesh, stamp, store_option
+
+POLL_SECONDS = 0.5
+
+
+@click.command("logs", short_help="Print an episode's events from the store (-f follows).")
+@click.argument("episode_id", metavar="ID")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events until the episode finishes.")
+@click.option("--attempt", type=click.IntRange(min=1), help="This attempt (default: the latest).")
+@store_option()
+@output_option("text", "json")
+@pass_mesh
+def command(mesh: Mesh, episode_id: str, follow: bool, attempt: int | None, store_url: str, output: str) -> None:
+    """Print an episode's events (one per line) from the store.
+
+    With -o json each event is printed as the JSON line it is stored as. -f follows the running
+    attempt as its event chunks land, moves on to the next attempt if the episode is requeued
+    (unless --attempt is given), and returns once the episode has finished.
+
+    \b
+    Examples:
+      openrange-mesh logs 000000002a-0003-gpu7 --store /mnt/nfs/openrange
+      OPENRANGE_STORE=s3://bucket/mesh openrange-mesh logs -f 000000002a-0003-gpu7
+      openrange-mesh logs 000000002a-0003-gpu7 --attempt 1 -o json | jq .type
+    """
+    catalog = mesh.catalog()
+    record = catalog.get(episode_id)
+    store = open_store(store_url)
+    if not follow:
+        events = read_events(store, episode_id, attempt)
+        for event in events:
+            click.echo(render(event, output))
+        if not events:
+            click.echo(f"no events stored for {episode_id}{f' attempt {attempt}' if attempt else ''}", err=True)
+        return
+    with contextlib.suppress(KeyboardInterrupt):  # stopping a follow is not an error
+        _follow(catalog, store, record, attempt, output)
+
+
+def _follow(catalog: Catalog, store: Store, record: EpisodeRecord, pinned: int | None, output: str) -> None:
+    current = pinned or record.attempt
+    seen: set[str] = set()
+    while True:
+        record = catalog.get(record.id)  # before listing: once it reads finished, every chunk is stored
+        if pinned is None and record.attempt > current:
+            _print_new(store, record.id, current, seen, output)
+            current = record.attempt
+            click.echo(f"--- attempt {current} ---", err=True)
+        _print_new(store, record.id, current, seen, output)
+        if record.state.is_terminal or (pinned is not None and record.attempt > pinned):
+            return
+        time.sleep(POLL_SECONDS)
+
+
+def _print_new(store: Store, episode_id: str, attempt: int, seen: set[str], output: str) -> None:
+    chunks = sorted(
+        (parsed[2], path)
+        for path in store.list(attempt_prefix(episode_id, attempt))
+        if (parsed := parse_events_path(path)) is not None and path not in seen
+    )
+    for _, path in chunks:
+        seen.add(path)
+        for event in decode_events(store.get_bytes(path), source=store.location(path)):
+            click.echo(render(event, output))
+
+
+def render(event: dict[str, Any], output: str) -> str:
+    if output == "json":
+        return compact_json(event)
+    rest = " ".join(f"{k}={compact_json(v)}" for k, v in event.items() if k not in ("t", "type"))
+    when = stamp(event["t"]) if isinstance(event.get("t"), int | float) else "-"
+    return f"{when}  {event.get('type', '?'):<10} {rest}".rstrip()

@@ -1,0 +1,120 @@
+"""``openrange-mesh show ID``: one episode's record, attempts, timeline and artifact locations."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+from ..model import EpisodeRecord
+from ..store import Store
+from ..store.layout import attempt_prefix
+from .common import (
+    Mesh,
+    ago,
+    dump_json,
+    open_store_url,
+    out_console,
+    output_option,
+    pass_mesh,
+    span,
+    stamp,
+    store_option,
+)
+from .records import STATE_STYLES, detail, duration_of, state_style, timeline
+from .table import StreamTable
+
+
+@click.command("show", short_help="Show one episode: record, attempts, timeline, artifacts.")
+@click.argument("episode_id", metavar="ID")
+@store_option(required=False)
+@output_option("text", "json")
+@pass_mesh
+def command(mesh: Mesh, episode_id: str, store_url: str | None, output: str) -> None:
+    """Show one episode: state, attempts (host, start, finish, outcome, error), owner, timeline,
+    spec, result, and with --store where each attempt's events and artifacts are.
+
+    \b
+    Examples:
+      openrange-mesh show 000000002a-0003-gpu7
+      openrange-mesh show 000000002a-0003-gpu7 --store /mnt/nfs/openrange -o json
+    """
+    record = mesh.catalog().get(episode_id)
+    store = open_store_url(store_url)
+    artifacts = attempt_files(store, record) if store is not None else None
+    if output == "json":
+        data = detail(record)
+        data["timeline"] = [{"at": at, "event": what} for at, what in timeline(record)]
+        data["artifacts"] = artifacts
+        click.echo(dump_json(data))
+        return
+    _print(out_console(), record, artifacts)
+
+
+def attempt_files(store: Store, record: EpisodeRecord) -> list[dict[str, Any]]:
+    """For every attempt: where its directory is, and the objects in it."""
+    out = []
+    for n in range(1, record.attempt + 1):
+        prefix = attempt_prefix(record.id, n)
+        files = [path[len(prefix) :] for path in store.list(prefix)]
+        out.append({"attempt": n, "location": store.location(prefix), "files": files})
+    return out
+
+
+def _print(console: Console, record: EpisodeRecord, artifacts: list[dict[str, Any]] | None) -> None:
+    now = time.time()
+    spec = record.spec
+    fields: list[tuple[str, str | Text]] = [
+        ("id", record.id),
+        ("state", Text(record.state.value, style=STATE_STYLES[record.state])),
+        ("runtime", spec.runtime),
+        ("attempt", f"{record.attempt} of {spec.max_attempts}"),
+        ("owner", (record.owner or "-") + (f" (claim {record.claim})" if record.claim else "")),
+        ("submitter", record.submitter or "-"),
+        ("created", f"{stamp(record.created_at)} ({ago(record.created_at, now)} ago)"),
+        ("started", stamp(record.started_at)),
+        ("finished", stamp(record.finished_at)),
+        ("duration", span(duration_of(record, now))),
+        ("acked", stamp(record.acked_at)),
+    ]
+    if record.error:
+        fields.append(("error", record.error))
+    for name, value in fields:
+        console.print(Text.assemble((f"{name + ':':<11}", "bold"), value))
+    _section(console, "spec", dump_json(spec.to_dict()))
+    _section(console, "result", dump_json(record.result) if record.result is not None else "-")
+    if record.history:
+        console.print(Text("attempts:", style="bold"))
+        table = StreamTable(
+            ["  #", "OUTCOME", "HOST", "STARTED", "FINISHED", "DURATION", "ERROR"], console, style=state_style
+        )
+        table.write(
+            [
+                [
+                    f"  {a.n}",
+                    a.outcome or "running",
+                    a.host,
+                    stamp(a.started_at),
+                    stamp(a.finished_at),
+                    span((a.finished_at or now) - a.started_at),
+                    (a.error or "-").splitlines()[0],
+                ]
+                for a in record.history
+            ]
+        )
+    console.print(Text("timeline:", style="bold"))
+    for at, what in timeline(record):
+        console.print(f"  {stamp(at)}  {what}")
+    if artifacts is not None:
+        console.print(Text("artifacts:", style="bold"))
+        for item in artifacts:
+            listing = f"{len(item['files'])} files" if item["files"] else "nothing stored"
+            console.print(f"  attempt {item['attempt']}: {item['location']} ({listing})")
+
+
+def _section(console: Console, name: str, body: str) -> None:
+    console.print(Text(f"{name}:", style="bold"))
+    console.print("\n".join("  " + line for line in body.splitlines()))

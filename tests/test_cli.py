@@ -1,0 +1,557 @@
+"""``openrange-mesh``: every command run for real (click's runner, or a subprocess) against a real etcd
+and, where episodes must run, real ``openrange-agent`` processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from openrange_mesh.cli.main import cli
+from openrange_mesh.keys import Keys
+from openrange_mesh.mesh.catalog import Catalog
+from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, State
+from openrange_mesh.registry import Put, Registry, open_registry
+
+from .etcdkit import EtcdServer, free_port
+from .helpers import wait_until
+
+AGENT_BOOT = "import sys; from openrange_mesh.cli.agent import main; sys.argv[0] = 'openrange-agent'; main()"
+
+
+def new_namespace() -> str:
+    return f"cli-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass
+class Cli:
+    """``openrange-mesh --etcd ... --namespace ...`` for one namespace."""
+
+    endpoint: str
+    namespace: str
+    store: str = ""
+
+    def __call__(self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> Result:
+        runner = CliRunner(env={"OPENRANGE_STORE": self.store or None, **(env or {})})
+        return runner.invoke(cli, ["--etcd", self.endpoint, "--namespace", self.namespace, *args], input=stdin)
+
+    def ok(self, *args: str, stdin: str | None = None) -> Result:
+        result = self(*args, stdin=stdin)
+        assert result.exit_code == 0, f"{args}: exit {result.exit_code}\n{result.output}"
+        return result
+
+
+def error_lines(result: Result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def registry(etcd: EtcdServer) -> Iterator[Registry]:
+    reg = open_registry(etcd.url, retry_timeout=5.0)
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def mesh(etcd: EtcdServer) -> Cli:
+    """A fresh namespace with no agent: records stay as written."""
+    return Cli(etcd.endpoint, new_namespace())
+
+
+@dataclass
+class Agents:
+    cli: Cli
+    processes: list[subprocess.Popen[bytes]]
+    logs: Path
+
+
+@pytest.fixture(scope="module")
+def agents(etcd: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agents]:
+    """Two real agents (ttl 2, capacity 2) on one namespace shared by this module's agent tests."""
+    root = tmp_path_factory.mktemp("agents")
+    namespace, store = new_namespace(), str(root / "store")
+    processes = []
+    for host in ("h1", "h2"):
+        with (root / f"{host}.log").open("wb") as log:
+            processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        AGENT_BOOT,
+                        "--etcd",
+                        etcd.endpoint,
+                        "--namespace",
+                        namespace,
+                        "--host-id",
+                        host,
+                        "--ttl",
+                        "2",
+                        "--capacity",
+                        "2",
+                        "--store",
+                        store,
+                        "--grace",
+                        "1",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+    registry = open_registry(etcd.url, retry_timeout=5.0)
+    try:
+        catalog = Catalog(registry, Keys(namespace))
+        wait_until(lambda: len(catalog.hosts()) == 2, timeout=60, what="two agents to join")
+        yield Agents(Cli(etcd.endpoint, namespace, store), processes, root)
+    finally:
+        registry.close()
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # the agent's workers, and the agent if it hung
+            process.wait()
+
+
+def put_records(registry: Registry, namespace: str, *records: EpisodeRecord) -> None:
+    keys = Keys(namespace)
+    registry.txn([], [Put(keys.episode(r.id), r.to_bytes()) for r in records])
+
+
+def sample_records() -> list[EpisodeRecord]:
+    now = time.time()
+    return [
+        EpisodeRecord(
+            "0000000001-0000-t", EpisodeSpec("sleep", labels={"run": "a"}), created_at=now - 90, submitter="trainer"
+        ),
+        EpisodeRecord(
+            "0000000001-0001-t",
+            EpisodeSpec("gymnasium", {"env": "CartPole-v1"}, labels={"run": "b"}),
+            state=State.RUNNING,
+            attempt=2,
+            owner="h1",
+            claim="c1",
+            created_at=now - 60,
+            started_at=now - 5,
+            history=(Attempt(1, "h2", now - 50, now - 40, "requeued", "host h2 died"), Attempt(2, "h1", now - 5)),
+        ),
+        EpisodeRecord(
+            "0000000001-0002-t",
+            EpisodeSpec("sleep", labels={"run": "a"}),
+            state=State.FAILED,
+            created_at=now - 30,
+            started_at=now - 20,
+            finished_at=now - 10,
+            error="boom\nsecond line",
+            history=(Attempt(1, "h2", now - 20, now - 10, "failed", "boom\nsecond line"),),
+            result={"steps": 3},
+        ),
+    ]
+
+
+def rows(result: Result) -> list[list[str]]:
+    """The table's data rows, split on runs of spaces (none of our cells has two spaces inside)."""
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    return [line.split() for line in lines[1:]]
+
+
+# --- ls ----------------------------------------------------------------------------------------
+
+
+def test_ls_empty_namespace(mesh: Cli) -> None:
+    result = mesh.ok("ls")
+    assert result.stdout.split() == ["ID", "STATE", "HOST", "ATTEMPT", "RUNTIME", "AGE", "DURATION", "ERROR"]
+    assert json.loads(mesh.ok("ls", "-o", "json").stdout) == []
+    assert mesh.ok("ls", "-o", "ids").stdout == ""
+
+
+def test_ls_lists_filters_and_skips_a_corrupt_record(mesh: Cli, registry: Registry) -> None:
+    pending, running, failed = sample_records()
+    put_records(registry, mesh.namespace, pending, running, failed)
+    registry.txn([], [Put(Keys(mesh.namespace).episode("0000000001-0001-u"), b"\xc1 not msgpack")])
+
+    result = mesh.ok("ls")
+    assert [r[0] for r in rows(result)] == [pending.id, running.id, failed.id]
+    assert rows(result)[1][:5] == [running.id, "running", "h1", "2", "gymnasium"]
+    assert (rows(result)[2][1], rows(result)[2][-1]) == ("failed", "boom")
+    assert "second line" not in result.stdout  # ERROR shows the first line only
+    assert "skipping corrupt record" in result.stderr and "0000000001-0001-u" in result.stderr
+
+    def ids(*args: str) -> list[str]:
+        return mesh.ok("ls", "-o", "ids", *args).stdout.split()
+
+    assert ids("--state", "failed") == [failed.id]
+    assert ids("--state", "failed", "--state", "pending") == [pending.id, failed.id]
+    assert ids("--host", "h1") == [running.id]
+    assert ids("--host", "h2") == [failed.id]
+    assert ids("--runtime", "gymnasium") == [running.id]
+    assert ids("--label", "run=a") == [pending.id, failed.id]
+    assert ids("--label", "run=a", "--state", "pending") == [pending.id]
+    assert ids("--limit", "2") == [pending.id, running.id]
+    assert ids("--page-size", "1") == ids("--page-size", "0") == [pending.id, running.id, failed.id]
+
+    wide = mesh.ok("ls", "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[-3:] == ["LABELS", "SUBMITTER", "RESULT"]
+    assert "run=a" in wide[1] and "trainer" in wide[1] and '{"steps":3}' in wide[3]
+
+
+def test_ls_json_fields(mesh: Cli, registry: Registry) -> None:
+    records = sample_records()
+    put_records(registry, mesh.namespace, *records)
+    listed = json.loads(mesh.ok("ls", "-o", "json").stdout)
+    assert [item["id"] for item in listed] == [r.id for r in records]
+    running, failed = listed[1], listed[2]
+    for field in (
+        "id",
+        "state",
+        "host",
+        "attempt",
+        "runtime",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "error",
+        "labels",
+        "submitter",
+        "result",
+    ):
+        assert field in running, field
+    assert (running["state"], running["host"], running["attempt"], running["runtime"]) == (
+        "running",
+        "h1",
+        2,
+        "gymnasium",
+    )
+    assert running["labels"] == {"run": "b"} and running["finished_at"] is None
+    assert (failed["error"], failed["result"], failed["host"]) == ("boom\nsecond line", {"steps": 3}, "h2")
+    assert listed[0]["submitter"] == "trainer" and listed[0]["host"] is None
+
+
+def test_ls_watch_follows_changes_and_ctrl_c_exits_0(etcd: EtcdServer, registry: Registry) -> None:
+    namespace = new_namespace()
+    first, second, _ = sample_records()
+    put_records(registry, namespace, first)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "openrange_mesh.cli.main",
+            "--etcd",
+            etcd.endpoint,
+            "--namespace",
+            namespace,
+            "ls",
+            "--watch",
+            "-o",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["id"] == first.id
+        put_records(registry, namespace, second)
+        assert json.loads(process.stdout.readline())["id"] == second.id
+        put_records(registry, namespace, first.replace(state=State.CANCELLED, error="cancelled"))
+        changed = json.loads(process.stdout.readline())
+        assert (changed["id"], changed["state"]) == (first.id, "cancelled")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
+# --- hosts -------------------------------------------------------------------------------------
+
+
+def test_hosts_json_names_the_leader(agents: Agents) -> None:
+    def listed() -> list[dict[str, object]] | None:
+        hosts: list[dict[str, object]] = json.loads(agents.cli.ok("hosts", "-o", "json").stdout)
+        return hosts if sum(bool(h["leader"]) for h in hosts) == 1 else None
+
+    hosts = wait_until(listed, timeout=15, what="a leader")
+    assert hosts is not None
+    assert sorted(str(h["id"]) for h in hosts) == ["h1", "h2"]
+    assert all(h["capacity"] == 2 and h["version"] and h["pid"] for h in hosts)
+    leader = next(h["id"] for h in hosts if h["leader"])
+    table = rows(agents.cli.ok("hosts"))
+    assert {r[0]: r[1] for r in table}[str(leader)] == "yes"
+
+
+def test_hosts_with_no_agent(mesh: Cli) -> None:
+    result = mesh.ok("hosts", "-o", "json")
+    assert json.loads(result.stdout) == []
+    assert "no leader" in mesh.ok("hosts").stderr
+
+
+# --- submit ------------------------------------------------------------------------------------
+
+
+def test_submit_params_count_seed_and_options(mesh: Cli, registry: Registry) -> None:
+    result = mesh.ok(
+        "submit",
+        "--runtime",
+        "sleep",
+        "-p",
+        "seconds=0.5",
+        "-p",
+        "mode=ok",
+        "-p",
+        'result={"a": [1]}',
+        "--count",
+        "3",
+        "--seed",
+        "10",
+        "--label",
+        "run=x",
+        "--timeout",
+        "5",
+        "--max-attempts",
+        "2",
+        "--batch",
+        "2",
+    )
+    ids = result.stdout.split()
+    assert len(ids) == 3
+    catalog = Catalog(registry, Keys(mesh.namespace))
+    specs = [catalog.get(i).spec for i in ids]
+    assert [s.seed for s in specs] == [10, 11, 12]
+    assert specs[0].params == {"seconds": 0.5, "mode": "ok", "result": {"a": [1]}}
+    assert (specs[0].labels, specs[0].timeout, specs[0].max_attempts, specs[0].batch) == ({"run": "x"}, 5, 2, 2)
+    assert all(catalog.get(i).state is State.PENDING for i in ids)
+
+    as_json = json.loads(mesh.ok("submit", "--runtime", "sleep", "-o", "json").stdout)
+    assert isinstance(as_json, list) and len(as_json) == 1 and catalog.get(as_json[0]).spec.seed is None
+
+
+def test_submit_idempotency_key_returns_the_first_episode(mesh: Cli) -> None:
+    first = mesh.ok("submit", "--runtime", "sleep", "--idempotency-key", "k1").stdout.strip()
+    again = mesh.ok("submit", "--runtime", "sleep", "--idempotency-key", "k1").stdout.strip()
+    assert first == again
+    assert mesh("submit", "--runtime", "sleep", "--idempotency-key", "k2", "--count", "2").exit_code == 2
+
+
+def test_submit_file_with_a_bad_line_submits_nothing(mesh: Cli, tmp_path: Path) -> None:
+    good = '{"runtime": "sleep", "params": {"seconds": 0}, "seed": 1}'
+    path = tmp_path / "specs.jsonl"
+    path.write_text(f"{good}\n\n# a comment\n{good}\n" + '{"runtime": "nope"}\n')
+    result = mesh("submit", "--file", str(path))
+    assert result.exit_code == 1
+    assert error_lines(result) == [
+        f"openrange-mesh: invalid spec: {path} line 5: runtime: unknown runtime 'nope' "
+        "(known: command, gymnasium, sleep)"
+    ]
+    path.write_text(f"{good}\nnot json\n")
+    result = mesh("submit", "--file", str(path))
+    assert result.exit_code == 1 and "line 2: not JSON" in result.stderr and len(error_lines(result)) == 1
+    path.write_text(f'{good}\n{{"runtime": "sleep", "params": {{"seconds": -1}}}}\n')
+    result = mesh("submit", "--file", str(path))
+    assert result.exit_code == 1 and "line 2: params" in result.stderr
+    assert mesh.ok("ls", "-o", "ids").stdout == ""  # nothing was submitted
+
+    path.write_text(f"{good}\n{good}\n")
+    ids = mesh.ok("submit", "--file", str(path)).stdout.split()
+    assert len(ids) == 2 and mesh.ok("ls", "-o", "ids").stdout.split() == ids
+    from_stdin = mesh.ok("submit", "--file", "-", stdin=good + "\n").stdout.split()
+    assert len(from_stdin) == 1
+
+
+def test_submit_bad_runtime_is_one_line_and_exit_1(mesh: Cli) -> None:
+    result = mesh("submit", "--runtime", "nope", "-p", "x=1")
+    assert result.exit_code == 1
+    assert error_lines(result) == [
+        "openrange-mesh: invalid spec: runtime: unknown runtime 'nope' (known: command, gymnasium, sleep)"
+    ]
+    bad_params = mesh("submit", "--runtime", "sleep", "-p", "mode=sideways")
+    assert bad_params.exit_code == 1 and len(error_lines(bad_params)) == 1
+    assert mesh.ok("ls", "-o", "ids").stdout == ""
+
+
+def test_submit_usage_errors_exit_2(mesh: Cli, tmp_path: Path) -> None:
+    assert mesh("submit", "--runtime", "sleep", "-p", "novalue").exit_code == 2
+    assert mesh("submit").exit_code == 2
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"runtime": "sleep"}\n')
+    assert mesh("submit", "--file", str(path), "--runtime", "sleep").exit_code == 2
+
+
+# --- wait, show, logs, cancel (real agents) ----------------------------------------------------
+
+
+def test_wait_exits_0_when_all_succeed(agents: Agents) -> None:
+    ids = agents.cli.ok("submit", "--runtime", "sleep", "-p", "seconds=0.1", "-n", "4").stdout
+    result = agents.cli.ok("wait", "-", stdin=ids)
+    assert "4/4 done (4 succeeded, 0 failed)" in result.stderr
+    assert result.stdout == ""
+    records = json.loads(agents.cli.ok("wait", *ids.split(), "-o", "json").stdout)  # already done: returns at once
+    assert [r["state"] for r in records] == ["succeeded"] * 4
+
+
+def test_wait_exits_1_when_one_fails(agents: Agents) -> None:
+    ok = agents.cli.ok("submit", "--runtime", "sleep", "-p", "seconds=0.1", "-n", "2").stdout.split()
+    bad = agents.cli.ok("submit", "--runtime", "sleep", "-p", "seconds=0.1", "-p", "mode=fail").stdout.strip()
+    result = agents.cli("wait", *ok, bad)
+    assert result.exit_code == 1, result.output
+    assert error_lines(result)[-1] == "openrange-mesh: 1 of 3 episodes did not succeed"
+    assert rows(result) == [[bad, "failed", *rows(result)[0][2:]]] and "asked to fail" in result.stdout
+
+
+def test_wait_timeout_then_cancel(agents: Agents) -> None:
+    slow = agents.cli.ok("submit", "--runtime", "sleep", "-p", "seconds=60").stdout.strip()
+    started = time.monotonic()
+    result = agents.cli("wait", slow, "--timeout", "1")
+    assert result.exit_code == 1
+    assert time.monotonic() - started < 10
+    assert error_lines(result)[-1].startswith("openrange-mesh: timed out after 1.0s: 1 of 1 episodes not finished")
+
+    wait_until(
+        lambda: json.loads(agents.cli.ok("show", slow, "-o", "json").stdout)["state"] == "running",
+        timeout=15,
+        what="the slow episode to run",
+    )
+    cancelled = agents.cli.ok("cancel", slow)
+    assert cancelled.stdout.startswith(f"{slow}: cancel requested")
+    final = agents.cli("wait", slow, "--timeout", "20")
+    assert final.exit_code == 1 and "1 of 1 episodes did not succeed" in final.stderr and "cancelled" in final.stdout
+    again = agents.cli.ok("cancel", slow, "-o", "json")
+    assert json.loads(again.stdout) == {slow: "cancelled"}
+
+
+def test_cancel_pending_unknown_and_finished(mesh: Cli, registry: Registry) -> None:
+    done = sample_records()[2]
+    put_records(registry, mesh.namespace, done)
+    pending = mesh.ok("submit", "--runtime", "sleep").stdout.strip()
+    result = mesh("cancel", pending, "0000000000-0000-nope", done.id)
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        f"{pending}: cancelled (it was pending)",
+        "0000000000-0000-nope: no such episode",
+        f"{done.id}: already failed: nothing to do",
+    ]
+    assert error_lines(result) == ["openrange-mesh: 1 of 3 episodes not found (first: 0000000000-0000-nope)"]
+    assert json.loads(mesh.ok("show", pending, "-o", "json").stdout)["state"] == "cancelled"
+
+
+def test_wait_all(mesh: Cli, registry: Registry) -> None:
+    records = sample_records()
+    finished = records[0].replace(state=State.SUCCEEDED, finished_at=time.time())
+    put_records(registry, mesh.namespace, finished)
+    assert mesh.ok("wait", "--all").stderr.strip().endswith("1/1 done (1 succeeded, 0 failed), 0 running, 0 pending")
+    put_records(registry, mesh.namespace, records[2])
+    assert mesh("wait", "--all").exit_code == 1
+    assert mesh("wait").exit_code == 2
+    assert mesh("wait", "0000000000-0000-nope").exit_code == 1
+
+
+def test_show_and_logs(agents: Agents) -> None:
+    cli = agents.cli
+    episode = cli.ok(
+        "submit",
+        "--runtime",
+        "sleep",
+        "-p",
+        "seconds=0.3",
+        "-p",
+        "events=3",
+        "-p",
+        'result={"r": 7}',
+        "--label",
+        "run=show",
+    ).stdout.strip()
+    cli.ok("wait", episode)
+
+    text = cli.ok("show", episode).stdout
+    for expected in (
+        "state:     succeeded",
+        "runtime:   sleep",
+        "attempts:",
+        "timeline:",
+        "submitted by",
+        "attempt 1 ended succeeded",
+        '"r": 7',
+        '"run": "show"',
+        "artifacts:",
+        f"{agents.cli.store}/episodes",
+    ):
+        assert expected in text, expected
+    data = json.loads(cli.ok("show", episode, "-o", "json").stdout)
+    assert data["state"] == "succeeded" and data["result"] == {"r": 7} and data["spec"]["params"]["events"] == 3
+    assert data["history"][0]["outcome"] == "succeeded" and data["history"][0]["host"] in ("h1", "h2")
+    assert data["artifacts"][0]["files"] == ["events-000000.jsonl"]
+    assert data["artifacts"][0]["location"].endswith(f"episodes/{episode}/attempt-1/")
+    assert [t["event"].split()[0] for t in data["timeline"]] == ["submitted", "attempt", "attempt"]
+
+    lines = cli.ok("logs", episode).stdout.splitlines()
+    assert [line.split()[2] for line in lines] == ["reset", "tick", "tick", "tick", "terminal"]
+    events = [json.loads(line) for line in cli.ok("logs", episode, "-o", "json").stdout.splitlines()]
+    assert [e["type"] for e in events] == ["reset", "tick", "tick", "tick", "terminal"]
+    missing = cli.ok("logs", episode, "--attempt", "2")
+    assert missing.stdout == "" and "no events stored" in missing.stderr
+
+    unknown = cli("show", "0000000000-0000-nope")
+    assert unknown.exit_code == 1 and error_lines(unknown) == ["openrange-mesh: no episode '0000000000-0000-nope'"]
+
+
+def test_logs_follow_returns_when_the_episode_ends(agents: Agents) -> None:
+    episode = agents.cli.ok("submit", "--runtime", "sleep", "-p", "seconds=2.5", "-p", "events=3").stdout.strip()
+    started = time.monotonic()
+    result = agents.cli.ok("logs", "-f", episode)
+    assert time.monotonic() - started < 20
+    assert [line.split()[2] for line in result.stdout.splitlines()] == ["reset", "tick", "tick", "tick", "terminal"]
+
+
+# --- errors, help ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args", [["ls"], ["hosts"], ["show", "x"], ["submit", "--runtime", "sleep"], ["wait", "--all"]]
+)
+def test_unreachable_etcd_exits_3_with_one_line(args: list[str]) -> None:
+    dead = Cli(f"127.0.0.1:{free_port()}", "default")
+    result = dead(*args, env={"OPENRANGE_RETRY_TIMEOUT": "0.5"})
+    assert result.exit_code == 3, result.output
+    assert len(error_lines(result)) == 1 and error_lines(result)[0].startswith("openrange-mesh: etcd unavailable at")
+
+
+def test_no_etcd_given_is_a_usage_error() -> None:
+    result = CliRunner(env={"OPENRANGE_ETCD": None}).invoke(cli, ["ls"])
+    assert result.exit_code == 2 and "--etcd" in result.stderr
+
+
+def test_help_documents_every_command() -> None:
+    runner = CliRunner()
+    top = runner.invoke(cli, ["--help"])
+    assert top.exit_code == 0
+    for expected in ("Exit status", "etcd unreachable", "_OPENRANGE_MESH_COMPLETE", "OPENRANGE_ETCD", "NO_COLOR"):
+        assert expected in top.stdout
+    for name in ("ls", "show", "logs", "hosts", "submit", "wait", "cancel", "up"):
+        result = runner.invoke(cli, [name, "--help"])
+        assert result.exit_code == 0 and "Examples:" in result.stdout, name
+
+
+def test_completion_script_is_available() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "openrange_mesh.cli.main"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "_OPENRANGE_MESH_COMPLETE": "bash_source"},
+    )
+    assert result.returncode == 0 and "_openrange_mesh_completion" in result.stdout
