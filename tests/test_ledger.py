@@ -9,7 +9,7 @@ import pytest
 
 from openrange_mesh.keys import Keys
 from openrange_mesh.mesh.catalog import Catalog, EpisodeFilter
-from openrange_mesh.mesh.ledger import Ledger, Versioned, finish_attempt
+from openrange_mesh.mesh.ledger import Claim, Ledger, Versioned, finish_attempt
 from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State
 from openrange_mesh.registry import Put, Registry
 
@@ -35,6 +35,12 @@ def pending(ledger: Ledger, ids: list[str]) -> list[Versioned]:
     return [ledger.read(ids)[i] for i in ids]
 
 
+def take(ledger: Ledger, host: str, lease: int, ids: list[str]) -> tuple[Claim, list[EpisodeRecord]] | None:
+    """Claim the queue entry that lists exactly ``ids``, as an agent would."""
+    (entry,) = [e for e in ledger.queue() if sorted(e.ids) == sorted(ids)]
+    return ledger.claim(host, lease, entry, ledger.read(list(entry.ids)))
+
+
 def revision(registry: Registry) -> int:
     return registry.get(b"/nothing")[1]
 
@@ -44,7 +50,7 @@ def test_lifecycle_costs_three_writes(registry: Registry, ledger: Ledger) -> Non
     before = revision(registry)
     (record,) = records(1)
     ledger.submit([record])
-    claim, (running,) = ledger.claim("h1", lease, pending(ledger, [record.id]))  # type: ignore[misc]
+    claim, (running,) = take(ledger, "h1", lease, [record.id])  # type: ignore[misc]
     final = finish_attempt(running, State.SUCCEEDED, time.time(), None, {"r": 1})
     assert ledger.commit(claim, [final], last=True)
     assert revision(registry) - before == 3
@@ -65,16 +71,17 @@ def test_idempotency_key_returns_the_existing_episode(ledger: Ledger) -> None:
 
 def test_only_one_claim_wins(registry: Registry, ledger: Ledger) -> None:
     ledger.submit(records(1))
-    seen = pending(ledger, ["e00000"])
+    (entry,) = ledger.queue()
+    seen = ledger.read(list(entry.ids))
     lease = registry.grant(5)
-    assert ledger.claim("h1", lease, seen) is not None
-    assert ledger.claim("h2", lease, seen) is None
+    assert ledger.claim("h1", lease, entry, seen) is not None
+    assert ledger.claim("h2", lease, entry, seen) is None
 
 
 def test_stale_owner_cannot_commit_after_its_lease_is_gone(registry: Registry, ledger: Ledger) -> None:
     ledger.submit(records(1))
     lease = registry.grant(5)
-    claim, (running,) = ledger.claim("h1", lease, pending(ledger, ["e00000"]))  # type: ignore[misc]
+    claim, (running,) = take(ledger, "h1", lease, ["e00000"])  # type: ignore[misc]
     registry.revoke(lease)  # what expiry does, without waiting for it
     final = finish_attempt(running, State.SUCCEEDED, time.time(), None)
     assert not ledger.commit(claim, [final], last=True)
@@ -82,20 +89,21 @@ def test_stale_owner_cannot_commit_after_its_lease_is_gone(registry: Registry, l
 
 
 def test_requeue_after_expiry_then_stale_commit_is_rejected(registry: Registry, ledger: Ledger) -> None:
-    ledger.submit(records(2, max_attempts=2))
+    ledger.submit(records(2, max_attempts=2, batch=2))
     lease = registry.grant(2)
-    claim, running = ledger.claim("h1", lease, pending(ledger, ["e00000", "e00001"]))  # type: ignore[misc]
+    claim, running = take(ledger, "h1", lease, ["e00000", "e00001"])  # type: ignore[misc]
     wait_until(lambda: not registry.range(ledger.keys.claims()).kvs, timeout=4, what="lease expiry")
     requeued = ledger.requeue("h1", claim.claim_id, list(claim.episode_ids), "host h1 lost its lease")
     assert sorted(requeued) == ["e00000", "e00001"]
     assert ledger.requeue("h1", claim.claim_id, list(claim.episode_ids), "again") == []  # idempotent
     back = ledger.read(["e00000"])["e00000"].record
     assert (back.state, back.attempt, back.history[0].outcome) == (State.PENDING, 2, "retried")
-    # a new owner takes it; the old one wakes up and tries to commit: rejected
+    assert [e.ids for e in ledger.queue()] == [("e00000", "e00001")]  # back as one batch entry
+    # a new owner takes them; the old one wakes up and tries to commit: rejected
     lease2 = registry.grant(5)
-    claim2, (running2,) = ledger.claim("h2", lease2, pending(ledger, ["e00000"]))  # type: ignore[misc]
+    claim2, running2 = take(ledger, "h2", lease2, ["e00000", "e00001"])  # type: ignore[misc]
     assert not ledger.commit(claim, [finish_attempt(running[0], State.SUCCEEDED, 0, None)], last=False)
-    assert ledger.commit(claim2, [finish_attempt(running2, State.SUCCEEDED, 0, None)], last=True)
+    assert ledger.commit(claim2, [finish_attempt(r, State.SUCCEEDED, 0, None) for r in running2], last=True)
     done = ledger.read(["e00000"])["e00000"].record
     assert done.state is State.SUCCEEDED and [a.host for a in done.history] == ["h1", "h2"]
 
@@ -103,7 +111,7 @@ def test_requeue_after_expiry_then_stale_commit_is_rejected(registry: Registry, 
 def test_attempts_spent_means_lost(registry: Registry, ledger: Ledger) -> None:
     ledger.submit(records(1, max_attempts=1))
     lease = registry.grant(5)
-    claim, _ = ledger.claim("h1", lease, pending(ledger, ["e00000"]))  # type: ignore[misc]
+    claim, _ = take(ledger, "h1", lease, ["e00000"])  # type: ignore[misc]
     registry.revoke(lease)
     assert ledger.requeue("h1", claim.claim_id, ["e00000"], "host h1 lost its lease") == ["e00000"]
     lost = ledger.read(["e00000"])["e00000"].record
@@ -116,7 +124,7 @@ def test_cancel_pending_and_cancel_marker_survives_owner_death(registry: Registr
     assert ledger.cancel_pending(pending(ledger, ["e00000"])[0])
     assert ledger.read(["e00000"])["e00000"].record.state is State.CANCELLED
     lease = registry.grant(5)
-    claim, _ = ledger.claim("h1", lease, pending(ledger, ["e00001"]))  # type: ignore[misc]
+    claim, _ = take(ledger, "h1", lease, ["e00001"])  # type: ignore[misc]
     ledger.request_cancel("e00001")
     registry.revoke(lease)
     assert ledger.requeue("h1", claim.claim_id, ["e00001"], "host h1 lost its lease") == ["e00001"]
@@ -125,11 +133,12 @@ def test_cancel_pending_and_cancel_marker_survives_owner_death(registry: Registr
 
 
 def test_batch_claim_and_partial_commits(registry: Registry, ledger: Ledger) -> None:
-    ledger.submit(records(60))
+    ledger.submit(records(60, batch=60))
+    assert [len(e.ids) for e in ledger.queue()] == [60]  # one entry for the whole batch
     ids = [f"e{i:05d}" for i in range(60)]
     lease = registry.grant(5)
     before = revision(registry)
-    claim, running = ledger.claim("h1", lease, pending(ledger, ids))  # type: ignore[misc]
+    claim, running = take(ledger, "h1", lease, ids)  # type: ignore[misc]
     assert revision(registry) == before + 1
     now = time.time()
     assert ledger.commit(claim, [finish_attempt(r, State.SUCCEEDED, now, None) for r in running[:20]], last=False)
@@ -151,3 +160,44 @@ def test_catalog_pages_at_one_revision_and_skips_corrupt(registry: Registry, key
     assert first + rest == [f"e{i:05d}" for i in range(25)]
     assert [r.id for r, _ in catalog.episodes(EpisodeFilter(states=frozenset({State.PENDING})))][-1] == "e00024"
     assert len(list(catalog.episodes())) == 30
+
+
+def test_cancelling_one_episode_of_a_batch_leaves_the_rest_claimable(registry: Registry, ledger: Ledger) -> None:
+    ledger.submit(records(3, batch=3))
+    (entry,) = ledger.queue()
+    stale = ledger.read(list(entry.ids))
+    assert ledger.cancel_pending(pending(ledger, ["e00001"])[0])
+    (rest,) = ledger.queue()
+    assert rest.ids == ("e00000", "e00002") and rest.name == entry.name
+    lease = registry.grant(5)
+    assert ledger.claim("h1", lease, entry, stale) is None  # what an agent saw before the cancel
+    claim, running = ledger.claim("h1", lease, rest, ledger.read(list(rest.ids)))  # type: ignore[misc]
+    assert [r.id for r in running] == ["e00000", "e00002"] and ledger.queue() == []
+    assert ledger.read(["e00001"])["e00001"].record.state is State.CANCELLED
+
+
+def test_submission_packs_groups_into_few_txns(registry: Registry, ledger: Ledger) -> None:
+    before = revision(registry)
+    ledger.submit(records(500, batch=50))
+    entries = ledger.queue()
+    assert [len(e.ids) for e in entries] == [50] * 10
+    assert revision(registry) - before <= 10  # whole groups per txn, within etcd's 128 ops
+
+
+def test_commit_and_claim_share_one_revision_and_fall_back(registry: Registry, ledger: Ledger) -> None:
+    ledger.submit(records(3))
+    lease = registry.grant(5)
+    claim, (running,) = take(ledger, "h1", lease, ["e00000"])  # type: ignore[misc]
+    entry = next(e for e in ledger.queue() if e.ids == ("e00001",))
+    before = revision(registry)
+    final = finish_attempt(running, State.SUCCEEDED, time.time(), None)
+    committed, won = ledger.commit_and_claim(claim, [final], last=True, cancelled=(), host="h1", lease=lease,
+                                             entry=entry, records=ledger.read(["e00001"]))
+    assert committed and won is not None and revision(registry) == before + 1
+    assert won[0].token == before + 1 and won[1][0].state is State.RUNNING
+    # the entry is gone (claimed above): the pair fails, the commit alone still lands
+    final2 = finish_attempt(won[1][0], State.SUCCEEDED, time.time(), None)
+    committed, again = ledger.commit_and_claim(won[0], [final2], last=True, cancelled=(), host="h1", lease=lease,
+                                               entry=entry, records=ledger.read(["e00001"]))
+    assert committed and again is None
+    assert {v.record.state for v in ledger.read(["e00000", "e00001"]).values()} == {State.SUCCEEDED}

@@ -12,7 +12,7 @@ from openrange_mesh.config import Settings, parse_labels, registry_url
 from openrange_mesh.errors import ConfigError, CorruptRecord, SpecError, UnknownRuntime
 from openrange_mesh.ids import IdAllocator
 from openrange_mesh.keys import Keys
-from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, HostInfo, State, decode_or_none
+from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, HostInfo, State, decode_or_none, is_live
 from openrange_mesh.registry import Put, Registry
 from openrange_mesh.specs import check_spec
 
@@ -156,3 +156,11 @@ def test_small_parsers() -> None:
     with pytest.raises(ConfigError):
         registry_url("  ")
     assert EpisodeSpec(runtime="sleep").check().batch == 1
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_is_live_agrees_with_decoding(state: State) -> None:
+    record = EpisodeRecord(id="x", spec=EpisodeSpec(runtime="sleep", params={"note": "running"}), state=state,
+                           error="state pending", result={"state": "running"})
+    assert is_live(record.to_bytes()) is not state.is_terminal  # whatever the params/result hold
+    assert not is_live(b"\x81\xa5state\xa7pending"[:4])

@@ -52,8 +52,8 @@ class Keys:
     def queue(self) -> bytes:
         return self.root + b"queue/"
 
-    def queued(self, episode_id: str) -> bytes:
-        return self.queue() + episode_id.encode()
+    def queued(self, entry: str) -> bytes:
+        return self.queue() + entry.encode()
 
     def claims(self) -> bytes:
         return self.control() + b"claims/"

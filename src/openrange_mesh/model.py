@@ -149,19 +149,20 @@ class EpisodeRecord:
     history: tuple[Attempt, ...] = ()
     submitter: str | None = None
     acked_at: float | None = None
+    queue: str | None = None  # while pending: the name of the queue entry that lists it
 
     def to_bytes(self) -> bytes:
         # Hand-built dicts, not dataclasses.asdict: this runs twice per episode on the hot path.
         # None fields are left out (decoding restores them): every byte crosses etcd's JSON
         # gateway several times per episode.
-        data = {
-            "v": SCHEMA, "id": self.id, "spec": _compact(self.spec.to_dict()), "state": self.state.value,
+        data = {  # "state" first: is_live() finds it at a fixed offset
+            "state": self.state.value, "v": SCHEMA, "id": self.id, "spec": _compact(self.spec.to_dict()),
             "attempt": self.attempt, "owner": self.owner, "claim": self.claim,
             "created_at": self.created_at, "started_at": self.started_at,
             "finished_at": self.finished_at, "error": self.error, "result": self.result,
             "history": [_compact({"n": a.n, "host": a.host, "started_at": a.started_at, "finished_at": a.finished_at,
                                   "outcome": a.outcome, "error": a.error, "batch": a.batch}) for a in self.history],
-            "submitter": self.submitter, "acked_at": self.acked_at,
+            "submitter": self.submitter, "acked_at": self.acked_at, "queue": self.queue,
         }
         return pack(_compact(data))
 
@@ -307,3 +308,14 @@ def _check_labels(labels: object) -> None:
             raise SpecError("labels", f"bad label key {key!r}: 1-63 of letters, digits, '_', '.', '/', '-'")
         if not isinstance(value, str) or len(value) > 63 or not value.isprintable():
             raise SpecError("labels", f"label {key!r}: value must be a printable string of at most 63 characters")
+
+
+_LIVE_STATES = (pack("state") + pack(State.PENDING.value), pack("state") + pack(State.RUNNING.value))
+
+
+def is_live(data: bytes) -> bool:
+    """True when a record encoded by ``to_bytes`` is pending or running, read off the bytes
+    (``to_bytes`` writes "state" first, right after the map header of 1 or 3 bytes): ~50x
+    cheaper than decoding, for watchers that only want finished records. False means
+    finished, or not encoded by us: decode to know."""
+    return any(data.startswith(marker, offset) for marker in _LIVE_STATES for offset in (1, 3))

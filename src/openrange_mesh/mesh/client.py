@@ -25,7 +25,7 @@ from ..config import default_host_id
 from ..errors import EpisodeNotFound
 from ..ids import IdAllocator
 from ..keys import Keys
-from ..model import EpisodeRecord, EpisodeSpec, State, decode_or_none
+from ..model import EpisodeRecord, EpisodeSpec, State, decode_or_none, is_live
 from ..registry import Compare, Delete, Put, Registry, open_registry
 from ..specs import check_spec
 from .catalog import Catalog, EpisodeFilter
@@ -124,7 +124,7 @@ class MeshClient:
                 if remaining is not None and remaining <= 0:
                     return
                 for event in follower.poll(1.0 if remaining is None else min(1.0, remaining)):
-                    if event.type != "put":
+                    if event.type != "put" or is_live(event.kv.value):
                         continue
                     final = decode_or_none(EpisodeRecord.from_bytes, event.kv.value, event.kv.key)
                     if final is None or not accept(final):

