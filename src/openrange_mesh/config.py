@@ -30,6 +30,7 @@ ENV_RETRY_TIMEOUT = "OPENRANGE_RETRY_TIMEOUT"
 ENV_LABELS = "OPENRANGE_LABELS"
 ENV_LISTEN = "OPENRANGE_LISTEN"
 ENV_LOG_LEVEL = "OPENRANGE_LOG_LEVEL"
+ENV_RETENTION = "OPENRANGE_RETENTION"
 
 # field name -> environment variable
 _ENV = {
@@ -44,6 +45,7 @@ _ENV = {
     "labels": ENV_LABELS,
     "listen": ENV_LISTEN,
     "log_level": ENV_LOG_LEVEL,
+    "retention": ENV_RETENTION,
 }
 MIN_TTL = 2  # etcd's minimum lease TTL
 
@@ -86,6 +88,8 @@ class Settings:
     labels: Mapping[str, str] = field(default_factory=dict)
     listen: str = "127.0.0.1:0"
     log_level: str = "INFO"
+    # Acked finished records older than this (seconds) are deleted by the leader; 0 keeps all.
+    retention: float = 7 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         check_name("namespace", self.namespace)
@@ -94,6 +98,8 @@ class Settings:
             raise ConfigError(f"capacity must be at least 1, not {self.capacity}")
         if self.ttl < MIN_TTL:
             raise ConfigError(f"ttl must be at least {MIN_TTL} s (etcd's minimum lease), not {self.ttl}")
+        if self.retention < 0:
+            raise ConfigError(f"retention must be >= 0 seconds (0 keeps everything), not {self.retention}")
         if self.loop_wait <= 0 or self.retry_timeout <= 0:
             raise ConfigError("loop_wait and retry_timeout must be positive")
         if self.loop_wait + 2 * self.retry_timeout > self.ttl:

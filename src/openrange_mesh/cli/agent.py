@@ -15,8 +15,18 @@ from types import FrameType
 
 import click
 
-from ..config import ENV_CAPACITY, ENV_ETCD, ENV_HOST_ID, ENV_LABELS, ENV_LOG_LEVEL, ENV_NAMESPACE, ENV_STORE, Settings
-from ..errors import MeshError
+from ..config import (
+    ENV_CAPACITY,
+    ENV_ETCD,
+    ENV_HOST_ID,
+    ENV_LABELS,
+    ENV_LOG_LEVEL,
+    ENV_NAMESPACE,
+    ENV_RETENTION,
+    ENV_STORE,
+    Settings,
+)
+from ..errors import MeshError, Unavailable
 from ..mesh.agent import Agent
 
 log = logging.getLogger("openrange_mesh.agent")
@@ -30,6 +40,8 @@ log = logging.getLogger("openrange_mesh.agent")
 @click.option("--store", envvar=ENV_STORE, help="Shared store for events and artifacts: a path, file://, s3://.")
 @click.option("--ttl", type=int, help="Lease TTL in seconds (default 10; min 2). Timing scales with it.")
 @click.option("--labels", envvar=ENV_LABELS, help="Host labels k=v,k2=v2.")
+@click.option("--retention", type=float, envvar=ENV_RETENTION,
+              help="Seconds to keep acked finished records (default 7 days; 0 keeps all). The leader collects.")
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Drain grace period on SIGTERM.")
 @click.option("--log-level", envvar=ENV_LOG_LEVEL, default="INFO", show_default=True)
 def main(
@@ -40,6 +52,7 @@ def main(
     store: str | None,
     ttl: int | None,
     labels: str | None,
+    retention: float | None,
     grace: float,
     log_level: str,
 ) -> None:
@@ -64,6 +77,7 @@ def main(
                 "capacity": capacity,
                 "store": store,
                 "labels": labels,
+                "retention": retention,
             }
         )
         if ttl is not None:
@@ -73,7 +87,7 @@ def main(
         agent.run()
     except MeshError as exc:
         click.echo(f"openrange-agent: {exc}", err=True)
-        sys.exit(3 if type(exc).__name__ == "Unavailable" else 1)
+        sys.exit(3 if isinstance(exc, Unavailable) else 1)
 
 
 def _install_signals(agent: Agent, grace: float) -> None:
@@ -95,3 +109,7 @@ def _install_signals(agent: Agent, grace: float) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_int)
+
+
+if __name__ == "__main__":
+    main()

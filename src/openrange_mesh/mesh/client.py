@@ -30,6 +30,7 @@ from ..registry import Compare, Delete, Put, Registry, open_registry
 from ..specs import check_spec
 from .catalog import Catalog, EpisodeFilter
 from .follow import Follower
+from .leader import collect_garbage
 from .ledger import MAX_TXN_OPS, Ledger, Versioned
 
 SpecLike = EpisodeSpec | Mapping[str, Any]
@@ -202,6 +203,11 @@ class MeshClient:
             if result.succeeded:
                 return len(todo)
 
+    def collect(self, retention: float) -> int:
+        """Delete acked finished records older than ``retention`` seconds now (the leader
+        agent does this every sweep with its ``--retention``). Returns how many went."""
+        return collect_garbage(self.registry, self.keys, retention)
+
     def close(self) -> None:
         if self._owns_registry:
             self.registry.close()
@@ -235,20 +241,3 @@ class MeshClient:
 
     def _terminal(self, ids: Sequence[str]) -> builtins.list[EpisodeRecord]:
         return [v.record for v in self._read(ids).values() if v.record.state.is_terminal]
-
-
-def collect_garbage(registry: Registry, keys: Keys, retention: float, now: float | None = None) -> int:
-    """Delete acked finished records older than ``retention`` seconds (with their idempotency
-    and cancel keys). Each delete compares the record is unchanged. Returns how many went."""
-    now = time.time() if now is None else now
-    catalog = Catalog(registry, keys)
-    doomed = [(r, rev) for r, rev in catalog.episodes(
-        lambda r: r.state.is_terminal and r.acked_at is not None and r.acked_at <= now - retention)]
-    removed = 0
-    for record, mod_revision in doomed:
-        ops: list[Put | Delete] = [Delete(keys.episode(record.id)), Delete(keys.cancel(record.id))]
-        if record.spec.idempotency_key:
-            ops.append(Delete(keys.idempotency(record.spec.idempotency_key)))
-        if registry.txn([Compare(keys.episode(record.id), "mod", "==", mod_revision)], ops).succeeded:
-            removed += 1
-    return removed

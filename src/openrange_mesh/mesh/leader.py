@@ -3,7 +3,8 @@
 The leader is the agent whose lease holds the ``leader`` key (created only if absent). It is not
 a controller: claims, commits and requeues never wait for it. It runs the reconcile sweep (the
 safety net for requeues whose trigger event nobody saw, e.g. when every agent was down when a
-lease expired) and is where the dashboard's URL is published.
+lease expired), collects acked finished records older than ``--retention``, and is where the
+dashboard's URL is published.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import time
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from ..model import State, pack, unpack
-from ..registry import Compare, Event, Put
+from ..keys import Keys
+from ..model import EpisodeRecord, State, pack, unpack
+from ..registry import Compare, Delete, Event, Op, Put, Registry
+from .catalog import Catalog
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -55,6 +58,10 @@ class Leadership:
             self._next_sweep = time.monotonic() + self.sweep_interval
             if requeued:
                 line = f"{line + '; ' if line else ''}sweep requeued {requeued} orphaned episodes"
+            retention = agent.settings.retention
+            removed = collect_garbage(agent.registry, agent.keys, retention) if self.is_leader and retention else 0
+            if removed:
+                line = f"{line + '; ' if line else ''}collected {removed} acked records older than {retention:g} s"
         return line
 
     def _campaign(self) -> str | None:
@@ -93,3 +100,36 @@ def _leader_host(value: bytes) -> str | None:
         return None
     host = data.get("host") if isinstance(data, dict) else None
     return str(host) if host else None
+
+
+def collect_garbage(registry: Registry, keys: Keys, retention: float, now: float | None = None) -> int:
+    """Delete acked finished records older than ``retention`` seconds, with their idempotency
+    and cancel keys, ``_GC_BATCH`` records per txn, streaming the listing (bounded memory).
+    Each delete compares its record is unchanged. Returns how many went."""
+    cutoff = (time.time() if now is None else now) - retention
+    batch: list[tuple[EpisodeRecord, int]] = []
+    removed = 0
+    for item in Catalog(registry, keys).episodes(
+        lambda r: r.state.is_terminal and r.acked_at is not None and r.acked_at <= cutoff
+    ):
+        batch.append(item)
+        if len(batch) == _GC_BATCH:
+            removed += _delete(registry, keys, batch)
+            batch = []
+    return removed + (_delete(registry, keys, batch) if batch else 0)
+
+
+_GC_BATCH = 40  # three deletes and one compare each: within etcd's 128 ops per txn
+
+
+def _delete(registry: Registry, keys: Keys, batch: list[tuple[EpisodeRecord, int]]) -> int:
+    compares = [Compare(keys.episode(r.id), "mod", "==", rev) for r, rev in batch]
+    ops: list[Op] = []
+    for record, _ in batch:
+        ops += [Delete(keys.episode(record.id)), Delete(keys.cancel(record.id))]
+        if record.spec.idempotency_key:
+            ops.append(Delete(keys.idempotency(record.spec.idempotency_key)))
+    if registry.txn(compares, ops).succeeded:
+        return len(batch)
+    # one of them changed (acked again, say): fall back to one at a time
+    return sum(_delete(registry, keys, [item]) for item in batch) if len(batch) > 1 else 0

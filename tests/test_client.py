@@ -1,0 +1,122 @@
+"""MeshClient on both registry backends. Episodes are finished by the real ledger standing in for
+an agent (claim + fenced commit), so these tests need no agent processes."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from openrange_mesh.errors import EpisodeNotFound, SpecError
+from openrange_mesh.mesh.client import MeshClient
+from openrange_mesh.mesh.ledger import finish_attempt
+from openrange_mesh.model import State
+from openrange_mesh.registry import Registry
+
+from .helpers import wait_until
+
+SLEEP = {"runtime": "sleep", "params": {"seconds": 0}}
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"c{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def client(registry: Registry, namespace: str) -> Iterator[MeshClient]:
+    with MeshClient(registry, namespace=namespace, consumer="trainer") as c:
+        yield c
+
+
+def finish(client: MeshClient, registry: Registry, state: State = State.SUCCEEDED, count: int = 0) -> list[str]:
+    """Act as an agent: claim queue entries and commit them with ``state``."""
+    lease = registry.grant(10)
+    done: list[str] = []
+    for entry in client.ledger.queue()[: count or None]:
+        won = client.ledger.claim("stand-in", lease, entry, client.ledger.read(list(entry.ids)))
+        assert won is not None
+        claim, running = won
+        finals = [finish_attempt(r, state, time.time(), None, {"id": r.id}) for r in running]
+        assert client.ledger.commit(claim, finals, last=True)
+        done += claim.episode_ids
+    return done
+
+
+def test_submit_checks_everything_first(client: MeshClient) -> None:
+    with pytest.raises(SpecError, match="params.seconds"):
+        client.submit([SLEEP, {"runtime": "sleep", "params": {"seconds": -1}}])
+    assert list(client.list()) == []
+    ids = client.submit([SLEEP] * 3)
+    assert len(set(ids)) == 3 and ids == sorted(ids)
+    assert [r.state for r in client.list()] == [State.PENDING] * 3
+
+
+def test_idempotency_key_returns_the_existing_episode(client: MeshClient) -> None:
+    (first,) = client.submit({**SLEEP, "idempotency_key": "run-7/seed-1"})
+    (again,) = client.submit({**SLEEP, "idempotency_key": "run-7/seed-1"})
+    assert again == first and len(list(client.list())) == 1
+
+
+def test_as_completed_streams_results_as_they_finish(client: MeshClient, registry: Registry) -> None:
+    ids = client.submit([SLEEP] * 4, batch=2)
+    threading.Timer(0.3, finish, (client, registry)).start()
+    got = [r.id for r in client.as_completed(ids, timeout=10)]
+    assert sorted(got) == sorted(ids)
+    assert all(r.state is State.SUCCEEDED for r in client.wait(ids, timeout=5))
+
+
+def test_as_completed_rejects_unknown_ids(client: MeshClient) -> None:
+    with pytest.raises(EpisodeNotFound):
+        list(client.as_completed(["0000000001-0000-nope"], timeout=1))
+
+
+def test_backpressure_blocks_until_episodes_finish(registry: Registry, namespace: str) -> None:
+    with MeshClient(registry, namespace=namespace, consumer="t", max_in_flight=2) as client:
+        client.submit([SLEEP] * 2)
+        submitted = threading.Event()
+        threading.Thread(target=lambda: (client.submit(SLEEP), submitted.set()), daemon=True).start()
+        assert not submitted.wait(0.5)  # two in flight: the third waits
+        finish(client, registry, count=1)
+        assert submitted.wait(5)
+
+
+def test_restarted_consumer_gets_unacked_results_only(registry: Registry, namespace: str) -> None:
+    with MeshClient(registry, namespace=namespace, consumer="ppo") as first:
+        ids = first.submit([SLEEP] * 3)
+        finish(first, registry)
+        first.ack(ids[:1])
+    with MeshClient(registry, namespace=namespace, consumer="ppo") as restarted:
+        delivered = [r.id for r in restarted.as_completed(timeout=1)]
+        assert sorted(delivered) == sorted(ids[1:])
+        assert restarted.ack(delivered) == 2 and restarted.ack(delivered) == 0
+    with MeshClient(registry, namespace=namespace, consumer="ppo") as again:
+        assert list(again.as_completed(timeout=0.5)) == []
+    with MeshClient(registry, namespace=namespace, consumer="someone-else") as other:
+        assert list(other.as_completed(timeout=0.5)) == []
+
+
+def test_cancel_pending_and_running(client: MeshClient, registry: Registry) -> None:
+    ids = client.submit([SLEEP] * 2)
+    assert client.cancel([ids[0]]) == {ids[0]: "cancelled"}
+    lease = registry.grant(10)
+    entry = next(e for e in client.ledger.queue() if e.ids == (ids[1],))
+    assert client.ledger.claim("h", lease, entry, client.ledger.read([ids[1]])) is not None
+    assert client.cancel([ids[1]]) == {ids[1]: "requested"}
+    assert registry.get(client.keys.cancel(ids[1]))[0] is not None  # the owner's watch sees this
+    assert client.cancel([ids[0]]) == {ids[0]: "cancelled"}  # already: reports the state
+    with pytest.raises(EpisodeNotFound):
+        client.cancel(["0000000001-0000-nope"])
+
+
+def test_collect_deletes_only_acked_records_past_retention(client: MeshClient, registry: Registry) -> None:
+    ids = client.submit([{**SLEEP, "idempotency_key": f"k{i}"} for i in range(3)])
+    finish(client, registry)
+    client.ack(ids[:2])
+    assert client.collect(retention=3600) == 0
+    wait_until(lambda: client.collect(retention=0) == 2, timeout=5)
+    assert [r.id for r in client.list()] == [ids[2]]
+    assert registry.get(client.keys.idempotency("k0"))[0] is None  # the key can be used again
