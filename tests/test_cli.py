@@ -290,6 +290,8 @@ def test_hosts_json_names_the_leader(agents: Agents) -> None:
     assert hosts is not None
     assert sorted(str(h["id"]) for h in hosts) == ["h1", "h2"]
     assert all(h["capacity"] == 2 and h["version"] and h["pid"] for h in hosts)
+    # agents refresh every loop_wait (ttl 2 / 8): a live host heartbeated within its ttl
+    assert all(isinstance(h["heartbeat_age_s"], int) and 0 <= h["heartbeat_age_s"] <= 2 for h in hosts)
     leader = next(h["id"] for h in hosts if h["leader"])
     table = rows(agents.cli.ok("hosts"))
     assert {r[0]: r[1] for r in table}[str(leader)] == "yes"

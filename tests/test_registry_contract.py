@@ -356,6 +356,17 @@ def test_lease_grant_refresh_and_revoke(registry: Registry, prefix: bytes) -> No
     registry.revoke(other)
 
 
+def test_time_to_live_reads_without_refreshing(registry: Registry, prefix: bytes) -> None:
+    lease = registry.grant(5)
+    left, granted = registry.time_to_live(lease) or (0, 0)
+    assert granted == 5 and 3 <= left <= 5
+    registry.revoke(lease)
+    assert registry.time_to_live(lease) is None
+    assert registry.time_to_live(0x7EADBEEF) is None  # never granted
+    short = registry.grant(2)
+    wait_until(lambda: registry.time_to_live(short) is None, timeout=4, what="expiry despite reads")
+
+
 def test_lease_expiry_deletes_bound_keys_in_one_revision(registry: Registry, prefix: bytes) -> None:
     ttl = 2
     refreshed = registry.grant(ttl)  # granted first: without a refresh it would expire first

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 
 import click
 
-from ..model import HostInfo, unpack
+from ..mesh.leader import leader_host
+from ..model import HostInfo
 from ..registry import Registry
 from .common import Mesh, ago, dump_json, out_console, output_option, pass_mesh
 from .records import host_summary
 from .table import StreamTable
 
-COLUMNS = ["HOST", "LEADER", "CAPACITY", "RUNNING", "LABELS", "VERSION", "PID", "STARTED"]
+COLUMNS = ["HOST", "LEADER", "CAPACITY", "RUNNING", "LABELS", "VERSION", "PID", "HEARTBEAT", "STARTED"]
 
 
 @click.command("hosts", short_help="List live hosts and the leader.")
@@ -22,24 +23,24 @@ COLUMNS = ["HOST", "LEADER", "CAPACITY", "RUNNING", "LABELS", "VERSION", "PID", 
 def command(mesh: Mesh, output: str) -> None:
     """List live hosts: capacity, running episodes, labels, version, and the leader.
 
-    A host is listed while its agent's lease is alive, so every listed host has heartbeated
-    within its ttl; an agent that stopped refreshing drops out within ttl seconds. STARTED is
-    the time the agent last wrote its host record (the registry does not expose a lease's
-    remaining ttl to clients, so no per-host heartbeat age is shown).
+    A host is listed while its agent's lease is alive; an agent that stopped refreshing drops
+    out within ttl seconds. HEARTBEAT is how long ago it last refreshed its lease (whole
+    seconds, read from the lease's remaining ttl); STARTED is when the agent joined.
 
     \b
     Examples:
       openrange-mesh hosts
       openrange-mesh hosts -o json | jq '.[] | select(.leader) | .id'
     """
-    hosts = sorted(mesh.catalog().hosts(), key=lambda h: h.id)
+    beats = sorted(mesh.catalog().heartbeats(), key=lambda item: item[0].id)
+    hosts = [h for h, _ in beats]
     leader = leader_of(mesh.registry(), mesh.keys.leader())
     if output == "json":
-        click.echo(dump_json([host_summary(h, leader) for h in hosts]))
+        click.echo(dump_json([{**host_summary(h, leader), "heartbeat_age_s": age} for h, age in beats]))
         return
     table = StreamTable(COLUMNS, out_console(), style=_style)
     now = time.time()
-    table.write([_cells(h, leader, now) for h in hosts])
+    table.write([_cells(h, age, leader, now) for h, age in beats])
     table.close()
     if leader is None:
         click.echo("no leader elected", err=True)
@@ -48,19 +49,12 @@ def command(mesh: Mesh, output: str) -> None:
 
 
 def leader_of(registry: Registry, key: bytes) -> str | None:
-    """The host holding the leader key (tolerant: a value we cannot read means unknown)."""
+    """The host holding the leader key (a value we cannot read means unknown)."""
     kv, _ = registry.get(key)
-    if kv is None:
-        return None
-    try:
-        data = unpack(kv.value)
-    except Exception:  # CorruptRecord or worse: the leader is unknown, not an error
-        return None
-    host = data.get("host") if isinstance(data, dict) else None
-    return str(host) if host else None
+    return leader_host(kv.value) if kv is not None else None
 
 
-def _cells(host: HostInfo, leader: str | None, now: float) -> list[str]:
+def _cells(host: HostInfo, heartbeat: int | None, leader: str | None, now: float) -> list[str]:
     labels = ",".join(f"{k}={v}" for k, v in sorted(host.labels.items())) or "-"
     return [
         host.id,
@@ -70,6 +64,7 @@ def _cells(host: HostInfo, leader: str | None, now: float) -> list[str]:
         labels,
         host.version or "-",
         str(host.pid or "-"),
+        "expired" if heartbeat is None else f"{heartbeat}s ago",
         f"{ago(host.started_at, now)} ago" if host.started_at else "-",
     ]
 

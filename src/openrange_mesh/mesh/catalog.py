@@ -63,9 +63,22 @@ class Catalog:
                 yield record, kv.mod_revision
 
     def hosts(self) -> list[HostInfo]:
+        return [host for host, _ in self.host_leases()]
+
+    def host_leases(self) -> list[tuple[HostInfo, int]]:
+        """Live hosts with the lease their record is bound to."""
         result = self.registry.range(self.keys.hosts())
-        hosts = (decode_or_none(HostInfo.from_bytes, kv.value, kv.key) for kv in result.kvs)
-        return [h for h in hosts if h is not None]
+        hosts = ((decode_or_none(HostInfo.from_bytes, kv.value, kv.key), kv.lease) for kv in result.kvs)
+        return [(h, lease) for h, lease in hosts if h is not None]
+
+    def heartbeats(self) -> list[tuple[HostInfo, int | None]]:
+        """Live hosts with the seconds since their agent last refreshed its lease (from the
+        lease's remaining ttl; whole seconds, etcd's granularity), None if it just expired."""
+        out: list[tuple[HostInfo, int | None]] = []
+        for host, lease in self.host_leases():
+            ttl = self.registry.time_to_live(lease)
+            out.append((host, None if ttl is None else max(0, ttl[1] - ttl[0])))
+        return out
 
     def scan(
         self, prefix: bytes, revision: int | None, page_size: int = PAGE_SIZE, after: str | None = None

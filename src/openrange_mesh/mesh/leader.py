@@ -43,7 +43,7 @@ class Leadership:
             self.leader = None
             self.is_leader = False
             return True
-        self.leader = _leader_host(event.kv.value)
+        self.leader = leader_host(event.kv.value)
         self.is_leader = self.leader == self.agent.host
         return False
 
@@ -73,7 +73,7 @@ class Leadership:
             self.leader, self.is_leader, self.sweep_due = agent.host, True, True
             return f"elected leader of namespace {agent.keys.namespace}"
         kv, _ = agent.registry.get(key)
-        self.leader = _leader_host(kv.value) if kv else None
+        self.leader = leader_host(kv.value) if kv else None
         self.is_leader = self.leader == agent.host
         return f"following leader {self.leader}" if self.leader else None
 
@@ -93,7 +93,8 @@ def sweep(agent: Agent) -> int:
     return requeued
 
 
-def _leader_host(value: bytes) -> str | None:
+def leader_host(value: bytes) -> str | None:
+    """The host a leader key's value names; None when it cannot be read (unknown leader)."""
     try:
         data = unpack(value)
     except Exception:  # noqa: BLE001 - a corrupt leader value reads as "unknown leader"

@@ -141,6 +141,11 @@ class Registry(Protocol):
         """Revoke ``lease`` and delete its keys. Revoking an unknown lease is not an error."""
         ...
 
+    def time_to_live(self, lease: int) -> tuple[int, int] | None:
+        """(seconds left, ttl granted) of a live lease; None once it expired or was revoked.
+        Read-only: it does not refresh the lease. Seconds are etcd's: whole, rounded down."""
+        ...
+
     def get(self, key: bytes) -> tuple[KeyValue | None, int]:
         """The current KeyValue of ``key`` (or None) and the revision it was read at."""
         ...

@@ -521,6 +521,14 @@ class EtcdRegistry:
             raise LeaseLost(lease)
         return ttl
 
+    def time_to_live(self, lease: int) -> tuple[int, int] | None:
+        try:
+            result = self._call("/kv/lease/timetolive", {"ID": lease}, _Ctx("read a lease", lease=lease))
+        except LeaseLost:
+            return None
+        left = _int(result, "TTL")
+        return (left, _int(result, "grantedTTL")) if left >= 0 else None  # etcd: -1 once expired
+
     def revoke(self, lease: int) -> None:
         with contextlib.suppress(LeaseLost):  # already gone is as good as revoked
             self._call("/kv/lease/revoke", {"ID": lease}, _Ctx("revoke a lease", lease=lease))

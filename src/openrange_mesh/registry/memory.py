@@ -435,6 +435,15 @@ class MemoryRegistry:
             store.expire()
             return store.refresh(lease)
 
+    def time_to_live(self, lease: int) -> tuple[int, int] | None:
+        store = self._store
+        with store.lock:
+            store.expire()
+            held = store.leases.get(lease)
+            if held is None:
+                return None
+            return max(0, int(held.deadline - time.monotonic())), held.ttl
+
     def revoke(self, lease: int) -> None:
         store = self._store
         with store.lock:
