@@ -85,6 +85,11 @@ def test_decoding_is_tolerant_of_unknown_and_missing_fields() -> None:
         msgpack.packb({"v": 99, "id": "x"}),
         msgpack.packb({"v": 1}),
         msgpack.packb({"v": 1, "id": "x", "spec": {"runtime": "s"}, "state": "exploded"}),
+        msgpack.packb({"v": 1, "id": "x", "spec": "not a map"}),
+        msgpack.packb({"v": 1, "id": "x", "spec": {"runtime": "s"}, "attempt": "three"}),
+        msgpack.packb({"v": 1, "id": "x", "spec": {"runtime": "s", "max_attempts": True}}),
+        msgpack.packb({"v": 1, "id": "x", "spec": {"runtime": "s"}, "history": ["not an attempt"]}),
+        msgpack.packb({"v": 1, "id": 7, "spec": {"runtime": "s"}}),
     ],
 )
 def test_corrupt_records_raise_and_are_skipped(data: bytes) -> None:

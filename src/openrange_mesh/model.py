@@ -170,12 +170,13 @@ class EpisodeRecord:
     def from_bytes(cls, data: bytes, key: str = "?") -> EpisodeRecord:
         raw = _unpack(data, key)
         try:
-            spec = EpisodeSpec(**_known(raw.get("spec") or {}, _SPEC_FIELDS))
-            history = tuple(Attempt(**_known(a, _ATTEMPT_FIELDS)) for a in raw.get("history") or ())
-            fields = _known(raw, _RECORD_FIELDS)
+            spec = EpisodeSpec(**_typed(_known(raw.get("spec") or {}, _SPEC_FIELDS), _SPEC_TYPES))
+            history = tuple(Attempt(**_typed(_known(a, _ATTEMPT_FIELDS), _ATTEMPT_TYPES))
+                            for a in raw.get("history") or ())
+            fields = _typed(_known(raw, _RECORD_FIELDS), _RECORD_TYPES)
             fields.update(spec=spec, history=history, state=State(raw.get("state", "pending")))
             return cls(**fields)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, AttributeError) as exc:  # wrongly typed fields, whatever the depth
             raise CorruptRecord(key, str(exc)) from exc
 
     def replace(self, **changes: Any) -> EpisodeRecord:
@@ -211,8 +212,8 @@ class HostInfo:
     @classmethod
     def from_bytes(cls, data: bytes, key: str = "?") -> HostInfo:
         try:
-            return cls(**_known(_unpack(data, key), _HOST_FIELDS))
-        except (TypeError, ValueError) as exc:
+            return cls(**_typed(_known(_unpack(data, key), _HOST_FIELDS), _HOST_TYPES))
+        except (TypeError, ValueError, AttributeError) as exc:
             raise CorruptRecord(key, str(exc)) from exc
 
 
@@ -250,6 +251,39 @@ def _unpack(data: bytes, key: str) -> dict[str, Any]:
     if not isinstance(version, int) or version > SCHEMA:
         raise CorruptRecord(key, f"schema version {version!r} is not one this version ({SCHEMA}) reads")
     return raw
+
+
+_NUM = (int, float)
+_OPT_STR = (str, type(None))
+_OPT_NUM = (int, float, type(None))
+# Field types a decoded record must have, so a wrongly typed value fails here, as CorruptRecord,
+# not later inside some agent's arithmetic (fields absent from a table are not checked).
+_SPEC_TYPES: dict[str, tuple[type, ...]] = {
+    "runtime": (str,), "params": (dict,), "snapshot": _OPT_STR, "seed": (int, type(None)),
+    "timeout": _OPT_NUM, "progress_timeout": _OPT_NUM, "on_timeout": (str,), "max_attempts": (int,),
+    "idempotency_key": _OPT_STR, "labels": (dict,), "batch": (int,),
+}
+_ATTEMPT_TYPES: dict[str, tuple[type, ...]] = {
+    "n": (int,), "host": (str,), "started_at": _NUM, "finished_at": _OPT_NUM, "outcome": _OPT_STR,
+    "error": _OPT_STR, "batch": _OPT_STR,
+}
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,), "attempt": (int,), "owner": _OPT_STR, "claim": _OPT_STR, "created_at": _NUM,
+    "started_at": _OPT_NUM, "finished_at": _OPT_NUM, "error": _OPT_STR, "result": (dict, type(None)),
+    "submitter": _OPT_STR, "acked_at": _OPT_NUM, "queue": _OPT_STR,
+}
+_HOST_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,), "capacity": (int,), "running": (int,), "address": _OPT_STR, "labels": (dict,),
+    "version": (str,), "started_at": _NUM, "pid": (int,), "machine": (str,),
+}
+
+
+def _typed(fields: dict[str, Any], types: Mapping[str, tuple[type, ...]]) -> dict[str, Any]:
+    for name, value in fields.items():
+        allowed = types.get(name)
+        if allowed is not None and (not isinstance(value, allowed) or isinstance(value, bool)):
+            raise TypeError(f"field {name!r} is {type(value).__name__}, not {' or '.join(t.__name__ for t in allowed)}")
+    return fields
 
 
 def _compact(data: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,445 @@
+"""The mesh end to end: real ``openrange-agent`` processes on a real etcd, faults made with real
+signals (SIGKILL, SIGSTOP, SIGTERM) and real etcd restarts. Tests assert invariants: every episode
+ends in the expected state, exactly one attempt is committed, a dead host's work comes back, no
+key or process is left behind (tests/meshkit.py)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from openrange_mesh.mesh.client import MeshClient
+from openrange_mesh.model import EpisodeRecord, State, pack
+from openrange_mesh.registry import Put
+
+from .etcdkit import EtcdCluster, EtcdServer, start_cluster
+from .helpers import wait_until
+from .meshkit import LossyProxy, Mesh, claimed_in, txn_puts_under
+
+TTL = 2
+LOOP_WAIT = TTL / 8  # Settings.with_timing
+REAPER = 0.5  # etcd looks for expired leases twice a second
+SLACK = 1.0  # a watch delivery, a loop pass, a loaded 2-core machine
+DURATIONS = [0.2 + 0.1 * (i % 4) for i in range(60)]  # 60 command episodes of 0.2 .. 0.5 s
+
+MakeMesh = Callable[..., Mesh]
+
+
+@pytest.fixture
+def make_mesh(tmp_path: Path) -> Iterator[MakeMesh]:
+    meshes: list[Mesh] = []
+
+    def make(url: str, ttl: int = TTL) -> Mesh:
+        mesh = Mesh(url, tmp_path / f"mesh{len(meshes)}", ttl=ttl)
+        meshes.append(mesh)
+        return mesh
+
+    yield make
+    for mesh in meshes:
+        print(mesh.report())  # pytest shows it when the test failed
+        mesh.close()
+
+
+@pytest.fixture
+def mesh(make_mesh: MakeMesh, etcd: EtcdServer) -> Mesh:
+    """Three agents (h1, h2, h3; two workers each) on the session etcd, on a fresh namespace."""
+    mesh = make_mesh(etcd.url)
+    mesh.start(3)
+    return mesh
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    cluster = start_cluster(tmp_path / "cluster", 3)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def lossy_proxy(etcd: EtcdServer) -> Iterator[LossyProxy]:
+    """A proxy to the session etcd that can lose an answer (request it before ``make_mesh``, so
+    it outlives the agents that use it)."""
+    proxy = LossyProxy(etcd.host, etcd.client_port)
+    yield proxy
+    proxy.close()
+
+
+def wait_running_on(mesh: Mesh, host: str, timeout: float = 20.0) -> list[str]:
+    return wait_until(lambda: mesh.running_on(host), timeout, interval=0.02, what=f"{host} to run episodes")
+
+
+def running_on(mesh: Mesh, host: str, ids: list[str]) -> list[str]:
+    """Which of ``ids`` ``host`` is running, by their records (read once it can commit no more)."""
+    return [i for i, r in mesh.records(ids).items() if r.state is State.RUNNING and r.owner == host]
+
+
+def wait_requeued(mesh: Mesh, host: str, ids: list[str], timeout: float) -> float:
+    """Seconds until none of ``ids`` still runs on ``host``."""
+    started = time.monotonic()
+
+    def requeued() -> bool:
+        return all(r.owner != host or r.state is not State.RUNNING for r in mesh.records(ids).values())
+
+    wait_until(requeued, timeout, interval=0.02, what=f"{host}'s episodes to be requeued")
+    return time.monotonic() - started
+
+
+def check_taken_over(
+    records: dict[str, EpisodeRecord], ids: list[str], host: str, reason: str, *, elsewhere: bool = True,
+) -> None:
+    """``host``'s attempt at each of ``ids`` was closed as retried for ``reason``; the second
+    attempt committed (on another host, if ``elsewhere``)."""
+    for episode_id in ids:
+        record = records[episode_id]
+        first = record.history[0]
+        assert record.attempt == 2 and first.host == host and first.outcome == "retried", record
+        assert reason in (first.error or ""), record
+        assert not elsewhere or record.history[1].host != host, record
+
+
+def check_alive(mesh: Mesh, pids: dict[str, int]) -> None:
+    """The agents still run as the same processes (no crash, no restart) and hold a host key
+    that says so."""
+    for host, pid in pids.items():
+        agent = mesh.agents[host]
+        assert agent.is_running() and agent.pid == pid, f"agent {host} exited:\n{agent.log_tail()}"
+        info = wait_until(lambda h=host, p=pid: (i := mesh.host_info(h)) is not None and i.pid == p and i, 10,
+                          what=f"{host}'s host key")
+        assert info.started_at <= agent.joined_at, f"{host}'s host record says it started after it joined"
+
+
+# --- (a)-(e): 60 episodes on 3 agents through a fault -----------------------------------------
+
+
+def test_kill_9_agent_its_episodes_come_back(mesh: Mesh) -> None:
+    ids = mesh.submit_commands(60, DURATIONS)
+    wait_running_on(mesh, "h2")
+    mesh.agents["h2"].kill()
+    held = running_on(mesh, "h2", ids)
+    assert held
+    took = wait_requeued(mesh, "h2", held, TTL + LOOP_WAIT + REAPER + SLACK + 3)
+    assert took <= TTL + LOOP_WAIT + REAPER + SLACK, f"requeue took {took:.2f} s after the kill"
+
+    records = mesh.wait_finished(ids)
+    mesh.check_exactly_once(records)
+    check_taken_over(records, held, "h2", "host h2 lost its lease")
+    mesh.check_clean()
+    mesh.wait_no_orphans(mesh.agents["h2"])
+
+
+def test_sigstopped_agent_is_fenced_off_and_rejoins(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    mesh = make_mesh(etcd.url)
+    victim = mesh.start_agent("h2")
+    held = mesh.submit_commands(2, 6.0)  # h2 is alone: it runs both, and they outlast its pause
+    wait_until(lambda: sorted(mesh.running_on("h2")) == sorted(held), 10, what="h2 to run the long episodes")
+    mesh.start_agent("h1", wait=False)
+    mesh.start_agent("h3", wait=False)
+    for agent in mesh.agents.values():
+        mesh.wait_joined(agent)
+    ids = mesh.submit_commands(60, DURATIONS)
+    old = mesh.host_kv("h2")
+    assert old is not None
+
+    victim.pause()  # the agent, not its workers: they go on running its episodes
+    paused_at = time.monotonic()
+    wait_requeued(mesh, "h2", held, TTL + LOOP_WAIT + REAPER + SLACK + 3)
+    time.sleep(max(0.0, paused_at + 2 * TTL - time.monotonic()))  # paused for twice the ttl
+    victim.resume()
+
+    # It notices its lease is gone, stops those episodes, and rejoins as the same process.
+    wait_until(lambda: (kv := mesh.host_kv("h2")) is not None and kv.lease != old.lease, 10,
+               what="h2 to rejoin under a new lease")
+    records = mesh.wait_finished(held + ids)
+    mesh.check_exactly_once(records)  # nothing it computed meanwhile was committed over the takeovers
+    check_taken_over(records, held, "h2", "host h2 lost its lease", elsewhere=False)  # it may win one back
+    runs = mesh.executions()
+    for episode_id in held:  # its first attempts were stopped: only a second attempt on h2 may have run there
+        assert runs[mesh.seeds[episode_id]].count("h2") == (records[episode_id].owner == "h2"), runs
+    check_alive(mesh, {"h2": victim.pid})
+
+    # ... and carries on: it takes part in the next batch.
+    more = mesh.submit_commands(24, 0.3)
+    records = mesh.wait_finished(more)
+    mesh.check_exactly_once(records)
+    assert any(r.owner == "h2" for r in records.values()), "h2 ran nothing after it rejoined"
+    mesh.check_clean()
+
+
+def test_etcd_restart_mid_run(own_etcd: EtcdServer, make_mesh: MakeMesh) -> None:
+    mesh = make_mesh(own_etcd.url)
+    pids = {a.host_id: a.pid for a in mesh.start(3)}
+    ids = mesh.submit_commands(60, DURATIONS)
+    wait_until(lambda: sum(r.state is State.SUCCEEDED for r in mesh.records(ids).values()) >= 10, 20,
+               what="a sixth of the episodes to finish")
+    own_etcd.kill()  # a crash, and a supervisor slow to restart it: down for longer than the ttl
+    time.sleep(TTL + 1)
+    own_etcd.restart()
+
+    records = mesh.wait_finished(ids, timeout=90)
+    mesh.check_exactly_once(records)
+    check_alive(mesh, pids)
+    mesh.check_clean()
+
+
+def test_one_etcd_member_of_three_killed_mid_run(cluster: EtcdCluster, make_mesh: MakeMesh) -> None:
+    mesh = make_mesh(cluster.url)  # every agent gets all three endpoints; all start on the first
+    pids = {a.host_id: a.pid for a in mesh.start(3)}
+    ids = mesh.submit_commands(60, DURATIONS)
+    wait_until(lambda: sum(r.state is State.SUCCEEDED for r in mesh.records(ids).values()) >= 10, 20,
+               what="a sixth of the episodes to finish")
+    cluster.members[0].kill()
+
+    records = mesh.wait_finished(ids, timeout=90)
+    mesh.check_exactly_once(records)
+    check_alive(mesh, pids)
+    mesh.check_clean()
+
+
+def test_claim_whose_answer_was_lost_is_adopted(lossy_proxy: LossyProxy, make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    """etcd applied h2's claim but the answer never came back: h2 must find the claim and run
+    its episode, not leave it running on no worker for as long as h2's lease lives."""
+    mesh = make_mesh(etcd.url)
+    lossy_proxy.lose_answer_once(txn_puts_under(mesh.keys.host_claims("h2")))
+    mesh.start_agent("h1", wait=False)
+    mesh.start_agent("h2", registry=lossy_proxy.endpoint, wait=False)  # only h2 talks through the proxy
+    for agent in mesh.agents.values():
+        mesh.wait_joined(agent)
+    ids = mesh.submit_commands(12, 0.5)
+    records = mesh.wait_finished(ids, timeout=3 * TTL + 10)  # not stuck while h2 lives
+    assert lossy_proxy.lost, "no claim answer was lost"
+    mesh.check_exactly_once(records)
+    (claimed,) = claimed_in(lossy_proxy.lost[0], mesh.keys.host_claims("h2"))
+    assert records[claimed].owner == "h2" and records[claimed].attempt == 1, "h2 did not run the claim it won"
+    mesh.check_clean()
+
+
+def test_crashing_worker_fails_its_episode_only(mesh: Mesh) -> None:
+    pids = {h: a.pid for h, a in mesh.agents.items()}
+    specs = [{"runtime": "sleep", "params": {"seconds": 0.2}}] * 60
+    specs[30] = {"runtime": "sleep", "params": {"seconds": 0.2, "mode": "crash"}}
+    ids = mesh.submit(specs)
+
+    records = mesh.wait_finished(ids)
+    crashed = records.pop(ids[30])
+    assert crashed.state is State.FAILED and crashed.attempt == 1, crashed
+    assert "SIGKILL" in (crashed.error or "") and crashed.history[0].outcome == "failed", crashed
+    mesh.check_exactly_once(records)
+    check_alive(mesh, pids)
+    mesh.check_clean()
+
+
+# --- (f)-(l) ------------------------------------------------------------------------------------
+
+
+def test_cancel_pending_and_running(mesh: Mesh) -> None:
+    ids = mesh.submit_sleeps(7, seconds=60)  # six workers: six run, one waits
+
+    def six_running() -> dict[str, EpisodeRecord] | None:
+        records = mesh.records(ids)
+        return records if sum(r.state is State.RUNNING for r in records.values()) == 6 else None
+
+    records = wait_until(six_running, 15, what="six episodes running")
+    (waiting,) = [i for i, r in records.items() if r.state is State.PENDING]
+    running = [i for i, r in records.items() if r.state is State.RUNNING]
+
+    assert mesh.client.cancel([waiting]) == {waiting: "cancelled"}
+    assert mesh.client.get(waiting).state is State.CANCELLED
+    asked = time.monotonic()
+    assert mesh.client.cancel(running[:1]) == {running[0]: "requested"}
+    record = wait_until(lambda: (r := mesh.client.get(running[0])).state.is_terminal and r, 5,
+                        interval=0.02, what="the running episode to stop")
+    assert time.monotonic() - asked < 2.0
+    assert record.state is State.CANCELLED and record.history[-1].outcome == "cancelled", record
+
+    assert set(mesh.client.cancel(running[1:]).values()) == {"requested"}
+    final = mesh.wait_finished(ids, timeout=5)
+    assert {r.state for r in final.values()} == {State.CANCELLED}
+    assert all(r.attempt == 1 for r in final.values())
+    mesh.check_clean()
+
+
+def test_timeouts_fail_or_retry(mesh: Mesh) -> None:
+    hang = {"runtime": "sleep", "params": {"mode": "hang"}, "timeout": 1}
+    failed, retried = mesh.submit([hang, {**hang, "on_timeout": "retry", "max_attempts": 2}])
+    records = mesh.wait_finished([failed, retried], timeout=15)
+
+    record = records[failed]
+    assert record.state is State.FAILED and "timed out" in (record.error or ""), record
+    assert [a.outcome for a in record.history] == ["failed"]
+    record = records[retried]
+    assert record.state is State.FAILED and record.attempt == 2, record
+    assert [a.outcome for a in record.history] == ["retried", "failed"], record
+    assert all("timed out" in (a.error or "") for a in record.history), record
+    mesh.check_clean()
+
+
+def test_sigterm_and_ctrl_c_drain(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    mesh = make_mesh(etcd.url)
+    mesh.start_agent("h1", wait=False)
+    mesh.start_agent("h2", grace=0.1, wait=False)  # SIGTERM: hands its work back
+    mesh.start_agent("h3", grace=20, wait=False)  # Ctrl-C in its terminal: lets its work finish
+    for agent in mesh.agents.values():
+        mesh.wait_joined(agent)
+    long = mesh.submit_commands(6, 3.0)
+    wait_until(lambda: all(len(mesh.episode_processes(a)) == 2 for a in mesh.agents.values()), 15,
+               what="every worker running an episode")
+    short = mesh.submit_commands(12, 0.3)  # queued behind the long ones
+    on_h2, on_h3 = mesh.running_on("h2"), mesh.running_on("h3")
+
+    term_at = time.time()
+    h2, h3 = mesh.agents["h2"], mesh.agents["h3"]
+    h2.terminate()
+    h3.interrupt_group()  # the terminal sends SIGINT to the agent and its workers alike
+    assert h2.wait(5) == 0
+    assert mesh.host_kv("h2") is None, "h2's lease was not revoked"  # now, not after the ttl
+    assert mesh.running_on("h2") == []
+    mesh.wait_no_orphans(h2, timeout=1)  # its episodes' processes were stopped, not left running
+    assert h3.wait(15) == 0
+    assert mesh.host_kv("h3") is None, "h3's lease was not revoked"
+    mesh.wait_no_orphans(h3, timeout=1)
+
+    records = mesh.wait_finished(long + short)
+    mesh.check_exactly_once(records)
+    check_taken_over(records, on_h2, "h2", "released by draining host h2")
+    handed_back = {mesh.seeds[i] for i in on_h2}
+    assert not [s for s, host, _ in mesh.execution_lines() if host == "h2" and s in handed_back]
+    assert all(records[i].attempt == 1 and records[i].owner == "h3" for i in on_h3), "h3 did not finish its work"
+    late = [(r.id, a) for r in records.values() for a in r.history if a.host != "h1" and a.started_at > term_at]
+    assert not late, f"draining hosts claimed new work: {late}"
+    mesh.check_clean()
+
+
+def test_second_ctrl_c_exits_at_once(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    """The first Ctrl-C drains; handing back means stopping episodes, and one that ignores
+    SIGTERM takes the command runtime's grace to stop. A second Ctrl-C meanwhile exits at once."""
+    mesh = make_mesh(etcd.url)
+    agent = mesh.start_agent("h1", grace=0.1, capacity=1)
+    stubborn = {"runtime": "command", "params": {"argv": ["sh", "-c", "trap '' TERM; sleep 30"]}}
+    (episode,) = mesh.submit([stubborn])
+    wait_until(lambda: mesh.running_on("h1"), 10, what="the episode to run")
+    agent.interrupt_group()  # drain: in 0.1 s it hands the episode back, which takes ~2 s to stop
+    time.sleep(0.8)
+    agent.interrupt_group()
+    assert agent.wait(1.5) == 130
+    mesh.wait_no_orphans(agent, timeout=5)
+    assert mesh.records([episode])[episode].state in (State.PENDING, State.RUNNING)  # back, or back with the lease
+
+
+def test_restarted_agent_retires_its_predecessor(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    ttl = 8  # long enough that anything done before it expires was done by the restarted agent
+    mesh = make_mesh(etcd.url, ttl=ttl)
+    mesh.start(3)
+    ids = mesh.submit_commands(60, DURATIONS)
+    old = mesh.agents["h2"]
+    wait_running_on(mesh, "h2")
+    old.kill()
+    killed_at, killed_wall = time.monotonic(), time.time()
+    held = running_on(mesh, "h2", ids)
+    new = mesh.start_agent("h2")  # same machine, dead pid: it revokes the old lease, peers requeue now
+    assert time.monotonic() - killed_at < ttl - 1, "the restarted agent waited for the old lease to expire"
+    wait_requeued(mesh, "h2", held, ttl)
+    took = time.monotonic() - killed_at
+    assert took < ttl - 1, f"requeued {took:.1f} s after the kill: the old lease expired instead of being revoked"
+
+    records = mesh.wait_finished(ids)
+    mesh.check_exactly_once(records)
+    check_taken_over(records, held, "h2", "host h2 lost its lease", elsewhere=False)  # the new h2 may win one
+    # Each incarnation ran only what it had claimed itself.
+    for seed, host, marker in mesh.execution_lines():
+        if host == "h2":
+            record = records[mesh.episode_of(seed)]
+            new_run = marker == new.marker
+            mine = [a for a in record.history if a.host == "h2" and (a.started_at > killed_wall) == new_run]
+            assert mine, f"{marker} ran {record.id} without a claim: {record.history}"
+    mesh.check_clean()
+    mesh.wait_no_orphans(old)
+
+
+def test_corrupt_keys_do_not_kill_agents(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    mesh = make_mesh(etcd.url)
+    keys, registry = mesh.keys, mesh.registry
+    garbage = b"\xc1\xff not msgpack"
+    bad_records = {"bad-bytes": garbage, "bad-version": pack({"v": 99, "id": "bad-version"}), "bad-list": pack([1, 2])}
+    registry.txn([], [
+        *[Put(keys.episode(i), value) for i, value in bad_records.items()],
+        *[Put(keys.queued(f"0-{i}.1"), pack([i])) for i in bad_records],  # good entries, bad records
+        *[Put(keys.queued(f"0-junk{n}.1"), value) for n, value in enumerate([garbage, b"", pack({"a": 1})])],
+        Put(keys.cancel("no-such-episode"), garbage),
+    ])  # the oldest entries of the queue (their names sort first), chosen first on every pass
+    pids = {a.host_id: a.pid for a in mesh.start(3)}  # each agent's first pass sweeps over them
+
+    lease = registry.grant(30)
+    registry.txn([], [Put(keys.claim("h9", "c1"), garbage, lease), Put(keys.host("h9"), garbage, lease)])
+    registry.revoke(lease)  # every agent sees a corrupt claim deleted, and a corrupt host leave
+    ids = mesh.submit_sleeps(30, 0.2)
+    records = mesh.wait_finished(ids)
+    mesh.check_exactly_once(records)
+    check_alive(mesh, pids)
+    assert mesh.leader() is not None
+
+
+def test_wrongly_typed_records_do_not_kill_agents(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    """Valid msgpack, wrong field types (a newer writer, a bug, a hand edit): skipped like any
+    corrupt record, never fatal. One pending in the queue, one running for a dead host (the
+    leader's sweep requeues those; its attempt count is not a number)."""
+    mesh = make_mesh(etcd.url)
+    spec = {"runtime": "sleep", "params": {}}
+    queued = pack({"v": 1, "id": "bad-spec", "spec": "not a map", "state": "pending", "queue": "bad-spec.1"})
+    running = pack({"v": 1, "id": "bad-attempt", "spec": spec, "state": "running", "owner": "h9", "claim": "c9",
+                    "attempt": "three"})
+    keys = mesh.keys
+    mesh.registry.txn([], [Put(keys.episode("bad-spec"), queued), Put(keys.queued("bad-spec.1"), pack(["bad-spec"])),
+                           Put(keys.episode("bad-attempt"), running)])
+    pids = {a.host_id: a.pid for a in mesh.start(3)}
+    ids = mesh.submit_sleeps(12, 0.2)
+    records = mesh.wait_finished(ids, timeout=15)
+    mesh.check_exactly_once(records)
+    check_alive(mesh, pids)
+
+
+def test_leader_election_and_takeover(mesh: Mesh) -> None:
+    host, lease = wait_until(mesh.leader, 10, what="a leader")  # one key: one leader at a time
+    info = mesh.host_kv(host)
+    assert host in mesh.agents and info is not None and info.lease == lease  # bound to the leader's lease
+    mesh.agents[host].kill()
+    killed_at = time.monotonic()
+    new_host, new_lease = wait_until(lambda: (seat := mesh.leader()) and seat[0] != host and seat, TTL + REAPER + 3,
+                                     interval=0.02, what="another leader")
+    took = time.monotonic() - killed_at
+    assert took <= TTL + REAPER + 1, f"takeover took {took:.2f} s"
+    new_info = mesh.host_kv(new_host)
+    assert new_host != host and new_info is not None and new_info.lease == new_lease
+
+
+def test_restart_safe_consumer(mesh: Mesh, etcd: EtcdServer) -> None:
+    consumer = f"ppo-{uuid.uuid4().hex[:6]}"
+    spec = {"runtime": "sleep", "params": {"seconds": 0.2}}
+    first = MeshClient(etcd.url, namespace=mesh.namespace, consumer=consumer)
+    ids = first.submit([spec] * 10)
+    seen = []
+    for record in first.as_completed(timeout=30):
+        seen.append(record.id)
+        if len(seen) == 4:
+            break
+    assert first.ack(seen[:2]) == 2
+    first.close()  # the trainer goes away; the rest finish meanwhile
+    mesh.wait_finished(ids)
+
+    second = MeshClient(etcd.url, namespace=mesh.namespace, consumer=consumer)
+    more = second.submit([spec] * 3)
+    delivered = []
+    for record in second.as_completed(timeout=30):
+        delivered.append(record.id)
+        if len(delivered) == 11:
+            break
+    assert sorted(delivered) == sorted(set(ids) - set(seen[:2]) | set(more))
+    assert second.ack(delivered) == 11
+    second.close()
+
+    third = MeshClient(etcd.url, namespace=mesh.namespace, consumer=consumer)
+    assert list(third.as_completed(timeout=1.5)) == []
+    third.close()
