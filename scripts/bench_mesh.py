@@ -34,13 +34,12 @@ from typing import Any
 import etcd3gw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.etcdkit import start_etcd  # noqa: E402  (the same etcd launcher the tests use)
+from tests.etcdkit import start_etcd
 
-from openrange_mesh.keys import Keys  # noqa: E402
-from openrange_mesh.mesh.client import MeshClient  # noqa: E402
-from openrange_mesh.model import State  # noqa: E402
-from openrange_mesh.registry import open_registry  # noqa: E402
-from openrange_mesh.runtimes import load_runtime  # noqa: E402
+from openrange_mesh.mesh.client import MeshClient
+from openrange_mesh.model import State
+from openrange_mesh.registry import open_registry
+from openrange_mesh.runtimes import load_runtime
 
 TTL = 2
 
@@ -54,10 +53,27 @@ class Agents:
             host = f"bench-{i}"
             log = open(logs / f"{namespace}-{host}.log", "wb")  # noqa: SIM115 - closed with the process
             self.procs[host] = subprocess.Popen(
-                [sys.executable, "-c", "from openrange_mesh.cli.agent import main; main()",
-                 "--etcd", url, "--namespace", namespace, "--host-id", host, "--capacity", str(capacity),
-                 "--store", str(store), "--ttl", str(TTL), "--log-level", "WARNING"],
-                stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-c",
+                    "from openrange_mesh.cli.agent import main; main()",
+                    "--etcd",
+                    url,
+                    "--namespace",
+                    namespace,
+                    "--host-id",
+                    host,
+                    "--capacity",
+                    str(capacity),
+                    "--store",
+                    str(store),
+                    "--ttl",
+                    str(TTL),
+                    "--log-level",
+                    "WARNING",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
 
     def wait_joined(self, client: MeshClient, timeout: float = 30) -> None:
@@ -100,8 +116,11 @@ def mesh_noop(url: str, work: Path, episodes: int, agents: int) -> dict[str, flo
             writes = revision(url) - before
         assert all(r.state is State.SUCCEEDED for r in records)
         submit_txns = -(-episodes // 42)  # one submission txn per 42 records (ledger.submit)
-        return {"episodes_per_s": episodes / elapsed, "writes_per_episode": writes / episodes,
-                "claim_commit_writes_per_episode": (writes - submit_txns) / episodes}
+        return {
+            "episodes_per_s": episodes / elapsed,
+            "writes_per_episode": writes / episodes,
+            "claim_commit_writes_per_episode": (writes - submit_txns) / episodes,
+        }
     finally:
         group.stop()
 
@@ -117,22 +136,39 @@ def _floor_worker(endpoint: str, prefix: str, episodes: int, value_size: int, ou
 
     def claim(i: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         record, queued, claim_key = b64(f"{prefix}/e/{i}"), b64(f"{prefix}/q/{i}"), b64(f"{prefix}/c/{i}")
-        return ([{"key": record, "result": "GREATER", "target": "MOD", "mod_revision": 0}],
-                [{"request_delete_range": {"key": queued}}, {"request_put": {"key": record, "value": value}},
-                 {"request_put": {"key": claim_key, "value": "", "lease": lease.id}}])
+        return (
+            [{"key": record, "result": "GREATER", "target": "MOD", "mod_revision": 0}],
+            [
+                {"request_delete_range": {"key": queued}},
+                {"request_put": {"key": record, "value": value}},
+                {"request_put": {"key": claim_key, "value": "", "lease": lease.id}},
+            ],
+        )
 
     def commit(i: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         record, claim_key = b64(f"{prefix}/e/{i}"), b64(f"{prefix}/c/{i}")
-        return ([{"key": claim_key, "result": "GREATER", "target": "CREATE", "create_revision": 0}],
-                [{"request_put": {"key": record, "value": value}}, {"request_delete_range": {"key": claim_key}}])
+        return (
+            [{"key": claim_key, "result": "GREATER", "target": "CREATE", "create_revision": 0}],
+            [{"request_put": {"key": record, "value": value}}, {"request_delete_range": {"key": claim_key}}],
+        )
 
     start = time.perf_counter()
     for first in range(0, episodes, 42):
         chunk = range(first, min(first + 42, episodes))
         # submit: record + queue entry per episode, 42 episodes per txn
-        client.transaction({"compare": [], "success": [
-            op for i in chunk for op in ({"request_put": {"key": b64(f"{prefix}/e/{i}"), "value": value}},
-                                         {"request_put": {"key": b64(f"{prefix}/q/{i}"), "value": ""}})]})
+        client.transaction(
+            {
+                "compare": [],
+                "success": [
+                    op
+                    for i in chunk
+                    for op in (
+                        {"request_put": {"key": b64(f"{prefix}/e/{i}"), "value": value}},
+                        {"request_put": {"key": b64(f"{prefix}/q/{i}"), "value": ""}},
+                    )
+                ],
+            }
+        )
     # the mesh's steady state: one txn commits an episode and claims the next
     compares, ops = claim(0)
     client.transaction({"compare": compares, "success": ops})
@@ -149,8 +185,10 @@ def etcd_floor(endpoint: str, episodes: int, processes: int) -> float:
     """Episodes/s of the raw write pattern, ``processes`` writers at once."""
     queue: Any = multiprocessing.Queue()
     per = episodes // processes
-    procs = [multiprocessing.Process(target=_floor_worker, args=(endpoint, f"/floor/{i}", per, 400, queue))
-             for i in range(processes)]
+    procs = [
+        multiprocessing.Process(target=_floor_worker, args=(endpoint, f"/floor/{i}", per, 400, queue))
+        for i in range(processes)
+    ]
     start = time.perf_counter()
     for p in procs:
         p.start()

@@ -146,6 +146,7 @@ def _read_request(reader: Any) -> tuple[str, dict[str, Any], bytes] | None:
 
 def txn_puts_under(prefix: bytes) -> Callable[[str, dict[str, Any]], bool]:
     """A ``LossyProxy`` predicate: a txn that puts a key under ``prefix``."""
+
     def matches(path: str, body: dict[str, Any]) -> bool:
         puts = [op["request_put"] for op in body.get("success", []) if "request_put" in op]
         return path.endswith("/kv/txn") and any(base64.b64decode(p["key"]).startswith(prefix) for p in puts)
@@ -156,8 +157,12 @@ def txn_puts_under(prefix: bytes) -> Callable[[str, dict[str, Any]], bool]:
 def claimed_in(txn: dict[str, Any], prefix: bytes) -> list[str]:
     """The episode ids a claim txn (a JSON body a ``LossyProxy`` saw) put under ``prefix``."""
     puts = [op["request_put"] for op in txn.get("success", []) if "request_put" in op]
-    return [str(i) for p in puts if base64.b64decode(p["key"]).startswith(prefix)
-            for i in unpack(base64.b64decode(p["value"]))]
+    return [
+        str(i)
+        for p in puts
+        if base64.b64decode(p["key"]).startswith(prefix)
+        for i in unpack(base64.b64decode(p["value"]))
+    ]
 
 
 def marked_processes(marker: str) -> list[tuple[int, str]]:
@@ -182,8 +187,17 @@ class AgentProcess:
     """``openrange-agent`` as a child process. ``stop()`` is idempotent and safe in teardown."""
 
     def __init__(
-        self, registry: str, host_id: str, namespace: str, store: Path, log_path: Path, marker: str,
-        *, capacity: int = 2, ttl: int = 2, grace: float | None = None,
+        self,
+        registry: str,
+        host_id: str,
+        namespace: str,
+        store: Path,
+        log_path: Path,
+        marker: str,
+        *,
+        capacity: int = 2,
+        ttl: int = 2,
+        grace: float | None = None,
     ) -> None:
         self.registry = registry
         self.host_id = host_id
@@ -203,9 +217,25 @@ class AgentProcess:
         return self.proc.pid
 
     def argv(self) -> list[str]:
-        argv = [sys.executable, "-c", AGENT_MAIN, "--etcd", self.registry, "--host-id", self.host_id,
-                "--namespace", self.namespace, "--capacity", str(self.capacity), "--store", str(self.store),
-                "--ttl", str(self.ttl), "--log-level", "INFO"]
+        argv = [
+            sys.executable,
+            "-c",
+            AGENT_MAIN,
+            "--etcd",
+            self.registry,
+            "--host-id",
+            self.host_id,
+            "--namespace",
+            self.namespace,
+            "--capacity",
+            str(self.capacity),
+            "--store",
+            str(self.store),
+            "--ttl",
+            str(self.ttl),
+            "--log-level",
+            "INFO",
+        ]
         return argv + (["--grace", str(self.grace)] if self.grace is not None else [])
 
     def start(self) -> AgentProcess:
@@ -215,8 +245,13 @@ class AgentProcess:
             log.write(f"--- starting agent {self.host_id} at {time.strftime('%H:%M:%S')}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                self.argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
         return self
 
@@ -313,7 +348,12 @@ class Mesh:
         return agents
 
     def start_agent(
-        self, host: str, *, capacity: int = 2, grace: float | None = None, wait: bool = True,
+        self,
+        host: str,
+        *,
+        capacity: int = 2,
+        grace: float | None = None,
+        wait: bool = True,
         registry: str | None = None,
     ) -> AgentProcess:
         """Start agent ``host`` (a restart if it ran before); ``registry`` overrides the mesh's URL."""
@@ -321,9 +361,15 @@ class Mesh:
             self.retired.append(self.agents[host])
         incarnation = sum(1 for a in self.retired if a.host_id == host)
         agent = AgentProcess(
-            registry or self.url, host, self.namespace, self.store, self.logs / f"{host}.log",
+            registry or self.url,
+            host,
+            self.namespace,
+            self.store,
+            self.logs / f"{host}.log",
             f"{self.marker}:{host}:{incarnation};",
-            capacity=capacity, ttl=self.ttl, grace=grace,
+            capacity=capacity,
+            ttl=self.ttl,
+            grace=grace,
         )
         self.agents[host] = agent.start()
         if wait:
@@ -402,8 +448,10 @@ class Mesh:
         parts = []
         for agent in [*self.retired, *self.agents.values()]:
             status = "running" if agent.is_running() else f"exited {agent.proc.returncode if agent.proc else '-'}"
-            parts.append(f"===== agent {agent.host_id} (pid {agent.proc.pid if agent.proc else '-'}, {status})\n"
-                         f"{agent.log_tail(60)}")
+            parts.append(
+                f"===== agent {agent.host_id} (pid {agent.proc.pid if agent.proc else '-'}, {status})\n"
+                f"{agent.log_tail(60)}"
+            )
         return "\n".join(parts)
 
     # --- episodes ------------------------------------------------------------------------
@@ -437,6 +485,7 @@ class Mesh:
 
     def wait_finished(self, ids: Sequence[str], timeout: float = 60.0) -> dict[str, EpisodeRecord]:
         """Poll until every episode is terminal; registry outages meanwhile are tolerated."""
+
         def finished() -> dict[str, EpisodeRecord] | None:
             try:
                 records = self.records(ids)
@@ -463,8 +512,10 @@ class Mesh:
         """(seed, host, agent marker) per completed execution of a command episode."""
         if not self.runs_path.exists():
             return []
-        return [(int(seed), host, marker) for seed, host, marker in
-                (line.split() for line in self.runs_path.read_text().splitlines())]
+        return [
+            (int(seed), host, marker)
+            for seed, host, marker in (line.split() for line in self.runs_path.read_text().splitlines())
+        ]
 
     def episode_of(self, seed: int) -> str:
         return next(i for i, s in self.seeds.items() if s == seed)
@@ -492,7 +543,10 @@ class Mesh:
 
     def check_clean(self) -> None:
         """Nothing left in the queue, no claims, no cancel markers."""
-        for name, prefix in (("queue", self.keys.queue()), ("claims", self.keys.claims()),
-                             ("cancel", self.keys.cancels())):
+        for name, prefix in (
+            ("queue", self.keys.queue()),
+            ("claims", self.keys.claims()),
+            ("cancel", self.keys.cancels()),
+        ):
             left = [kv.key.decode() for kv in self.registry.range(prefix).kvs]
             assert not left, f"{name} keys left behind: {left}"

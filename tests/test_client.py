@@ -47,7 +47,7 @@ def finish(client: MeshClient, registry: Registry, state: State = State.SUCCEEDE
 
 
 def test_submit_checks_everything_first(client: MeshClient) -> None:
-    with pytest.raises(SpecError, match="params.seconds"):
+    with pytest.raises(SpecError, match=r"params\.seconds"):
         client.submit([SLEEP, {"runtime": "sleep", "params": {"seconds": -1}}])
     assert list(client.list()) == []
     ids = client.submit([SLEEP] * 3)

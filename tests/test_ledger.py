@@ -171,7 +171,7 @@ def test_cancelling_one_episode_of_a_batch_leaves_the_rest_claimable(registry: R
     assert rest.ids == ("e00000", "e00002") and rest.name == entry.name
     lease = registry.grant(5)
     assert ledger.claim("h1", lease, entry, stale) is None  # what an agent saw before the cancel
-    claim, running = ledger.claim("h1", lease, rest, ledger.read(list(rest.ids)))  # type: ignore[misc]
+    _claim, running = ledger.claim("h1", lease, rest, ledger.read(list(rest.ids)))  # type: ignore[misc]
     assert [r.id for r in running] == ["e00000", "e00002"] and ledger.queue() == []
     assert ledger.read(["e00001"])["e00001"].record.state is State.CANCELLED
 
@@ -191,13 +191,15 @@ def test_commit_and_claim_share_one_revision_and_fall_back(registry: Registry, l
     entry = next(e for e in ledger.queue() if e.ids == ("e00001",))
     before = revision(registry)
     final = finish_attempt(running, State.SUCCEEDED, time.time(), None)
-    committed, won = ledger.commit_and_claim(claim, [final], last=True, cancelled=(), host="h1", lease=lease,
-                                             entry=entry, records=ledger.read(["e00001"]))
+    committed, won = ledger.commit_and_claim(
+        claim, [final], last=True, cancelled=(), host="h1", lease=lease, entry=entry, records=ledger.read(["e00001"])
+    )
     assert committed and won is not None and revision(registry) == before + 1
     assert won[0].token == before + 1 and won[1][0].state is State.RUNNING
     # the entry is gone (claimed above): the pair fails, the commit alone still lands
     final2 = finish_attempt(won[1][0], State.SUCCEEDED, time.time(), None)
-    committed, again = ledger.commit_and_claim(won[0], [final2], last=True, cancelled=(), host="h1", lease=lease,
-                                               entry=entry, records=ledger.read(["e00001"]))
+    committed, again = ledger.commit_and_claim(
+        won[0], [final2], last=True, cancelled=(), host="h1", lease=lease, entry=entry, records=ledger.read(["e00001"])
+    )
     assert committed and again is None
     assert {v.record.state for v in ledger.read(["e00000", "e00001"]).values()} == {State.SUCCEEDED}

@@ -89,7 +89,12 @@ def wait_requeued(mesh: Mesh, host: str, ids: list[str], timeout: float) -> floa
 
 
 def check_taken_over(
-    records: dict[str, EpisodeRecord], ids: list[str], host: str, reason: str, *, elsewhere: bool = True,
+    records: dict[str, EpisodeRecord],
+    ids: list[str],
+    host: str,
+    reason: str,
+    *,
+    elsewhere: bool = True,
 ) -> None:
     """``host``'s attempt at each of ``ids`` was closed as retried for ``reason``; the second
     attempt committed (on another host, if ``elsewhere``)."""
@@ -107,8 +112,11 @@ def check_alive(mesh: Mesh, pids: dict[str, int]) -> None:
     for host, pid in pids.items():
         agent = mesh.agents[host]
         assert agent.is_running() and agent.pid == pid, f"agent {host} exited:\n{agent.log_tail()}"
-        info = wait_until(lambda h=host, p=pid: (i := mesh.host_info(h)) is not None and i.pid == p and i, 10,
-                          what=f"{host}'s host key")
+        info = wait_until(
+            lambda h=host, p=pid: (i := mesh.host_info(h)) is not None and i.pid == p and i,
+            10,
+            what=f"{host}'s host key",
+        )
         assert info.started_at <= agent.joined_at, f"{host}'s host record says it started after it joined"
 
 
@@ -151,8 +159,11 @@ def test_sigstopped_agent_is_fenced_off_and_rejoins(make_mesh: MakeMesh, etcd: E
     victim.resume()
 
     # It notices its lease is gone, stops those episodes, and rejoins as the same process.
-    wait_until(lambda: (kv := mesh.host_kv("h2")) is not None and kv.lease != old.lease, 10,
-               what="h2 to rejoin under a new lease")
+    wait_until(
+        lambda: (kv := mesh.host_kv("h2")) is not None and kv.lease != old.lease,
+        10,
+        what="h2 to rejoin under a new lease",
+    )
     records = mesh.wait_finished(held + ids)
     mesh.check_exactly_once(records)  # nothing it computed meanwhile was committed over the takeovers
     check_taken_over(records, held, "h2", "host h2 lost its lease", elsewhere=False)  # it may win one back
@@ -173,8 +184,11 @@ def test_etcd_restart_mid_run(own_etcd: EtcdServer, make_mesh: MakeMesh) -> None
     mesh = make_mesh(own_etcd.url)
     pids = {a.host_id: a.pid for a in mesh.start(3)}
     ids = mesh.submit_commands(60, DURATIONS)
-    wait_until(lambda: sum(r.state is State.SUCCEEDED for r in mesh.records(ids).values()) >= 10, 20,
-               what="a sixth of the episodes to finish")
+    wait_until(
+        lambda: sum(r.state is State.SUCCEEDED for r in mesh.records(ids).values()) >= 10,
+        20,
+        what="a sixth of the episodes to finish",
+    )
     own_etcd.kill()  # a crash, and a supervisor slow to restart it: down for longer than the ttl
     time.sleep(TTL + 1)
     own_etcd.restart()
@@ -189,8 +203,11 @@ def test_one_etcd_member_of_three_killed_mid_run(cluster: EtcdCluster, make_mesh
     mesh = make_mesh(cluster.url)  # every agent gets all three endpoints; all start on the first
     pids = {a.host_id: a.pid for a in mesh.start(3)}
     ids = mesh.submit_commands(60, DURATIONS)
-    wait_until(lambda: sum(r.state is State.SUCCEEDED for r in mesh.records(ids).values()) >= 10, 20,
-               what="a sixth of the episodes to finish")
+    wait_until(
+        lambda: sum(r.state is State.SUCCEEDED for r in mesh.records(ids).values()) >= 10,
+        20,
+        what="a sixth of the episodes to finish",
+    )
     cluster.members[0].kill()
 
     records = mesh.wait_finished(ids, timeout=90)
@@ -250,8 +267,12 @@ def test_cancel_pending_and_running(mesh: Mesh) -> None:
     assert mesh.client.get(waiting).state is State.CANCELLED
     asked = time.monotonic()
     assert mesh.client.cancel(running[:1]) == {running[0]: "requested"}
-    record = wait_until(lambda: (r := mesh.client.get(running[0])).state.is_terminal and r, 5,
-                        interval=0.02, what="the running episode to stop")
+    record = wait_until(
+        lambda: (r := mesh.client.get(running[0])).state.is_terminal and r,
+        5,
+        interval=0.02,
+        what="the running episode to stop",
+    )
     assert time.monotonic() - asked < 2.0
     assert record.state is State.CANCELLED and record.history[-1].outcome == "cancelled", record
 
@@ -285,8 +306,11 @@ def test_sigterm_and_ctrl_c_drain(make_mesh: MakeMesh, etcd: EtcdServer) -> None
     for agent in mesh.agents.values():
         mesh.wait_joined(agent)
     long = mesh.submit_commands(6, 3.0)
-    wait_until(lambda: all(len(mesh.episode_processes(a)) == 2 for a in mesh.agents.values()), 15,
-               what="every worker running an episode")
+    wait_until(
+        lambda: all(len(mesh.episode_processes(a)) == 2 for a in mesh.agents.values()),
+        15,
+        what="every worker running an episode",
+    )
     short = mesh.submit_commands(12, 0.3)  # queued behind the long ones
     on_h2, on_h3 = mesh.running_on("h2"), mesh.running_on("h3")
 
@@ -364,12 +388,15 @@ def test_corrupt_keys_do_not_kill_agents(make_mesh: MakeMesh, etcd: EtcdServer) 
     keys, registry = mesh.keys, mesh.registry
     garbage = b"\xc1\xff not msgpack"
     bad_records = {"bad-bytes": garbage, "bad-version": pack({"v": 99, "id": "bad-version"}), "bad-list": pack([1, 2])}
-    registry.txn([], [
-        *[Put(keys.episode(i), value) for i, value in bad_records.items()],
-        *[Put(keys.queued(f"0-{i}.1"), pack([i])) for i in bad_records],  # good entries, bad records
-        *[Put(keys.queued(f"0-junk{n}.1"), value) for n, value in enumerate([garbage, b"", pack({"a": 1})])],
-        Put(keys.cancel("no-such-episode"), garbage),
-    ])  # the oldest entries of the queue (their names sort first), chosen first on every pass
+    registry.txn(
+        [],
+        [
+            *[Put(keys.episode(i), value) for i, value in bad_records.items()],
+            *[Put(keys.queued(f"0-{i}.1"), pack([i])) for i in bad_records],  # good entries, bad records
+            *[Put(keys.queued(f"0-junk{n}.1"), value) for n, value in enumerate([garbage, b"", pack({"a": 1})])],
+            Put(keys.cancel("no-such-episode"), garbage),
+        ],
+    )  # the oldest entries of the queue (their names sort first), chosen first on every pass
     pids = {a.host_id: a.pid for a in mesh.start(3)}  # each agent's first pass sweeps over them
 
     lease = registry.grant(30)
@@ -389,11 +416,26 @@ def test_wrongly_typed_records_do_not_kill_agents(make_mesh: MakeMesh, etcd: Etc
     mesh = make_mesh(etcd.url)
     spec = {"runtime": "sleep", "params": {}}
     queued = pack({"v": 1, "id": "bad-spec", "spec": "not a map", "state": "pending", "queue": "bad-spec.1"})
-    running = pack({"v": 1, "id": "bad-attempt", "spec": spec, "state": "running", "owner": "h9", "claim": "c9",
-                    "attempt": "three"})
+    running = pack(
+        {
+            "v": 1,
+            "id": "bad-attempt",
+            "spec": spec,
+            "state": "running",
+            "owner": "h9",
+            "claim": "c9",
+            "attempt": "three",
+        }
+    )
     keys = mesh.keys
-    mesh.registry.txn([], [Put(keys.episode("bad-spec"), queued), Put(keys.queued("bad-spec.1"), pack(["bad-spec"])),
-                           Put(keys.episode("bad-attempt"), running)])
+    mesh.registry.txn(
+        [],
+        [
+            Put(keys.episode("bad-spec"), queued),
+            Put(keys.queued("bad-spec.1"), pack(["bad-spec"])),
+            Put(keys.episode("bad-attempt"), running),
+        ],
+    )
     pids = {a.host_id: a.pid for a in mesh.start(3)}
     ids = mesh.submit_sleeps(12, 0.2)
     records = mesh.wait_finished(ids, timeout=15)
@@ -407,8 +449,12 @@ def test_leader_election_and_takeover(mesh: Mesh) -> None:
     assert host in mesh.agents and info is not None and info.lease == lease  # bound to the leader's lease
     mesh.agents[host].kill()
     killed_at = time.monotonic()
-    new_host, new_lease = wait_until(lambda: (seat := mesh.leader()) and seat[0] != host and seat, TTL + REAPER + 3,
-                                     interval=0.02, what="another leader")
+    new_host, new_lease = wait_until(
+        lambda: (seat := mesh.leader()) and seat[0] != host and seat,
+        TTL + REAPER + 3,
+        interval=0.02,
+        what="another leader",
+    )
     took = time.monotonic() - killed_at
     assert took <= TTL + REAPER + 1, f"takeover took {took:.2f} s"
     new_info = mesh.host_kv(new_host)

@@ -99,9 +99,7 @@ def test_corrupt_records_raise_and_are_skipped(data: bytes) -> None:
 
 
 def test_host_info_round_trip() -> None:
-    info = HostInfo(
-        id="h1", capacity=4, running=2, labels={"gpu": "a100"}, version="0.1.0", pid=7, machine="m"
-    )
+    info = HostInfo(id="h1", capacity=4, running=2, labels={"gpu": "a100"}, version="0.1.0", pid=7, machine="m")
     assert HostInfo.from_bytes(info.to_bytes()) == info
 
 
@@ -165,7 +163,12 @@ def test_small_parsers() -> None:
 
 @pytest.mark.parametrize("state", list(State))
 def test_is_live_agrees_with_decoding(state: State) -> None:
-    record = EpisodeRecord(id="x", spec=EpisodeSpec(runtime="sleep", params={"note": "running"}), state=state,
-                           error="state pending", result={"state": "running"})
+    record = EpisodeRecord(
+        id="x",
+        spec=EpisodeSpec(runtime="sleep", params={"note": "running"}),
+        state=state,
+        error="state pending",
+        result={"state": "running"},
+    )
     assert is_live(record.to_bytes()) is not state.is_terminal  # whatever the params/result hold
     assert not is_live(b"\x81\xa5state\xa7pending"[:4])

@@ -171,9 +171,7 @@ def test_every_compare_target_and_op(registry: Registry, prefix: bytes) -> None:
     assert not registry.txn(one_fails, []).succeeded
 
 
-def test_failed_compare_applies_nothing_and_runs_the_failure_branch(
-    registry: Registry, prefix: bytes
-) -> None:
+def test_failed_compare_applies_nothing_and_runs_the_failure_branch(registry: Registry, prefix: bytes) -> None:
     a, b, c, lost = prefix + b"a", prefix + b"b", prefix + b"c", prefix + b"lost"
     before = put(registry, a, b"1")
 
@@ -236,9 +234,7 @@ def test_delete_exact_key_and_prefix(registry: Registry, prefix: bytes) -> None:
         put(registry, prefix + name, b"x")
 
     registry.txn([], [Delete(prefix + b"a")])
-    assert [kv.key for kv in registry.range(prefix).kvs] == [
-        prefix + n for n in (b"a/1", b"a/2", b"ab", b"b/1")
-    ]
+    assert [kv.key for kv in registry.range(prefix).kvs] == [prefix + n for n in (b"a/1", b"a/2", b"ab", b"b/1")]
 
     revision = registry.txn([], [Delete(prefix + b"a/", prefix=True)]).revision
     assert revision == current_revision(registry)
@@ -268,9 +264,7 @@ def test_range_is_byte_ordered_and_pages_with_start_and_limit(registry: Registry
     assert len(exact.kvs) == 3 and not exact.more
 
 
-def test_range_from_a_start_before_the_prefix_stays_under_the_prefix(
-    registry: Registry, prefix: bytes
-) -> None:
+def test_range_from_a_start_before_the_prefix_stays_under_the_prefix(registry: Registry, prefix: bytes) -> None:
     registry.txn([], [Put(prefix + b"a", b"1"), Put(prefix + b"a/1", b"1"), Put(prefix + b"a/2", b"1")])
     result = registry.range(prefix + b"a/", start=prefix)
     assert [kv.key for kv in result.kvs] == [prefix + b"a/1", prefix + b"a/2"]
@@ -283,9 +277,7 @@ def test_range_pages_at_a_fixed_revision(registry: Registry, prefix: bytes) -> N
     pages = [registry.range(prefix, limit=4)]
     revision = pages[0].revision
     # Writes after page 1: a key between pages, a deleted key, an updated key, a key at the end.
-    registry.txn(
-        [], [Put(prefix + b"k055", b"new"), Delete(keys[5]), Put(keys[8], b"new"), Put(prefix + b"z", b"new")]
-    )
+    registry.txn([], [Put(prefix + b"k055", b"new"), Delete(keys[5]), Put(keys[8], b"new"), Put(prefix + b"z", b"new")])
     while pages[-1].more:
         start = pages[-1].kvs[-1].key + b"\0"
         pages.append(registry.range(prefix, start=start, revision=revision, limit=4))
@@ -461,10 +453,7 @@ def _cancel_and_close(registry: Registry, other: Registry, prefix: bytes) -> Non
         except BaseException as exc:  # surfaced by the assertions below
             failures.append(exc)
 
-    threads = [
-        threading.Thread(target=drain, args=item, daemon=True)
-        for item in [("mine", mine), ("theirs", theirs)]
-    ]
+    threads = [threading.Thread(target=drain, args=item, daemon=True) for item in [("mine", mine), ("theirs", theirs)]]
     for thread in threads:
         thread.start()
     first = put(registry, prefix + b"1", b"1")

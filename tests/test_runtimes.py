@@ -34,9 +34,7 @@ def drive(handle: Handle, slice_seconds: float = 0.2, timeout: float = 10.0) -> 
     return outcome
 
 
-def run(
-    runtime: str, params: dict[str, Any], seed: int | None = None
-) -> tuple[Outcome, list[dict[str, Any]], Any]:
+def run(runtime: str, params: dict[str, Any], seed: int | None = None) -> tuple[Outcome, list[dict[str, Any]], Any]:
     handle = load_runtime(runtime).realize(params, seed=seed)
     try:
         handle.reset()
@@ -155,9 +153,7 @@ def test_custom_policy_by_import_path_and_recorded_steps() -> None:
 
 
 def test_max_steps_truncates() -> None:
-    outcome, _, result = run(
-        "gymnasium", {**CARTPOLE, "max_steps": 5, "policy": "tests.policies:lean_with_pole"}, 2
-    )
+    outcome, _, result = run("gymnasium", {**CARTPOLE, "max_steps": 5, "policy": "tests.policies:lean_with_pole"}, 2)
     assert outcome == Outcome(True)
     assert result == {"return": 5.0, "steps": 5, "terminated": False, "truncated": True}
 
@@ -259,9 +255,7 @@ def test_command_exit_status_and_stderr() -> None:
 
 
 def test_command_killed_by_a_signal() -> None:
-    outcome, _, result = run(
-        "command", {"cmd": f"{PY} -c 'import os, signal; os.kill(os.getpid(), signal.SIGTERM)'"}
-    )
+    outcome, _, result = run("command", {"cmd": f"{PY} -c 'import os, signal; os.kill(os.getpid(), signal.SIGTERM)'"})
     assert outcome == Outcome(False, "killed by signal SIGTERM")
     assert result["signal"] == "SIGTERM" and result["exit_status"] is None
 
@@ -306,9 +300,7 @@ def test_stop_kills_the_whole_group_without_blocking_advance() -> None:
 
 
 def test_stop_escalates_to_sigkill_when_sigterm_is_ignored() -> None:
-    handle = load_runtime("command").realize(
-        {"cmd": "sh -c 'trap \"\" TERM; echo ready; sleep 30'"}, seed=None
-    )
+    handle = load_runtime("command").realize({"cmd": "sh -c 'trap \"\" TERM; echo ready; sleep 30'"}, seed=None)
     handle.reset()
     leader = handle.surface()["pid"]
 

@@ -31,7 +31,7 @@ def test_run_to_terminal_is_deterministic_and_recorded(service: EpisodeService) 
     b = service.run({**CARTPOLE, "seed": 7})
     assert a.state is State.SUCCEEDED and a.committed
     assert a.result == b.result and a.result is not None and a.result["steps"] > 0
-    assert [e["type"] for e in a.events][0] == "reset" and a.events[-1]["type"] == "terminal"
+    assert next(e["type"] for e in a.events) == "reset" and a.events[-1]["type"] == "terminal"
     stored = service.get(a.id)
     assert stored.state is State.SUCCEEDED and stored.owner == "h1" and stored.history[0].outcome == "succeeded"
     assert a.id != b.id and a.id < b.id
@@ -65,7 +65,7 @@ def test_run_many_in_parallel_keeps_input_order(service: EpisodeService) -> None
 
 
 def test_bad_spec_runs_nothing(service: EpisodeService) -> None:
-    with pytest.raises(SpecError, match="params.env"):
+    with pytest.raises(SpecError, match=r"params\.env"):
         service.run_many([CARTPOLE, {"runtime": "gymnasium", "params": {}}])
     assert service.list() == []
 

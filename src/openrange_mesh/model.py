@@ -89,15 +89,25 @@ class EpisodeSpec:
         _check_labels(self.labels)
         size = len(_pack_spec(self))
         if size > MAX_SPEC_BYTES:
-            raise SpecError("params", f"spec encodes to {size} bytes, over the {MAX_SPEC_BYTES}-byte limit "
-                            "(put large inputs in the store and pass a snapshot reference)")
+            raise SpecError(
+                "params",
+                f"spec encodes to {size} bytes, over the {MAX_SPEC_BYTES}-byte limit "
+                "(put large inputs in the store and pass a snapshot reference)",
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "runtime": self.runtime, "params": self.params, "snapshot": self.snapshot, "seed": self.seed,
-            "timeout": self.timeout, "progress_timeout": self.progress_timeout, "on_timeout": self.on_timeout,
-            "max_attempts": self.max_attempts, "idempotency_key": self.idempotency_key, "labels": self.labels,
+            "runtime": self.runtime,
+            "params": self.params,
+            "snapshot": self.snapshot,
+            "seed": self.seed,
+            "timeout": self.timeout,
+            "progress_timeout": self.progress_timeout,
+            "on_timeout": self.on_timeout,
+            "max_attempts": self.max_attempts,
+            "idempotency_key": self.idempotency_key,
+            "labels": self.labels,
             "batch": self.batch,
         }
 
@@ -156,13 +166,35 @@ class EpisodeRecord:
         # None fields are left out (decoding restores them): every byte crosses etcd's JSON
         # gateway several times per episode.
         data = {  # "state" first: is_live() finds it at a fixed offset
-            "state": self.state.value, "v": SCHEMA, "id": self.id, "spec": _compact(self.spec.to_dict()),
-            "attempt": self.attempt, "owner": self.owner, "claim": self.claim,
-            "created_at": self.created_at, "started_at": self.started_at,
-            "finished_at": self.finished_at, "error": self.error, "result": self.result,
-            "history": [_compact({"n": a.n, "host": a.host, "started_at": a.started_at, "finished_at": a.finished_at,
-                                  "outcome": a.outcome, "error": a.error, "batch": a.batch}) for a in self.history],
-            "submitter": self.submitter, "acked_at": self.acked_at, "queue": self.queue,
+            "state": self.state.value,
+            "v": SCHEMA,
+            "id": self.id,
+            "spec": _compact(self.spec.to_dict()),
+            "attempt": self.attempt,
+            "owner": self.owner,
+            "claim": self.claim,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "result": self.result,
+            "history": [
+                _compact(
+                    {
+                        "n": a.n,
+                        "host": a.host,
+                        "started_at": a.started_at,
+                        "finished_at": a.finished_at,
+                        "outcome": a.outcome,
+                        "error": a.error,
+                        "batch": a.batch,
+                    }
+                )
+                for a in self.history
+            ],
+            "submitter": self.submitter,
+            "acked_at": self.acked_at,
+            "queue": self.queue,
         }
         return pack(_compact(data))
 
@@ -171,8 +203,9 @@ class EpisodeRecord:
         raw = _unpack(data, key)
         try:
             spec = EpisodeSpec(**_typed(_known(raw.get("spec") or {}, _SPEC_FIELDS), _SPEC_TYPES))
-            history = tuple(Attempt(**_typed(_known(a, _ATTEMPT_FIELDS), _ATTEMPT_TYPES))
-                            for a in raw.get("history") or ())
+            history = tuple(
+                Attempt(**_typed(_known(a, _ATTEMPT_FIELDS), _ATTEMPT_TYPES)) for a in raw.get("history") or ()
+            )
             fields = _typed(_known(raw, _RECORD_FIELDS), _RECORD_TYPES)
             fields.update(spec=spec, history=history, state=State(raw.get("state", "pending")))
             return cls(**fields)
@@ -259,22 +292,51 @@ _OPT_NUM = (int, float, type(None))
 # Field types a decoded record must have, so a wrongly typed value fails here, as CorruptRecord,
 # not later inside some agent's arithmetic (fields absent from a table are not checked).
 _SPEC_TYPES: dict[str, tuple[type, ...]] = {
-    "runtime": (str,), "params": (dict,), "snapshot": _OPT_STR, "seed": (int, type(None)),
-    "timeout": _OPT_NUM, "progress_timeout": _OPT_NUM, "on_timeout": (str,), "max_attempts": (int,),
-    "idempotency_key": _OPT_STR, "labels": (dict,), "batch": (int,),
+    "runtime": (str,),
+    "params": (dict,),
+    "snapshot": _OPT_STR,
+    "seed": (int, type(None)),
+    "timeout": _OPT_NUM,
+    "progress_timeout": _OPT_NUM,
+    "on_timeout": (str,),
+    "max_attempts": (int,),
+    "idempotency_key": _OPT_STR,
+    "labels": (dict,),
+    "batch": (int,),
 }
 _ATTEMPT_TYPES: dict[str, tuple[type, ...]] = {
-    "n": (int,), "host": (str,), "started_at": _NUM, "finished_at": _OPT_NUM, "outcome": _OPT_STR,
-    "error": _OPT_STR, "batch": _OPT_STR,
+    "n": (int,),
+    "host": (str,),
+    "started_at": _NUM,
+    "finished_at": _OPT_NUM,
+    "outcome": _OPT_STR,
+    "error": _OPT_STR,
+    "batch": _OPT_STR,
 }
 _RECORD_TYPES: dict[str, tuple[type, ...]] = {
-    "id": (str,), "attempt": (int,), "owner": _OPT_STR, "claim": _OPT_STR, "created_at": _NUM,
-    "started_at": _OPT_NUM, "finished_at": _OPT_NUM, "error": _OPT_STR, "result": (dict, type(None)),
-    "submitter": _OPT_STR, "acked_at": _OPT_NUM, "queue": _OPT_STR,
+    "id": (str,),
+    "attempt": (int,),
+    "owner": _OPT_STR,
+    "claim": _OPT_STR,
+    "created_at": _NUM,
+    "started_at": _OPT_NUM,
+    "finished_at": _OPT_NUM,
+    "error": _OPT_STR,
+    "result": (dict, type(None)),
+    "submitter": _OPT_STR,
+    "acked_at": _OPT_NUM,
+    "queue": _OPT_STR,
 }
 _HOST_TYPES: dict[str, tuple[type, ...]] = {
-    "id": (str,), "capacity": (int,), "running": (int,), "address": _OPT_STR, "labels": (dict,),
-    "version": (str,), "started_at": _NUM, "pid": (int,), "machine": (str,),
+    "id": (str,),
+    "capacity": (int,),
+    "running": (int,),
+    "address": _OPT_STR,
+    "labels": (dict,),
+    "version": (str,),
+    "started_at": _NUM,
+    "pid": (int,),
+    "machine": (str,),
 }
 
 

@@ -12,7 +12,6 @@ moved behind the registry seam is the record of each episode: state, attempts, o
 from __future__ import annotations
 
 import builtins
-
 import logging
 import threading
 import time
@@ -83,8 +82,13 @@ class _RunningEpisode:
 
 class EpisodeService:
     def __init__(
-        self, registry: Registry | str = "memory://", *, namespace: str = "default",
-        host_id: str | None = None, store: Store | str | None = None, ttl: int = 10,
+        self,
+        registry: Registry | str = "memory://",
+        *,
+        namespace: str = "default",
+        host_id: str | None = None,
+        store: Store | str | None = None,
+        ttl: int = 10,
     ) -> None:
         self.registry = open_registry(registry) if isinstance(registry, str) else registry
         self._owns_registry = isinstance(registry, str)
@@ -114,12 +118,15 @@ class EpisodeService:
         handles: builtins.list[Handle] = []
         try:
             for spec in checked:
-                handles.append(load_runtime(spec.runtime).realize(spec.params, seed=spec.seed,
-                                                                   snapshot=self._snapshot(spec)))
+                handles.append(
+                    load_runtime(spec.runtime).realize(spec.params, seed=spec.seed, snapshot=self._snapshot(spec))
+                )
                 handles[-1].reset()
             now = time.time()
-            records = [EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.host_id)
-                       for i, s in zip(self.ids.next_ids(len(checked)), checked, strict=True)]
+            records = [
+                EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.host_id)
+                for i, s in zip(self.ids.next_ids(len(checked)), checked, strict=True)
+            ]
             claim, running = self.ledger.start(self.host_id, self._lease.ensure(), records)
         except BaseException:
             for handle in handles:
@@ -178,7 +185,11 @@ class EpisodeService:
         return self.run_many([spec], slice_seconds=slice_seconds)[0]
 
     def run_many(
-        self, specs: Iterable[SpecLike], *, parallel: int = 1, slice_seconds: float = 0.5,
+        self,
+        specs: Iterable[SpecLike],
+        *,
+        parallel: int = 1,
+        slice_seconds: float = 0.5,
     ) -> builtins.list[EpisodeReport]:
         """Run episodes to terminal, ``parallel`` at a time; reports in input order. Episodes
         are started and committed in batches of up to MAX_BATCH (one txn each way), the same

@@ -40,8 +40,12 @@ log = logging.getLogger("openrange_mesh.agent")
 @click.option("--store", envvar=ENV_STORE, help="Shared store for events and artifacts: a path, file://, s3://.")
 @click.option("--ttl", type=int, help="Lease TTL in seconds (default 10; min 2). Timing scales with it.")
 @click.option("--labels", envvar=ENV_LABELS, help="Host labels k=v,k2=v2.")
-@click.option("--retention", type=float, envvar=ENV_RETENTION,
-              help="Seconds to keep acked finished records (default 7 days; 0 keeps all). The leader collects.")
+@click.option(
+    "--retention",
+    type=float,
+    envvar=ENV_RETENTION,
+    help="Seconds to keep acked finished records (default 7 days; 0 keeps all). The leader collects.",
+)
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Drain grace period on SIGTERM.")
 @click.option("--log-level", envvar=ENV_LOG_LEVEL, default="INFO", show_default=True)
 def main(

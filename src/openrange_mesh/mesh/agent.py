@@ -24,15 +24,15 @@ from .. import __version__
 from ..config import Settings
 from ..errors import ConfigError, RegistryError
 from ..keys import Keys
-from ..model import MAX_BATCH, EpisodeRecord, HostInfo, State
+from ..model import EpisodeRecord, HostInfo, State
 from ..registry import Compare, Event, KeyValue, Put, Registry, open_registry
 from .catalog import Catalog
 from .follow import Follower
 from .leader import Leadership
 from .lease import LeaseKeeper
-from .ledger import Claim, Ledger, Versioned, claim_episode_ids, finish_attempt
-from .queue import QueueEntry, decode_entry
+from .ledger import Claim, Ledger, Versioned, claim_episode_ids, finish_attempt, give_back
 from .pool import WorkerPool
+from .queue import QueueEntry, decode_entry
 from .worker import Done, WorkItem
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,9 @@ class _Held:
     first_final_at: float = 0.0  # monotonic time the oldest uncommitted final arrived
 
     def commit_due(self, now: float) -> bool:
-        return bool(self.finals) and (len(self.finals) == len(self.records) or now - self.first_final_at >= COMMIT_LINGER)
+        return bool(self.finals) and (
+            len(self.finals) == len(self.records) or now - self.first_final_at >= COMMIT_LINGER
+        )
 
 
 @dataclass(frozen=True)
@@ -162,8 +164,13 @@ class Agent:
         self._load_queue(revision)
         for follower in self.followers:
             follower.start(revision)
-        log.info("joined namespace %s as %s (lease %x, capacity %d)",
-                 self.keys.namespace, self.host, self.lease.lease, self.settings.capacity)
+        log.info(
+            "joined namespace %s as %s (lease %x, capacity %d)",
+            self.keys.namespace,
+            self.host,
+            self.lease.lease,
+            self.settings.capacity,
+        )
 
     def _retire_predecessor(self) -> None:
         """A host key with our id under another lease is either our crashed predecessor (same
@@ -174,14 +181,19 @@ class Agent:
         deadline = time.monotonic() + self.settings.ttl + 1
         while (kv := self.registry.get(self.keys.host(self.host))[0]) is not None:
             info = _decode_host(kv.value)
-            if info is not None and info.machine == machine_id() and (info.pid == os.getpid()
-                                                                       or not _pid_alive(info.pid)):
+            if (
+                info is not None
+                and info.machine == machine_id()
+                and (info.pid == os.getpid() or not _pid_alive(info.pid))
+            ):
                 log.info("revoking lease %x of this host's previous incarnation (pid %d)", kv.lease, info.pid)
                 self.registry.revoke(kv.lease)
                 continue
             if time.monotonic() >= deadline:
-                raise ConfigError(f"host id {self.host!r} is already live in namespace {self.keys.namespace!r}"
-                                  f"{f' (pid {info.pid})' if info else ''}: pick another --host-id")
+                raise ConfigError(
+                    f"host id {self.host!r} is already live in namespace {self.keys.namespace!r}"
+                    f"{f' (pid {info.pid})' if info else ''}: pick another --host-id"
+                )
             time.sleep(0.2)
 
     def _register(self) -> None:
@@ -194,9 +206,14 @@ class Agent:
 
     def _host_info(self) -> HostInfo:
         return HostInfo(
-            id=self.host, capacity=self.settings.capacity, running=len(self._owner_of),
-            labels=dict(self.settings.labels), version=__version__, started_at=self._started_at,
-            pid=os.getpid(), machine=machine_id(),
+            id=self.host,
+            capacity=self.settings.capacity,
+            running=len(self._owner_of),
+            labels=dict(self.settings.labels),
+            version=__version__,
+            started_at=self._started_at,
+            pid=os.getpid(),
+            machine=machine_id(),
         )
 
     def _host_put(self) -> Put:
@@ -206,8 +223,13 @@ class Agent:
 
     def _pass(self) -> None:
         steps: list[Callable[[], str | None]] = [
-            self._step_lease, self._step_results, self._step_orphans, self._step_cancels,
-            self._step_timeouts, self._step_claim, self.leadership.step,
+            self._step_lease,
+            self._step_results,
+            self._step_orphans,
+            self._step_cancels,
+            self._step_timeouts,
+            self._step_claim,
+            self.leadership.step,
         ]
         try:
             for step in steps:
@@ -272,16 +294,17 @@ class Agent:
                 if not held.records:
                     del self._held[claim_id]
             else:
-                fenced += len(finals)
-                self._drop_claim(claim_id)
+                fenced += self._resync(claim_id, held)
             if won is not None:
                 self._hold(*won)
                 claimed += won[0].episode_ids
             elif pair is not None:
                 self._forget([pair[0]])
-        lines = [f"committed {committed} episodes" if committed else "",
-                 f"claimed {_summary(claimed)}" if claimed else "",
-                 f"fenced off: {fenced} results not committed (episodes were taken over)" if fenced else ""]
+        lines = [
+            f"committed {committed} episodes" if committed else "",
+            f"claimed {_summary(claimed)}" if claimed else "",
+            f"fenced off: {fenced} results not committed (episodes were taken over)" if fenced else "",
+        ]
         return "; ".join(line for line in lines if line) or None
 
     def _pairable(self, freed: int) -> list[tuple[QueueEntry, dict[str, Versioned]]]:
@@ -293,15 +316,26 @@ class Agent:
         return self._candidates(spare)
 
     def _commit(
-        self, held: _Held, finals: list[EpisodeRecord], last: bool, markers: set[str],
+        self,
+        held: _Held,
+        finals: list[EpisodeRecord],
+        last: bool,
+        markers: set[str],
         pair: tuple[QueueEntry, dict[str, Versioned]] | None,
     ) -> tuple[bool, tuple[Claim, list[EpisodeRecord]] | None]:
         if pair is None:
             return self.ledger.commit(held.claim, finals, last=last, extra=[self._host_put()], cancelled=markers), None
         try:
             return self.ledger.commit_and_claim(
-                held.claim, finals, last=last, cancelled=markers, host=self.host, lease=self.lease.lease,
-                entry=pair[0], records=pair[1], extra=[self._host_put()],
+                held.claim,
+                finals,
+                last=last,
+                cancelled=markers,
+                host=self.host,
+                lease=self.lease.lease,
+                entry=pair[0],
+                records=pair[1],
+                extra=[self._host_put()],
             )
         except RegistryError:
             self._claims_unsure = True  # the claim half may have been applied: look once etcd answers
@@ -315,14 +349,36 @@ class Agent:
         record = held.records[done.episode_id]
         if done.attempt != record.attempt:
             return  # a cancelled earlier attempt, finishing after we claimed the episode again
-        if done.kind == "released" or (done.kind == "timeout" and record.spec.on_timeout == "retry"
-                                       and record.attempt < record.spec.max_attempts):
-            state = State.PENDING
+        if done.kind == "released":
+            final = give_back(record, now, done.error or "released")
+        elif done.kind == "timeout" and record.spec.on_timeout == "retry" and record.attempt < record.spec.max_attempts:
+            final = finish_attempt(record, State.PENDING, now, done.error, done.result)
         else:
-            state = _DONE_STATES.get(done.kind, State.FAILED)
+            final = finish_attempt(record, _DONE_STATES.get(done.kind, State.FAILED), now, done.error, done.result)
         if not held.finals:
             held.first_final_at = time.monotonic()
-        held.finals[done.episode_id] = finish_attempt(record, state, now, done.error, done.result)
+        held.finals[done.episode_id] = final
+
+    def _resync(self, claim_id: str, held: _Held) -> int:
+        """A commit was fenced off. If our claim key is gone, so is the claim: drop it and stop
+        its episodes (returns how many). If it still lives, nobody else can have touched its
+        records (requeues need the key gone): an earlier commit of ours landed without our
+        hearing back, so forget the episodes it committed and keep the rest."""
+        kv, _ = self.registry.get(self.keys.claim(self.host, claim_id))
+        if kv is None or kv.create_revision != held.claim.token:
+            self._drop_claim(claim_id)
+            return len(held.records)
+        current = self.ledger.read(list(held.records))
+        for episode_id in list(held.records):
+            versioned = current.get(episode_id)
+            if versioned is None or versioned.mod_revision != held.claim.token:
+                del held.records[episode_id]
+                held.finals.pop(episode_id, None)
+                self._owner_of.pop(episode_id, None)
+        if not held.records:  # all committed: only the claim key is left to go
+            self.ledger.commit(held.claim, [], last=True)
+            del self._held[claim_id]
+        return 0
 
     def _drop_claim(self, claim_id: str) -> None:
         held = self._held.pop(claim_id, None)
@@ -482,10 +538,15 @@ class Agent:
         now = time.time()
         for held in list(self._held.values()):
             finals = [*held.finals.values()]
-            finals += [finish_attempt(r, State.PENDING, now, f"released by draining host {self.host}")
-                       for i, r in held.records.items() if i not in held.finals]
+            finals += [
+                give_back(r, now, f"released by draining host {self.host}")
+                for i, r in held.records.items()
+                if i not in held.finals
+            ]
             try:
-                self.ledger.commit(held.claim, finals, last=True, cancelled=self._cancel_seen.intersection(held.records))
+                self.ledger.commit(
+                    held.claim, finals, last=True, cancelled=self._cancel_seen.intersection(held.records)
+                )
             except RegistryError as exc:
                 log.warning("could not hand back claim %s (%s); its lease expiry will", held.claim.claim_id, exc)
         log.info("drained: handed back %d claims", len(self._held))

@@ -52,12 +52,16 @@ class Catalog:
         return record
 
     def episodes(
-        self, where: Callable[[EpisodeRecord], bool] | None = None, *, revision: int | None = None,
-        page_size: int = PAGE_SIZE, after: str | None = None,
+        self,
+        where: Callable[[EpisodeRecord], bool] | None = None,
+        *,
+        revision: int | None = None,
+        page_size: int = PAGE_SIZE,
+        after: str | None = None,
     ) -> Iterator[tuple[EpisodeRecord, int]]:
         """Yield (record, mod_revision) in id order, all read at one revision (the first
         page's, unless ``revision`` is given)."""
-        for kv, revision in self.scan(self.keys.episodes(), revision, page_size, after):
+        for kv, _ in self.scan(self.keys.episodes(), revision, page_size, after):
             record = decode_or_none(EpisodeRecord.from_bytes, kv.value, kv.key)
             if record is not None and (where is None or where(record)):
                 yield record, kv.mod_revision

@@ -15,7 +15,6 @@ every committed-but-unacked result again from ``as_completed()``, and nothing it
 from __future__ import annotations
 
 import builtins
-
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -26,7 +25,7 @@ from ..errors import EpisodeNotFound
 from ..ids import IdAllocator
 from ..keys import Keys
 from ..model import EpisodeRecord, EpisodeSpec, State, decode_or_none, is_live
-from ..registry import Compare, Delete, Put, Registry, open_registry
+from ..registry import Compare, Put, Registry, open_registry
 from ..specs import check_spec
 from .catalog import Catalog, EpisodeFilter
 from .follow import Follower
@@ -38,8 +37,13 @@ SpecLike = EpisodeSpec | Mapping[str, Any]
 
 class MeshClient:
     def __init__(
-        self, registry: Registry | str, *, namespace: str = "default", consumer: str | None = None,
-        max_in_flight: int = 100_000, retry_timeout: float = 10.0,
+        self,
+        registry: Registry | str,
+        *,
+        namespace: str = "default",
+        consumer: str | None = None,
+        max_in_flight: int = 100_000,
+        retry_timeout: float = 10.0,
     ) -> None:
         self.registry = open_registry(registry, retry_timeout=retry_timeout) if isinstance(registry, str) else registry
         self._owns_registry = isinstance(registry, str)
@@ -72,8 +76,10 @@ class MeshClient:
 
     def _submit_chunk(self, specs: Sequence[EpisodeSpec]) -> list[str]:
         now = time.time()
-        records = [EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.consumer)
-                   for i, s in zip(self.ids.next_ids(len(specs)), specs, strict=True)]
+        records = [
+            EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.consumer)
+            for i, s in zip(self.ids.next_ids(len(specs)), specs, strict=True)
+        ]
         existing, revision = self.ledger.submit(records)
         if revision:
             self.ids.adopt(revision)
@@ -83,8 +89,9 @@ class MeshClient:
 
     def _wait_for_room(self, wanted: int) -> None:
         while self._in_flight and len(self._in_flight) + wanted > self.max_in_flight:
-            self._in_flight = {i for i, v in self._read(sorted(self._in_flight)).items()
-                               if not v.record.state.is_terminal}
+            self._in_flight = {
+                i for i, v in self._read(sorted(self._in_flight)).items() if not v.record.state.is_terminal
+            }
             if len(self._in_flight) + wanted > self.max_in_flight:
                 time.sleep(0.05)
 
@@ -99,7 +106,10 @@ class MeshClient:
             yield record
 
     def as_completed(
-        self, episode_ids: Iterable[str] | None = None, *, timeout: float | None = None,
+        self,
+        episode_ids: Iterable[str] | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Iterator[EpisodeRecord]:
         """Yield records as their episodes finish, each once.
 

@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 
 class Follower:
     def __init__(
-        self, registry: Registry, prefix: bytes, *, prev_kv: bool = False,
+        self,
+        registry: Registry,
+        prefix: bytes,
+        *,
+        prev_kv: bool = False,
         on_relist: Callable[[int], None] | None = None,
     ) -> None:
         self.registry = registry

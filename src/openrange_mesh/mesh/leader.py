@@ -97,7 +97,7 @@ def leader_host(value: bytes) -> str | None:
     """The host a leader key's value names; None when it cannot be read (unknown leader)."""
     try:
         data = unpack(value)
-    except Exception:  # noqa: BLE001 - a corrupt leader value reads as "unknown leader"
+    except Exception:
         return None
     host = data.get("host") if isinstance(data, dict) else None
     return str(host) if host else None

@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 
 class LeaseKeeper:
     def __init__(
-        self, registry: Registry, ttl: int, *, interval: float | None = None,
+        self,
+        registry: Registry,
+        ttl: int,
+        *,
+        interval: float | None = None,
         on_lost: Callable[[int], None] | None = None,
     ) -> None:
         self.registry = registry

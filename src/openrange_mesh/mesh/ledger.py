@@ -29,11 +29,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..errors import CorruptRecord
 from ..keys import Keys
-from .queue import QueueEntry, decode_entry, entry_ops, groups, named, rewrite_ops
 from ..model import Attempt, EpisodeRecord, State, decode_or_none, pack, unpack
 from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry
+from .queue import QueueEntry, decode_entry, entry_ops, groups, named, rewrite_ops
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,9 @@ class Ledger:
     ) -> tuple[dict[str, str], int]:
         taken: dict[str, str] = {}
         while True:
-            todo = [named(g) for g in ([r for r in group if r.spec.idempotency_key not in taken] for group in chunk) if g]
+            todo = [
+                named(g) for g in ([r for r in group if r.spec.idempotency_key not in taken] for group in chunk) if g
+            ]
             if not todo:
                 return taken, 0
             idem = [self.keys.idempotency(r.spec.idempotency_key) for g in todo for r in g if r.spec.idempotency_key]
@@ -95,8 +96,11 @@ class Ledger:
             for group in todo:
                 # after dropping taken keys, groups may have new names: encode them afresh
                 ops += entry_ops(self.keys, group, None if taken else [encoded[r.id] for r in group])
-                ops += [Put(self.keys.idempotency(r.spec.idempotency_key), r.id.encode())
-                        for r in group if r.spec.idempotency_key]
+                ops += [
+                    Put(self.keys.idempotency(r.spec.idempotency_key), r.id.encode())
+                    for r in group
+                    if r.spec.idempotency_key
+                ]
             result = self.registry.txn([Compare(k, "create", "==", 0) for k in idem], ops, [Get(k) for k in idem])
             if result.succeeded:
                 return taken, result.revision
@@ -161,7 +165,12 @@ class Ledger:
     # --- commit ---------------------------------------------------------------------------
 
     def commit(
-        self, claim: Claim, finals: Sequence[EpisodeRecord], *, last: bool, extra: Sequence[Op] = (),
+        self,
+        claim: Claim,
+        finals: Sequence[EpisodeRecord],
+        *,
+        last: bool,
+        extra: Sequence[Op] = (),
         cancelled: Iterable[str] = (),
     ) -> bool:
         """Fenced write of the outcomes of some of ``claim``'s episodes. ``last`` says these are
@@ -174,8 +183,17 @@ class Ledger:
         return self.registry.txn(compares, [*ops, *extra]).succeeded
 
     def commit_and_claim(
-        self, claim: Claim, finals: Sequence[EpisodeRecord], *, last: bool, cancelled: Iterable[str],
-        host: str, lease: int, entry: QueueEntry, records: Mapping[str, Versioned], extra: Sequence[Op] = (),
+        self,
+        claim: Claim,
+        finals: Sequence[EpisodeRecord],
+        *,
+        last: bool,
+        cancelled: Iterable[str],
+        host: str,
+        lease: int,
+        entry: QueueEntry,
+        records: Mapping[str, Versioned],
+        extra: Sequence[Op] = (),
     ) -> tuple[bool, tuple[Claim, list[EpisodeRecord]] | None]:
         """``commit`` and ``claim`` in one round trip when a slot frees (each keeps its own
         compares, so fencing is unchanged). If the pair fails, the commit is tried alone: a
@@ -225,8 +243,11 @@ class Ledger:
         alone, and a racing peer's requeue makes ours fail its compares. Returns requeued ids."""
         claim_key = self.keys.claim(host, claim_id)
         current = self.read(episode_ids)
-        mine = [v for v in current.values()
-                if v.record.state is State.RUNNING and v.record.claim == claim_id and v.record.owner == host]
+        mine = [
+            v
+            for v in current.values()
+            if v.record.state is State.RUNNING and v.record.claim == claim_id and v.record.owner == host
+        ]
         if not mine:
             return []
         cancelled = self._cancel_requested([v.record.id for v in mine])
@@ -249,10 +270,14 @@ class Ledger:
             return False
         cancelled = record.replace(state=State.CANCELLED, finished_at=self.clock(), error="cancelled", queue=None)
         result = self.registry.txn(
-            [Compare(self.keys.queued(entry.name), "mod", "==", entry.mod_revision),
-             Compare(self.keys.episode(record.id), "mod", "==", versioned.mod_revision)],
-            [*rewrite_ops(self.keys, entry, entry.without(record.id)),
-             Put(self.keys.episode(record.id), cancelled.to_bytes())],
+            [
+                Compare(self.keys.queued(entry.name), "mod", "==", entry.mod_revision),
+                Compare(self.keys.episode(record.id), "mod", "==", versioned.mod_revision),
+            ],
+            [
+                *rewrite_ops(self.keys, entry, entry.without(record.id)),
+                Put(self.keys.episode(record.id), cancelled.to_bytes()),
+            ],
         )
         return result.succeeded
 
@@ -307,27 +332,46 @@ def claim_episode_ids(kv: KeyValue) -> list[str]:
 
 def _running(record: EpisodeRecord, host: str, claim_id: str, now: float, batch: str | None) -> EpisodeRecord:
     return record.replace(
-        state=State.RUNNING, owner=host, claim=claim_id, started_at=now, error=None,
+        state=State.RUNNING,
+        owner=host,
+        claim=claim_id,
+        started_at=now,
+        error=None,
         history=(*record.history, Attempt(record.attempt, host, now, batch=batch)),
     )
 
 
-def finish_attempt(record: EpisodeRecord, state: State, now: float, error: str | None,
-                   result: dict[str, object] | None = None) -> EpisodeRecord:
+def finish_attempt(
+    record: EpisodeRecord, state: State, now: float, error: str | None, result: dict[str, object] | None = None
+) -> EpisodeRecord:
     """Close the current attempt. A ``PENDING`` state means "retry": attempt + 1, back in the queue."""
     last = record.history[-1] if record.history else Attempt(record.attempt, record.owner or "?", now)
     outcome = "retried" if state is State.PENDING else state.value
     closed = Attempt(last.n, last.host, last.started_at, now, outcome, error, last.batch)
     history = (*record.history[:-1], closed)
     if state is State.PENDING:
-        return record.replace(state=State.PENDING, attempt=record.attempt + 1, owner=None, claim=None,
-                              started_at=None, error=error, history=history)
+        return record.replace(
+            state=State.PENDING,
+            attempt=record.attempt + 1,
+            owner=None,
+            claim=None,
+            started_at=None,
+            error=error,
+            history=history,
+        )
     return record.replace(state=state, finished_at=now, error=error, result=result, claim=None, history=history)
 
 
 def _requeued(record: EpisodeRecord, now: float, reason: str, *, cancel: bool) -> EpisodeRecord:
     if cancel:
         return finish_attempt(record, State.CANCELLED, now, f"cancelled ({reason})")
+    return give_back(record, now, reason)
+
+
+def give_back(record: EpisodeRecord, now: float, reason: str) -> EpisodeRecord:
+    """A running episode that did not finish through no fault of its own (its host died or
+    drained, its worker died before starting it): back to pending, or lost once every attempt
+    is spent."""
     if record.attempt >= record.spec.max_attempts:
         return finish_attempt(record, State.LOST, now, f"{reason}; all {record.spec.max_attempts} attempts spent")
     return finish_attempt(record, State.PENDING, now, reason)

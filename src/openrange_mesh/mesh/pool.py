@@ -129,7 +129,9 @@ class WorkerPool:
 
     def _spawn(self, index: int) -> _Worker:
         parent, child = _CONTEXT.Pipe()
-        process = _CONTEXT.Process(target=worker_main, args=(child, self.store_url), name=f"worker-{index}", daemon=True)
+        process = _CONTEXT.Process(
+            target=worker_main, args=(child, self.store_url), name=f"worker-{index}", daemon=True
+        )
         process.start()
         child.close()
         return _Worker(index, process, parent)

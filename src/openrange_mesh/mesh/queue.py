@@ -39,8 +39,13 @@ def groups(records: Sequence[EpisodeRecord]) -> list[list[EpisodeRecord]]:
     for record in records:
         last = out[-1] if out else None
         batch = record.spec.batch
-        if (last and batch > 1 and len(last) < batch and last[0].spec.batch == batch
-                and last[0].submitter == record.submitter):
+        if (
+            last
+            and batch > 1
+            and len(last) < batch
+            and last[0].spec.batch == batch
+            and last[0].submitter == record.submitter
+        ):
             last.append(record)
         else:
             out.append([record])

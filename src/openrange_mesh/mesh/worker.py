@@ -108,8 +108,13 @@ class _Tagged:
         """The batch flushes once, when the group ends (or on its own clock)."""
 
 
-def run_item(item: WorkItem, store: Store | None, is_cancelled: Callable[[], bool],
-             on_progress: Callable[[], None], events: _Events | _Tagged | None = None) -> Done:
+def run_item(
+    item: WorkItem,
+    store: Store | None,
+    is_cancelled: Callable[[], bool],
+    on_progress: Callable[[], None],
+    events: _Events | _Tagged | None = None,
+) -> Done:
     """Run one episode to its end; every failure becomes a Done, never an exception."""
     spec = item.spec
     events = events if events is not None else _Events(store, item)
@@ -137,7 +142,7 @@ def run_item(item: WorkItem, store: Store | None, is_cancelled: Callable[[], boo
                 last_progress = time.monotonic()
         kind = "succeeded" if outcome.succeeded else "failed"
         return _finish(handle, events, item, kind, outcome.error)
-    except (MeshError, Exception) as exc:  # noqa: BLE001 - one bad episode must not end the worker
+    except (MeshError, Exception) as exc:
         log.debug("episode %s raised", item.episode_id, exc_info=True)
         if handle is not None:
             _safe_stop(handle)
@@ -161,7 +166,7 @@ def _finish(handle: Any, events: _Events | _Tagged, item: WorkItem, kind: str, e
 def _safe_stop(handle: Any) -> None:
     try:
         handle.stop()
-    except Exception:  # noqa: BLE001 - stop is best effort; the process may be replaced anyway
+    except Exception:
         log.warning("stopping a handle failed", exc_info=True)
 
 
@@ -216,12 +221,15 @@ def _serve(conn: Connection, store: Store | None) -> None:
             else:
                 conn.send(("started", item.episode_id))
                 sink = _Tagged(shared, item) if shared is not None and item.batch is not None else None
-                done = run_item(item, store, partial(is_cancelled, item.episode_id),
-                                partial(conn.send, ("progress", item.episode_id)), sink)
+                done = run_item(
+                    item,
+                    store,
+                    partial(is_cancelled, item.episode_id),
+                    partial(conn.send, ("progress", item.episode_id)),
+                    sink,
+                )
             cancelled.discard(item.episode_id)
             conn.send(("done", done))
         if shared is not None:
             shared.flush()
         conn.send(("idle",))
-
-

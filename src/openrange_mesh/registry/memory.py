@@ -474,9 +474,7 @@ class MemoryRegistry:
             at = revision if revision is not None and revision > 0 else store.revision  # etcd: <= 0 is now
             return store.range(prefix, start, at, limit)
 
-    def txn(
-        self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
-    ) -> TxnResult:
+    def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
         if len(success) > 1:
             _check_branch(success)
         if len(failure) > 1:

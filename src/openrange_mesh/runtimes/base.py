@@ -82,9 +82,7 @@ class Runtime(Protocol):
 
     def validate(self, params: Mapping[str, Any]) -> None: ...
 
-    def realize(
-        self, params: Mapping[str, Any], *, seed: int | None, snapshot: bytes | None = None
-    ) -> Handle: ...
+    def realize(self, params: Mapping[str, Any], *, seed: int | None, snapshot: bytes | None = None) -> Handle: ...
 
 
 def new_event(type_: str, **fields: Any) -> dict[str, Any]:

@@ -49,9 +49,7 @@ class CommandParams:
 def parse_params(params: Mapping[str, Any]) -> CommandParams:
     _params.check_keys(params, allowed=_PARAMS)
     if ("argv" in params) == ("cmd" in params):
-        raise SpecError(
-            _params.field("argv"), "give exactly one of argv (a list of strings) or cmd (a string)"
-        )
+        raise SpecError(_params.field("argv"), "give exactly one of argv (a list of strings) or cmd (a string)")
     if "cmd" in params:
         cmd = _params.get_str(params, "cmd") or ""
         try:
@@ -64,9 +62,7 @@ def parse_params(params: Mapping[str, Any]) -> CommandParams:
         argv = params["argv"]
         if not isinstance(argv, list | tuple) or not argv or not all(isinstance(a, str) for a in argv):
             raise SpecError(_params.field("argv"), f"must be a non-empty list of strings, not {argv!r}")
-    return CommandParams(
-        tuple(argv), _params.get_dict(params, "env", str_values=True), _params.get_str(params, "cwd")
-    )
+    return CommandParams(tuple(argv), _params.get_dict(params, "env", str_values=True), _params.get_str(params, "cwd"))
 
 
 class CommandRuntime:
@@ -75,9 +71,7 @@ class CommandRuntime:
     def validate(self, params: Mapping[str, Any]) -> None:
         parse_params(params)
 
-    def realize(
-        self, params: Mapping[str, Any], *, seed: int | None, snapshot: bytes | None = None
-    ) -> CommandHandle:
+    def realize(self, params: Mapping[str, Any], *, seed: int | None, snapshot: bytes | None = None) -> CommandHandle:
         p = parse_params(params)
         if snapshot is not None:
             raise RuntimeFailure("the command runtime does not support snapshots")
@@ -248,9 +242,7 @@ class CommandHandle:
             self._outcome = Outcome(True)
         elif status > 0:
             last = self._stderr_tail[-1] if self._stderr_tail else ""
-            self._outcome = Outcome(
-                False, f"exit status {status}: {last}" if last else f"exit status {status}"
-            )
+            self._outcome = Outcome(False, f"exit status {status}: {last}" if last else f"exit status {status}")
         else:
             self._outcome = Outcome(False, f"killed by signal {_signal_name(-status)}")
         summary = self.collect()

@@ -114,9 +114,7 @@ class GymnasiumRuntime:
     def validate(self, params: Mapping[str, Any]) -> None:
         parse_params(params)
 
-    def realize(
-        self, params: Mapping[str, Any], *, seed: int | None, snapshot: bytes | None = None
-    ) -> GymnasiumHandle:
+    def realize(self, params: Mapping[str, Any], *, seed: int | None, snapshot: bytes | None = None) -> GymnasiumHandle:
         p = parse_params(params)
         env = _decode(snapshot, p.env)["env"] if snapshot is not None else _make(p)
         return GymnasiumHandle(p, env, _policy(p.policy), seed, snapshot)
@@ -125,9 +123,7 @@ class GymnasiumRuntime:
 class GymnasiumHandle:
     supports_checkpoint = True
 
-    def __init__(
-        self, p: GymParams, env: Any, policy: Policy, seed: int | None, snapshot: bytes | None
-    ) -> None:
+    def __init__(self, p: GymParams, env: Any, policy: Policy, seed: int | None, snapshot: bytes | None) -> None:
         self._p = p
         self._env = env
         self._policy = policy
@@ -183,9 +179,7 @@ class GymnasiumHandle:
                 steps += 1
                 ret += float(reward)
                 if record:
-                    self._events.append(
-                        new_event("step", step=steps, action=_jsonable(action), reward=float(reward))
-                    )
+                    self._events.append(new_event("step", step=steps, action=_jsonable(action), reward=float(reward)))
                 if terminated or truncated or steps == limit or time.monotonic() >= deadline:
                     break
         except Exception as exc:
@@ -248,9 +242,7 @@ class GymnasiumHandle:
 
     def _finish(self, outcome: Outcome) -> None:
         self._outcome = outcome
-        self._events.append(
-            new_event("terminal", succeeded=outcome.succeeded, error=outcome.error, **self.collect())
-        )
+        self._events.append(new_event("terminal", succeeded=outcome.succeeded, error=outcome.error, **self.collect()))
 
     def _check_usable(self) -> None:
         if self._stopped:

@@ -59,9 +59,7 @@ class SleepRuntime:
     def validate(self, params: Mapping[str, Any]) -> None:
         parse_params(params)
 
-    def realize(
-        self, params: Mapping[str, Any], *, seed: int | None, snapshot: bytes | None = None
-    ) -> SleepHandle:
+    def realize(self, params: Mapping[str, Any], *, seed: int | None, snapshot: bytes | None = None) -> SleepHandle:
         p = parse_params(params)
         start = _decode(snapshot) if snapshot is not None else (0.0, 0)
         return SleepHandle(p, start)
@@ -142,9 +140,7 @@ class SleepHandle:
         return self._offset + now - self._started_at
 
     def _next_tick(self) -> float:
-        return (
-            self._p.seconds * (self._ticks + 1) / self._p.events if self._ticks < self._p.events else math.inf
-        )
+        return self._p.seconds * (self._ticks + 1) / self._p.events if self._ticks < self._p.events else math.inf
 
     def _emit_ticks(self, elapsed: float) -> None:
         while self._ticks < self._p.events and self._next_tick() <= elapsed:
@@ -159,9 +155,7 @@ class SleepHandle:
         self._end = elapsed
         self._outcome = Outcome(True) if self._p.mode == "ok" else Outcome(False, FAIL_ERROR)
         self._events.append(
-            new_event(
-                "terminal", succeeded=self._outcome.succeeded, error=self._outcome.error, elapsed=elapsed
-            )
+            new_event("terminal", succeeded=self._outcome.succeeded, error=self._outcome.error, elapsed=elapsed)
         )
 
     def _check_started(self) -> None:

@@ -63,9 +63,7 @@ def _open_s3(url: str) -> Store:
     query = urlencode([(k, given[k]) for k in _S3_OPTIONS if k in given], safe=":/")
     canonical = f"s3://{bucket}/{prefix}".rstrip("/") + (f"?{query}" if query else "")
     region, profile = given.get("region"), given.get("profile")
-    return FsspecStore.s3(
-        bucket, prefix, canonical, endpoint_url=endpoint_url, region=region, profile=profile
-    )
+    return FsspecStore.s3(bucket, prefix, canonical, endpoint_url=endpoint_url, region=region, profile=profile)
 
 
 def _safe(url: str) -> str:

@@ -55,10 +55,7 @@ def read_events(
             for event in decode_events(store.get_bytes(path), source=store.location(path))
             if event.get("episode") == episode_id and (attempt is None or event.get("attempt") == attempt)
         ]
-    if attempt is None:
-        prefix = layout.episode_prefix(episode_id)
-    else:
-        prefix = layout.attempt_prefix(episode_id, attempt)
+    prefix = layout.episode_prefix(episode_id) if attempt is None else layout.attempt_prefix(episode_id, attempt)
     chunks = sorted(
         (parsed[1], parsed[2], path)
         for path in store.list(prefix)

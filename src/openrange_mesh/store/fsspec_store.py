@@ -40,9 +40,7 @@ class FsspecStore:
     """A ``Store`` rooted at a directory, a memory-fs name or an S3 bucket/prefix.
     Build one with ``local``, ``memory`` or ``s3`` (or ``store.open_store(url)``)."""
 
-    def __init__(
-        self, fs: Any, kind: Kind, root: str, url: str, *, rebuild: Callable[[], Any] | None = None
-    ) -> None:
+    def __init__(self, fs: Any, kind: Kind, root: str, url: str, *, rebuild: Callable[[], Any] | None = None) -> None:
         self._fs_instance = fs
         self._kind = kind
         self._root = root.rstrip("/")  # every object is at f"{root}/{path}" in fs terms
