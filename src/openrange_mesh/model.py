@@ -140,6 +140,17 @@ class Attempt:
     error: str | None = None
     batch: str | None = None  # the claim id, when the attempt ran in a batch (its events are shared)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "host": self.host,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "outcome": self.outcome,
+            "error": self.error,
+            "batch": self.batch,
+        }
+
 
 @dataclass(slots=True)
 class EpisodeRecord:
@@ -179,20 +190,7 @@ class EpisodeRecord:
             "finished_at": self.finished_at,
             "error": self.error,
             "result": self.result,
-            "history": [
-                _compact(
-                    {
-                        "n": a.n,
-                        "host": a.host,
-                        "started_at": a.started_at,
-                        "finished_at": a.finished_at,
-                        "outcome": a.outcome,
-                        "error": a.error,
-                        "batch": a.batch,
-                    }
-                )
-                for a in self.history
-            ],
+            "history": [_compact(a.to_dict()) for a in self.history],
             "submitter": self.submitter,
             "acked_at": self.acked_at,
             "queue": self.queue,

@@ -87,17 +87,7 @@ def detail(record: EpisodeRecord) -> dict[str, Any]:
         **summary(record),
         "claim": record.claim,
         "spec": record.spec.to_dict(),
-        "history": [
-            {
-                "n": a.n,
-                "host": a.host,
-                "started_at": a.started_at,
-                "finished_at": a.finished_at,
-                "outcome": a.outcome,
-                "error": a.error,
-            }
-            for a in record.history
-        ],
+        "history": [a.to_dict() for a in record.history],
     }
 
 

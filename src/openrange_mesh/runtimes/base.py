@@ -85,6 +85,20 @@ class Runtime(Protocol):
     def realize(self, params: Mapping[str, Any], *, seed: int | None, snapshot: bytes | None = None) -> Handle: ...
 
 
+class EventsAndOutcome:
+    """``poll_events`` and ``terminal`` for handles that keep ``_events`` and ``_outcome``."""
+
+    _events: list[dict[str, Any]]
+    _outcome: Outcome | None
+
+    def poll_events(self) -> list[dict[str, Any]]:
+        events, self._events = self._events, []
+        return events
+
+    def terminal(self) -> Outcome | None:
+        return self._outcome
+
+
 def new_event(type_: str, **fields: Any) -> dict[str, Any]:
     """An event dict stamped with the wall-clock time."""
     return {"type": type_, "t": time.time(), **fields}

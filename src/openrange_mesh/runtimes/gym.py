@@ -29,7 +29,7 @@ from gymnasium import spaces
 
 from ..errors import RuntimeFailure, SpecError
 from . import _params
-from .base import Outcome, new_event
+from .base import EventsAndOutcome, Outcome, new_event
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class GymnasiumRuntime:
         return GymnasiumHandle(p, env, _policy(p.policy), seed, snapshot)
 
 
-class GymnasiumHandle:
+class GymnasiumHandle(EventsAndOutcome):
     supports_checkpoint = True
 
     def __init__(self, p: GymParams, env: Any, policy: Policy, seed: int | None, snapshot: bytes | None) -> None:
@@ -191,13 +191,6 @@ class GymnasiumHandle:
             self._finish(Outcome(False, error))
         elif self._terminated or self._truncated:
             self._finish(Outcome(True))
-
-    def poll_events(self) -> list[dict[str, Any]]:
-        events, self._events = self._events, []
-        return events
-
-    def terminal(self) -> Outcome | None:
-        return self._outcome
 
     def checkpoint(self) -> bytes:
         self._check_usable()

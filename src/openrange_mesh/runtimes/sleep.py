@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import RuntimeFailure, SpecError
 from . import _params
-from .base import Outcome, new_event
+from .base import EventsAndOutcome, Outcome, new_event
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class SleepRuntime:
         return SleepHandle(p, start)
 
 
-class SleepHandle:
+class SleepHandle(EventsAndOutcome):
     supports_checkpoint = True
 
     def __init__(self, p: SleepParams, start: tuple[float, int]) -> None:
@@ -103,13 +103,6 @@ class SleepHandle:
                 return
             due = math.inf if hangs else min(self._next_tick(), self._p.seconds)
             time.sleep(min(deadline - now, due - elapsed))
-
-    def poll_events(self) -> list[dict[str, Any]]:
-        events, self._events = self._events, []
-        return events
-
-    def terminal(self) -> Outcome | None:
-        return self._outcome
 
     def checkpoint(self) -> bytes:
         self._check_started()
