@@ -68,6 +68,9 @@ class EpisodeSpec:
     idempotency_key: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     batch: int = 1
+    # The compacted dict every record encoding of this spec uses, built once (the hot path
+    # encodes the same spec two or three times per episode). Not a field of the spec.
+    _wire: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def check(self) -> EpisodeSpec:
         """Raise SpecError naming the first bad field; return self. Runtime-specific params are
@@ -97,6 +100,14 @@ class EpisodeSpec:
             )
         return self
 
+    def wire(self) -> dict[str, Any]:
+        """The spec as records store it: ``to_dict`` without None fields, cached."""
+        wire = self._wire
+        if wire is None:
+            wire = _compact(self.to_dict())
+            object.__setattr__(self, "_wire", wire)
+        return wire
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "runtime": self.runtime,
@@ -124,7 +135,7 @@ class EpisodeSpec:
         return cls(**data).check()
 
 
-_SPEC_FIELDS = tuple(EpisodeSpec.__dataclass_fields__)
+_SPEC_FIELDS = tuple(f for f in EpisodeSpec.__dataclass_fields__ if not f.startswith("_"))
 
 
 # Attempt and EpisodeRecord are values: never mutate one, derive a new one with replace().
@@ -181,7 +192,7 @@ class EpisodeRecord:
             "state": self.state.value,
             "v": SCHEMA,
             "id": self.id,
-            "spec": _compact(self.spec.to_dict()),
+            "spec": self.spec.wire(),
             "attempt": self.attempt,
             "owner": self.owner,
             "claim": self.claim,
@@ -375,7 +386,7 @@ def _plain(value: Any) -> Any:
 
 def _pack_spec(spec: EpisodeSpec) -> bytes:
     try:
-        return pack(spec.to_dict())
+        return pack(spec.wire())
     except (TypeError, ValueError, OverflowError) as exc:
         raise SpecError("params", f"does not serialize: {exc}") from exc
 
