@@ -557,3 +557,19 @@ def test_completion_script_is_available() -> None:
         env={**os.environ, "_OPENRANGE_MESH_COMPLETE": "bash_source"},
     )
     assert result.returncode == 0 and "_openrange_mesh_completion" in result.stdout
+
+
+def test_logs_and_show_of_batched_episodes(agents: Agents) -> None:
+    """A batch's episodes share event chunks; logs and show still answer per episode."""
+    ids = agents.cli.ok(
+        "submit", "--runtime", "sleep", "-p", "seconds=0.05", "-p", "events=2", "--count", "4", "--batch", "4"
+    ).stdout.split()
+    agents.cli.ok("wait", *ids)
+    for episode in (ids[0], ids[3]):
+        lines = agents.cli.ok("logs", episode).stdout.splitlines()
+        assert [line.split()[2] for line in lines] == ["reset", "tick", "tick", "terminal"]
+        assert all(f'episode="{episode}"' in line for line in lines)
+        followed = agents.cli.ok("logs", "-f", episode).stdout.splitlines()
+        assert followed == lines
+    shown = json.loads(agents.cli.ok("show", ids[1], "-o", "json").stdout)
+    assert shown["history"][0]["batch"] and shown["artifacts"][0]["batch_events"].endswith("/")

@@ -12,7 +12,7 @@ from ..mesh.catalog import Catalog
 from ..model import EpisodeRecord
 from ..store import Store, open_store
 from ..store.events import decode_events, read_events
-from ..store.layout import attempt_prefix, parse_events_path
+from ..store.layout import attempt_prefix, batch_prefix, parse_events_path
 from .common import Mesh, compact_json, output_option, pass_mesh, stamp, store_option
 
 POLL_SECONDS = 0.5
@@ -42,7 +42,8 @@ def command(mesh: Mesh, episode_id: str, follow: bool, attempt: int | None, stor
     record = catalog.get(episode_id)
     store = open_store(store_url)
     if not follow:
-        events = read_events(store, episode_id, attempt)
+        batch = batch_of(record, attempt or record.attempt)
+        events = read_events(store, episode_id, attempt or record.attempt if batch else attempt, batch=batch)
         for event in events:
             click.echo(render(event, output))
         if not events:
@@ -58,25 +59,36 @@ def _follow(catalog: Catalog, store: Store, record: EpisodeRecord, pinned: int |
     while True:
         record = catalog.get(record.id)  # before listing: once it reads finished, every chunk is stored
         if pinned is None and record.attempt > current:
-            _print_new(store, record.id, current, seen, output)
+            _print_new(store, record, current, seen, output)
             current = record.attempt
             click.echo(f"--- attempt {current} ---", err=True)
-        _print_new(store, record.id, current, seen, output)
+        _print_new(store, record, current, seen, output)
         if record.state.is_terminal or (pinned is not None and record.attempt > pinned):
             return
         time.sleep(POLL_SECONDS)
 
 
-def _print_new(store: Store, episode_id: str, attempt: int, seen: set[str], output: str) -> None:
-    chunks = sorted(
-        (parsed[2], path)
-        for path in store.list(attempt_prefix(episode_id, attempt))
-        if (parsed := parse_events_path(path)) is not None and path not in seen
-    )
-    for _, path in chunks:
+def _print_new(store: Store, record: EpisodeRecord, attempt: int, seen: set[str], output: str) -> None:
+    batch = batch_of(record, attempt)
+    if batch is not None:  # a batched attempt: its events are in the batch's shared chunks
+        paths = sorted(p for p in store.list(batch_prefix(batch)) if p.endswith(".jsonl") and p not in seen)
+    else:
+        chunks = []
+        for path in store.list(attempt_prefix(record.id, attempt)):
+            parsed = parse_events_path(path)
+            if parsed is not None and path not in seen:
+                chunks.append((parsed[2], path))
+        paths = [path for _, path in sorted(chunks)]
+    for path in paths:
         seen.add(path)
         for event in decode_events(store.get_bytes(path), source=store.location(path)):
-            click.echo(render(event, output))
+            if batch is None or (event.get("episode") == record.id and event.get("attempt") == attempt):
+                click.echo(render(event, output))
+
+
+def batch_of(record: EpisodeRecord, attempt: int) -> str | None:
+    """The batch claim an attempt ran in, if any (its events are shared with the batch's)."""
+    return next((a.batch for a in record.history if a.n == attempt), None)
 
 
 def render(event: dict[str, Any], output: str) -> str:

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from ..model import EpisodeRecord
 from ..store import Store
-from ..store.layout import attempt_prefix
+from ..store.layout import attempt_prefix, batch_prefix
 from .common import (
     Mesh,
     ago,
@@ -24,6 +24,7 @@ from .common import (
     stamp,
     store_option,
 )
+from .logs import batch_of
 from .records import STATE_STYLES, detail, duration_of, state_style, timeline
 from .table import StreamTable
 
@@ -60,7 +61,11 @@ def attempt_files(store: Store, record: EpisodeRecord) -> list[dict[str, Any]]:
     for n in range(1, record.attempt + 1):
         prefix = attempt_prefix(record.id, n)
         files = [path[len(prefix) :] for path in store.list(prefix)]
-        out.append({"attempt": n, "location": store.location(prefix), "files": files})
+        item: dict[str, Any] = {"attempt": n, "location": store.location(prefix), "files": files}
+        batch = batch_of(record, n)
+        if batch is not None:  # its events are in the batch's shared chunks
+            item["batch_events"] = store.location(batch_prefix(batch))
+        out.append(item)
     return out
 
 
