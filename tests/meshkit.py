@@ -91,15 +91,18 @@ class LossyProxy:
     def _serve(self, client: socket.socket) -> None:
         relaying = threading.Event()
         relaying.set()
+        answered = threading.Event()
         with client, socket.create_connection(self.target) as upstream:
-            threading.Thread(target=self._answers, args=(upstream, client, relaying), daemon=True).start()
+            threading.Thread(target=self._answers, args=(upstream, client, relaying, answered), daemon=True).start()
             reader = client.makefile("rb")
             while (request := _read_request(reader)) is not None:
                 path, body, raw = request
                 if self._take(path, body):
                     relaying.clear()  # etcd applies it; its answer is dropped
                     upstream.sendall(raw)
-                    time.sleep(0.5)
+                    # Close only once etcd has answered: dropping the connection earlier can
+                    # cancel the request inside etcd's gateway, and then nothing was applied.
+                    answered.wait(10)
                     return
                 upstream.sendall(raw)
 
@@ -112,10 +115,13 @@ class LossyProxy:
             return True
 
     @staticmethod
-    def _answers(upstream: socket.socket, client: socket.socket, relaying: threading.Event) -> None:
+    def _answers(
+        upstream: socket.socket, client: socket.socket, relaying: threading.Event, answered: threading.Event
+    ) -> None:
         with contextlib.suppress(OSError):
             while data := upstream.recv(65536):
                 if not relaying.is_set():
+                    answered.set()
                     return
                 client.sendall(data)
         with contextlib.suppress(OSError):

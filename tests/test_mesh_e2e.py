@@ -221,11 +221,12 @@ def test_claim_whose_answer_was_lost_is_adopted(lossy_proxy: LossyProxy, make_me
     its episode, not leave it running on no worker for as long as h2's lease lives."""
     mesh = make_mesh(etcd.url)
     lossy_proxy.lose_answer_once(txn_puts_under(mesh.keys.host_claims("h2")))
-    mesh.start_agent("h1", wait=False)
-    mesh.start_agent("h2", registry=lossy_proxy.endpoint, wait=False)  # only h2 talks through the proxy
-    for agent in mesh.agents.values():
-        mesh.wait_joined(agent)
+    # h2 alone first, so the claim whose answer is lost is one it won (with a rival it could be
+    # a lost race, which is no test of adoption); h1 joins once the answer is gone.
+    mesh.wait_joined(mesh.start_agent("h2", registry=lossy_proxy.endpoint, wait=False))
     ids = mesh.submit_commands(12, 0.5)
+    wait_until(lambda: lossy_proxy.lost, timeout=10, what="a claim answer to be lost")
+    mesh.wait_joined(mesh.start_agent("h1", wait=False))
     records = mesh.wait_finished(ids, timeout=3 * TTL + 10)  # not stuck while h2 lives
     assert lossy_proxy.lost, "no claim answer was lost"
     mesh.check_exactly_once(records)
