@@ -28,7 +28,6 @@ ENV_TTL = "OPENRANGE_TTL"
 ENV_LOOP_WAIT = "OPENRANGE_LOOP_WAIT"
 ENV_RETRY_TIMEOUT = "OPENRANGE_RETRY_TIMEOUT"
 ENV_LABELS = "OPENRANGE_LABELS"
-ENV_LISTEN = "OPENRANGE_LISTEN"
 ENV_LOG_LEVEL = "OPENRANGE_LOG_LEVEL"
 ENV_RETENTION = "OPENRANGE_RETENTION"
 
@@ -43,7 +42,6 @@ _ENV = {
     "loop_wait": ENV_LOOP_WAIT,
     "retry_timeout": ENV_RETRY_TIMEOUT,
     "labels": ENV_LABELS,
-    "listen": ENV_LISTEN,
     "log_level": ENV_LOG_LEVEL,
     "retention": ENV_RETENTION,
 }
@@ -86,7 +84,6 @@ class Settings:
     loop_wait: float = 1.0
     retry_timeout: float = 4.0
     labels: Mapping[str, str] = field(default_factory=dict)
-    listen: str = "127.0.0.1:0"
     log_level: str = "INFO"
     # Acked finished records older than this (seconds) are deleted by the leader; 0 keeps all.
     retention: float = 7 * 24 * 3600.0

@@ -240,7 +240,7 @@ class HostInfo:
     id: str
     capacity: int
     running: int = 0
-    address: str | None = None  # "host:port" of its HTTP endpoint (dashboard, metrics)
+    address: str | None = None  # the machine it runs on (hostname); "host:port" once it serves HTTP
     labels: Mapping[str, str] = field(default_factory=dict)
     version: str = ""
     started_at: float = 0.0

@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -63,6 +64,9 @@ class _Orphan:
     claim_id: str
     episode_ids: list[str]
     lease: int
+
+
+_ADDRESS = socket.gethostname()  # where an operator finds this agent (no HTTP endpoint yet)
 
 
 @functools.cache
@@ -214,6 +218,7 @@ class Agent:
             started_at=self._started_at,
             pid=os.getpid(),
             machine=machine_id(),
+            address=_ADDRESS,
         )
 
     def _host_put(self) -> Put:
