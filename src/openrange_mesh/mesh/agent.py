@@ -1,7 +1,8 @@
 """``openrange-agent``: the one process every host runs.
 
-Threads: the main loop (claims, commits, requeues, timeouts, leadership), a watch thread that
-turns etcd events into work for the loop, the lease keeper, and the worker pool's supervisor.
+Threads: the main loop (claims, commits, requeues, timeouts, leadership), two watch threads
+(the queue, and the control keys) that turn etcd events into work for the loop, the lease
+keeper, and the worker pool's supervisor.
 The loop sleeps up to ``loop_wait`` and is woken early by a watch event or a finished episode,
 so claiming is watch-driven, never a busy poll. A pass is a list of named steps; each returns
 a status line (or None) that the pass logs.
@@ -104,7 +105,7 @@ class Agent:
         self._cancels: set[str] = set()
         self._cancel_seen: set[str] = set()
         self._live_leases: dict[str, int] = {}  # host -> lease, from the hosts/ prefix
-        self._queue: dict[str, KeyValue] = {}  # id -> queue entry, oldest first, fed by the watch
+        self._queue: dict[str, KeyValue] = {}  # entry name -> entry, oldest first, fed by the watch
         self._stale_leases: list[int] = []
         self._claims_unsure = False  # a claim txn got no answer: it may hold episodes we do not know
         self._started_at = time.time()  # for the host record, which every claim and commit rewrites
