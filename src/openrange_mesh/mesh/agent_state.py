@@ -1,0 +1,81 @@
+"""What every part of the agent shares: its attributes (set up by ``Agent.__init__``) and the
+small records it keeps about claims. The agent is one class assembled from a few mixins, one per
+concern (joining, claiming, committing, watching), so each file stays one idea."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+
+from ..config import Settings
+from ..keys import Keys
+from ..model import EpisodeRecord
+from ..registry import KeyValue, Registry
+from .catalog import Catalog
+from .follow import Follower
+from .leader import Leadership
+from .lease import LeaseKeeper
+from .ledger import Claim, Ledger
+from .pool import WorkerPool
+
+# A batch's results are committed together when the batch ends, or once the oldest uncommitted
+# one has waited this long: one txn per batch instead of one per finished episode.
+COMMIT_LINGER = 0.05
+
+
+@dataclass
+class Held:
+    """A claim this agent holds."""
+
+    claim: Claim
+    records: dict[str, EpisodeRecord]  # running records as claimed, by id
+    finals: dict[str, EpisodeRecord] = field(default_factory=dict)  # finished, not yet committed
+    first_final_at: float = 0.0  # monotonic time the oldest uncommitted final arrived
+
+    def commit_due(self, now: float) -> bool:
+        return bool(self.finals) and (
+            len(self.finals) == len(self.records) or now - self.first_final_at >= COMMIT_LINGER
+        )
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A claim key deleted, as the watch saw it: requeue its episodes if its lease is dead."""
+
+    host: str
+    claim_id: str
+    episode_ids: list[str]
+    lease: int
+
+
+class AgentState:
+    settings: Settings
+    host: str
+    registry: Registry
+    keys: Keys
+    ledger: Ledger
+    catalog: Catalog
+    lease: LeaseKeeper
+    pool: WorkerPool
+    followers: list[Follower]
+    leadership: Leadership
+    _wake: threading.Event
+    _stop: threading.Event
+    _draining: bool
+    _drain_deadline: float
+    _held: dict[str, Held]
+    _owner_of: dict[str, str]  # episode id -> claim id
+    _orphans: queue.SimpleQueue[Orphan]
+    _cancels: set[str]  # cancel markers the watch saw, not yet forwarded
+    _cancel_seen: set[str]  # forwarded to a worker: their commit deletes the marker
+    _live_leases: dict[str, int]  # host -> lease, from the hosts/ prefix
+    _queue: dict[str, KeyValue]  # entry name -> entry, oldest first, fed by the watch
+    _stale_leases: list[int]
+    _claims_unsure: bool  # a claim txn got no answer: it may hold episodes we do not know
+    _started_at: float
+    _outage: bool
+    _events_lock: threading.Lock
+
+    def wake(self) -> None:
+        self._wake.set()

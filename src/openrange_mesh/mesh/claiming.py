@@ -1,0 +1,124 @@
+"""Claiming: pick queue entries for idle workers, claim them, adopt claims whose answer was lost."""
+
+from __future__ import annotations
+
+import logging
+import random
+from itertools import islice
+
+from ..errors import RegistryError
+from ..model import EpisodeRecord, State
+from ..registry import KeyValue
+from .agent_state import Held
+from .joining import Joining
+from .ledger import Claim, Versioned, claim_episode_ids
+from .queue import QueueEntry, decode_entry
+from .worker import WorkItem
+
+log = logging.getLogger(__name__)
+
+
+class Claiming(Joining):
+    def _step_claim(self) -> str | None:
+        free = self.pool.idle()
+        if free == 0 or self._draining or not self.lease.is_alive:
+            return None
+        adopted = self._adopt_claims() if self._claims_unsure else []
+        free = self.pool.idle()
+        candidates = self._candidates(free) if free else []
+        claimed: list[str] = []
+        for entry, records in candidates:
+            try:
+                won = self.ledger.claim(self.host, self.lease.lease, entry, records, extra=[self._host_put()])
+            except RegistryError:
+                self._claims_unsure = True  # it may have been applied: look once etcd answers
+                raise
+            if won is None:
+                self._forget([entry])  # a peer claimed it, or a cancel changed it
+                continue
+            self._hold(*won)
+            claimed += won[0].episode_ids
+        if claimed and self.pool.idle():
+            self.wake()
+        line = f"claimed {summary(claimed)}" if claimed else None
+        if adopted:
+            line = f"adopted {summary(adopted)} (their claim's answer was lost)" + (f"; {line}" if line else "")
+        return line
+
+    def _adopt_claims(self) -> list[str]:
+        """After a claim txn that got no answer: hold the claims of ours that etcd has and we
+        do not know, or their episodes would stay running (on no worker) as long as our lease.
+        The pass that lost the answer left a worker idle for it."""
+        prefix = self.keys.host_claims(self.host)
+        adopted: list[str] = []
+        for kv in self.registry.range(prefix).kvs:
+            claim_id = self.keys.name_of(kv.key, prefix)
+            if kv.lease != self.lease.lease or claim_id in self._held or not self.pool.idle():
+                continue
+            ids = claim_episode_ids(kv)
+            current = self.ledger.read(ids)
+            running = [current[i].record for i in ids if i in current and current[i].mod_revision == kv.create_revision]
+            if ids and len(running) == len(ids):
+                self._hold(Claim(self.host, claim_id, kv.create_revision, kv.lease, tuple(ids)), running)
+                adopted += ids
+        self._claims_unsure = False
+        return adopted
+
+    def _candidates(self, free: int) -> list[tuple[QueueEntry, dict[str, Versioned]]]:
+        """Entries to claim, one per idle worker, from the queue as the watch delivered it
+        (peers woken by one event pick different random entries among the oldest, so they
+        rarely collide), with their records read in one round trip for the claim txns."""
+        with self._events_lock:
+            oldest = list(islice(self._queue.values(), 2 * free))
+        entries = [e for e in (decode_entry(self.keys, kv) for kv in oldest) if e is not None]
+        self._forget_corrupt(oldest, entries)
+        random.shuffle(entries)
+        chosen = entries[:free]
+        records = self.ledger.read([i for entry in chosen for i in entry.ids])
+        out: list[tuple[QueueEntry, dict[str, Versioned]]] = []
+        unclaimable: list[QueueEntry] = []
+        for entry in chosen:
+            listed = {i: records[i] for i in entry.ids if i in records}
+            if any(v.record.state is State.PENDING for v in listed.values()):
+                out.append((entry, listed))
+            else:
+                unclaimable.append(entry)
+        # Entries whose records are gone or do not decode: forget them (until the watch brings
+        # a new version), or being oldest they would be chosen first on every pass and starve
+        # the rest.
+        self._forget(unclaimable)
+        return out
+
+    def _forget(self, entries: list[QueueEntry]) -> None:
+        """Drop entries from the local queue unless the watch brought a newer version since."""
+        with self._events_lock:
+            for entry in entries:
+                kv = self._queue.get(entry.name)
+                if kv is not None and kv.mod_revision == entry.mod_revision:
+                    del self._queue[entry.name]
+
+    def _forget_corrupt(self, seen: list[KeyValue], decoded: list[QueueEntry]) -> None:
+        good = {e.name for e in decoded}
+        with self._events_lock:
+            for kv in seen:
+                name = self.keys.name_of(kv.key, self.keys.queue())
+                if name not in good and self._queue.get(name) is kv:
+                    del self._queue[name]
+
+    def _hold(self, claim: Claim, running: list[EpisodeRecord]) -> None:
+        self._held[claim.claim_id] = Held(claim, {r.id: r for r in running})
+        for record in running:
+            self._owner_of[record.id] = claim.claim_id
+        self.pool.dispatch([WorkItem(r.id, r.attempt, r.spec, r.history[-1].batch) for r in running])
+
+    def _pairable(self, freed: int) -> list[tuple[QueueEntry, dict[str, Versioned]]]:
+        """Entries to claim in the same txns as the commits that free ``freed`` workers: one
+        round trip per episode instead of two, in the steady state of a busy mesh."""
+        spare = min(freed, self.pool.idle())
+        if spare == 0 or self._draining or not self.lease.is_alive:
+            return []
+        return self._candidates(spare)
+
+
+def summary(ids: list[str]) -> str:
+    return ", ".join(ids) if len(ids) <= 3 else f"{len(ids)} episodes ({ids[0]} ... {ids[-1]})"

@@ -1,0 +1,165 @@
+"""Committing: finished episodes become final records, committed per claim (fenced), with the
+next claim in the same txn when a worker frees; resync after a fenced commit; hand-back."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+
+from ..errors import RegistryError
+from ..model import EpisodeRecord, State
+from .agent_state import COMMIT_LINGER, Held
+from .claiming import Claiming, summary
+from .ledger import Claim, Versioned, finish_attempt, give_back
+from .queue import QueueEntry
+from .worker import Done
+
+log = logging.getLogger(__name__)
+
+_DONE_STATES = {"succeeded": State.SUCCEEDED, "failed": State.FAILED, "cancelled": State.CANCELLED}
+
+
+class Committing(Claiming):
+    def _step_results(self) -> str | None:
+        now = time.time()
+        while True:
+            try:
+                done = self.pool.results.get_nowait()
+            except queue.Empty:
+                break
+            self._record_done(done, now)
+        now_m = time.monotonic()
+        due = [(c, h) for c, h in self._held.items() if h.finals and (h.commit_due(now_m) or self._draining)]
+        pairs = self._pairable(sum(1 for _, h in due if len(h.finals) == len(h.records)))
+        committed = fenced = 0
+        claimed: list[str] = []
+        for claim_id, held in due:
+            last = len(held.finals) == len(held.records)
+            finals = list(held.finals.values())
+            markers = self._cancel_seen.intersection(held.finals)
+            pair = pairs.pop() if last and pairs else None
+            ok, won = self._commit(held, finals, last, markers, pair)
+            if ok:
+                committed += len(finals)
+                self._cancel_seen -= markers
+                for record in finals:
+                    del held.records[record.id]
+                    self._owner_of.pop(record.id, None)
+                held.finals.clear()
+                if not held.records:
+                    del self._held[claim_id]
+            else:
+                fenced += self._resync(claim_id, held)
+            if won is not None:
+                self._hold(*won)
+                claimed += won[0].episode_ids
+            elif pair is not None:
+                self._forget([pair[0]])
+        lines = [
+            f"committed {committed} episodes" if committed else "",
+            f"claimed {summary(claimed)}" if claimed else "",
+            f"fenced off: {fenced} results not committed (episodes were taken over)" if fenced else "",
+        ]
+        return "; ".join(line for line in lines if line) or None
+
+    def _commit(
+        self,
+        held: Held,
+        finals: list[EpisodeRecord],
+        last: bool,
+        markers: set[str],
+        pair: tuple[QueueEntry, dict[str, Versioned]] | None,
+    ) -> tuple[bool, tuple[Claim, list[EpisodeRecord]] | None]:
+        if pair is None:
+            return self.ledger.commit(held.claim, finals, last=last, extra=[self._host_put()], cancelled=markers), None
+        try:
+            return self.ledger.commit_and_claim(
+                held.claim,
+                finals,
+                last=last,
+                cancelled=markers,
+                host=self.host,
+                lease=self.lease.lease,
+                entry=pair[0],
+                records=pair[1],
+                extra=[self._host_put()],
+            )
+        except RegistryError:
+            self._claims_unsure = True  # the claim half may have been applied: look once etcd answers
+            raise
+
+    def _record_done(self, done: Done, now: float) -> None:
+        claim_id = self._owner_of.get(done.episode_id)
+        held = self._held.get(claim_id) if claim_id else None
+        if held is None or done.episode_id not in held.records:
+            return  # a result from a claim we no longer hold
+        record = held.records[done.episode_id]
+        if done.attempt != record.attempt:
+            return  # a cancelled earlier attempt, finishing after we claimed the episode again
+        if done.kind == "released":
+            final = give_back(record, now, done.error or "released")
+        elif done.kind == "timeout" and record.spec.on_timeout == "retry" and record.attempt < record.spec.max_attempts:
+            final = finish_attempt(record, State.PENDING, now, done.error, done.result)
+        else:
+            final = finish_attempt(record, _DONE_STATES.get(done.kind, State.FAILED), now, done.error, done.result)
+        if not held.finals:
+            held.first_final_at = time.monotonic()
+        held.finals[done.episode_id] = final
+
+    def _resync(self, claim_id: str, held: Held) -> int:
+        """A commit was fenced off. If our claim key is gone, so is the claim: drop it and stop
+        its episodes (returns how many). If it still lives, nobody else can have touched its
+        records (requeues need the key gone): an earlier commit of ours landed without our
+        hearing back, so forget the episodes it committed and keep the rest."""
+        kv, _ = self.registry.get(self.keys.claim(self.host, claim_id))
+        if kv is None or kv.create_revision != held.claim.token:
+            self._drop_claim(claim_id)
+            return len(held.records)
+        current = self.ledger.read(list(held.records))
+        for episode_id in list(held.records):
+            versioned = current.get(episode_id)
+            if versioned is None or versioned.mod_revision != held.claim.token:
+                del held.records[episode_id]
+                held.finals.pop(episode_id, None)
+                self._owner_of.pop(episode_id, None)
+        if not held.records:  # all committed: only the claim key is left to go
+            self.ledger.commit(held.claim, [], last=True)
+            del self._held[claim_id]
+        return 0
+
+    def _drop_claim(self, claim_id: str) -> None:
+        held = self._held.pop(claim_id, None)
+        if held is None:
+            return
+        for episode_id in held.records:
+            self._owner_of.pop(episode_id, None)
+            self.pool.cancel(episode_id)
+
+    def _hand_back(self) -> None:
+        """End of a drain: stop what still runs and put it back in the queue in one txn per claim."""
+        if self._held:
+            self.pool.reset()
+        now = time.time()
+        for held in list(self._held.values()):
+            finals = [*held.finals.values()]
+            finals += [
+                give_back(r, now, f"released by draining host {self.host}")
+                for i, r in held.records.items()
+                if i not in held.finals
+            ]
+            try:
+                self.ledger.commit(
+                    held.claim, finals, last=True, cancelled=self._cancel_seen.intersection(held.records)
+                )
+            except RegistryError as exc:
+                log.warning("could not hand back claim %s (%s); its lease expiry will", held.claim.claim_id, exc)
+        log.info("drained: handed back %d claims", len(self._held))
+        self._held.clear()
+        self._owner_of.clear()
+
+    def _wait_time(self) -> float:
+        lingering = [h.first_final_at + COMMIT_LINGER for h in self._held.values() if h.finals]
+        if not lingering:
+            return self.settings.loop_wait
+        return max(0.0, min(self.settings.loop_wait, min(lingering) - time.monotonic()))
