@@ -88,12 +88,16 @@ class MeshClient:
         return ids
 
     def _wait_for_room(self, wanted: int) -> None:
-        while self._in_flight and len(self._in_flight) + wanted > self.max_in_flight:
-            self._in_flight = {
-                i for i, v in self._read(sorted(self._in_flight)).items() if not v.record.state.is_terminal
-            }
-            if len(self._in_flight) + wanted > self.max_in_flight:
-                time.sleep(0.05)
+        """Block until ``wanted`` more episodes fit under ``max_in_flight``: one read of what is
+        in flight, then completions streamed from a watch (no polling)."""
+        excess = len(self._in_flight) + wanted - self.max_in_flight
+        if excess <= 0:
+            return
+        for record in self.as_completed(sorted(self._in_flight)):
+            self._in_flight.discard(record.id)
+            excess -= 1
+            if excess <= 0:
+                return
 
     # --- reading -------------------------------------------------------------------------
 
