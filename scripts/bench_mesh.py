@@ -3,8 +3,9 @@
 
 * no-op episodes/s (``sleep`` 0 s, per-episode claims) through N real agent processes, against
   the etcd floor: the same number of processes doing the same etcd writes per episode in a raw
-  etcd3gw loop, with nothing else: submission txns of 42 episodes, then per episode the busy
-  mesh's steady state, one txn committing an episode and claiming the next;
+  etcd3gw loop, with nothing else: submission txns of 42 episodes, then the busy mesh's steady
+  state, txns that commit finished episodes and claim as many new ones, as many per txn as the
+  mesh's own run averaged;
 * etcd writes (revisions) per episode lifecycle, read off etcd's revision counter;
 * failure detection: kill -9 an agent running an episode; seconds until a peer has put it back,
   against the ttl;
@@ -125,7 +126,7 @@ def mesh_noop(url: str, work: Path, episodes: int, agents: int) -> dict[str, flo
         group.stop()
 
 
-def _floor_worker(endpoint: str, prefix: str, episodes: int, value_size: int, out: Any) -> None:
+def _floor_worker(endpoint: str, prefix: str, episodes: int, group: int, value_size: int, out: Any) -> None:
     host, port = endpoint.rsplit(":", 1)
     client = etcd3gw.Etcd3Client(host=host, port=int(port), timeout=10)
     lease = client.lease(TTL * 5)
@@ -169,24 +170,26 @@ def _floor_worker(endpoint: str, prefix: str, episodes: int, value_size: int, ou
                 ],
             }
         )
-    # the mesh's steady state: one txn commits an episode and claims the next
-    compares, ops = claim(0)
-    client.transaction({"compare": compares, "success": ops})
-    for i in range(episodes):
-        compares, ops = commit(i)
-        if i + 1 < episodes:
-            more_compares, more_ops = claim(i + 1)
-            compares, ops = compares + more_compares, ops + more_ops
-        client.transaction({"compare": compares, "success": ops})
+
+    # the mesh's steady state: one txn commits ``group`` episodes and claims the next ``group``
+    def merged(parts: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]) -> dict[str, Any]:
+        return {"compare": [c for p in parts for c in p[0]], "success": [o for p in parts for o in p[1]]}
+
+    client.transaction(merged([claim(i) for i in range(min(group, episodes))]))
+    for first in range(0, episodes, group):
+        done = [commit(i) for i in range(first, min(first + group, episodes))]
+        following = [claim(i) for i in range(first + group, min(first + 2 * group, episodes))]
+        client.transaction(merged(done + following))
     out.put(time.perf_counter() - start)
 
 
-def etcd_floor(endpoint: str, episodes: int, processes: int) -> float:
-    """Episodes/s of the raw write pattern, ``processes`` writers at once."""
+def etcd_floor(endpoint: str, episodes: int, processes: int, group: int) -> float:
+    """Episodes/s of the raw write pattern, ``processes`` writers at once, ``group`` episodes
+    committed (and as many claimed) per steady-state txn, as the mesh just did."""
     queue: Any = multiprocessing.Queue()
     per = episodes // processes
     procs = [
-        multiprocessing.Process(target=_floor_worker, args=(endpoint, f"/floor/{i}", per, 400, queue))
+        multiprocessing.Process(target=_floor_worker, args=(endpoint, f"/floor/{i}", per, group, 400, queue))
         for i in range(processes)
     ]
     start = time.perf_counter()
@@ -268,8 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         server = start_etcd(work / "etcd")
         try:
-            floor = etcd_floor(server.endpoint, floor_n, args.agents)
             noop = mesh_noop(server.url, work, noop_n, args.agents)
+            # the floor does the writes the mesh did: as many episodes per steady-state txn
+            group = max(1, round(1 / noop["claim_commit_writes_per_episode"]))
+            floor = etcd_floor(server.endpoint, floor_n, args.agents, group)
             detect_s = detection(server.url, work)
             pool_eps = pool_cartpole(cart_n)
             mesh_eps = mesh_cartpole(server.url, work, cart_n, args.batch)
@@ -280,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         "etcd_floor_episodes_per_s": floor,
         "mesh_vs_floor": noop["episodes_per_s"] / floor,
         "writes_per_episode": noop["writes_per_episode"],
+        "floor_episodes_per_txn": float(group),
         "detect_s": detect_s,
         "ttl_s": float(TTL),
         "cartpole_mesh_episodes_per_s": mesh_eps,

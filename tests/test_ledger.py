@@ -9,7 +9,7 @@ import pytest
 
 from openrange_mesh.keys import Keys
 from openrange_mesh.mesh.catalog import Catalog, EpisodeFilter
-from openrange_mesh.mesh.ledger import Claim, Ledger, Versioned, finish_attempt
+from openrange_mesh.mesh.ledger import Claim, Ledger, Settlement, Versioned, finish_attempt
 from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State
 from openrange_mesh.registry import Put, Registry
 
@@ -184,22 +184,33 @@ def test_submission_packs_groups_into_few_txns(registry: Registry, ledger: Ledge
     assert revision(registry) - before <= 10  # whole groups per txn, within etcd's 128 ops
 
 
-def test_commit_and_claim_share_one_revision_and_fall_back(registry: Registry, ledger: Ledger) -> None:
-    ledger.submit(records(3))
+def test_settle_commits_and_claims_in_one_revision_and_falls_back(registry: Registry, ledger: Ledger) -> None:
+    ledger.submit(records(4))
     lease = registry.grant(5)
-    claim, (running,) = take(ledger, "h1", lease, ["e00000"])  # type: ignore[misc]
-    entry = next(e for e in ledger.queue() if e.ids == ("e00001",))
+    claim_a, (run_a,) = take(ledger, "h1", lease, ["e00000"])  # type: ignore[misc]
+    claim_b, (run_b,) = take(ledger, "h1", lease, ["e00001"])  # type: ignore[misc]
+    entry = next(e for e in ledger.queue() if e.ids == ("e00002",))
     before = revision(registry)
-    final = finish_attempt(running, State.SUCCEEDED, time.time(), None)
-    committed, won = ledger.commit_and_claim(
-        claim, [final], last=True, cancelled=(), host="h1", lease=lease, entry=entry, records=ledger.read(["e00001"])
-    )
-    assert committed and won is not None and revision(registry) == before + 1
-    assert won[0].token == before + 1 and won[1][0].state is State.RUNNING
-    # the entry is gone (claimed above): the pair fails, the commit alone still lands
-    final2 = finish_attempt(won[1][0], State.SUCCEEDED, time.time(), None)
-    committed, again = ledger.commit_and_claim(
-        won[0], [final2], last=True, cancelled=(), host="h1", lease=lease, entry=entry, records=ledger.read(["e00001"])
-    )
-    assert committed and again is None
-    assert {v.record.state for v in ledger.read(["e00000", "e00001"]).values()} == {State.SUCCEEDED}
+    done = [
+        Settlement(claim_a, [finish_attempt(run_a, State.SUCCEEDED, time.time(), None)], last=True),
+        Settlement(claim_b, [finish_attempt(run_b, State.FAILED, time.time(), "x")], last=True),
+    ]
+    oks, won = ledger.settle(done, [(entry, ledger.read(["e00002"]))], host="h1", lease=lease)
+    assert oks == [True, True] and won[0] is not None and revision(registry) == before + 1
+    assert won[0][0].token == before + 1 and won[0][1][0].state is State.RUNNING
+    # one of two fenced off (its lease gone) and the entry already taken: the pair fails, and
+    # the live one still commits alone
+    other = registry.grant(5)
+    claim_c, (run_c,) = take(ledger, "h2", other, ["e00003"])  # type: ignore[misc]
+    registry.revoke(other)
+    live = Settlement(won[0][0], [finish_attempt(won[0][1][0], State.SUCCEEDED, time.time(), None)], last=True)
+    dead = Settlement(claim_c, [finish_attempt(run_c, State.SUCCEEDED, time.time(), None)], last=True)
+    oks, again = ledger.settle([live, dead], [(entry, ledger.read(["e00002"]))], host="h1", lease=lease)
+    assert oks == [True, False] and again == [None]
+    states = {i: v.record.state for i, v in ledger.read(["e00000", "e00001", "e00002", "e00003"]).items()}
+    assert states == {
+        "e00000": State.SUCCEEDED,
+        "e00001": State.FAILED,
+        "e00002": State.SUCCEEDED,
+        "e00003": State.RUNNING,
+    }

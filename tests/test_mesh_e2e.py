@@ -235,6 +235,22 @@ def test_claim_whose_answer_was_lost_is_adopted(lossy_proxy: LossyProxy, make_me
     mesh.check_clean()
 
 
+def test_many_instant_episodes_under_contention_all_finish(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    """Agents racing for a long queue of instant episodes, committing several claims and taking
+    new ones in shared txns: a txn that fails on one lost race must not strand the rest of the
+    queue (a regression: entries it had picked were dropped from the agent's local queue)."""
+    mesh = make_mesh(etcd.url)
+    for host in ("h1", "h2"):
+        mesh.start_agent(host, capacity=4, wait=False)
+    for agent in mesh.agents.values():
+        mesh.wait_joined(agent)
+    ids = mesh.submit_sleeps(500, seconds=0)
+    records = mesh.wait_finished(ids, timeout=60)
+    assert all(r.state is State.SUCCEEDED and r.attempt == 1 for r in records.values())
+    assert {r.owner for r in records.values()} == {"h1", "h2"}
+    mesh.check_clean()
+
+
 def test_crashing_worker_fails_its_episode_only(mesh: Mesh) -> None:
     pids = {h: a.pid for h, a in mesh.agents.items()}
     specs = [{"runtime": "sleep", "params": {"seconds": 0.2}}] * 60

@@ -11,7 +11,7 @@ from ..errors import RegistryError
 from ..model import EpisodeRecord, State
 from .agent_state import COMMIT_LINGER, Held
 from .claiming import Claiming, summary
-from .ledger import Claim, Versioned, finish_attempt, give_back
+from .ledger import MAX_TXN_OPS, Claim, Settlement, Versioned, finish_attempt, give_back
 from .queue import QueueEntry
 from .worker import Done
 
@@ -31,31 +31,37 @@ class Committing(Claiming):
             self._record_done(done, now)
         now_m = time.monotonic()
         due = [(c, h) for c, h in self._held.items() if h.finals and (h.commit_due(now_m) or self._draining)]
-        pairs = self._pairable(sum(1 for _, h in due if len(h.finals) == len(h.records)))
+        if not due:
+            return None
+        settlements = [
+            Settlement(
+                h.claim,
+                list(h.finals.values()),
+                len(h.finals) == len(h.records),
+                frozenset(self._cancel_seen.intersection(h.finals)),
+            )
+            for _, h in due
+        ]
+        pairs = self._pairable(sum(1 for s in settlements if s.last))
         committed = fenced = 0
         claimed: list[str] = []
-        for claim_id, held in due:
-            last = len(held.finals) == len(held.records)
-            finals = list(held.finals.values())
-            markers = self._cancel_seen.intersection(held.finals)
-            pair = pairs.pop() if last and pairs else None
-            ok, won = self._commit(held, finals, last, markers, pair)
-            if ok:
-                committed += len(finals)
-                self._cancel_seen -= markers
-                for record in finals:
-                    del held.records[record.id]
-                    self._owner_of.pop(record.id, None)
-                held.finals.clear()
-                if not held.records:
-                    del self._held[claim_id]
-            else:
-                fenced += self._resync(claim_id, held)
-            if won is not None:
-                self._hold(*won)
-                claimed += won[0].episode_ids
-            elif pair is not None:
-                self._forget([pair[0]])
+        for chunk, entries in _txn_groups(settlements, pairs):
+            oks, won = self._settle(chunk, entries)
+            for item, ok in zip(chunk, oks, strict=True):
+                if ok:
+                    committed += len(item.finals)
+                    self._settled(item)
+                else:
+                    fenced += self._resync(item.claim.claim_id, self._held[item.claim.claim_id])
+            for (entry, records), claim in zip(entries, won, strict=True):
+                if claim is not None:
+                    self._hold(*claim)
+                    claimed += claim[0].episode_ids
+                elif not any(v.record.state is State.PENDING for v in records.values()):
+                    self._forget([entry])  # nothing claimable in it
+                # else the txn failed as a whole (a race elsewhere in it): the entry may well be
+                # still claimable, so it stays queued; the watch drops it if a peer took it
+
         lines = [
             f"committed {committed} episodes" if committed else "",
             f"claimed {summary(claimed)}" if claimed else "",
@@ -63,31 +69,25 @@ class Committing(Claiming):
         ]
         return "; ".join(line for line in lines if line) or None
 
-    def _commit(
-        self,
-        held: Held,
-        finals: list[EpisodeRecord],
-        last: bool,
-        markers: set[str],
-        pair: tuple[QueueEntry, dict[str, Versioned]] | None,
-    ) -> tuple[bool, tuple[Claim, list[EpisodeRecord]] | None]:
-        if pair is None:
-            return self.ledger.commit(held.claim, finals, last=last, extra=[self._host_put()], cancelled=markers), None
+    def _settle(
+        self, chunk: list[Settlement], entries: list[tuple[QueueEntry, dict[str, Versioned]]]
+    ) -> tuple[list[bool], list[tuple[Claim, list[EpisodeRecord]] | None]]:
         try:
-            return self.ledger.commit_and_claim(
-                held.claim,
-                finals,
-                last=last,
-                cancelled=markers,
-                host=self.host,
-                lease=self.lease.lease,
-                entry=pair[0],
-                records=pair[1],
-                extra=[self._host_put()],
-            )
+            return self.ledger.settle(chunk, entries, host=self.host, lease=self.lease.lease, extra=[self._host_put()])
         except RegistryError:
-            self._claims_unsure = True  # the claim half may have been applied: look once etcd answers
+            if entries:
+                self._claims_unsure = True  # the claim half may have been applied: look once etcd answers
             raise
+
+    def _settled(self, item: Settlement) -> None:
+        held = self._held[item.claim.claim_id]
+        self._cancel_seen -= item.cancelled
+        for record in item.finals:
+            del held.records[record.id]
+            held.finals.pop(record.id, None)
+            self._owner_of.pop(record.id, None)
+        if not held.records:
+            del self._held[item.claim.claim_id]
 
     def _record_done(self, done: Done, now: float) -> None:
         claim_id = self._owner_of.get(done.episode_id)
@@ -163,3 +163,23 @@ class Committing(Claiming):
         if not lingering:
             return self.settings.loop_wait
         return max(0.0, min(self.settings.loop_wait, min(lingering) - time.monotonic()))
+
+
+def _txn_groups(
+    settlements: list[Settlement], pairs: list[tuple[QueueEntry, dict[str, Versioned]]]
+) -> list[tuple[list[Settlement], list[tuple[QueueEntry, dict[str, Versioned]]]]]:
+    """Pack settlements, and an entry to claim for each one that frees a worker, into txns
+    within etcd's ops limit (an entry costs 3 + 3 per episode)."""
+    groups: list[tuple[list[Settlement], list[tuple[QueueEntry, dict[str, Versioned]]]]] = []
+    budget = 0
+    for item in settlements:
+        entry = pairs.pop() if item.last and pairs else None
+        cost = item.size + (3 + 3 * len(entry[0].ids) if entry else 0)
+        if not groups or budget + cost > MAX_TXN_OPS - 1:  # one op for the host record
+            groups.append(([], []))
+            budget = 0
+        groups[-1][0].append(item)
+        if entry:
+            groups[-1][1].append(entry)
+        budget += cost
+    return groups

@@ -52,6 +52,21 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Settlement:
+    """Results of some of a claim's episodes, ready to commit (see ``Ledger.settle``)."""
+
+    claim: Claim
+    finals: Sequence[EpisodeRecord]
+    last: bool  # these are the claim's final open episodes: its key goes too
+    cancelled: frozenset[str] = frozenset()  # cancel markers seen for them, deleted with them
+
+    @property
+    def size(self) -> int:
+        """Ops and compares this commit puts in a txn (an upper bound)."""
+        return 2 + 3 * len(self.finals)
+
+
+@dataclass(frozen=True, slots=True)
 class Versioned:
     """A decoded record and the mod_revision it was read at (what a txn compares against)."""
 
@@ -182,31 +197,39 @@ class Ledger:
         compares, ops = self._commit_parts(claim, finals, last, cancelled)
         return self.registry.txn(compares, [*ops, *extra]).succeeded
 
-    def commit_and_claim(
+    def settle(
         self,
-        claim: Claim,
-        finals: Sequence[EpisodeRecord],
+        commits: Sequence[Settlement],
+        claims: Sequence[tuple[QueueEntry, Mapping[str, Versioned]]] = (),
         *,
-        last: bool,
-        cancelled: Iterable[str],
-        host: str,
-        lease: int,
-        entry: QueueEntry,
-        records: Mapping[str, Versioned],
+        host: str = "",
+        lease: int = 0,
         extra: Sequence[Op] = (),
-    ) -> tuple[bool, tuple[Claim, list[EpisodeRecord]] | None]:
-        """``commit`` and ``claim`` in one round trip when a slot frees (each keeps its own
-        compares, so fencing is unchanged). If the pair fails, the commit is tried alone: a
-        lost claim race must not hold a result back. Returns (committed, the claim or None)."""
-        cancelled = set(cancelled)
-        parts = self._claim_parts(host, lease, entry, records)
-        if parts is not None:
-            commit_compares, commit_ops = self._commit_parts(claim, finals, last, cancelled)
-            claim_compares, claim_ops, made = parts
-            result = self.registry.txn([*commit_compares, *claim_compares], [*commit_ops, *claim_ops, *extra])
+    ) -> tuple[list[bool], list[tuple[Claim, list[EpisodeRecord]] | None]]:
+        """Commit several claims' results and take queue entries for the workers they free, in
+        one round trip. Each part keeps its own compares, so fencing is unchanged. If the txn
+        fails, each commit is tried alone (one fenced claim or a lost claim race must not hold
+        the other results back) and no entry is taken. Returns (committed per settlement, the
+        claim won per entry or None). Callers keep the parts within ``MAX_TXN_OPS``."""
+        compares: list[Compare] = []
+        ops: list[Op] = []
+        for item in commits:
+            more_compares, more_ops = self._commit_parts(item.claim, item.finals, item.last, item.cancelled)
+            compares += more_compares
+            ops += more_ops
+        makers: list[Callable[[int], tuple[Claim, list[EpisodeRecord]]] | None] = []
+        for entry, records in claims:
+            parts = self._claim_parts(host, lease, entry, records)
+            makers.append(parts[2] if parts else None)
+            if parts:
+                compares += parts[0]
+                ops += parts[1]
+        if len(commits) + sum(m is not None for m in makers) > 1:
+            result = self.registry.txn(compares, [*ops, *extra])
             if result.succeeded:
-                return True, made(result.revision)
-        return self.commit(claim, finals, last=last, extra=extra, cancelled=cancelled), None
+                return [True] * len(commits), [m(result.revision) if m else None for m in makers]
+        oks = [self.commit(i.claim, i.finals, last=i.last, extra=extra, cancelled=i.cancelled) for i in commits]
+        return oks, [None] * len(claims)
 
     def _commit_parts(
         self, claim: Claim, finals: Sequence[EpisodeRecord], last: bool, cancelled: Iterable[str]
