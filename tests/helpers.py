@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from openrange_mesh.registry import Event, Watch
+
 T = TypeVar("T")
 
 
@@ -20,3 +22,14 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate!r}")
         time.sleep(interval)
+
+
+def collect(watch: Watch, count: int, timeout: float) -> list[Event]:
+    """At least ``count`` events from ``watch``, or fail after ``timeout``."""
+    events: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while len(events) < count:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"got {len(events)} of {count} events: {events}"
+        events.extend(watch.next(remaining).events)
+    return events

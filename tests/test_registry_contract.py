@@ -24,6 +24,7 @@ from openrange_mesh.registry import (
 )
 from openrange_mesh.registry.memory import MemoryRegistry
 
+from . import helpers
 from .helpers import wait_until
 
 
@@ -43,14 +44,7 @@ def kv_of(registry: Registry, key: bytes) -> KeyValue:
 
 
 def collect(watch: Watch, count: int, timeout: float = 5.0) -> list[Event]:
-    """At least ``count`` events from ``watch``, or fail after ``timeout``."""
-    events: list[Event] = []
-    deadline = time.monotonic() + timeout
-    while len(events) < count:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"got {len(events)} of {count} events: {events}"
-        events.extend(watch.next(remaining).events)
-    return events
+    return helpers.collect(watch, count, timeout)
 
 
 def summary(events: list[Event]) -> list[tuple[str, bytes, bytes, int]]:

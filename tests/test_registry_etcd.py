@@ -19,6 +19,7 @@ from openrange_mesh.errors import Compacted, ConfigError, RegistryError, TooLarg
 from openrange_mesh.registry import Event, Put, Registry, Watch, open_registry
 from openrange_mesh.registry.etcd import EtcdRegistry
 
+from . import helpers
 from .etcdkit import EtcdServer, free_port, make_tls, start_cluster, start_etcd
 from .helpers import wait_until
 
@@ -28,13 +29,7 @@ def put(registry: Registry, key: bytes, value: bytes) -> int:
 
 
 def collect(watch: Watch, count: int, timeout: float = 10.0) -> list[Event]:
-    events: list[Event] = []
-    deadline = time.monotonic() + timeout
-    while len(events) < count:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"got {len(events)} of {count} events: {events}"
-        events.extend(watch.next(remaining).events)
-    return events
+    return helpers.collect(watch, count, timeout)
 
 
 def collect_through(watch: Watch, revision: int, timeout: float = 10.0) -> list[Event]:
