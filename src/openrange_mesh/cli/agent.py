@@ -86,6 +86,12 @@ def main(
         )
         if ttl is not None:
             settings = settings.with_timing(ttl)
+        if store is None:  # neither --store nor OPENRANGE_STORE
+            log.warning(
+                "no --store given: events go to %s on this host only; peers and `openrange-mesh logs` "
+                "elsewhere will not see them (pass a shared path or s3:// URL)",
+                settings.store,
+            )
         agent = Agent(settings)
         _install_signals(agent, grace)
         agent.run()
