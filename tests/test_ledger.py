@@ -214,3 +214,11 @@ def test_settle_commits_and_claims_in_one_revision_and_falls_back(registry: Regi
         "e00002": State.SUCCEEDED,
         "e00003": State.RUNNING,
     }
+
+
+def test_settle_takes_an_entry_with_no_commit_beside_it(registry: Registry, ledger: Ledger) -> None:
+    ledger.submit(records(1))
+    (entry,) = ledger.queue()
+    lease = registry.grant(5)
+    oks, won = ledger.settle([], [(entry, ledger.read(list(entry.ids)))], host="h1", lease=lease)
+    assert oks == [] and won[0] is not None and won[0][1][0].state is State.RUNNING

@@ -12,6 +12,7 @@ moved behind the registry seam is the record of each episode: state, attempts, o
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import threading
 import time
@@ -301,7 +302,7 @@ class EpisodeService:
         if self.store is None:
             return
         self.store.put_bytes(events_path(record.id, record.attempt, 0), encode_events(list(events)))
-        self.store.put_bytes(result_path(record.id, record.attempt), encode_events([dict(record.result or {})]))
+        self.store.put_bytes(result_path(record.id, record.attempt), json.dumps(dict(record.result or {})).encode())
 
     def _snapshot(self, spec: EpisodeSpec) -> bytes | None:
         if spec.snapshot is None:

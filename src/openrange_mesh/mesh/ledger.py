@@ -224,7 +224,7 @@ class Ledger:
             if parts:
                 compares += parts[0]
                 ops += parts[1]
-        if len(commits) + sum(m is not None for m in makers) > 1:
+        if len(commits) > 1 or any(m is not None for m in makers):  # one lone commit: just commit
             result = self.registry.txn(compares, [*ops, *extra])
             if result.succeeded:
                 return [True] * len(commits), [m(result.revision) if m else None for m in makers]
