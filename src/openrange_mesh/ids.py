@@ -5,6 +5,11 @@ allocator itself made* (its incarnation write, or later one of its own submissio
 gives every write a distinct revision, so no two allocators anywhere can hold the same one, and
 ``seq`` counts IDs issued under it. Adopting the revision of our latest own write keeps IDs
 sorted by creation across clients to within one submission. ``host`` is for humans.
+
+A batch whose records share one etcd key (a group record, mesh/homes.py) takes a block of
+``GROUP_ALIGN`` sequence numbers: the aligned first one names the group's key and no episode,
+the members take the next ones. So an episode's group key follows from its id alone
+(``home_id``), and no member id is ever a group key.
 """
 
 from __future__ import annotations
@@ -15,10 +20,25 @@ from .keys import Keys, check_name
 from .registry import Put, Registry
 
 _SEQ_LIMIT = 0x10000
+GROUP_ALIGN = 64  # sequence numbers per group block: the group key's and up to 63 members'
 
 
 def format_id(revision: int, seq: int, host: str) -> str:
     return f"{revision:010x}-{seq:04x}-{host}"
+
+
+def home_id(episode_id: str) -> str | None:
+    """The id naming the group key an episode of a batch lives in (None: its id is aligned,
+    so it is no group member, or it is not one of our ids)."""
+    parts = episode_id.split("-", 2)
+    if len(parts) != 3 or len(parts[1]) != 4:
+        return None
+    try:
+        revision, seq = int(parts[0], 16), int(parts[1], 16)
+    except ValueError:
+        return None
+    aligned = seq - seq % GROUP_ALIGN
+    return None if aligned == seq else format_id(revision, aligned, parts[2])
 
 
 class IdAllocator:
@@ -40,6 +60,20 @@ class IdAllocator:
                 ids.extend(format_id(self._revision, s, self._host) for s in range(self._seq, self._seq + take))
                 self._seq += take
         return ids
+
+    def next_group(self, size: int) -> tuple[str, list[str]]:
+        """(the group key's id, ``size`` member ids) from one aligned block."""
+        if not 1 <= size < GROUP_ALIGN:
+            raise ValueError(f"a group holds 1-{GROUP_ALIGN - 1} episodes, not {size}")
+        with self._lock:
+            start = -(-self._seq // GROUP_ALIGN) * GROUP_ALIGN
+            if self._revision == 0 or start + GROUP_ALIGN > _SEQ_LIMIT:
+                self._adopt_locked(self._incarnate())
+                start = 0
+            self._seq = start + size + 1
+            return format_id(self._revision, start, self._host), [
+                format_id(self._revision, s, self._host) for s in range(start + 1, start + size + 1)
+            ]
 
     def adopt(self, revision: int) -> None:
         """Tell the allocator a revision produced by one of its own successful writes."""

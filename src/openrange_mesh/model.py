@@ -12,7 +12,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -185,12 +185,16 @@ class EpisodeRecord:
     queue: str | None = None  # while pending: the name of the queue entry that lists it
 
     def to_bytes(self) -> bytes:
+        return pack(self.to_wire(SCHEMA))
+
+    def to_wire(self, version: int | None = None) -> dict[str, Any]:
+        """The record as the map its encoding holds (a group's members carry no version)."""
         # Hand-built dicts, not dataclasses.asdict: this runs twice per episode on the hot path.
         # None fields are left out (decoding restores them): every byte crosses etcd's JSON
         # gateway several times per episode.
         data = {  # "state" first: is_live() finds it at a fixed offset
             "state": self.state.value,
-            "v": SCHEMA,
+            "v": version,
             "id": self.id,
             "spec": self.spec.wire(),
             "attempt": self.attempt,
@@ -206,11 +210,17 @@ class EpisodeRecord:
             "acked_at": self.acked_at,
             "queue": self.queue,
         }
-        return pack(_compact(data))
+        return _compact(data)
 
     @classmethod
     def from_bytes(cls, data: bytes, key: str = "?") -> EpisodeRecord:
         raw = _unpack(data, key)
+        if GROUP_FIELD in raw:
+            raise CorruptRecord(key, "a group of records where one record was expected")
+        return cls.from_wire(raw, key)
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any], key: str = "?") -> EpisodeRecord:
         try:
             spec = EpisodeSpec(**_typed(_known(raw.get("spec") or {}, _SPEC_FIELDS), _SPEC_TYPES))
             history = tuple(
@@ -226,6 +236,33 @@ class EpisodeRecord:
         fields = {name: getattr(self, name) for name in _ALL_RECORD_FIELDS}
         fields.update(changes)
         return EpisodeRecord(**fields)
+
+
+# A group record: the records of one batch of one submission under one etcd key (mesh/homes.py).
+GROUP_FIELD = "group"
+
+
+def encode_group(records: Sequence[EpisodeRecord]) -> bytes:
+    """One value for a batch's records. Its "state" (first, like a record's, for ``is_live``)
+    is "pending" or "running" while no member has finished, else "mixed"."""
+    states = {r.state for r in records}
+    if any(s.is_terminal for s in states):
+        state = "mixed"
+    else:
+        state = State.PENDING.value if states == {State.PENDING} else State.RUNNING.value
+    return pack({"state": state, "v": SCHEMA, GROUP_FIELD: [r.to_wire() for r in records]})
+
+
+def decode_records(data: bytes, key: str = "?") -> list[EpisodeRecord]:
+    """The records a value holds: one record, or a group's members. A group member that does
+    not decode makes the whole value corrupt (its members are written together)."""
+    raw = _unpack(data, key)
+    members = raw.get(GROUP_FIELD)
+    if members is None:
+        return [EpisodeRecord.from_wire(raw, key)]
+    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+        raise CorruptRecord(key, "a group's members must be a list of maps")
+    return [EpisodeRecord.from_wire(m, key) for m in members]
 
 
 _ATTEMPT_FIELDS = tuple(Attempt.__dataclass_fields__)

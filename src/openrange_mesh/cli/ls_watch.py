@@ -17,7 +17,7 @@ from rich.text import Text
 
 from ..mesh.catalog import EpisodeFilter
 from ..mesh.follow import Follower
-from ..model import EpisodeRecord, decode_or_none
+from ..model import EpisodeRecord, decode_or_none, decode_records
 from .common import Mesh, compact_json, out_console
 from .records import COLUMNS, STATE_STYLES, WIDE_COLUMNS, cells, summary
 from .table import StreamTable
@@ -33,7 +33,7 @@ def follow(
     output: str,
     limit: int | None,
 ) -> None:
-    follower = Follower(mesh.registry(), mesh.keys.episodes())
+    follower = Follower(mesh.registry(), mesh.keys.episodes(), prev_kv=True)  # a deleted group's members
     follower.start(revision)
     console = out_console()
     try:
@@ -52,11 +52,15 @@ def _changes(follower: Follower, where: EpisodeFilter) -> Iterator[tuple[str, Ep
     prefix = follower.prefix
     while True:
         for event in follower.poll(POLL_SECONDS):
-            episode_id = event.kv.key[len(prefix) :].decode(errors="replace")
-            record = None
             if event.type == "put":
-                record = decode_or_none(EpisodeRecord.from_bytes, event.kv.value, event.kv.key)
-            yield episode_id, record if record is not None and where(record) else None
+                records = decode_or_none(decode_records, event.kv.value, event.kv.key) or []
+                for record in records:
+                    yield record.id, record if where(record) else None
+                continue
+            gone = event.prev.value if event.prev is not None else b""
+            ids = [r.id for r in decode_or_none(decode_records, gone, event.kv.key) or []] if gone else []
+            for episode_id in ids or [event.kv.key[len(prefix) :].decode(errors="replace")]:
+                yield episode_id, None
         yield "", None  # a heartbeat: lets the redraw refresh ages with no change
 
 

@@ -67,7 +67,8 @@ class Agent(Watching):
         self._queue: dict[str, KeyValue] = {}  # entry name -> entry, oldest first, fed by the watch
         self._stale_leases: list[int] = []
         self._claims_unsure = False  # a claim txn got no answer: it may hold episodes we do not know
-        self._started_at = time.time()  # for the host record, which every claim and commit rewrites
+        self._started_at = time.time()  # for the host record
+        self._host_written = (0, 0.0)
         self._outage = False
         self._events_lock = threading.Lock()
         self._watch_threads = [
@@ -137,6 +138,7 @@ class Agent(Watching):
             self._step_cancels,
             self._step_timeouts,
             self._step_claim,
+            self._step_host,
             self.leadership.step,
         ]
         try:

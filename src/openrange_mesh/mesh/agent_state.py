@@ -74,6 +74,7 @@ class AgentState:
     _stale_leases: list[int]
     _claims_unsure: bool  # a claim txn got no answer: it may hold episodes we do not know
     _started_at: float
+    _host_written: tuple[int, float]  # running count in our host record, and when (monotonic)
     _outage: bool
     _events_lock: threading.Lock
 

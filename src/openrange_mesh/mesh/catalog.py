@@ -10,9 +10,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import EpisodeNotFound
+from ..ids import home_id
 from ..keys import Keys
-from ..model import EpisodeRecord, HostInfo, State, decode_or_none
+from ..model import EpisodeRecord, HostInfo, State, decode_or_none, decode_records
 from ..registry import KeyValue, Registry
+from . import homes
 
 PAGE_SIZE = 500
 
@@ -45,11 +47,10 @@ class Catalog:
         self.keys = keys
 
     def get(self, episode_id: str) -> EpisodeRecord:
-        kv, _ = self.registry.get(self.keys.episode(episode_id))
-        record = decode_or_none(EpisodeRecord.from_bytes, kv.value, kv.key) if kv else None
-        if record is None:
+        found = homes.read(self.registry, self.keys, [episode_id]).get(episode_id)
+        if found is None:
             raise EpisodeNotFound(episode_id)
-        return record
+        return found.record
 
     def episodes(
         self,
@@ -59,12 +60,14 @@ class Catalog:
         page_size: int = PAGE_SIZE,
         after: str | None = None,
     ) -> Iterator[tuple[EpisodeRecord, int]]:
-        """Yield (record, mod_revision) in id order, all read at one revision (the first
-        page's, unless ``revision`` is given)."""
-        for kv, _ in self.scan(self.keys.episodes(), revision, page_size, after):
-            record = decode_or_none(EpisodeRecord.from_bytes, kv.value, kv.key)
-            if record is not None and (where is None or where(record)):
-                yield record, kv.mod_revision
+        """Yield (record, mod_revision) in id order (a batch's group record lists its members
+        where its key sorts, just before their ids), all read at one revision (the first page's,
+        unless ``revision`` is given). ``after``: resume past that episode id."""
+        start = home_id(after) or after if after else None  # the rest of its group comes first
+        for kv, _ in self.scan(self.keys.episodes(), revision, page_size, start, inclusive=start != after):
+            for record in decode_or_none(decode_records, kv.value, kv.key) or ():
+                if (after is None or record.id > after) and (where is None or where(record)):
+                    yield record, kv.mod_revision
 
     def hosts(self) -> list[HostInfo]:
         return [host for host, _ in self.host_leases()]
@@ -85,10 +88,17 @@ class Catalog:
         return out
 
     def scan(
-        self, prefix: bytes, revision: int | None, page_size: int = PAGE_SIZE, after: str | None = None
+        self,
+        prefix: bytes,
+        revision: int | None,
+        page_size: int = PAGE_SIZE,
+        after: str | None = None,
+        *,
+        inclusive: bool = False,
     ) -> Iterator[tuple[KeyValue, int]]:
-        """Every key under ``prefix`` with the revision it was read at, paged, one revision."""
-        start = prefix + after.encode() + b"\0" if after else None
+        """Every key under ``prefix`` (past ``after``, or from it if ``inclusive``) with the
+        revision it was read at, paged, one revision."""
+        start = prefix + after.encode() + (b"" if inclusive else b"\0") if after else None
         while True:
             page = self.registry.range(prefix, start=start, revision=revision, limit=page_size)
             if revision is None:  # later pages read at the first page's revision

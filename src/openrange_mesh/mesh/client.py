@@ -24,13 +24,16 @@ from ..config import default_host_id
 from ..errors import EpisodeNotFound
 from ..ids import IdAllocator
 from ..keys import Keys
-from ..model import EpisodeRecord, EpisodeSpec, State, decode_or_none, is_live
-from ..registry import Compare, Put, Registry, open_registry
+from ..model import EpisodeRecord, EpisodeSpec, State, decode_or_none, decode_records, is_live
+from ..registry import Registry, open_registry
 from ..specs import check_spec
+from . import homes
 from .catalog import Catalog, EpisodeFilter
 from .follow import Follower
+from .homes import Versioned
 from .leader import collect_garbage
-from .ledger import MAX_TXN_OPS, Ledger, Versioned
+from .ledger import MAX_TXN_OPS, Ledger
+from .queue import batch_runs
 
 SpecLike = EpisodeSpec | Mapping[str, Any]
 
@@ -78,13 +81,28 @@ class MeshClient:
         now = time.time()
         records = [
             EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.consumer)
-            for i, s in zip(self.ids.next_ids(len(specs)), specs, strict=True)
+            for i, s in zip(self._new_ids(specs), specs, strict=True)
         ]
         existing, revision = self.ledger.submit(records)
         if revision:
             self.ids.adopt(revision)
         ids = [existing.get(r.spec.idempotency_key or "", r.id) for r in records]
         self._in_flight.update(i for i, r in zip(ids, records, strict=True) if i == r.id)
+        return ids
+
+    def _new_ids(self, specs: Sequence[EpisodeSpec]) -> list[str]:
+        """Ids for the specs: each batch the queue will form takes one id block, so its
+        records share one group record (mesh/homes.py)."""
+        ids: list[str] = []
+        singles = 0
+        for size in [*batch_runs([s.batch for s in specs]), 0]:  # a 0 at the end flushes the singles
+            if size == 1:
+                singles += 1
+                continue
+            ids += self.ids.next_ids(singles) if singles else []
+            singles = 0
+            if size:
+                ids += self.ids.next_group(size)[1]
         return ids
 
     def _wait_for_room(self, wanted: int) -> None:
@@ -141,13 +159,12 @@ class MeshClient:
                 for event in follower.poll(1.0 if remaining is None else min(1.0, remaining)):
                     if event.type != "put" or is_live(event.kv.value):
                         continue
-                    final = decode_or_none(EpisodeRecord.from_bytes, event.kv.value, event.kv.key)
-                    if final is None or not accept(final):
-                        continue
-                    if wanted is not None:
-                        wanted.discard(final.id)
-                    self._in_flight.discard(final.id)
-                    yield final
+                    for final in decode_or_none(decode_records, event.kv.value, event.kv.key) or ():
+                        if accept(final):
+                            if wanted is not None:
+                                wanted.discard(final.id)
+                            self._in_flight.discard(final.id)
+                            yield final
         finally:
             follower.close()
 
@@ -156,7 +173,18 @@ class MeshClient:
         but a yielded id leaves ``wanted``; in consumer mode acked records are skipped)."""
         if wanted is not None:
             return lambda r: r.id in wanted and r.state.is_terminal
-        return lambda r: r.state.is_terminal and r.acked_at is None and r.submitter == self.consumer
+        # a group record is rewritten as more of its members finish: yield each member once
+        yielded: set[str] = set()
+
+        def fresh(record: EpisodeRecord) -> bool:
+            if not record.state.is_terminal or record.acked_at is not None or record.submitter != self.consumer:
+                return False
+            if record.id in yielded:
+                return False
+            yielded.add(record.id)
+            return True
+
+        return fresh
 
     def wait(self, episode_ids: Iterable[str], *, timeout: float | None = None) -> builtins.list[EpisodeRecord]:
         """Block until every episode is finished (acked or not); their records in input order."""
@@ -211,8 +239,8 @@ class MeshClient:
                 return 0
             now = time.time()
             result = self.registry.txn(
-                [Compare(self.keys.episode(v.record.id), "mod", "==", v.mod_revision) for v in todo],
-                [Put(self.keys.episode(v.record.id), v.record.replace(acked_at=now).to_bytes()) for v in todo],
+                homes.compares(self.keys, todo),
+                homes.rewrite(self.keys, [(v.record.replace(acked_at=now), v.home) for v in todo]).ops,
             )
             if result.succeeded:
                 return len(todo)

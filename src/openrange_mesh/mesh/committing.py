@@ -11,7 +11,8 @@ from ..errors import RegistryError
 from ..model import EpisodeRecord, State
 from .agent_state import COMMIT_LINGER, Held
 from .claiming import Claiming, summary
-from .ledger import MAX_TXN_OPS, Claim, Settlement, Versioned, finish_attempt, give_back
+from .homes import Versioned
+from .ledger import MAX_TXN_OPS, Claim, Settlement, finish_attempt, give_back
 from .queue import QueueEntry
 from .worker import Done
 
@@ -73,7 +74,9 @@ class Committing(Claiming):
         self, chunk: list[Settlement], entries: list[tuple[QueueEntry, dict[str, Versioned]]]
     ) -> tuple[list[bool], list[tuple[Claim, list[EpisodeRecord]] | None]]:
         try:
-            return self.ledger.settle(chunk, entries, host=self.host, lease=self.lease.lease, extra=[self._host_put()])
+            return self.ledger.settle(
+                chunk, entries, host=self.host, lease=self.lease.lease, extra=self._host_refresh()
+            )
         except RegistryError:
             if entries:
                 self._claims_unsure = True  # the claim half may have been applied: look once etcd answers
@@ -109,17 +112,18 @@ class Committing(Claiming):
 
     def _resync(self, claim_id: str, held: Held) -> int:
         """A commit was fenced off. If our claim key is gone, so is the claim: drop it and stop
-        its episodes (returns how many). If it still lives, nobody else can have touched its
-        records (requeues need the key gone): an earlier commit of ours landed without our
-        hearing back, so forget the episodes it committed and keep the rest."""
+        its episodes (returns how many). If it still lives, nobody else can have moved its
+        episodes (requeues need the key gone): an earlier commit of ours landed without our
+        hearing back, or someone rewrote a group of ours (an ack of a finished member). Forget
+        the episodes no longer running under the claim, keep the rest (with the groups as
+        they are now) for the next pass."""
         kv, _ = self.registry.get(self.keys.claim(self.host, claim_id))
         if kv is None or kv.create_revision != held.claim.token:
             self._drop_claim(claim_id)
             return len(held.records)
-        current = self.ledger.read(list(held.records))
+        ours = self.ledger.still_held(held.claim, list(held.records))
         for episode_id in list(held.records):
-            versioned = current.get(episode_id)
-            if versioned is None or versioned.mod_revision != held.claim.token:
+            if episode_id not in ours:
                 del held.records[episode_id]
                 held.finals.pop(episode_id, None)
                 self._owner_of.pop(episode_id, None)

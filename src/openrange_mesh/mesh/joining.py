@@ -17,6 +17,9 @@ from .agent_state import AgentState
 log = logging.getLogger(__name__)
 
 _ADDRESS = socket.gethostname()  # where an operator finds this agent (no HTTP endpoint yet)
+# The host record's running count is refreshed at most this often. Rewriting it in every claim
+# and commit txn cost a key write and an event on every agent's control watch per episode.
+HOST_REFRESH = 1.0
 
 
 @functools.cache
@@ -58,6 +61,7 @@ class Joining(AgentState):
         lease = self.lease.start()
         key = self.keys.host(self.host)
         result = self.registry.txn([Compare(key, "create", "==", 0)], [Put(key, self._host_info().to_bytes(), lease)])
+        self._host_written = (len(self._owner_of), time.monotonic())
         if not result.succeeded:
             self.lease.stop()
             raise ConfigError(f"host id {self.host!r} was taken while joining: pick another --host-id")
@@ -75,8 +79,22 @@ class Joining(AgentState):
             address=_ADDRESS,
         )
 
-    def _host_put(self) -> Put:
-        return Put(self.keys.host(self.host), self._host_info().to_bytes(), self.lease.lease)
+    def _host_refresh(self) -> list[Put]:
+        """The host record, if its running count changed and the last write is HOST_REFRESH
+        old: an op to ride on a txn the agent makes anyway (or alone, ``_step_host``)."""
+        running, written_at = self._host_written
+        now = time.monotonic()
+        if running == len(self._owner_of) or now - written_at < HOST_REFRESH:
+            return []
+        self._host_written = (len(self._owner_of), now)
+        return [Put(self.keys.host(self.host), self._host_info().to_bytes(), self.lease.lease)]
+
+    def _step_host(self) -> str | None:
+        """An idle agent makes no claim or commit txn: refresh its host record alone."""
+        ops = self._host_refresh() if self.lease.is_alive else []
+        if ops:
+            self.registry.txn([], ops)
+        return None
 
 
 def _decode_host(data: bytes) -> HostInfo | None:

@@ -15,8 +15,8 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from ..keys import Keys
-from ..model import EpisodeRecord, State, pack, unpack
-from ..registry import Compare, Delete, Event, Op, Put, Registry
+from ..model import EpisodeRecord, State, decode_or_none, decode_records, pack, unpack
+from ..registry import Compare, Delete, Event, KeyValue, Op, Put, Registry
 from .catalog import Catalog
 
 if TYPE_CHECKING:
@@ -105,32 +105,40 @@ def leader_host(value: bytes) -> str | None:
 
 def collect_garbage(registry: Registry, keys: Keys, retention: float, now: float | None = None) -> int:
     """Delete acked finished records older than ``retention`` seconds, with their idempotency
-    and cancel keys, ``_GC_BATCH`` records per txn, streaming the listing (bounded memory).
-    Each delete compares its record is unchanged. Returns how many went."""
+    and cancel keys, streaming the listing (bounded memory), as many per txn as etcd allows. A
+    batch's group record goes once all its members may go. Each delete compares its key is
+    unchanged. Returns how many records went."""
     cutoff = (time.time() if now is None else now) - retention
-    batch: list[tuple[EpisodeRecord, int]] = []
-    removed = 0
-    for item in Catalog(registry, keys).episodes(
-        lambda r: r.state.is_terminal and r.acked_at is not None and r.acked_at <= cutoff
-    ):
-        batch.append(item)
-        if len(batch) == _GC_BATCH:
+    batch: list[tuple[KeyValue, list[EpisodeRecord]]] = []
+    ops = removed = 0
+    for kv, _ in Catalog(registry, keys).scan(keys.episodes(), None):
+        records = decode_or_none(decode_records, kv.value, kv.key)
+        if not records or not all(
+            r.state.is_terminal and r.acked_at is not None and r.acked_at <= cutoff for r in records
+        ):
+            continue
+        cost = 1 + sum(2 if r.spec.idempotency_key else 1 for r in records)
+        if batch and ops + cost > _GC_OPS:
             removed += _delete(registry, keys, batch)
-            batch = []
+            batch, ops = [], 0
+        batch.append((kv, records))
+        ops += cost
     return removed + (_delete(registry, keys, batch) if batch else 0)
 
 
-_GC_BATCH = 40  # three deletes and one compare each: within etcd's 128 ops per txn
+_GC_OPS = 120  # deletes per txn: within etcd's 128 ops per txn
 
 
-def _delete(registry: Registry, keys: Keys, batch: list[tuple[EpisodeRecord, int]]) -> int:
-    compares = [Compare(keys.episode(r.id), "mod", "==", rev) for r, rev in batch]
+def _delete(registry: Registry, keys: Keys, batch: list[tuple[KeyValue, list[EpisodeRecord]]]) -> int:
+    compares = [Compare(kv.key, "mod", "==", kv.mod_revision) for kv, _ in batch]
     ops: list[Op] = []
-    for record, _ in batch:
-        ops += [Delete(keys.episode(record.id)), Delete(keys.cancel(record.id))]
-        if record.spec.idempotency_key:
-            ops.append(Delete(keys.idempotency(record.spec.idempotency_key)))
+    for kv, records in batch:
+        ops.append(Delete(kv.key))
+        for record in records:
+            ops.append(Delete(keys.cancel(record.id)))
+            if record.spec.idempotency_key:
+                ops.append(Delete(keys.idempotency(record.spec.idempotency_key)))
     if registry.txn(compares, ops).succeeded:
-        return len(batch)
+        return sum(len(records) for _, records in batch)
     # one of them changed (acked again, say): fall back to one at a time
     return sum(_delete(registry, keys, [item]) for item in batch) if len(batch) > 1 else 0

@@ -5,6 +5,8 @@ Every transition is one txn whose compares make it safe to race:
 * submit   (none)    -> pending    compare: idempotency keys absent
 * claim    pending   -> running    compare: records unchanged since queued (a claim or a cancel
                                    of a pending episode rewrites it with its queue entry)
+                                   (records unchanged: the mod_revision of the key each was read
+                                   from: its own, or its batch's group record, homes.py)
 * start    (none)    -> running    submit and claim in one txn (single-host service)
 * commit   running   -> terminal, or pending (retry)
                                    compare: claim key create_revision == token (fencing), records
@@ -27,16 +29,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..keys import Keys
-from ..model import Attempt, EpisodeRecord, State, decode_or_none, pack, unpack
+from ..model import Attempt, EpisodeRecord, State, encode_group, pack, unpack
 from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry
-from .queue import QueueEntry, decode_entry, entry_ops, groups, named, rewrite_ops
+from . import homes
+from .homes import Home, Versioned, group_key, home_of, rewrite
+from .queue import QueueEntry, decode_entry, entry_ops, entry_put, groups, named, rewrite_ops
 
 log = logging.getLogger(__name__)
 
-MAX_TXN_OPS = 128
+MAX_TXN_OPS = homes.MAX_TXN_OPS  # etcd's default --max-txn-ops
 MAX_TXN_BYTES = 1024 * 1024  # leave headroom under etcd's 1.5 MiB for base64 and JSON
 
 
@@ -49,6 +53,10 @@ class Claim:
     token: int  # create_revision of the claim key == the claim txn's revision
     lease: int
     episode_ids: tuple[str, ...]
+    # The group records its episodes live in, as this owner last wrote them (homes.py): a
+    # commit compares their mod_revision and rewrites them. Episodes of their own key compare
+    # theirs to the token instead (only the owner writes a running record).
+    homes: dict[bytes, Home] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +72,6 @@ class Settlement:
     def size(self) -> int:
         """Ops and compares this commit puts in a txn (an upper bound)."""
         return 2 + 3 * len(self.finals)
-
-
-@dataclass(frozen=True, slots=True)
-class Versioned:
-    """A decoded record and the mod_revision it was read at (what a txn compares against)."""
-
-    record: EpisodeRecord
-    mod_revision: int
 
 
 class Ledger:
@@ -90,7 +90,7 @@ class Ledger:
         revision = 0
         named_groups = [named(g) for g in groups(records)]
         encoded = {r.id: r.to_bytes() for g in named_groups for r in g}  # once: sized and written
-        for chunk in _txn_chunks(named_groups, encoded):
+        for chunk in _txn_chunks(self.keys, named_groups, encoded):
             taken, written = self._submit_chunk(chunk, encoded)
             existing.update(taken)
             revision = written or revision
@@ -109,8 +109,11 @@ class Ledger:
             idem = [self.keys.idempotency(r.spec.idempotency_key) for g in todo for r in g if r.spec.idempotency_key]
             ops: list[Op] = []
             for group in todo:
-                # after dropping taken keys, groups may have new names: encode them afresh
-                ops += entry_ops(self.keys, group, None if taken else [encoded[r.id] for r in group])
+                home = group_key(self.keys, group)
+                if home is not None:  # one key for the batch's records
+                    ops += [Put(home, encode_group(group)), entry_put(self.keys, group)]
+                else:  # after dropping taken keys, groups may have new names: encode them afresh
+                    ops += entry_ops(self.keys, group, None if taken else [encoded[r.id] for r in group])
                 ops += [
                     Put(self.keys.idempotency(r.spec.idempotency_key), r.id.encode())
                     for r in group
@@ -155,13 +158,19 @@ class Ledger:
         claim_id = entry.name
         batch = claim_id if len(current) > 1 else None
         running = [_running(v.record, host, claim_id, now, batch) for v in current]
+        change = rewrite(self.keys, [(r, v.home) for r, v in zip(running, current, strict=True)])
         compares = [Compare(self.keys.queued(entry.name), "mod", "==", entry.mod_revision)]
-        compares += [Compare(self.keys.episode(v.record.id), "mod", "==", v.mod_revision) for v in current]
-        ops: list[Op] = [Delete(self.keys.queued(entry.name))]
-        ops += [Put(self.keys.episode(r.id), r.to_bytes()) for r in running]
+        compares += homes.compares(self.keys, current)
+        ops: list[Op] = [Delete(self.keys.queued(entry.name)), *change.ops]
         ids = tuple(r.id for r in running)
         ops.append(Put(self.keys.claim(host, claim_id), pack(list(ids)), lease=lease))
-        return compares, ops, lambda revision: (Claim(host, claim_id, revision, lease, ids), running)
+        groups_read = {v.home.key: v.home for v in current if v.home is not None}
+
+        def made(revision: int) -> tuple[Claim, list[EpisodeRecord]]:
+            claimed = {key: Home(key, revision, change.homes[key]) for key in groups_read}
+            return Claim(host, claim_id, revision, lease, ids, claimed), running
+
+        return compares, ops, made
 
     def start(self, host: str, lease: int, records: Sequence[EpisodeRecord]) -> tuple[Claim, list[EpisodeRecord]]:
         """Create records already running under a claim of ``host`` (no queue round trip)."""
@@ -194,8 +203,11 @@ class Ledger:
         ops ride along (the owner's host record), costing no extra revision. ``cancelled``: ids
         whose cancel marker the owner saw, deleted here (a marker that arrives too late to be
         seen is deleted with its record by retention)."""
-        compares, ops = self._commit_parts(claim, finals, last, cancelled)
-        return self.registry.txn(compares, [*ops, *extra]).succeeded
+        compares, ops, landed = self._commit_parts(claim, finals, last, cancelled)
+        result = self.registry.txn(compares, [*ops, *extra])
+        if result.succeeded:
+            landed(result.revision)
+        return result.succeeded
 
     def settle(
         self,
@@ -213,10 +225,12 @@ class Ledger:
         claim won per entry or None). Callers keep the parts within ``MAX_TXN_OPS``."""
         compares: list[Compare] = []
         ops: list[Op] = []
+        landings: list[Callable[[int], None]] = []
         for item in commits:
-            more_compares, more_ops = self._commit_parts(item.claim, item.finals, item.last, item.cancelled)
+            more_compares, more_ops, landed = self._commit_parts(item.claim, item.finals, item.last, item.cancelled)
             compares += more_compares
             ops += more_ops
+            landings.append(landed)
         makers: list[Callable[[int], tuple[Claim, list[EpisodeRecord]]] | None] = []
         for entry, records in claims:
             parts = self._claim_parts(host, lease, entry, records)
@@ -227,38 +241,65 @@ class Ledger:
         if len(commits) > 1 or any(m is not None for m in makers):  # one lone commit: just commit
             result = self.registry.txn(compares, [*ops, *extra])
             if result.succeeded:
+                for landed in landings:
+                    landed(result.revision)
                 return [True] * len(commits), [m(result.revision) if m else None for m in makers]
         oks = [self.commit(i.claim, i.finals, last=i.last, extra=extra, cancelled=i.cancelled) for i in commits]
         return oks, [None] * len(claims)
 
     def _commit_parts(
         self, claim: Claim, finals: Sequence[EpisodeRecord], last: bool, cancelled: Iterable[str]
-    ) -> tuple[list[Compare], list[Op]]:
+    ) -> tuple[list[Compare], list[Op], Callable[[int], None]]:
+        """The commit's compares and ops, and what to do once they land (our groups' new state)."""
         compares = [Compare(self.keys.claim(claim.host, claim.claim_id), "create", "==", claim.token)]
         ops: list[Op] = []
         markers = set(cancelled)
+        changes: list[tuple[EpisodeRecord, Home | None]] = []
+        touched: dict[bytes, Home] = {}
         for record in finals:
-            compares.append(Compare(self.keys.episode(record.id), "mod", "==", claim.token))
+            home = home_of(claim.homes, record.id)
+            if home is None:
+                compares.append(Compare(self.keys.episode(record.id), "mod", "==", claim.token))
+            else:
+                touched[home.key] = home
+            changes.append((record, home))
             if record.id in markers:
                 ops.append(Delete(self.keys.cancel(record.id)))
-        ops += _write(self.keys, finals)
+        compares += [Compare(h.key, "mod", "==", h.mod_revision) for h in touched.values()]
+        change = rewrite(self.keys, changes)
+        ops += change.ops
         if last:
             ops.append(Delete(self.keys.claim(claim.host, claim.claim_id)))
-        return compares, ops
+        return compares, ops, lambda revision: change.landed(touched.values(), revision)
 
     # --- requeue / cancel -----------------------------------------------------------------
 
     def read(self, episode_ids: Sequence[str]) -> dict[str, Versioned]:
-        """Read records in one round trip (a read-only txn). Corrupt records are skipped."""
-        out: dict[str, Versioned] = {}
-        for start in range(0, len(episode_ids), MAX_TXN_OPS):
-            gets: list[Op] = [Get(self.keys.episode(i)) for i in episode_ids[start : start + MAX_TXN_OPS]]
-            for kvs in self.registry.txn([], gets).responses:
-                for kv in kvs:
-                    record = decode_or_none(EpisodeRecord.from_bytes, kv.value, kv.key)
-                    if record is not None:
-                        out[record.id] = Versioned(record, kv.mod_revision)
-        return out
+        """Read records where they live, in one round trip (a read-only txn) per 128 keys.
+        Corrupt records are skipped."""
+        return homes.read(self.registry, self.keys, episode_ids)
+
+    def adopt(self, kv: KeyValue) -> tuple[Claim, list[EpisodeRecord]] | None:
+        """A claim key of ours that we do not hold (its claim txn's answer was lost): the claim
+        and its running records, if every episode it lists is still running under it."""
+        host, _, claim_id = self.keys.name_of(kv.key, self.keys.claims()).partition("/")
+        ids = claim_episode_ids(kv)
+        current = self.read(ids)
+        running = [current[i] for i in ids if i in current and _held_by(current[i].record, host, claim_id)]
+        if not ids or len(running) < len(ids):
+            return None
+        held = {v.home.key: v.home for v in running if v.home is not None}
+        return Claim(host, claim_id, kv.create_revision, kv.lease, tuple(ids), held), [v.record for v in running]
+
+    def still_held(self, claim: Claim, episode_ids: Sequence[str]) -> set[str]:
+        """Which of a live claim's episodes are still running under it: a commit of ours that
+        was answered with failure, or not at all, may have landed, or its groups may have been
+        rewritten by someone else (an ack of a finished member). Refreshes the claim's groups."""
+        current = self.read(episode_ids)
+        for versioned in current.values():
+            if versioned.home is not None and versioned.home.key in claim.homes:
+                claim.homes[versioned.home.key] = versioned.home
+        return {i for i, v in current.items() if _held_by(v.record, claim.host, claim.claim_id)}
 
     def requeue(self, host: str, claim_id: str, episode_ids: Sequence[str], reason: str) -> list[str]:
         """Put back the episodes of a claim whose key is gone (its owner's lease expired, or the
@@ -275,10 +316,10 @@ class Ledger:
             return []
         cancelled = self._cancel_requested([v.record.id for v in mine])
         now = self.clock()
-        compares = [Compare(claim_key, "create", "==", 0)]
-        compares += [Compare(self.keys.episode(v.record.id), "mod", "==", v.mod_revision) for v in mine]
+        compares = [Compare(claim_key, "create", "==", 0), *homes.compares(self.keys, mine)]
         ops: list[Op] = [Delete(self.keys.cancel(i)) for i in cancelled]
-        ops += _write(self.keys, [_requeued(v.record, now, reason, cancel=v.record.id in cancelled) for v in mine])
+        changes = [(_requeued(v.record, now, reason, cancel=v.record.id in cancelled), v.home) for v in mine]
+        ops += rewrite(self.keys, changes).ops
         if not self.registry.txn(compares, ops).succeeded:
             return []  # a peer got there first, or the claim came back: both fine
         return [v.record.id for v in mine]
@@ -295,11 +336,11 @@ class Ledger:
         result = self.registry.txn(
             [
                 Compare(self.keys.queued(entry.name), "mod", "==", entry.mod_revision),
-                Compare(self.keys.episode(record.id), "mod", "==", versioned.mod_revision),
+                *homes.compares(self.keys, [versioned]),
             ],
             [
                 *rewrite_ops(self.keys, entry, entry.without(record.id)),
-                Put(self.keys.episode(record.id), cancelled.to_bytes()),
+                *rewrite(self.keys, [(cancelled, versioned.home)]).ops,
             ],
         )
         return result.succeeded
@@ -313,25 +354,16 @@ class Ledger:
         return {self.keys.name_of(kv.key, self.keys.cancels()) for kvs in result.responses for kv in kvs}
 
 
-def _write(keys: Keys, records: Sequence[EpisodeRecord]) -> list[Op]:
-    """Ops writing records that leave a running claim: pending ones grouped into fresh queue
-    entries, the rest as they are."""
-    pending = [r for r in records if r.state is State.PENDING]
-    ops: list[Op] = [Put(keys.episode(r.id), r.to_bytes()) for r in records if r.state is not State.PENDING]
-    for group in groups(pending):
-        ops += entry_ops(keys, named(group))
-    return ops
-
-
 def _txn_chunks(
-    named_groups: Sequence[Sequence[EpisodeRecord]], encoded: Mapping[str, bytes]
+    keys: Keys, named_groups: Sequence[Sequence[EpisodeRecord]], encoded: Mapping[str, bytes]
 ) -> list[list[Sequence[EpisodeRecord]]]:
-    """Pack whole groups into txns within etcd's limits: ``MAX_TXN_OPS`` ops (a record, its
-    idempotency key, one entry per group) and ``MAX_TXN_BYTES`` of values."""
+    """Pack whole groups into txns within etcd's limits: ``MAX_TXN_OPS`` ops (a record or a
+    group record, the idempotency keys, one entry per group) and ``MAX_TXN_BYTES`` of values."""
     out: list[list[Sequence[EpisodeRecord]]] = []
     ops = nbytes = 0
     for group in named_groups:
-        group_ops = 1 + sum(2 if r.spec.idempotency_key else 1 for r in group)
+        idem = sum(1 for r in group if r.spec.idempotency_key)
+        group_ops = 1 + idem + (1 if group_key(keys, group) is not None else len(group))
         group_bytes = sum(len(encoded[r.id]) for r in group)
         if out and (ops + group_ops > MAX_TXN_OPS or nbytes + group_bytes > MAX_TXN_BYTES):
             out.append([])
@@ -351,6 +383,10 @@ def claim_episode_ids(kv: KeyValue) -> list[str]:
     except Exception:
         return []
     return [str(i) for i in value] if isinstance(value, list) else []
+
+
+def _held_by(record: EpisodeRecord, host: str, claim_id: str) -> bool:
+    return record.state is State.RUNNING and record.owner == host and record.claim == claim_id
 
 
 def _running(record: EpisodeRecord, host: str, claim_id: str, now: float, batch: str | None) -> EpisodeRecord:

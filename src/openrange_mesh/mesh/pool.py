@@ -179,10 +179,10 @@ class WorkerPool:
             worker.items = [i for i in worker.items if i.episode_id != done.episode_id]
             worker.current = None
             self._activity.pop(done.episode_id, None)
+            if message[2]:  # its group's last result: idle as the result is seen, so the agent
+                worker.busy = False  # can claim more for it in the txn that commits this one
+                worker.items = []
             self.results.put(done)
-        elif kind == "idle":
-            worker.busy = False
-            worker.items = []
 
     def _on_death(self, worker: _Worker) -> None:
         worker.process.join(1)

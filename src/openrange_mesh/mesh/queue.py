@@ -36,20 +36,29 @@ def groups(records: Sequence[EpisodeRecord]) -> list[list[EpisodeRecord]]:
     """Runs of consecutive records of one submitter with the same ``batch`` > 1, up to that
     size; every other record alone."""
     out: list[list[EpisodeRecord]] = []
-    for record in records:
-        last = out[-1] if out else None
-        batch = record.spec.batch
-        if (
-            last
-            and batch > 1
-            and len(last) < batch
-            and last[0].spec.batch == batch
-            and last[0].submitter == record.submitter
-        ):
-            last.append(record)
-        else:
-            out.append([record])
+    start = 0
+    while start < len(records):
+        end = start + 1  # records[start:end]: one submitter's
+        while end < len(records) and records[end].submitter == records[start].submitter:
+            end += 1
+        for size in batch_runs([r.spec.batch for r in records[start:end]]):
+            out.append(list(records[start : start + size]))
+            start += size
     return out
+
+
+def batch_runs(batches: Sequence[int]) -> list[int]:
+    """The sizes of the groups ``groups`` forms of one submitter's records with these
+    ``batch`` values (a client allocates each group's ids as one block before it has records)."""
+    sizes: list[int] = []
+    previous = 0
+    for batch in batches:
+        if sizes and batch > 1 and batch == previous and sizes[-1] < batch:
+            sizes[-1] += 1
+        else:
+            sizes.append(1)
+        previous = batch
+    return sizes
 
 
 def entry_name(group: Sequence[EpisodeRecord]) -> str:
@@ -66,8 +75,13 @@ def entry_ops(keys: Keys, group: Sequence[EpisodeRecord], encoded: Sequence[byte
     """Write a named group's pending records and their entry (one revision for all of them)."""
     data = encoded if encoded is not None else [r.to_bytes() for r in group]
     ops: list[Op] = [Put(keys.episode(r.id), d) for r, d in zip(group, data, strict=True)]
-    ops.append(Put(keys.queued(entry_name(group)), pack([r.id for r in group])))
+    ops.append(entry_put(keys, group))
     return ops
+
+
+def entry_put(keys: Keys, group: Sequence[EpisodeRecord]) -> Put:
+    """The queue entry listing a named group."""
+    return Put(keys.queued(entry_name(group)), pack([r.id for r in group]))
 
 
 def rewrite_ops(keys: Keys, entry: QueueEntry, remaining: tuple[str, ...]) -> list[Op]:

@@ -10,8 +10,8 @@ Protocol, all tuples over one ``multiprocessing`` connection:
                       ("cancel", episode_id)       stop that episode (running or not yet started)
     worker -> agent   ("started", episode_id)
                       ("progress", episode_id)     it emitted events (the watchdog's heartbeat)
-                      ("done", Done)               one per WorkItem, always
-                      ("idle",)                    the group is finished; ready for another
+                      ("done", Done, last)         one per WorkItem, always; ``last``: the group
+                                                   is finished and the worker ready for another
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def _serve(conn: Connection, store: Store | None) -> None:
                     sink,
                 )
             cancelled.discard(item.episode_id)
-            conn.send(("done", done))
-        if shared is not None:
-            shared.flush()
-        conn.send(("idle",))
+            last = not pending
+            if last and shared is not None:
+                shared.flush()  # before the last result: the agent may dispatch to us once it has it
+            conn.send(("done", done, last))

@@ -1,0 +1,163 @@
+"""Where a record lives: under its own key, or in its batch's group record (its "home").
+
+A batch submitted together (``spec.batch`` > 1) is stored as one group record, under the key
+named by its id block's aligned id (``ids.home_id``): one etcd key per batch instead of one per
+episode, so etcd's per-key cost (its JSON gateway's ~37 us per key written, every watch event)
+is paid once per batch. Every member keeps its own id, state, attempts and result inside.
+
+Members stay home while they are pending, running or finished. One that goes back to pending
+(a retry, a requeue) moves out to a key of its own, in the txn that takes it out of the group,
+so a group is only ever claimed once, by one claim, and a single owner writes it while that
+claim lives. Lookups read a member's group first, and its own key only if it is not there.
+
+Every write of a group compares the group key's mod_revision (optimistic concurrency with the
+other writers of its members: acks, cancels); fencing stays with the claim key's token, which
+commits compare as before (ledger.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ..ids import home_id
+from ..keys import Keys
+from ..model import EpisodeRecord, State, decode_or_none, decode_records, encode_group
+from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry
+from .queue import entry_ops, groups, named
+
+MAX_TXN_OPS = 128
+
+
+@dataclass(slots=True)
+class Home:
+    """A group record as last read or written: its key, revision and members in order."""
+
+    key: bytes
+    mod_revision: int
+    records: list[EpisodeRecord]
+
+    def member(self, episode_id: str) -> EpisodeRecord | None:
+        return next((r for r in self.records if r.id == episode_id), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Versioned:
+    """A decoded record, the mod_revision of the key it was read from (what a txn compares
+    against), and its group, if it lives in one."""
+
+    record: EpisodeRecord
+    mod_revision: int
+    home: Home | None = None
+
+    def key(self, keys: Keys) -> bytes:
+        return self.home.key if self.home is not None else keys.episode(self.record.id)
+
+
+def read(registry: Registry, keys: Keys, episode_ids: Sequence[str]) -> dict[str, Versioned]:
+    """Read records where they live: a batch member in its group record (one get per group),
+    else, or once it moved out, under its own key. One round trip per ``MAX_TXN_OPS`` keys,
+    a second only for members not in their group. Corrupt values are skipped (logged)."""
+    wanted = set(episode_ids)
+    first: dict[bytes, None] = {}
+    for episode_id in episode_ids:
+        home = home_id(episode_id)
+        first[keys.episode(home if home is not None else episode_id)] = None
+    found = found_in(keys, _get(registry, list(first)), wanted)
+    moved = [i for i in episode_ids if i not in found and home_id(i) is not None]
+    if moved:
+        found |= found_in(keys, _get(registry, [keys.episode(i) for i in moved]), wanted)
+    return found
+
+
+def _get(registry: Registry, key_list: list[bytes]) -> list[KeyValue]:
+    kvs: list[KeyValue] = []
+    for start in range(0, len(key_list), MAX_TXN_OPS):
+        gets: list[Op] = [Get(k) for k in key_list[start : start + MAX_TXN_OPS]]
+        kvs += [kv for found in registry.txn([], gets).responses for kv in found]
+    return kvs
+
+
+def found_in(keys: Keys, kvs: Iterable[KeyValue], wanted: set[str] | None = None) -> dict[str, Versioned]:
+    """The records (all, or the ``wanted`` ones) in some values. A member that moves out
+    leaves its group in the same txn, so no record is in two values of one revision."""
+    own: dict[str, Versioned] = {}
+    grouped: dict[str, Versioned] = {}
+    for kv in kvs:
+        records = decode_or_none(decode_records, kv.value, kv.key)
+        if records is None:
+            continue
+        if len(records) == 1 and kv.key == keys.episode(records[0].id):  # a group's key names no member
+            record = records[0]
+            if wanted is None or record.id in wanted:
+                own[record.id] = Versioned(record, kv.mod_revision)
+            continue
+        home = Home(kv.key, kv.mod_revision, records)
+        for record in records:
+            if wanted is None or record.id in wanted:
+                grouped[record.id] = Versioned(record, kv.mod_revision, home)
+    return grouped | own
+
+
+def compares(keys: Keys, versioned: Iterable[Versioned]) -> list[Compare]:
+    """One mod compare per key the records were read from."""
+    seen: dict[bytes, int] = {}
+    for v in versioned:
+        seen.setdefault(v.key(keys), v.mod_revision)
+    return [Compare(key, "mod", "==", mod) for key, mod in seen.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """Ops writing changed records where they live, and the groups' members once they land."""
+
+    ops: list[Op]
+    homes: dict[bytes, list[EpisodeRecord]]
+
+    def landed(self, homes: Iterable[Home], revision: int) -> None:
+        """Bring ``homes`` up to date after the txn holding ``ops`` succeeded at ``revision``."""
+        for home in homes:
+            if home.key in self.homes:
+                home.records = self.homes[home.key]
+                home.mod_revision = revision
+
+
+def rewrite(keys: Keys, changes: Sequence[tuple[EpisodeRecord, Home | None]]) -> Rewrite:
+    """Write records that changed. A group member is replaced in its group, or moves out when
+    it goes back to pending; records of their own keep them. Pending records get queue entries."""
+    replaced: dict[bytes, dict[str, EpisodeRecord | None]] = {}
+    by_key: dict[bytes, Home] = {}
+    pending: list[EpisodeRecord] = []
+    ops: list[Op] = []
+    for record, home in changes:
+        if record.state is State.PENDING:
+            pending.append(record)
+        if home is None:
+            if record.state is not State.PENDING:
+                ops.append(Put(keys.episode(record.id), record.to_bytes()))
+            continue
+        by_key[home.key] = home
+        replaced.setdefault(home.key, {})[record.id] = None if record.state is State.PENDING else record
+    members: dict[bytes, list[EpisodeRecord]] = {}
+    for key, changed in replaced.items():
+        kept = [changed.get(r.id, r) for r in by_key[key].records]
+        members[key] = [r for r in kept if r is not None]
+        ops.append(Put(key, encode_group(members[key])) if members[key] else Delete(key))
+    for group in groups(pending):
+        ops += entry_ops(keys, named(group))
+    return Rewrite(ops, members)
+
+
+def group_key(keys: Keys, group: Sequence[EpisodeRecord]) -> bytes | None:
+    """The key a freshly submitted group of records shares, if their ids came from one block
+    (``IdAllocator.next_group``); None: they are written one key each."""
+    if len(group) < 2:
+        return None
+    home = home_id(group[0].id)
+    if home is None or any(home_id(r.id) != home for r in group):
+        return None
+    return keys.episode(home)
+
+
+def home_of(homes: Mapping[bytes, Home], episode_id: str) -> Home | None:
+    return next((h for h in homes.values() if h.member(episode_id) is not None), None)

@@ -1,0 +1,189 @@
+"""Group records: a batch's records under one key, on both registry backends. Every member
+keeps its own id, state, attempts and fencing; members going back to pending move out."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from openrange_mesh.ids import IdAllocator, home_id
+from openrange_mesh.keys import Keys
+from openrange_mesh.mesh.catalog import Catalog
+from openrange_mesh.mesh.leader import collect_garbage
+from openrange_mesh.mesh.ledger import Claim, Ledger, Settlement, finish_attempt
+from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State
+from openrange_mesh.registry import Registry
+
+from .helpers import wait_until
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys(f"t{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def ledger(registry: Registry, keys: Keys) -> Ledger:
+    return Ledger(registry, keys)
+
+
+def batch(ledger: Ledger, n: int, **spec: object) -> list[str]:
+    """Submit one batch of ``n`` as the client does (one id block); return the ids."""
+    s = EpisodeSpec(runtime="sleep", batch=n, **spec)  # type: ignore[arg-type]
+    _, ids = IdAllocator(ledger.registry, ledger.keys, "cl").next_group(n)
+    ledger.submit([EpisodeRecord(id=i, spec=s, created_at=time.time(), submitter="cl") for i in ids])
+    return ids
+
+
+def take(ledger: Ledger, host: str, lease: int, ids: list[str]) -> tuple[Claim, list[EpisodeRecord]]:
+    (entry,) = [e for e in ledger.queue() if sorted(e.ids) == sorted(ids)]
+    won = ledger.claim(host, lease, entry, ledger.read(list(entry.ids)))
+    assert won is not None
+    return won
+
+
+def revision(registry: Registry) -> int:
+    return registry.get(b"/nothing")[1]
+
+
+def keys_under(registry: Registry, prefix: bytes) -> list[bytes]:
+    return [kv.key for kv in registry.range(prefix).kvs]
+
+
+def states(ledger: Ledger, ids: list[str]) -> list[State]:
+    found = ledger.read(ids)
+    return [found[i].record.state for i in ids]
+
+
+def test_a_batch_lives_in_one_key_and_each_member_is_found_by_its_id(registry: Registry, ledger: Ledger) -> None:
+    before = revision(registry)
+    ids = batch(ledger, 60)
+    assert revision(registry) - before == 2  # the allocator's incarnation, then one submission txn
+    (key,) = keys_under(registry, ledger.keys.episodes())
+    assert key == ledger.keys.episode(home_id(ids[0]) or "") and all(home_id(i) == home_id(ids[0]) for i in ids)
+    catalog = Catalog(registry, ledger.keys)
+    assert catalog.get(ids[17]).id == ids[17] and catalog.get(ids[17]).state is State.PENDING
+    assert [r.id for r, _ in catalog.episodes()] == ids
+    assert [r.id for r, _ in catalog.episodes(after=ids[40])] == ids[41:]
+
+
+def test_claim_and_partial_commits_rewrite_the_one_key(registry: Registry, ledger: Ledger) -> None:
+    ids = batch(ledger, 50)
+    lease = registry.grant(5)
+    before = revision(registry)
+    claim, running = take(ledger, "h1", lease, ids)
+    assert revision(registry) == before + 1 and states(ledger, ids) == [State.RUNNING] * 50
+    now = time.time()
+    assert ledger.commit(
+        claim, [finish_attempt(r, State.SUCCEEDED, now, None, {"i": 1}) for r in running[:20]], last=False
+    )
+    assert ledger.commit(claim, [finish_attempt(r, State.FAILED, now, "x") for r in running[20:]], last=True)
+    assert revision(registry) == before + 3 and len(keys_under(registry, ledger.keys.episodes())) == 1
+    assert states(ledger, ids) == [State.SUCCEEDED] * 20 + [State.FAILED] * 30
+    assert keys_under(registry, ledger.keys.claims()) == []
+
+
+def test_stale_owner_is_fenced_and_pending_members_move_out(registry: Registry, ledger: Ledger) -> None:
+    ids = batch(ledger, 3, max_attempts=2)
+    lease = registry.grant(2)
+    claim, running = take(ledger, "h1", lease, ids)
+    wait_until(lambda: not keys_under(registry, ledger.keys.claims()), timeout=4, what="lease expiry")
+    assert sorted(ledger.requeue("h1", claim.claim_id, ids, "host h1 lost its lease")) == sorted(ids)
+    assert ledger.requeue("h1", claim.claim_id, ids, "again") == []  # idempotent
+    # every member went back to pending: each has its own key now, and the group key is gone
+    assert sorted(keys_under(registry, ledger.keys.episodes())) == sorted(ledger.keys.episode(i) for i in ids)
+    back = ledger.read(ids)[ids[0]].record
+    assert (back.state, back.attempt, back.history[0].outcome) == (State.PENDING, 2, "retried")
+    claim2, running2 = take(ledger, "h2", registry.grant(5), ids)
+    assert not ledger.commit(claim, [finish_attempt(running[0], State.SUCCEEDED, 0, None)], last=False)
+    assert ledger.commit(claim2, [finish_attempt(r, State.SUCCEEDED, 0, None) for r in running2], last=True)
+    done = ledger.read(ids)[ids[0]].record
+    assert done.state is State.SUCCEEDED and [a.host for a in done.history] == ["h1", "h2"]
+
+
+def test_a_retried_member_moves_out_and_the_rest_stay_home(registry: Registry, ledger: Ledger) -> None:
+    ids = batch(ledger, 4)
+    claim, running = take(ledger, "h1", registry.grant(5), ids)
+    retry = finish_attempt(running[1], State.PENDING, time.time(), "flaky")
+    finals = [finish_attempt(r, State.SUCCEEDED, time.time(), None) for r in running[2:]]
+    assert ledger.commit(claim, [retry, *finals], last=False)
+    assert ledger.keys.episode(ids[1]) in keys_under(registry, ledger.keys.episodes())
+    assert [e.ids for e in ledger.queue()] == [(ids[1],)]
+    assert states(ledger, ids) == [State.RUNNING, State.PENDING, State.SUCCEEDED, State.SUCCEEDED]
+    # the owner's view of its group followed its commit: the last member commits on top of it
+    assert ledger.commit(claim, [finish_attempt(running[0], State.SUCCEEDED, time.time(), None)], last=True)
+    assert states(ledger, ids)[0] is State.SUCCEEDED
+    retried, (again,) = take(ledger, "h2", registry.grant(5), [ids[1]])
+    assert ledger.commit(retried, [finish_attempt(again, State.SUCCEEDED, time.time(), None)], last=True)
+    assert states(ledger, ids) == [State.SUCCEEDED] * 4 and ledger.read(ids)[ids[1]].record.attempt == 2
+
+
+def test_cancelling_a_pending_member_fences_a_claim_read_before(registry: Registry, ledger: Ledger) -> None:
+    ids = batch(ledger, 3)
+    (entry,) = ledger.queue()
+    stale = ledger.read(list(entry.ids))
+    assert ledger.cancel_pending(stale[ids[1]])
+    (rest,) = ledger.queue()
+    assert rest.ids == (ids[0], ids[2])
+    lease = registry.grant(5)
+    assert ledger.claim("h1", lease, entry, stale) is None
+    assert ledger.claim("h1", lease, rest, ledger.read(list(rest.ids))) is not None
+    assert states(ledger, ids) == [State.RUNNING, State.CANCELLED, State.RUNNING]
+
+
+def test_an_ack_of_a_finished_member_makes_the_owner_resync_not_drop(registry: Registry, ledger: Ledger) -> None:
+    ids = batch(ledger, 3)
+    claim, running = take(ledger, "h1", registry.grant(5), ids)
+    assert ledger.commit(claim, [finish_attempt(running[0], State.SUCCEEDED, time.time(), None)], last=False)
+    from openrange_mesh.mesh.client import MeshClient
+
+    with MeshClient(registry, namespace=ledger.keys.namespace) as client:
+        assert client.ack([ids[0]]) == 1
+    finals = [finish_attempt(r, State.SUCCEEDED, time.time(), None) for r in running[1:]]
+    assert not ledger.commit(claim, finals, last=True)  # the group changed under the owner
+    assert ledger.still_held(claim, ids[1:]) == set(ids[1:])  # but its claim lives: still ours
+    assert ledger.commit(claim, finals, last=True)
+    found = ledger.read(ids)
+    assert [v.record.state for v in found.values()] == [State.SUCCEEDED] * 3
+    assert found[ids[0]].record.acked_at is not None
+
+
+def test_settle_commits_one_group_and_claims_another_in_one_txn(registry: Registry, ledger: Ledger) -> None:
+    first, second = batch(ledger, 5), batch(ledger, 5)
+    lease = registry.grant(5)
+    claim, running = take(ledger, "h1", lease, first)
+    (entry,) = [e for e in ledger.queue() if e.ids == tuple(second)]
+    before = revision(registry)
+    done = Settlement(claim, [finish_attempt(r, State.SUCCEEDED, time.time(), None) for r in running], last=True)
+    oks, won = ledger.settle([done], [(entry, ledger.read(second))], host="h1", lease=lease)
+    assert oks == [True] and won[0] is not None and revision(registry) == before + 1
+    assert states(ledger, first) == [State.SUCCEEDED] * 5 and states(ledger, second) == [State.RUNNING] * 5
+
+
+def test_collect_takes_a_group_once_every_member_may_go(registry: Registry, ledger: Ledger) -> None:
+    ids = batch(ledger, 3, idempotency_key=None)
+    claim, running = take(ledger, "h1", registry.grant(5), ids)
+    assert ledger.commit(claim, [finish_attempt(r, State.SUCCEEDED, time.time(), None) for r in running], last=True)
+    from openrange_mesh.mesh.client import MeshClient
+
+    with MeshClient(registry, namespace=ledger.keys.namespace) as client:
+        client.ack(ids[:2])
+        assert collect_garbage(registry, ledger.keys, retention=0) == 0  # one member unacked
+        client.ack(ids[2:])
+        assert collect_garbage(registry, ledger.keys, retention=0) == 3
+    assert keys_under(registry, ledger.keys.episodes()) == []
+
+
+def test_a_lost_claim_answer_is_adopted_with_its_group(registry: Registry, ledger: Ledger) -> None:
+    ids = batch(ledger, 3)
+    lease = registry.grant(5)
+    claim, running = take(ledger, "h1", lease, ids)
+    (kv,) = registry.range(ledger.keys.claims()).kvs
+    adopted = ledger.adopt(kv)
+    assert adopted is not None
+    again, records = adopted
+    assert (again.token, again.episode_ids) == (claim.token, claim.episode_ids) and records == running
+    assert ledger.commit(again, [finish_attempt(r, State.SUCCEEDED, time.time(), None) for r in records], last=True)
+    assert states(ledger, ids) == [State.SUCCEEDED] * 3
