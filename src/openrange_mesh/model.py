@@ -12,6 +12,7 @@ import logging
 import math
 import re
 import threading
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -250,16 +251,24 @@ def encode_group(records: Sequence[EpisodeRecord]) -> bytes:
         state = "mixed"
     else:
         state = State.PENDING.value if states == {State.PENDING} else State.RUNNING.value
-    return pack({"state": state, "v": SCHEMA, GROUP_FIELD: [r.to_wire() for r in records]})
+    # Members repeat their field names, spec and host names: zlib takes a batch's value to a
+    # fraction, and etcd's JSON gateway costs ~0.04 us per byte every time it is written,
+    # read or watched. (Level 1: ~0.1 ms per 50 members; the gateway saves more than that.)
+    members = zlib.compress(pack([r.to_wire() for r in records]), 1)
+    return pack({"state": state, "v": SCHEMA, GROUP_FIELD: members})
 
 
 def decode_records(data: bytes, key: str = "?") -> list[EpisodeRecord]:
     """The records a value holds: one record, or a group's members. A group member that does
     not decode makes the whole value corrupt (its members are written together)."""
     raw = _unpack(data, key)
-    members = raw.get(GROUP_FIELD)
-    if members is None:
+    packed = raw.get(GROUP_FIELD)
+    if packed is None:
         return [EpisodeRecord.from_wire(raw, key)]
+    try:
+        members = unpack(zlib.decompress(packed), key) if isinstance(packed, bytes) else None
+    except zlib.error as exc:
+        raise CorruptRecord(key, f"a group's members do not decompress ({exc})") from exc
     if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
         raise CorruptRecord(key, "a group's members must be a list of maps")
     return [EpisodeRecord.from_wire(m, key) for m in members]
