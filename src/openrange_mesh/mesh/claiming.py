@@ -23,12 +23,10 @@ CANDIDATE_WINDOW = 8  # entries per idle worker a host chooses among (see ``_can
 
 class Claiming(Joining):
     def _step_claim(self) -> str | None:
-        free = self.pool.idle()
-        if free == 0 or self._draining or not self.lease.is_alive:
+        if not (self.pool.idle() or self.pool.ahead()) or self._draining or not self.lease.is_alive:
             return None
         adopted = self._adopt_claims() if self._claims_unsure else []
-        free = self.pool.idle()
-        candidates = self._candidates(free) if free else []
+        candidates = self._candidates(self.pool.idle(), self.pool.ahead())
         claimed: list[str] = []
         for entry, records in candidates:
             try:
@@ -65,19 +63,22 @@ class Claiming(Joining):
         self._claims_unsure = False
         return adopted
 
-    def _candidates(self, free: int) -> list[tuple[QueueEntry, dict[str, Versioned]]]:
-        """Entries to claim, one per idle worker, from the queue as the watch delivered it,
-        with their records read in one round trip for the claim txns. Each host ranks the
-        oldest ``CANDIDATE_WINDOW x free`` entries by a hash of (host, entry) and takes its top
-        ones (rendezvous hashing): peers woken by the same event want different entries, so
-        their claim txns rarely collide; a random pick among a few of the oldest collided in
-        about half the txns of a busy two-agent mesh, and a failed claim costs two round trips."""
+    def _candidates(self, free: int, ahead: int = 0) -> list[tuple[QueueEntry, dict[str, Versioned]]]:
+        """Entries to claim: one per idle worker, and a batch for each worker that can queue
+        one behind the batch it runs (pool.py), from the queue as the watch delivered it, with
+        their records read in one round trip for the claim txns. Each host ranks the oldest
+        ``CANDIDATE_WINDOW x slots`` entries by a hash of (host, entry) and takes its top ones
+        (rendezvous hashing): peers woken by the same event want different entries, so their
+        claim txns rarely collide; a random pick among a few of the oldest collided in about
+        half the txns of a busy two-agent mesh, and a failed claim costs two round trips."""
+        if free + ahead == 0:
+            return []
         with self._events_lock:
-            oldest = list(islice(self._queue.values(), CANDIDATE_WINDOW * free))
+            oldest = list(islice(self._queue.values(), CANDIDATE_WINDOW * (free + ahead)))
         entries = [e for e in (decode_entry(self.keys, kv) for kv in oldest) if e is not None]
         self._forget_corrupt(oldest, entries)
         entries.sort(key=lambda e: zlib.crc32(f"{self.host}/{e.name}".encode()))
-        chosen = entries[:free]
+        chosen = entries[:free] + [e for e in entries[free:] if len(e.ids) > 1][:ahead]
         records = self.ledger.read([i for entry in chosen for i in entry.ids])
         out: list[tuple[QueueEntry, dict[str, Versioned]]] = []
         unclaimable: list[QueueEntry] = []
@@ -119,9 +120,10 @@ class Claiming(Joining):
         """Entries to claim in the same txns as the commits that free ``freed`` workers: one
         round trip per episode instead of two, in the steady state of a busy mesh."""
         spare = min(freed, self.pool.idle())
-        if spare == 0 or self._draining or not self.lease.is_alive:
+        ahead = min(freed - spare, self.pool.ahead())
+        if spare + ahead == 0 or self._draining or not self.lease.is_alive:
             return []
-        return self._candidates(spare)
+        return self._candidates(spare, ahead)
 
 
 def summary(ids: list[str]) -> str:

@@ -4,6 +4,10 @@ One supervisor thread waits on every worker's pipe and process sentinel at once,
 into ``Done`` results on a queue, and replaces a dead worker. A worker that dies mid-episode fails
 that episode with the reason (the signal, or why the agent killed it); the episodes of its group
 that had not started come back as ``released`` so the agent can put them back in the queue.
+
+A worker running a batch may have one more batch queued behind it (look-ahead), so it never
+waits for the round trips that commit one batch and claim the next. Single episodes are never
+queued behind anything: a long episode's claim should not sit on a busy host.
 """
 
 from __future__ import annotations
@@ -35,8 +39,13 @@ class _Worker:
     conn: Connection
     items: list[WorkItem] = field(default_factory=list)  # dispatched, not yet done, in order
     current: str | None = None
-    busy: bool = False
+    groups: list[bool] = field(default_factory=list)  # per dispatched group not yet done: a batch?
     kill_reason: str | None = None
+
+    @property
+    def takes_ahead(self) -> bool:
+        """Running one batch with nothing behind it: a second batch may queue."""
+        return self.groups == [True]
 
 
 @dataclass(frozen=True)
@@ -67,17 +76,28 @@ class WorkerPool:
 
     def idle(self) -> int:
         with self._lock:
-            return sum(1 for w in self._workers if not w.busy)
+            return sum(1 for w in self._workers if not w.groups)
+
+    def ahead(self) -> int:
+        """Workers that can take a batch queued behind the one they run."""
+        with self._lock:
+            return sum(1 for w in self._workers if w.takes_ahead)
 
     def running(self) -> dict[str, Activity]:
         with self._lock:
             return dict(self._activity)
 
     def dispatch(self, items: list[WorkItem]) -> None:
+        """Give a group to an idle worker, or a batch to one that takes it ahead."""
+        batch = len(items) > 1
         with self._lock:
-            worker = next(w for w in self._workers if not w.busy)
-            worker.busy = True
-            worker.items = list(items)
+            worker = next((w for w in self._workers if not w.groups), None)
+            if worker is None and batch:
+                worker = next(w for w in self._workers if w.takes_ahead)
+            if worker is None:
+                raise RuntimeError("no worker free for a group (claims must follow idle() and ahead())")
+            worker.groups.append(batch)
+            worker.items += items
             try:
                 worker.conn.send(("run", items))
             except OSError:
@@ -166,9 +186,7 @@ class WorkerPool:
         kind = message[0]
         now = time.monotonic()
         if kind == "started":
-            episode_id = str(message[1])
-            worker.current = episode_id
-            self._activity[episode_id] = Activity(episode_id, now, now)
+            self._started(worker, str(message[1]), now)
         elif kind == "progress":
             episode_id = str(message[1])
             if episode_id in self._activity:
@@ -179,10 +197,15 @@ class WorkerPool:
             worker.items = [i for i in worker.items if i.episode_id != done.episode_id]
             worker.current = None
             self._activity.pop(done.episode_id, None)
-            if message[2]:  # its group's last result: idle as the result is seen, so the agent
-                worker.busy = False  # can claim more for it in the txn that commits this one
-                worker.items = []
+            if message[2] and worker.groups:  # its group's last result: free as the result is
+                worker.groups.pop(0)  # seen, so the agent can claim in the txn that commits it
+            if message[3]:  # the episode it starts next (one message, not two, per episode)
+                self._started(worker, str(message[3]), now)
             self.results.put(done)
+
+    def _started(self, worker: _Worker, episode_id: str, now: float) -> None:
+        worker.current = episode_id
+        self._activity[episode_id] = Activity(episode_id, now, now)
 
     def _on_death(self, worker: _Worker) -> None:
         worker.process.join(1)

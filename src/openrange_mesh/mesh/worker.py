@@ -10,8 +10,9 @@ Protocol, all tuples over one ``multiprocessing`` connection:
                       ("cancel", episode_id)       stop that episode (running or not yet started)
     worker -> agent   ("started", episode_id)
                       ("progress", episode_id)     it emitted events (the watchdog's heartbeat)
-                      ("done", Done, last)         one per WorkItem, always; ``last``: the group
-                                                   is finished and the worker ready for another
+                      ("done", Done, end, next)    one per WorkItem, always; ``end``: its group is
+                                                   finished; ``next``: the episode starting now
+                                                   (no "started" of its own: one message per episode)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -190,46 +192,70 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
     pass
 
 
+class _Inbox:
+    """What the agent sent: groups to run in order, and cancels. Read between episodes and
+    while one runs (``poll``), so a cancel or a batch queued ahead arrives promptly."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.groups: deque[list[WorkItem]] = deque()
+        self.cancelled: set[str] = set()
+
+    def poll(self) -> None:
+        while self.conn.poll():
+            self._take(self.conn.recv())
+
+    def wait(self) -> None:
+        self._take(self.conn.recv())
+
+    def _take(self, message: tuple[Any, ...]) -> None:
+        if message[0] == "cancel":
+            self.cancelled.add(message[1])
+        else:
+            self.groups.append(list(message[1]))
+
+    def is_cancelled(self, episode_id: str) -> bool:
+        self.poll()
+        return episode_id in self.cancelled
+
+    def next_item(self, group: list[WorkItem], index: int) -> WorkItem | None:
+        """The item after ``group[index]``: later in its group, else the next group's first."""
+        if index + 1 < len(group):
+            return group[index + 1]
+        return self.groups[0][0] if self.groups else None
+
+
 def _serve(conn: Connection, store: Store | None) -> None:
-    cancelled: set[str] = set()
-
-    pending: list[WorkItem] = []
-
-    def is_cancelled(episode_id: str) -> bool:
-        while conn.poll():  # control messages arrive while an episode runs
-            message = conn.recv()
-            if message[0] == "cancel":
-                cancelled.add(message[1])
-            else:
-                pending.extend(message[1])
-        return episode_id in cancelled
-
+    inbox = _Inbox(conn)
+    announced: str | None = None  # the episode the agent already knows started
     while True:
         try:
-            message = conn.recv()
+            if not inbox.groups:
+                inbox.wait()
+                continue
         except (EOFError, OSError):
             return  # the agent is gone
-        if message[0] == "cancel":
-            cancelled.add(message[1])
-            continue
-        pending.extend(message[1])
-        shared = _Events(store, pending[0]) if pending and pending[0].batch is not None else None
-        while pending:
-            item = pending.pop(0)
-            if item.episode_id in cancelled:
+        group = inbox.groups.popleft()
+        shared = _Events(store, group[0]) if group[0].batch is not None else None
+        for index, item in enumerate(group):
+            if item.episode_id in inbox.cancelled:
                 done = Done(item.episode_id, item.attempt, "cancelled", "cancelled before it started")
             else:
-                conn.send(("started", item.episode_id))
+                if announced != item.episode_id:
+                    conn.send(("started", item.episode_id))
                 sink = _Tagged(shared, item) if shared is not None and item.batch is not None else None
                 done = run_item(
                     item,
                     store,
-                    partial(is_cancelled, item.episode_id),
+                    partial(inbox.is_cancelled, item.episode_id),
                     partial(conn.send, ("progress", item.episode_id)),
                     sink,
                 )
-            cancelled.discard(item.episode_id)
-            last = not pending
-            if last and shared is not None:
-                shared.flush()  # before the last result: the agent may dispatch to us once it has it
-            conn.send(("done", done, last))
+            inbox.cancelled.discard(item.episode_id)
+            end = index == len(group) - 1
+            if end and shared is not None:
+                shared.flush()  # before the group's last result: the agent may dispatch to us then
+            inbox.poll()
+            following = inbox.next_item(group, index)
+            announced = following.episode_id if following and following.episode_id not in inbox.cancelled else None
+            conn.send(("done", done, end, announced))
