@@ -27,6 +27,9 @@ from .worker import Done, WorkItem, worker_main
 
 log = logging.getLogger(__name__)
 
+# How often results inside a batch wake the agent's loop, at most (see ``_supervise``).
+RESULT_WAKE = 0.05
+_QUIET, _RESULT, _URGENT = 0, 1, 2  # what a worker's messages ask of the agent's loop
 STOP_GRACE = 3.0  # seconds a worker gets to stop its episode (a command runtime takes up to 2) before SIGKILL
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["openrange_mesh.mesh.worker"])
@@ -67,6 +70,7 @@ class WorkerPool:
         self._activity: dict[str, Activity] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._woken_at = 0.0
         self._thread = threading.Thread(target=self._supervise, name="worker-pool", daemon=True)
 
     def start(self) -> None:
@@ -161,28 +165,34 @@ class WorkerPool:
             with self._lock:
                 waitables = {w.conn: w for w in self._workers} | {w.process.sentinel: w for w in self._workers}
             ready = wait(list(waitables), timeout=0.2)
-            changed = False
+            wake = _QUIET
             for obj in ready:
                 worker = waitables[obj]  # type: ignore[index]
-                changed |= self._handle(worker, dead=not isinstance(obj, Connection))
-            if changed:
+                wake = max(wake, self._handle(worker, dead=not isinstance(obj, Connection)))
+            now = time.monotonic()
+            # A result inside a batch need not wake the agent's loop each time: the loop commits
+            # a batch when it ends or its first result has lingered (agent_state.COMMIT_LINGER).
+            if wake == _URGENT or (wake == _RESULT and now - self._woken_at >= RESULT_WAKE):
+                self._woken_at = now
                 self.on_change()
 
-    def _handle(self, worker: _Worker, *, dead: bool) -> bool:
+    def _handle(self, worker: _Worker, *, dead: bool) -> int:
         with self._lock:
             if worker not in self._workers:
-                return False
+                return _QUIET
             if not dead:
                 try:
+                    wake = _QUIET
                     while worker.conn.poll():
-                        self._on_message(worker, worker.conn.recv())
-                    return True
+                        wake = max(wake, self._on_message(worker, worker.conn.recv()))
+                    return wake
                 except (EOFError, OSError):
                     pass  # the pipe broke: the process is dying; handle it as dead
             self._on_death(worker)
-            return True
+            return _URGENT
 
-    def _on_message(self, worker: _Worker, message: tuple[object, ...]) -> None:
+    def _on_message(self, worker: _Worker, message: tuple[object, ...]) -> int:
+        """Apply a worker's message; how much the agent's loop needs to hear of it."""
         kind = message[0]
         now = time.monotonic()
         if kind == "started":
@@ -194,14 +204,20 @@ class WorkerPool:
         elif kind == "done":
             done = message[1]
             assert isinstance(done, Done)
-            worker.items = [i for i in worker.items if i.episode_id != done.episode_id]
+            if worker.items and worker.items[0].episode_id == done.episode_id:
+                worker.items.pop(0)  # in order, as nearly always
+            else:
+                worker.items = [i for i in worker.items if i.episode_id != done.episode_id]
             worker.current = None
             self._activity.pop(done.episode_id, None)
-            if message[2] and worker.groups:  # its group's last result: free as the result is
-                worker.groups.pop(0)  # seen, so the agent can claim in the txn that commits it
             if message[3]:  # the episode it starts next (one message, not two, per episode)
                 self._started(worker, str(message[3]), now)
             self.results.put(done)
+            if message[2] and worker.groups:  # its group's last result: free as the result is
+                worker.groups.pop(0)  # seen, so the agent can claim in the txn that commits it
+                return _URGENT
+            return _RESULT
+        return _QUIET
 
     def _started(self, worker: _Worker, episode_id: str, now: float) -> None:
         worker.current = episode_id
