@@ -187,3 +187,19 @@ def test_a_lost_claim_answer_is_adopted_with_its_group(registry: Registry, ledge
     assert (again.token, again.episode_ids) == (claim.token, claim.episode_ids) and records == running
     assert ledger.commit(again, [finish_attempt(r, State.SUCCEEDED, time.time(), None) for r in records], last=True)
     assert states(ledger, ids) == [State.SUCCEEDED] * 3
+
+
+def test_ids_say_whether_an_episode_is_a_batch_member_and_where_it_lives(registry: Registry, keys: Keys) -> None:
+    allocator = IdAllocator(registry, keys, "h")
+    singles: list[str] = []
+    groups: dict[str, list[str]] = {}
+    for n in range(600):  # more group blocks than one revision holds: the allocator moves on
+        singles += allocator.next_ids(2)
+        home, members = allocator.next_group(1 + n % 63)
+        groups[home] = members
+    members = [m for ms in groups.values() for m in ms]
+    assert len(set(singles + members + list(groups))) == len(singles) + len(members) + len(groups)
+    assert all(home_id(i) is None for i in singles) and all(home_id(h) is None for h in groups)
+    assert all(home_id(m) == home for home, ms in groups.items() for m in ms)
+    with pytest.raises(ValueError):
+        allocator.next_group(64)

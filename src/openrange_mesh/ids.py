@@ -7,9 +7,10 @@ gives every write a distinct revision, so no two allocators anywhere can hold th
 sorted by creation across clients to within one submission. ``host`` is for humans.
 
 A batch whose records share one etcd key (a group record, mesh/homes.py) takes a block of
-``GROUP_ALIGN`` sequence numbers: the aligned first one names the group's key and no episode,
-the members take the next ones. So an episode's group key follows from its id alone
-(``home_id``), and no member id is ever a group key.
+``GROUP_ALIGN`` sequence numbers from the upper half (``GROUP_BASE`` up; single episodes take
+the lower half): the block's first one names the group's key and no episode, the members take
+the next ones. So whether an episode is a batch member, and which group key holds it, follow
+from its id alone (``home_id``), and no member id is ever a group key.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .keys import Keys, check_name
 from .registry import Put, Registry
 
 _SEQ_LIMIT = 0x10000
+GROUP_BASE = 0x8000  # sequence numbers from here on are group blocks
 GROUP_ALIGN = 64  # sequence numbers per group block: the group key's and up to 63 members'
 
 
@@ -38,7 +40,7 @@ def home_id(episode_id: str) -> str | None:
     except ValueError:
         return None
     aligned = seq - seq % GROUP_ALIGN
-    return None if aligned == seq else format_id(revision, aligned, parts[2])
+    return None if seq < GROUP_BASE or aligned == seq else format_id(revision, aligned, parts[2])
 
 
 class IdAllocator:
@@ -49,14 +51,15 @@ class IdAllocator:
         self._lock = threading.Lock()
         self._revision = 0
         self._seq = 0
+        self._group_seq = GROUP_BASE
 
     def next_ids(self, count: int) -> list[str]:
         ids: list[str] = []
         with self._lock:
             while len(ids) < count:
-                if self._revision == 0 or self._seq >= _SEQ_LIMIT:
+                if self._revision == 0 or self._seq >= GROUP_BASE:
                     self._adopt_locked(self._incarnate())
-                take = min(count - len(ids), _SEQ_LIMIT - self._seq)
+                take = min(count - len(ids), GROUP_BASE - self._seq)
                 ids.extend(format_id(self._revision, s, self._host) for s in range(self._seq, self._seq + take))
                 self._seq += take
         return ids
@@ -66,11 +69,10 @@ class IdAllocator:
         if not 1 <= size < GROUP_ALIGN:
             raise ValueError(f"a group holds 1-{GROUP_ALIGN - 1} episodes, not {size}")
         with self._lock:
-            start = -(-self._seq // GROUP_ALIGN) * GROUP_ALIGN
-            if self._revision == 0 or start + GROUP_ALIGN > _SEQ_LIMIT:
+            if self._revision == 0 or self._group_seq + GROUP_ALIGN > _SEQ_LIMIT:
                 self._adopt_locked(self._incarnate())
-                start = 0
-            self._seq = start + size + 1
+            start = self._group_seq
+            self._group_seq += GROUP_ALIGN
             return format_id(self._revision, start, self._host), [
                 format_id(self._revision, s, self._host) for s in range(start + 1, start + size + 1)
             ]
@@ -84,6 +86,7 @@ class IdAllocator:
     def _adopt_locked(self, revision: int) -> None:
         self._revision = revision
         self._seq = 0
+        self._group_seq = GROUP_BASE
 
     def _incarnate(self) -> int:
         result = self._registry.txn([], [Put(self._keys.incarnation(self._host), b"")])
