@@ -230,8 +230,10 @@ def test_claim_whose_answer_was_lost_is_adopted(lossy_proxy: LossyProxy, make_me
     records = mesh.wait_finished(ids, timeout=3 * TTL + 10)  # not stuck while h2 lives
     assert lossy_proxy.lost, "no claim answer was lost"
     mesh.check_exactly_once(records)
-    (claimed,) = claimed_in(lossy_proxy.lost[0], mesh.keys.host_claims("h2"))
-    assert records[claimed].owner == "h2" and records[claimed].attempt == 1, "h2 did not run the claim it won"
+    claimed = claimed_in(lossy_proxy.lost[0], mesh.keys.host_claims("h2"))  # one txn may take several
+    assert claimed and all(records[i].owner == "h2" and records[i].attempt == 1 for i in claimed), (
+        "h2 did not run the claims it won"
+    )
     mesh.check_clean()
 
 

@@ -261,17 +261,22 @@ def encode_group(records: Sequence[EpisodeRecord]) -> bytes:
 def decode_records(data: bytes, key: str = "?") -> list[EpisodeRecord]:
     """The records a value holds: one record, or a group's members. A group member that does
     not decode makes the whole value corrupt (its members are written together)."""
+    return decode_value(data, key)[0]
+
+
+def decode_value(data: bytes, key: str = "?") -> tuple[list[EpisodeRecord], bool]:
+    """``decode_records``, and whether the value is a group record."""
     raw = _unpack(data, key)
     packed = raw.get(GROUP_FIELD)
     if packed is None:
-        return [EpisodeRecord.from_wire(raw, key)]
+        return [EpisodeRecord.from_wire(raw, key)], False
     try:
         members = unpack(zlib.decompress(packed), key) if isinstance(packed, bytes) else None
     except zlib.error as exc:
         raise CorruptRecord(key, f"a group's members do not decompress ({exc})") from exc
     if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
         raise CorruptRecord(key, "a group's members must be a list of maps")
-    return [EpisodeRecord.from_wire(m, key) for m in members]
+    return [EpisodeRecord.from_wire(m, key) for m in members], True
 
 
 _ATTEMPT_FIELDS = tuple(Attempt.__dataclass_fields__)

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 from ..ids import home_id
 from ..keys import Keys
-from ..model import EpisodeRecord, State, decode_or_none, decode_records, encode_group
+from ..model import EpisodeRecord, State, decode_or_none, decode_records, decode_value, encode_group
 from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry
-from .queue import entry_ops, groups, named
+from .queue import QueueEntry, entry_ops, groups, named
 
 MAX_TXN_OPS = 128
 
@@ -97,6 +97,25 @@ def found_in(keys: Keys, kvs: Iterable[KeyValue], wanted: set[str] | None = None
             if wanted is None or record.id in wanted:
                 grouped[record.id] = Versioned(record, kv.mod_revision, home)
     return grouped | own
+
+
+def embedded(keys: Keys, entry: QueueEntry) -> dict[str, Versioned] | None:
+    """The records a queue entry carries (written in its txn, so at its revision); None if
+    it carries none, or they do not decode (the claimer reads them instead)."""
+    if not entry.values:
+        return None
+    out: dict[str, Versioned] = {}
+    for value in entry.values:
+        decoded = decode_or_none(decode_value, value, keys.queued(entry.name))
+        if decoded is None:
+            return None
+        records, grouped = decoded
+        home_name = home_id(records[0].id) if grouped and records else None
+        home = Home(keys.episode(home_name), entry.mod_revision, records) if home_name else None
+        if grouped and home is None:
+            return None
+        out.update((r.id, Versioned(r, entry.mod_revision, home)) for r in records if r.id in entry.ids)
+    return out
 
 
 def compares(keys: Keys, versioned: Iterable[Versioned]) -> list[Compare]:

@@ -111,7 +111,8 @@ class Ledger:
             for group in todo:
                 home = group_key(self.keys, group)
                 if home is not None:  # one key for the batch's records
-                    ops += [Put(home, encode_group(group)), entry_put(self.keys, group)]
+                    value = encode_group(group)
+                    ops += [Put(home, value), entry_put(self.keys, group, [value])]
                 else:  # after dropping taken keys, groups may have new names: encode them afresh
                     ops += entry_ops(self.keys, group, None if taken else [encoded[r.id] for r in group])
                 ops += [

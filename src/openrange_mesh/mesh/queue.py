@@ -6,6 +6,11 @@ batching. Grouping happens when episodes are enqueued (submitted, requeued, retr
 agent claims an entry as a whole: one queue delete per group, and one small watch event per
 group for every agent, instead of one per episode. Records name their entry (``record.queue``)
 while pending, so a cancel can take one episode out of its group.
+
+An entry written in the txn that writes its records also carries their values (``with``):
+their mod_revision is then the entry's own, so an agent claims it without reading them (one
+round trip per claim instead of two). An entry rewritten later (a cancel took an id out) lists
+ids only, and the claiming agent reads the records.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class QueueEntry:
     name: str
     ids: tuple[str, ...]
     mod_revision: int
+    values: tuple[bytes, ...] = ()  # the records' values as written with the entry, if they were
 
     def without(self, episode_id: str) -> tuple[str, ...]:
         return tuple(i for i in self.ids if i != episode_id)
@@ -75,30 +81,38 @@ def entry_ops(keys: Keys, group: Sequence[EpisodeRecord], encoded: Sequence[byte
     """Write a named group's pending records and their entry (one revision for all of them)."""
     data = encoded if encoded is not None else [r.to_bytes() for r in group]
     ops: list[Op] = [Put(keys.episode(r.id), d) for r, d in zip(group, data, strict=True)]
-    ops.append(entry_put(keys, group))
+    ops.append(entry_put(keys, group, data))
     return ops
 
 
-def entry_put(keys: Keys, group: Sequence[EpisodeRecord]) -> Put:
-    """The queue entry listing a named group."""
-    return Put(keys.queued(entry_name(group)), pack([r.id for r in group]))
+def entry_put(keys: Keys, group: Sequence[EpisodeRecord], values: Sequence[bytes] = ()) -> Put:
+    """The queue entry listing a named group, with the values of its records written in the
+    same txn (or none)."""
+    entry: dict[str, object] = {"ids": [r.id for r in group]}
+    if values:
+        entry["with"] = list(values)
+    return Put(keys.queued(entry_name(group)), pack(entry))
 
 
 def rewrite_ops(keys: Keys, entry: QueueEntry, remaining: tuple[str, ...]) -> list[Op]:
     """The entry without some of its ids (deleted once none remain); its name stays."""
     if not remaining:
         return [Delete(keys.queued(entry.name))]
-    return [Put(keys.queued(entry.name), pack(list(remaining)))]
+    return [Put(keys.queued(entry.name), pack({"ids": list(remaining)}))]
 
 
 def decode_entry(keys: Keys, kv: KeyValue) -> QueueEntry | None:
     """An entry as the registry holds it; a corrupt one is logged and skipped."""
     name = keys.name_of(kv.key, keys.queue())
     try:
-        ids = unpack(kv.value, name)
+        entry = unpack(kv.value, name)
+        ids = entry.get("ids") if isinstance(entry, dict) else entry  # a list: ids only (older agents)
+        values = entry.get("with") or [] if isinstance(entry, dict) else []
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-            raise CorruptRecord(name, "a queue entry must be a list of episode ids")
+            raise CorruptRecord(name, "a queue entry must list episode ids")
+        if not isinstance(values, list) or not all(isinstance(v, bytes) for v in values):
+            raise CorruptRecord(name, "a queue entry's values must be a list of byte strings")
     except CorruptRecord as exc:
         log.warning("skipping %s", exc)
         return None
-    return QueueEntry(name, tuple(ids), kv.mod_revision)
+    return QueueEntry(name, tuple(ids), kv.mod_revision, tuple(values))
