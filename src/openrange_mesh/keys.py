@@ -2,9 +2,11 @@
 
 All keys live under ``/openrange/<namespace>/`` so several meshes (tenants, experiments) can
 share one etcd. Keys are UTF-8 bytes (etcd3gw would encode str as latin-1). Agents watch
-``queue/`` (without previous values: a queue entry is a whole record) and ``ctl/`` (claims,
-cancels, hosts, leader; with previous values, for the ids of a deleted claim). Records change
-three times per episode and agents never need those events, so they live outside both.
+``queue/`` (without previous values: a queue entry is a whole record) and ``ctl/`` (cancels,
+hosts, leader; with previous values, for the lease of a deleted host key). Records change three
+times per episode and agents never need those events, so they live outside both; so do claims,
+two events per episode for every agent: a dead host's claims are read when its host key goes
+(mesh/agent.py, ``_step_orphans``).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class Keys:
         return self.queue() + entry.encode()
 
     def claims(self) -> bytes:
-        return self.control() + b"claims/"
+        return self.root + b"claims/"
 
     def host_claims(self, host: str) -> bytes:
         return self.claims() + host.encode() + b"/"

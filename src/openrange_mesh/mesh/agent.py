@@ -17,16 +17,16 @@ import time
 from collections.abc import Callable
 
 from ..config import Settings
-from ..errors import RegistryError
+from ..errors import Compacted, RegistryError
 from ..keys import Keys
 from ..model import EpisodeRecord
 from ..registry import KeyValue, Registry, open_registry
-from .agent_state import Held, Orphan
+from .agent_state import DeadHost, Held
 from .catalog import Catalog
 from .follow import Follower
 from .leader import Leadership
 from .lease import LeaseKeeper
-from .ledger import Ledger
+from .ledger import Ledger, claim_episode_ids
 from .pool import WorkerPool
 from .watching import Watching
 
@@ -60,7 +60,7 @@ class Agent(Watching):
         self._drain_deadline = 0.0
         self._held: dict[str, Held] = {}
         self._owner_of: dict[str, str] = {}  # episode id -> claim id
-        self._orphans: queue.SimpleQueue[Orphan] = queue.SimpleQueue()
+        self._dead_hosts: queue.SimpleQueue[DeadHost] = queue.SimpleQueue()
         self._cancels: set[str] = set()
         self._cancel_seen: set[str] = set()
         self._live_leases: dict[str, int] = {}  # host -> lease, from the hosts/ prefix
@@ -179,20 +179,32 @@ class Agent(Watching):
         requeued: list[str] = []
         while True:
             try:
-                orphan = self._orphans.get_nowait()
+                dead = self._dead_hosts.get_nowait()
             except queue.Empty:
                 break
-            if self._live_leases.get(orphan.host) == orphan.lease and orphan.host != self.host:
-                continue  # the owner is alive: it committed or released this claim itself
-            if orphan.host == self.host and orphan.lease == self.lease.lease:
-                continue  # our own commit deleted it
-            reason = f"host {orphan.host} lost its lease"
             try:
-                requeued += self.ledger.requeue(orphan.host, orphan.claim_id, orphan.episode_ids, reason)
+                requeued += self._requeue_claims_of(dead)
             except RegistryError:
-                self._orphans.put(orphan)  # idempotent: try again next pass, or nobody would
+                self._dead_hosts.put(dead)  # idempotent: try again next pass, or nobody would
                 raise
         return f"requeued {len(requeued)} episodes of dead hosts" if requeued else None
+
+    def _requeue_claims_of(self, dead: DeadHost) -> list[str]:
+        """Put back the episodes of a dead host's claims: its lease took its host key and its
+        claim keys in one revision, so they are read at the one before. Every peer does this;
+        the first requeue wins, the others' compares fail."""
+        try:
+            claims = self.registry.range(self.keys.host_claims(dead.host), revision=dead.revision - 1)
+        except Compacted:
+            self.leadership.sweep_due = True  # that revision is gone: the sweep finds them
+            return []
+        requeued: list[str] = []
+        for kv in claims.kvs:
+            if kv.lease == dead.lease:
+                claim_id = self.keys.name_of(kv.key, self.keys.host_claims(dead.host))
+                reason = f"host {dead.host} lost its lease"
+                requeued += self.ledger.requeue(dead.host, claim_id, claim_episode_ids(kv), reason)
+        return requeued
 
     def _step_cancels(self) -> str | None:
         with self._events_lock:

@@ -40,13 +40,13 @@ class Held:
 
 
 @dataclass(frozen=True)
-class Orphan:
-    """A claim key deleted, as the watch saw it: requeue its episodes if its lease is dead."""
+class DeadHost:
+    """A host key deleted, as the watch saw it: its lease is gone, and with it, at the same
+    revision, every claim key of that host. Its claims are read at the revision before."""
 
     host: str
-    claim_id: str
-    episode_ids: list[str]
     lease: int
+    revision: int  # of the deletion
 
 
 class AgentState:
@@ -66,7 +66,7 @@ class AgentState:
     _drain_deadline: float
     _held: dict[str, Held]
     _owner_of: dict[str, str]  # episode id -> claim id
-    _orphans: queue.SimpleQueue[Orphan]
+    _dead_hosts: queue.SimpleQueue[DeadHost]
     _cancels: set[str]  # cancel markers the watch saw, not yet forwarded
     _cancel_seen: set[str]  # forwarded to a worker: their commit deletes the marker
     _live_leases: dict[str, int]  # host -> lease, from the hosts/ prefix

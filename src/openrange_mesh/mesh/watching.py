@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from ..registry import Event, KeyValue
-from .agent_state import Orphan
+from .agent_state import DeadHost
 from .committing import Committing
 from .follow import Follower
-from .ledger import claim_episode_ids
 
 
 class Watching(Committing):
@@ -29,30 +28,29 @@ class Watching(Committing):
                         wake = True
                     else:
                         self._queue.pop(episode_id, None)
-                elif key.startswith(keys.claims()) and event.type == "delete" and event.prev is not None:
-                    host, _, claim_id = keys.name_of(key, keys.claims()).partition("/")
-                    self._orphans.put(Orphan(host, claim_id, claim_episode_ids(event.prev), event.prev.lease))
-                    wake = True
                 elif key.startswith(keys.cancels()) and event.type == "put":
                     self._cancels.add(keys.name_of(key, keys.cancels()))
                     wake = True
                 elif key.startswith(keys.hosts()):
-                    self._on_host_event(event)
+                    wake |= self._on_host_event(event)
                 elif key == keys.leader():
                     wake |= self.leadership.on_event(event)
         if wake:
             self.wake()
 
-    def _on_host_event(self, event: Event) -> None:
+    def _on_host_event(self, event: Event) -> bool:
         host = self.keys.name_of(event.kv.key, self.keys.hosts())
         if event.type == "put":
             self._live_leases[host] = event.kv.lease
-        else:
-            self._live_leases.pop(host, None)
+            return False
+        self._live_leases.pop(host, None)
+        if event.prev is not None:
+            self._dead_hosts.put(DeadHost(host, event.prev.lease, event.kv.mod_revision))
+        return True
 
     def _on_relist(self, revision: int) -> None:
         """The control watch fell behind compaction: re-read live hosts at the revision it
-        resumes from, and sweep for orphans whose claim-delete events we missed."""
+        resumes from, and sweep for orphans of hosts whose deletion we missed."""
         self._load_hosts(revision)
         self.leadership.sweep_due = True
         self.wake()
