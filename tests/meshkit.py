@@ -150,19 +150,29 @@ def _read_request(reader: Any) -> tuple[str, dict[str, Any], bytes] | None:
     return path, parsed if isinstance(parsed, dict) else {}, head + body
 
 
+def _puts(txn: dict[str, Any]) -> list[dict[str, Any]]:
+    """The puts of a txn's success branch (a JSON body), nested txns' success branches included."""
+    out: list[dict[str, Any]] = []
+    for op in txn.get("success", []):
+        if "request_put" in op:
+            out.append(op["request_put"])
+        elif "request_txn" in op:
+            out += _puts(op["request_txn"])
+    return out
+
+
 def txn_puts_under(prefix: bytes) -> Callable[[str, dict[str, Any]], bool]:
     """A ``LossyProxy`` predicate: a txn that puts a key under ``prefix``."""
 
     def matches(path: str, body: dict[str, Any]) -> bool:
-        puts = [op["request_put"] for op in body.get("success", []) if "request_put" in op]
-        return path.endswith("/kv/txn") and any(base64.b64decode(p["key"]).startswith(prefix) for p in puts)
+        return path.endswith("/kv/txn") and any(base64.b64decode(p["key"]).startswith(prefix) for p in _puts(body))
 
     return matches
 
 
 def claimed_in(txn: dict[str, Any], prefix: bytes) -> list[str]:
     """The episode ids a claim txn (a JSON body a ``LossyProxy`` saw) put under ``prefix``."""
-    puts = [op["request_put"] for op in txn.get("success", []) if "request_put" in op]
+    puts = _puts(txn)
     return [
         str(i)
         for p in puts

@@ -184,7 +184,7 @@ def test_submission_packs_groups_into_few_txns(registry: Registry, ledger: Ledge
     assert revision(registry) - before <= 10  # whole groups per txn, within etcd's 128 ops
 
 
-def test_settle_commits_and_claims_in_one_revision_and_falls_back(registry: Registry, ledger: Ledger) -> None:
+def test_settle_commits_and_claims_in_one_revision_each_part_on_its_own(registry: Registry, ledger: Ledger) -> None:
     ledger.submit(records(4))
     lease = registry.grant(5)
     claim_a, (run_a,) = take(ledger, "h1", lease, ["e00000"])  # type: ignore[misc]
@@ -198,15 +198,20 @@ def test_settle_commits_and_claims_in_one_revision_and_falls_back(registry: Regi
     oks, won = ledger.settle(done, [(entry, ledger.read(["e00002"]))], host="h1", lease=lease)
     assert oks == [True, True] and won[0] is not None and revision(registry) == before + 1
     assert won[0][0].token == before + 1 and won[0][1][0].state is State.RUNNING
-    # one of two fenced off (its lease gone) and the entry already taken: the pair fails, and
-    # the live one still commits alone
+    # one of two fenced off (its lease gone), and an entry a peer took since it was read: the
+    # live one still commits, in the same round trip (each part is its own nested txn)
     other = registry.grant(5)
     claim_c, (run_c,) = take(ledger, "h2", other, ["e00003"])  # type: ignore[misc]
     registry.revoke(other)
+    ledger.submit(records(1, prefix="f"))
+    (late,) = [e for e in ledger.queue() if e.ids == ("f00000",)]
+    seen = ledger.read(["f00000"])
+    assert take(ledger, "h3", registry.grant(5), ["f00000"]) is not None
     live = Settlement(won[0][0], [finish_attempt(won[0][1][0], State.SUCCEEDED, time.time(), None)], last=True)
     dead = Settlement(claim_c, [finish_attempt(run_c, State.SUCCEEDED, time.time(), None)], last=True)
-    oks, again = ledger.settle([live, dead], [(entry, ledger.read(["e00002"]))], host="h1", lease=lease)
-    assert oks == [True, False] and again == [None]
+    before = revision(registry)
+    oks, again = ledger.settle([live, dead], [(late, seen)], host="h1", lease=lease)
+    assert oks == [True, False] and again == [None] and revision(registry) == before + 1
     states = {i: v.record.state for i, v in ledger.read(["e00000", "e00001", "e00002", "e00003"]).items()}
     assert states == {
         "e00000": State.SUCCEEDED,

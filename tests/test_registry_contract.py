@@ -19,6 +19,7 @@ from openrange_mesh.registry import (
     KeyValue,
     Put,
     Registry,
+    Txn,
     Watch,
     open_registry,
 )
@@ -221,6 +222,29 @@ def test_txn_may_not_write_one_key_twice(registry: Registry, prefix: bytes) -> N
     assert registry.txn([Compare(key, "version", "==", 0)], [Put(key, b"1")], [Put(key, b"2")]).succeeded
     assert registry.txn([], [Delete(key), Delete(prefix, prefix=True)]).revision == before + 2
     assert registry.get(key)[0] is None
+
+
+def test_nested_txns_are_independent_and_share_one_revision(registry: Registry, prefix: bytes) -> None:
+    a, b, c = prefix + b"a", prefix + b"b", prefix + b"c"
+    put(registry, a, b"1")
+    before = current_revision(registry)
+    result = registry.txn(
+        [],
+        [
+            Txn([Compare(a, "value", "==", b"1")], [Put(a, b"2"), Get(a)]),  # holds
+            Txn([Compare(b, "create", "!=", 0)], [Put(b, b"x")], [Put(c, b"no b")]),  # fails: failure runs
+            Txn([Compare(a, "value", "==", b"2")], [Put(prefix + b"d", b"!")]),  # sees a as before the txn
+            Put(prefix + b"e", b"plain"),
+        ],
+    )
+    assert result.succeeded and result.revision == before + 1
+    assert [n.succeeded for n in result.nested] == [True, False, False]
+    assert [kv.value for kv in result.nested[0].responses[1]] == [b"2"]
+    values = {k: (kv.value if (kv := registry.get(prefix + k)[0]) else None) for k in (b"a", b"b", b"c", b"d", b"e")}
+    assert values == {b"a": b"2", b"b": None, b"c": b"no b", b"d": None, b"e": b"plain"}
+    # nothing to write in the branches that ran: no new revision
+    quiet = registry.txn([], [Txn([Compare(b, "create", "!=", 0)], [Put(b, b"x")])])
+    assert quiet.revision == before + 1 and not quiet.nested[0].succeeded
 
 
 def test_delete_exact_key_and_prefix(registry: Registry, prefix: bytes) -> None:

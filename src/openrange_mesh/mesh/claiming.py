@@ -29,33 +29,25 @@ class Claiming(Joining):
         adopted = self._adopt_claims() if self._claims_unsure else []
         candidates = self._candidates(self.pool.idle(), self.pool.ahead())
         claimed: list[str] = []
-        try:
-            # all in one txn (entries are ranked so peers rarely want the same one); if that
-            # fails, one txn each, so one taken entry does not hold the others back
-            together = self._claim_together(candidates) if len(candidates) > 1 else []
-            for (entry, records), won in zip(candidates, together or [None] * len(candidates), strict=True):
-                won = won or self.ledger.claim(self.host, self.lease.lease, entry, records, extra=self._host_refresh())
-                if won is None:
-                    self._forget([entry])  # a peer claimed it, or a cancel changed it
-                    continue
-                self._hold(*won)
-                claimed += won[0].episode_ids
+        try:  # every claim in one round trip, each its own nested txn (Ledger.settle)
+            _, won = self.ledger.settle(
+                [], candidates, host=self.host, lease=self.lease.lease, extra=self._host_refresh()
+            )
         except RegistryError:
             self._claims_unsure = True  # it may have been applied: look once etcd answers
             raise
+        for (entry, _records), claim in zip(candidates, won, strict=True):
+            if claim is None:
+                self._forget([entry])  # a peer claimed it, or a cancel changed it
+                continue
+            self._hold(*claim)
+            claimed += claim[0].episode_ids
         if claimed and self.pool.idle():
             self.wake()
         line = f"claimed {summary(claimed)}" if claimed else None
         if adopted:
             line = f"adopted {summary(adopted)} (their claim's answer was lost)" + (f"; {line}" if line else "")
         return line
-
-    def _claim_together(
-        self, candidates: list[tuple[QueueEntry, dict[str, Versioned]]]
-    ) -> list[tuple[Claim, list[EpisodeRecord]] | None]:
-        """Claim every candidate in one txn: the claims won, or [] if the txn failed."""
-        _, won = self.ledger.settle([], candidates, host=self.host, lease=self.lease.lease, extra=self._host_refresh())
-        return won if any(w is not None for w in won) else []
 
     def _adopt_claims(self) -> list[str]:
         """After a claim txn that got no answer: hold the claims of ours that etcd has and we

@@ -54,14 +54,12 @@ class Committing(Claiming):
                     self._settled(item)
                 else:
                     fenced += self._resync(item.claim.claim_id, self._held[item.claim.claim_id])
-            for (entry, records), claim in zip(entries, won, strict=True):
+            for (entry, _records), claim in zip(entries, won, strict=True):
                 if claim is not None:
                     self._hold(*claim)
                     claimed += claim[0].episode_ids
-                elif not any(v.record.state is State.PENDING for v in records.values()):
-                    self._forget([entry])  # nothing claimable in it
-                # else the txn failed as a whole (a race elsewhere in it): the entry may well be
-                # still claimable, so it stays queued; the watch drops it if a peer took it
+                else:
+                    self._forget([entry])  # a peer took it, a cancel changed it, or nothing in it is pending
 
         lines = [
             f"committed {committed} episodes" if committed else "",

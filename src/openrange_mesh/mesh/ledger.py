@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from ..keys import Keys
 from ..model import Attempt, EpisodeRecord, State, encode_group, pack, unpack
-from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry
+from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry, Txn
 from . import homes
 from .homes import Home, Versioned, group_key, home_of, rewrite
 from .queue import QueueEntry, decode_entry, entry_ops, entry_put, groups, named, rewrite_ops
@@ -220,33 +220,36 @@ class Ledger:
         extra: Sequence[Op] = (),
     ) -> tuple[list[bool], list[tuple[Claim, list[EpisodeRecord]] | None]]:
         """Commit several claims' results and take queue entries for the workers they free, in
-        one round trip. Each part keeps its own compares, so fencing is unchanged. If the txn
-        fails, each commit is tried alone (one fenced claim or a lost claim race must not hold
-        the other results back) and no entry is taken. Returns (committed per settlement, the
-        claim won per entry or None). Callers keep the parts within ``MAX_TXN_OPS``."""
-        compares: list[Compare] = []
-        ops: list[Op] = []
+        one round trip: each commit and each claim is a txn nested in one txn, with its own
+        compares, so fencing is unchanged and one fenced claim or one lost claim race holds
+        nothing else back. Returns (committed per settlement, the claim won per entry or None).
+        Callers keep each part within ``MAX_TXN_OPS``."""
+        parts: list[Op] = []
         landings: list[Callable[[int], None]] = []
         for item in commits:
-            more_compares, more_ops, landed = self._commit_parts(item.claim, item.finals, item.last, item.cancelled)
-            compares += more_compares
-            ops += more_ops
+            compares, ops, landed = self._commit_parts(item.claim, item.finals, item.last, item.cancelled)
+            parts.append(Txn(compares, ops))
             landings.append(landed)
         makers: list[Callable[[int], tuple[Claim, list[EpisodeRecord]]] | None] = []
         for entry, records in claims:
-            parts = self._claim_parts(host, lease, entry, records)
-            makers.append(parts[2] if parts else None)
-            if parts:
-                compares += parts[0]
-                ops += parts[1]
-        if len(commits) > 1 or any(m is not None for m in makers):  # one lone commit: just commit
-            result = self.registry.txn(compares, [*ops, *extra])
-            if result.succeeded:
-                for landed in landings:
-                    landed(result.revision)
-                return [True] * len(commits), [m(result.revision) if m else None for m in makers]
-        oks = [self.commit(i.claim, i.finals, last=i.last, extra=extra, cancelled=i.cancelled) for i in commits]
-        return oks, [None] * len(claims)
+            claim_parts = self._claim_parts(host, lease, entry, records)
+            makers.append(claim_parts[2] if claim_parts else None)
+            if claim_parts:
+                parts.append(Txn(claim_parts[0], claim_parts[1]))
+        if not parts:
+            return [], [None] * len(claims)
+        result = self.registry.txn([], [*parts, *extra])
+        outcomes = iter(result.nested)
+        oks: list[bool] = []
+        for landed in landings:
+            oks.append(next(outcomes).succeeded)
+            if oks[-1]:
+                landed(result.revision)
+        won: list[tuple[Claim, list[EpisodeRecord]] | None] = []
+        for maker in makers:
+            took = maker is not None and next(outcomes).succeeded
+            won.append(maker(result.revision) if maker is not None and took else None)
+        return oks, won
 
     def _commit_parts(
         self, claim: Claim, finals: Sequence[EpisodeRecord], last: bool, cancelled: Iterable[str]

@@ -74,15 +74,28 @@ class Get:
     prefix: bool = False
 
 
-Op = Put | Delete | Get
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """A txn as an op of a txn (etcd >= 3.3): independent conditional writes in one request.
+    As in etcd, every compare of the whole tree is checked against the state before any of it
+    applies, and everything it writes shares one revision. Its result is in ``TxnResult.nested``."""
+
+    compares: Sequence[Compare]
+    success: Sequence[Op]
+    failure: Sequence[Op] = ()
+
+
+Op = Put | Delete | Get | Txn
 
 
 @dataclass(frozen=True, slots=True)
 class TxnResult:
     succeeded: bool
     revision: int
-    # One entry per op of the branch that ran: the KeyValues a Get read, [] for Put/Delete.
+    # One entry per op of the branch that ran: the KeyValues a Get read, [] for other ops.
     responses: list[list[KeyValue]] = field(default_factory=list)
+    # One result per Txn op of the branch that ran, in order.
+    nested: list[TxnResult] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ from .base import (
     Op,
     Put,
     RangeResult,
+    Txn,
     TxnResult,
     WatchBatch,
     WatchIterMixin,
@@ -217,11 +218,47 @@ def _request_op(op: Op) -> dict[str, Any]:
         return {"request_put": {"key": _b64(op.key), "value": _b64(op.value), "lease": op.lease}}
     if isinstance(op, Delete):
         return {"request_delete_range": _range_request(op.key, op.prefix)}
+    if isinstance(op, Txn):
+        return {"request_txn": _txn_request(op.compares, op.success, op.failure)}
     return {"request_range": _range_request(op.key, op.prefix)}
 
 
+def _txn_request(compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op]) -> dict[str, Any]:
+    return {
+        "compare": [_compare(c) for c in compares],
+        "success": [_request_op(op) for op in success],
+        "failure": [_request_op(op) for op in failure],
+    }
+
+
+def _txn_result(answer: Mapping[str, Any], succeeded: bool, branch: Sequence[Op], revision: int) -> TxnResult:
+    """A txn's result from etcd's answer (a nested txn's answer carries no header)."""
+    answers = answer.get("responses", [])
+    responses: list[list[KeyValue]] = []
+    nested: list[TxnResult] = []
+    for i, op in enumerate(branch):
+        found = answers[i] if i < len(answers) else {}
+        if isinstance(op, Get):
+            responses.append([_kv(kv) for kv in found.get("response_range", {}).get("kvs", [])])
+            continue
+        responses.append([])
+        if isinstance(op, Txn):
+            inner = found.get("response_txn", {})
+            held = bool(inner.get("succeeded", False))
+            nested.append(_txn_result(inner, held, op.success if held else op.failure, revision))
+    return TxnResult(succeeded=succeeded, revision=revision, responses=responses, nested=nested)
+
+
+def _leaves(ops: Sequence[Op]) -> list[Put | Delete | Get]:
+    """The plain ops of a txn, nested txns' (both branches) included."""
+    out: list[Put | Delete | Get] = []
+    for op in ops:
+        out += _leaves([*op.success, *op.failure]) if isinstance(op, Txn) else [op]
+    return out
+
+
 def _op_size(op: Op) -> int:
-    return len(op.key) + len(op.value) if isinstance(op, Put) else len(op.key)
+    return len(op.key) + len(op.value) if isinstance(op, Put) else len(op.key) if not isinstance(op, Txn) else 0
 
 
 # -- failures ----------------------------------------------------------------------------------------
@@ -622,12 +659,8 @@ class EtcdRegistry:
         return RangeResult(kvs=kvs, revision=revision or _revision(result), more=bool(result.get("more", False)))
 
     def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
-        payload = {
-            "compare": [_compare(c) for c in compares],
-            "success": [_request_op(op) for op in success],
-            "failure": [_request_op(op) for op in failure],
-        }
-        ops = [*success, *failure]
+        payload = _txn_request(compares, success, failure)
+        ops = _leaves([*success, *failure])
         ctx = _Ctx(
             "run a txn",
             idempotent=all(isinstance(op, Get) for op in ops),
@@ -636,13 +669,7 @@ class EtcdRegistry:
         )
         result = self._call("/kv/txn", payload, ctx)
         succeeded = bool(result.get("succeeded", False))
-        branch = success if succeeded else failure
-        answers = result.get("responses", [])
-        responses = [
-            [_kv(kv) for kv in answers[i].get("response_range", {}).get("kvs", [])] if isinstance(op, Get) else []
-            for i, op in enumerate(branch)
-        ]
-        return TxnResult(succeeded=succeeded, revision=_revision(result), responses=responses)
+        return _txn_result(result, succeeded, success if succeeded else failure, _revision(result))
 
     def watch(self, prefix: bytes, start_revision: int, *, prev_kv: bool = False) -> EtcdWatch:
         watch = EtcdWatch(self, prefix, start_revision, prev_kv=prev_kv)

@@ -15,7 +15,8 @@ import random
 import threading
 import time
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from operator import attrgetter, eq, gt, lt, ne
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +31,7 @@ from .base import (
     Op,
     Put,
     RangeResult,
+    Txn,
     TxnResult,
     WatchBatch,
     WatchIterMixin,
@@ -489,9 +491,16 @@ class MemoryRegistry:
                 if not _holds(compare, kvs.get(compare.key)):
                     succeeded = False
                     break
-            responses = store.apply(success if succeeded else failure)
-            revision = store.revision
-        return TxnResult(succeeded, revision, responses)
+            branch = success if succeeded else failure
+            if not any(type(op) is Txn for op in branch):
+                responses = store.apply(branch)
+                return TxnResult(succeeded, store.revision, responses)
+            tree = _choose(branch, kvs)  # every compare first, against the state before the txn
+            flat = _flatten(tree)
+            _check_branch(flat)
+            answers = iter(store.apply(flat))
+            responses, nested = _results(tree, answers, store.revision)
+            return TxnResult(succeeded, store.revision, responses, nested)
 
     def watch(self, prefix: bytes, start_revision: int, *, prev_kv: bool = False) -> _MemoryWatch:
         if self._is_closed:
@@ -517,6 +526,50 @@ class MemoryRegistry:
 
     def __repr__(self) -> str:
         return f"MemoryRegistry({self.url!r})"
+
+
+@dataclass
+class _Chosen:
+    """A nested txn whose compares were checked: the ops of the branch that runs."""
+
+    succeeded: bool
+    ops: list[Op | _Chosen]
+
+
+def _choose(ops: Sequence[Op], kvs: dict[bytes, KeyValue]) -> list[Op | _Chosen]:
+    out: list[Op | _Chosen] = []
+    for op in ops:
+        if type(op) is Txn:
+            held = all(_holds(c, kvs.get(c.key)) for c in op.compares)
+            out.append(_Chosen(held, _choose(op.success if held else op.failure, kvs)))
+        else:
+            out.append(op)
+    return out
+
+
+def _flatten(tree: Sequence[Op | _Chosen]) -> list[Op]:
+    flat: list[Op] = []
+    for item in tree:
+        if isinstance(item, _Chosen):
+            flat += _flatten(item.ops)
+        else:
+            flat.append(item)
+    return flat
+
+
+def _results(
+    tree: Sequence[Op | _Chosen], answers: Iterator[list[KeyValue]], revision: int
+) -> tuple[list[list[KeyValue]], list[TxnResult]]:
+    responses: list[list[KeyValue]] = []
+    nested: list[TxnResult] = []
+    for item in tree:
+        if isinstance(item, _Chosen):
+            inner, deeper = _results(item.ops, answers, revision)
+            nested.append(TxnResult(item.succeeded, revision, inner, deeper))
+            responses.append([])
+        else:
+            responses.append(next(answers))
+    return responses, nested
 
 
 def _holds(compare: Compare, kv: KeyValue | None) -> bool:
