@@ -149,6 +149,8 @@ class MeshClient:
                 if wanted is not None:
                     wanted.discard(record.id)
                 yield record
+        if wanted is not None and not wanted:
+            return  # all finished already: no watch to open
         follower = Follower(self.registry, self.keys.episodes())
         follower.start(revision)
         try:
@@ -189,10 +191,9 @@ class MeshClient:
     def wait(self, episode_ids: Iterable[str], *, timeout: float | None = None) -> builtins.list[EpisodeRecord]:
         """Block until every episode is finished (acked or not); their records in input order."""
         ids = list(episode_ids)
-        done = {r.id: r for r in self._terminal(ids)}
-        if len(done) < len(set(ids)):
-            for record in self.as_completed([i for i in ids if i not in done], timeout=timeout):
-                done[record.id] = record
+        done: dict[str, EpisodeRecord] = {}
+        for record in self.as_completed(ids, timeout=timeout):  # those already finished first
+            done[record.id] = record
         done.update({r.id: r for r in self._terminal([i for i in ids if i not in done])})
         missing = [i for i in ids if i not in done]
         if missing:

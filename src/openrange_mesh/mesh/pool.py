@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 # How often results inside a batch wake the agent's loop, at most (see ``_supervise``).
 RESULT_WAKE = 0.05
+# After a result that woke nobody, the supervisor waits this long before reading the pipes
+# again, so a batch's results are read several at a time: on a busy machine each wake-up of
+# this thread costs the worker a context switch (CartPole through the mesh: ~+10% episodes/s).
+COALESCE = 0.002
 _QUIET, _RESULT, _URGENT = 0, 1, 2  # what a worker's messages ask of the agent's loop
 STOP_GRACE = 3.0  # seconds a worker gets to stop its episode (a command runtime takes up to 2) before SIGKILL
 _CONTEXT = multiprocessing.get_context("forkserver")
@@ -175,6 +179,8 @@ class WorkerPool:
             if wake == _URGENT or (wake == _RESULT and now - self._woken_at >= RESULT_WAKE):
                 self._woken_at = now
                 self.on_change()
+            elif wake == _RESULT:
+                time.sleep(COALESCE)  # let a batch's next results gather: one wake-up for several
 
     def _handle(self, worker: _Worker, *, dead: bool) -> int:
         with self._lock:
