@@ -10,6 +10,7 @@ import pytest
 
 from openrange_mesh.ids import IdAllocator, home_id
 from openrange_mesh.keys import Keys
+from openrange_mesh.mesh import homes
 from openrange_mesh.mesh.catalog import Catalog
 from openrange_mesh.mesh.leader import collect_garbage
 from openrange_mesh.mesh.ledger import Claim, Ledger, Settlement, finish_attempt
@@ -203,3 +204,14 @@ def test_ids_say_whether_an_episode_is_a_batch_member_and_where_it_lives(registr
     assert all(home_id(m) == home for home, ms in groups.items() for m in ms)
     with pytest.raises(ValueError):
         allocator.next_group(64)
+
+
+def test_an_entry_carries_the_records_written_with_it_until_rewritten(registry: Registry, ledger: Ledger) -> None:
+    ids = batch(ledger, 3)
+    (entry,) = ledger.queue()
+    carried = homes.embedded(ledger.keys, entry)
+    assert carried is not None and carried == ledger.read(ids)  # same records, same revision to compare
+    assert ledger.cancel_pending(carried[ids[0]])
+    (rewritten,) = ledger.queue()
+    assert homes.embedded(ledger.keys, rewritten) is None  # ids only: the claimer reads
+    assert ledger.claim("h1", registry.grant(5), entry, carried) is None  # what it carried is stale now

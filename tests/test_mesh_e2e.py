@@ -268,6 +268,31 @@ def test_crashing_worker_fails_its_episode_only(mesh: Mesh) -> None:
     mesh.check_clean()
 
 
+def test_worker_dying_mid_batch_with_a_batch_queued_ahead_loses_nothing(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    """One worker: while it runs a batch it holds the next one (look-ahead). A crash inside
+    the first fails that episode only; the rest of that batch and the whole queued one go back
+    to pending, out of their group records, and run again."""
+    mesh = make_mesh(etcd.url)
+    mesh.start_agent("h1", capacity=1)
+    specs = [{"runtime": "sleep", "params": {"seconds": 0.2}} for _ in range(10)]
+    specs[5] = {"runtime": "sleep", "params": {"seconds": 0.2, "mode": "crash"}}
+    first = mesh.client.submit(specs, batch=10)
+    wait_until(lambda: mesh.records(first[:1])[first[0]].state is State.RUNNING, 10, what="the first batch to run")
+    behind = mesh.client.submit([{"runtime": "sleep", "params": {"seconds": 0.01}}] * 10, batch=10)
+    records = mesh.wait_finished(first + behind, timeout=60)
+    crashed = records.pop(first[5])
+    assert crashed.state is State.FAILED and "SIGKILL" in (crashed.error or ""), crashed
+    assert all(r.state is State.SUCCEEDED for r in records.values()), records
+    released = [first[6:10], behind]  # not started when the worker died
+    for episode_id in [i for ids in released for i in ids]:
+        record = records[episode_id]
+        first_try = record.history[0]
+        assert record.attempt == 2 and first_try.outcome == "retried", record
+        assert "before it started" in (first_try.error or ""), record
+    assert all(records[i].attempt == 1 for i in first[:5])
+    mesh.check_clean()
+
+
 # --- (f)-(l) ------------------------------------------------------------------------------------
 
 
