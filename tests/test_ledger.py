@@ -11,8 +11,9 @@ from openrange_mesh.keys import Keys
 from openrange_mesh.mesh.catalog import Catalog, EpisodeFilter
 from openrange_mesh.mesh.ledger import Claim, Ledger, Settlement, Versioned, finish_attempt
 from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State
-from openrange_mesh.registry import Put, Registry
+from openrange_mesh.registry import Put, Registry, open_registry
 
+from .etcdkit import EtcdServer
 from .helpers import wait_until
 
 
@@ -227,3 +228,24 @@ def test_settle_takes_an_entry_with_no_commit_beside_it(registry: Registry, ledg
     lease = registry.grant(5)
     oks, won = ledger.settle([], [(entry, ledger.read(list(entry.ids)))], host="h1", lease=lease)
     assert oks == [] and won[0] is not None and won[0][1][0].state is State.RUNNING
+
+
+def test_big_records_stay_within_etcds_request_limit(etcd: EtcdServer, keys: Keys) -> None:
+    """etcd only: memory:// has no request size limit."""
+    registry = open_registry(etcd.url)
+    try:
+        ledger = Ledger(registry, keys)
+        ledger.submit(records(3, params={"blob": "x" * 400_000}))  # 3 x 400 KB: more than a request holds
+        entries = ledger.queue()
+        assert len(entries) == 3 and not any(e.values for e in entries)  # too big for entries to carry
+        lease = registry.grant(5)
+        _, won = ledger.settle([], [(e, ledger.read(list(e.ids))) for e in entries], host="h1", lease=lease)
+        claims = [w for w in won if w is not None]
+        assert len(claims) == 3  # the request was too large: one per claim instead
+        now = time.time()
+        done = [
+            Settlement(c, [finish_attempt(r, State.SUCCEEDED, now, None) for r in rs], last=True) for c, rs in claims
+        ]
+        assert ledger.settle(done)[0] == [True, True, True]
+    finally:
+        registry.close()

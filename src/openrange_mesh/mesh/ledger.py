@@ -31,12 +31,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..errors import TooLarge
 from ..keys import Keys
 from ..model import Attempt, EpisodeRecord, State, encode_group, pack, unpack
 from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry, Txn
 from . import homes
 from .homes import Home, Versioned, group_key, home_of, rewrite
-from .queue import QueueEntry, decode_entry, entry_ops, entry_put, groups, named, rewrite_ops
+from .queue import QueueEntry, carried_bytes, decode_entry, entry_ops, entry_put, groups, named, rewrite_ops
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,12 @@ class Ledger:
                 parts.append(Txn(claim_parts[0], claim_parts[1]))
         if not parts:
             return [], [None] * len(claims)
-        result = self.registry.txn([], [*parts, *extra])
+        try:
+            result = self.registry.txn([], [*parts, *extra])
+        except TooLarge:  # big specs: etcd's request limit, not the ops limit, binds first
+            if len(parts) == 1:
+                raise
+            return self._settle_apart(commits, claims, host=host, lease=lease, extra=extra)
         outcomes = iter(result.nested)
         oks: list[bool] = []
         for landed in landings:
@@ -249,6 +255,20 @@ class Ledger:
         for maker in makers:
             took = maker is not None and next(outcomes).succeeded
             won.append(maker(result.revision) if maker is not None and took else None)
+        return oks, won
+
+    def _settle_apart(
+        self,
+        commits: Sequence[Settlement],
+        claims: Sequence[tuple[QueueEntry, Mapping[str, Versioned]]],
+        *,
+        host: str,
+        lease: int,
+        extra: Sequence[Op],
+    ) -> tuple[list[bool], list[tuple[Claim, list[EpisodeRecord]] | None]]:
+        """``settle``, one request per commit and per claim."""
+        oks = [self.settle([item], extra=extra)[0][0] for item in commits]
+        won = [self.settle([], [pair], host=host, lease=lease, extra=extra)[1][0] for pair in claims]
         return oks, won
 
     def _commit_parts(
@@ -368,7 +388,8 @@ def _txn_chunks(
     for group in named_groups:
         idem = sum(1 for r in group if r.spec.idempotency_key)
         group_ops = 1 + idem + (1 if group_key(keys, group) is not None else len(group))
-        group_bytes = sum(len(encoded[r.id]) for r in group)
+        values = [encoded[r.id] for r in group]
+        group_bytes = sum(len(v) for v in values) + carried_bytes(values)  # the entry's copy too
         if out and (ops + group_ops > MAX_TXN_OPS or nbytes + group_bytes > MAX_TXN_BYTES):
             out.append([])
             ops = nbytes = 0

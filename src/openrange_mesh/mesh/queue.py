@@ -85,11 +85,24 @@ def entry_ops(keys: Keys, group: Sequence[EpisodeRecord], encoded: Sequence[byte
     return ops
 
 
+# An entry carries its records' values up to this size: every agent receives every entry, and a
+# big spec (up to 512 KiB) would double the submission's bytes. Bigger records are read by the
+# claimer instead.
+CARRY_LIMIT = 64 * 1024
+
+
+def carried_bytes(values: Sequence[bytes]) -> int:
+    """How many bytes an entry carrying ``values`` adds to its txn: their size, or 0 when they
+    are too big to carry."""
+    size = sum(len(v) for v in values)
+    return size if size <= CARRY_LIMIT else 0
+
+
 def entry_put(keys: Keys, group: Sequence[EpisodeRecord], values: Sequence[bytes] = ()) -> Put:
     """The queue entry listing a named group, with the values of its records written in the
     same txn (or none)."""
     entry: dict[str, object] = {"ids": [r.id for r in group]}
-    if values:
+    if values and carried_bytes(values):
         entry["with"] = list(values)
     return Put(keys.queued(entry_name(group)), pack(entry))
 
