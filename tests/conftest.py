@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from openrange_mesh.keys import Keys
+from openrange_mesh.mesh.ledger import Ledger
 from openrange_mesh.registry import Registry, open_registry
 
 from .etcdkit import EtcdServer, start_etcd
@@ -48,3 +50,14 @@ def registry(registry_url: str) -> Iterator[Registry]:
     reg = open_registry(registry_url, retry_timeout=5.0)
     yield reg
     reg.close()
+
+
+@pytest.fixture
+def keys() -> Keys:
+    """A namespace of its own for a test that writes through the domain layer."""
+    return Keys(f"t{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def ledger(registry: Registry, keys: Keys) -> Ledger:
+    return Ledger(registry, keys)

@@ -4,7 +4,6 @@ keeps its own id, state, attempts and fencing; members going back to pending mov
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 
@@ -18,16 +17,6 @@ from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State
 from openrange_mesh.registry import Registry
 
 from .helpers import wait_until
-
-
-@pytest.fixture
-def keys() -> Keys:
-    return Keys(f"t{uuid.uuid4().hex[:10]}")
-
-
-@pytest.fixture
-def ledger(registry: Registry, keys: Keys) -> Ledger:
-    return Ledger(registry, keys)
 
 
 def batch(ledger: Ledger, n: int, **spec: object) -> list[str]:

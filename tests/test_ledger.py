@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
-
-import pytest
 
 from openrange_mesh.keys import Keys
 from openrange_mesh.mesh.catalog import Catalog, EpisodeFilter
@@ -15,16 +12,6 @@ from openrange_mesh.registry import Put, Registry, open_registry
 
 from .etcdkit import EtcdServer
 from .helpers import wait_until
-
-
-@pytest.fixture
-def keys() -> Keys:
-    return Keys(f"t{uuid.uuid4().hex[:10]}")
-
-
-@pytest.fixture
-def ledger(registry: Registry, keys: Keys) -> Ledger:
-    return Ledger(registry, keys)
 
 
 def records(n: int, *, prefix: str = "e", **spec: object) -> list[EpisodeRecord]:
