@@ -72,8 +72,8 @@ class Claiming(Joining):
         their records read in one round trip for the claim txns. Each host ranks the oldest
         ``CANDIDATE_WINDOW x slots`` entries by a hash of (host, entry) and takes its top ones
         (rendezvous hashing): peers woken by the same event want different entries, so their
-        claim txns rarely collide; a random pick among a few of the oldest collided in about
-        half the txns of a busy two-agent mesh, and a failed claim costs two round trips."""
+        claims rarely collide; a random pick among a few of the oldest collided in about half
+        the passes of a busy two-agent mesh, each collision a worker left idle for a pass."""
         if free + ahead == 0:
             return []
         with self._events_lock:
