@@ -101,7 +101,7 @@ class WorkerPool:
         with self._lock:
             worker = next((w for w in self._workers if not w.groups), None)
             if worker is None and batch:
-                worker = next(w for w in self._workers if w.takes_ahead)
+                worker = next((w for w in self._workers if w.takes_ahead), None)
             if worker is None:
                 raise RuntimeError("no worker free for a group (claims must follow idle() and ahead())")
             worker.groups.append(batch)
