@@ -21,6 +21,7 @@ from click.testing import CliRunner, Result
 from openrange_mesh.cli.main import cli
 from openrange_mesh.keys import Keys
 from openrange_mesh.mesh.catalog import Catalog
+from openrange_mesh.mesh.client import MeshClient
 from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, State
 from openrange_mesh.registry import Put, Registry, open_registry
 
@@ -271,6 +272,9 @@ def test_ls_watch_follows_changes_and_ctrl_c_exits_0(etcd: EtcdServer, registry:
         put_records(registry, namespace, first.replace(state=State.CANCELLED, error="cancelled"))
         changed = json.loads(process.stdout.readline())
         assert (changed["id"], changed["state"]) == (first.id, "cancelled")
+        with MeshClient(registry, namespace=namespace) as client:  # a batch: one group record
+            batch = client.submit([{"runtime": "sleep"}] * 3, batch=3)
+        assert [json.loads(process.stdout.readline())["id"] for _ in batch] == batch
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
     finally:
