@@ -1,11 +1,5 @@
-"""The in-process registry: etcd's semantics (see base.py) without a server.
-
-``memory://NAME`` opens the process-global store NAME (the first opener's ``history_limit``
-wins); ``memory://`` opens a fresh private store. A store keeps the live keys (a dict plus a
-sorted key list for ranges), each key's history and one change log covering the last
-``history_limit`` revisions (reads and watches at a past revision), and leases with a heap of
-deadlines that every call checks and one daemon reaper thread checks every ``_REAP_INTERVAL``.
-"""
+"""One in-process keyspace: live keys, their history, a change log, leases and the reaper
+thread that expires them."""
 
 from __future__ import annotations
 
@@ -15,34 +9,22 @@ import random
 import threading
 import time
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from operator import attrgetter, eq, gt, lt, ne
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Sequence
+from operator import attrgetter
 
-from ..errors import Compacted, ConfigError, LeaseLost, RegistryError
-from .base import (
-    Compare,
+from ...errors import Compacted, ConfigError, LeaseLost, RegistryError
+from ..base import (
     Delete,
-    Event,
     Get,
     KeyValue,
     Op,
     Put,
     RangeResult,
-    Txn,
-    TxnResult,
-    WatchBatch,
-    WatchIterMixin,
     prefix_end,
 )
 
 _REAP_INTERVAL = 0.1  # seconds between the reaper's lease checks: expiry lands within ttl + 0.1 s
-
 _mod_revision = attrgetter("mod_revision")
-_INT_TARGETS = frozenset({"version", "create", "mod", "lease"})
-_COMPARE_OPS: dict[str, Callable[[Any, Any], bool]] = {"==": eq, "!=": ne, "<": lt, ">": gt}
 
 
 def _insert(keys: list[bytes], key: bytes) -> None:
@@ -361,242 +343,3 @@ def _open_store(name: str, history_limit: int) -> _Store:
         if store is None:
             store = _named[name] = _Store(history_limit)
         return store
-
-
-class _MemoryWatch(WatchIterMixin):
-    def __init__(self, registry: MemoryRegistry, prefix: bytes, start_revision: int, prev_kv: bool) -> None:
-        self._registry = registry
-        self._store = registry._store
-        self._prefix = prefix
-        self._next_revision = start_revision
-        self._prev_kv = prev_kv
-        self._cancelled = threading.Event()
-
-    def next(self, timeout: float) -> WatchBatch:
-        store = self._store
-        deadline = time.monotonic() + timeout
-        while not self._cancelled.is_set():
-            with store.lock:
-                kvs, prevs = self._wait(deadline)
-                seen = max(store.revision, self._next_revision - 1)
-            self._next_revision = seen + 1
-            prefix = self._prefix
-            events = [
-                Event("put" if kv.version else "delete", kv, prev if self._prev_kv else None)
-                for kv, prev in zip(kvs, prevs, strict=True)
-                if kv.key.startswith(prefix)
-            ]
-            if events or time.monotonic() >= deadline:
-                return WatchBatch(events, seen)
-        return WatchBatch([], self._next_revision - 1)
-
-    def _wait(self, deadline: float) -> tuple[list[KeyValue], list[KeyValue | None]]:
-        """Changes from the next revision on, waiting until ``deadline`` for some (lock held)."""
-        store = self._store
-        while True:
-            store.expire()
-            changes = store.changes_since(self._next_revision)
-            remaining = deadline - time.monotonic()
-            if changes[0] or remaining <= 0 or self._cancelled.is_set():
-                return changes
-            store.waiting += 1
-            try:
-                store.changed.wait(remaining)
-            finally:
-                store.waiting -= 1
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-        self._registry._watches.discard(self)
-        with self._store.changed:
-            self._store.changed.notify_all()
-
-
-class MemoryRegistry:
-    def __init__(self, url: str, *, retry_timeout: float = 10.0, history_limit: int = 100_000) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "memory":
-            raise ConfigError(f"not a memory registry URL: {url!r}")
-        self.url = url
-        self.retry_timeout = retry_timeout  # nothing to retry in-process
-        self._store = _open_store(parts.netloc + parts.path, history_limit)
-        self._watches: set[_MemoryWatch] = set()
-        self._is_closed = False
-
-    def grant(self, ttl: int) -> int:
-        if ttl < 1:
-            raise RegistryError(f"lease ttl must be at least 1 second, got {ttl}")
-        store = self._store
-        with store.lock:
-            store.expire()
-            return store.grant(ttl)
-
-    def refresh(self, lease: int) -> int:
-        store = self._store
-        with store.lock:
-            store.expire()
-            return store.refresh(lease)
-
-    def time_to_live(self, lease: int) -> tuple[int, int] | None:
-        store = self._store
-        with store.lock:
-            store.expire()
-            held = store.leases.get(lease)
-            if held is None:
-                return None
-            return max(0, int(held.deadline - time.monotonic())), held.ttl
-
-    def revoke(self, lease: int) -> None:
-        store = self._store
-        with store.lock:
-            store.expire()
-            revoked = store.leases.pop(lease, None)
-            if revoked is not None:
-                store.drop_keys(revoked.keys)
-
-    def get(self, key: bytes) -> tuple[KeyValue | None, int]:
-        store = self._store
-        with store.lock:
-            if store.deadlines and store.deadlines[0][0] <= time.monotonic():
-                store.expire()
-            return store.kvs.get(key), store.revision
-
-    def range(
-        self,
-        prefix: bytes,
-        *,
-        start: bytes | None = None,
-        revision: int | None = None,
-        limit: int = 0,
-    ) -> RangeResult:
-        store = self._store
-        with store.lock:
-            if store.deadlines and store.deadlines[0][0] <= time.monotonic():
-                store.expire()
-            at = revision if revision is not None and revision > 0 else store.revision  # etcd: <= 0 is now
-            return store.range(prefix, start, at, limit)
-
-    def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
-        if len(success) > 1:
-            _check_branch(success)
-        if len(failure) > 1:
-            _check_branch(failure)
-        store = self._store
-        with store.lock:
-            if store.deadlines and store.deadlines[0][0] <= time.monotonic():
-                store.expire()
-            kvs = store.kvs
-            succeeded = True
-            for compare in compares:
-                if not _holds(compare, kvs.get(compare.key)):
-                    succeeded = False
-                    break
-            branch = success if succeeded else failure
-            if not any(type(op) is Txn for op in branch):
-                responses = store.apply(branch)
-                return TxnResult(succeeded, store.revision, responses)
-            tree = _choose(branch, kvs)  # every compare first, against the state before the txn
-            flat = _flatten(tree)
-            _check_branch(flat)
-            answers = iter(store.apply(flat))
-            responses, nested = _results(tree, answers, store.revision)
-            return TxnResult(succeeded, store.revision, responses, nested)
-
-    def watch(self, prefix: bytes, start_revision: int, *, prev_kv: bool = False) -> _MemoryWatch:
-        if self._is_closed:
-            raise RegistryError(f"registry {self.url} is closed")
-        if start_revision <= 0:  # etcd: 0 means "from the next write"
-            with self._store.lock:
-                start_revision = self._store.revision + 1
-        watch = _MemoryWatch(self, prefix, start_revision, prev_kv)
-        self._watches.add(watch)
-        return watch
-
-    def compact(self, revision: int) -> None:
-        """Forget every revision older than ``revision`` (etcd's compaction): reads and watches
-        from before it raise ``Compacted``."""
-        store = self._store
-        with store.lock:
-            store.compact(revision)
-
-    def close(self) -> None:
-        self._is_closed = True
-        for watch in list(self._watches):
-            watch.cancel()
-
-    def __repr__(self) -> str:
-        return f"MemoryRegistry({self.url!r})"
-
-
-@dataclass
-class _Chosen:
-    """A nested txn whose compares were checked: the ops of the branch that runs."""
-
-    succeeded: bool
-    ops: list[Op | _Chosen]
-
-
-def _choose(ops: Sequence[Op], kvs: dict[bytes, KeyValue]) -> list[Op | _Chosen]:
-    out: list[Op | _Chosen] = []
-    for op in ops:
-        if type(op) is Txn:
-            held = all(_holds(c, kvs.get(c.key)) for c in op.compares)
-            out.append(_Chosen(held, _choose(op.success if held else op.failure, kvs)))
-        else:
-            out.append(op)
-    return out
-
-
-def _flatten(tree: Sequence[Op | _Chosen]) -> list[Op]:
-    flat: list[Op] = []
-    for item in tree:
-        if isinstance(item, _Chosen):
-            flat += _flatten(item.ops)
-        else:
-            flat.append(item)
-    return flat
-
-
-def _results(
-    tree: Sequence[Op | _Chosen], answers: Iterator[list[KeyValue]], revision: int
-) -> tuple[list[list[KeyValue]], list[TxnResult]]:
-    responses: list[list[KeyValue]] = []
-    nested: list[TxnResult] = []
-    for item in tree:
-        if isinstance(item, _Chosen):
-            inner, deeper = _results(item.ops, answers, revision)
-            nested.append(TxnResult(item.succeeded, revision, inner, deeper))
-            responses.append([])
-        else:
-            responses.append(next(answers))
-    return responses, nested
-
-
-def _holds(compare: Compare, kv: KeyValue | None) -> bool:
-    target = compare.target
-    have: bytes | int
-    if kv is None:
-        if target == "value":
-            return False  # etcd: an absent key fails every value compare
-        if target not in _INT_TARGETS:
-            raise RegistryError(f"unknown compare target {target!r}")
-        have = 0  # an absent key's version, create, mod and lease
-    elif target == "value":
-        have = kv.value
-    elif target == "version":
-        have = kv.version
-    elif target == "mod":
-        have = kv.mod_revision
-    elif target == "create":
-        have = kv.create_revision
-    elif target == "lease":
-        have = kv.lease
-    else:
-        raise RegistryError(f"unknown compare target {target!r}")
-    compare_op = _COMPARE_OPS.get(compare.op)
-    if compare_op is None:
-        raise RegistryError(f"unknown compare op {compare.op!r}")
-    try:
-        return compare_op(have, compare.operand)
-    except TypeError:
-        raise RegistryError(f"cannot compare {target} with {compare.operand!r}") from None

@@ -1,0 +1,340 @@
+"""The registry over etcd's v3 JSON gateway (etcd >= 3.4), through etcd3gw.
+
+How it copes with failure:
+
+* One ``Etcd3Client`` per endpoint. Calls go to the current endpoint; a connection failure, a timeout
+  or an etcd "unavailable" answer moves to the next one. Every call runs under one tenacity policy that
+  retries only those failures and never runs past ``retry_timeout`` (each attempt's timeout is clamped
+  to what is left), then raises ``Unavailable``.
+* A timed-out *write* may have been applied, so a write is retried only when the request certainly never
+  reached etcd (connection refused, connect timeout); otherwise ``Unavailable`` is raised at once rather
+  than risk applying it twice (a retried claim would read as "lost" though it was won).
+* A watch is a streaming POST to ``/v3/watch`` read by a daemon thread (etcd3gw's Watcher leaves executor
+  threads behind and drops cancel responses). It resumes from the last seen revision + 1 after any
+  break. A second thread probes the endpoint while the stream is quiet and breaks the stream when the
+  probe fails: a hung etcd (SIGSTOP, a stalled disk) looks exactly like a quiet one, and reconnecting
+  on every quiet spell would make etcd replay all history since the last event each time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import requests
+from etcd3gw.client import Etcd3Client
+from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Etcd3Exception
+from tenacity import RetryCallState, Retrying, retry_if_exception
+
+from ...errors import Compacted, LeaseLost, RegistryError, TooLarge
+from ..base import (
+    Compare,
+    Get,
+    KeyValue,
+    Op,
+    Put,
+    RangeResult,
+    TxnResult,
+)
+from ._transport import (
+    _MIN_ATTEMPT,
+    _NOT_APPLIED,
+    _UNAVAILABLE,
+    MAX_REQUEST_BYTES,
+    _cause,
+    _Ctx,
+    _error_message,
+    _GatewayError,
+    _InvalidToken,
+    _never_sent,
+    _Session,
+    _short,
+    _transport_error,
+    _Unreachable,
+)
+from ._url import parse_url
+from ._watch import EtcdWatch
+from ._wire import _b64, _int, _kv, _leaves, _op_size, _range_request, _revision, _txn_request, _txn_result
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MAX_REQUEST_BYTES", "EtcdRegistry", "EtcdWatch", "parse_url"]
+
+
+class EtcdRegistry:
+    def __init__(self, url: str, *, retry_timeout: float = 10.0) -> None:
+        self._target = parse_url(url)
+        self.url = self._target.url
+        self.endpoints = ",".join(self._where(i) for i in range(len(self._target.endpoints)))
+        self.retry_timeout = retry_timeout
+        self.request_timeout = max(min(retry_timeout / 2, self._target.timeout), _MIN_ATTEMPT)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._clients: dict[int, Etcd3Client] = {}
+        self._current = 0
+        self._token: str | None = None
+        self._in_outage = False
+        self._watches: set[EtcdWatch] = set()
+        self._closed = False
+
+    # -- endpoints, auth and the one retry policy --
+
+    def _endpoint(self) -> tuple[int, Etcd3Client]:
+        with self._lock:
+            if self._closed:
+                raise RegistryError(f"etcd registry {self.url} is closed")
+            index = self._current
+            client = self._clients.get(index)
+            if client is None:
+                host, port = self._target.endpoints[index]
+                session = _Session(self._local)
+                session.verify = self._target.cacert or True
+                if self._target.cert and self._target.key:
+                    session.cert = (self._target.cert, self._target.key)
+                client = Etcd3Client(
+                    host=host,
+                    port=port,
+                    protocol=self._target.protocol,
+                    timeout=self.request_timeout,
+                    api_path="/v3/",
+                    session=session,
+                )
+                self._clients[index] = client
+            return index, client
+
+    def _where(self, index: int) -> str:
+        host, port = self._target.endpoints[index]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _fail_over(self, index: int, reason: str) -> None:
+        with self._lock:
+            if self._current != index:
+                return  # another thread already moved on
+            self._current = (index + 1) % len(self._target.endpoints)
+            first, self._in_outage = not self._in_outage, True
+        level = logging.WARNING if first else logging.DEBUG
+        nxt = "retrying" if self._current == index else f"trying {self._where(self._current)}"
+        log.log(level, "etcd %s: %s; %s", self._where(index), reason, nxt)
+
+    def _recovered(self, index: int) -> None:
+        if self._in_outage:
+            self._in_outage = False
+            log.info("etcd answers again at %s", self._where(index))
+
+    def _headers(self, client: Etcd3Client, *, renew: bool = False) -> dict[str, str]:
+        if self._target.user is None:
+            return {}
+        with self._lock:
+            token = None if renew else self._token
+        if token is None:
+            payload = {"name": self._target.user, "password": self._target.password}
+            try:
+                token = str(client.post(client.get_url("/auth/authenticate"), json=payload)["token"])
+            except Etcd3Exception as exc:
+                if "authentication is not enabled" not in str(exc.detail_text):
+                    raise
+                token = ""  # credentials given, auth off: send none until etcd asks for them
+            with self._lock:
+                self._token = token
+        return {"Authorization": token} if token else {}
+
+    def _attempt(self, path: str, payload: Mapping[str, Any], ctx: _Ctx) -> dict[str, Any]:
+        index, client = self._endpoint()
+        renew = False
+        while True:
+            try:
+                result: dict[str, Any] = client.post(
+                    client.get_url(path), json=payload, headers=self._headers(client, renew=renew)
+                )
+                if isinstance(result.get("error"), dict):  # a streaming endpoint's error object
+                    raise _GatewayError(json.dumps(result))
+                self._recovered(index)
+                return result
+            except (Etcd3Exception, requests.RequestException, _GatewayError) as exc:
+                error = self._translate(exc, ctx, index)
+                if isinstance(error, _InvalidToken) and not renew:
+                    renew = True
+                    continue
+                if isinstance(error, _Unreachable):
+                    self._fail_over(index, error.cause)
+                raise error from exc
+
+    def _call(self, path: str, payload: Mapping[str, Any], ctx: _Ctx) -> dict[str, Any]:
+        deadline = time.monotonic() + self.retry_timeout
+        count = len(self._target.endpoints)
+
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, _Unreachable) and (ctx.idempotent or not exc.maybe_applied)
+
+        def wait(state: RetryCallState) -> float:
+            # Try every endpoint once at once; then back off, without sleeping past the deadline.
+            if state.attempt_number % count:
+                return 0.0
+            backoff = min(0.05 * 2.0 ** (state.attempt_number // count - 1), 1.0)
+            return max(min(backoff, deadline - time.monotonic() - _MIN_ATTEMPT), 0.0)
+
+        policy = Retrying(
+            retry=retry_if_exception(retryable),
+            stop=lambda state: time.monotonic() >= deadline - _MIN_ATTEMPT,
+            wait=wait,
+            reraise=True,
+        )
+        self._local.deadline = deadline
+        try:
+            result: dict[str, Any] = policy(self._attempt, path, payload, ctx)
+            return result
+        finally:
+            self._local.deadline = None
+
+    def _translate(self, exc: BaseException, ctx: _Ctx, index: int) -> RegistryError:
+        """The one place where etcd3gw, requests and gateway errors become ``errors`` classes."""
+        where = self._where(index)
+        transport = _transport_error(exc)
+        if isinstance(transport, requests.exceptions.SSLError):  # a certificate problem: not retryable
+            return RegistryError(f"TLS with etcd {where} failed: {_cause(transport)}")
+        if transport is not None:
+            applied = not _never_sent(transport)
+            return _Unreachable(self.endpoints, where, _short(transport), maybe_applied=applied)
+        message = _error_message(exc)
+        lowered = message.lower()
+        if "request is too large" in lowered:
+            return TooLarge(ctx.what, ctx.size, MAX_REQUEST_BYTES)
+        if "larger than max" in lowered:  # gRPC's own limit: "... larger than max (3072010 vs. 2097152)"
+            numbers = [int(n) for n in re.findall(r"\d+", message)]
+            size, limit = numbers[-2:] if len(numbers) >= 2 else (ctx.size, MAX_REQUEST_BYTES)
+            return TooLarge(ctx.what, size, limit)
+        if "requested lease not found" in lowered:
+            return LeaseLost(ctx.lease)
+        if "required revision has been compacted" in lowered:
+            return Compacted(ctx.revision, self._oldest_revision())
+        user = self._target.user
+        if user is not None and ("invalid auth token" in lowered or "user name is empty" in lowered):
+            return _InvalidToken(message)  # expired, or auth was enabled after we last authenticated
+        if user is None and ("user name is empty" in lowered or "permission denied" in lowered):
+            return RegistryError(f"etcd at {self.endpoints} requires authentication: add user:password@ to the URL")
+        if "authentication failed" in lowered:
+            return RegistryError(f"etcd authentication failed for user {user!r}: wrong user name or password")
+        if "permission denied" in lowered:
+            return RegistryError(f"etcd user {user!r} may not {ctx.what}: permission denied")
+        if isinstance(exc, ConnectionFailedError | ConnectionTimeoutError) or any(s in lowered for s in _UNAVAILABLE):
+            applied = not any(s in lowered for s in _NOT_APPLIED)
+            return _Unreachable(self.endpoints, where, message, maybe_applied=applied)
+        return RegistryError(f"etcd refused {ctx.what}: {message}")
+
+    def _oldest_revision(self) -> int:
+        """The compaction revision, learnt from a watch at revision 1 (etcd reports it nowhere else)."""
+        try:
+            _, client = self._endpoint()
+            request = {"create_request": {"key": _b64(b"\0"), "start_revision": 1}}
+            with client.session.post(
+                client.get_url("/watch"),
+                json=request,
+                headers=self._headers(client),
+                stream=True,
+                timeout=self.request_timeout,
+            ) as response:
+                for line in response.iter_lines():  # "created", then "canceled" with the revision
+                    result = json.loads(line).get("result", {}) if line.strip() else {}
+                    if result.get("canceled") or "compact_revision" in result:
+                        return _int(result, "compact_revision")
+        except Exception:  # best effort: the caller only needs the fact that it was compacted
+            log.debug("could not learn etcd's compaction revision", exc_info=True)
+        return 0
+
+    # -- the Registry protocol --
+
+    def grant(self, ttl: int) -> int:
+        # Retried even when an attempt may have been applied: the orphan lease just expires.
+        result = self._call("/lease/grant", {"TTL": ttl, "ID": 0}, _Ctx("grant a lease"))
+        if result.get("error"):
+            raise RegistryError(f"etcd refused to grant a lease: {result['error']}")
+        return _int(result, "ID")
+
+    def refresh(self, lease: int) -> int:
+        result = self._call("/lease/keepalive", {"ID": lease}, _Ctx("refresh a lease", lease=lease))
+        ttl = _int(result.get("result", result), "TTL")
+        if ttl <= 0:  # etcd omits the TTL of an expired lease
+            raise LeaseLost(lease)
+        return ttl
+
+    def time_to_live(self, lease: int) -> tuple[int, int] | None:
+        try:
+            result = self._call("/kv/lease/timetolive", {"ID": lease}, _Ctx("read a lease", lease=lease))
+        except LeaseLost:
+            return None
+        left = _int(result, "TTL")
+        return (left, _int(result, "grantedTTL")) if left >= 0 else None  # etcd: -1 once expired
+
+    def revoke(self, lease: int) -> None:
+        with contextlib.suppress(LeaseLost):  # already gone is as good as revoked
+            self._call("/kv/lease/revoke", {"ID": lease}, _Ctx("revoke a lease", lease=lease))
+
+    def get(self, key: bytes) -> tuple[KeyValue | None, int]:
+        result = self._call("/kv/range", {"key": _b64(key)}, _Ctx("read a key"))
+        kvs = result.get("kvs", [])
+        return (_kv(kvs[0]) if kvs else None), _revision(result)
+
+    def range(
+        self,
+        prefix: bytes,
+        *,
+        start: bytes | None = None,
+        revision: int | None = None,
+        limit: int = 0,
+    ) -> RangeResult:
+        payload = _range_request(prefix, True)
+        if start is not None and start > prefix:  # a start before the prefix must not widen the range
+            payload["key"] = _b64(start)
+        if revision:
+            payload["revision"] = revision
+        if limit:
+            payload["limit"] = limit
+        result = self._call("/kv/range", payload, _Ctx("read a range", revision=revision or 0))
+        kvs = [_kv(item) for item in result.get("kvs", [])]
+        # At an explicit revision the header still carries the current one.
+        return RangeResult(kvs=kvs, revision=revision or _revision(result), more=bool(result.get("more", False)))
+
+    def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
+        payload = _txn_request(compares, success, failure)
+        ops = _leaves([*success, *failure])
+        ctx = _Ctx(
+            "run a txn",
+            idempotent=all(isinstance(op, Get) for op in ops),
+            lease=next((op.lease for op in ops if isinstance(op, Put) and op.lease), 0),
+            size=sum(_op_size(op) for op in ops),
+        )
+        result = self._call("/kv/txn", payload, ctx)
+        succeeded = bool(result.get("succeeded", False))
+        return _txn_result(result, succeeded, success if succeeded else failure, _revision(result))
+
+    def watch(self, prefix: bytes, start_revision: int, *, prev_kv: bool = False) -> EtcdWatch:
+        watch = EtcdWatch(self, prefix, start_revision, prev_kv=prev_kv)
+        with self._lock:
+            if self._closed:
+                raise RegistryError(f"etcd registry {self.url} is closed")
+            self._watches.add(watch)
+        watch.start()
+        return watch
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            watches, self._watches = list(self._watches), set()
+            clients, self._clients = list(self._clients.values()), {}
+        for watch in watches:
+            watch.cancel()
+        for client in clients:
+            client.session.close()
+
+    def _forget(self, watch: EtcdWatch) -> None:
+        with self._lock:
+            self._watches.discard(watch)
+
+    def __repr__(self) -> str:
+        return f"EtcdRegistry({self.url!r})"

@@ -1,0 +1,138 @@
+"""The in-process registry: etcd's semantics (see base.py) without a server.
+
+``memory://NAME`` opens the process-global store NAME (the first opener's ``history_limit``
+wins); ``memory://`` opens a fresh private store. A store keeps the live keys (a dict plus a
+sorted key list for ranges), each key's history and one change log covering the last
+``history_limit`` revisions (reads and watches at a past revision), and leases with a heap of
+deadlines that every call checks and one daemon reaper thread checks every ``_REAP_INTERVAL``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from ...errors import ConfigError, RegistryError
+from ..base import Compare, KeyValue, Op, RangeResult, Txn, TxnResult
+from ._store import _check_branch, _open_store
+from ._txn import _choose, _flatten, _holds, _results
+from ._watch import _MemoryWatch
+
+__all__ = ["MemoryRegistry"]
+
+
+class MemoryRegistry:
+    def __init__(self, url: str, *, retry_timeout: float = 10.0, history_limit: int = 100_000) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "memory":
+            raise ConfigError(f"not a memory registry URL: {url!r}")
+        self.url = url
+        self.retry_timeout = retry_timeout  # nothing to retry in-process
+        self._store = _open_store(parts.netloc + parts.path, history_limit)
+        self._watches: set[_MemoryWatch] = set()
+        self._is_closed = False
+
+    def grant(self, ttl: int) -> int:
+        if ttl < 1:
+            raise RegistryError(f"lease ttl must be at least 1 second, got {ttl}")
+        store = self._store
+        with store.lock:
+            store.expire()
+            return store.grant(ttl)
+
+    def refresh(self, lease: int) -> int:
+        store = self._store
+        with store.lock:
+            store.expire()
+            return store.refresh(lease)
+
+    def time_to_live(self, lease: int) -> tuple[int, int] | None:
+        store = self._store
+        with store.lock:
+            store.expire()
+            held = store.leases.get(lease)
+            if held is None:
+                return None
+            return max(0, int(held.deadline - time.monotonic())), held.ttl
+
+    def revoke(self, lease: int) -> None:
+        store = self._store
+        with store.lock:
+            store.expire()
+            revoked = store.leases.pop(lease, None)
+            if revoked is not None:
+                store.drop_keys(revoked.keys)
+
+    def get(self, key: bytes) -> tuple[KeyValue | None, int]:
+        store = self._store
+        with store.lock:
+            if store.deadlines and store.deadlines[0][0] <= time.monotonic():
+                store.expire()
+            return store.kvs.get(key), store.revision
+
+    def range(
+        self,
+        prefix: bytes,
+        *,
+        start: bytes | None = None,
+        revision: int | None = None,
+        limit: int = 0,
+    ) -> RangeResult:
+        store = self._store
+        with store.lock:
+            if store.deadlines and store.deadlines[0][0] <= time.monotonic():
+                store.expire()
+            at = revision if revision is not None and revision > 0 else store.revision  # etcd: <= 0 is now
+            return store.range(prefix, start, at, limit)
+
+    def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
+        if len(success) > 1:
+            _check_branch(success)
+        if len(failure) > 1:
+            _check_branch(failure)
+        store = self._store
+        with store.lock:
+            if store.deadlines and store.deadlines[0][0] <= time.monotonic():
+                store.expire()
+            kvs = store.kvs
+            succeeded = True
+            for compare in compares:
+                if not _holds(compare, kvs.get(compare.key)):
+                    succeeded = False
+                    break
+            branch = success if succeeded else failure
+            if not any(type(op) is Txn for op in branch):
+                responses = store.apply(branch)
+                return TxnResult(succeeded, store.revision, responses)
+            tree = _choose(branch, kvs)  # every compare first, against the state before the txn
+            flat = _flatten(tree)
+            _check_branch(flat)
+            answers = iter(store.apply(flat))
+            responses, nested = _results(tree, answers, store.revision)
+            return TxnResult(succeeded, store.revision, responses, nested)
+
+    def watch(self, prefix: bytes, start_revision: int, *, prev_kv: bool = False) -> _MemoryWatch:
+        if self._is_closed:
+            raise RegistryError(f"registry {self.url} is closed")
+        if start_revision <= 0:  # etcd: 0 means "from the next write"
+            with self._store.lock:
+                start_revision = self._store.revision + 1
+        watch = _MemoryWatch(self, prefix, start_revision, prev_kv)
+        self._watches.add(watch)
+        return watch
+
+    def compact(self, revision: int) -> None:
+        """Forget every revision older than ``revision`` (etcd's compaction): reads and watches
+        from before it raise ``Compacted``."""
+        store = self._store
+        with store.lock:
+            store.compact(revision)
+
+    def close(self) -> None:
+        self._is_closed = True
+        for watch in list(self._watches):
+            watch.cancel()
+
+    def __repr__(self) -> str:
+        return f"MemoryRegistry({self.url!r})"

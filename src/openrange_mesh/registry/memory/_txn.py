@@ -1,0 +1,95 @@
+"""Compares and nested txns, checked as etcd checks them: the whole tree against the state
+before any of it applies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from operator import eq, gt, lt, ne
+from typing import Any
+
+from ...errors import RegistryError
+from ..base import (
+    Compare,
+    KeyValue,
+    Op,
+    Txn,
+    TxnResult,
+)
+
+_INT_TARGETS = frozenset({"version", "create", "mod", "lease"})
+_COMPARE_OPS: dict[str, Callable[[Any, Any], bool]] = {"==": eq, "!=": ne, "<": lt, ">": gt}
+
+
+@dataclass
+class _Chosen:
+    """A nested txn whose compares were checked: the ops of the branch that runs."""
+
+    succeeded: bool
+    ops: list[Op | _Chosen]
+
+
+def _choose(ops: Sequence[Op], kvs: dict[bytes, KeyValue]) -> list[Op | _Chosen]:
+    out: list[Op | _Chosen] = []
+    for op in ops:
+        if type(op) is Txn:
+            held = all(_holds(c, kvs.get(c.key)) for c in op.compares)
+            out.append(_Chosen(held, _choose(op.success if held else op.failure, kvs)))
+        else:
+            out.append(op)
+    return out
+
+
+def _flatten(tree: Sequence[Op | _Chosen]) -> list[Op]:
+    flat: list[Op] = []
+    for item in tree:
+        if isinstance(item, _Chosen):
+            flat += _flatten(item.ops)
+        else:
+            flat.append(item)
+    return flat
+
+
+def _results(
+    tree: Sequence[Op | _Chosen], answers: Iterator[list[KeyValue]], revision: int
+) -> tuple[list[list[KeyValue]], list[TxnResult]]:
+    responses: list[list[KeyValue]] = []
+    nested: list[TxnResult] = []
+    for item in tree:
+        if isinstance(item, _Chosen):
+            inner, deeper = _results(item.ops, answers, revision)
+            nested.append(TxnResult(item.succeeded, revision, inner, deeper))
+            responses.append([])
+        else:
+            responses.append(next(answers))
+    return responses, nested
+
+
+def _holds(compare: Compare, kv: KeyValue | None) -> bool:
+    target = compare.target
+    have: bytes | int
+    if kv is None:
+        if target == "value":
+            return False  # etcd: an absent key fails every value compare
+        if target not in _INT_TARGETS:
+            raise RegistryError(f"unknown compare target {target!r}")
+        have = 0  # an absent key's version, create, mod and lease
+    elif target == "value":
+        have = kv.value
+    elif target == "version":
+        have = kv.version
+    elif target == "mod":
+        have = kv.mod_revision
+    elif target == "create":
+        have = kv.create_revision
+    elif target == "lease":
+        have = kv.lease
+    else:
+        raise RegistryError(f"unknown compare target {target!r}")
+    compare_op = _COMPARE_OPS.get(compare.op)
+    if compare_op is None:
+        raise RegistryError(f"unknown compare op {compare.op!r}")
+    try:
+        return compare_op(have, compare.operand)
+    except TypeError:
+        raise RegistryError(f"cannot compare {target} with {compare.operand!r}") from None
