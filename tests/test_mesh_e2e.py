@@ -139,6 +139,21 @@ def test_kill_9_agent_its_episodes_come_back(mesh: Mesh) -> None:
     mesh.wait_no_orphans(mesh.agents["h2"])
 
 
+def test_kill_9_agent_running_batches_its_group_records_come_back(mesh: Mesh) -> None:
+    """The same with batches: the dead host's claims hold group records; their running members
+    move out to keys of their own, pending again, and run once more elsewhere."""
+    ids = mesh.submit(mesh.command_specs(40, 0.2, batch=5))
+    wait_running_on(mesh, "h2")
+    mesh.agents["h2"].kill()
+    held = running_on(mesh, "h2", ids)
+    assert held
+    wait_requeued(mesh, "h2", held, TTL + LOOP_WAIT + REAPER + SLACK + 3)
+    records = mesh.wait_finished(ids)
+    mesh.check_exactly_once(records)
+    check_taken_over(records, held, "h2", "host h2 lost its lease")
+    mesh.check_clean()
+
+
 def test_sigstopped_agent_is_fenced_off_and_rejoins(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
     mesh = make_mesh(etcd.url)
     victim = mesh.start_agent("h2")
