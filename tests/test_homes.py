@@ -13,8 +13,8 @@ from openrange_mesh.mesh import homes
 from openrange_mesh.mesh.catalog import Catalog
 from openrange_mesh.mesh.leader import collect_garbage
 from openrange_mesh.mesh.ledger import Claim, Ledger, Settlement, finish_attempt
-from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State
-from openrange_mesh.registry import Registry
+from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State, pack
+from openrange_mesh.registry import Put, Registry
 
 from .helpers import wait_until
 
@@ -204,3 +204,12 @@ def test_an_entry_carries_the_records_written_with_it_until_rewritten(registry: 
     (rewritten,) = ledger.queue()
     assert homes.embedded(ledger.keys, rewritten) is None  # ids only: the claimer reads
     assert ledger.claim("h1", registry.grant(5), entry, carried) is None  # what it carried is stale now
+
+
+def test_an_entry_whose_carried_values_are_bad_is_still_claimable(registry: Registry, ledger: Ledger) -> None:
+    ids = batch(ledger, 3)
+    (entry,) = ledger.queue()
+    registry.txn([], [Put(ledger.keys.queued(entry.name), pack({"ids": list(entry.ids), "with": "not bytes"}))])
+    (damaged,) = ledger.queue()
+    assert damaged.ids == entry.ids and damaged.values == () and homes.embedded(ledger.keys, damaged) is None
+    assert ledger.claim("h1", registry.grant(5), damaged, ledger.read(ids)) is not None  # read, then claimed

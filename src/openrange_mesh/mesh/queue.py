@@ -123,9 +123,10 @@ def decode_entry(keys: Keys, kv: KeyValue) -> QueueEntry | None:
         values = entry.get("with") or [] if isinstance(entry, dict) else []
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
             raise CorruptRecord(name, "a queue entry must list episode ids")
-        if not isinstance(values, list) or not all(isinstance(v, bytes) for v in values):
-            raise CorruptRecord(name, "a queue entry's values must be a list of byte strings")
     except CorruptRecord as exc:
         log.warning("skipping %s", exc)
         return None
+    if not isinstance(values, list) or not all(isinstance(v, bytes) for v in values):
+        log.warning("queue entry %s carries values that are not byte strings; its records will be read", name)
+        values = []  # the ids are what matters: the claimer reads the records instead
     return QueueEntry(name, tuple(ids), kv.mod_revision, tuple(values))
