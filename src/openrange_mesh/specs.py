@@ -14,9 +14,10 @@ def check_spec(spec: EpisodeSpec | Mapping[str, Any]) -> EpisodeSpec:
     """A spec, or a mapping of spec fields, checked in full: fields, size, the runtime exists,
     and the runtime accepts its params. Raises SpecError (UnknownRuntime) naming the culprit."""
     if isinstance(spec, Mapping):
-        spec = EpisodeSpec.from_dict(spec)
-    elif not isinstance(spec, EpisodeSpec):
+        spec = EpisodeSpec.from_dict(spec)  # checks its fields
+    elif isinstance(spec, EpisodeSpec):
+        spec.check()
+    else:
         raise SpecError("spec", f"expected an EpisodeSpec or a mapping, not {type(spec).__name__}")
-    spec.check()
     load_runtime(spec.runtime).validate(spec.params)
     return spec

@@ -65,10 +65,10 @@ class MeshClient:
         used returns the existing episode's id and submits nothing. Blocks while this client
         has ``max_in_flight`` unfinished episodes (backpressure). Every spec is checked before
         any is submitted, so one bad spec submits nothing."""
-        items = [specs] if isinstance(specs, EpisodeSpec | Mapping) else list(specs)
+        items: list[Any] = [specs] if isinstance(specs, EpisodeSpec | Mapping) else list(specs)
+        if batch is not None:  # before the check, so that each spec is checked once
+            items = [_with_batch(s, batch) for s in items]
         checked = [check_spec(s) for s in items]
-        if batch is not None:
-            checked = [replace(s, batch=batch).check() for s in checked]
         out: list[str] = []
         step = max(1, min(self.max_in_flight, 4096))
         for start in range(0, len(checked), step):
@@ -284,3 +284,10 @@ class MeshClient:
 
     def _terminal(self, ids: Sequence[str]) -> builtins.list[EpisodeRecord]:
         return [v.record for v in self._read(ids).values() if v.record.state.is_terminal]
+
+
+def _with_batch(spec: Any, batch: int) -> Any:
+    """``spec`` with its ``batch`` set (anything else is left for ``check_spec`` to reject)."""
+    if isinstance(spec, EpisodeSpec):
+        return replace(spec, batch=batch)
+    return {**spec, "batch": batch} if isinstance(spec, Mapping) else spec

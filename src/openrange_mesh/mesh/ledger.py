@@ -37,7 +37,17 @@ from ..model import Attempt, EpisodeRecord, State, encode_group, pack, unpack
 from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry, Txn
 from . import homes
 from .homes import Home, Versioned, group_key, home_of, rewrite
-from .queue import QueueEntry, carried_bytes, decode_entry, entry_ops, entry_put, groups, named, rewrite_ops
+from .queue import (
+    QueueEntry,
+    carried_bytes,
+    decode_entry,
+    entry_name,
+    entry_ops,
+    entry_put,
+    groups,
+    named,
+    rewrite_ops,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +100,19 @@ class Ledger:
         existing: dict[str, str] = {}
         revision = 0
         named_groups = [named(g) for g in groups(records)]
-        encoded = {r.id: r.to_bytes() for g in named_groups for r in g}  # once: sized and written
+        encoded = {entry_name(g): self._values(g) for g in named_groups}  # once: sized and written
         for chunk in _txn_chunks(self.keys, named_groups, encoded):
             taken, written = self._submit_chunk(chunk, encoded)
             existing.update(taken)
             revision = written or revision
         return existing, revision
 
+    def _values(self, group: Sequence[EpisodeRecord]) -> list[bytes]:
+        """What a named group writes: its group record, or each record under its own key."""
+        return [encode_group(group)] if group_key(self.keys, group) is not None else [r.to_bytes() for r in group]
+
     def _submit_chunk(
-        self, chunk: Sequence[Sequence[EpisodeRecord]], encoded: Mapping[str, bytes]
+        self, chunk: Sequence[Sequence[EpisodeRecord]], encoded: Mapping[str, list[bytes]]
     ) -> tuple[dict[str, str], int]:
         taken: dict[str, str] = {}
         while True:
@@ -110,12 +124,13 @@ class Ledger:
             idem = [self.keys.idempotency(r.spec.idempotency_key) for g in todo for r in g if r.spec.idempotency_key]
             ops: list[Op] = []
             for group in todo:
+                # after dropping taken keys, groups may have changed: encode those afresh
+                values = self._values(group) if taken else encoded[entry_name(group)]
                 home = group_key(self.keys, group)
                 if home is not None:  # one key for the batch's records
-                    value = encode_group(group)
-                    ops += [Put(home, value), entry_put(self.keys, group, [value])]
-                else:  # after dropping taken keys, groups may have new names: encode them afresh
-                    ops += entry_ops(self.keys, group, None if taken else [encoded[r.id] for r in group])
+                    ops += [Put(home, values[0]), entry_put(self.keys, group, values)]
+                else:
+                    ops += entry_ops(self.keys, group, values)
                 ops += [
                     Put(self.keys.idempotency(r.spec.idempotency_key), r.id.encode())
                     for r in group
@@ -379,7 +394,7 @@ class Ledger:
 
 
 def _txn_chunks(
-    keys: Keys, named_groups: Sequence[Sequence[EpisodeRecord]], encoded: Mapping[str, bytes]
+    keys: Keys, named_groups: Sequence[Sequence[EpisodeRecord]], encoded: Mapping[str, list[bytes]]
 ) -> list[list[Sequence[EpisodeRecord]]]:
     """Pack whole groups into txns within etcd's limits: ``MAX_TXN_OPS`` ops (a record or a
     group record, the idempotency keys, one entry per group) and ``MAX_TXN_BYTES`` of values."""
@@ -388,7 +403,7 @@ def _txn_chunks(
     for group in named_groups:
         idem = sum(1 for r in group if r.spec.idempotency_key)
         group_ops = 1 + idem + (1 if group_key(keys, group) is not None else len(group))
-        values = [encoded[r.id] for r in group]
+        values = encoded[entry_name(group)]
         group_bytes = sum(len(v) for v in values) + carried_bytes(values)  # the entry's copy too
         if out and (ops + group_ops > MAX_TXN_OPS or nbytes + group_bytes > MAX_TXN_BYTES):
             out.append([])
