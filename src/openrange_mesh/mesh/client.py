@@ -94,15 +94,17 @@ class MeshClient:
         """Ids for the specs: each batch the queue will form takes one id block, so its
         records share one group record (mesh/homes.py)."""
         ids: list[str] = []
-        singles = 0
-        for size in [*batch_runs([s.batch for s in specs]), 0]:  # a 0 at the end flushes the singles
+        singles = 0  # consecutive single episodes: their ids are allocated together
+        for size in batch_runs([s.batch for s in specs]):
             if size == 1:
                 singles += 1
                 continue
-            ids += self.ids.next_ids(singles) if singles else []
-            singles = 0
-            if size:
-                ids += self.ids.next_group(size)[1]
+            if singles:
+                ids += self.ids.next_ids(singles)
+                singles = 0
+            ids += self.ids.next_group(size)[1]
+        if singles:
+            ids += self.ids.next_ids(singles)
         return ids
 
     def _wait_for_room(self, wanted: int) -> None:

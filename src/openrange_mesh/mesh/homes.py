@@ -17,7 +17,7 @@ commits compare as before (ledger.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..ids import home_id
@@ -36,9 +36,6 @@ class Home:
     key: bytes
     mod_revision: int
     records: list[EpisodeRecord]
-
-    def member(self, episode_id: str) -> EpisodeRecord | None:
-        return next((r for r in self.records if r.id == episode_id), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +173,3 @@ def group_key(keys: Keys, group: Sequence[EpisodeRecord]) -> bytes | None:
     if home is None or any(home_id(r.id) != home for r in group):
         return None
     return keys.episode(home)
-
-
-def home_of(homes: Mapping[bytes, Home], episode_id: str) -> Home | None:
-    return next((h for h in homes.values() if h.member(episode_id) is not None), None)

@@ -36,7 +36,7 @@ from ..keys import Keys
 from ..model import Attempt, EpisodeRecord, State, encode_group, pack, unpack
 from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry, Txn
 from . import homes
-from .homes import Home, Versioned, group_key, home_of, rewrite
+from .homes import Home, Versioned, group_key, rewrite
 from .queue import (
     QueueEntry,
     carried_bytes,
@@ -295,8 +295,9 @@ class Ledger:
         markers = set(cancelled)
         changes: list[tuple[EpisodeRecord, Home | None]] = []
         touched: dict[bytes, Home] = {}
+        home_of = {r.id: h for h in claim.homes.values() for r in h.records}  # one pass, not one per final
         for record in finals:
-            home = home_of(claim.homes, record.id)
+            home = home_of.get(record.id)
             if home is None:
                 compares.append(Compare(self.keys.episode(record.id), "mod", "==", claim.token))
             else:
