@@ -6,7 +6,9 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from openrange_mesh.registry import Event, Watch
+from openrange_mesh.mesh.ledger import Claim, Ledger
+from openrange_mesh.model import EpisodeRecord
+from openrange_mesh.registry import Event, Registry, Watch
 
 T = TypeVar("T")
 
@@ -33,3 +35,16 @@ def collect(watch: Watch, count: int, timeout: float) -> list[Event]:
         assert remaining > 0, f"got {len(events)} of {count} events: {events}"
         events.extend(watch.next(remaining).events)
     return events
+
+
+def current_revision(registry: Registry) -> int:
+    """The registry's revision now (read off a get of a key nobody writes)."""
+    return registry.get(b"/no-such-key")[1]
+
+
+def take(ledger: Ledger, host: str, lease: int, ids: list[str]) -> tuple[Claim, list[EpisodeRecord]]:
+    """Claim the queue entry that lists exactly ``ids``, as an agent would; it must be won."""
+    (entry,) = [e for e in ledger.queue() if sorted(e.ids) == sorted(ids)]
+    won = ledger.claim(host, lease, entry, ledger.read(list(entry.ids)))
+    assert won is not None, f"the claim of {ids} was lost"
+    return won

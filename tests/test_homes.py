@@ -12,11 +12,11 @@ from openrange_mesh.keys import Keys
 from openrange_mesh.mesh import homes
 from openrange_mesh.mesh.catalog import Catalog
 from openrange_mesh.mesh.leader import collect_garbage
-from openrange_mesh.mesh.ledger import Claim, Ledger, Settlement, finish_attempt
+from openrange_mesh.mesh.ledger import Ledger, Settlement, finish_attempt
 from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State, pack
 from openrange_mesh.registry import Put, Registry
 
-from .helpers import wait_until
+from .helpers import current_revision, take, wait_until
 
 
 def batch(ledger: Ledger, n: int, **spec: object) -> list[str]:
@@ -25,17 +25,6 @@ def batch(ledger: Ledger, n: int, **spec: object) -> list[str]:
     _, ids = IdAllocator(ledger.registry, ledger.keys, "cl").next_group(n)
     ledger.submit([EpisodeRecord(id=i, spec=s, created_at=time.time(), submitter="cl") for i in ids])
     return ids
-
-
-def take(ledger: Ledger, host: str, lease: int, ids: list[str]) -> tuple[Claim, list[EpisodeRecord]]:
-    (entry,) = [e for e in ledger.queue() if sorted(e.ids) == sorted(ids)]
-    won = ledger.claim(host, lease, entry, ledger.read(list(entry.ids)))
-    assert won is not None
-    return won
-
-
-def revision(registry: Registry) -> int:
-    return registry.get(b"/nothing")[1]
 
 
 def keys_under(registry: Registry, prefix: bytes) -> list[bytes]:
@@ -48,9 +37,9 @@ def states(ledger: Ledger, ids: list[str]) -> list[State]:
 
 
 def test_a_batch_lives_in_one_key_and_each_member_is_found_by_its_id(registry: Registry, ledger: Ledger) -> None:
-    before = revision(registry)
+    before = current_revision(registry)
     ids = batch(ledger, 60)
-    assert revision(registry) - before == 2  # the allocator's incarnation, then one submission txn
+    assert current_revision(registry) - before == 2  # the allocator's incarnation, then one submission txn
     (key,) = keys_under(registry, ledger.keys.episodes())
     assert key == ledger.keys.episode(home_id(ids[0]) or "") and all(home_id(i) == home_id(ids[0]) for i in ids)
     catalog = Catalog(registry, ledger.keys)
@@ -62,15 +51,15 @@ def test_a_batch_lives_in_one_key_and_each_member_is_found_by_its_id(registry: R
 def test_claim_and_partial_commits_rewrite_the_one_key(registry: Registry, ledger: Ledger) -> None:
     ids = batch(ledger, 50)
     lease = registry.grant(5)
-    before = revision(registry)
+    before = current_revision(registry)
     claim, running = take(ledger, "h1", lease, ids)
-    assert revision(registry) == before + 1 and states(ledger, ids) == [State.RUNNING] * 50
+    assert current_revision(registry) == before + 1 and states(ledger, ids) == [State.RUNNING] * 50
     now = time.time()
     assert ledger.commit(
         claim, [finish_attempt(r, State.SUCCEEDED, now, None, {"i": 1}) for r in running[:20]], last=False
     )
     assert ledger.commit(claim, [finish_attempt(r, State.FAILED, now, "x") for r in running[20:]], last=True)
-    assert revision(registry) == before + 3 and len(keys_under(registry, ledger.keys.episodes())) == 1
+    assert current_revision(registry) == before + 3 and len(keys_under(registry, ledger.keys.episodes())) == 1
     assert states(ledger, ids) == [State.SUCCEEDED] * 20 + [State.FAILED] * 30
     assert keys_under(registry, ledger.keys.claims()) == []
 
@@ -145,10 +134,10 @@ def test_settle_commits_one_group_and_claims_another_in_one_txn(registry: Regist
     lease = registry.grant(5)
     claim, running = take(ledger, "h1", lease, first)
     (entry,) = [e for e in ledger.queue() if e.ids == tuple(second)]
-    before = revision(registry)
+    before = current_revision(registry)
     done = Settlement(claim, [finish_attempt(r, State.SUCCEEDED, time.time(), None) for r in running], last=True)
     oks, won = ledger.settle([done], [(entry, ledger.read(second))], host="h1", lease=lease)
-    assert oks == [True] and won[0] is not None and revision(registry) == before + 1
+    assert oks == [True] and won[0] is not None and current_revision(registry) == before + 1
     assert states(ledger, first) == [State.SUCCEEDED] * 5 and states(ledger, second) == [State.RUNNING] * 5
 
 

@@ -6,12 +6,12 @@ import time
 
 from openrange_mesh.keys import Keys
 from openrange_mesh.mesh.catalog import Catalog, EpisodeFilter
-from openrange_mesh.mesh.ledger import Claim, Ledger, Settlement, Versioned, finish_attempt
+from openrange_mesh.mesh.ledger import Ledger, Settlement, Versioned, finish_attempt
 from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State
 from openrange_mesh.registry import Put, Registry, open_registry
 
 from .etcdkit import EtcdServer
-from .helpers import wait_until
+from .helpers import current_revision, take, wait_until
 
 
 def records(n: int, *, prefix: str = "e", **spec: object) -> list[EpisodeRecord]:
@@ -23,25 +23,15 @@ def pending(ledger: Ledger, ids: list[str]) -> list[Versioned]:
     return [ledger.read(ids)[i] for i in ids]
 
 
-def take(ledger: Ledger, host: str, lease: int, ids: list[str]) -> tuple[Claim, list[EpisodeRecord]] | None:
-    """Claim the queue entry that lists exactly ``ids``, as an agent would."""
-    (entry,) = [e for e in ledger.queue() if sorted(e.ids) == sorted(ids)]
-    return ledger.claim(host, lease, entry, ledger.read(list(entry.ids)))
-
-
-def revision(registry: Registry) -> int:
-    return registry.get(b"/nothing")[1]
-
-
 def test_lifecycle_costs_three_writes(registry: Registry, ledger: Ledger) -> None:
     lease = registry.grant(5)
-    before = revision(registry)
+    before = current_revision(registry)
     (record,) = records(1)
     ledger.submit([record])
-    claim, (running,) = take(ledger, "h1", lease, [record.id])  # type: ignore[misc]
+    claim, (running,) = take(ledger, "h1", lease, [record.id])
     final = finish_attempt(running, State.SUCCEEDED, time.time(), None, {"r": 1})
     assert ledger.commit(claim, [final], last=True)
-    assert revision(registry) - before == 3
+    assert current_revision(registry) - before == 3
     got = ledger.read([record.id])[record.id].record
     assert got.state is State.SUCCEEDED and got.result == {"r": 1} and got.history[-1].outcome == "succeeded"
     assert registry.range(ledger.keys.claims()).kvs == [] and registry.range(ledger.keys.queue()).kvs == []
@@ -69,7 +59,7 @@ def test_only_one_claim_wins(registry: Registry, ledger: Ledger) -> None:
 def test_stale_owner_cannot_commit_after_its_lease_is_gone(registry: Registry, ledger: Ledger) -> None:
     ledger.submit(records(1))
     lease = registry.grant(5)
-    claim, (running,) = take(ledger, "h1", lease, ["e00000"])  # type: ignore[misc]
+    claim, (running,) = take(ledger, "h1", lease, ["e00000"])
     registry.revoke(lease)  # what expiry does, without waiting for it
     final = finish_attempt(running, State.SUCCEEDED, time.time(), None)
     assert not ledger.commit(claim, [final], last=True)
@@ -79,7 +69,7 @@ def test_stale_owner_cannot_commit_after_its_lease_is_gone(registry: Registry, l
 def test_requeue_after_expiry_then_stale_commit_is_rejected(registry: Registry, ledger: Ledger) -> None:
     ledger.submit(records(2, max_attempts=2, batch=2))
     lease = registry.grant(2)
-    claim, running = take(ledger, "h1", lease, ["e00000", "e00001"])  # type: ignore[misc]
+    claim, running = take(ledger, "h1", lease, ["e00000", "e00001"])
     wait_until(lambda: not registry.range(ledger.keys.claims()).kvs, timeout=4, what="lease expiry")
     requeued = ledger.requeue("h1", claim.claim_id, list(claim.episode_ids), "host h1 lost its lease")
     assert sorted(requeued) == ["e00000", "e00001"]
@@ -89,7 +79,7 @@ def test_requeue_after_expiry_then_stale_commit_is_rejected(registry: Registry, 
     assert [e.ids for e in ledger.queue()] == [("e00000", "e00001")]  # back as one batch entry
     # a new owner takes them; the old one wakes up and tries to commit: rejected
     lease2 = registry.grant(5)
-    claim2, running2 = take(ledger, "h2", lease2, ["e00000", "e00001"])  # type: ignore[misc]
+    claim2, running2 = take(ledger, "h2", lease2, ["e00000", "e00001"])
     assert not ledger.commit(claim, [finish_attempt(running[0], State.SUCCEEDED, 0, None)], last=False)
     assert ledger.commit(claim2, [finish_attempt(r, State.SUCCEEDED, 0, None) for r in running2], last=True)
     done = ledger.read(["e00000"])["e00000"].record
@@ -99,7 +89,7 @@ def test_requeue_after_expiry_then_stale_commit_is_rejected(registry: Registry, 
 def test_attempts_spent_means_lost(registry: Registry, ledger: Ledger) -> None:
     ledger.submit(records(1, max_attempts=1))
     lease = registry.grant(5)
-    claim, _ = take(ledger, "h1", lease, ["e00000"])  # type: ignore[misc]
+    claim, _ = take(ledger, "h1", lease, ["e00000"])
     registry.revoke(lease)
     assert ledger.requeue("h1", claim.claim_id, ["e00000"], "host h1 lost its lease") == ["e00000"]
     lost = ledger.read(["e00000"])["e00000"].record
@@ -112,7 +102,7 @@ def test_cancel_pending_and_cancel_marker_survives_owner_death(registry: Registr
     assert ledger.cancel_pending(pending(ledger, ["e00000"])[0])
     assert ledger.read(["e00000"])["e00000"].record.state is State.CANCELLED
     lease = registry.grant(5)
-    claim, _ = take(ledger, "h1", lease, ["e00001"])  # type: ignore[misc]
+    claim, _ = take(ledger, "h1", lease, ["e00001"])
     ledger.request_cancel("e00001")
     registry.revoke(lease)
     assert ledger.requeue("h1", claim.claim_id, ["e00001"], "host h1 lost its lease") == ["e00001"]
@@ -125,9 +115,9 @@ def test_batch_claim_and_partial_commits(registry: Registry, ledger: Ledger) -> 
     assert [len(e.ids) for e in ledger.queue()] == [60]  # one entry for the whole batch
     ids = [f"e{i:05d}" for i in range(60)]
     lease = registry.grant(5)
-    before = revision(registry)
-    claim, running = take(ledger, "h1", lease, ids)  # type: ignore[misc]
-    assert revision(registry) == before + 1
+    before = current_revision(registry)
+    claim, running = take(ledger, "h1", lease, ids)
+    assert current_revision(registry) == before + 1
     now = time.time()
     assert ledger.commit(claim, [finish_attempt(r, State.SUCCEEDED, now, None) for r in running[:20]], last=False)
     assert registry.range(ledger.keys.claims()).kvs  # still held for the other 40
@@ -159,37 +149,37 @@ def test_cancelling_one_episode_of_a_batch_leaves_the_rest_claimable(registry: R
     assert rest.ids == ("e00000", "e00002") and rest.name == entry.name
     lease = registry.grant(5)
     assert ledger.claim("h1", lease, entry, stale) is None  # what an agent saw before the cancel
-    _claim, running = ledger.claim("h1", lease, rest, ledger.read(list(rest.ids)))  # type: ignore[misc]
+    _claim, running = ledger.claim("h1", lease, rest, ledger.read(list(rest.ids)))
     assert [r.id for r in running] == ["e00000", "e00002"] and ledger.queue() == []
     assert ledger.read(["e00001"])["e00001"].record.state is State.CANCELLED
 
 
 def test_submission_packs_groups_into_few_txns(registry: Registry, ledger: Ledger) -> None:
-    before = revision(registry)
+    before = current_revision(registry)
     ledger.submit(records(500, batch=50))
     entries = ledger.queue()
     assert [len(e.ids) for e in entries] == [50] * 10
-    assert revision(registry) - before <= 10  # whole groups per txn, within etcd's 128 ops
+    assert current_revision(registry) - before <= 10  # whole groups per txn, within etcd's 128 ops
 
 
 def test_settle_commits_and_claims_in_one_revision_each_part_on_its_own(registry: Registry, ledger: Ledger) -> None:
     ledger.submit(records(4))
     lease = registry.grant(5)
-    claim_a, (run_a,) = take(ledger, "h1", lease, ["e00000"])  # type: ignore[misc]
-    claim_b, (run_b,) = take(ledger, "h1", lease, ["e00001"])  # type: ignore[misc]
+    claim_a, (run_a,) = take(ledger, "h1", lease, ["e00000"])
+    claim_b, (run_b,) = take(ledger, "h1", lease, ["e00001"])
     entry = next(e for e in ledger.queue() if e.ids == ("e00002",))
-    before = revision(registry)
+    before = current_revision(registry)
     done = [
         Settlement(claim_a, [finish_attempt(run_a, State.SUCCEEDED, time.time(), None)], last=True),
         Settlement(claim_b, [finish_attempt(run_b, State.FAILED, time.time(), "x")], last=True),
     ]
     oks, won = ledger.settle(done, [(entry, ledger.read(["e00002"]))], host="h1", lease=lease)
-    assert oks == [True, True] and won[0] is not None and revision(registry) == before + 1
+    assert oks == [True, True] and won[0] is not None and current_revision(registry) == before + 1
     assert won[0][0].token == before + 1 and won[0][1][0].state is State.RUNNING
     # one of two fenced off (its lease gone), and an entry a peer took since it was read: the
     # live one still commits, in the same round trip (each part is its own nested txn)
     other = registry.grant(5)
-    claim_c, (run_c,) = take(ledger, "h2", other, ["e00003"])  # type: ignore[misc]
+    claim_c, (run_c,) = take(ledger, "h2", other, ["e00003"])
     registry.revoke(other)
     ledger.submit(records(1, prefix="f"))
     (late,) = [e for e in ledger.queue() if e.ids == ("f00000",)]
@@ -197,9 +187,9 @@ def test_settle_commits_and_claims_in_one_revision_each_part_on_its_own(registry
     assert take(ledger, "h3", registry.grant(5), ["f00000"]) is not None
     live = Settlement(won[0][0], [finish_attempt(won[0][1][0], State.SUCCEEDED, time.time(), None)], last=True)
     dead = Settlement(claim_c, [finish_attempt(run_c, State.SUCCEEDED, time.time(), None)], last=True)
-    before = revision(registry)
+    before = current_revision(registry)
     oks, again = ledger.settle([live, dead], [(late, seen)], host="h1", lease=lease)
-    assert oks == [True, False] and again == [None] and revision(registry) == before + 1
+    assert oks == [True, False] and again == [None] and current_revision(registry) == before + 1
     states = {i: v.record.state for i, v in ledger.read(["e00000", "e00001", "e00002", "e00003"]).items()}
     assert states == {
         "e00000": State.SUCCEEDED,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,15 @@ def wait_running_on(mesh: Mesh, host: str, timeout: float = 20.0) -> list[str]:
 def running_on(mesh: Mesh, host: str, ids: list[str]) -> list[str]:
     """Which of ``ids`` ``host`` is running, by their records (read once it can commit no more)."""
     return [i for i, r in mesh.records(ids).items() if r.state is State.RUNNING and r.owner == host]
+
+
+def wait_some_succeeded(mesh: Mesh, ids: list[str], count: int, timeout: float = 20.0) -> None:
+    """Until ``count`` of ``ids`` have succeeded: the run is well under way."""
+    wait_until(
+        lambda: sum(r.state is State.SUCCEEDED for r in mesh.records(ids).values()) >= count,
+        timeout,
+        what=f"{count} of {len(ids)} episodes to finish",
+    )
 
 
 def wait_requeued(mesh: Mesh, host: str, ids: list[str], timeout: float) -> float:
@@ -199,11 +209,7 @@ def test_etcd_restart_mid_run(own_etcd: EtcdServer, make_mesh: MakeMesh) -> None
     mesh = make_mesh(own_etcd.url)
     pids = {a.host_id: a.pid for a in mesh.start(3)}
     ids = mesh.submit_commands(60, DURATIONS)
-    wait_until(
-        lambda: sum(r.state is State.SUCCEEDED for r in mesh.records(ids).values()) >= 10,
-        20,
-        what="a sixth of the episodes to finish",
-    )
+    wait_some_succeeded(mesh, ids, 10)
     own_etcd.kill()  # a crash, and a supervisor slow to restart it: down for longer than the ttl
     time.sleep(TTL + 1)
     own_etcd.restart()
@@ -218,11 +224,7 @@ def test_one_etcd_member_of_three_killed_mid_run(cluster: EtcdCluster, make_mesh
     mesh = make_mesh(cluster.url)  # every agent gets all three endpoints; all start on the first
     pids = {a.host_id: a.pid for a in mesh.start(3)}
     ids = mesh.submit_commands(60, DURATIONS)
-    wait_until(
-        lambda: sum(r.state is State.SUCCEEDED for r in mesh.records(ids).values()) >= 10,
-        20,
-        what="a sixth of the episodes to finish",
-    )
+    wait_some_succeeded(mesh, ids, 10)
     cluster.members[0].kill()
 
     records = mesh.wait_finished(ids, timeout=90)
@@ -525,22 +527,14 @@ def test_restart_safe_consumer(mesh: Mesh, etcd: EtcdServer) -> None:
     spec = {"runtime": "sleep", "params": {"seconds": 0.2}}
     first = MeshClient(etcd.url, namespace=mesh.namespace, consumer=consumer)
     ids = first.submit([spec] * 10)
-    seen = []
-    for record in first.as_completed(timeout=30):
-        seen.append(record.id)
-        if len(seen) == 4:
-            break
+    seen = [r.id for r in islice(first.as_completed(timeout=30), 4)]
     assert first.ack(seen[:2]) == 2
     first.close()  # the trainer goes away; the rest finish meanwhile
     mesh.wait_finished(ids)
 
     second = MeshClient(etcd.url, namespace=mesh.namespace, consumer=consumer)
     more = second.submit([spec] * 3)
-    delivered = []
-    for record in second.as_completed(timeout=30):
-        delivered.append(record.id)
-        if len(delivered) == 11:
-            break
+    delivered = [r.id for r in islice(second.as_completed(timeout=30), 11)]
     assert sorted(delivered) == sorted(set(ids) - set(seen[:2]) | set(more))
     assert second.ack(delivered) == 11
     second.close()

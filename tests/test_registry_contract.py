@@ -26,16 +26,12 @@ from openrange_mesh.registry import (
 from openrange_mesh.registry.memory import MemoryRegistry
 
 from . import helpers
-from .helpers import wait_until
+from .helpers import current_revision, wait_until
 
 
 def put(registry: Registry, key: bytes, value: bytes, lease: int = 0) -> int:
     """Put ``key`` unconditionally; the write's revision."""
     return registry.txn([], [Put(key, value, lease)]).revision
-
-
-def current_revision(registry: Registry) -> int:
-    return registry.get(b"/no-such-key")[1]
 
 
 def kv_of(registry: Registry, key: bytes) -> KeyValue:
