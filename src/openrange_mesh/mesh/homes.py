@@ -107,10 +107,12 @@ def embedded(keys: Keys, entry: QueueEntry) -> dict[str, Versioned] | None:
         if decoded is None:
             return None
         records, grouped = decoded
-        home_name = home_id(records[0].id) if grouped and records else None
-        home = Home(keys.episode(home_name), entry.mod_revision, records) if home_name else None
-        if grouped and home is None:
-            return None
+        home = None
+        if grouped:
+            home_name = home_id(records[0].id) if records else None
+            if home_name is None:
+                return None  # no group record of ours: the claimer reads instead
+            home = Home(keys.episode(home_name), entry.mod_revision, records)
         out.update((r.id, Versioned(r, entry.mod_revision, home)) for r in records if r.id in entry.ids)
     return out
 

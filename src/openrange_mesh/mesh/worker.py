@@ -228,13 +228,10 @@ class _Inbox:
 def _serve(conn: Connection, store: Store | None) -> None:
     inbox = _Inbox(conn)
     announced: str | None = None  # the episode the agent already knows started
-    while True:
-        try:
-            if not inbox.groups:
-                inbox.wait()
-                continue
-        except (EOFError, OSError):
-            return  # the agent is gone
+    while True:  # until the pipe breaks (the agent is gone): worker_main returns then
+        if not inbox.groups:
+            inbox.wait()
+            continue
         group = inbox.groups.popleft()
         shared = _Events(store, group[0]) if group[0].batch is not None else None
         for index, item in enumerate(group):
