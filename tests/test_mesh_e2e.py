@@ -152,7 +152,8 @@ def test_kill_9_agent_its_episodes_come_back(mesh: Mesh) -> None:
 def test_kill_9_agent_running_batches_its_group_records_come_back(mesh: Mesh) -> None:
     """The same with batches: the dead host's claims hold group records; their running members
     move out to keys of their own, pending again, and run once more elsewhere."""
-    ids = mesh.submit(mesh.command_specs(40, 0.2, batch=5))
+    # 12 batches: more than two agents hold (2 workers, each with a batch queued ahead), so h2 runs some
+    ids = mesh.submit(mesh.command_specs(60, 0.2, batch=5))
     wait_running_on(mesh, "h2")
     mesh.agents["h2"].kill()
     held = running_on(mesh, "h2", ids)
@@ -300,7 +301,7 @@ def test_worker_dying_mid_batch_with_a_batch_queued_ahead_loses_nothing(make_mes
     crashed = records.pop(first[5])
     assert crashed.state is State.FAILED and "SIGKILL" in (crashed.error or ""), crashed
     assert all(r.state is State.SUCCEEDED for r in records.values()), records
-    released = [first[6:10], behind]  # not started when the worker died
+    released = [first[6:10], behind]  # not started when the worker died (first[:5] were reported: 0.2 s each)
     for episode_id in [i for ids in released for i in ids]:
         record = records[episode_id]
         first_try = record.history[0]

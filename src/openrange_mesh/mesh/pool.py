@@ -3,7 +3,9 @@
 One supervisor thread waits on every worker's pipe and process sentinel at once, turns messages
 into ``Done`` results on a queue, and replaces a dead worker. A worker that dies mid-episode fails
 that episode with the reason (the signal, or why the agent killed it); the episodes of its group
-that had not started come back as ``released`` so the agent can put them back in the queue.
+that had not started, and those whose results it had not sent yet, come back as ``released``
+so the agent can put them back in the queue. Which episode a worker runs is read from its
+shared-memory ``Slot``, not from messages (worker.py).
 
 A worker running a batch may have one more batch queued behind it (look-ahead), so it never
 waits for the round trips that commit one batch and claim the next. Single episodes are never
@@ -19,20 +21,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
-from .worker import Done, WorkItem, worker_main
+from .worker import Done, Slot, WorkItem, worker_main
 
 log = logging.getLogger(__name__)
 
 # How often results inside a batch wake the agent's loop, at most (see ``_supervise``).
 RESULT_WAKE = 0.05
-# After a result that woke nobody, the supervisor waits this long before reading the pipes
-# again, so a batch's results are read several at a time: on a busy machine each wake-up of
-# this thread costs the worker a context switch (CartPole through the mesh: ~+10% episodes/s).
-COALESCE = 0.002
 _QUIET, _RESULT, _URGENT = 0, 1, 2  # what a worker's messages ask of the agent's loop
 STOP_GRACE = 3.0  # seconds a worker gets to stop its episode (a command runtime takes up to 2) before SIGKILL
 _CONTEXT = multiprocessing.get_context("forkserver")
@@ -44,10 +43,17 @@ class _Worker:
     index: int
     process: BaseProcess
     conn: Connection
-    items: list[WorkItem] = field(default_factory=list)  # dispatched, not yet done, in order
-    current: str | None = None
+    slot: Slot
+    items: dict[int, WorkItem] = field(default_factory=dict)  # dispatched, not yet done, by seq
+    sent: int = 0  # items dispatched so far: the seq of the last one (worker.py numbers them alike)
     groups: list[bool] = field(default_factory=list)  # per dispatched group not yet done: a batch?
     kill_reason: str | None = None
+
+    def current(self) -> Activity | None:
+        """The episode this worker runs now, from its slot."""
+        seen = self.slot.read()
+        item = self.items.get(seen[0]) if seen else None
+        return Activity(item.episode_id, seen[1], seen[2]) if item and seen else None
 
     @property
     def takes_ahead(self) -> bool:
@@ -71,7 +77,6 @@ class WorkerPool:
         self.on_change = on_change
         self.results: queue.SimpleQueue[Done] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
-        self._activity: dict[str, Activity] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._woken_at = 0.0
@@ -93,7 +98,7 @@ class WorkerPool:
 
     def running(self) -> dict[str, Activity]:
         with self._lock:
-            return dict(self._activity)
+            return {a.episode_id: a for a in map(_Worker.current, self._workers) if a is not None}
 
     def dispatch(self, items: list[WorkItem]) -> None:
         """Give a group to an idle worker, or a batch to one that takes it ahead."""
@@ -105,7 +110,9 @@ class WorkerPool:
             if worker is None:
                 raise RuntimeError("no worker free for a group (claims must follow idle() and ahead())")
             worker.groups.append(batch)
-            worker.items += items
+            for item in items:
+                worker.sent += 1
+                worker.items[worker.sent] = item
             try:
                 worker.conn.send(("run", items))
             except OSError:
@@ -114,7 +121,7 @@ class WorkerPool:
     def cancel(self, episode_id: str) -> bool:
         with self._lock:
             for worker in self._workers:
-                if any(item.episode_id == episode_id for item in worker.items):
+                if any(item.episode_id == episode_id for item in worker.items.values()):
                     worker.conn.send(("cancel", episode_id))
                     return True
         return False
@@ -124,7 +131,7 @@ class WorkerPool:
         ends as failed with ``reason`` and the worker is replaced."""
         with self._lock:
             for worker in self._workers:
-                if worker.current == episode_id:
+                if (activity := worker.current()) is not None and activity.episode_id == episode_id:
                     worker.kill_reason = reason
                     worker.process.kill()
                     return True
@@ -134,7 +141,6 @@ class WorkerPool:
         """Stop every worker and start fresh ones; their results are discarded (lease lost)."""
         with self._lock:
             old, self._workers = self._workers, []
-            self._activity.clear()
             _stop(old)
             for worker in old:
                 worker.conn.close()
@@ -157,12 +163,13 @@ class WorkerPool:
 
     def _spawn(self, index: int) -> _Worker:
         parent, child = _CONTEXT.Pipe()
+        cells = _CONTEXT.RawArray("d", 4)
         process = _CONTEXT.Process(
-            target=worker_main, args=(child, self.store_url), name=f"worker-{index}", daemon=True
+            target=worker_main, args=(child, self.store_url, cells), name=f"worker-{index}", daemon=True
         )
         process.start()
         child.close()
-        return _Worker(index, process, parent)
+        return _Worker(index, process, parent, Slot(cells))
 
     def _supervise(self) -> None:
         while not self._closed.is_set():
@@ -179,8 +186,6 @@ class WorkerPool:
             if wake == _URGENT or (wake == _RESULT and now - self._woken_at >= RESULT_WAKE):
                 self._woken_at = now
                 self.on_change()
-            elif wake == _RESULT:
-                time.sleep(COALESCE)  # let a batch's next results gather: one wake-up for several
 
     def _handle(self, worker: _Worker, *, dead: bool) -> int:
         with self._lock:
@@ -198,46 +203,33 @@ class WorkerPool:
             return _URGENT
 
     def _on_message(self, worker: _Worker, message: tuple[object, ...]) -> int:
-        """Apply a worker's message; how much the agent's loop needs to hear of it."""
-        kind = message[0]
-        now = time.monotonic()
-        if kind == "started":
-            self._started(worker, str(message[1]), now)
-        elif kind == "progress":
-            episode_id = str(message[1])
-            if episode_id in self._activity:
-                self._activity[episode_id] = Activity(episode_id, self._activity[episode_id].started_at, now)
-        elif kind == "done":
-            done = message[1]
-            assert isinstance(done, Done)
-            if worker.items and worker.items[0].episode_id == done.episode_id:
-                worker.items.pop(0)  # in order, as nearly always
-            else:
-                worker.items = [i for i in worker.items if i.episode_id != done.episode_id]
-            worker.current = None
-            self._activity.pop(done.episode_id, None)
-            if message[3]:  # the episode it starts next (one message, not two, per episode)
-                self._started(worker, str(message[3]), now)
+        """Apply a worker's results; how much the agent's loop needs to hear of them."""
+        if message[0] != "done":
+            return _QUIET
+        results = message[1]
+        assert isinstance(results, list)
+        for seq, done in results:
+            worker.items.pop(seq, None)
             self.results.put(done)
-            if message[2] and worker.groups:  # its group's last result: free as the result is
-                worker.groups.pop(0)  # seen, so the agent can claim in the txn that commits it
-                return _URGENT
-            return _RESULT
-        return _QUIET
-
-    def _started(self, worker: _Worker, episode_id: str, now: float) -> None:
-        worker.current = episode_id
-        self._activity[episode_id] = Activity(episode_id, now, now)
+        if message[2] and worker.groups:  # its group's last result: free as the result is
+            worker.groups.pop(0)  # seen, so the agent can claim in the txn that commits it
+            return _URGENT
+        return _RESULT
 
     def _on_death(self, worker: _Worker) -> None:
+        with suppress(EOFError, OSError):  # results it sent before dying count
+            while worker.conn.poll():
+                self._on_message(worker, worker.conn.recv())
+        running = worker.current()  # the slot outlives the process
+        started = worker.slot.last_started()
         worker.process.join(1)
         reason = worker.kill_reason or _death_reason(worker.process.exitcode)
-        for item in worker.items:
-            self._activity.pop(item.episode_id, None)
-            if item.episode_id == worker.current:
+        for seq, item in worker.items.items():
+            if running is not None and item.episode_id == running.episode_id:
                 self.results.put(Done(item.episode_id, item.attempt, "failed", reason))
             else:
-                self.results.put(Done(item.episode_id, item.attempt, "released", "worker died before it started"))
+                why = _UNREPORTED if seq <= started else _NOT_STARTED
+                self.results.put(Done(item.episode_id, item.attempt, "released", why))
         worker.conn.close()
         if self._closed.is_set():
             return
@@ -256,6 +248,10 @@ def _stop(workers: list[_Worker]) -> None:
         if worker.process.is_alive():
             worker.process.kill()
             worker.process.join(5)
+
+
+_NOT_STARTED = "its worker died before it started"
+_UNREPORTED = "its worker died before reporting its result"
 
 
 def _death_reason(exitcode: int | None) -> str:

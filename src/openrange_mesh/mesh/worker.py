@@ -8,11 +8,16 @@ Protocol, all tuples over one ``multiprocessing`` connection:
 
     agent -> worker   ("run", [WorkItem, ...])     run these episodes in order
                       ("cancel", episode_id)       stop that episode (running or not yet started)
-    worker -> agent   ("started", episode_id)
-                      ("progress", episode_id)     it emitted events (the watchdog's heartbeat)
-                      ("done", Done, end, next)    one per WorkItem, always; ``end``: its group is
-                                                   finished; ``next``: the episode starting now
-                                                   (no "started" of its own: one message per episode)
+    worker -> agent   ("done", [(seq, Done), ...], end)
+                                                   results, in order; ``seq`` numbers the items in
+                                                   the order they were sent (1, 2, ...); ``end``:
+                                                   the last one ends its group
+
+What runs now is not a message: the worker writes it into a small shared-memory slot (``Slot``)
+that the agent reads when it checks timeouts. A batch's results are sent together when the group
+ends, or once the oldest has waited ``RESULT_FLUSH``: one message, one wake-up of the agent, per
+few dozen short episodes instead of two per episode (on two busy cores each wake-up costs the
+worker a context switch).
 """
 
 from __future__ import annotations
@@ -39,7 +44,14 @@ log = logging.getLogger(__name__)
 
 SLICE_SECONDS = 0.25
 FLUSH_SECONDS = 1.0
-PROGRESS_SECONDS = 1.0
+# A batch's results wait at most this long in the worker (the agent commits a batch's results
+# when it ends or once they have waited agent_state.COMMIT_LINGER); a long episode's slices
+# check it too, so the results before it do not wait for it. An episode that ran this long is
+# reported at once: a worker that crashes loses at most this much finished work.
+RESULT_FLUSH = 0.02
+# How often a worker looks for cancels and queued batches while it runs a batch, at most: a
+# pipe poll per episode is a syscall per CartPole step's worth of work.
+POLL_EVERY = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +151,7 @@ def run_item(
             new = handle.poll_events()
             if new:
                 events.add(new)
-                if time.monotonic() - last_progress >= PROGRESS_SECONDS:
-                    on_progress()  # throttled: the agent's watchdog needs seconds, not every slice
+                on_progress()  # a store into shared memory (``Slot``): no need to throttle it
                 last_progress = time.monotonic()
         kind = "succeeded" if outcome.succeeded else "failed"
         return _finish(handle, events, item, kind, outcome.error)
@@ -172,14 +183,47 @@ def _safe_stop(handle: Any) -> None:
         log.warning("stopping a handle failed", exc_info=True)
 
 
-def worker_main(conn: Connection, store_url: str | None) -> None:
+class Slot:
+    """What a worker runs, in shared memory: the seq of the item it started last, when that
+    started and last made progress (``time.monotonic()``: one clock for every process of a
+    Linux machine), and whether it still runs. The worker writes, the agent reads, without a
+    lock: a reader takes the seq before and after the times, and the worker writes the times
+    before the seq, so an item is never paired with times older than its start."""
+
+    def __init__(self, cells: Any) -> None:
+        self.cells = cells  # a multiprocessing RawArray("d", 4): seq, started, progress, running
+
+    def start(self, seq: int) -> None:
+        now = time.monotonic()
+        self.cells[1] = self.cells[2] = now
+        self.cells[0] = seq
+        self.cells[3] = 1.0
+
+    def progress(self) -> None:
+        self.cells[2] = time.monotonic()
+
+    def clear(self) -> None:
+        self.cells[3] = 0.0
+
+    def last_started(self) -> int:
+        return int(self.cells[0])
+
+    def read(self) -> tuple[int, float, float] | None:
+        """(seq, started, progress) of the item running now, or None."""
+        seq = int(self.cells[0])
+        started, progress = self.cells[1], self.cells[2]
+        running = self.cells[3] == 1.0 and int(self.cells[0]) == seq
+        return (seq, started, progress) if running else None
+
+
+def worker_main(conn: Connection, store_url: str | None, cells: Any) -> None:
     """Entry point of a worker process. SIGTERM (the pool stopping it) stops the running episode
     and exits. SIGINT is the agent's business: Ctrl-C in a terminal reaches the whole process
     group, and the agent drains, letting running episodes finish."""
     signal.signal(signal.SIGTERM, _exit)
     signal.signal(signal.SIGINT, _ignore)  # a handler, not SIG_IGN, which an episode's exec would inherit
     try:
-        _serve(conn, open_store(store_url) if store_url else None)
+        _serve(conn, open_store(store_url) if store_url else None, Slot(cells))
     except (EOFError, OSError):
         return  # the agent is gone (its end of the pipe closed)
 
@@ -193,15 +237,22 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
 
 
 class _Inbox:
-    """What the agent sent: groups to run in order, and cancels. Read between episodes and
-    while one runs (``poll``), so a cancel or a batch queued ahead arrives promptly."""
+    """What the agent sent: groups to run in order (each item with its seq), and cancels. Read
+    between episodes and while one runs, at most every ``POLL_EVERY``, so a cancel or a batch
+    queued ahead arrives promptly."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.groups: deque[list[WorkItem]] = deque()
+        self.groups: deque[list[tuple[int, WorkItem]]] = deque()
         self.cancelled: set[str] = set()
+        self.received = 0  # items received so far: the seq of the last one
+        self.polled_at = 0.0
 
     def poll(self) -> None:
+        now = time.monotonic()
+        if now - self.polled_at < POLL_EVERY:
+            return
+        self.polled_at = now
         while self.conn.poll():
             self._take(self.conn.recv())
 
@@ -211,48 +262,69 @@ class _Inbox:
     def _take(self, message: tuple[Any, ...]) -> None:
         if message[0] == "cancel":
             self.cancelled.add(message[1])
-        else:
-            self.groups.append(list(message[1]))
+            return
+        group = []
+        for item in message[1]:
+            self.received += 1
+            group.append((self.received, item))
+        self.groups.append(group)
 
     def is_cancelled(self, episode_id: str) -> bool:
         self.poll()
         return episode_id in self.cancelled
 
-    def next_item(self, group: list[WorkItem], index: int) -> WorkItem | None:
-        """The item after ``group[index]``: later in its group, else the next group's first."""
-        if index + 1 < len(group):
-            return group[index + 1]
-        return self.groups[0][0] if self.groups else None
+
+class _Outbox:
+    """Results not yet sent: sent when their group ends, or once the episode of the oldest
+    started ``RESULT_FLUSH`` ago (checked between episodes and between a long episode's slices)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.results: list[tuple[int, Done]] = []
+        self.oldest = 0.0
+
+    def add(self, seq: int, done: Done, started: float) -> None:
+        if not self.results:
+            self.oldest = started  # so a long episode's result is due at once
+        self.results.append((seq, done))
+
+    def send(self, end: bool) -> None:
+        self.conn.send(("done", self.results, end))
+        self.results = []
+
+    def send_if_stale(self) -> None:
+        if self.results and time.monotonic() - self.oldest >= RESULT_FLUSH:
+            self.send(False)
 
 
-def _serve(conn: Connection, store: Store | None) -> None:
-    inbox = _Inbox(conn)
-    announced: str | None = None  # the episode the agent already knows started
+def _serve(conn: Connection, store: Store | None, slot: Slot) -> None:
+    inbox, outbox = _Inbox(conn), _Outbox(conn)
+
+    def check(episode_id: str) -> bool:  # between a running episode's slices
+        outbox.send_if_stale()
+        return inbox.is_cancelled(episode_id)
+
     while True:  # until the pipe breaks (the agent is gone): worker_main returns then
         if not inbox.groups:
             inbox.wait()
             continue
         group = inbox.groups.popleft()
-        shared = _Events(store, group[0]) if group[0].batch is not None else None
-        for index, item in enumerate(group):
+        shared = _Events(store, group[0][1]) if group[0][1].batch is not None else None
+        for index, (seq, item) in enumerate(group):
+            inbox.poll()
+            started = time.monotonic()
             if item.episode_id in inbox.cancelled:
                 done = Done(item.episode_id, item.attempt, "cancelled", "cancelled before it started")
             else:
-                if announced != item.episode_id:
-                    conn.send(("started", item.episode_id))
                 sink = _Tagged(shared, item) if shared is not None and item.batch is not None else None
-                done = run_item(
-                    item,
-                    store,
-                    partial(inbox.is_cancelled, item.episode_id),
-                    partial(conn.send, ("progress", item.episode_id)),
-                    sink,
-                )
+                slot.start(seq)
+                done = run_item(item, store, partial(check, item.episode_id), slot.progress, sink)
+                slot.clear()
             inbox.cancelled.discard(item.episode_id)
-            end = index == len(group) - 1
-            if end and shared is not None:
-                shared.flush()  # before the group's last result: the agent may dispatch to us then
-            inbox.poll()
-            following = inbox.next_item(group, index)
-            announced = following.episode_id if following and following.episode_id not in inbox.cancelled else None
-            conn.send(("done", done, end, announced))
+            outbox.add(seq, done, started)
+            if index < len(group) - 1:
+                outbox.send_if_stale()
+                continue
+            if shared is not None:
+                shared.flush()  # before the group's last results: the agent may dispatch to us then
+            outbox.send(end=True)
