@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """The mesh's costs, each measured side by side with its baseline in one run.
 
-* no-op episodes/s (``sleep`` 0 s, per-episode claims) through N real agent processes, against
-  the etcd floor: the same number of processes doing the same etcd writes per episode in a raw
-  etcd3gw loop, with nothing else: submission txns of 42 episodes, then the busy mesh's steady
-  state, txns that commit finished episodes and claim as many new ones, as many per txn as the
-  mesh's own run averaged;
+* no-op episodes/s (``sleep`` 0 s, per-episode claims) through N real agent processes (warmed:
+  their workers started), against the etcd floor: the same number of processes doing the same
+  etcd writes per episode in a raw etcd3gw loop, with nothing else, on as many episodes:
+  submission txns of 42 episodes, then the busy mesh's steady state, txns that commit finished
+  episodes and claim as many new ones, as many per txn as the mesh's own run averaged;
 * etcd writes (revisions) per episode lifecycle, read off etcd's revision counter;
 * failure detection: kill -9 an agent running an episode; seconds until a peer has put it back,
   against the ttl;
@@ -109,6 +109,9 @@ def mesh_noop(url: str, work: Path, episodes: int, agents: int) -> dict[str, flo
     try:
         with MeshClient(url, namespace=namespace, consumer="bench") as client:
             group.wait_joined(client)
+            # every worker started and its runtime imported, as the CartPole runs warm theirs: the
+            # floor has nothing to start, and 1000 episodes take ~1 s
+            client.wait(client.submit([{"runtime": "sleep", "params": {"seconds": 0}} for _ in range(8 * agents)]))
             before = revision(url)
             start = time.perf_counter()
             ids = client.submit([{"runtime": "sleep", "params": {"seconds": 0}} for _ in range(episodes)])
@@ -272,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=50, help="episodes per claim for CartPole")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
-    noop_n, floor_n, cart_n = (300, 600, 2000) if args.quick else (1000, 2000, 10000)
+    noop_n, cart_n = (1000, 2000) if args.quick else (2000, 10000)
     with tempfile.TemporaryDirectory(prefix="bench-mesh-") as tmp:
         work = Path(tmp)
         server = start_etcd(work / "etcd")
@@ -280,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             noop = mesh_noop(server.url, work, noop_n, args.agents)
             # the floor does the writes the mesh did: as many episodes per steady-state txn
             group = max(1, round(1 / noop["claim_commit_writes_per_episode"]))
-            floor = etcd_floor(server.endpoint, floor_n, args.agents, group)
+            floor = etcd_floor(server.endpoint, noop_n, args.agents, group)
             detect_s = detection(server.url, work)
             pool_eps = pool_cartpole(cart_n)
             mesh_eps = mesh_cartpole(server.url, work, cart_n, args.batch)
