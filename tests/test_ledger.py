@@ -207,6 +207,21 @@ def test_settle_takes_an_entry_with_no_commit_beside_it(registry: Registry, ledg
     assert oks == [] and won[0] is not None and won[0][1][0].state is State.RUNNING
 
 
+def test_settle_splits_parts_that_together_pass_etcds_ops_limit(registry: Registry, ledger: Ledger) -> None:
+    """A nested txn may use only what its request's list left of etcd's 128: one batch of 60
+    records under keys of their own (61 compares) beside 80 single claims is two requests."""
+    ledger.submit(records(60, batch=60) + records(80, prefix="s"))
+    entries = ledger.queue()
+    assert sorted(len(e.ids) for e in entries)[-1] == 60 and len(entries) == 81
+    lease = registry.grant(5)
+    before = current_revision(registry)
+    _, won = ledger.settle([], [(e, ledger.read(list(e.ids))) for e in entries], host="h1", lease=lease)
+    assert all(w is not None for w in won)
+    assert current_revision(registry) - before == 2
+    states = {v.record.state for v in ledger.read([i for e in entries for i in e.ids]).values()}
+    assert states == {State.RUNNING}
+
+
 def test_big_records_stay_within_etcds_request_limit(etcd: EtcdServer, keys: Keys) -> None:
     """etcd only: memory:// has no request size limit."""
     registry = open_registry(etcd.url)

@@ -17,6 +17,7 @@ from openrange_mesh.registry import (
     Event,
     Get,
     KeyValue,
+    Op,
     Put,
     Registry,
     Txn,
@@ -241,6 +242,21 @@ def test_nested_txns_are_independent_and_share_one_revision(registry: Registry, 
     # nothing to write in the branches that ran: no new revision
     quiet = registry.txn([], [Txn([Compare(b, "create", "!=", 0)], [Put(b, b"x")])])
     assert quiet.revision == before + 1 and not quiet.nested[0].succeeded
+
+
+def test_ops_limit_counts_what_a_nested_txn_s_parents_left(registry: Registry, prefix: bytes) -> None:
+    """etcd's --max-txn-ops (128) bounds each list; a nested txn gets what its parent's widest
+    list left: ten nested txns of 118 ops pass, of 119 fail (the memory backend checks alike)."""
+
+    def nested(parts: int, per: int) -> list[Op]:
+        return [Txn([], [Put(prefix + b"%d/%d" % (p, i), b"") for i in range(per)]) for p in range(parts)]
+
+    assert registry.txn([], nested(10, 118)).succeeded
+    before = current_revision(registry)
+    for too_many in ([Put(prefix + b"%d" % i, b"") for i in range(129)], nested(10, 119), nested(100, 29)):
+        with pytest.raises(RegistryError, match="too many operations"):
+            registry.txn([], too_many)
+    assert current_revision(registry) == before
 
 
 def test_delete_exact_key_and_prefix(registry: Registry, prefix: bytes) -> None:

@@ -12,7 +12,7 @@ from ..model import EpisodeRecord, State
 from .agent_state import COMMIT_LINGER, Held
 from .claiming import Claiming, summary
 from .homes import Versioned
-from .ledger import MAX_TXN_OPS, Claim, Settlement, finish_attempt, give_back
+from .ledger import Claim, Settlement, finish_attempt, give_back
 from .queue import QueueEntry
 from .worker import Done
 
@@ -170,24 +170,23 @@ class Committing(Claiming):
 def _txn_groups(
     settlements: list[Settlement], pairs: list[tuple[QueueEntry, dict[str, Versioned]]]
 ) -> list[tuple[list[Settlement], list[tuple[QueueEntry, dict[str, Versioned]]]]]:
-    """Pack settlements, and an entry to claim for each one that frees a worker, into requests.
-    Each is its own nested txn (``Ledger.settle``), within etcd's ops limit alone; a request
-    holds at most ``MAX_TXN_OPS - 1`` of them (one op for the host record) and ``REQUEST_OPS``
-    ops in all, which keeps it well under etcd's 1.5 MiB (an entry costs 3 + 3 per episode)."""
+    """Pack settlements, and an entry to claim for each one that frees a worker, into settle
+    calls of at most ``REQUEST_OPS`` ops, which keeps a request well under etcd's 1.5 MiB (an
+    entry costs 3 + 3 per episode). ``Ledger.settle`` splits a call further where etcd's ops
+    limit needs it."""
     groups: list[tuple[list[Settlement], list[tuple[QueueEntry, dict[str, Versioned]]]]] = []
-    parts = budget = 0
+    budget = 0
     for item in settlements:
         entry = pairs.pop() if item.last and pairs else None
         cost = item.size + (3 + 3 * len(entry[0].ids) if entry else 0)
-        if not groups or budget + cost > REQUEST_OPS or parts + 2 > MAX_TXN_OPS - 1:
+        if not groups or budget + cost > REQUEST_OPS:
             groups.append(([], []))
-            parts = budget = 0
+            budget = 0
         groups[-1][0].append(item)
         if entry:
             groups[-1][1].append(entry)
-        parts += 2
         budget += cost
     return groups
 
 
-REQUEST_OPS = 1000  # ops of all the nested txns of one settle request (~0.5 KB each at most)
+REQUEST_OPS = 1000  # ops of all the nested txns of one settle call (~0.5 KB each at most)

@@ -239,8 +239,9 @@ class Ledger:
         one round trip: each commit and each claim is a txn nested in one txn, with its own
         compares, so fencing is unchanged and one fenced claim or one lost claim race holds
         nothing else back. Returns (committed per settlement, the claim won per entry or None).
-        Callers keep each part within ``MAX_TXN_OPS``."""
-        parts: list[Op] = []
+        Parts that together exceed etcd's ops limit go in as many requests as it takes
+        (``_requests``); a request etcd finds too large goes again one part per request."""
+        parts: list[Txn] = []
         landings: list[Callable[[int], None]] = []
         for item in commits:
             compares, ops, landed = self._commit_parts(item.claim, item.finals, item.last, item.cancelled)
@@ -254,37 +255,30 @@ class Ledger:
                 parts.append(Txn(claim_parts[0], claim_parts[1]))
         if not parts:
             return [], [None] * len(claims)
+        outcomes: list[tuple[bool, int]] = []  # per part: applied, at which revision
+        for index, request in enumerate(_requests(parts, len(extra))):
+            outcomes += self._send(request, extra if index == 0 else ())
+        landed_at = iter(outcomes)
+        oks: list[bool] = []
+        for landed in landings:
+            ok, revision = next(landed_at)
+            oks.append(ok)
+            if ok:
+                landed(revision)
+        won: list[tuple[Claim, list[EpisodeRecord]] | None] = []
+        for maker in makers:
+            took, revision = next(landed_at) if maker is not None else (False, 0)
+            won.append(maker(revision) if maker is not None and took else None)
+        return oks, won
+
+    def _send(self, parts: Sequence[Txn], extra: Sequence[Op]) -> list[tuple[bool, int]]:
         try:
             result = self.registry.txn([], [*parts, *extra])
         except TooLarge:  # big specs: etcd's request limit, not the ops limit, binds first
             if len(parts) == 1:
                 raise
-            return self._settle_apart(commits, claims, host=host, lease=lease, extra=extra)
-        outcomes = iter(result.nested)
-        oks: list[bool] = []
-        for landed in landings:
-            oks.append(next(outcomes).succeeded)
-            if oks[-1]:
-                landed(result.revision)
-        won: list[tuple[Claim, list[EpisodeRecord]] | None] = []
-        for maker in makers:
-            took = maker is not None and next(outcomes).succeeded
-            won.append(maker(result.revision) if maker is not None and took else None)
-        return oks, won
-
-    def _settle_apart(
-        self,
-        commits: Sequence[Settlement],
-        claims: Sequence[tuple[QueueEntry, Mapping[str, Versioned]]],
-        *,
-        host: str,
-        lease: int,
-        extra: Sequence[Op],
-    ) -> tuple[list[bool], list[tuple[Claim, list[EpisodeRecord]] | None]]:
-        """``settle``, one request per commit and per claim."""
-        oks = [self.settle([item], extra=extra)[0][0] for item in commits]
-        won = [self.settle([], [pair], host=host, lease=lease, extra=extra)[1][0] for pair in claims]
-        return oks, won
+            return [outcome for i, part in enumerate(parts) for outcome in self._send([part], extra if i == 0 else ())]
+        return [(nested.succeeded, result.revision) for nested in result.nested[: len(parts)]]
 
     def _commit_parts(
         self, claim: Claim, finals: Sequence[EpisodeRecord], last: bool, cancelled: Iterable[str]
@@ -466,6 +460,23 @@ def _requeued(record: EpisodeRecord, now: float, reason: str, *, cancel: bool) -
     if cancel:
         return finish_attempt(record, State.CANCELLED, now, f"cancelled ({reason})")
     return give_back(record, now, reason)
+
+
+def _requests(parts: Sequence[Txn], extra: int) -> list[list[Txn]]:
+    """Nested txns packed into requests etcd accepts: a request's list holds its parts and
+    ``extra`` ops, and each part's compares and ops must fit in what that list left of
+    ``MAX_TXN_OPS`` (etcd's checkTxnRequest counts a nested txn against its parent's width)."""
+    requests: list[list[Txn]] = []
+    widest = 0
+    for part in parts:
+        width = max(len(part.compares), len(part.success), len(part.failure))
+        if requests and len(requests[-1]) + 1 + extra + max(widest, width) <= MAX_TXN_OPS:
+            requests[-1].append(part)
+            widest = max(widest, width)
+        else:
+            requests.append([part])
+            widest = width
+    return requests
 
 
 def give_back(record: EpisodeRecord, now: float, reason: str) -> EpisodeRecord:

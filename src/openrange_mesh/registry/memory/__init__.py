@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from ...errors import ConfigError, RegistryError
 from ..base import Compare, KeyValue, Op, RangeResult, Txn, TxnResult
 from ._store import _check_branch, _open_store
-from ._txn import _choose, _flatten, _holds, _results
+from ._txn import MAX_TXN_OPS, _choose, _flatten, _holds, _results, check_ops
 from ._watch import _MemoryWatch
 
 __all__ = ["MemoryRegistry"]
@@ -87,6 +87,7 @@ class MemoryRegistry:
             return store.range(prefix, start, at, limit)
 
     def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
+        check_ops(compares, success, failure, MAX_TXN_OPS)
         if len(success) > 1:
             _check_branch(success)
         if len(failure) > 1:
