@@ -98,7 +98,11 @@ class Committing(Claiming):
         record = held.records[done.episode_id]
         if done.attempt != record.attempt:
             return  # a cancelled earlier attempt, finishing after we claimed the episode again
-        if done.kind == "released":
+        if done.kind == "released" and done.episode_id in self._cancel_seen:
+            # its cancel was forwarded, and the commit deletes the marker: putting it back would
+            # run a cancelled episode again (a worker that died before reporting the cancel)
+            final = finish_attempt(record, State.CANCELLED, now, "cancelled", None)
+        elif done.kind == "released":
             final = give_back(record, now, done.error or "released")
         elif done.kind == "timeout" and record.spec.on_timeout == "retry" and record.attempt < record.spec.max_attempts:
             final = finish_attempt(record, State.PENDING, now, done.error, done.result)
