@@ -67,8 +67,7 @@ class MemoryRegistry:
     def get(self, key: bytes) -> tuple[KeyValue | None, int]:
         store = self._store
         with store.lock:
-            if store.deadlines and store.deadlines[0][0] <= time.monotonic():
-                store.expire()
+            store.expire()
             return store.kvs.get(key), store.revision
 
     def range(
@@ -81,8 +80,7 @@ class MemoryRegistry:
     ) -> RangeResult:
         store = self._store
         with store.lock:
-            if store.deadlines and store.deadlines[0][0] <= time.monotonic():
-                store.expire()
+            store.expire()
             at = revision if revision is not None and revision > 0 else store.revision  # etcd: <= 0 is now
             return store.range(prefix, start, at, limit)
 
@@ -94,8 +92,7 @@ class MemoryRegistry:
             _check_branch(failure)
         store = self._store
         with store.lock:
-            if store.deadlines and store.deadlines[0][0] <= time.monotonic():
-                store.expire()
+            store.expire()
             kvs = store.kvs
             succeeded = True
             for compare in compares:

@@ -94,6 +94,8 @@ class _Store:
     # -- leases
 
     def expire(self) -> None:
+        """Drop the leases whose deadline passed, with their keys (every call looks: a
+        heap peek when none is due)."""
         now = time.monotonic()
         heap = self.deadlines
         while heap and heap[0][0] <= now:
