@@ -14,10 +14,10 @@ Protocol, all tuples over one ``multiprocessing`` connection:
                                                    the last one ends its group
 
 What runs now is not a message: the worker writes it into a small shared-memory slot (``Slot``)
-that the agent reads when it checks timeouts. A batch's results are sent together when the group
-ends, or once the oldest has waited ``RESULT_FLUSH``: one message, one wake-up of the agent, per
-few dozen short episodes instead of two per episode (on two busy cores each wake-up costs the
-worker a context switch).
+that the agent reads when it checks timeouts. A batch's results are sent together when the
+group ends, or once the oldest one's episode started ``RESULT_FLUSH`` ago: one message, one
+wake-up of the agent, per few dozen short episodes instead of two per episode (on two busy
+cores each wake-up costs the worker a context switch).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ FLUSH_SECONDS = 1.0
 # check it too, so the results before it do not wait for it. An episode that ran this long is
 # reported at once: a worker that crashes loses at most this much finished work.
 RESULT_FLUSH = 0.02
-# How often a worker looks for cancels and queued batches while it runs a batch, at most: a
-# pipe poll per episode is a syscall per CartPole step's worth of work.
+# How often a worker looks for cancels and queued batches while it runs a batch, at most: each
+# look is a poll() syscall, and a batch's episodes may be shorter than a millisecond.
 POLL_EVERY = 0.005
 
 
@@ -193,8 +193,7 @@ class Slot:
     def __init__(self, cells: Any) -> None:
         self.cells = cells  # a multiprocessing RawArray("d", 4): seq, started, progress, running
 
-    def start(self, seq: int) -> None:
-        now = time.monotonic()
+    def start(self, seq: int, now: float) -> None:
         self.cells[1] = self.cells[2] = now
         self.cells[0] = seq
         self.cells[3] = 1.0
@@ -317,7 +316,7 @@ def _serve(conn: Connection, store: Store | None, slot: Slot) -> None:
                 done = Done(item.episode_id, item.attempt, "cancelled", "cancelled before it started")
             else:
                 sink = _Tagged(shared, item) if shared is not None and item.batch is not None else None
-                slot.start(seq)
+                slot.start(seq, started)
                 done = run_item(item, store, partial(check, item.episode_id), slot.progress, sink)
                 slot.clear()
             inbox.cancelled.discard(item.episode_id)
