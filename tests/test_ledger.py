@@ -222,6 +222,25 @@ def test_settle_splits_parts_that_together_pass_etcds_ops_limit(registry: Regist
     assert states == {State.RUNNING}
 
 
+def test_settle_keeps_a_stale_claim_apart_from_the_commit_that_rewrites_its_records(
+    registry: Registry, ledger: Ledger
+) -> None:
+    """An agent's queue lags its own claims by a watch delivery: a pass may commit an episode
+    and try its entry again, now gone. Both write the record's key; etcd refuses a request
+    whose nested txns put one key twice, so the two go apart, and the stale claim just loses."""
+    ledger.submit(records(1))
+    (entry,) = ledger.queue()
+    seen = ledger.read(list(entry.ids))
+    lease = registry.grant(5)
+    won = ledger.claim("h1", lease, entry, seen)
+    assert won is not None
+    claim, (running,) = won
+    done = Settlement(claim, [finish_attempt(running, State.SUCCEEDED, time.time(), None)], last=True)
+    oks, again = ledger.settle([done], [(entry, seen)], host="h1", lease=lease)
+    assert oks == [True] and again == [None]
+    assert ledger.read([running.id])[running.id].record.state is State.SUCCEEDED
+
+
 def test_big_records_stay_within_etcds_request_limit(etcd: EtcdServer, keys: Keys) -> None:
     """etcd only: memory:// has no request size limit."""
     registry = open_registry(etcd.url)

@@ -259,6 +259,38 @@ def test_ops_limit_counts_what_a_nested_txn_s_parents_left(registry: Registry, p
     assert current_revision(registry) == before
 
 
+def _overlaps(k: bytes) -> dict[str, tuple[bool, list[Op]]]:
+    """Branches whose puts overlap, and whether etcd 3.5.1 accepts them (checkIntervals:
+    whatever the compares say, a put may not meet a put or delete of an earlier nested txn,
+    or a delete of its own level; a txn's two branches may share keys)."""
+    put, delete = Put(k, b"x"), Delete(k)
+    return {
+        "put put": (False, [Txn([], [put]), Txn([], [put])]),
+        "put then delete": (True, [Txn([], [put]), Txn([], [delete])]),
+        "delete then put": (False, [Txn([], [delete]), Txn([], [put])]),
+        "delete delete": (True, [Txn([], [delete]), Txn([], [delete])]),
+        "nested put, own put": (False, [Txn([], [put]), put]),
+        "nested put, own delete": (False, [Txn([], [put]), delete]),
+        "then put, else put": (False, [Txn([], [put]), Txn([], [], [put])]),
+        "else delete, then put": (False, [Txn([], [], [delete]), Txn([], [put])]),
+        "one txn's then and else": (True, [Txn([], [put], [put])]),
+        "deeper put, put": (False, [Txn([], [Txn([], [put])]), Txn([], [put])]),
+        "prefix delete, put": (False, [Txn([], [Delete(k[:-1], prefix=True)]), Txn([], [put])]),
+    }
+
+
+@pytest.mark.parametrize("case", list(_overlaps(b"k")))
+def test_overlapping_keys_are_refused_as_etcd_refuses_them(registry: Registry, prefix: bytes, case: str) -> None:
+    accepted, ops = _overlaps(prefix + b"k")[case]
+    before = current_revision(registry)
+    if accepted:
+        assert registry.txn([], ops).succeeded
+    else:
+        with pytest.raises(RegistryError, match="duplicate key"):
+            registry.txn([], ops)
+        assert current_revision(registry) == before
+
+
 def test_delete_exact_key_and_prefix(registry: Registry, prefix: bytes) -> None:
     for name in (b"a", b"ab", b"a/1", b"a/2", b"b/1"):
         put(registry, prefix + name, b"x")

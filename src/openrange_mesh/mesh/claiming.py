@@ -37,8 +37,10 @@ class Claiming(Joining):
             self._claims_unsure = True  # it may have been applied: look once etcd answers
             raise
         for (entry, _records), claim in zip(candidates, won, strict=True):
+            # ours now, or a peer claimed it, or a cancel changed it: either way the watch will
+            # bring its delete, and until then we must not try it again
+            self._forget([entry])
             if claim is None:
-                self._forget([entry])  # a peer claimed it, or a cancel changed it
                 continue
             self._hold(*claim)
             claimed += claim[0].episode_ids

@@ -55,11 +55,10 @@ class Committing(Claiming):
                 else:
                     fenced += self._resync(item.claim.claim_id, self._held[item.claim.claim_id])
             for (entry, _records), claim in zip(entries, won, strict=True):
+                self._forget([entry])  # ours now, or a peer's, or changed by a cancel (see _step_claim)
                 if claim is not None:
                     self._hold(*claim)
                     claimed += claim[0].episode_ids
-                else:
-                    self._forget([entry])  # a peer took it, a cancel changed it, or nothing in it is pending
 
         lines = [
             f"committed {committed} episodes" if committed else "",

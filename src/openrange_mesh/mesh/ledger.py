@@ -465,17 +465,26 @@ def _requeued(record: EpisodeRecord, now: float, reason: str, *, cancel: bool) -
 def _requests(parts: Sequence[Txn], extra: int) -> list[list[Txn]]:
     """Nested txns packed into requests etcd accepts: a request's list holds its parts and
     ``extra`` ops, and each part's compares and ops must fit in what that list left of
-    ``MAX_TXN_OPS`` (etcd's checkTxnRequest counts a nested txn against its parent's width)."""
+    ``MAX_TXN_OPS`` (etcd's checkTxnRequest counts a nested txn against its parent's width).
+    Parts that write a key in common go in different requests: etcd refuses a request whose
+    nested txns put a key twice, whatever their compares (a claim of an entry we have just
+    claimed ourselves, still in our queue until the watch says otherwise, next to the commit
+    that rewrites its group)."""
     requests: list[list[Txn]] = []
     widest = 0
+    written: set[bytes] = set()
     for part in parts:
         width = max(len(part.compares), len(part.success), len(part.failure))
-        if requests and len(requests[-1]) + 1 + extra + max(widest, width) <= MAX_TXN_OPS:
+        keys = {op.key for op in (*part.success, *part.failure) if isinstance(op, Put | Delete)}
+        fits = requests and len(requests[-1]) + 1 + extra + max(widest, width) <= MAX_TXN_OPS
+        if fits and written.isdisjoint(keys):
             requests[-1].append(part)
             widest = max(widest, width)
+            written |= keys
         else:
             requests.append([part])
             widest = width
+            written = keys
     return requests
 
 

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 from ...errors import ConfigError, RegistryError
 from ..base import Compare, KeyValue, Op, RangeResult, Txn, TxnResult
-from ._store import _check_branch, _open_store
-from ._txn import MAX_TXN_OPS, _choose, _flatten, _holds, _results, check_ops
+from ._store import _open_store
+from ._txn import MAX_TXN_OPS, _choose, _flatten, _holds, _results, check_keys, check_ops
 from ._watch import _MemoryWatch
 
 __all__ = ["MemoryRegistry"]
@@ -86,10 +86,9 @@ class MemoryRegistry:
 
     def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
         check_ops(compares, success, failure, MAX_TXN_OPS)
-        if len(success) > 1:
-            _check_branch(success)
-        if len(failure) > 1:
-            _check_branch(failure)
+        for branch in (success, failure):
+            if len(branch) > 1 or any(type(op) is Txn for op in branch):
+                check_keys(branch)
         store = self._store
         with store.lock:
             store.expire()
@@ -105,7 +104,6 @@ class MemoryRegistry:
                 return TxnResult(succeeded, store.revision, responses)
             tree = _choose(branch, kvs)  # every compare first, against the state before the txn
             flat = _flatten(tree)
-            _check_branch(flat)
             answers = iter(store.apply(flat))
             responses, nested = _results(tree, answers, store.revision)
             return TxnResult(succeeded, store.revision, responses, nested)

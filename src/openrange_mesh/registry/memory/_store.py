@@ -41,20 +41,6 @@ def _span(keys: list[bytes], prefix: bytes, start: bytes | None) -> tuple[int, i
     return lo, len(keys) if end == b"\0" else bisect_left(keys, end, lo)
 
 
-def _check_branch(ops: Sequence[Op]) -> None:
-    # etcd rejects a branch whose puts overlap each other or a delete, even if it never runs.
-    # Sets, not pairwise scans: a batch commit has ~60 puts and ~60 deletes.
-    deleted = {op.key for op in ops if type(op) is Delete and not op.prefix}
-    prefixes = [op.key for op in ops if type(op) is Delete and op.prefix]
-    puts: set[bytes] = set()
-    for op in ops:
-        if type(op) is Put:
-            key = op.key
-            if key in puts or key in deleted or (prefixes and any(key.startswith(p) for p in prefixes)):
-                raise RegistryError(f"duplicate key {key!r} given in txn request")
-            puts.add(key)
-
-
 class _Lease:
     __slots__ = ("deadline", "keys", "ttl")
 

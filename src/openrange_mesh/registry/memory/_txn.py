@@ -3,7 +3,7 @@ before any of it applies."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import eq, gt, lt, ne
 from typing import Any
@@ -11,8 +11,10 @@ from typing import Any
 from ...errors import RegistryError
 from ..base import (
     Compare,
+    Delete,
     KeyValue,
     Op,
+    Put,
     Txn,
     TxnResult,
 )
@@ -32,6 +34,59 @@ def check_ops(compares: Sequence[Compare], success: Sequence[Op], failure: Seque
     for op in (*success, *failure):
         if type(op) is Txn:
             check_ops(op.compares, op.success, op.failure, budget - width)
+
+
+def check_keys(ops: Sequence[Op]) -> tuple[set[bytes], _Deleted]:
+    """Refuse what etcd's checkIntervals refuses, whatever the compares will say: a put of a
+    key that this branch deletes, or that an earlier nested txn puts (in either branch; a txn's
+    own two branches may share keys) or deletes. Returns the keys the branch may put and
+    delete (measured against etcd 3.5.1: a later nested txn may delete what an earlier one puts)."""
+    deleted = _Deleted()
+    deleted.add(op for op in ops if type(op) is Delete)
+    puts: set[bytes] = set()
+    for op in ops:
+        if type(op) is not Txn:
+            continue
+        (then_puts, then_deleted), (else_puts, else_deleted) = check_keys(op.success), check_keys(op.failure)
+        for key in then_puts:
+            _refuse_if(key in puts or deleted.covers(key), key)
+        for key in else_puts:
+            _refuse_if((key in puts and key not in then_puts) or deleted.covers(key), key)
+        puts |= then_puts | else_puts
+        deleted.merge(then_deleted)
+        deleted.merge(else_deleted)
+    for op in ops:
+        if type(op) is Put:
+            _refuse_if(op.key in puts or deleted.covers(op.key), op.key)
+            puts.add(op.key)
+    return puts, deleted
+
+
+class _Deleted:
+    """Keys and prefixes deleted (sets, not pairwise scans: a commit has many of each)."""
+
+    def __init__(self) -> None:
+        self.keys: set[bytes] = set()
+        self.prefixes: list[bytes] = []
+
+    def add(self, deletes: Iterable[Delete]) -> None:
+        for op in deletes:
+            if op.prefix:
+                self.prefixes.append(op.key)
+            else:
+                self.keys.add(op.key)
+
+    def merge(self, other: _Deleted) -> None:
+        self.keys |= other.keys
+        self.prefixes += other.prefixes
+
+    def covers(self, key: bytes) -> bool:
+        return key in self.keys or any(key.startswith(p) for p in self.prefixes)
+
+
+def _refuse_if(duplicate: bool, key: bytes) -> None:
+    if duplicate:
+        raise RegistryError(f"duplicate key {key!r} given in txn request")
 
 
 @dataclass
