@@ -12,8 +12,8 @@ from openrange_mesh.keys import Keys
 from openrange_mesh.mesh import homes
 from openrange_mesh.mesh.catalog import Catalog
 from openrange_mesh.mesh.leader import collect_garbage
-from openrange_mesh.mesh.ledger import Ledger, Settlement, finish_attempt
-from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State, pack
+from openrange_mesh.mesh.ledger import Ledger, Settlement, finish_attempt, give_back
+from openrange_mesh.model import MAX_OWN_KEYS, EpisodeRecord, EpisodeSpec, State, pack
 from openrange_mesh.registry import Put, Registry
 
 from .helpers import current_revision, take, wait_until
@@ -64,18 +64,22 @@ def test_claim_and_partial_commits_rewrite_the_one_key(registry: Registry, ledge
     assert keys_under(registry, ledger.keys.claims()) == []
 
 
-def test_stale_owner_is_fenced_and_pending_members_move_out(registry: Registry, ledger: Ledger) -> None:
+def test_stale_owner_is_fenced_and_requeued_members_stay_home(registry: Registry, ledger: Ledger) -> None:
     ids = batch(ledger, 3, max_attempts=2)
     lease = registry.grant(2)
     claim, running = take(ledger, "h1", lease, ids)
     wait_until(lambda: not keys_under(registry, ledger.keys.claims()), timeout=4, what="lease expiry")
     assert sorted(ledger.requeue("h1", claim.claim_id, ids, "host h1 lost its lease")) == sorted(ids)
     assert ledger.requeue("h1", claim.claim_id, ids, "again") == []  # idempotent
-    # every member went back to pending: each has its own key now, and the group key is gone
-    assert sorted(keys_under(registry, ledger.keys.episodes())) == sorted(ledger.keys.episode(i) for i in ids)
+    # the claim is over, so its members went back to pending in their group, under one entry
+    # that carries the group: the next claim needs no read
+    assert keys_under(registry, ledger.keys.episodes()) == [ledger.keys.episode(home_id(ids[0]) or "")]
+    (entry,) = ledger.queue()
+    assert entry.ids == tuple(ids) and homes.embedded(ledger.keys, entry) == ledger.read(ids)
     back = ledger.read(ids)[ids[0]].record
     assert (back.state, back.attempt, back.history[0].outcome) == (State.PENDING, 2, "retried")
     claim2, running2 = take(ledger, "h2", registry.grant(5), ids)
+    assert set(claim2.homes) == {ledger.keys.episode(home_id(ids[0]) or "")}
     assert not ledger.commit(claim, [finish_attempt(running[0], State.SUCCEEDED, 0, None)], last=False)
     assert ledger.commit(claim2, [finish_attempt(r, State.SUCCEEDED, 0, None) for r in running2], last=True)
     done = ledger.read(ids)[ids[0]].record
@@ -172,16 +176,23 @@ def test_ids_say_whether_an_episode_is_a_batch_member_and_where_it_lives(registr
     allocator = IdAllocator(registry, keys, "h")
     singles: list[str] = []
     groups: dict[str, list[str]] = {}
-    for n in range(600):  # more group blocks than one revision holds: the allocator moves on
+    for n in range(600):  # more blocks of each width than one revision holds: the allocator moves on
         singles += allocator.next_ids(2)
         home, members = allocator.next_group(1 + n % 63)
+        groups[home] = members
+        home, members = allocator.next_group(64 + n * 7 % 192)  # a wide block: 64-255 members
         groups[home] = members
     members = [m for ms in groups.values() for m in ms]
     assert len(set(singles + members + list(groups))) == len(singles) + len(members) + len(groups)
     assert all(home_id(i) is None for i in singles) and all(home_id(h) is None for h in groups)
     assert all(home_id(m) == home for home, ms in groups.items() for m in ms)
-    with pytest.raises(ValueError):
-        allocator.next_group(64)
+    assert max(len(ms) for ms in groups.values()) == 255
+    for size in (0, 256):
+        with pytest.raises(ValueError):
+            allocator.next_group(size)
+    # ids from before wide blocks existed (64-blocks from 0x8000 on) keep their home below 0xc000
+    assert home_id("000000002a-8041-h") == "000000002a-8040-h" and home_id("000000002a-bfff-h") == "000000002a-bfc0-h"
+    assert home_id("000000002a-c0ff-h") == "000000002a-c000-h" and home_id("000000002a-c100-h") is None
 
 
 def test_an_entry_carries_the_records_written_with_it_until_rewritten(registry: Registry, ledger: Ledger) -> None:
@@ -202,3 +213,79 @@ def test_an_entry_whose_carried_values_are_bad_is_still_claimable(registry: Regi
     (damaged,) = ledger.queue()
     assert damaged.ids == entry.ids and damaged.values == () and homes.embedded(ledger.keys, damaged) is None
     assert ledger.claim("h1", registry.grant(5), damaged, ledger.read(ids)) is not None  # read, then claimed
+
+
+def test_a_batch_of_250_is_claimed_and_committed_in_a_few_ops(registry: Registry, ledger: Ledger) -> None:
+    ids = batch(ledger, 250)
+    (key,) = keys_under(registry, ledger.keys.episodes())
+    assert key == ledger.keys.episode(home_id(ids[0]) or "")
+    lease = registry.grant(5)
+    before = current_revision(registry)
+    claim, running = take(ledger, "h1", lease, ids)
+    now = time.time()
+    assert ledger.commit(claim, [finish_attempt(r, State.SUCCEEDED, now, None) for r in running[:100]], last=False)
+    assert ledger.commit(claim, [finish_attempt(r, State.SUCCEEDED, now, None) for r in running[100:]], last=True)
+    assert current_revision(registry) == before + 3  # claim, two partial commits: one txn each
+    assert states(ledger, ids) == [State.SUCCEEDED] * 250 and keys_under(registry, ledger.keys.claims()) == []
+
+
+def test_a_wide_commit_that_cancels_every_member_goes_in_several_txns(registry: Registry, ledger: Ledger) -> None:
+    ids = batch(ledger, 250)
+    claim, running = take(ledger, "h1", registry.grant(5), ids)
+    for episode_id in ids:
+        ledger.request_cancel(episode_id)
+    before = current_revision(registry)
+    finals = [finish_attempt(r, State.CANCELLED, time.time(), "cancelled") for r in running]
+    assert ledger.commit(claim, finals, last=True, cancelled=ids)  # 250 marker deletes: over etcd's 128
+    assert current_revision(registry) - before == 3  # 100 markers a txn; the claim key goes with the last
+    assert states(ledger, ids) == [State.CANCELLED] * 250
+    assert keys_under(registry, ledger.keys.cancels()) == [] and keys_under(registry, ledger.keys.claims()) == []
+
+
+def test_members_given_back_as_their_claim_ends_stay_home_under_one_entry(registry: Registry, ledger: Ledger) -> None:
+    ids = batch(ledger, 250)
+    lease = registry.grant(5)
+    claim, running = take(ledger, "h1", lease, ids)
+    now = time.time()
+    done = [finish_attempt(r, State.SUCCEEDED, now, None) for r in running[:10]]
+    back = [give_back(r, now, "its worker died before it started") for r in running[10:]]
+    assert ledger.settle([Settlement(claim, [*done, *back], last=True)])[0] == [True]
+    (entry,) = ledger.queue()
+    assert entry.ids == tuple(ids[10:]) and len(keys_under(registry, ledger.keys.episodes())) == 1
+    again, rerun = take(ledger, "h2", lease, ids[10:])  # one claim of the 240, in their group
+    assert ledger.commit(again, [finish_attempt(r, State.SUCCEEDED, now, None) for r in rerun], last=True)
+    assert states(ledger, ids) == [State.SUCCEEDED] * 250
+    assert [ledger.read(ids)[i].record.attempt for i in (ids[0], ids[10])] == [1, 2]
+
+
+def test_many_retries_while_the_claim_goes_on_move_out_in_claimable_entries(registry: Registry, ledger: Ledger) -> None:
+    ids = batch(ledger, 250)
+    lease = registry.grant(5)
+    claim, running = take(ledger, "h1", lease, ids)
+    retried = [finish_attempt(r, State.PENDING, time.time(), "timed out") for r in running[:200]]
+    assert ledger.settle([Settlement(claim, retried, last=False)])[0] == [True]  # cut to fit etcd's limits
+    entries = ledger.queue()
+    assert sorted(i for e in entries for i in e.ids) == sorted(ids[:200])
+    assert max(len(e.ids) for e in entries) <= MAX_OWN_KEYS
+    assert states(ledger, ids) == [State.PENDING] * 200 + [State.RUNNING] * 50
+    for entry in entries:  # each moved-out entry is one claim of records under keys of their own
+        taken, records = take(ledger, "h2", lease, list(entry.ids))
+        assert ledger.commit(taken, [finish_attempt(r, State.SUCCEEDED, time.time(), None) for r in records], last=True)
+    rest = [finish_attempt(r, State.SUCCEEDED, time.time(), None) for r in running[200:]]
+    assert ledger.commit(claim, rest, last=True)
+    assert states(ledger, ids) == [State.SUCCEEDED] * 250
+
+
+def test_a_dead_owners_wide_claim_is_requeued_in_one_txn(registry: Registry, ledger: Ledger) -> None:
+    ids = batch(ledger, 250)
+    claim, _ = take(ledger, "h1", registry.grant(2), ids)
+    for episode_id in ids[:150]:
+        ledger.request_cancel(episode_id)
+    wait_until(lambda: not keys_under(registry, ledger.keys.claims()), timeout=4, what="lease expiry")
+    before = current_revision(registry)
+    assert len(ledger.requeue("h1", claim.claim_id, ids, "host h1 lost its lease")) == 250
+    assert current_revision(registry) == before + 1
+    assert states(ledger, ids) == [State.CANCELLED] * 150 + [State.PENDING] * 100
+    (entry,) = ledger.queue()
+    assert entry.ids == tuple(ids[150:])
+    assert len(keys_under(registry, ledger.keys.cancels())) == 50  # past what one txn holds: left to retention

@@ -151,7 +151,7 @@ def test_kill_9_agent_its_episodes_come_back(mesh: Mesh) -> None:
 
 def test_kill_9_agent_running_batches_its_group_records_come_back(mesh: Mesh) -> None:
     """The same with batches: the dead host's claims hold group records; their running members
-    move out to keys of their own, pending again, and run once more elsewhere."""
+    go back to pending in their groups, and run once more elsewhere."""
     # 12 batches: more than two agents hold (2 workers, each with a batch queued ahead), so h2 runs some
     ids = mesh.submit(mesh.command_specs(60, 0.2, batch=5))
     wait_running_on(mesh, "h2")

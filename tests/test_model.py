@@ -32,7 +32,7 @@ CARTPOLE = {"runtime": "gymnasium", "params": {"env": "CartPole-v1"}}
         ({**CARTPOLE, "params": {"env": "CartPole-v1", "obj": object()}}, "params", "does not serialize"),
         ({**CARTPOLE, "params": {"env": "CartPole-v1", "blob": "x" * 600_000}}, "params", "over the"),
         ({**CARTPOLE, "on_timeout": "sometimes"}, "on_timeout", "'fail' or 'retry'"),
-        ({**CARTPOLE, "batch": 61}, "batch", "from 1 to 60"),
+        ({**CARTPOLE, "batch": 251}, "batch", "from 1 to 250"),
         ({**CARTPOLE, "colour": "red"}, "colour", "unknown field"),
         ({"params": {}}, "runtime", "missing"),
         ({"runtime": "gymnasium", "params": {}}, "params.env", ""),

@@ -31,7 +31,12 @@ SCHEMA = 1
 MAX_SPEC_BYTES = 512 * 1024
 MAX_LABELS = 32
 MAX_ATTEMPTS = 100
-MAX_BATCH = 60  # episodes per claim txn: two ops each stay under etcd's 128 ops per txn
+# Episodes one claim may take: a batch's records share one key (ids.MAX_GROUP members at most),
+# so a claim or commit costs a few ops whatever its size.
+MAX_BATCH = 250
+# Records under keys of their own that one txn claims or commits together: a compare and a put
+# each, within etcd's 128 ops per txn (single-host runs, members that moved out of a group).
+MAX_OWN_KEYS = 60
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_./-]{0,62})$")
 
 

@@ -29,7 +29,7 @@ from .keys import Keys
 from .mesh.catalog import Catalog, EpisodeFilter
 from .mesh.lease import LeaseKeeper
 from .mesh.ledger import Claim, Ledger, finish_attempt
-from .model import MAX_BATCH, EpisodeRecord, EpisodeSpec, State
+from .model import MAX_OWN_KEYS, EpisodeRecord, EpisodeSpec, State
 from .registry import Registry, open_registry
 from .runtimes import Handle, load_runtime
 from .specs import check_spec
@@ -110,12 +110,12 @@ class EpisodeService:
         return self.start_many([spec])[0]
 
     def start_many(self, specs: Sequence[SpecLike]) -> builtins.list[str]:
-        """Realise and reset up to ``MAX_BATCH`` episodes, recorded as running in one txn."""
+        """Realise and reset up to ``MAX_OWN_KEYS`` episodes, recorded as running in one txn."""
         return self._start_checked([check_spec(s) for s in specs])
 
     def _start_checked(self, checked: Sequence[EpisodeSpec]) -> builtins.list[str]:
-        if len(checked) > MAX_BATCH:
-            raise SpecError("specs", f"start at most {MAX_BATCH} episodes at once (run_many takes any number)")
+        if len(checked) > MAX_OWN_KEYS:
+            raise SpecError("specs", f"start at most {MAX_OWN_KEYS} episodes at once (run_many takes any number)")
         handles: builtins.list[Handle] = []
         try:
             for spec in checked:
@@ -193,14 +193,14 @@ class EpisodeService:
         slice_seconds: float = 0.5,
     ) -> builtins.list[EpisodeReport]:
         """Run episodes to terminal, ``parallel`` at a time; reports in input order. Episodes
-        are started and committed in batches of up to MAX_BATCH (one txn each way), the same
+        are started and committed in batches of up to MAX_OWN_KEYS (one txn each way), the same
         batching rule as the mesh, so short episodes pay little for their records."""
         checked = [check_spec(s) for s in specs]  # reject a bad spec before running any
         reports: builtins.list[EpisodeReport] = []
         pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="episode") if parallel > 1 else None
         try:
-            for first in range(0, len(checked), MAX_BATCH):
-                ids = self._start_checked(checked[first : first + MAX_BATCH])
+            for first in range(0, len(checked), MAX_OWN_KEYS):
+                ids = self._start_checked(checked[first : first + MAX_OWN_KEYS])
                 drive = partial(self._drive, slice_seconds=slice_seconds)
                 errors = list(pool.map(drive, ids)) if pool else [drive(i) for i in ids]
                 reports += self.stop_many(dict(zip(ids, errors, strict=True)))

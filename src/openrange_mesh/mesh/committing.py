@@ -174,14 +174,14 @@ def _txn_groups(
     settlements: list[Settlement], pairs: list[tuple[QueueEntry, dict[str, Versioned]]]
 ) -> list[tuple[list[Settlement], list[tuple[QueueEntry, dict[str, Versioned]]]]]:
     """Pack settlements, and an entry to claim for each one that frees a worker, into settle
-    calls of at most ``REQUEST_OPS`` ops, which keeps a request well under etcd's 1.5 MiB (an
-    entry costs 3 + 3 per episode). ``Ledger.settle`` splits a call further where etcd's ops
-    limit needs it."""
+    calls of at most ``REQUEST_OPS`` ops of up to ~0.5 KB, which keeps a request well under
+    etcd's 1.5 MiB (an entry's claim costs 3 and one per episode, as ``Settlement.size`` counts
+    a commit). ``Ledger.settle`` splits a call further where etcd's ops limit needs it."""
     groups: list[tuple[list[Settlement], list[tuple[QueueEntry, dict[str, Versioned]]]]] = []
     budget = 0
     for item in settlements:
         entry = pairs.pop() if item.last and pairs else None
-        cost = item.size + (3 + 3 * len(entry[0].ids) if entry else 0)
+        cost = item.size + (3 + len(entry[0].ids) if entry else 0)
         if not groups or budget + cost > REQUEST_OPS:
             groups.append(([], []))
             budget = 0

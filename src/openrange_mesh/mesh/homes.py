@@ -6,9 +6,11 @@ episode, so etcd's per-key cost (its JSON gateway's ~37 us per key written, ever
 is paid once per batch. Every member keeps its own id, state, attempts and result inside.
 
 Members stay home while they are pending, running or finished. One that goes back to pending
-(a retry, a requeue) moves out to a key of its own, in the txn that takes it out of the group,
-so a group is only ever claimed once, by one claim, and a single owner writes it while that
-claim lives. Lookups read a member's group first, and its own key only if it is not there.
+while its claim goes on (a retry) moves out to a key of its own, in the txn that takes it out of
+the group; those that go back to pending as their claim ends (a requeue, the last commit of a
+claim) stay home, listed by one new queue entry. So a group is held by at most one claim or
+queue entry at a time, and a single owner writes it while that claim lives. Lookups read a
+member's group first, and its own key only if it is not there.
 
 Every write of a group compares the group key's mod_revision (optimistic concurrency with the
 other writers of its members: acks, cancels); fencing stays with the claim key's token, which
@@ -22,9 +24,9 @@ from dataclasses import dataclass
 
 from ..ids import home_id
 from ..keys import Keys
-from ..model import EpisodeRecord, State, decode_or_none, decode_records, decode_value, encode_group
+from ..model import MAX_OWN_KEYS, EpisodeRecord, State, decode_or_none, decode_records, decode_value, encode_group
 from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry
-from .queue import QueueEntry, entry_ops, groups, named
+from .queue import QueueEntry, entry_ops, entry_put, groups, named
 
 MAX_TXN_OPS = 128
 
@@ -60,14 +62,15 @@ def read(registry: Registry, keys: Keys, episode_ids: Sequence[str]) -> dict[str
     for episode_id in episode_ids:
         home = home_id(episode_id)
         first[keys.episode(home if home is not None else episode_id)] = None
-    found = found_in(keys, _get(registry, list(first)), wanted)
+    found = found_in(keys, get_many(registry, list(first)), wanted)
     moved = [i for i in episode_ids if i not in found and home_id(i) is not None]
     if moved:
-        found |= found_in(keys, _get(registry, [keys.episode(i) for i in moved]), wanted)
+        found |= found_in(keys, get_many(registry, [keys.episode(i) for i in moved]), wanted)
     return found
 
 
-def _get(registry: Registry, key_list: list[bytes]) -> list[KeyValue]:
+def get_many(registry: Registry, key_list: list[bytes]) -> list[KeyValue]:
+    """The values of some keys (those that exist), one read-only txn per ``MAX_TXN_OPS``."""
     kvs: list[KeyValue] = []
     for start in range(0, len(key_list), MAX_TXN_OPS):
         gets: list[Op] = [Get(k) for k in key_list[start : start + MAX_TXN_OPS]]
@@ -140,30 +143,55 @@ class Rewrite:
                 home.mod_revision = revision
 
 
-def rewrite(keys: Keys, changes: Sequence[tuple[EpisodeRecord, Home | None]]) -> Rewrite:
-    """Write records that changed. A group member is replaced in its group, or moves out when
-    it goes back to pending; records of their own keep them. Pending records get queue entries."""
+def rewrite(keys: Keys, changes: Sequence[tuple[EpisodeRecord, Home | None]], *, claim_ends: bool = False) -> Rewrite:
+    """Write records that changed. A group member is replaced in its group; one that goes back
+    to pending moves out to a key of its own, unless the claim that held it ends in this txn
+    (``claim_ends``): then nothing else holds the group, and its pending members stay home,
+    listed by one new queue entry carrying the group's value. Records of their own keep their
+    keys. Pending records get queue entries."""
     replaced: dict[bytes, dict[str, EpisodeRecord | None]] = {}
     by_key: dict[bytes, Home] = {}
-    pending: list[EpisodeRecord] = []
+    moving: list[EpisodeRecord] = []  # pending, written under keys of their own
+    staying: dict[bytes, list[list[EpisodeRecord]]] = {}  # pending members staying home, as entries
     ops: list[Op] = []
     for record, home in changes:
-        if record.state is State.PENDING:
-            pending.append(record)
         if home is None:
-            if record.state is not State.PENDING:
+            if record.state is State.PENDING:
+                moving.append(record)
+            else:
                 ops.append(Put(keys.episode(record.id), record.to_bytes()))
             continue
         by_key[home.key] = home
-        replaced.setdefault(home.key, {})[record.id] = None if record.state is State.PENDING else record
+        moves = record.state is State.PENDING and not claim_ends
+        if moves:
+            moving.append(record)
+        replaced.setdefault(home.key, {})[record.id] = None if moves else record
+    for key, changed in replaced.items():
+        pending = [r for r in changed.values() if r is not None and r.state is State.PENDING]
+        staying[key] = [named(group) for group in groups(pending)]
+        changed.update((r.id, r) for group in staying[key] for r in group)
     members: dict[bytes, list[EpisodeRecord]] = {}
     for key, changed in replaced.items():
         kept = [changed.get(r.id, r) for r in by_key[key].records]
         members[key] = [r for r in kept if r is not None]
-        ops.append(Put(key, encode_group(members[key])) if members[key] else Delete(key))
-    for group in groups(pending):
+        value = encode_group(members[key]) if members[key] else None
+        ops.append(Put(key, value) if value is not None else Delete(key))
+        ops += [entry_put(keys, group, [value]) for group in staying[key] if value is not None]
+    for group in claimable(keys, moving):
         ops += entry_ops(keys, named(group))
     return Rewrite(ops, members)
+
+
+def claimable(keys: Keys, records: Sequence[EpisodeRecord]) -> list[list[EpisodeRecord]]:
+    """Pending records as queue entries will list them (``queue.groups``), a run of records
+    under keys of their own cut to ``MAX_OWN_KEYS``: a claim compares each of their keys."""
+    out: list[list[EpisodeRecord]] = []
+    for group in groups(records):
+        if len(group) <= MAX_OWN_KEYS or group_key(keys, group) is not None:
+            out.append(group)
+        else:
+            out += [group[i : i + MAX_OWN_KEYS] for i in range(0, len(group), MAX_OWN_KEYS)]
+    return out
 
 
 def group_key(keys: Keys, group: Sequence[EpisodeRecord]) -> bytes | None:

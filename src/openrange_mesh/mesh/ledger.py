@@ -44,7 +44,6 @@ from .queue import (
     entry_name,
     entry_ops,
     entry_put,
-    groups,
     named,
     rewrite_ops,
 )
@@ -53,6 +52,9 @@ log = logging.getLogger(__name__)
 
 MAX_TXN_OPS = homes.MAX_TXN_OPS  # etcd's default --max-txn-ops
 MAX_TXN_BYTES = 1024 * 1024  # leave headroom under etcd's 1.5 MiB for base64 and JSON
+# Per-episode ops one commit txn may hold: its fixed few (the claim's compare and delete, a
+# group's compare and put, a queue entry) and a settle request's other parts fit beside them.
+PART_OPS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +83,9 @@ class Settlement:
 
     @property
     def size(self) -> int:
-        """Ops and compares this commit puts in a txn (an upper bound)."""
-        return 2 + 3 * len(self.finals)
+        """What this commit adds to a request, in ops of up to ~0.5 KB (a record under its own
+        key is ~0.4 KB; a member's share of its group's compressed value far less)."""
+        return 2 + len(self.finals)
 
 
 class Ledger:
@@ -99,7 +102,7 @@ class Ledger:
         written; the last txn's revision)."""
         existing: dict[str, str] = {}
         revision = 0
-        named_groups = [named(g) for g in groups(records)]
+        named_groups = [named(g) for g in homes.claimable(self.keys, records)]
         encoded = {entry_name(g): self._values(g) for g in named_groups}  # once: sized and written
         for chunk in _txn_chunks(self.keys, named_groups, encoded):
             taken, written = self._submit_chunk(chunk, encoded)
@@ -220,11 +223,39 @@ class Ledger:
         ops ride along (the owner's host record), costing no extra revision. ``cancelled``: ids
         whose cancel marker the owner saw, deleted here (a marker that arrives too late to be
         seen is deleted with its record by retention)."""
-        compares, ops, landed = self._commit_parts(claim, finals, last, cancelled)
-        result = self.registry.txn(compares, [*ops, *extra])
-        if result.succeeded:
+        markers = set(cancelled)
+        for chunk, ends in self._chunks(claim, finals, last, markers):
+            compares, ops, landed = self._commit_parts(claim, chunk, ends, markers)
+            result = self.registry.txn(compares, [*ops, *extra])
+            if not result.succeeded:
+                return False  # earlier chunks may have landed: the owner's resync finds out which
             landed(result.revision)
-        return result.succeeded
+            extra = ()
+        return True
+
+    def _chunks(
+        self, claim: Claim, finals: Sequence[EpisodeRecord], last: bool, markers: set[str]
+    ) -> list[tuple[list[EpisodeRecord], bool]]:
+        """A commit cut into txns of at most ``PART_OPS`` ops, in order, only the final one
+        ending the claim. A member's result costs nothing but its share of its group's value;
+        what costs an op each: a record under its own key (its compare and put), a cancel marker
+        deleted, a pending record's own put and its share of a queue entry. Pending members
+        that stay home (the claim ends) go in the final txn, where they cost nothing."""
+        in_group = {r.id for h in claim.homes.values() for r in h.records}
+        staying = [r for r in finals if last and r.state is State.PENDING and r.id in in_group]
+        chunks: list[list[EpisodeRecord]] = [[]]
+        used = 0
+        for record in finals:
+            if staying and record.state is State.PENDING and record.id in in_group:
+                continue
+            cost = (record.id not in in_group) + (record.id in markers) + 2 * (record.state is State.PENDING)
+            if chunks[-1] and used + cost > PART_OPS:
+                chunks.append([])
+                used = 0
+            chunks[-1].append(record)
+            used += cost
+        chunks[-1] += staying
+        return [(chunk, last and i == len(chunks) - 1) for i, chunk in enumerate(chunks)]
 
     def settle(
         self,
@@ -242,8 +273,15 @@ class Ledger:
         Parts that together exceed etcd's ops limit go in as many requests as it takes
         (``_requests``); a request etcd finds too large goes again one part per request."""
         parts: list[Txn] = []
-        landings: list[Callable[[int], None]] = []
+        landings: list[Callable[[int], None] | bool] = []  # per commit: what to do once it lands, or its outcome
         for item in commits:
+            if len(self._chunks(item.claim, item.finals, item.last, set(item.cancelled))) > 1:
+                # too wide for one nested txn (a rare commit: many cancels or retries at once)
+                landings.append(
+                    self.commit(item.claim, item.finals, last=item.last, extra=extra, cancelled=item.cancelled)
+                )
+                extra = ()
+                continue
             compares, ops, landed = self._commit_parts(item.claim, item.finals, item.last, item.cancelled)
             parts.append(Txn(compares, ops))
             landings.append(landed)
@@ -253,18 +291,19 @@ class Ledger:
             makers.append(claim_parts[2] if claim_parts else None)
             if claim_parts:
                 parts.append(Txn(claim_parts[0], claim_parts[1]))
-        if not parts:
-            return [], [None] * len(claims)
         outcomes: list[tuple[bool, int]] = []  # per part: applied, at which revision
         for index, request in enumerate(_requests(parts, len(extra))):
             outcomes += self._send(request, extra if index == 0 else ())
         landed_at = iter(outcomes)
         oks: list[bool] = []
-        for landed in landings:
+        for landing in landings:
+            if isinstance(landing, bool):
+                oks.append(landing)
+                continue
             ok, revision = next(landed_at)
             oks.append(ok)
             if ok:
-                landed(revision)
+                landing(revision)
         won: list[tuple[Claim, list[EpisodeRecord]] | None] = []
         for maker in makers:
             took, revision = next(landed_at) if maker is not None else (False, 0)
@@ -300,7 +339,7 @@ class Ledger:
             if record.id in markers:
                 ops.append(Delete(self.keys.cancel(record.id)))
         compares += [Compare(h.key, "mod", "==", h.mod_revision) for h in touched.values()]
-        change = rewrite(self.keys, changes)
+        change = rewrite(self.keys, changes, claim_ends=last)
         ops += change.ops
         if last:
             ops.append(Delete(self.keys.claim(claim.host, claim.claim_id)))
@@ -351,9 +390,12 @@ class Ledger:
         cancelled = self._cancel_requested([v.record.id for v in mine])
         now = self.clock()
         compares = [Compare(claim_key, "create", "==", 0), *homes.compares(self.keys, mine)]
-        ops: list[Op] = [Delete(self.keys.cancel(i)) for i in cancelled]
+        # The claim is over: pending members stay in their group, one op for all of them.
+        # Markers past what fits are left to retention, which deletes them with their records.
+        room = PART_OPS - sum(1 for v in mine if v.home is None)
+        ops: list[Op] = [Delete(self.keys.cancel(i)) for i in sorted(cancelled)[: max(room, 0)]]
         changes = [(_requeued(v.record, now, reason, cancel=v.record.id in cancelled), v.home) for v in mine]
-        ops += rewrite(self.keys, changes).ops
+        ops += rewrite(self.keys, changes, claim_ends=True).ops
         if not self.registry.txn(compares, ops).succeeded:
             return []  # a peer got there first, or the claim came back: both fine
         return [v.record.id for v in mine]
@@ -384,8 +426,8 @@ class Ledger:
         self.registry.txn([], [Put(self.keys.cancel(episode_id), b"")])
 
     def _cancel_requested(self, episode_ids: Sequence[str]) -> set[str]:
-        result = self.registry.txn([], [Get(self.keys.cancel(i)) for i in episode_ids[:MAX_TXN_OPS]])
-        return {self.keys.name_of(kv.key, self.keys.cancels()) for kvs in result.responses for kv in kvs}
+        kvs = homes.get_many(self.registry, [self.keys.cancel(i) for i in episode_ids])
+        return {self.keys.name_of(kv.key, self.keys.cancels()) for kv in kvs}
 
 
 def _txn_chunks(
