@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import zlib
 
 import msgpack
 import pytest
@@ -12,7 +13,20 @@ from openrange_mesh.config import Settings, parse_labels, registry_url
 from openrange_mesh.errors import ConfigError, CorruptRecord, SpecError, UnknownRuntime
 from openrange_mesh.ids import IdAllocator
 from openrange_mesh.keys import Keys
-from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, HostInfo, State, decode_or_none, is_live
+from openrange_mesh.model import (
+    GROUP_FIELD,
+    SCHEMA,
+    Attempt,
+    EpisodeRecord,
+    EpisodeSpec,
+    HostInfo,
+    State,
+    decode_finished,
+    decode_or_none,
+    encode_group,
+    is_live,
+    pack,
+)
 from openrange_mesh.registry import Put, Registry
 from openrange_mesh.specs import check_spec
 
@@ -172,3 +186,21 @@ def test_is_live_agrees_with_decoding(state: State) -> None:
     )
     assert is_live(record.to_bytes()) is not state.is_terminal  # whatever the params/result hold
     assert not is_live(b"\x81\xa5state\xa7pending"[:4])
+
+
+def test_decode_finished_decodes_only_the_finished_members_asked_for() -> None:
+    spec = EpisodeSpec(runtime="sleep")
+    states = [State.SUCCEEDED, State.RUNNING, State.FAILED, State.CANCELLED]
+    members = [EpisodeRecord(id=f"m{i}", spec=spec, state=s) for i, s in enumerate(states)]
+    group = encode_group(members)
+    assert [r.id for r in decode_finished(group, "k", lambda i: i != "m2")] == ["m0", "m3"]
+    assert decode_finished(group, "k", lambda i: True) == [r for r in members if r.state.is_terminal]
+    single = members[2].to_bytes()
+    assert decode_finished(single, "k", lambda i: True) == [members[2]]
+    assert decode_finished(members[1].to_bytes(), "k", lambda i: True) == []  # running: not finished
+    # a corrupt member it skips is not checked; one it wants is
+    bad = [{**members[0].to_wire(), "attempt": "two"}, members[2].to_wire()]
+    value = pack({"state": "mixed", "v": SCHEMA, GROUP_FIELD: zlib.compress(pack(bad))})
+    assert [r.id for r in decode_finished(value, "k", lambda i: i == "m2")] == ["m2"]
+    with pytest.raises(CorruptRecord):
+        decode_finished(value, "k", lambda i: True)

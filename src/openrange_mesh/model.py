@@ -272,16 +272,33 @@ def decode_records(data: bytes, key: str = "?") -> list[EpisodeRecord]:
 def decode_value(data: bytes, key: str = "?") -> tuple[list[EpisodeRecord], bool]:
     """``decode_records``, and whether the value is a group record."""
     raw = _unpack(data, key)
-    packed = raw.get(GROUP_FIELD)
-    if packed is None:
+    if GROUP_FIELD not in raw:
         return [EpisodeRecord.from_wire(raw, key)], False
+    return [EpisodeRecord.from_wire(m, key) for m in _members(raw, key)], True
+
+
+def decode_finished(data: bytes, key: str, wanted: Callable[[str], bool]) -> list[EpisodeRecord]:
+    """The finished records in a value whose ids ``wanted`` accepts; only those are decoded
+    (and checked). A group record is rewritten each time some of its members finish, and a
+    watcher has had the others: building records is most of the cost of reading a group."""
+    raw = _unpack(data, key)
+    members = _members(raw, key) if GROUP_FIELD in raw else [raw]
+    return [
+        EpisodeRecord.from_wire(m, key)
+        for m in members
+        if m.get("state") in _FINISHED and isinstance(i := m.get("id"), str) and wanted(i)
+    ]
+
+
+def _members(raw: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    packed = raw.get(GROUP_FIELD)
     try:
         members = unpack(zlib.decompress(packed), key) if isinstance(packed, bytes) else None
     except zlib.error as exc:
         raise CorruptRecord(key, f"a group's members do not decompress ({exc})") from exc
     if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
         raise CorruptRecord(key, "a group's members must be a list of maps")
-    return [EpisodeRecord.from_wire(m, key) for m in members], True
+    return members
 
 
 _ATTEMPT_FIELDS = tuple(Attempt.__dataclass_fields__)
@@ -480,6 +497,7 @@ def _check_labels(labels: object) -> None:
             raise SpecError("labels", f"label {key!r}: value must be a printable string of at most 63 characters")
 
 
+_FINISHED = frozenset(s.value for s in State if s.is_terminal)
 _LIVE_STATES = (pack("state") + pack(State.PENDING.value), pack("state") + pack(State.RUNNING.value))
 
 

@@ -18,13 +18,14 @@ import builtins
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from ..config import default_host_id
 from ..errors import EpisodeNotFound
 from ..ids import IdAllocator
 from ..keys import Keys
-from ..model import EpisodeRecord, EpisodeSpec, State, decode_or_none, decode_records, is_live
+from ..model import EpisodeRecord, EpisodeSpec, State, decode_finished, decode_or_none, is_live
 from ..registry import Registry, open_registry
 from ..specs import check_spec
 from . import homes
@@ -145,7 +146,7 @@ class MeshClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         wanted = None if episode_ids is None else set(episode_ids)
         revision = self._revision_now()
-        accept = self._accepts(wanted)
+        unseen, accept = self._accepts(wanted)
         for record in self._initial(wanted, revision):
             if accept(record):
                 if wanted is not None:
@@ -163,7 +164,8 @@ class MeshClient:
                 for event in follower.poll(1.0 if remaining is None else min(1.0, remaining)):
                     if event.type != "put" or is_live(event.kv.value):
                         continue
-                    for final in decode_or_none(decode_records, event.kv.value, event.kv.key) or ():
+                    finals = decode_or_none(partial(decode_finished, wanted=unseen), event.kv.value, event.kv.key)
+                    for final in finals or ():
                         if accept(final):
                             if wanted is not None:
                                 wanted.discard(final.id)
@@ -172,11 +174,12 @@ class MeshClient:
         finally:
             follower.close()
 
-    def _accepts(self, wanted: set[str] | None) -> Callable[[EpisodeRecord], bool]:
+    def _accepts(self, wanted: set[str] | None) -> tuple[Callable[[str], bool], Callable[[EpisodeRecord], bool]]:
         """Which finished records ``as_completed`` yields (each once: acking rewrites a record
-        but a yielded id leaves ``wanted``; in consumer mode acked records are skipped)."""
+        but a yielded id leaves ``wanted``; in consumer mode acked records are skipped): a test
+        of the id, for records not yet decoded, and one of the record."""
         if wanted is not None:
-            return lambda r: r.id in wanted and r.state.is_terminal
+            return wanted.__contains__, lambda r: r.id in wanted and r.state.is_terminal
         # a group record is rewritten as more of its members finish: yield each member once
         yielded: set[str] = set()
 
@@ -188,7 +191,7 @@ class MeshClient:
             yielded.add(record.id)
             return True
 
-        return fresh
+        return (lambda episode_id: episode_id not in yielded), fresh
 
     def wait(self, episode_ids: Iterable[str], *, timeout: float | None = None) -> builtins.list[EpisodeRecord]:
         """Block until every episode is finished (acked or not); their records in input order."""
