@@ -11,6 +11,7 @@ import textwrap
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,30 @@ def test_restart_registry_works_again_and_watch_loses_nothing(
     put(registry, prefix + b"c", b"after-2")
     assert values(collect(watch, 2)) == [b"after-1", b"after-2"]  # nothing lost, nothing repeated
     assert watch.next(0.3).events == []
+
+
+def test_threads_write_at_once_and_again_after_a_restart(
+    own_etcd: EtcdServer, prefix: bytes, opened: list[Registry]
+) -> None:
+    # Several threads at once leave several kept-alive connections behind; a restart kills them all,
+    # and a write on a dead one would fail as "maybe applied" (never retried). None may.
+    registry = open_(opened, own_etcd.url, retry_timeout=5.0)
+
+    def write_all(tag: bytes) -> None:
+        def writer(n: int) -> None:
+            for i in range(20):
+                put(registry, prefix + b"%s-%d-%d" % (tag, n, i), tag)
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(writer, range(4)))  # re-raises the first failure
+
+    write_all(b"before")
+    own_etcd.kill()
+    own_etcd.restart()
+    write_all(b"after")
+    kvs = registry.range(prefix).kvs
+    assert [kv.value for kv in kvs].count(b"after") == 80
+    assert len(kvs) == 160
 
 
 # -- auth

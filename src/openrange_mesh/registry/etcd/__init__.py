@@ -1,14 +1,20 @@
-"""The registry over etcd's v3 JSON gateway (etcd >= 3.4), through etcd3gw.
+"""The registry over etcd's v3 JSON gateway (etcd >= 3.4), with etcd3gw's clients.
+
+The request path: one etcd3gw client per endpoint gives the URLs, the exceptions HTTP errors become and
+the session watches stream through; request/response calls skip its ``post`` and requests and go over
+keep-alive ``http.client`` connections that the calling threads share (``_transport``): about half the
+client CPU per call.
 
 How it copes with failure:
 
-* One ``Etcd3Client`` per endpoint. Calls go to the current endpoint; a connection failure, a timeout
-  or an etcd "unavailable" answer moves to the next one. Every call runs under one tenacity policy that
-  retries only those failures and never runs past ``retry_timeout`` (each attempt's timeout is clamped
-  to what is left), then raises ``Unavailable``.
+* Calls go to the current endpoint; a connection failure, a timeout or an etcd "unavailable" answer
+  moves to the next one. A call that fails is retried under one tenacity policy (entered only after a
+  first failure) that retries only those failures and never runs past ``retry_timeout`` (each
+  attempt's timeout is clamped to what is left), then raises ``Unavailable``.
 * A timed-out *write* may have been applied, so a write is retried only when the request certainly never
   reached etcd (connection refused, connect timeout); otherwise ``Unavailable`` is raised at once rather
-  than risk applying it twice (a retried claim would read as "lost" though it was won).
+  than risk applying it twice (a retried claim would read as "lost" though it was won). A kept-alive
+  connection that etcd closed (a restart) is noticed before it is used, not by a request failing on it.
 * A watch is a streaming POST to ``/v3/watch`` read by a daemon thread (etcd3gw's Watcher leaves executor
   threads behind and drops cancel responses). It resumes from the last seen revision + 1 after any
   break. A second thread probes the endpoint while the stream is quiet and breaks the stream when the
@@ -22,13 +28,12 @@ import contextlib
 import json
 import logging
 import re
+import ssl
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import requests
-from etcd3gw.client import Etcd3Client
 from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Etcd3Exception
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
@@ -47,15 +52,15 @@ from ._transport import (
     _NOT_APPLIED,
     _UNAVAILABLE,
     MAX_REQUEST_BYTES,
-    _cause,
+    _as_broken,
+    _Broken,
+    _Client,
     _Ctx,
     _error_message,
     _GatewayError,
     _InvalidToken,
-    _never_sent,
-    _Session,
-    _short,
-    _transport_error,
+    _stream_session,
+    _tls_context,
     _Unreachable,
 )
 from ._url import parse_url
@@ -75,8 +80,8 @@ class EtcdRegistry:
         self.retry_timeout = retry_timeout
         self.request_timeout = max(min(retry_timeout / 2, self._target.timeout), _MIN_ATTEMPT)
         self._lock = threading.Lock()
-        self._local = threading.local()
-        self._clients: dict[int, Etcd3Client] = {}
+        self._tls: ssl.SSLContext | None = None
+        self._clients: dict[int, _Client] = {}
         self._current = 0
         self._token: str | None = None
         self._in_outage = False
@@ -85,28 +90,24 @@ class EtcdRegistry:
 
     # -- endpoints, auth and the one retry policy --
 
-    def _endpoint(self) -> tuple[int, Etcd3Client]:
+    def _endpoint(self) -> tuple[int, _Client]:
         with self._lock:
             if self._closed:
                 raise RegistryError(f"etcd registry {self.url} is closed")
             index = self._current
             client = self._clients.get(index)
             if client is None:
-                host, port = self._target.endpoints[index]
-                session = _Session(self._local)
-                session.verify = self._target.cacert or True
-                if self._target.cert and self._target.key:
-                    session.cert = (self._target.cert, self._target.key)
-                client = Etcd3Client(
-                    host=host,
-                    port=port,
-                    protocol=self._target.protocol,
-                    timeout=self.request_timeout,
-                    api_path="/v3/",
-                    session=session,
-                )
+                client = self._client(index)
                 self._clients[index] = client
             return index, client
+
+    def _client(self, index: int) -> _Client:
+        host, port = self._target.endpoints[index]
+        cacert, cert, key = self._target.cacert, self._target.cert, self._target.key
+        if self._target.protocol == "https" and self._tls is None:
+            self._tls = _tls_context(cacert, cert, key)  # loading the CA bundle takes milliseconds: once
+        session = _stream_session(cacert, cert, key)
+        return _Client(host, port, self.request_timeout, self._tls, session)
 
     def _where(self, index: int) -> str:
         host, port = self._target.endpoints[index]
@@ -127,7 +128,7 @@ class EtcdRegistry:
             self._in_outage = False
             log.info("etcd answers again at %s", self._where(index))
 
-    def _headers(self, client: Etcd3Client, *, renew: bool = False) -> dict[str, str]:
+    def _headers(self, client: _Client, *, renew: bool = False, deadline: float | None = None) -> dict[str, str]:
         if self._target.user is None:
             return {}
         with self._lock:
@@ -135,7 +136,7 @@ class EtcdRegistry:
         if token is None:
             payload = {"name": self._target.user, "password": self._target.password}
             try:
-                token = str(client.post(client.get_url("/auth/authenticate"), json=payload)["token"])
+                token = str(client.call("/auth/authenticate", payload, {}, self._timeout(deadline))["token"])
             except Etcd3Exception as exc:
                 if "authentication is not enabled" not in str(exc.detail_text):
                     raise
@@ -144,19 +145,26 @@ class EtcdRegistry:
                 self._token = token
         return {"Authorization": token} if token else {}
 
-    def _attempt(self, path: str, payload: Mapping[str, Any], ctx: _Ctx) -> dict[str, Any]:
+    def _timeout(self, deadline: float | None) -> float:
+        """An attempt's timeout: never past the retry deadline, and never below ``_MIN_ATTEMPT``."""
+        if deadline is None:
+            return self.request_timeout
+        return min(self.request_timeout, max(deadline - time.monotonic(), _MIN_ATTEMPT))
+
+    def _attempt(
+        self, path: str, payload: Mapping[str, Any], ctx: _Ctx, deadline: float | None = None
+    ) -> dict[str, Any]:
         index, client = self._endpoint()
         renew = False
         while True:
             try:
-                result: dict[str, Any] = client.post(
-                    client.get_url(path), json=payload, headers=self._headers(client, renew=renew)
-                )
+                headers = self._headers(client, renew=renew, deadline=deadline)
+                result: dict[str, Any] = client.call(path, payload, headers, self._timeout(deadline))
                 if isinstance(result.get("error"), dict):  # a streaming endpoint's error object
                     raise _GatewayError(json.dumps(result))
                 self._recovered(index)
                 return result
-            except (Etcd3Exception, requests.RequestException, _GatewayError) as exc:
+            except (Etcd3Exception, _Broken, _GatewayError) as exc:
                 error = self._translate(exc, ctx, index)
                 if isinstance(error, _InvalidToken) and not renew:
                     renew = True
@@ -167,6 +175,23 @@ class EtcdRegistry:
 
     def _call(self, path: str, payload: Mapping[str, Any], ctx: _Ctx) -> dict[str, Any]:
         deadline = time.monotonic() + self.retry_timeout
+        try:
+            return self._attempt(path, payload, ctx, deadline)  # most calls: no retry machinery at all
+        except _Unreachable as exc:
+            failed: _Unreachable | None = exc
+
+        def attempt() -> dict[str, Any]:
+            # The policy's first attempt is the one that just failed, so its schedule is unchanged.
+            nonlocal failed
+            if failed is not None:
+                error, failed = failed, None
+                raise error
+            return self._attempt(path, payload, ctx, deadline)
+
+        result: dict[str, Any] = self._retrying(ctx, deadline)(attempt)
+        return result
+
+    def _retrying(self, ctx: _Ctx, deadline: float) -> Retrying:
         count = len(self._target.endpoints)
 
         def retryable(exc: BaseException) -> bool:
@@ -179,28 +204,21 @@ class EtcdRegistry:
             backoff = min(0.05 * 2.0 ** (state.attempt_number // count - 1), 1.0)
             return max(min(backoff, deadline - time.monotonic() - _MIN_ATTEMPT), 0.0)
 
-        policy = Retrying(
+        return Retrying(
             retry=retry_if_exception(retryable),
             stop=lambda state: time.monotonic() >= deadline - _MIN_ATTEMPT,
             wait=wait,
             reraise=True,
         )
-        self._local.deadline = deadline
-        try:
-            result: dict[str, Any] = policy(self._attempt, path, payload, ctx)
-            return result
-        finally:
-            self._local.deadline = None
 
     def _translate(self, exc: BaseException, ctx: _Ctx, index: int) -> RegistryError:
-        """The one place where etcd3gw, requests and gateway errors become ``errors`` classes."""
+        """The one place where transport, etcd3gw, requests and gateway errors become ``errors`` classes."""
         where = self._where(index)
-        transport = _transport_error(exc)
-        if isinstance(transport, requests.exceptions.SSLError):  # a certificate problem: not retryable
-            return RegistryError(f"TLS with etcd {where} failed: {_cause(transport)}")
-        if transport is not None:
-            applied = not _never_sent(transport)
-            return _Unreachable(self.endpoints, where, _short(transport), maybe_applied=applied)
+        broken = _as_broken(exc)
+        if broken is not None and broken.tls:  # a certificate problem: not retryable
+            return RegistryError(f"TLS with etcd {where} failed: {broken.cause}")
+        if broken is not None:
+            return _Unreachable(self.endpoints, where, broken.short, maybe_applied=not broken.never_sent)
         message = _error_message(exc)
         lowered = message.lower()
         if "request is too large" in lowered:
@@ -330,7 +348,7 @@ class EtcdRegistry:
         for watch in watches:
             watch.cancel()
         for client in clients:
-            client.session.close()
+            client.close()
 
     def _forget(self, watch: EtcdWatch) -> None:
         with self._lock:
