@@ -289,3 +289,16 @@ def test_a_dead_owners_wide_claim_is_requeued_in_one_txn(registry: Registry, led
     (entry,) = ledger.queue()
     assert entry.ids == tuple(ids[150:])
     assert len(keys_under(registry, ledger.keys.cancels())) == 50  # past what one txn holds: left to retention
+
+
+def test_a_big_submission_starts_with_a_small_txn_and_doubles(registry: Registry, ledger: Ledger) -> None:
+    """Agents can start on the first batch while the rest is still encoded and sent."""
+    allocator = IdAllocator(registry, ledger.keys, "cl")
+    spec = EpisodeSpec(runtime="sleep", batch=250)
+    ids = [i for _ in range(8) for i in allocator.next_group(250)[1]]
+    ledger.submit([EpisodeRecord(id=i, spec=spec, created_at=time.time(), submitter="cl") for i in ids])
+    revisions = [kv.mod_revision for kv in registry.range(ledger.keys.episodes()).kvs]
+    per_txn = [revisions.count(r) for r in sorted(set(revisions))]
+    assert per_txn == [1, 1, 1, 2, 3]  # groups per txn: up to 64, 128, 256, 512, 1024 records
+    assert states(ledger, ids) == [State.PENDING] * 2000
+
