@@ -20,14 +20,16 @@ from ..config import Settings
 from ..errors import Compacted, RegistryError
 from ..keys import Keys
 from ..model import EpisodeRecord
-from ..registry import KeyValue, Registry, open_registry
+from ..registry import Registry, open_registry
 from .agent_state import DeadHost, Held
 from .catalog import Catalog
 from .follow import Follower
+from .homes import Versioned
 from .leader import Leadership
 from .lease import LeaseKeeper
 from .ledger import Ledger, claim_episode_ids
 from .pool import WorkerPool
+from .queue import QueueEntry
 from .watching import Watching
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,8 @@ class Agent(Watching):
         self._cancels: set[str] = set()
         self._cancel_seen: set[str] = set()
         self._live_leases: dict[str, int] = {}  # host -> lease, from the hosts/ prefix
-        self._queue: dict[str, KeyValue] = {}  # entry name -> entry, oldest first, fed by the watch
+        self._queue: dict[str, QueueEntry] = {}  # entry name -> entry, oldest first, fed by the watch
+        self._carried: dict[str, tuple[int, dict[str, Versioned] | None]] = {}  # see Claiming._embedded
         self._stale_leases: list[int] = []
         self._claims_unsure = False  # a claim txn got no answer: it may hold episodes we do not know
         self._started_at = time.time()  # for the host record

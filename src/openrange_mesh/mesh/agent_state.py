@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from ..config import Settings
 from ..keys import Keys
 from ..model import EpisodeRecord
-from ..registry import KeyValue, Registry
+from ..registry import Registry
 from .catalog import Catalog
 from .follow import Follower
+from .homes import Versioned
 from .leader import Leadership
 from .lease import LeaseKeeper
 from .ledger import Claim, Ledger
 from .pool import WorkerPool
+from .queue import QueueEntry
 
 # A batch's results are committed together when the batch ends, or once the oldest uncommitted
 # one has waited this long: one txn per batch instead of one per finished episode.
@@ -70,7 +72,8 @@ class AgentState:
     _cancels: set[str]  # cancel markers the watch saw, not yet forwarded
     _cancel_seen: set[str]  # forwarded to a worker: their commit deletes the marker
     _live_leases: dict[str, int]  # host -> lease, from the hosts/ prefix
-    _queue: dict[str, KeyValue]  # entry name -> entry, oldest first, fed by the watch
+    _queue: dict[str, QueueEntry]  # entry name -> entry, oldest first, fed by the watch
+    _carried: dict[str, tuple[int, dict[str, Versioned] | None]]  # entry name -> (revision, its records)
     _stale_leases: list[int]
     _claims_unsure: bool  # a claim txn got no answer: it may hold episodes we do not know
     _started_at: float

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from ..registry import Event, KeyValue
+from ..registry import Event
 from .agent_state import DeadHost
 from .committing import Committing
 from .follow import Follower
+from .queue import QueueEntry, decode_entry
 
 
 class Watching(Committing):
@@ -22,12 +23,14 @@ class Watching(Committing):
             for event in events:
                 key = event.kv.key
                 if key.startswith(keys.queue()):
-                    episode_id = keys.name_of(key, keys.queue())
-                    if event.type == "put":
-                        self._queue[episode_id] = event.kv
+                    name = keys.name_of(key, keys.queue())
+                    # decoded once here, not on each pass that looks at it (a corrupt one is logged)
+                    entry = decode_entry(keys, event.kv) if event.type == "put" else None
+                    if entry is not None:
+                        self._queue[name] = entry
                         wake = True
                     else:
-                        self._queue.pop(episode_id, None)
+                        self._queue.pop(name, None)
                 elif key.startswith(keys.cancels()) and event.type == "put":
                     self._cancels.add(keys.name_of(key, keys.cancels()))
                     wake = True
@@ -63,9 +66,11 @@ class Watching(Committing):
 
     def _load_queue(self, revision: int) -> None:
         """The queue as of ``revision`` (where its watch resumes)."""
-        queue: dict[str, KeyValue] = {}
+        queue: dict[str, QueueEntry] = {}
         for kv, _ in self.catalog.scan(self.keys.queue(), revision):
-            queue[self.keys.name_of(kv.key, self.keys.queue())] = kv
+            entry = decode_entry(self.keys, kv)
+            if entry is not None:
+                queue[entry.name] = entry
         with self._events_lock:
             self._queue = queue
         self.wake()
