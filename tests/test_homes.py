@@ -302,3 +302,18 @@ def test_a_big_submission_starts_with_a_small_txn_and_doubles(registry: Registry
     assert per_txn == [1, 1, 1, 2, 3]  # groups per txn: up to 64, 128, 256, 512, 1024 records
     assert states(ledger, ids) == [State.PENDING] * 2000
 
+
+def test_read_finished_builds_only_finished_records_and_finds_moved_members(
+    registry: Registry, ledger: Ledger
+) -> None:
+    ids = batch(ledger, 4)
+    claim, running = take(ledger, "h1", registry.grant(5), ids)
+    now = time.time()
+    retry = finish_attempt(running[1], State.PENDING, now, "flaky")  # moves out to its own key
+    assert ledger.commit(claim, [retry, finish_attempt(running[2], State.SUCCEEDED, now, None)], last=False)
+    present, done = homes.read_finished(registry, ledger.keys, [*ids, "000000002a-c001-nobody"])
+    assert present == set(ids) and list(done) == [ids[2]] and done[ids[2]].state is State.SUCCEEDED
+    again, (rerun,) = take(ledger, "h2", registry.grant(5), [ids[1]])
+    assert ledger.commit(again, [finish_attempt(rerun, State.FAILED, now, "x")], last=True)
+    present, done = homes.read_finished(registry, ledger.keys, ids)
+    assert present == set(ids) and sorted(done) == sorted([ids[1], ids[2]]) and done[ids[1]].attempt == 2

@@ -142,6 +142,7 @@ class EpisodeSpec:
 
 
 _SPEC_FIELDS = tuple(f for f in EpisodeSpec.__dataclass_fields__ if not f.startswith("_"))
+_SPEC_NAMES = frozenset(_SPEC_FIELDS)
 
 
 # Attempt and EpisodeRecord are values: never mutate one, derive a new one with replace().
@@ -228,11 +229,12 @@ class EpisodeRecord:
     @classmethod
     def from_wire(cls, raw: Mapping[str, Any], key: str = "?") -> EpisodeRecord:
         try:
-            spec = EpisodeSpec(**_typed(_known(raw.get("spec") or {}, _SPEC_FIELDS), _SPEC_TYPES))
-            history = tuple(
-                Attempt(**_typed(_known(a, _ATTEMPT_FIELDS), _ATTEMPT_TYPES)) for a in raw.get("history") or ()
-            )
-            fields = _typed(_known(raw, _RECORD_FIELDS), _RECORD_TYPES)
+            spec_fields = _fields(raw.get("spec") or {}, _SPEC_NAMES, _SPEC_TYPES)
+            spec = EpisodeSpec(**spec_fields)
+            # what it decoded from is its wire form: a record is re-encoded once or twice per read
+            object.__setattr__(spec, "_wire", spec_fields)
+            history = tuple(Attempt(**_fields(a, _ATTEMPT_NAMES, _ATTEMPT_TYPES)) for a in raw.get("history") or ())
+            fields = _fields(raw, _RECORD_NAMES, _RECORD_TYPES)
             fields.update(spec=spec, history=history, state=State(raw.get("state", "pending")))
             return cls(**fields)
         except (TypeError, ValueError, AttributeError) as exc:  # wrongly typed fields, whatever the depth
@@ -281,13 +283,22 @@ def decode_finished(data: bytes, key: str, wanted: Callable[[str], bool]) -> lis
     """The finished records in a value whose ids ``wanted`` accepts; only those are decoded
     (and checked). A group record is rewritten each time some of its members finish, and a
     watcher has had the others: building records is most of the cost of reading a group."""
-    raw = _unpack(data, key)
-    members = _members(raw, key) if GROUP_FIELD in raw else [raw]
     return [
         EpisodeRecord.from_wire(m, key)
-        for m in members
-        if m.get("state") in _FINISHED and isinstance(i := m.get("id"), str) and wanted(i)
+        for m in wire_members(data, key)
+        if is_finished(m) and isinstance(i := m.get("id"), str) and wanted(i)
     ]
+
+
+def wire_members(data: bytes, key: str = "?") -> list[dict[str, Any]]:
+    """The maps a value holds, one record's or a group's members', not yet decoded."""
+    raw = _unpack(data, key)
+    return _members(raw, key) if GROUP_FIELD in raw else [raw]
+
+
+def is_finished(member: Mapping[str, Any]) -> bool:
+    """Whether a record's map (``wire_members``) says its episode finished."""
+    return member.get("state") in _FINISHED
 
 
 def _members(raw: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
@@ -303,7 +314,8 @@ def _members(raw: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
 
 _ATTEMPT_FIELDS = tuple(Attempt.__dataclass_fields__)
 _ALL_RECORD_FIELDS = tuple(EpisodeRecord.__dataclass_fields__)
-_RECORD_FIELDS = tuple(f for f in _ALL_RECORD_FIELDS if f not in ("spec", "history", "state"))
+_RECORD_NAMES = frozenset(_ALL_RECORD_FIELDS) - {"spec", "history", "state"}
+_ATTEMPT_NAMES = frozenset(_ATTEMPT_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,12 +340,13 @@ class HostInfo:
     @classmethod
     def from_bytes(cls, data: bytes, key: str = "?") -> HostInfo:
         try:
-            return cls(**_typed(_known(_unpack(data, key), _HOST_FIELDS), _HOST_TYPES))
+            return cls(**_fields(_unpack(data, key), _HOST_NAMES, _HOST_TYPES))
         except (TypeError, ValueError, AttributeError) as exc:
             raise CorruptRecord(key, str(exc)) from exc
 
 
 _HOST_FIELDS = tuple(HostInfo.__dataclass_fields__)
+_HOST_NAMES = frozenset(_HOST_FIELDS)
 
 T = TypeVar("T")
 
@@ -431,20 +444,23 @@ _HOST_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _typed(fields: dict[str, Any], types: Mapping[str, tuple[type, ...]]) -> dict[str, Any]:
-    for name, value in fields.items():
+def _fields(raw: Mapping[str, Any], names: frozenset[str], types: Mapping[str, tuple[type, ...]]) -> dict[str, Any]:
+    """The fields of ``raw`` named in ``names`` (others are ignored: written by a newer
+    version), each of the type ``types`` gives, if any. One pass: a 250-episode group decodes
+    a few thousand of these."""
+    fields: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in names:
+            continue
         allowed = types.get(name)
         if allowed is not None and (not isinstance(value, allowed) or isinstance(value, bool)):
             raise TypeError(f"field {name!r} is {type(value).__name__}, not {' or '.join(t.__name__ for t in allowed)}")
+        fields[name] = value
     return fields
 
 
 def _compact(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
-
-
-def _known(raw: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    return {k: v for k, v in raw.items() if k in names}
 
 
 def _plain(value: Any) -> Any:

@@ -272,17 +272,17 @@ class MeshClient:
         return self.ledger.read(ids)
 
     def _initial(self, wanted: set[str] | None, revision: int) -> Iterator[EpisodeRecord]:
-        """The records to start from, as of ``revision``."""
+        """The records to start from, as of ``revision``: with ids, those of them that finished
+        (each must exist); without, this consumer's."""
         if wanted is None:
             for record, _ in self.catalog.episodes(EpisodeFilter(submitter=self.consumer), revision=revision):
                 yield record
             return
-        found = self._read(sorted(wanted))
-        missing = sorted(wanted - set(found))
+        present, finished = homes.read_finished(self.registry, self.keys, sorted(wanted))
+        missing = sorted(wanted - present)
         if missing:
             raise EpisodeNotFound(missing[0])
-        for versioned in found.values():
-            yield versioned.record
+        yield from finished.values()
 
     def _revision_now(self) -> int:
         return self.registry.get(self.keys.root)[1]

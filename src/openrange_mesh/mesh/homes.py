@@ -19,14 +19,28 @@ commits compare as before (ledger.py).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..errors import CorruptRecord
 from ..ids import home_id
 from ..keys import Keys
-from ..model import MAX_OWN_KEYS, EpisodeRecord, State, decode_or_none, decode_records, decode_value, encode_group
+from ..model import (
+    MAX_OWN_KEYS,
+    EpisodeRecord,
+    State,
+    decode_or_none,
+    decode_records,
+    decode_value,
+    encode_group,
+    is_finished,
+    wire_members,
+)
 from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry
 from .queue import QueueEntry, entry_ops, entry_put, groups, named
+
+log = logging.getLogger(__name__)
 
 MAX_TXN_OPS = 128
 
@@ -67,6 +81,43 @@ def read(registry: Registry, keys: Keys, episode_ids: Sequence[str]) -> dict[str
     if moved:
         found |= found_in(keys, get_many(registry, [keys.episode(i) for i in moved]), wanted)
     return found
+
+
+def read_finished(
+    registry: Registry, keys: Keys, episode_ids: Sequence[str]
+) -> tuple[set[str], dict[str, EpisodeRecord]]:
+    """Which of some episodes exist, and the records of those that finished, as ``read``
+    finds them, building only those records (a watcher of thousands of running episodes
+    needs none of theirs). A finished record that does not decode is skipped (logged)."""
+    wanted = set(episode_ids)
+    first = {keys.episode(home_id(i) or i): None for i in episode_ids}
+    present, done = _finished_in(keys, get_many(registry, list(first)), wanted)
+    moved = [i for i in episode_ids if i not in present and home_id(i) is not None]
+    if moved:  # moved out of their group: their own keys, read later, win
+        more, finished = _finished_in(keys, get_many(registry, [keys.episode(i) for i in moved]), wanted)
+        present |= more
+        done.update(finished)
+    return present, done
+
+
+def _finished_in(keys: Keys, kvs: Iterable[KeyValue], wanted: set[str]) -> tuple[set[str], dict[str, EpisodeRecord]]:
+    present: set[str] = set()
+    done: dict[str, EpisodeRecord] = {}
+    for kv in kvs:
+        for member in decode_or_none(wire_members, kv.value, kv.key) or ():
+            episode_id = member.get("id")
+            if not isinstance(episode_id, str) or episode_id not in wanted:
+                continue
+            if not is_finished(member):
+                present.add(episode_id)
+                continue
+            try:
+                done[episode_id] = EpisodeRecord.from_wire(member, kv.key.decode(errors="replace"))
+            except CorruptRecord as exc:
+                log.warning("skipping %s", exc)
+                continue
+            present.add(episode_id)
+    return present, done
 
 
 def get_many(registry: Registry, key_list: list[bytes]) -> list[KeyValue]:

@@ -14,9 +14,13 @@ log = logging.getLogger(__name__)
 JsonObject = dict[str, Any]
 
 
+# One encoder: json.dumps with options builds a new one per call, ~3 us, more than a CartPole step's event.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_events(events: list[JsonObject]) -> bytes:
     """One compact JSON object per line, each line ending in a newline."""
-    return b"".join(json.dumps(e, separators=(",", ":"), ensure_ascii=False).encode() + b"\n" for e in events)
+    return "".join(_ENCODER.encode(e) + "\n" for e in events).encode()
 
 
 def decode_events(data: bytes, source: str = "") -> list[JsonObject]:
