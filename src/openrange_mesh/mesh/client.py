@@ -80,9 +80,13 @@ class MeshClient:
 
     def _submit_chunk(self, specs: Sequence[EpisodeSpec]) -> list[str]:
         now = time.time()
+        ids = self._new_ids(specs)
+        # each record names the queue entry the ledger will list it in (queue.named), so that
+        # it need not copy every record to say so
+        queues = [f"{ids[start]}.1" for start, size in _runs(specs) for _ in range(size)]
         records = [
-            EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.consumer)
-            for i, s in zip(self._new_ids(specs), specs, strict=True)
+            EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.consumer, queue=q)
+            for i, s, q in zip(ids, specs, queues, strict=True)
         ]
         existing, revision = self.ledger.submit(records)
         if revision:
@@ -289,6 +293,14 @@ class MeshClient:
 
     def _terminal(self, ids: Sequence[str]) -> builtins.list[EpisodeRecord]:
         return [v.record for v in self._read(ids).values() if v.record.state.is_terminal]
+
+
+def _runs(specs: Sequence[EpisodeSpec]) -> Iterator[tuple[int, int]]:
+    """(start, size) of each group the queue will form of these specs (``batch_runs``)."""
+    start = 0
+    for size in batch_runs([s.batch for s in specs]):
+        yield start, size
+        start += size
 
 
 def _with_batch(spec: Any, batch: int) -> Any:
