@@ -500,8 +500,9 @@ def test_show_and_logs(agents: Agents) -> None:
     data = json.loads(cli.ok("show", episode, "-o", "json").stdout)
     assert data["state"] == "succeeded" and data["result"] == {"r": 7} and data["spec"]["params"]["events"] == 3
     assert data["history"][0]["outcome"] == "succeeded" and data["history"][0]["host"] in ("h1", "h2")
-    assert data["artifacts"][0]["files"] == ["events-000000.jsonl"]
+    # a short episode's events went to its worker's shared file of short episodes
     assert data["artifacts"][0]["location"].endswith(f"episodes/{episode}/attempt-1/")
+    assert data["artifacts"][0]["shared_events"].endswith(f"shared/{data['history'][0]['events']}.jsonl")
     assert [t["event"].split()[0] for t in data["timeline"]] == ["submitted", "attempt", "attempt"]
 
     lines = cli.ok("logs", episode).stdout.splitlines()

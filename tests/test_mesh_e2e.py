@@ -16,6 +16,8 @@ import pytest
 from openrange_mesh.mesh.client import MeshClient
 from openrange_mesh.model import EpisodeRecord, State, pack
 from openrange_mesh.registry import Put
+from openrange_mesh.store import open_store
+from openrange_mesh.store.events import read_events
 
 from .etcdkit import EtcdCluster, EtcdServer, start_cluster
 from .helpers import wait_until
@@ -269,6 +271,21 @@ def test_many_instant_episodes_under_contention_all_finish(make_mesh: MakeMesh, 
     assert all(r.state is State.SUCCEEDED and r.attempt == 1 for r in records.values())
     assert {r.owner for r in records.values()} == {"h1", "h2"}
     mesh.check_clean()
+
+    # Their events went to their workers' shared files of short episodes, each episode's once,
+    # in far fewer files than episodes (each worker writes when idle or every second).
+    store = open_store(str(mesh.store))
+    names = {r.id: r.history[-1].events for r in records.values()}
+    assert all(names.values())
+    def written() -> list[str] | None:
+        found = store.list("shared/")
+        return found if len(found) == len(set(names.values())) else None
+
+    files = wait_until(written, 5, what="the shared event files")
+    assert len(files) < len(ids) / 5, len(files)
+    for episode_id, name in names.items():
+        events = read_events(store, episode_id, 1, shared=name)
+        assert [e["type"] for e in events] == ["reset", "terminal"], (episode_id, events)
 
 
 def test_crashing_worker_fails_its_episode_only(mesh: Mesh) -> None:

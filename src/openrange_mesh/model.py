@@ -157,6 +157,7 @@ class Attempt:
     outcome: str | None = None  # the State the attempt ended in, or "retried"
     error: str | None = None
     batch: str | None = None  # the claim id, when the attempt ran in a batch (its events are shared)
+    events: str | None = None  # the shared events file of a short attempt's events (layout.shared_events_path)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -167,6 +168,7 @@ class Attempt:
             "outcome": self.outcome,
             "error": self.error,
             "batch": self.batch,
+            "events": self.events,
         }
 
 
@@ -416,6 +418,7 @@ _ATTEMPT_TYPES: dict[str, tuple[type, ...]] = {
     "outcome": _OPT_STR,
     "error": _OPT_STR,
     "batch": _OPT_STR,
+    "events": _OPT_STR,
 }
 _RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "id": (str,),

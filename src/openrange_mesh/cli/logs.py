@@ -9,13 +9,15 @@ from typing import Any
 import click
 
 from ..mesh.catalog import Catalog
+from ..mesh.worker import FLUSH_SECONDS
 from ..model import EpisodeRecord
 from ..store import Store, open_store
 from ..store.events import decode_events, read_events
-from ..store.layout import attempt_prefix, batch_prefix, parse_events_path
+from ..store.layout import attempt_prefix, batch_prefix, parse_events_path, shared_events_path
 from .common import Mesh, compact_json, output_option, pass_mesh, stamp, store_option
 
 POLL_SECONDS = 0.5
+SHARED_WAIT = FLUSH_SECONDS + 1.0  # seconds to wait for a short attempt's events to be written
 
 
 @click.command("logs", short_help="Print an episode's events from the store (-f follows).")
@@ -42,8 +44,11 @@ def command(mesh: Mesh, episode_id: str, follow: bool, attempt: int | None, stor
     record = catalog.get(episode_id)
     store = open_store(store_url)
     if not follow:
-        batch = batch_of(record, attempt or record.attempt)
-        events = read_events(store, episode_id, attempt or record.attempt if batch else attempt, batch=batch)
+        batch, shared = sources(record, attempt or record.attempt)
+        which = attempt or record.attempt if batch or shared else attempt
+        if shared is not None:
+            _await(store, shared)
+        events = read_events(store, episode_id, which, batch=batch, shared=shared)
         for event in events:
             click.echo(render(event, output))
         if not events:
@@ -69,8 +74,11 @@ def _follow(catalog: Catalog, store: Store, record: EpisodeRecord, pinned: int |
 
 
 def _print_new(store: Store, record: EpisodeRecord, attempt: int, seen: set[str], output: str) -> None:
-    batch = batch_of(record, attempt)
-    if batch is not None:  # a batched attempt: its events are in the batch's shared chunks
+    batch, shared = sources(record, attempt)
+    if shared is not None:  # a short attempt: its events are in its worker's shared file
+        path = shared_events_path(shared)
+        paths = [path] if path not in seen and _await(store, shared) else []
+    elif batch is not None:  # a batched attempt: its events are in the batch's shared chunks
         paths = sorted(p for p in store.list(batch_prefix(batch)) if p.endswith(".jsonl") and p not in seen)
     else:
         chunks = []
@@ -82,13 +90,28 @@ def _print_new(store: Store, record: EpisodeRecord, attempt: int, seen: set[str]
     for path in paths:
         seen.add(path)
         for event in decode_events(store.get_bytes(path), source=store.location(path)):
-            if batch is None or (event.get("episode") == record.id and event.get("attempt") == attempt):
+            tagged = batch is not None or shared is not None
+            if not tagged or (event.get("episode") == record.id and event.get("attempt") == attempt):
                 click.echo(render(event, output))
 
 
-def batch_of(record: EpisodeRecord, attempt: int) -> str | None:
-    """The batch claim an attempt ran in, if any (its events are shared with the batch's)."""
-    return next((a.batch for a in record.history if a.n == attempt), None)
+def sources(record: EpisodeRecord, attempt: int) -> tuple[str | None, str | None]:
+    """Where an attempt's events are when not in its own chunks: (the batch claim it ran in,
+    the shared file of a short attempt)."""
+    found = next((a for a in record.history if a.n == attempt), None)
+    return (found.batch, found.events) if found is not None else (None, None)
+
+
+def _await(store: Store, shared: str) -> bool:
+    """Wait for a short attempt's shared events file: its worker writes it within
+    ``FLUSH_SECONDS`` of the attempt's start, or sooner once idle. False: never written (its
+    worker died first, or the store refused it)."""
+    deadline = time.monotonic() + SHARED_WAIT
+    while not store.exists(shared_events_path(shared)):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def render(event: dict[str, Any], output: str) -> str:

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from ..model import EpisodeRecord
 from ..store import Store
-from ..store.layout import attempt_prefix, batch_prefix
+from ..store.layout import attempt_prefix, batch_prefix, shared_events_path
 from .common import (
     Mesh,
     ago,
@@ -24,7 +24,7 @@ from .common import (
     stamp,
     store_option,
 )
-from .logs import batch_of
+from .logs import sources
 from .records import STATE_STYLES, detail, duration_of, state_style, timeline
 from .table import StreamTable
 
@@ -62,9 +62,11 @@ def attempt_files(store: Store, record: EpisodeRecord) -> list[dict[str, Any]]:
         prefix = attempt_prefix(record.id, n)
         files = [path[len(prefix) :] for path in store.list(prefix)]
         item: dict[str, Any] = {"attempt": n, "location": store.location(prefix), "files": files}
-        batch = batch_of(record, n)
+        batch, shared = sources(record, n)
         if batch is not None:  # its events are in the batch's shared chunks
             item["batch_events"] = store.location(batch_prefix(batch))
+        if shared is not None:  # a short attempt: its events are in its worker's shared file
+            item["shared_events"] = store.location(shared_events_path(shared))
         out.append(item)
     return out
 
@@ -118,6 +120,9 @@ def _print(console: Console, record: EpisodeRecord, artifacts: list[dict[str, An
         for item in artifacts:
             listing = f"{len(item['files'])} files" if item["files"] else "nothing stored"
             console.print(f"  attempt {item['attempt']}: {item['location']} ({listing})")
+            for key, what in (("batch_events", "its batch's events"), ("shared_events", "its events")):
+                if key in item:
+                    console.print(f"    {what}: {item[key]}")
 
 
 def _section(console: Console, name: str, body: str) -> None:

@@ -104,9 +104,10 @@ class Committing(Claiming):
         elif done.kind == "released":
             final = give_back(record, now, done.error or "released")
         elif done.kind == "timeout" and record.spec.on_timeout == "retry" and record.attempt < record.spec.max_attempts:
-            final = finish_attempt(record, State.PENDING, now, done.error, done.result)
+            final = finish_attempt(record, State.PENDING, now, done.error, done.result, done.events)
         else:
-            final = finish_attempt(record, _DONE_STATES.get(done.kind, State.FAILED), now, done.error, done.result)
+            state = _DONE_STATES.get(done.kind, State.FAILED)
+            final = finish_attempt(record, state, now, done.error, done.result, done.events)
         if not held.finals:
             held.first_final_at = time.monotonic()
         held.finals[done.episode_id] = final

@@ -495,12 +495,18 @@ def _running(record: EpisodeRecord, host: str, claim_id: str, now: float, batch:
 
 
 def finish_attempt(
-    record: EpisodeRecord, state: State, now: float, error: str | None, result: dict[str, object] | None = None
+    record: EpisodeRecord,
+    state: State,
+    now: float,
+    error: str | None,
+    result: dict[str, object] | None = None,
+    events: str | None = None,
 ) -> EpisodeRecord:
-    """Close the current attempt. A ``PENDING`` state means "retry": attempt + 1, back in the queue."""
+    """Close the current attempt (``events``: the shared file its events went to, if they did).
+    A ``PENDING`` state means "retry": attempt + 1, back in the queue."""
     last = record.history[-1] if record.history else Attempt(record.attempt, record.owner or "?", now)
     outcome = "retried" if state is State.PENDING else state.value
-    closed = Attempt(last.n, last.host, last.started_at, now, outcome, error, last.batch)
+    closed = Attempt(last.n, last.host, last.started_at, now, outcome, error, last.batch, events)
     history = (*record.history[:-1], closed)
     if state is State.PENDING:
         return record.replace(

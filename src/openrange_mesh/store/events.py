@@ -6,6 +6,7 @@ import json
 import logging
 from typing import Any
 
+from ..errors import ArtifactNotFound
 from . import layout
 from .base import Store
 
@@ -46,11 +47,24 @@ def decode_events(data: bytes, source: str = "") -> list[JsonObject]:
 
 
 def read_events(
-    store: Store, episode_id: str, attempt: int | None = None, *, batch: str | None = None
+    store: Store, episode_id: str, attempt: int | None = None, *, batch: str | None = None, shared: str | None = None
 ) -> list[JsonObject]:
     """Every event of ``attempt`` (default: the latest attempt with events), chunks in order.
     ``batch`` names the claim when the attempt ran in a batch (``Attempt.batch``): its events
-    are in the batch's shared chunks, tagged with the episode and attempt."""
+    are in the batch's shared chunks, tagged with the episode and attempt. ``shared`` names the
+    file a short attempt's events went to (``Attempt.events``), tagged alike; not written yet
+    (its worker writes it within a second), it reads as no events."""
+    if shared is not None:
+        try:
+            data = store.get_bytes(layout.shared_events_path(shared))
+        except ArtifactNotFound:
+            return []
+        source = store.location(layout.shared_events_path(shared))
+        return [
+            event
+            for event in decode_events(data, source=source)
+            if event.get("episode") == episode_id and (attempt is None or event.get("attempt") == attempt)
+        ]
     if batch is not None:
         return [
             event

@@ -7,6 +7,9 @@ no store path is formatted anywhere else::
     episodes/<episode_id>/attempt-<n>/artifacts/<name>
     batches/<claim_id>/events-<chunk:06d>.jsonl      events of a batch claim's episodes, tagged
                                                      with "episode" and "attempt"
+    shared/<name>.jsonl                              events of short single episodes one worker
+                                                     ran, tagged alike; named after the first
+                                                     (``<episode id>.<attempt>``)
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ def batch_prefix(claim_id: str) -> str:
 
 def batch_events_path(claim_id: str, chunk: int) -> str:
     return f"{batch_prefix(claim_id)}events-{_number('chunk', chunk):06d}.jsonl"
+
+
+def shared_events_path(name: str) -> str:
+    return f"shared/{_component('shared events name', name)}.jsonl"
 
 
 def result_path(episode_id: str, attempt: int) -> str:
