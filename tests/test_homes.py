@@ -303,9 +303,7 @@ def test_a_big_submission_starts_with_a_small_txn_and_doubles(registry: Registry
     assert states(ledger, ids) == [State.PENDING] * 2000
 
 
-def test_read_finished_builds_only_finished_records_and_finds_moved_members(
-    registry: Registry, ledger: Ledger
-) -> None:
+def test_read_finished_builds_only_finished_records_and_finds_moved_members(registry: Registry, ledger: Ledger) -> None:
     ids = batch(ledger, 4)
     claim, running = take(ledger, "h1", registry.grant(5), ids)
     now = time.time()
