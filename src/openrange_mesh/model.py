@@ -107,10 +107,12 @@ class EpisodeSpec:
         return self
 
     def wire(self) -> dict[str, Any]:
-        """The spec as records store it: ``to_dict`` without None fields, cached."""
+        """The spec as records store it: ``to_dict`` without the fields that hold their
+        defaults (decoding restores them; every record carries its spec, and every byte of a
+        record crosses etcd's JSON gateway a few times per episode), cached."""
         wire = self._wire
         if wire is None:
-            wire = _compact(self.to_dict())
+            wire = {k: v for k, v in self.to_dict().items() if v is not None and _SPEC_DEFAULTS.get(k, _NO) != v}
             object.__setattr__(self, "_wire", wire)
         return wire
 
@@ -142,6 +144,9 @@ class EpisodeSpec:
 
 
 _SPEC_FIELDS = tuple(f for f in EpisodeSpec.__dataclass_fields__ if not f.startswith("_"))
+_NO = object()
+# the defaults a spec's wire form leaves out ("runtime" has none; mappings compare by value)
+_SPEC_DEFAULTS = {k: v for k, v in EpisodeSpec(runtime="-").to_dict().items() if k != "runtime" and v is not None}
 _SPEC_NAMES = frozenset(_SPEC_FIELDS)
 
 
