@@ -4,7 +4,7 @@
 * no-op episodes/s (``sleep`` 0 s, per-episode claims) through N real agent processes (warmed:
   their workers started), against the etcd floor: the same number of processes doing the same
   etcd writes per episode in a raw etcd3gw loop, with nothing else, on as many episodes:
-  submission txns of 42 episodes, then the busy mesh's steady state, txns that commit finished
+  submission txns of 64 episodes, then the busy mesh's steady state, txns that commit finished
   episodes and claim as many new ones, as many per txn as the mesh's own run averaged;
 * etcd writes (revisions) per episode lifecycle, read off etcd's revision counter;
 * failure detection: kill -9 an agent running an episode; seconds until a peer has put it back,
@@ -43,6 +43,8 @@ from openrange_mesh.registry import open_registry
 from openrange_mesh.runtimes import load_runtime
 
 TTL = 2
+# ledger.submit puts a single episode's record and queue entry: 64 episodes in etcd's 128 ops
+SUBMIT_TXN = 64
 
 
 class Agents:
@@ -103,9 +105,9 @@ def revision(url: str) -> int:
         registry.close()
 
 
-def mesh_noop(url: str, work: Path, episodes: int, agents: int) -> dict[str, float]:
-    namespace = "noop"
-    group = Agents(url, namespace, agents, 4, work / "store", work)
+def mesh_noop(url: str, work: Path, episodes: int, agents: int, capacity: int = 4) -> dict[str, float]:
+    namespace = f"noop-{capacity}"
+    group = Agents(url, namespace, agents, capacity, work / "store", work)
     try:
         with MeshClient(url, namespace=namespace, consumer="bench") as client:
             group.wait_joined(client)
@@ -119,7 +121,7 @@ def mesh_noop(url: str, work: Path, episodes: int, agents: int) -> dict[str, flo
             elapsed = time.perf_counter() - start
             writes = revision(url) - before
         assert all(r.state is State.SUCCEEDED for r in records)
-        submit_txns = -(-episodes // 42)  # one submission txn per 42 records (ledger.submit)
+        submit_txns = -(-episodes // SUBMIT_TXN)
         return {
             "episodes_per_s": episodes / elapsed,
             "writes_per_episode": writes / episodes,
@@ -157,9 +159,9 @@ def _floor_worker(endpoint: str, prefix: str, episodes: int, group: int, value_s
         )
 
     start = time.perf_counter()
-    for first in range(0, episodes, 42):
-        chunk = range(first, min(first + 42, episodes))
-        # submit: record + queue entry per episode, 42 episodes per txn
+    for first in range(0, episodes, SUBMIT_TXN):
+        chunk = range(first, min(first + SUBMIT_TXN, episodes))
+        # submit: record + queue entry per episode, as many episodes per txn as ledger.submit
         client.transaction(
             {
                 "compare": [],
@@ -272,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller runs (< 90 s)")
     parser.add_argument("--agents", type=int, default=2)
+    parser.add_argument("--capacity", type=int, default=4, help="workers per agent for the no-op episodes")
     # A CartPole episode is ~0.2 ms: a claim of 250 spreads the per-batch costs (a claim and a
     # commit request, watch events, agent passes: ~3 ms) to ~12 us an episode.
     parser.add_argument("--batch", type=int, default=250, help="episodes per claim for CartPole")
@@ -282,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         server = start_etcd(work / "etcd")
         try:
-            noop = mesh_noop(server.url, work, noop_n, args.agents)
+            noop = mesh_noop(server.url, work, noop_n, args.agents, args.capacity)
             # the floor does the writes the mesh did: as many episodes per steady-state txn
             group = max(1, round(1 / noop["claim_commit_writes_per_episode"]))
             floor = etcd_floor(server.endpoint, noop_n, args.agents, group)
@@ -303,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         "cartpole_pool_episodes_per_s": pool_eps,
         "cartpole_ratio_vs_pool": mesh_eps / pool_eps,
         "agents": args.agents,
+        "capacity": args.capacity,
         "cartpole_batch": args.batch,
     }
     print(f"{'figure':<34}{'value':>12}")
