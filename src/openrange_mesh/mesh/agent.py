@@ -21,7 +21,7 @@ from ..errors import Compacted, RegistryError
 from ..keys import Keys
 from ..model import EpisodeRecord
 from ..registry import Registry, open_registry
-from .agent_state import DeadHost, Held
+from .agent_state import DeadHost, Held, Waker
 from .catalog import Catalog
 from .follow import Follower
 from .homes import Versioned
@@ -50,13 +50,13 @@ class Agent(Watching):
         self.ledger = Ledger(self.registry, self.keys)
         self.catalog = Catalog(self.registry, self.keys)
         self.lease = LeaseKeeper(self.registry, settings.ttl, interval=settings.loop_wait)
-        self.pool = WorkerPool(settings.capacity, settings.store, on_change=self.wake)
+        self._waker = Waker()
+        self.pool = WorkerPool(settings.capacity, settings.store, waker=self._waker)
         self.followers = [
             Follower(self.registry, self.keys.queue(), on_relist=self._load_queue),
             Follower(self.registry, self.keys.control(), prev_kv=True, on_relist=self._on_relist),
         ]
         self.leadership = Leadership(self)
-        self._wake = threading.Event()
         self._stop = threading.Event()
         self._draining = False
         self._drain_deadline = 0.0
@@ -109,10 +109,18 @@ class Agent(Watching):
                 if self._draining and (not self._held or time.monotonic() >= self._drain_deadline):
                     self._hand_back()
                     break
-                self._wake.wait(self._wait_time())
-                self._wake.clear()
+                self._idle(self._wait_time())
         finally:
             self._shutdown()
+
+    def _idle(self, timeout: float) -> None:
+        """Wait until a pass is due: a wake-up (a watch event, a signal), news from a worker that
+        asks for one, or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not self.pool.wait(deadline - time.monotonic()):
+            if time.monotonic() >= deadline:
+                return
+        self._waker.clear()
 
     # --- joining -----------------------------------------------------------------------------
 

@@ -4,6 +4,8 @@ concern (joining, claiming, committing, watching), so each file stays one idea."
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -62,7 +64,7 @@ class AgentState:
     pool: WorkerPool
     followers: list[Follower]
     leadership: Leadership
-    _wake: threading.Event
+    _waker: Waker
     _stop: threading.Event
     _draining: bool
     _drain_deadline: float
@@ -82,4 +84,28 @@ class AgentState:
     _events_lock: threading.Lock
 
     def wake(self) -> None:
-        self._wake.set()
+        self._waker.set()
+
+
+class Waker:
+    """Wakes the agent's loop from watch threads and signal handlers: one end of a pipe, which
+    the loop waits on together with its workers' pipes (pool.WorkerPool.wait). Never closed: a
+    signal handler may still write after the loop is gone, and a closed descriptor's number
+    could by then name another file."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def fileno(self) -> int:
+        return self._read
+
+    def set(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
+            os.write(self._write, b"!")
+
+    def clear(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read, 4096):
+                pass
