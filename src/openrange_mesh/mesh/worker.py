@@ -367,11 +367,6 @@ class _Outbox:
 def _serve(conn: Connection, store: Store | None, slot: Slot) -> None:
     inbox, outbox = _Inbox(conn), _Outbox(conn)
     short = _Shared(store) if store is not None else None  # short single episodes' events
-
-    def check(episode_id: str) -> bool:  # between a running episode's slices
-        outbox.send_if_stale()
-        return inbox.is_cancelled(episode_id)
-
     try:
         while True:  # until the pipe breaks (the agent is gone): worker_main returns then
             if not inbox.groups:
@@ -379,31 +374,46 @@ def _serve(conn: Connection, store: Store | None, slot: Slot) -> None:
                     short.flush()  # idle: write them now rather than when work comes
                 inbox.wait()
                 continue
-            group = inbox.groups.popleft()
-            shared = _Events(store, group[0][1]) if group[0][1].batch is not None else None
-            for index, (seq, item) in enumerate(group):
-                inbox.poll()
-                if short is not None:
-                    short.flush_if_due()
-                started = time.monotonic()
-                if item.episode_id in inbox.cancelled:
-                    done = Done(item.episode_id, item.attempt, "cancelled", "cancelled before it started")
-                else:
-                    sink = _sink(store, item, shared, short)
-                    slot.start(seq, started)
-                    done = run_item(item, store, partial(check, item.episode_id), slot.progress, sink)
-                    slot.clear()
-                inbox.cancelled.discard(item.episode_id)
-                outbox.add(seq, done, started)
-                if index < len(group) - 1:
-                    outbox.send_if_stale()
-                    continue
-                if shared is not None:
-                    shared.flush()  # before the group's last results: the agent may dispatch to us then
-                outbox.send(end=True)
+            _run_group(inbox.groups.popleft(), inbox, outbox, store, slot, short)
     finally:  # stopped (SIGTERM) or orphaned: what short episodes left is written still
         if short is not None:
             short.flush()
+
+
+def _run_group(
+    group: list[tuple[int, WorkItem]],
+    inbox: _Inbox,
+    outbox: _Outbox,
+    store: Store | None,
+    slot: Slot,
+    short: _Shared | None,
+) -> None:
+    def check(episode_id: str) -> bool:  # between a running episode's slices
+        outbox.send_if_stale()
+        return inbox.is_cancelled(episode_id)
+
+    shared = _Events(store, group[0][1]) if group[0][1].batch is not None else None
+    for index, (seq, item) in enumerate(group):
+        inbox.poll()
+        if short is not None:
+            short.flush_if_due()
+        started = time.monotonic()
+        if item.episode_id in inbox.cancelled:
+            done = Done(item.episode_id, item.attempt, "cancelled", "cancelled before it started")
+        else:
+            slot.start(seq, started)
+            done = run_item(
+                item, store, partial(check, item.episode_id), slot.progress, _sink(store, item, shared, short)
+            )
+            slot.clear()
+        inbox.cancelled.discard(item.episode_id)
+        outbox.add(seq, done, started)
+        if index < len(group) - 1:
+            outbox.send_if_stale()
+            continue
+        if shared is not None:
+            shared.flush()  # before the group's last results: the agent may dispatch to us then
+        outbox.send(end=True)
 
 
 def _sink(store: Store | None, item: WorkItem, batch: _Events | None, short: _Shared | None) -> _Events | _Tagged:
