@@ -106,6 +106,11 @@ class EpisodeSpec:
             )
         return self
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # to worker processes with every episode: its fields, not its wire cache, and not through
+        # dataclasses' state functions (fields() on every call)
+        return EpisodeSpec, tuple(getattr(self, name) for name in _SPEC_FIELDS)
+
     def wire(self) -> dict[str, Any]:
         """The spec as records store it: ``to_dict`` without the fields that hold their
         defaults (decoding restores them; every record carries its spec, and every byte of a

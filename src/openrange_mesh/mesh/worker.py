@@ -74,6 +74,10 @@ class WorkItem:
     spec: EpisodeSpec
     batch: str | None = None  # the claim id of a batch: its episodes share event chunks
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled per episode: a plain tuple, not dataclasses' state (which calls fields() each time)
+        return WorkItem, (self.episode_id, self.attempt, self.spec, self.batch)
+
 
 @dataclass(frozen=True, slots=True)
 class Done:
@@ -83,6 +87,9 @@ class Done:
     error: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
     events: str | None = None  # the shared events file its events went to (a short episode's)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return Done, (self.episode_id, self.attempt, self.kind, self.error, self.result, self.events)
 
 
 class _Events:
