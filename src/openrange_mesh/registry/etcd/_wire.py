@@ -4,6 +4,7 @@ omitted when zero."""
 from __future__ import annotations
 
 import base64
+from binascii import a2b_base64
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -33,13 +34,16 @@ def _int(obj: Mapping[str, Any], name: str) -> int:
 
 
 def _kv(obj: Mapping[str, Any]) -> KeyValue:
+    # Every watch event and listed key goes through here: binascii directly (base64.b64decode
+    # checks its argument's type first; same decoding), int() inline.
+    get = obj.get
     return KeyValue(
-        key=base64.b64decode(obj.get("key", "")),
-        value=base64.b64decode(obj.get("value", "")),
-        create_revision=_int(obj, "create_revision"),
-        mod_revision=_int(obj, "mod_revision"),
-        version=_int(obj, "version"),
-        lease=_int(obj, "lease"),
+        key=a2b_base64(get("key", "")),
+        value=a2b_base64(get("value", "")),
+        create_revision=int(get("create_revision", 0)),
+        mod_revision=int(get("mod_revision", 0)),
+        version=int(get("version", 0)),
+        lease=int(get("lease", 0)),
     )
 
 
