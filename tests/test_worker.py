@@ -1,0 +1,63 @@
+"""The worker pool with real worker processes and a real store: what a worker writes, when."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from openrange_mesh.mesh.pool import WorkerPool
+from openrange_mesh.mesh.worker import Done, WorkItem
+from openrange_mesh.model import EpisodeSpec
+from openrange_mesh.store import open_store
+from openrange_mesh.store.events import read_events
+
+from .helpers import wait_until
+
+
+def results(pool: WorkerPool, count: int, timeout: float = 30.0) -> list[Done]:
+    """The next ``count`` results, read the way the agent's loop reads them."""
+    got: list[Done] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"{len(got)} of {count} results"
+        pool.wait(0.1)
+        while not pool.results.empty():
+            got.append(pool.results.get())
+    return got
+
+
+def test_short_episodes_share_a_file_written_even_when_the_worker_is_stopped_at_once(tmp_path: Path) -> None:
+    store_url = str(tmp_path / "store")
+    pool = WorkerPool(1, store_url)
+    pool.start()
+    spec = EpisodeSpec(runtime="sleep", params={"seconds": 0, "events": 2})
+    try:
+        pool.dispatch([WorkItem("e1", 1, spec)])
+        (first,) = results(pool, 1)
+        pool.dispatch([WorkItem("e2", 1, spec)])
+        (second,) = results(pool, 1)
+    finally:
+        pool.close()  # SIGTERM within the worker's 50 ms linger: it writes on the way out
+    assert first.kind == second.kind == "succeeded"
+    assert first.events == second.events == "e1.1"  # both in the file named after the first
+    store = open_store(store_url)
+    for done in (first, second):
+        events = read_events(store, done.episode_id, 1, shared=done.events)
+        assert [e["type"] for e in events] == ["reset", "tick", "tick", "terminal"], events
+    assert store.list("episodes/") == []  # no directory of their own
+
+
+def test_an_episode_that_runs_past_the_first_flush_writes_its_own_chunks(tmp_path: Path) -> None:
+    store_url = str(tmp_path / "store")
+    pool = WorkerPool(1, store_url)
+    pool.start()
+    try:
+        pool.dispatch([WorkItem("long", 1, EpisodeSpec(runtime="sleep", params={"seconds": 1.3, "events": 3}))])
+        (done,) = results(pool, 1)
+    finally:
+        pool.close()
+    assert done.kind == "succeeded" and done.events is None
+    store = open_store(store_url)
+    chunks = wait_until(lambda: store.list("episodes/long/attempt-1/"), 5, what="its chunks")
+    assert len(chunks) >= 2  # one written while it ran, one at its end
+    assert [e["type"] for e in read_events(store, "long", 1)] == ["reset", "tick", "tick", "tick", "terminal"]
