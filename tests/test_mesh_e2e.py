@@ -277,6 +277,7 @@ def test_many_instant_episodes_under_contention_all_finish(make_mesh: MakeMesh, 
     store = open_store(str(mesh.store))
     names = {r.id: r.history[-1].events for r in records.values()}
     assert all(names.values())
+
     def written() -> list[str] | None:
         found = store.list("shared/")
         return found if len(found) == len(set(names.values())) else None
