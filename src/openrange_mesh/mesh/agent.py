@@ -1,10 +1,10 @@
 """``openrange-agent``: the one process every host runs.
 
-Threads: the main loop (claims, commits, requeues, timeouts, leadership), two watch threads
-(the queue, and the control keys) that turn etcd events into work for the loop, the lease
-keeper, and the worker pool's supervisor.
-The loop sleeps up to ``loop_wait`` and is woken early by a watch event or a finished episode,
-so claiming is watch-driven, never a busy poll. A pass is a list of named steps; each returns
+Threads: the main loop (claims, commits, requeues, timeouts, leadership, and reading its
+workers' results), two watch threads (the queue, and the control keys) that turn etcd events
+into work for the loop, and the lease keeper. The loop sleeps up to ``loop_wait`` in one select
+on its workers and a waker, and runs early on a watch event or a finished episode, so claiming
+is watch-driven, never a busy poll. A pass is a list of named steps; each returns
 a status line (or None) that the pass logs.
 """
 
