@@ -20,7 +20,7 @@ commits compare as before (ledger.py).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import CorruptRecord
@@ -68,18 +68,16 @@ class Versioned:
 
 
 def read(registry: Registry, keys: Keys, episode_ids: Sequence[str]) -> dict[str, Versioned]:
-    """Read records where they live: a batch member in its group record (one get per group),
-    else, or once it moved out, under its own key. One round trip per ``MAX_TXN_OPS`` keys,
-    a second only for members not in their group. Corrupt values are skipped (logged)."""
+    """Read records where they live (``_read_where_they_live``). Corrupt values are skipped
+    (logged)."""
     wanted = set(episode_ids)
-    first: dict[bytes, None] = {}
-    for episode_id in episode_ids:
-        home = home_id(episode_id)
-        first[keys.episode(home if home is not None else episode_id)] = None
-    found = found_in(keys, get_many(registry, list(first)), wanted)
-    moved = [i for i in episode_ids if i not in found and home_id(i) is not None]
-    if moved:
-        found |= found_in(keys, get_many(registry, [keys.episode(i) for i in moved]), wanted)
+    found: dict[str, Versioned] = {}
+
+    def scan(kvs: list[KeyValue]) -> Container[str]:
+        found.update(found_in(keys, kvs, wanted))
+        return found
+
+    _read_where_they_live(registry, keys, episode_ids, scan)
     return found
 
 
@@ -90,14 +88,31 @@ def read_finished(
     finds them, building only those records (a watcher of thousands of running episodes
     needs none of theirs). A finished record that does not decode is skipped (logged)."""
     wanted = set(episode_ids)
-    first = {keys.episode(home_id(i) or i): None for i in episode_ids}
-    present, done = _finished_in(keys, get_many(registry, list(first)), wanted)
-    moved = [i for i in episode_ids if i not in present and home_id(i) is not None]
-    if moved:  # moved out of their group: their own keys, read later, win
-        more, finished = _finished_in(keys, get_many(registry, [keys.episode(i) for i in moved]), wanted)
-        present |= more
+    present: set[str] = set()
+    done: dict[str, EpisodeRecord] = {}
+
+    def scan(kvs: list[KeyValue]) -> Container[str]:
+        more, finished = _finished_in(keys, kvs, wanted)
+        present.update(more)
         done.update(finished)
+        return present
+
+    _read_where_they_live(registry, keys, episode_ids, scan)
     return present, done
+
+
+def _read_where_they_live(
+    registry: Registry, keys: Keys, episode_ids: Sequence[str], scan: Callable[[list[KeyValue]], Container[str]]
+) -> None:
+    """Hand ``scan`` the values episodes live in; it returns the ids found so far. A batch
+    member is read in its group record (one get per group), and, if it is not there (it moved
+    out), under its own key in a second round, which ``scan`` lets win. One round trip per
+    ``MAX_TXN_OPS`` keys."""
+    first = {keys.episode(home_id(i) or i): None for i in episode_ids}
+    found = scan(get_many(registry, list(first)))
+    moved = [i for i in episode_ids if i not in found and home_id(i) is not None]
+    if moved:
+        scan(get_many(registry, [keys.episode(i) for i in moved]))
 
 
 def _finished_in(keys: Keys, kvs: Iterable[KeyValue], wanted: set[str]) -> tuple[set[str], dict[str, EpisodeRecord]]:
