@@ -80,13 +80,13 @@ class MeshClient:
 
     def _submit_chunk(self, specs: Sequence[EpisodeSpec]) -> list[str]:
         now = time.time()
-        ids = self._new_ids(specs)
+        runs = self._new_ids(specs)
         # each record names the queue entry the ledger will list it in (queue.named), so that
         # it need not copy every record to say so
-        queues = [f"{ids[start]}.1" for start, size in _runs(specs) for _ in range(size)]
+        named = [(i, f"{run[0]}.1") for run in runs for i in run]
         records = [
             EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.consumer, queue=q)
-            for i, s, q in zip(ids, specs, queues, strict=True)
+            for (i, q), s in zip(named, specs, strict=True)
         ]
         existing, revision = self.ledger.submit(records)
         if revision:
@@ -95,22 +95,20 @@ class MeshClient:
         self._in_flight.update(i for i, r in zip(ids, records, strict=True) if i == r.id)
         return ids
 
-    def _new_ids(self, specs: Sequence[EpisodeSpec]) -> list[str]:
-        """Ids for the specs: each batch the queue will form takes one id block, so its
-        records share one group record (mesh/homes.py)."""
-        ids: list[str] = []
+    def _new_ids(self, specs: Sequence[EpisodeSpec]) -> list[list[str]]:
+        """Ids for the specs, in the groups the queue will form of them: each batch takes one id
+        block, so its records share one group record (mesh/homes.py)."""
+        runs: list[list[str]] = []
         singles = 0  # consecutive single episodes: their ids are allocated together
         for size in batch_runs([s.batch for s in specs]):
             if size == 1:
                 singles += 1
                 continue
-            if singles:
-                ids += self.ids.next_ids(singles)
-                singles = 0
-            ids += self.ids.next_group(size)[1]
-        if singles:
-            ids += self.ids.next_ids(singles)
-        return ids
+            runs += [[i] for i in self.ids.next_ids(singles)]
+            singles = 0
+            runs.append(self.ids.next_group(size)[1])
+        runs += [[i] for i in self.ids.next_ids(singles)]
+        return runs
 
     def _wait_for_room(self, wanted: int) -> None:
         """Block until ``wanted`` more episodes fit under ``max_in_flight``: one read of what is
@@ -293,14 +291,6 @@ class MeshClient:
 
     def _terminal(self, ids: Sequence[str]) -> builtins.list[EpisodeRecord]:
         return [v.record for v in self._read(ids).values() if v.record.state.is_terminal]
-
-
-def _runs(specs: Sequence[EpisodeSpec]) -> Iterator[tuple[int, int]]:
-    """(start, size) of each group the queue will form of these specs (``batch_runs``)."""
-    start = 0
-    for size in batch_runs([s.batch for s in specs]):
-        yield start, size
-        start += size
 
 
 def _with_batch(spec: Any, batch: int) -> Any:
