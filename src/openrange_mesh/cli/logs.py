@@ -12,7 +12,7 @@ from ..mesh.catalog import Catalog
 from ..mesh.worker import FLUSH_SECONDS
 from ..model import EpisodeRecord
 from ..store import Store, open_store
-from ..store.events import decode_events, read_events
+from ..store.events import decode_events, read_events, tagged_for
 from ..store.layout import attempt_prefix, batch_prefix, parse_events_path, shared_events_path
 from .common import Mesh, compact_json, output_option, pass_mesh, stamp, store_option
 
@@ -91,7 +91,7 @@ def _print_new(store: Store, record: EpisodeRecord, attempt: int, seen: set[str]
         seen.add(path)
         for event in decode_events(store.get_bytes(path), source=store.location(path)):
             tagged = batch is not None or shared is not None
-            if not tagged or (event.get("episode") == record.id and event.get("attempt") == attempt):
+            if not tagged or tagged_for(event, record.id, attempt):
                 click.echo(render(event, output))
 
 

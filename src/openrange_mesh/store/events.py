@@ -46,6 +46,12 @@ def decode_events(data: bytes, source: str = "") -> list[JsonObject]:
     return events
 
 
+def tagged_for(event: JsonObject, episode_id: str, attempt: int | None) -> bool:
+    """Whether an event of a shared file (a batch's, or a worker's short episodes') is this
+    episode's, of this attempt (None: of any)."""
+    return event.get("episode") == episode_id and (attempt is None or event.get("attempt") == attempt)
+
+
 def read_events(
     store: Store, episode_id: str, attempt: int | None = None, *, batch: str | None = None, shared: str | None = None
 ) -> list[JsonObject]:
@@ -60,18 +66,14 @@ def read_events(
         except ArtifactNotFound:
             return []
         source = store.location(layout.shared_events_path(shared))
-        return [
-            event
-            for event in decode_events(data, source=source)
-            if event.get("episode") == episode_id and (attempt is None or event.get("attempt") == attempt)
-        ]
+        return [event for event in decode_events(data, source=source) if tagged_for(event, episode_id, attempt)]
     if batch is not None:
         return [
             event
             for path in sorted(store.list(layout.batch_prefix(batch)))
             if path.endswith(".jsonl")
             for event in decode_events(store.get_bytes(path), source=store.location(path))
-            if event.get("episode") == episode_id and (attempt is None or event.get("attempt") == attempt)
+            if tagged_for(event, episode_id, attempt)
         ]
     prefix = layout.episode_prefix(episode_id) if attempt is None else layout.attempt_prefix(episode_id, attempt)
     chunks = sorted(
