@@ -114,7 +114,7 @@ def _install_signals(agent: Agent, grace: float) -> None:
             agent.drain(grace)
             return
         log.warning("second interrupt: exiting now; the lease expiry hands work back")
-        agent.pool.abandon()  # not close(): this handler may have interrupted a holder of the pool's lock
+        agent.pool.abandon()  # not close(): that waits for the workers, and this may interrupt the loop mid-change
         os._exit(130)
 
     signal.signal(signal.SIGTERM, on_term)

@@ -4,7 +4,7 @@ The agent's loop waits on every worker's pipe and process sentinel at once, with
 (``wait``): messages become ``Done`` results on a queue and a dead worker is replaced in the
 thread that reads the results, not in a supervisor thread of its own (handing each result over
 from one thread to another cost ~90 us of CPU per short episode here, the thread's wake-up
-mostly). A worker that dies mid-episode fails
+mostly). One thread uses a pool, so it takes no lock. A worker that dies mid-episode fails
 that episode with the reason (the signal, or why the agent killed it); the episodes of its group
 that had not started, and those whose results it had not sent yet, come back as ``released``
 so the agent can put them back in the queue. Which episode a worker runs is read from its
@@ -22,7 +22,6 @@ import multiprocessing
 import queue
 import selectors
 import signal
-import threading
 import time
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -80,7 +79,6 @@ class WorkerPool:
         self.store_url = store_url
         self.results: queue.SimpleQueue[Done] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
-        self._lock = threading.Lock()
         self._closed = False
         self._woken_at = 0.0
         # Workers' pipes and sentinels, and the owner's ``waker`` (anything with a fileno), kept
@@ -90,8 +88,7 @@ class WorkerPool:
             self._selector.register(waker, selectors.EVENT_READ, None)
 
     def start(self) -> None:
-        with self._lock:
-            self._workers = [self._spawn(i) for i in range(self.size)]
+        self._workers = [self._spawn(i) for i in range(self.size)]
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for a worker's message or death, or for the waker to be
@@ -113,76 +110,68 @@ class WorkerPool:
         return False
 
     def idle(self) -> int:
-        with self._lock:
-            return sum(1 for w in self._workers if not w.groups)
+        return sum(1 for w in self._workers if not w.groups)
 
     def ahead(self) -> int:
         """Workers that can take a batch queued behind the one they run."""
-        with self._lock:
-            return sum(1 for w in self._workers if w.takes_ahead)
+        return sum(1 for w in self._workers if w.takes_ahead)
 
     def running(self) -> dict[str, Activity]:
-        with self._lock:
-            return {a.episode_id: a for a in map(_Worker.current, self._workers) if a is not None}
+        return {a.episode_id: a for a in map(_Worker.current, self._workers) if a is not None}
 
     def dispatch(self, items: list[WorkItem]) -> None:
         """Give a group to an idle worker, or a batch to one that takes it ahead."""
         batch = len(items) > 1
-        with self._lock:
-            worker = next((w for w in self._workers if not w.groups), None)
-            if worker is None and batch:
-                worker = next((w for w in self._workers if w.takes_ahead), None)
-            if worker is None:
-                raise RuntimeError("no worker free for a group (claims must follow idle() and ahead())")
-            worker.groups.append(batch)
-            for item in items:
-                worker.sent += 1
-                worker.items[worker.sent] = item
-            try:
-                worker.conn.send(("run", items))
-            except OSError:
-                log.warning("worker %d is gone; its episodes come back when it is replaced", worker.index)
+        worker = next((w for w in self._workers if not w.groups), None)
+        if worker is None and batch:
+            worker = next((w for w in self._workers if w.takes_ahead), None)
+        if worker is None:
+            raise RuntimeError("no worker free for a group (claims must follow idle() and ahead())")
+        worker.groups.append(batch)
+        for item in items:
+            worker.sent += 1
+            worker.items[worker.sent] = item
+        try:
+            worker.conn.send(("run", items))
+        except OSError:
+            log.warning("worker %d is gone; its episodes come back when it is replaced", worker.index)
 
     def cancel(self, episode_id: str) -> bool:
-        with self._lock:
-            for worker in self._workers:
-                if any(item.episode_id == episode_id for item in worker.items.values()):
-                    worker.conn.send(("cancel", episode_id))
-                    return True
+        for worker in self._workers:
+            if any(item.episode_id == episode_id for item in worker.items.values()):
+                worker.conn.send(("cancel", episode_id))
+                return True
         return False
 
     def kill(self, episode_id: str, reason: str) -> bool:
         """Kill the worker running ``episode_id`` (a runtime stuck inside a call); the episode
         ends as failed with ``reason`` and the worker is replaced."""
-        with self._lock:
-            for worker in self._workers:
-                if (activity := worker.current()) is not None and activity.episode_id == episode_id:
-                    worker.kill_reason = reason
-                    worker.process.kill()
-                    return True
+        for worker in self._workers:
+            if (activity := worker.current()) is not None and activity.episode_id == episode_id:
+                worker.kill_reason = reason
+                worker.process.kill()
+                return True
         return False
 
     def reset(self) -> None:
         """Stop every worker and start fresh ones; their results are discarded (lease lost)."""
-        with self._lock:
-            old, self._workers = self._workers, []
-            _stop(old)
-            for worker in old:
-                self._unwatch(worker)
-                worker.conn.close()
-            self._workers = [self._spawn(i) for i in range(self.size)]
+        old, self._workers = self._workers, []
+        _stop(old)
+        for worker in old:
+            self._unwatch(worker)
+            worker.conn.close()
+        self._workers = [self._spawn(i) for i in range(self.size)]
 
     def abandon(self) -> None:
         """For a process about to exit at once: SIGTERM every worker and return; each stops its
-        episode and exits. Takes no lock, so a signal handler may call it whatever the thread it
-        interrupted holds (``close`` from there could deadlock on the lock ``reset`` holds)."""
+        episode and exits. Waits for nothing and changes no state, so a signal handler may call
+        it whatever the loop it interrupted was doing (``close`` waits up to ``STOP_GRACE``)."""
         for worker in list(self._workers):
             worker.process.terminate()
 
     def close(self) -> None:
         self._closed = True
-        with self._lock:
-            _stop(self._workers)
+        _stop(self._workers)
         self._selector.close()
 
     # --- workers ---------------------------------------------------------------------------
@@ -206,17 +195,16 @@ class WorkerPool:
                 self._selector.unregister(obj)
 
     def _handle(self, worker: _Worker, *, dead: bool) -> int:
-        with self._lock:
-            if worker not in self._workers:
-                return _QUIET
-            if not dead:
-                try:  # one message per readiness: the selector reports the pipe again if more wait
-                    # (Connection.poll builds a poll set per call, ~25 us: twice per message)
-                    return self._on_message(worker, worker.conn.recv())
-                except (EOFError, OSError):
-                    pass  # the pipe broke: the process is dying; handle it as dead
-            self._on_death(worker)
-            return _URGENT
+        if worker not in self._workers:
+            return _QUIET
+        if not dead:
+            try:  # one message per readiness: the selector reports the pipe again if more wait
+                # (Connection.poll builds a poll set per call, ~25 us: twice per message)
+                return self._on_message(worker, worker.conn.recv())
+            except (EOFError, OSError):
+                pass  # the pipe broke: the process is dying; handle it as dead
+        self._on_death(worker)
+        return _URGENT
 
     def _on_message(self, worker: _Worker, message: tuple[object, ...]) -> int:
         """Apply a worker's results; how much the agent's loop needs to hear of them."""
