@@ -417,6 +417,70 @@ def test_sigterm_and_ctrl_c_drain(make_mesh: MakeMesh, etcd: EtcdServer) -> None
     mesh.check_clean()
 
 
+# --- queue ownership (mesh/owners.py): each agent keeps the entries it owns -----------------
+
+
+def ran_on(records: dict[str, EpisodeRecord]) -> set[tuple[str, int]]:
+    """(host, attempt) of every attempt the records hold."""
+    return {(a.host, a.n) for r in records.values() for a in r.history}
+
+
+def test_idle_agent_takes_work_that_a_full_one_owns(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    mesh = make_mesh(etcd.url)
+    mesh.start_agent("h1", capacity=1)
+    (long,) = mesh.submit_commands(1, 30.0)
+    wait_running_on(mesh, "h1")
+    wait_until(lambda: (i := mesh.host_info("h1")) is not None and i.running == 1, 10, what="h1's record to say full")
+    mesh.start_agent("h2", capacity=1)
+    short = mesh.submit_commands(12, 0.05)  # about half of them h1's: h2 steals those
+    records = mesh.wait_finished(short, timeout=20)
+    assert ran_on(records) == {("h2", 1)}
+    assert mesh.records([long])[long].state is State.RUNNING
+    mesh.client.cancel([long])
+    mesh.check_exactly_once(records)
+    mesh.wait_finished([long], timeout=10)
+    mesh.check_clean()
+
+
+def test_what_a_stopped_agent_owned_goes_to_its_peers_once_its_lease_expires(
+    make_mesh: MakeMesh, etcd: EtcdServer
+) -> None:
+    """A stopped agent that was not full is not stolen from: its share waits for its lease."""
+    mesh = make_mesh(etcd.url)
+    h1 = mesh.start_agent("h1")
+    mesh.start_agent("h2")
+    h1.pause()
+    stopped = time.monotonic()
+    ids = mesh.submit_commands(12, 0.05)
+    records = mesh.wait_finished(ids, timeout=TTL + REAPER + 10 * SLACK)
+    assert ran_on(records) == {("h2", 1)}
+    assert time.monotonic() - stopped < TTL + REAPER + 3 * SLACK
+    h1.resume()  # finds its lease gone, rejoins, and claims nothing twice
+    mesh.check_exactly_once(records)
+    wait_until(lambda: (i := mesh.host_info("h1")) is not None and i.pid == h1.pid, 10, what="h1 to rejoin")
+    again = mesh.submit_commands(12, 0.05)
+    mesh.check_exactly_once(mesh.wait_finished(again, timeout=20))
+    mesh.check_clean()
+
+
+def test_draining_agent_owns_nothing(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    mesh = make_mesh(etcd.url)
+    h1 = mesh.start_agent("h1", grace=30)
+    (long,) = mesh.submit_commands(1, 30.0)
+    wait_running_on(mesh, "h1")
+    mesh.start_agent("h2")
+    h1.terminate()  # drains: lets its episode run, claims nothing new, and says so
+    wait_until(lambda: (i := mesh.host_info("h1")) is not None and i.draining, 10, what="h1's record to say draining")
+    short = mesh.submit_commands(8, 0.05)  # h1 has a worker free, so nobody steals: h2 owns them all
+    records = mesh.wait_finished(short, timeout=20)
+    assert ran_on(records) == {("h2", 1)}
+    assert h1.is_running()
+    mesh.client.cancel([long])
+    assert h1.wait(10) == 0
+    mesh.check_exactly_once(records)
+    mesh.check_clean()
+
+
 def test_second_ctrl_c_exits_at_once(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
     """The first Ctrl-C drains; handing back means stopping episodes, and one that ignores
     SIGTERM takes the command runtime's grace to stop. A second Ctrl-C meanwhile exits at once."""

@@ -494,6 +494,28 @@ def test_watch_delivers_every_event_in_order_from_a_past_revision(registry: Regi
         resumed.cancel()
 
 
+def test_watch_of_puts_only_leaves_deletes_out(registry: Registry, prefix: bytes) -> None:
+    w = prefix + b"w/"
+    a, b = w + b"a", w + b"b"
+    first = put(registry, a, b"1")
+    registry.txn([], [Delete(a), Put(b, b"1")])  # a txn of both: only its put comes
+    registry.txn([], [Delete(b)])  # only a delete: nothing comes
+    last = put(registry, a, b"2")
+
+    watch = registry.watch(w, first, puts_only=True)
+    try:
+        events = collect(watch, 3)
+        assert [(e.type, e.kv.key, e.kv.value) for e in events] == [
+            ("put", a, b"1"),
+            ("put", b, b"1"),
+            ("put", a, b"2"),
+        ]
+        assert events[-1].kv.mod_revision == last
+        assert watch.next(0.3).events == []
+    finally:
+        watch.cancel()
+
+
 def test_watch_cancel_and_close_end_iteration(registry_url: str, registry: Registry, prefix: bytes) -> None:
     other = open_registry(registry_url, retry_timeout=5.0)
     try:

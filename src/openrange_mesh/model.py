@@ -343,6 +343,17 @@ class HostInfo:
     started_at: float = 0.0
     pid: int = 0
     machine: str = ""  # boot id: tells a crashed predecessor on this machine from a live twin
+    draining: bool = False  # takes no new work: its peers take the queue entries it owned
+
+    @property
+    def weight(self) -> int:
+        """Its share of the queue (mesh/owners.py): its capacity, none while it drains."""
+        return 0 if self.draining else max(self.capacity, 0)
+
+    @property
+    def full(self) -> bool:
+        """Running as many episodes as it has workers (as of its last record)."""
+        return self.running >= self.capacity
 
     def to_bytes(self) -> bytes:
         data = {name: getattr(self, name) for name in _HOST_FIELDS}
@@ -454,6 +465,7 @@ _HOST_TYPES: dict[str, tuple[type, ...]] = {
     "started_at": _NUM,
     "pid": (int,),
     "machine": (str,),
+    "draining": (bool,),
 }
 
 
@@ -466,7 +478,10 @@ def _fields(raw: Mapping[str, Any], names: frozenset[str], types: Mapping[str, t
         if name not in names:
             continue
         allowed = types.get(name)
-        if allowed is not None and (not isinstance(value, allowed) or isinstance(value, bool)):
+        # bool is an int to isinstance: a bool where a number belongs is wrong
+        if allowed is not None and (
+            not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
+        ):
             raise TypeError(f"field {name!r} is {type(value).__name__}, not {' or '.join(t.__name__ for t in allowed)}")
         fields[name] = value
     return fields

@@ -25,7 +25,8 @@ def command(mesh: Mesh, output: str) -> None:
 
     A host is listed while its agent's lease is alive; an agent that stopped refreshing drops
     out within ttl seconds. HEARTBEAT is how long ago it last refreshed its lease (whole
-    seconds, read from the lease's remaining ttl); STARTED is when the agent joined.
+    seconds, read from the lease's remaining ttl); STARTED is when the agent joined. A draining
+    agent (SIGTERM) finishes what it runs and takes nothing new: CAPACITY says "(draining)".
 
     \b
     Examples:
@@ -59,7 +60,7 @@ def _cells(host: HostInfo, heartbeat: int | None, leader: str | None, now: float
     return [
         host.id,
         "yes" if host.id == leader else "-",
-        str(host.capacity),
+        f"{host.capacity} (draining)" if host.draining else str(host.capacity),
         str(host.running),
         labels,
         host.version or "-",

@@ -120,4 +120,5 @@ def host_summary(host: HostInfo, leader: str | None) -> dict[str, Any]:
         "started_at": host.started_at,
         "pid": host.pid,
         "machine": host.machine,
+        "draining": host.draining,
     }

@@ -52,8 +52,9 @@ class Agent(Watching):
         self.lease = LeaseKeeper(self.registry, settings.ttl, interval=settings.loop_wait)
         self._waker = Waker()
         self.pool = WorkerPool(settings.capacity, settings.store, waker=self._waker)
+        self.queue_follower = Follower(self.registry, self.keys.queue(), puts_only=True, on_relist=self._load_queue)
         self.followers = [
-            Follower(self.registry, self.keys.queue(), on_relist=self._load_queue),
+            self.queue_follower,
             Follower(self.registry, self.keys.control(), prev_kv=True, on_relist=self._on_relist),
         ]
         self.leadership = Leadership(self)
@@ -66,7 +67,14 @@ class Agent(Watching):
         self._cancels: set[str] = set()
         self._cancel_seen: set[str] = set()
         self._live_leases: dict[str, int] = {}  # host -> lease, from the hosts/ prefix
-        self._queue: dict[str, QueueEntry] = {}  # entry name -> entry, oldest first, fed by the watch
+        self._weights: dict[str, float] = {}
+        self._full: set[str] = set()
+        self._queue: dict[str, QueueEntry] = {}  # the entries we own, oldest first, fed by the watch
+        self._others_at = 0
+        self._looked_at = 0
+        self._steal_wanted = False
+        self._stolen_at = 0.0
+        self._unclaimable: dict[bytes, int] = {}
         self._carried: dict[str, tuple[int, dict[str, Versioned] | None]] = {}  # see Claiming._embedded
         self._stale_leases: list[int] = []
         self._claims_unsure = False  # a claim txn got no answer: it may hold episodes we do not know
@@ -87,6 +95,7 @@ class Agent(Watching):
             log.info("draining: no new claims; %d episodes get %.0f s to finish", len(self._owner_of), grace)
         self._draining = True
         self._drain_deadline = time.monotonic() + grace
+        self._host_written = (-1, 0.0)  # say so in the host record on the next pass: peers take our queue entries
         self.wake()
 
     def stop(self) -> None:

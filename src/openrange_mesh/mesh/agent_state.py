@@ -73,8 +73,16 @@ class AgentState:
     _dead_hosts: queue.SimpleQueue[DeadHost]
     _cancels: set[str]  # cancel markers the watch saw, not yet forwarded
     _cancel_seen: set[str]  # forwarded to a worker: their commit deletes the marker
+    queue_follower: Follower
     _live_leases: dict[str, int]  # host -> lease, from the hosts/ prefix
-    _queue: dict[str, QueueEntry]  # entry name -> entry, oldest first, fed by the watch
+    _weights: dict[str, float]  # host -> its share of the queue (owners.py), from its record
+    _full: set[str]  # hosts whose last record says every worker is busy
+    _queue: dict[str, QueueEntry]  # the entries we own: name -> entry, oldest first, fed by the watch
+    _others_at: int  # revision of the latest sign that a full peer has entries we could steal
+    _looked_at: int  # revision at which a steal read last found nothing to take
+    _steal_wanted: bool  # the last pass left workers idle with nothing of ours to claim
+    _stolen_at: float  # monotonic time of the last steal read
+    _unclaimable: dict[bytes, int]  # queue key -> revision of an entry a claim cannot take (corrupt, records gone)
     _carried: dict[str, tuple[int, dict[str, Versioned] | None]]  # entry name -> (revision, its records)
     _stale_leases: list[int]
     _claims_unsure: bool  # a claim txn got no answer: it may hold episodes we do not know

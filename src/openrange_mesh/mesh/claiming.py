@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from itertools import islice
 
@@ -13,18 +14,20 @@ from .agent_state import Held
 from .homes import Versioned
 from .joining import Joining
 from .ledger import Claim
-from .queue import QueueEntry
+from .queue import QueueEntry, decode_entry
 from .worker import WorkItem
 
 log = logging.getLogger(__name__)
 
-CANDIDATE_WINDOW = 8  # entries per idle worker a host chooses among (see ``_candidates``)
+CANDIDATE_WINDOW = 8  # entries per wanted claim a host looks at (see ``_candidates``, ``_steal``)
 CARRIED_CACHE = 256  # decoded entries kept (see ``_embedded``)
+STEAL_INTERVAL = 0.05  # seconds between steal reads of an agent with idle workers
 
 
 class Claiming(Joining):
     def _step_claim(self) -> str | None:
         if not (self.pool.idle() or self.pool.ahead()) or self._draining or not self.lease.is_alive:
+            self._steal_wanted = False
             return None
         adopted = self._adopt_claims() if self._claims_unsure else []
         candidates = self._candidates(self.pool.idle(), self.pool.ahead())
@@ -37,15 +40,15 @@ class Claiming(Joining):
             self._claims_unsure = True  # it may have been applied: look once etcd answers
             raise
         for (entry, _records), claim in zip(candidates, won, strict=True):
-            # ours now, or a peer claimed it, or a cancel changed it: either way the watch will
-            # bring its delete, and until then we must not try it again
+            # ours now, or a peer stole it, or a cancel changed it (its new version comes
+            # from the watch): either way this version is done with
             self._forget([entry])
             if claim is None:
                 continue
             self._hold(*claim)
             claimed += claim[0].episode_ids
-        if claimed and self.pool.idle():
-            self.wake()
+        if candidates and self.pool.idle():
+            self.wake()  # claim again for the workers still idle (a lost race frees one)
         line = f"claimed {summary(claimed)}" if claimed else None
         if adopted:
             line = f"adopted {summary(adopted)} (their claim's answer was lost)" + (f"; {line}" if line else "")
@@ -70,18 +73,18 @@ class Claiming(Joining):
 
     def _candidates(self, free: int, ahead: int = 0) -> list[tuple[QueueEntry, dict[str, Versioned]]]:
         """Entries to claim: one per idle worker, and a batch for each worker that can queue
-        one behind the batch it runs (pool.py), from the queue as the watch delivered it, with
-        their records read in one round trip for the claim txns. Each host ranks the oldest
-        ``CANDIDATE_WINDOW x slots`` entries by a hash of (host, entry) and takes its top ones
-        (rendezvous hashing): peers woken by the same event want different entries, so their
-        claims rarely collide; a random pick among a few of the oldest collided in about half
-        the passes of a busy two-agent mesh, each collision a worker left idle for a pass."""
+        one behind the batch it runs (pool.py), with their records (carried by the entry, or
+        read in one round trip) for the claim txns. Our own entries first (owners.py), oldest
+        first: no peer wants them, so claims do not collide. Workers left idle steal from busy
+        peers (``_steal``)."""
         if free + ahead == 0:
             return []
         with self._events_lock:
             entries = list(islice(self._queue.values(), CANDIDATE_WINDOW * (free + ahead)))
-        entries.sort(key=lambda e: zlib.crc32(f"{self.host}/{e.name}".encode()))
         chosen = entries[:free] + [e for e in entries[free:] if len(e.ids) > 1][:ahead]
+        self._steal_wanted = len(entries) < free
+        if self._steal_wanted and self._steal_due():
+            chosen += self._steal(free - len(entries), {e.name for e in entries})
         carried = {e.name: self._embedded(e) for e in chosen}
         records = self.ledger.read([i for e in chosen if carried[e.name] is None for i in e.ids])
         for found in carried.values():
@@ -96,9 +99,52 @@ class Claiming(Joining):
                 unclaimable.append(entry)
         # Entries whose records are gone or do not decode: forget them (until the watch brings
         # a new version), or being oldest they would be chosen first on every pass and starve
-        # the rest.
+        # the rest; a steal read passes over them too.
         self._forget(unclaimable)
+        for entry in unclaimable:
+            self._note_unclaimable(self.keys.queued(entry.name), entry.mod_revision)
         return out
+
+    def _steal_at(self) -> float | None:
+        """When a steal read is due (monotonic), if one may be: some peer's record says it is
+        full, and an entry it owns arrived (or its record did) after the last read that found
+        nothing to take."""
+        with self._events_lock:
+            if self._others_at <= self._looked_at or not self._full - {self.host}:
+                return None
+        return self._stolen_at + STEAL_INTERVAL
+
+    def _steal_due(self) -> bool:
+        due = self._steal_at()
+        return due is not None and time.monotonic() >= due
+
+    def _steal(self, count: int, ours: set[str]) -> list[QueueEntry]:
+        """Up to ``count`` entries of busy peers, read from etcd (we do not keep theirs): the
+        oldest ``CANDIDATE_WINDOW x count``, ranked by a hash of (us, entry) so that peers
+        stealing at once want different ones. Only while a peer is full, at most every
+        ``STEAL_INTERVAL``: an idle mesh makes no reads. Entries found unclaimable before
+        (records gone, undecodable) are passed over until they change."""
+        self._stolen_at = time.monotonic()
+        listing = self.registry.range(self.keys.queue(), limit=CANDIDATE_WINDOW * count)
+        found: list[QueueEntry] = []
+        for kv in listing.kvs:
+            if self._unclaimable.get(kv.key) == kv.mod_revision:
+                continue
+            entry = decode_entry(self.keys, kv)
+            if entry is None:
+                self._note_unclaimable(kv.key, kv.mod_revision)
+            elif entry.name not in ours:
+                found.append(entry)
+        if not found:
+            with self._events_lock:  # until a sign newer than this listing
+                self._looked_at = max(self._looked_at, listing.revision)
+        found.sort(key=lambda e: zlib.crc32(f"{self.host}/{e.name}".encode()))
+        return found[:count]
+
+    def _note_unclaimable(self, key: bytes, revision: int) -> None:
+        if len(self._unclaimable) >= CARRIED_CACHE:
+            self._unclaimable.clear()  # forgetting only costs a look at them again
+        self._unclaimable[key] = revision
 
     def _embedded(self, entry: QueueEntry) -> dict[str, Versioned] | None:
         """The records an entry carries, decoded once per version of the entry: an entry may

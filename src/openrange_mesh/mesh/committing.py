@@ -165,10 +165,13 @@ class Committing(Claiming):
         self._owner_of.clear()
 
     def _wait_time(self) -> float:
-        lingering = [h.first_final_at + COMMIT_LINGER for h in self._held.values() if h.finals]
-        if not lingering:
+        due = [h.first_final_at + COMMIT_LINGER for h in self._held.values() if h.finals]
+        steal_at = self._steal_at() if self._steal_wanted and self.pool.idle() else None
+        if steal_at is not None:
+            due.append(steal_at)
+        if not due:
             return self.settings.loop_wait
-        return max(0.0, min(self.settings.loop_wait, min(lingering) - time.monotonic()))
+        return max(0.0, min(self.settings.loop_wait, min(due) - time.monotonic()))
 
 
 def _txn_groups(

@@ -4,7 +4,9 @@ A watch resumed from a compacted revision fails; the rule (etcd's and Jepsen's) 
 the current revision and watch again from there. ``Follower`` restarts the watch at the current
 revision and tells its owner through ``on_relist(revision)`` so the owner can re-read, at that
 revision, whatever it derived from the events it missed (owners re-list only the small prefixes
-they need, not the whole namespace).
+they need, not the whole namespace). An owner may also ask for a re-list (``relist``) when its
+view of the prefix depends on something else that changed (the agent keeps only the queue
+entries it owns, and a host leaving changes which those are).
 """
 
 from __future__ import annotations
@@ -26,15 +28,18 @@ class Follower:
         prefix: bytes,
         *,
         prev_kv: bool = False,
+        puts_only: bool = False,
         on_relist: Callable[[int], None] | None = None,
     ) -> None:
         self.registry = registry
         self.prefix = prefix
         self.prev_kv = prev_kv
+        self.puts_only = puts_only
         self.on_relist = on_relist
         self.revision = 0  # everything up to here has been delivered
         self._watch: Watch | None = None
         self._failing = False
+        self._relist_wanted = False
 
     def start(self, revision: int) -> None:
         """Deliver events after ``revision`` (the revision of the caller's initial listing)."""
@@ -44,14 +49,22 @@ class Follower:
         """Events since the last poll (possibly none). Never raises RegistryError: an outage
         is logged (traceback once, then one line per call) and retried on the next poll."""
         try:
+            if self._relist_wanted:
+                self._relist_wanted = False  # before: a request made while this one runs is kept
+                try:
+                    self._relist()
+                except RegistryError:
+                    self._relist_wanted = True
+                    raise
+                return []
             if self._watch is None:
-                self._watch = self.registry.watch(self.prefix, self.revision + 1, prev_kv=self.prev_kv)
+                self._watch = self.registry.watch(
+                    self.prefix, self.revision + 1, prev_kv=self.prev_kv, puts_only=self.puts_only
+                )
             batch = self._watch.next(timeout)
         except Compacted as exc:
-            try:
-                self._relist(exc)
-            except RegistryError as failure:
-                self._note_failure(failure)
+            log.warning("watch fell behind compaction (%s): re-listing %s", exc, self.prefix.decode(errors="replace"))
+            self._relist_wanted = True
             return []
         except RegistryError as exc:
             self._note_failure(exc)
@@ -64,11 +77,19 @@ class Follower:
         self.revision = max(self.revision, batch.revision)
         return batch.events
 
+    def relist(self) -> None:
+        """Ask the polling thread to re-list (``on_relist``) and watch on from there: the
+        owner's view of the prefix depends on something else that changed. Safe from any
+        thread; the current wait is cut short."""
+        self._relist_wanted = True
+        watch = self._watch
+        if watch is not None:
+            watch.cancel()
+
     def close(self) -> None:
         self._close_watch()
 
-    def _relist(self, exc: Compacted) -> None:
-        log.warning("watch fell behind compaction (%s): re-listing %s", exc, self.prefix.decode(errors="replace"))
+    def _relist(self) -> None:
         self._close_watch()
         self.revision = self.registry.range(self.prefix, limit=1).revision
         if self.on_relist is not None:

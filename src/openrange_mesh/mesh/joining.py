@@ -77,6 +77,7 @@ class Joining(AgentState):
             pid=os.getpid(),
             machine=machine_id(),
             address=_ADDRESS,
+            draining=self._draining,
         )
 
     def _host_refresh(self) -> list[Put]:

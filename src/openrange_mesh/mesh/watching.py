@@ -1,11 +1,19 @@
-"""Watching: the two watch threads turn etcd events into work for the loop."""
+"""Watching: the two watch threads turn etcd events into work for the loop.
+
+The queue watch brings puts only (no deletes), and the agent keeps the entries it owns
+(mesh/owners.py): what its peers claimed never reaches it, and its own entries leave its queue
+when it claims them, or when a claim of one fails (a peer stole it, a cancel took it).
+"""
 
 from __future__ import annotations
 
+from ..model import HostInfo
 from ..registry import Event
+from . import owners
 from .agent_state import DeadHost
 from .committing import Committing
 from .follow import Follower
+from .joining import _decode_host
 from .queue import QueueEntry, decode_entry
 
 
@@ -23,14 +31,7 @@ class Watching(Committing):
             for event in events:
                 key = event.kv.key
                 if key.startswith(keys.queue()):
-                    name = keys.name_of(key, keys.queue())
-                    # decoded once here, not on each pass that looks at it (a corrupt one is logged)
-                    entry = decode_entry(keys, event.kv) if event.type == "put" else None
-                    if entry is not None:
-                        self._queue[name] = entry
-                        wake = True
-                    else:
-                        self._queue.pop(name, None)
+                    wake |= self._on_queue_put(keys.name_of(key, keys.queue()), event)
                 elif key.startswith(keys.cancels()) and event.type == "put":
                     self._cancels.add(keys.name_of(key, keys.cancels()))
                     wake = True
@@ -41,36 +42,101 @@ class Watching(Committing):
         if wake:
             self.wake()
 
+    def _on_queue_put(self, name: str, event: Event) -> bool:
+        """Keep an entry we own (decoded once here, not on each pass that looks at it; a corrupt
+        one is logged and dropped); note one a busy peer owns, which we may steal when idle."""
+        owner = owners.owner(name, self._weights_with_us())
+        if owner != self.host:
+            self._queue.pop(name, None)
+            if owner in self._full:
+                self._others_at = max(self._others_at, event.kv.mod_revision)
+                return self._steal_wanted
+            return False
+        entry = decode_entry(self.keys, event.kv)
+        if entry is None:
+            self._queue.pop(name, None)
+            return False
+        self._queue[name] = entry
+        return True
+
+    def _weights_with_us(self) -> dict[str, float]:
+        """Hosts' weights as their records say; ours until our record is seen."""
+        if self.host in self._weights:
+            return self._weights
+        return {**self._weights, self.host: 0 if self._draining else self.settings.capacity}
+
     def _on_host_event(self, event: Event) -> bool:
         host = self.keys.name_of(event.kv.key, self.keys.hosts())
         if event.type == "put":
             self._live_leases[host] = event.kv.lease
-            return False
+            return self._on_host_record(host, _decode_host(event.kv.value), event.kv.mod_revision)
         self._live_leases.pop(host, None)
+        self._forget_host(host)
         if event.prev is not None:
             self._dead_hosts.put(DeadHost(host, event.prev.lease, event.kv.mod_revision))
         return True
+
+    def _on_host_record(self, host: str, info: HostInfo | None, revision: int) -> bool:
+        """A host's record, new or rewritten: its weight and whether it is full. A newcomer
+        only takes entries (owners.py): drop those it owns now. A weight that changed (a host
+        draining) can give us entries: look at the queue again."""
+        weight = info.weight if info is not None else 0
+        known = self._weights.get(host)
+        self._weights[host] = weight
+        if info is not None and info.full:
+            self._full.add(host)
+            self._others_at = max(self._others_at, revision)  # it may have a backlog we could take
+        else:
+            self._full.discard(host)
+        if known is None:
+            if weight and host != self.host:
+                weights = self._weights_with_us()
+                self._queue = {n: e for n, e in self._queue.items() if owners.owner(n, weights) == self.host}
+            return False
+        if known != weight:
+            self.queue_follower.relist()
+        return self._steal_wanted and host in self._full
+
+    def _forget_host(self, host: str) -> None:
+        """A host left: the entries it owned are ours or a peer's now."""
+        self._weights.pop(host, None)
+        self._full.discard(host)
+        self.queue_follower.relist()
 
     def _on_relist(self, revision: int) -> None:
         """The control watch fell behind compaction: re-read live hosts at the revision it
         resumes from, and sweep for orphans of hosts whose deletion we missed."""
         self._load_hosts(revision)
+        self.queue_follower.relist()
         self.leadership.sweep_due = True
         self.wake()
 
     def _load_hosts(self, revision: int | None) -> int:
         hosts = self.registry.range(self.keys.hosts(), revision=revision)
         with self._events_lock:
-            self._live_leases = {self.keys.name_of(kv.key, self.keys.hosts()): kv.lease for kv in hosts.kvs}
+            self._live_leases = {}
+            self._weights = {}
+            self._full = set()
+            for kv in hosts.kvs:
+                host = self.keys.name_of(kv.key, self.keys.hosts())
+                self._live_leases[host] = kv.lease
+                self._on_host_record(host, _decode_host(kv.value), hosts.revision)
         return hosts.revision if revision is None else revision
 
     def _load_queue(self, revision: int) -> None:
-        """The queue as of ``revision`` (where its watch resumes)."""
+        """The entries we own as of ``revision`` (where the queue watch resumes)."""
         queue: dict[str, QueueEntry] = {}
+        others = False
         for kv, _ in self.catalog.scan(self.keys.queue(), revision):
-            entry = decode_entry(self.keys, kv)
+            name = self.keys.name_of(kv.key, self.keys.queue())
+            with self._events_lock:
+                mine = owners.owner(name, self._weights_with_us()) == self.host
+            entry = decode_entry(self.keys, kv) if mine else None
             if entry is not None:
                 queue[entry.name] = entry
+            others |= not mine
         with self._events_lock:
             self._queue = queue
+            if others:
+                self._others_at = max(self._others_at, revision)
         self.wake()

@@ -14,7 +14,8 @@ Every backend implements ``Registry`` with etcd's semantics:
 * ``watch(prefix, start_revision)`` yields every event on keys under ``prefix`` with revision >=
   ``start_revision``, in revision order (events of one txn in op order). A start revision older
   than the oldest kept revision raises ``Compacted``: re-list with ``range`` and watch again from
-  the list's revision + 1.
+  the list's revision + 1. With ``puts_only`` deletes are left out (etcd's NODELETE filter:
+  etcd does not even send them, which is the point).
 * Keys and values are bytes. Nothing above the seam sees a third-party exception: backends raise
   only ``errors.RegistryError`` subclasses (``Unavailable`` is the only retryable one).
 """
@@ -180,7 +181,7 @@ class Registry(Protocol):
         """Atomically: if every compare holds run ``success`` else ``failure``."""
         ...
 
-    def watch(self, prefix: bytes, start_revision: int, *, prev_kv: bool = False) -> Watch:
+    def watch(self, prefix: bytes, start_revision: int, *, prev_kv: bool = False, puts_only: bool = False) -> Watch:
         """Watch every key under ``prefix`` from ``start_revision`` (see module docstring)."""
         ...
 

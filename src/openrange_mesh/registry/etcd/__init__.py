@@ -331,8 +331,8 @@ class EtcdRegistry:
         succeeded = bool(result.get("succeeded", False))
         return _txn_result(result, succeeded, success if succeeded else failure, _revision(result))
 
-    def watch(self, prefix: bytes, start_revision: int, *, prev_kv: bool = False) -> EtcdWatch:
-        watch = EtcdWatch(self, prefix, start_revision, prev_kv=prev_kv)
+    def watch(self, prefix: bytes, start_revision: int, *, prev_kv: bool = False, puts_only: bool = False) -> EtcdWatch:
+        watch = EtcdWatch(self, prefix, start_revision, prev_kv=prev_kv, puts_only=puts_only)
         with self._lock:
             if self._closed:
                 raise RegistryError(f"etcd registry {self.url} is closed")

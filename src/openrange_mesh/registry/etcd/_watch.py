@@ -30,10 +30,14 @@ log = logging.getLogger(__name__)
 
 
 class EtcdWatch(WatchIterMixin):
-    def __init__(self, registry: EtcdRegistry, prefix: bytes, start_revision: int, *, prev_kv: bool) -> None:
+    def __init__(
+        self, registry: EtcdRegistry, prefix: bytes, start_revision: int, *, prev_kv: bool, puts_only: bool = False
+    ) -> None:
         self._registry = registry
         self._prefix = prefix
         self._create = {**_range_request(prefix, True), "prev_kv": prev_kv, "progress_notify": True}
+        if puts_only:
+            self._create["filters"] = ["NODELETE"]
         self._seen = max(start_revision - 1, 0)  # every event up to here has been queued
         self._from_now = start_revision <= 0
         self._reported = self._seen  # the revision the consumer has been handed

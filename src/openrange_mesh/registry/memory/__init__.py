@@ -108,13 +108,15 @@ class MemoryRegistry:
             responses, nested = _results(tree, answers, store.revision)
             return TxnResult(succeeded, store.revision, responses, nested)
 
-    def watch(self, prefix: bytes, start_revision: int, *, prev_kv: bool = False) -> _MemoryWatch:
+    def watch(
+        self, prefix: bytes, start_revision: int, *, prev_kv: bool = False, puts_only: bool = False
+    ) -> _MemoryWatch:
         if self._is_closed:
             raise RegistryError(f"registry {self.url} is closed")
         if start_revision <= 0:  # etcd: 0 means "from the next write"
             with self._store.lock:
                 start_revision = self._store.revision + 1
-        watch = _MemoryWatch(self, prefix, start_revision, prev_kv)
+        watch = _MemoryWatch(self, prefix, start_revision, prev_kv, puts_only)
         self._watches.add(watch)
         return watch
 

@@ -18,12 +18,15 @@ if TYPE_CHECKING:
 
 
 class _MemoryWatch(WatchIterMixin):
-    def __init__(self, registry: MemoryRegistry, prefix: bytes, start_revision: int, prev_kv: bool) -> None:
+    def __init__(
+        self, registry: MemoryRegistry, prefix: bytes, start_revision: int, prev_kv: bool, puts_only: bool
+    ) -> None:
         self._registry = registry
         self._store = registry._store
         self._prefix = prefix
         self._next_revision = start_revision
         self._prev_kv = prev_kv
+        self._puts_only = puts_only
         self._cancelled = threading.Event()
 
     def next(self, timeout: float) -> WatchBatch:
@@ -38,7 +41,7 @@ class _MemoryWatch(WatchIterMixin):
             events = [
                 Event("put" if kv.version else "delete", kv, prev if self._prev_kv else None)
                 for kv, prev in zip(kvs, prevs, strict=True)
-                if kv.key.startswith(prefix)
+                if kv.key.startswith(prefix) and (kv.version or not self._puts_only)
             ]
             if events or time.monotonic() >= deadline:
                 return WatchBatch(events, seen)

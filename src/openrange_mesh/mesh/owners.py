@@ -1,0 +1,51 @@
+"""Which live host owns a queue entry: weighted rendezvous hashing over the hosts' capacities.
+
+Every agent sees every queue put (design §3) but keeps only the entries it owns, so peers never
+race for one entry and agents need no delete events to learn what peers took (their watch
+leaves deletes out: two events per episode per agent that etcd no longer sends). Each host's
+score for an entry is ``weight / -ln(u)``, ``u`` a uniform hash of (host, entry) in (0, 1);
+the highest score owns it. A host owns a share of the entries proportional to its weight (its
+capacity; 0 while it drains), and the owner in a set of hosts stays the owner in every subset
+that contains it: a host joining takes entries from the others and gives none, so a newcomer
+only makes peers drop entries, while a host leaving makes peers look at the queue again.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+from collections.abc import Mapping
+
+_MASK = (1 << 64) - 1
+
+
+def owner(name: str, weights: Mapping[str, float]) -> str | None:
+    """The host of ``weights`` (host -> weight) that owns entry ``name``; None if no host has a
+    weight above 0."""
+    point = _hash(name)
+    best: tuple[float, str] | None = None
+    for host, weight in weights.items():
+        if weight <= 0:
+            continue
+        unit = (_mix(point ^ _host_hash(host)) + 0.5) / 2.0**64  # in (0, 1)
+        candidate = (weight / -math.log(unit), host)
+        if best is None or candidate > best:
+            best = candidate
+    return None if best is None else best[1]
+
+
+@functools.lru_cache(maxsize=4096)
+def _host_hash(host: str) -> int:
+    return _hash(host)
+
+
+def _hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def _mix(value: int) -> int:
+    """splitmix64's finalizer: every bit of the input moves every bit of the output."""
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK
+    return value ^ (value >> 31)

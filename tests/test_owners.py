@@ -1,0 +1,46 @@
+"""Queue ownership (mesh/owners.py): weighted rendezvous hashing over the live hosts."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from openrange_mesh.mesh.owners import owner
+
+NAMES = [f"{revision:010x}-{seq:04x}-trainer.1" for revision in range(40) for seq in range(100)]
+
+
+def shares(weights: dict[str, float]) -> dict[str | None, float]:
+    counts = Counter(owner(name, weights) for name in NAMES)
+    return {host: count / len(NAMES) for host, count in counts.items()}
+
+
+def test_hosts_own_shares_proportional_to_their_weights() -> None:
+    for weights in ({"a": 4, "b": 4}, {"a": 1, "b": 1, "c": 1}, {"h1": 8, "h2": 2}, {"x": 2, "y": 1, "z": 1}):
+        total = sum(weights.values())
+        for host, share in shares(weights).items():
+            assert host is not None
+            assert abs(share - weights[host] / total) < 0.03, (weights, host, share)
+
+
+def test_the_owner_in_a_set_owns_in_every_subset_that_holds_it() -> None:
+    """A host joining takes entries and gives none, so peers only drop entries when one joins."""
+    everyone = {"h1": 2, "h2": 4, "h3": 1, "h4": 2}
+    for name in NAMES[:500]:
+        top = owner(name, everyone)
+        assert top is not None
+        for gone in everyone:
+            if gone != top:
+                assert owner(name, {h: w for h, w in everyone.items() if h != gone}) == top
+
+
+def test_hosts_without_weight_own_nothing() -> None:
+    assert set(shares({"a": 2, "draining": 0})) == {"a"}
+    assert owner(NAMES[0], {"a": 0, "b": 0}) is None
+    assert owner(NAMES[0], {}) is None
+
+
+def test_ownership_depends_on_nothing_but_names_and_weights() -> None:
+    """Every agent computes it alone and they must agree: no process-local state (str hash seeds)."""
+    first = [owner(name, {"h1": 2, "h2": 2, "h3": 2}) for name in NAMES[:200]]
+    assert first == [owner(name, {"h3": 2, "h1": 2, "h2": 2}) for name in NAMES[:200]]
+    assert owner("0000000001-0001-trainer.1", {"h1": 2, "h2": 2, "h3": 2}) == "h3"  # in every process, on every machine
