@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,7 @@ import pytest
 from openrange_mesh.keys import Keys
 from openrange_mesh.mesh.ledger import Ledger
 from openrange_mesh.registry import Registry, open_registry
+from openrange_mesh.registry.memory import MemoryRegistry
 
 from .etcdkit import EtcdServer, start_etcd
 
@@ -50,6 +51,15 @@ def registry(registry_url: str) -> Iterator[Registry]:
     reg = open_registry(registry_url, retry_timeout=5.0)
     yield reg
     reg.close()
+
+
+@pytest.fixture
+def compact(registry: Registry, request: pytest.FixtureRequest) -> Callable[[int], None]:
+    """Compact the backend's history up to a revision (memory: the method; etcd: the HTTP API)."""
+    if isinstance(registry, MemoryRegistry):
+        return registry.compact
+    compact_etcd: Callable[[int], None] = request.getfixturevalue("etcd").compact
+    return compact_etcd
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -67,6 +67,18 @@ def test_as_completed_streams_results_as_they_finish(client: MeshClient, registr
     got = [r.id for r in client.as_completed(ids, timeout=10)]
     assert sorted(got) == sorted(ids)
     assert all(r.state is State.SUCCEEDED for r in client.wait(ids, timeout=5))
+
+
+def test_as_completed_reads_again_what_finished_while_its_watch_was_compacted_away(
+    client: MeshClient, registry: Registry, compact: Callable[[int], None]
+) -> None:
+    first, second = client.submit([SLEEP] * 2)
+    finish(client, registry, count=1)
+    stream = client.as_completed([first, second], timeout=5)
+    assert next(stream).id == first  # from its first read: its watch is not open yet
+    finish(client, registry)
+    compact(registry.get(b"/")[1])  # the second's events are gone before the watch opens
+    assert [r.id for r in stream] == [second]
 
 
 def test_as_completed_rejects_unknown_ids(client: MeshClient) -> None:

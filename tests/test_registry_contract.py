@@ -49,15 +49,6 @@ def summary(events: list[Event]) -> list[tuple[str, bytes, bytes, int]]:
     return [(e.type, e.kv.key, e.kv.value, e.kv.mod_revision) for e in events]
 
 
-@pytest.fixture
-def compact(registry: Registry, request: pytest.FixtureRequest) -> Callable[[int], None]:
-    """Compact the backend's history up to a revision (memory: the method; etcd: the HTTP API)."""
-    if isinstance(registry, MemoryRegistry):
-        return registry.compact
-    compact_etcd: Callable[[int], None] = request.getfixturevalue("etcd").compact
-    return compact_etcd
-
-
 # -- keys, revisions, versions
 
 

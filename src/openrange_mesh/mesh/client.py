@@ -144,35 +144,41 @@ class MeshClient:
         raises EpisodeNotFound. Without ids (the restart-safe consumer): every finished, unacked
         episode this consumer submitted, starting with those that finished while it was away,
         then new ones as they finish, until ``timeout`` (forever if None). Streams from a watch
-        that resumes from its last revision after a reconnect."""
+        that resumes from its last revision after a reconnect; if that revision was compacted
+        meanwhile, what finished in the gap is read again."""
         deadline = None if timeout is None else time.monotonic() + timeout
         wanted = None if episode_ids is None else set(episode_ids)
         revision = self._revision_now()
         unseen, accept = self._accepts(wanted)
-        for record in self._initial(wanted, revision):
-            if accept(record):
-                if wanted is not None:
-                    wanted.discard(record.id)
-                yield record
+
+        def fresh(records: Iterable[EpisodeRecord]) -> Iterator[EpisodeRecord]:
+            for record in records:
+                if accept(record):
+                    if wanted is not None:
+                        wanted.discard(record.id)
+                    self._in_flight.discard(record.id)
+                    yield record
+
+        yield from fresh(self._initial(wanted, revision))
         if wanted is not None and not wanted:
             return  # all finished already: no watch to open
-        follower = Follower(self.registry, self.keys.episodes())
+        relisted: list[int] = []  # revisions the watch started again from, after compaction
+        follower = Follower(self.registry, self.keys.episodes(), on_relist=relisted.append)
         follower.start(revision)
         try:
             while wanted is None or wanted:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return
-                for event in follower.poll(1.0 if remaining is None else min(1.0, remaining)):
+                events = follower.poll(1.0 if remaining is None else min(1.0, remaining))
+                if relisted:  # the events of the gap are gone: read what they would have brought
+                    yield from fresh(self._initial(wanted, relisted.pop()))
+                    relisted.clear()
+                for event in events:
                     if event.type != "put" or is_live(event.kv.value):
                         continue
                     finals = decode_or_none(partial(decode_finished, wanted=unseen), event.kv.value, event.kv.key)
-                    for final in finals or ():
-                        if accept(final):
-                            if wanted is not None:
-                                wanted.discard(final.id)
-                            self._in_flight.discard(final.id)
-                            yield final
+                    yield from fresh(finals or ())
         finally:
             follower.close()
 
