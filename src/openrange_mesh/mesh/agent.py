@@ -68,7 +68,8 @@ class Agent(Watching):
         self._cancel_seen: set[str] = set()
         self._live_leases: dict[str, int] = {}  # host -> lease, from the hosts/ prefix
         self._weights: dict[str, float] = {}
-        self._full: set[str] = set()
+        self._free: dict[str, int] = {}
+        self._arrivals: dict[str, int] = {}
         self._queue: dict[str, QueueEntry] = {}  # the entries we own, oldest first, fed by the watch
         self._others_at = 0
         self._looked_at = 0

@@ -76,9 +76,10 @@ class AgentState:
     queue_follower: Follower
     _live_leases: dict[str, int]  # host -> lease, from the hosts/ prefix
     _weights: dict[str, float]  # host -> its share of the queue (owners.py), from its record
-    _full: set[str]  # hosts whose last record says every worker is busy
+    _free: dict[str, int]  # host -> workers its last record says were free
+    _arrivals: dict[str, int]  # host -> entries of its that arrived since that record
     _queue: dict[str, QueueEntry]  # the entries we own: name -> entry, oldest first, fed by the watch
-    _others_at: int  # revision of the latest sign that a full peer has entries we could steal
+    _others_at: int  # revision of the latest sign that a peer has a backlog we could steal from
     _looked_at: int  # revision at which a steal read last found nothing to take
     _steal_wanted: bool  # the last pass left workers idle with nothing of ours to claim
     _stolen_at: float  # monotonic time of the last steal read

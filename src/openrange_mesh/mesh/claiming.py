@@ -106,11 +106,11 @@ class Claiming(Joining):
         return out
 
     def _steal_at(self) -> float | None:
-        """When a steal read is due (monotonic), if one may be: some peer's record says it is
-        full, and an entry it owns arrived (or its record did) after the last read that found
-        nothing to take."""
+        """When a steal read is due (monotonic), if one may be: a sign that a peer has a
+        backlog (more of its entries arrived than its record said it had free workers, or its
+        record said it was full) came after the last read that found nothing to take."""
         with self._events_lock:
-            if self._others_at <= self._looked_at or not self._full - {self.host}:
+            if self._others_at <= self._looked_at:
                 return None
         return self._stolen_at + STEAL_INTERVAL
 
@@ -121,9 +121,9 @@ class Claiming(Joining):
     def _steal(self, count: int, ours: set[str]) -> list[QueueEntry]:
         """Up to ``count`` entries of busy peers, read from etcd (we do not keep theirs): the
         oldest ``CANDIDATE_WINDOW x count``, ranked by a hash of (us, entry) so that peers
-        stealing at once want different ones. Only while a peer is full, at most every
-        ``STEAL_INTERVAL``: an idle mesh makes no reads. Entries found unclaimable before
-        (records gone, undecodable) are passed over until they change."""
+        stealing at once want different ones. Only after a sign of a backlog (``_steal_at``),
+        at most every ``STEAL_INTERVAL``: a mesh with workers to spare makes no reads. Entries
+        found unclaimable before (records gone, undecodable) are passed over until they change."""
         self._stolen_at = time.monotonic()
         listing = self.registry.range(self.keys.queue(), limit=CANDIDATE_WINDOW * count)
         found: list[QueueEntry] = []

@@ -48,7 +48,11 @@ class Watching(Committing):
         owner = owners.owner(name, self._weights_with_us())
         if owner != self.host:
             self._queue.pop(name, None)
-            if owner in self._full:
+            if owner is None:
+                return False
+            # More entries for a peer than its record said it had free workers: it has a backlog
+            self._arrivals[owner] = arrived = self._arrivals.get(owner, 0) + 1
+            if arrived > self._free.get(owner, 0):
                 self._others_at = max(self._others_at, event.kv.mod_revision)
                 return self._steal_wanted
             return False
@@ -77,17 +81,11 @@ class Watching(Committing):
         return True
 
     def _on_host_record(self, host: str, info: HostInfo | None, revision: int) -> bool:
-        """A host's record, new or rewritten: its weight and whether it is full. A newcomer
-        only takes entries (owners.py): drop those it owns now. A weight that changed (a host
-        draining) can give us entries: look at the queue again."""
-        weight = info.weight if info is not None else 0
-        known = self._weights.get(host)
-        self._weights[host] = weight
-        if info is not None and info.full:
-            self._full.add(host)
-            self._others_at = max(self._others_at, revision)  # it may have a backlog we could take
-        else:
-            self._full.discard(host)
+        """A host's record, new or rewritten. A newcomer only takes entries (owners.py): drop
+        those it owns now. A weight that changed (a host draining) can give us entries: look
+        at the queue again. Wake the loop if we were waiting for a peer to be full."""
+        known = self._note_host(host, info, revision)
+        weight = self._weights[host]
         if known is None:
             if weight and host != self.host:
                 weights = self._weights_with_us()
@@ -95,12 +93,24 @@ class Watching(Committing):
             return False
         if known != weight:
             self.queue_follower.relist()
-        return self._steal_wanted and host in self._full
+        return self._steal_wanted and self._free[host] <= 0
+
+    def _note_host(self, host: str, info: HostInfo | None, revision: int) -> float | None:
+        """Keep a host's weight and free workers (entries of its that arrive from now on are
+        counted against them); its weight before (None: new to us)."""
+        known = self._weights.get(host)
+        self._weights[host] = info.weight if info is not None else 0
+        self._free[host] = info.capacity - info.running if info is not None else 0
+        self._arrivals[host] = 0
+        if info is not None and info.full:
+            self._others_at = max(self._others_at, revision)  # it may have a backlog we could take
+        return known
 
     def _forget_host(self, host: str) -> None:
         """A host left: the entries it owned are ours or a peer's now."""
         self._weights.pop(host, None)
-        self._full.discard(host)
+        self._free.pop(host, None)
+        self._arrivals.pop(host, None)
         self.queue_follower.relist()
 
     def _on_relist(self, revision: int) -> None:
@@ -112,15 +122,17 @@ class Watching(Committing):
         self.wake()
 
     def _load_hosts(self, revision: int | None) -> int:
+        """Live hosts as of ``revision`` (default: now); a queue listing follows."""
         hosts = self.registry.range(self.keys.hosts(), revision=revision)
         with self._events_lock:
             self._live_leases = {}
             self._weights = {}
-            self._full = set()
+            self._free = {}
+            self._arrivals = {}
             for kv in hosts.kvs:
                 host = self.keys.name_of(kv.key, self.keys.hosts())
                 self._live_leases[host] = kv.lease
-                self._on_host_record(host, _decode_host(kv.value), hosts.revision)
+                self._note_host(host, _decode_host(kv.value), hosts.revision)
         return hosts.revision if revision is None else revision
 
     def _load_queue(self, revision: int) -> None:
