@@ -69,10 +69,23 @@ def test_as_completed_streams_results_as_they_finish(client: MeshClient, registr
     assert all(r.state is State.SUCCEEDED for r in client.wait(ids, timeout=5))
 
 
+def test_wait_gets_what_finished_before_it_was_called(client: MeshClient, registry: Registry, namespace: str) -> None:
+    """Episodes this client just submitted are watched from their submission (not read
+    first); others are read. Both kinds, finished before the wait, come back."""
+    with MeshClient(registry, namespace=namespace, consumer="other") as other:
+        theirs = other.submit([SLEEP] * 2)
+    ours = client.submit([SLEEP] * 3)
+    finish(client, registry)
+    records = client.wait([*ours, *theirs], timeout=5)
+    assert [r.id for r in records] == [*ours, *theirs]
+    assert {r.state for r in records} == {State.SUCCEEDED}
+
+
 def test_as_completed_reads_again_what_finished_while_its_watch_was_compacted_away(
-    client: MeshClient, registry: Registry, compact: Callable[[int], None]
+    client: MeshClient, registry: Registry, namespace: str, compact: Callable[[int], None]
 ) -> None:
-    first, second = client.submit([SLEEP] * 2)
+    with MeshClient(registry, namespace=namespace, consumer="other") as other:  # ids this client must read
+        first, second = other.submit([SLEEP] * 2)
     finish(client, registry, count=1)
     stream = client.as_completed([first, second], timeout=5)
     assert next(stream).id == first  # from its first read: its watch is not open yet

@@ -39,10 +39,10 @@ def test_lifecycle_costs_three_writes(registry: Registry, ledger: Ledger) -> Non
 
 def test_idempotency_key_returns_the_existing_episode(ledger: Ledger) -> None:
     first = records(2, idempotency_key="k1")[:1] + records(1, prefix="f")
-    taken, _ = ledger.submit(first)
+    taken, _, _ = ledger.submit(first)
     assert taken == {}
     again = records(1, prefix="g", idempotency_key="k1")
-    taken, _ = ledger.submit(again)
+    taken, _, _ = ledger.submit(again)
     assert taken == {"k1": "e00000"}
     assert "g00000" not in ledger.read(["g00000"])
 

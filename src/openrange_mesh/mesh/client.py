@@ -37,6 +37,7 @@ from .ledger import MAX_TXN_OPS, Ledger
 from .queue import batch_runs
 
 SpecLike = EpisodeSpec | Mapping[str, Any]
+REPLAY_WINDOW = 10.0  # seconds: as_completed watches episodes submitted this recently from their submission
 
 
 class MeshClient:
@@ -57,7 +58,9 @@ class MeshClient:
         self.catalog = Catalog(self.registry, self.keys)
         self.ids = IdAllocator(self.registry, self.keys, default_host_id())
         self.max_in_flight = max_in_flight
-        self._in_flight: set[str] = set()
+        # episodes submitted here and not yet seen finished: id -> (revision before its
+        # record was written, monotonic time of the submission)
+        self._in_flight: dict[str, tuple[int, float]] = {}
 
     # --- submitting ----------------------------------------------------------------------
 
@@ -88,11 +91,12 @@ class MeshClient:
             EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.consumer, queue=q)
             for (i, q), s in zip(named, specs, strict=True)
         ]
-        existing, revision = self.ledger.submit(records)
-        if revision:
-            self.ids.adopt(revision)
+        existing, first, last = self.ledger.submit(records)
+        if last:
+            self.ids.adopt(last)
         ids = [existing.get(r.spec.idempotency_key or "", r.id) for r in records]
-        self._in_flight.update(i for i, r in zip(ids, records, strict=True) if i == r.id)
+        written = (first - 1, time.monotonic())
+        self._in_flight.update((i, written) for i, r in zip(ids, records, strict=True) if i == r.id)
         return ids
 
     def _new_ids(self, specs: Sequence[EpisodeSpec]) -> list[list[str]]:
@@ -117,7 +121,7 @@ class MeshClient:
         if excess <= 0:
             return
         for record in self.as_completed(sorted(self._in_flight)):
-            self._in_flight.discard(record.id)
+            self._in_flight.pop(record.id, None)
             excess -= 1
             if excess <= 0:
                 return
@@ -148,7 +152,6 @@ class MeshClient:
         meanwhile, what finished in the gap is read again."""
         deadline = None if timeout is None else time.monotonic() + timeout
         wanted = None if episode_ids is None else set(episode_ids)
-        revision = self._revision_now()
         unseen, accept = self._accepts(wanted)
 
         def fresh(records: Iterable[EpisodeRecord]) -> Iterator[EpisodeRecord]:
@@ -156,10 +159,17 @@ class MeshClient:
                 if accept(record):
                     if wanted is not None:
                         wanted.discard(record.id)
-                    self._in_flight.discard(record.id)
+                    self._in_flight.pop(record.id, None)
                     yield record
 
-        yield from fresh(self._initial(wanted, revision))
+        since, recent = self._replayable(wanted)
+        if wanted is not None and recent and recent >= wanted:
+            revision = since  # all just submitted here: the watch brings everything since
+        else:
+            revision = self._revision_now()
+            yield from fresh(self._initial(None if wanted is None else wanted - recent, revision))
+            if recent:
+                revision = since  # the rest were read at a later revision: repeats are skipped
         if wanted is not None and not wanted:
             return  # all finished already: no watch to open
         relisted: list[int] = []  # revisions the watch started again from, after compaction
@@ -291,6 +301,18 @@ class MeshClient:
         if missing:
             raise EpisodeNotFound(missing[0])
         yield from finished.values()
+
+    def _replayable(self, wanted: set[str] | None) -> tuple[int, set[str]]:
+        """Of ``wanted``, the episodes submitted here in the last ``REPLAY_WINDOW`` seconds,
+        and the revision before the first of their records was written: a watch from there
+        brings all that happened to them, so they need not be read first (the read was ~50 us
+        of etcd's CPU and ~15 us of ours per episode, for records that mostly had not started).
+        Older ones are read: a watch from long ago would replay all the namespace did since."""
+        if wanted is None:
+            return 0, set()
+        now = time.monotonic()
+        recent = {i: s[0] for i in wanted if (s := self._in_flight.get(i)) is not None and now - s[1] < REPLAY_WINDOW}
+        return (min(recent.values()), set(recent)) if recent else (0, set())
 
     def _revision_now(self) -> int:
         return self.registry.get(self.keys.root)[1]

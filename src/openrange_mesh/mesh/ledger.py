@@ -95,18 +95,19 @@ class Ledger:
 
     # --- submit ---------------------------------------------------------------------------
 
-    def submit(self, records: Sequence[EpisodeRecord]) -> tuple[dict[str, str], int]:
+    def submit(self, records: Sequence[EpisodeRecord]) -> tuple[dict[str, str], int, int]:
         """Write pending records with their queue entries, in txns within etcd's limits.
         Returns ({idempotency key: existing id} for keys already taken, whose records were not
-        written; the last txn's revision). Txns start small and double, each encoded just
-        before it is sent: agents start on the first while the rest is encoded and sent."""
+        written; the first and the last txn's revision, 0 if none wrote). Txns start small and
+        double, each encoded just before it is sent: agents start on the first while the rest
+        is encoded and sent."""
         existing: dict[str, str] = {}
-        revision = 0
+        first = last = 0
         for chunk in _txn_chunks(self.keys, homes.claimable(self.keys, records)):
             taken, written = self._submit_chunk(chunk)
             existing.update(taken)
-            revision = written or revision
-        return existing, revision
+            first, last = first or written, written or last
+        return existing, first, last
 
     def _submit_chunk(self, chunk: Sequence[_Enqueued]) -> tuple[dict[str, str], int]:
         taken: dict[str, str] = {}
