@@ -71,6 +71,7 @@ class Agent(Watching):
         self._free: dict[str, int] = {}
         self._arrivals: dict[str, int] = {}
         self._queue: dict[str, QueueEntry] = {}  # the entries we own, oldest first, fed by the watch
+        self._queue_relist = False
         self._others_at = 0
         self._looked_at = 0
         self._steal_wanted = False

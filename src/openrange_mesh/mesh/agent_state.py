@@ -79,6 +79,7 @@ class AgentState:
     _free: dict[str, int]  # host -> workers its last record says were free
     _arrivals: dict[str, int]  # host -> entries of its that arrived since that record
     _queue: dict[str, QueueEntry]  # the entries we own: name -> entry, oldest first, fed by the watch
+    _queue_relist: bool  # who owns what changed (a host left, a weight changed): re-list the queue
     _others_at: int  # revision of the latest sign that a peer has a backlog we could steal from
     _looked_at: int  # revision at which a steal read last found nothing to take
     _steal_wanted: bool  # the last pass left workers idle with nothing of ours to claim

@@ -39,6 +39,9 @@ class Watching(Committing):
                     wake |= self._on_host_event(event)
                 elif key == keys.leader():
                     wake |= self.leadership.on_event(event)
+            relist, self._queue_relist = self._queue_relist, False
+        if relist:  # outside the lock: cutting the queue watch short may wait for its reader thread
+            self.queue_follower.relist()
         if wake:
             self.wake()
 
@@ -83,7 +86,7 @@ class Watching(Committing):
     def _on_host_record(self, host: str, info: HostInfo | None, revision: int) -> bool:
         """A host's record, new or rewritten. A newcomer only takes entries (owners.py): drop
         those it owns now. A weight that changed (a host draining) can give us entries: look
-        at the queue again. Wake the loop if we were waiting for a peer to be full."""
+        at the queue again. Wake the loop if it has idle workers to steal with and the peer is full."""
         known = self._note_host(host, info, revision)
         weight = self._weights[host]
         if known is None:
@@ -92,8 +95,8 @@ class Watching(Committing):
                 self._queue = {n: e for n, e in self._queue.items() if owners.owner(n, weights) == self.host}
             return False
         if known != weight:
-            self.queue_follower.relist()
-        return self._steal_wanted and self._free[host] <= 0
+            self._queue_relist = True
+        return self._steal_wanted and host != self.host and self._free[host] <= 0
 
     def _note_host(self, host: str, info: HostInfo | None, revision: int) -> float | None:
         """Keep a host's weight and free workers (entries of its that arrive from now on are
@@ -102,7 +105,7 @@ class Watching(Committing):
         self._weights[host] = info.weight if info is not None else 0
         self._free[host] = info.capacity - info.running if info is not None else 0
         self._arrivals[host] = 0
-        if info is not None and info.full:
+        if info is not None and info.full and host != self.host:
             self._others_at = max(self._others_at, revision)  # it may have a backlog we could take
         return known
 
@@ -111,7 +114,7 @@ class Watching(Committing):
         self._weights.pop(host, None)
         self._free.pop(host, None)
         self._arrivals.pop(host, None)
-        self.queue_follower.relist()
+        self._queue_relist = True
 
     def _on_relist(self, revision: int) -> None:
         """The control watch fell behind compaction: re-read live hosts at the revision it
