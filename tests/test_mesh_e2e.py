@@ -15,7 +15,7 @@ import pytest
 
 from openrange_mesh.mesh.client import MeshClient
 from openrange_mesh.model import EpisodeRecord, State, pack
-from openrange_mesh.registry import Put
+from openrange_mesh.registry import Delete, Put
 from openrange_mesh.store import open_store
 from openrange_mesh.store.events import read_events
 
@@ -439,6 +439,26 @@ def test_idle_agent_takes_work_that_a_full_one_owns(make_mesh: MakeMesh, etcd: E
     mesh.client.cancel([long])
     mesh.check_exactly_once(records)
     mesh.wait_finished([long], timeout=10)
+    mesh.check_clean()
+
+
+def test_stealing_looks_past_queue_entries_nobody_can_claim(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    """Corrupt entries, and entries whose records are gone, sort first in the queue: a thief's
+    read of the oldest entries must not stop at them."""
+    mesh = make_mesh(etcd.url)
+    junk = [Put(mesh.keys.queued(f"0-junk{n:02}.1"), b"\xc1 not msgpack") for n in range(12)]
+    gone = [Put(mesh.keys.queued(f"0-gone{n:02}.1"), pack(["0-gone"])) for n in range(12)]
+    mesh.registry.txn([], [*junk, *gone])
+    mesh.start_agent("h1", capacity=1)
+    (long,) = mesh.submit_commands(1, 30.0)
+    wait_running_on(mesh, "h1")
+    mesh.start_agent("h2", capacity=1)  # reads 8 entries a time: three pages of junk first
+    short = mesh.submit_commands(8, 0.05)
+    records = mesh.wait_finished(short, timeout=20)
+    assert ran_on(records) == {("h2", 1)}
+    mesh.client.cancel([long])
+    mesh.wait_finished([long], timeout=10)
+    mesh.registry.txn([], [Delete(op.key) for op in (*junk, *gone)])
     mesh.check_clean()
 
 

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 CANDIDATE_WINDOW = 8  # entries per wanted claim a host looks at (see ``_candidates``, ``_steal``)
 CARRIED_CACHE = 256  # decoded entries kept (see ``_embedded``)
 STEAL_INTERVAL = 0.05  # seconds between steal reads of an agent with idle workers
+STEAL_PAGES = 4  # pages a steal read goes through past entries nobody can claim (corrupt, records gone)
 
 
 class Claiming(Joining):
@@ -125,19 +126,25 @@ class Claiming(Joining):
         at most every ``STEAL_INTERVAL``: a mesh with workers to spare makes no reads. Entries
         found unclaimable before (records gone, undecodable) are passed over until they change."""
         self._stolen_at = time.monotonic()
-        listing = self.registry.range(self.keys.queue(), limit=CANDIDATE_WINDOW * count)
         found: list[QueueEntry] = []
-        for kv in listing.kvs:
-            if self._unclaimable.get(kv.key) == kv.mod_revision:
-                continue
-            entry = decode_entry(self.keys, kv)
-            if entry is None:
-                self._note_unclaimable(kv.key, kv.mod_revision)
-            elif entry.name not in ours:
-                found.append(entry)
+        start, revision, limit = None, 0, CANDIDATE_WINDOW * count
+        for _ in range(STEAL_PAGES):  # more pages only past entries nobody can claim
+            listing = self.registry.range(self.keys.queue(), start=start, revision=revision or None, limit=limit)
+            revision = listing.revision
+            for kv in listing.kvs:
+                if self._unclaimable.get(kv.key) == kv.mod_revision:
+                    continue
+                entry = decode_entry(self.keys, kv)
+                if entry is None:
+                    self._note_unclaimable(kv.key, kv.mod_revision)
+                elif entry.name not in ours:
+                    found.append(entry)
+            if found or len(listing.kvs) < limit:
+                break
+            start = listing.kvs[-1].key + b"\0"
         if not found:
             with self._events_lock:  # until a sign newer than this listing
-                self._looked_at = max(self._looked_at, listing.revision)
+                self._looked_at = max(self._looked_at, revision)
         found.sort(key=lambda e: zlib.crc32(f"{self.host}/{e.name}".encode()))
         return found[:count]
 
