@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import zlib
+from dataclasses import replace
 
 import msgpack
 import pytest
@@ -115,6 +116,17 @@ def test_corrupt_records_raise_and_are_skipped(data: bytes) -> None:
 def test_host_info_round_trip() -> None:
     info = HostInfo(id="h1", capacity=4, running=2, labels={"gpu": "a100"}, version="0.1.0", pid=7, machine="m")
     assert HostInfo.from_bytes(info.to_bytes()) == info
+    assert (info.weight, info.full) == (4, False)
+    draining = replace(info, running=4, draining=True)
+    assert HostInfo.from_bytes(draining.to_bytes()) == draining
+    assert (draining.weight, draining.full) == (0, True)
+
+
+@pytest.mark.parametrize(("field", "value"), [("draining", 1), ("capacity", True), ("running", 2.5)])
+def test_host_info_fields_of_the_wrong_type_are_corrupt(field: str, value: object) -> None:
+    raw = {"v": 1, "id": "h1", "capacity": 4, field: value}
+    with pytest.raises(CorruptRecord):
+        HostInfo.from_bytes(msgpack.packb(raw))
 
 
 def test_ids_are_unique_across_allocators_and_sorted(registry: Registry) -> None:

@@ -124,7 +124,8 @@ class Claiming(Joining):
         oldest ``CANDIDATE_WINDOW x count``, ranked by a hash of (us, entry) so that peers
         stealing at once want different ones. Only after a sign of a backlog (``_steal_at``),
         at most every ``STEAL_INTERVAL``: a mesh with workers to spare makes no reads. Entries
-        found unclaimable before (records gone, undecodable) are passed over until they change."""
+        found unclaimable before (records gone, undecodable) are passed over until they change,
+        and read past: up to ``STEAL_PAGES`` pages while a page holds nothing else."""
         self._stolen_at = time.monotonic()
         found: list[QueueEntry] = []
         start, revision, limit = None, 0, CANDIDATE_WINDOW * count
