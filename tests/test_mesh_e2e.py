@@ -465,16 +465,19 @@ def test_stealing_looks_past_queue_entries_nobody_can_claim(make_mesh: MakeMesh,
 def test_what_a_stopped_agent_owned_goes_to_its_peers_once_its_lease_expires(
     make_mesh: MakeMesh, etcd: EtcdServer
 ) -> None:
-    """A stopped agent that was not full is not stolen from: its share waits for its lease."""
+    """A stopped agent with workers to spare is not stolen from: its share waits for its lease,
+    then its peers re-list the queue and take it."""
     mesh = make_mesh(etcd.url)
-    h1 = mesh.start_agent("h1")
+    h1 = mesh.start_agent("h1", capacity=12)  # weight 12 against 2: it owns ~6 of every 7 entries
     mesh.start_agent("h2")
     h1.pause()
-    stopped = time.monotonic()
-    ids = mesh.submit_commands(12, 0.05)
+    stopped = time.time()
+    ids = mesh.submit_commands(10, 0.05)  # fewer than h1's free workers: no sign of a backlog
     records = mesh.wait_finished(ids, timeout=TTL + REAPER + 10 * SLACK)
     assert ran_on(records) == {("h2", 1)}
-    assert time.monotonic() - stopped < TTL + REAPER + 3 * SLACK
+    finished = sorted((r.finished_at or 0) - stopped for r in records.values())
+    assert finished[-1] > TTL / 2, f"nothing waited for h1's lease: {finished}"
+    assert finished[-1] < TTL + REAPER + 3 * SLACK, finished
     h1.resume()  # finds its lease gone, rejoins, and claims nothing twice
     mesh.check_exactly_once(records)
     wait_until(lambda: (i := mesh.host_info("h1")) is not None and i.pid == h1.pid, 10, what="h1 to rejoin")
@@ -485,13 +488,13 @@ def test_what_a_stopped_agent_owned_goes_to_its_peers_once_its_lease_expires(
 
 def test_draining_agent_owns_nothing(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
     mesh = make_mesh(etcd.url)
-    h1 = mesh.start_agent("h1", grace=30)
+    h1 = mesh.start_agent("h1", capacity=12, grace=30)  # but for draining, it would own ~6 of every 7
     (long,) = mesh.submit_commands(1, 30.0)
     wait_running_on(mesh, "h1")
     mesh.start_agent("h2")
     h1.terminate()  # drains: lets its episode run, claims nothing new, and says so
     wait_until(lambda: (i := mesh.host_info("h1")) is not None and i.draining, 10, what="h1's record to say draining")
-    short = mesh.submit_commands(8, 0.05)  # h1 has a worker free, so nobody steals: h2 owns them all
+    short = mesh.submit_commands(8, 0.05)  # fewer than h1's free workers, so nobody would steal: h2 owns all
     records = mesh.wait_finished(short, timeout=20)
     assert ran_on(records) == {("h2", 1)}
     assert h1.is_running()
