@@ -533,9 +533,9 @@ def _requests(parts: Sequence[Txn], extra: int) -> list[list[Txn]]:
     ``extra`` ops, and each part's compares and ops must fit in what that list left of
     ``MAX_TXN_OPS`` (etcd's checkTxnRequest counts a nested txn against its parent's width).
     Parts that write a key in common go in different requests: etcd refuses a request whose
-    nested txns put a key twice, whatever their compares (a claim of an entry we have just
-    claimed ourselves, still in our queue until the watch says otherwise, next to the commit
-    that rewrites its group)."""
+    nested txns put a key twice, whatever their compares (as it did a claim of an entry an
+    agent had just claimed, tried again beside the commit that rewrote its group, when agents
+    still waited for the watch to drop claimed entries); apart, the stale one just fails."""
     requests: list[list[Txn]] = []
     widest = 0
     written: set[bytes] = set()
