@@ -61,12 +61,12 @@ def read_events(
     file a short attempt's events went to (``Attempt.events``), tagged alike; not written yet
     (its worker writes it within a second), it reads as no events."""
     if shared is not None:
+        path = layout.shared_events_path(shared)
         try:
-            data = store.get_bytes(layout.shared_events_path(shared))
+            data = store.get_bytes(path)
         except ArtifactNotFound:
             return []
-        source = store.location(layout.shared_events_path(shared))
-        return [event for event in decode_events(data, source=source) if tagged_for(event, episode_id, attempt)]
+        return [e for e in decode_events(data, source=store.location(path)) if tagged_for(e, episode_id, attempt)]
     if batch is not None:
         return [
             event
