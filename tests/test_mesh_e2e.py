@@ -223,6 +223,26 @@ def test_etcd_restart_mid_run(own_etcd: EtcdServer, make_mesh: MakeMesh) -> None
     mesh.check_clean()
 
 
+def test_short_etcd_restart_reruns_nothing(own_etcd: EtcdServer, make_mesh: MakeMesh) -> None:
+    """etcd down a little longer than the agents' lease estimate, then back: etcd renewed every
+    lease, so no agent may give its episodes up (issue 11, defect 5: results thrown away and
+    run again after a short restart)."""
+    mesh = make_mesh(own_etcd.url)
+    pids = {a.host_id: a.pid for a in mesh.start(2)}
+    ids = mesh.submit_commands(4, 5.0)
+    wait_until(lambda: len(mesh.running_on("h1")) + len(mesh.running_on("h2")) == 4, 20, what="all 4 running")
+    own_etcd.kill()
+    time.sleep(TTL + 0.5)  # past every agent's estimate: the last refresh was sent over ttl ago
+    own_etcd.restart()
+
+    records = mesh.wait_finished(ids, timeout=60)
+    mesh.check_exactly_once(records)
+    assert all(r.attempt == 1 for r in records.values()), [r.history for r in records.values()]
+    assert all(len(mesh.executions().get(mesh.seeds[i], [])) == 1 for i in ids), mesh.executions()
+    check_alive(mesh, pids)
+    mesh.check_clean()
+
+
 def test_one_etcd_member_of_three_killed_mid_run(cluster: EtcdCluster, make_mesh: MakeMesh) -> None:
     mesh = make_mesh(cluster.url)  # every agent gets all three endpoints; all start on the first
     pids = {a.host_id: a.pid for a in mesh.start(3)}

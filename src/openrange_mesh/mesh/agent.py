@@ -78,7 +78,6 @@ class Agent(Watching):
         self._stolen_at = 0.0
         self._unclaimable: dict[bytes, int] = {}
         self._carried: dict[str, tuple[int, dict[str, Versioned] | None]] = {}  # see Claiming._embedded
-        self._stale_leases: list[int] = []
         self._claims_unsure = False  # a claim txn got no answer: it may hold episodes we do not know
         self._started_at = time.time()  # for the host record
         self._host_written = (0, 0.0)
@@ -180,20 +179,18 @@ class Agent(Watching):
             self._outage = False
 
     def _step_lease(self) -> str | None:
-        if self.lease.is_alive:
+        """Past the local estimate the lease may have expired: ask etcd, and stop our episodes
+        only if it says the lease is gone (lease.py). While etcd cannot answer, ``confirm``
+        raises and the pass ends there: nothing is claimed or committed, episodes keep running
+        and their results wait."""
+        if self.lease.is_alive or self.lease.confirm():
             return None
         lost = len(self._owner_of)
-        if self.lease.lease:
-            self._stale_leases.append(self.lease.lease)
-        if self._held or self.pool.idle() < self.pool.size:  # once: this step repeats while etcd is away
-            self.pool.reset()
+        if self._held or self.pool.idle() < self.pool.size:  # once: a failed _register repeats this step
+            self.pool.reset()  # their results would be fenced: etcd deleted our claim keys
         self._held.clear()
         self._owner_of.clear()
         self._claims_unsure = False  # whatever that claim was, it went with the lease
-        for stale in self._stale_leases:
-            self.registry.revoke(stale)  # so peers requeue now, not when it expires
-        self._stale_leases.clear()
-        self._retire_predecessor()  # the keeper may have dropped a lease etcd still holds
         self._register()
         return f"lost lease, stopped {lost} episodes; rejoined with lease {self.lease.lease:x}"
 

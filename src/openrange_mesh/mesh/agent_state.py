@@ -86,7 +86,6 @@ class AgentState:
     _stolen_at: float  # monotonic time of the last steal read
     _unclaimable: dict[bytes, int]  # queue key -> revision of an entry a claim cannot take (corrupt, records gone)
     _carried: dict[str, tuple[int, dict[str, Versioned] | None]]  # entry name -> (revision, its records)
-    _stale_leases: list[int]
     _claims_unsure: bool  # a claim txn got no answer: it may hold episodes we do not know
     _started_at: float
     _host_written: tuple[int, float]  # running count in our host record, and when (monotonic)

@@ -1,9 +1,18 @@
-"""Keep one lease alive from a daemon thread, and know conservatively when it may have expired.
+"""Keep one lease alive from a daemon thread; know when it may have expired, and ask etcd
+before calling it lost.
 
-``expires_at`` is measured from when the last *successful* refresh was *sent*: etcd restarted the
-lease's clock no earlier than that, so our estimate is never later than the real expiry. Fencing
-in the ledger is what makes a late owner harmless; this estimate only lets the owner stop its
-work early instead of computing results nobody will accept.
+Two clocks, two meanings:
+
+* ``is_alive`` is a conservative local estimate: the lease surely lives until the send time of
+  the last *successful* refresh + ttl (etcd restarted the lease's clock no earlier than that).
+  Past it, the lease *may* have expired: the agent claims nothing new under it.
+* The lease is *lost* only when etcd says so (a refresh answered "no such lease"). A refresh
+  that failed for a while, or an answer that came late (etcd restarting), proves nothing: etcd
+  renews every lease when it restarts or changes leader, so a lease routinely outlives the
+  local estimate. Declaring it lost early threw away finished results that etcd would still
+  have accepted, and revoked a lease etcd still held (issue 11, defect 5). While etcd cannot be
+  asked the owner cannot commit or claim anyway, so waiting for its word costs nothing; fencing
+  in the ledger is what makes a late owner harmless.
 """
 
 from __future__ import annotations
@@ -20,6 +29,9 @@ log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
+    """Threads: the keeper thread refreshes; the owner's thread reads ``is_alive`` and calls
+    ``confirm``/``start``/``stop``. ``_lock`` guards ``_lease`` and ``_expires_at`` together."""
+
     def __init__(
         self,
         registry: Registry,
@@ -41,15 +53,17 @@ class LeaseKeeper:
 
     @property
     def lease(self) -> int:
+        """The lease id, until etcd says it is gone (then 0)."""
         return self._lease
 
     @property
     def expires_at(self) -> float:
-        """monotonic() time by which the lease has certainly expired unless refreshed."""
+        """monotonic() time until which the lease surely lives, unless refreshed meanwhile."""
         return self._expires_at
 
     @property
     def is_alive(self) -> bool:
+        """Surely alive now. False does not mean lost: ask etcd (``confirm``)."""
         return self._lease != 0 and time.monotonic() < self._expires_at
 
     def start(self) -> int:
@@ -65,11 +79,16 @@ class LeaseKeeper:
             return self._lease
 
     def ensure(self) -> int:
-        """The live lease, granting a new one if the old one is gone."""
-        return self._lease if self.is_alive else self.start()
+        """The live lease, granting a new one only if etcd says the old one is gone. Raises
+        ``RegistryError`` while etcd cannot say."""
+        if self.is_alive or (self._lease and self.confirm()):
+            return self._lease
+        return self.start()
 
-    def refresh(self) -> bool:
-        """One refresh now. False when the lease is gone (``on_lost`` has been called)."""
+    def confirm(self) -> bool:
+        """Ask etcd now, by refreshing: True, the lease lives (and the estimate is renewed);
+        False, it is gone (``on_lost`` has been called). Raises ``RegistryError`` when etcd
+        cannot be asked: the caller must not decide either way."""
         lease = self._lease
         if lease == 0:
             return False
@@ -79,16 +98,16 @@ class LeaseKeeper:
         except LeaseLost:
             self._lost(lease)
             return False
+        self._renewed(lease, sent)
+        return True
+
+    def refresh(self) -> bool:
+        """One refresh now, errors logged. False when the lease is not surely alive."""
+        try:
+            return self.confirm()
         except RegistryError as exc:
             self._note_failure(exc)
             return self.is_alive
-        with self._lock:
-            if self._lease == lease:
-                self._expires_at = sent + self.ttl
-        if self._failing:
-            log.info("lease %x refreshed again", lease)
-            self._failing = False
-        return True
 
     def stop(self, *, revoke: bool = True) -> None:
         self._stop.set()
@@ -104,13 +123,21 @@ class LeaseKeeper:
             if self._lease:
                 self.refresh()
 
+    def _renewed(self, lease: int, sent: float) -> None:
+        with self._lock:
+            if self._lease == lease:
+                self._expires_at = sent + self.ttl
+        if self._failing:
+            log.info("lease %x refreshed again", lease)
+            self._failing = False
+
     def _lost(self, lease: int) -> None:
         with self._lock:
             if self._lease != lease:
                 return
             self._lease = 0
             self._expires_at = 0.0
-        log.warning("lease %x lost", lease)
+        log.warning("lease %x lost: etcd says it expired", lease)
         if self.on_lost is not None:
             self.on_lost(lease)
 
@@ -120,5 +147,3 @@ class LeaseKeeper:
             self._failing = True
         else:
             log.warning("lease refresh failing: %s", exc)
-        if not self.is_alive and self._lease:
-            self._lost(self._lease)
