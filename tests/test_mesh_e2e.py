@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from openrange_mesh.mesh.client import MeshClient
+from openrange_mesh.mesh.leader import leader_host
 from openrange_mesh.model import EpisodeRecord, State, pack
 from openrange_mesh.registry import Delete, Put
 from openrange_mesh.store import open_store
@@ -646,6 +647,31 @@ def test_leader_election_and_takeover(mesh: Mesh) -> None:
     assert took <= TTL + REAPER + 1, f"takeover took {took:.2f} s"
     new_info = mesh.host_kv(new_host)
     assert new_host != host and new_info is not None and new_info.lease == new_lease
+
+
+@pytest.mark.parametrize("garbage", [b"\xc1\xff not msgpack", pack({"host": "h9"})], ids=["unreadable", "leaseless"])
+def test_leader_key_nobody_can_hold_is_replaced(make_mesh: MakeMesh, etcd: EtcdServer, garbage: bytes) -> None:
+    """A leader key that cannot be read, or that no lease will ever delete, is replaced by a
+    compare-and-swap and a leader elected: before the agents start, and over a live leader's
+    key (issue 11, defect 4: the mesh stayed without a leader for good)."""
+    mesh = make_mesh(etcd.url)
+    key = mesh.keys.leader()
+
+    def elected() -> tuple[str, int] | None:
+        kv = mesh.registry.get(key)[0]
+        host = leader_host(kv.value) if kv is not None else None
+        return (host, kv.lease) if kv is not None and host in mesh.agents and kv.lease else None
+
+    mesh.registry.txn([], [Put(key, garbage)])
+    mesh.start(2)
+    host, lease = wait_until(elected, 10, what="a leader in place of the garbage")
+    assert (info := mesh.host_kv(host)) is not None and info.lease == lease
+
+    mesh.registry.txn([], [Put(key, garbage)])  # over the live leader's key
+    host, lease = wait_until(elected, 10, what="a leader again")
+    assert (info := mesh.host_kv(host)) is not None and info.lease == lease
+    records = mesh.wait_finished(mesh.submit_sleeps(4, 0.1))
+    mesh.check_exactly_once(records)
 
 
 def test_restart_safe_consumer(mesh: Mesh, etcd: EtcdServer) -> None:

@@ -39,7 +39,7 @@ class Leadership:
 
     def on_event(self, event: Event) -> bool:
         """Called from the watch thread. True: wake the loop (the seat is vacant)."""
-        if event.type == "delete":
+        if event.type == "delete" or _unholdable(event.kv):  # vacant, or a seat nobody will free
             self.leader = None
             self.is_leader = False
             return True
@@ -67,15 +67,36 @@ class Leadership:
     def _campaign(self) -> str | None:
         agent = self.agent
         key = agent.keys.leader()
-        value = pack({"host": agent.host})
-        result = agent.registry.txn([Compare(key, "create", "==", 0)], [Put(key, value, agent.lease.lease)])
-        if result.succeeded:
-            self.leader, self.is_leader, self.sweep_due = agent.host, True, True
-            return f"elected leader of namespace {agent.keys.namespace}"
-        kv, _ = agent.registry.get(key)
-        self.leader = leader_host(kv.value) if kv else None
-        self.is_leader = self.leader == agent.host
-        return f"following leader {self.leader}" if self.leader else None
+        mine = Put(key, pack({"host": agent.host}), agent.lease.lease)
+        result = agent.registry.txn([Compare(key, "create", "==", 0)], [mine])
+        cleared = ""
+        if not result.succeeded:
+            kv, _ = agent.registry.get(key)
+            if kv is not None and (why := _unholdable(kv)):
+                # Nobody will ever free this seat: take it by compare-and-swap on the version we
+                # read, so a real leader elected meanwhile is never displaced.
+                result = agent.registry.txn([Compare(key, "mod", "==", kv.mod_revision)], [mine])
+                cleared = f"replaced a leader key that {why}; " if result.succeeded else ""
+            else:
+                self.leader = leader_host(kv.value) if kv else None
+                self.is_leader = self.leader == agent.host
+                return f"following leader {self.leader}" if self.leader else None
+        if not result.succeeded:
+            return None  # someone else took the seat just now: its watch event names them
+        self.leader, self.is_leader, self.sweep_due = agent.host, True, True
+        if cleared:
+            log.warning("%s", cleared.rstrip("; "))
+        return f"{cleared}elected leader of namespace {agent.keys.namespace}"
+
+
+def _unholdable(kv: KeyValue) -> str | None:
+    """Why a leader key holds the seat for nobody: unreadable, or bound to no lease (a key
+    without a lease never expires, so the mesh would stay without a leader for good)."""
+    if leader_host(kv.value) is None:
+        return "could not be read"
+    if kv.lease == 0:
+        return "had no lease"
+    return None
 
 
 def sweep(agent: Agent) -> int:
