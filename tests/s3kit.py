@@ -80,6 +80,12 @@ class S3Server:
         client.create_bucket(Bucket=name)
         return name
 
+    def reset(self) -> None:
+        """Wipe every bucket and object (moto's own reset API): a store whose bucket vanished."""
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

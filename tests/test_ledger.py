@@ -6,8 +6,16 @@ import time
 
 from openrange_mesh.keys import Keys
 from openrange_mesh.mesh.catalog import Catalog, EpisodeFilter
-from openrange_mesh.mesh.ledger import Ledger, Settlement, Versioned, finish_attempt
-from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State
+from openrange_mesh.mesh.ledger import (
+    MAX_FREE_RELEASES,
+    Ledger,
+    Settlement,
+    Versioned,
+    finish_attempt,
+    release,
+    spent_attempts,
+)
+from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, State
 from openrange_mesh.registry import Put, Registry, open_registry
 
 from .etcdkit import EtcdServer
@@ -260,3 +268,40 @@ def test_big_records_stay_within_etcds_request_limit(etcd: EtcdServer, keys: Key
         assert ledger.settle(done)[0] == [True, True, True]
     finally:
         registry.close()
+
+
+def test_a_release_spends_no_attempt_a_host_death_does(registry: Registry, ledger: Ledger) -> None:
+    """Infrastructure failures (a worker that could not start, a store that failed, a drain)
+    release an episode without spending an attempt; a dead host's requeue spends one. Up to
+    MAX_FREE_RELEASES releases are free, so a history stays bounded."""
+    ledger.submit(records(1, max_attempts=1))
+    lease = registry.grant(5)
+    for n in range(1, 4):  # three releases of a one-attempt episode: it is still pending
+        claim, (running,) = take(ledger, "h1", lease, ["e00000"])
+        back = release(running, time.time(), "its worker could not start")
+        assert ledger.commit(claim, [back], last=True)
+        assert (back.state, back.attempt, spent_attempts(back)) == (State.PENDING, n + 1, 1)
+    assert [a.outcome for a in back.history] == ["released"] * 3
+    claim, _ = take(ledger, "h1", lease, ["e00000"])
+    registry.revoke(lease)  # the host dies: that one counts
+    ledger.requeue("h1", claim.claim_id, ["e00000"], "host h1 lost its lease")
+    lost = ledger.read(["e00000"])["e00000"].record
+    assert lost.state is State.LOST and "all 1 attempts spent" in (lost.error or ""), lost
+
+    released = [Attempt(n, "h1", 0.0, 0.0, "released", "x") for n in range(1, MAX_FREE_RELEASES + 2)]
+    (record,) = records(1, prefix="f")
+    n = len(released) + 1
+    record = record.replace(state=State.RUNNING, attempt=n, history=(*released, Attempt(n, "h1", 0.0)))
+    assert spent_attempts(record) == n - MAX_FREE_RELEASES
+    counted = release(record, 0.0, "its host's store failed")
+    assert counted.history[-1].outcome == "retried" and "now it counts" in (counted.error or ""), counted
+
+
+def test_a_settle_with_nothing_to_settle_still_writes_its_extra_ops(registry: Registry, ledger: Ledger) -> None:
+    """An idle agent's host record rides on its claim request as an extra op; with no entry
+    to claim it must still be written (a healed host's weight came back only on its next
+    change)."""
+    key = ledger.keys.host("h1")
+    assert ledger.settle([], [], extra=[Put(key, b"record")]) == ([], [])
+    kv, _ = registry.get(key)
+    assert kv is not None and kv.value == b"record"

@@ -164,7 +164,7 @@ class Attempt:
     host: str
     started_at: float
     finished_at: float | None = None
-    outcome: str | None = None  # the State the attempt ended in, or "retried"
+    outcome: str | None = None  # the State it ended in, "retried", or "released" (not counted: ledger.release)
     error: str | None = None
     batch: str | None = None  # the claim id, when the attempt ran in a batch (its events are shared)
     events: str | None = None  # the shared events file of a short attempt's events (layout.shared_events_path)
@@ -344,6 +344,7 @@ class HostInfo:
     pid: int = 0
     machine: str = ""  # boot id: tells a crashed predecessor on this machine from a live twin
     draining: bool = False  # takes no new work: its peers take the queue entries it owned
+    reason: str | None = None  # why it drains when it was not asked to (mesh/health.py: a broken store)
 
     @property
     def weight(self) -> int:
@@ -466,6 +467,7 @@ _HOST_TYPES: dict[str, tuple[type, ...]] = {
     "pid": (int,),
     "machine": (str,),
     "draining": (bool,),
+    "reason": _OPT_STR,
 }
 
 

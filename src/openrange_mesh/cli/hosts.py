@@ -26,7 +26,9 @@ def command(mesh: Mesh, output: str) -> None:
     A host is listed while its agent's lease is alive; an agent that stopped refreshing drops
     out within ttl seconds. HEARTBEAT is how long ago it last refreshed its lease (whole
     seconds, read from the lease's remaining ttl); STARTED is when the agent joined. A draining
-    agent (SIGTERM) finishes what it runs and takes nothing new: CAPACITY says "(draining)".
+    agent (SIGTERM) finishes what it runs and takes nothing new: CAPACITY says "(draining)". An
+    agent that drains itself because it keeps failing (its store refuses writes, its workers
+    cannot start) says why: "(draining: <reason>)"; it claims again once its checks pass.
 
     \b
     Examples:
@@ -60,7 +62,7 @@ def _cells(host: HostInfo, heartbeat: int | None, leader: str | None, now: float
     return [
         host.id,
         "yes" if host.id == leader else "-",
-        f"{host.capacity} (draining)" if host.draining else str(host.capacity),
+        _capacity(host),
         str(host.running),
         labels,
         host.version or "-",
@@ -68,6 +70,12 @@ def _cells(host: HostInfo, heartbeat: int | None, leader: str | None, now: float
         "expired" if heartbeat is None else f"{heartbeat}s ago",
         f"{ago(host.started_at, now)} ago" if host.started_at else "-",
     ]
+
+
+def _capacity(host: HostInfo) -> str:
+    if not host.draining:
+        return str(host.capacity)
+    return f"{host.capacity} (draining: {host.reason})" if host.reason else f"{host.capacity} (draining)"
 
 
 def _style(row: Sequence[str]) -> dict[int, str]:

@@ -121,4 +121,5 @@ def host_summary(host: HostInfo, leader: str | None) -> dict[str, Any]:
         "pid": host.pid,
         "machine": host.machine,
         "draining": host.draining,
+        "reason": host.reason,
     }

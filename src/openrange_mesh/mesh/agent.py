@@ -17,13 +17,16 @@ import time
 from collections.abc import Callable
 
 from ..config import Settings
-from ..errors import Compacted, RegistryError
+from ..errors import Compacted, RegistryError, StoreError
 from ..keys import Keys
 from ..model import EpisodeRecord
 from ..registry import Registry, open_registry
+from ..store import Store, open_store
+from ..store.probe import probe
 from .agent_state import DeadHost, Held, Waker
 from .catalog import Catalog
 from .follow import Follower
+from .health import Health
 from .homes import Versioned
 from .leader import Leadership
 from .lease import LeaseKeeper
@@ -51,7 +54,9 @@ class Agent(Watching):
         self.catalog = Catalog(self.registry, self.keys)
         self.lease = LeaseKeeper(self.registry, settings.ttl, interval=settings.loop_wait)
         self._waker = Waker()
-        self.pool = WorkerPool(settings.capacity, settings.store, waker=self._waker)
+        self.health = Health()
+        self.pool = WorkerPool(settings.capacity, settings.store, waker=self._waker, on_fault=self._on_fault)
+        self._store: Store | None = None  # opened by run(), for the store checks
         self.queue_follower = Follower(self.registry, self.keys.queue(), puts_only=True, on_relist=self._load_queue)
         self.followers = [
             self.queue_follower,
@@ -108,7 +113,9 @@ class Agent(Watching):
         return len(self._owner_of)
 
     def run(self) -> None:
-        """Join the mesh and run until stopped or drained."""
+        """Check the store, join the mesh and run until stopped or drained. A store that fails
+        its check raises ``StoreError`` before anything is joined."""
+        self._check_store()
         self._join()
         self.pool.start()
         for thread in self._watch_threads:
@@ -158,6 +165,7 @@ class Agent(Watching):
             self._step_orphans,
             self._step_cancels,
             self._step_timeouts,
+            self._step_health,
             self._step_claim,
             self._step_host,
             self.leadership.step,
@@ -193,6 +201,38 @@ class Agent(Watching):
         self._claims_unsure = False  # whatever that claim was, it went with the lease
         self._register()
         return f"lost lease, stopped {lost} episodes; rejoined with lease {self.lease.lease:x}"
+
+    def _check_store(self) -> None:
+        """Write, read back and delete a probe (store/probe.py): a store that cannot be opened
+        or written is found here, once, not by every worker at every episode."""
+        if not self.settings.store:
+            return
+        try:
+            self._store = self._store or open_store(self.settings.store)
+            probe(self._store)
+        except StoreError as exc:
+            raise StoreError(f"store check failed: {exc}") from exc
+
+    def _on_fault(self, reason: str) -> None:
+        """An infrastructure failure, from the pool (loop thread)."""
+        if self.health.fault(reason):
+            log.warning("draining itself: %s; claims again once its checks pass", reason)
+            self._host_written = (-1, 0.0)  # say so in the host record now: peers take our entries
+            self.wake()
+
+    def _step_health(self) -> str | None:
+        """A sick host rechecks itself now and then: its store, and a worker that starts."""
+        if not self.health.recheck_due():
+            return None
+        try:
+            self._check_store()
+            problem = None if self.pool.started() else "no worker could start"
+        except StoreError as exc:
+            problem = str(exc)
+        if not self.health.rechecked(problem):
+            return f"still draining itself: {problem}"
+        self._host_written = (-1, 0.0)  # our weight is back: peers give us our share again
+        return "checks pass again: claiming"
 
     def _step_orphans(self) -> str | None:
         requeued: list[str] = []

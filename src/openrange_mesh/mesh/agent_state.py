@@ -16,6 +16,7 @@ from ..model import EpisodeRecord
 from ..registry import Registry
 from .catalog import Catalog
 from .follow import Follower
+from .health import Health
 from .homes import Versioned
 from .leader import Leadership
 from .lease import LeaseKeeper
@@ -62,6 +63,7 @@ class AgentState:
     catalog: Catalog
     lease: LeaseKeeper
     pool: WorkerPool
+    health: Health
     followers: list[Follower]
     leadership: Leadership
     _waker: Waker
@@ -94,6 +96,11 @@ class AgentState:
 
     def wake(self) -> None:
         self._waker.set()
+
+    @property
+    def _takes_no_work(self) -> bool:
+        """Draining (asked to), or sick (mesh/health.py): claim nothing, own no queue entry."""
+        return self._draining or self.health.is_sick
 
 
 class Waker:

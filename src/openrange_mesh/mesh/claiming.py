@@ -27,7 +27,7 @@ STEAL_PAGES = 4  # pages a steal read goes through past entries nobody can claim
 
 class Claiming(Joining):
     def _step_claim(self) -> str | None:
-        if not (self.pool.idle() or self.pool.ahead()) or self._draining or not self.lease.is_alive:
+        if not (self.pool.idle() or self.pool.ahead()) or self._takes_no_work or not self.lease.is_alive:
             self._steal_wanted = False
             return None
         adopted = self._adopt_claims() if self._claims_unsure else []
@@ -186,7 +186,7 @@ class Claiming(Joining):
         round trip per episode instead of two, in the steady state of a busy mesh."""
         spare = min(freed, self.pool.idle())
         ahead = min(freed - spare, self.pool.ahead())
-        if spare + ahead == 0 or self._draining or not self.lease.is_alive:
+        if spare + ahead == 0 or self._takes_no_work or not self.lease.is_alive:
             return []
         return self._candidates(spare, ahead)
 

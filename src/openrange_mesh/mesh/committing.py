@@ -12,7 +12,7 @@ from ..model import EpisodeRecord, State
 from .agent_state import COMMIT_LINGER, Held
 from .claiming import Claiming, summary
 from .homes import Versioned
-from .ledger import Claim, Settlement, finish_attempt, give_back
+from .ledger import Claim, Settlement, finish_attempt, release, spent_attempts
 from .queue import QueueEntry
 from .worker import Done
 
@@ -101,9 +101,13 @@ class Committing(Claiming):
             # its cancel was forwarded, and the commit deletes the marker: putting it back would
             # run a cancelled episode again (a worker that died before reporting the cancel)
             final = finish_attempt(record, State.CANCELLED, now, "cancelled", None)
-        elif done.kind == "released":
-            final = give_back(record, now, done.error or "released")
-        elif done.kind == "timeout" and record.spec.on_timeout == "retry" and record.attempt < record.spec.max_attempts:
+        elif done.kind == "released":  # the host's failure, not the episode's (pool.py, worker.py)
+            final = release(record, now, done.error or "released")
+        elif (
+            done.kind == "timeout"
+            and record.spec.on_timeout == "retry"
+            and spent_attempts(record) < record.spec.max_attempts
+        ):
             final = finish_attempt(record, State.PENDING, now, done.error, done.result, done.events)
         else:
             state = _DONE_STATES.get(done.kind, State.FAILED)
@@ -150,7 +154,7 @@ class Committing(Claiming):
         for held in list(self._held.values()):
             finals = [*held.finals.values()]
             finals += [
-                give_back(r, now, f"released by draining host {self.host}")
+                release(r, now, f"released by draining host {self.host}")
                 for i, r in held.records.items()
                 if i not in held.finals
             ]

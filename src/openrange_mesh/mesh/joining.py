@@ -77,7 +77,8 @@ class Joining(AgentState):
             pid=os.getpid(),
             machine=machine_id(),
             address=_ADDRESS,
-            draining=self._draining,
+            draining=self._takes_no_work,
+            reason=self.health.reason,
         )
 
     def _host_refresh(self) -> list[Put]:

@@ -284,7 +284,8 @@ class Ledger:
             if claim_parts:
                 parts.append(Txn(claim_parts[0], claim_parts[1]))
         outcomes: list[tuple[bool, int]] = []  # per part: applied, at which revision
-        for index, request in enumerate(_requests(parts, len(extra))):
+        # with no part, ``extra`` still goes (a host record the caller will not write again)
+        for index, request in enumerate(_requests(parts, len(extra)) or ([[]] if extra else [])):
             outcomes += self._send(request, extra if index == 0 else ())
         landed_at = iter(outcomes)
         oks: list[bool] = []
@@ -502,11 +503,14 @@ def finish_attempt(
     error: str | None,
     result: dict[str, object] | None = None,
     events: str | None = None,
+    *,
+    outcome: str | None = None,
 ) -> EpisodeRecord:
     """Close the current attempt (``events``: the shared file its events went to, if they did).
-    A ``PENDING`` state means "retry": attempt + 1, back in the queue."""
+    A ``PENDING`` state means "retry": attempt + 1, back in the queue. ``outcome`` defaults to
+    "retried" for a retry, else the state."""
     last = record.history[-1] if record.history else Attempt(record.attempt, record.owner or "?", now)
-    outcome = "retried" if state is State.PENDING else state.value
+    outcome = outcome or ("retried" if state is State.PENDING else state.value)
     closed = Attempt(last.n, last.host, last.started_at, now, outcome, error, last.batch, events)
     history = (*record.history[:-1], closed)
     if state is State.PENDING:
@@ -555,9 +559,31 @@ def _requests(parts: Sequence[Txn], extra: int) -> list[list[Txn]]:
 
 
 def give_back(record: EpisodeRecord, now: float, reason: str) -> EpisodeRecord:
-    """A running episode that did not finish through no fault of its own (its host died or
-    drained, its worker died before starting it): back to pending, or lost once every attempt
-    is spent."""
-    if record.attempt >= record.spec.max_attempts:
+    """A running episode whose host died or lost its lease: back to pending, or lost once every
+    attempt is spent. This spends an attempt: the episode may be what killed its host (memory,
+    a kernel panic), and an episode that does so every time must end."""
+    spent = spent_attempts(record)
+    if spent >= record.spec.max_attempts:
         return finish_attempt(record, State.LOST, now, f"{reason}; all {record.spec.max_attempts} attempts spent")
     return finish_attempt(record, State.PENDING, now, reason)
+
+
+RELEASED = "released"  # the outcome of an attempt the infrastructure ended: not counted
+MAX_FREE_RELEASES = 20  # then releases count too, so a record's history stays bounded
+
+
+def release(record: EpisodeRecord, now: float, reason: str) -> EpisodeRecord:
+    """A running episode the infrastructure could not run or finish (its worker could not
+    start or died before reporting it, its host's store failed, its host drained): back to
+    pending without spending an attempt. The attempt number still moves on (each attempt has
+    its own claim id and store directory); after ``MAX_FREE_RELEASES`` releases they count."""
+    if sum(1 for a in record.history if a.outcome == RELEASED) >= MAX_FREE_RELEASES:
+        return give_back(record, now, f"{reason} (released {MAX_FREE_RELEASES} times: now it counts)")
+    return finish_attempt(record, State.PENDING, now, reason, outcome=RELEASED)
+
+
+def spent_attempts(record: EpisodeRecord) -> int:
+    """The attempts counted against ``max_attempts``, the current one included: all but the
+    first ``MAX_FREE_RELEASES`` released ones."""
+    released = sum(1 for a in record.history if a.outcome == RELEASED)
+    return record.attempt - min(released, MAX_FREE_RELEASES)

@@ -10,6 +10,13 @@ that had not started, and those whose results it had not sent yet, come back as 
 so the agent can put them back in the queue. Which episode a worker runs is read from its
 shared-memory ``Slot``, not from messages (worker.py).
 
+A worker first says whether it could start (open its store). One that could not, or that died
+before saying so, hands back everything it was given as ``released`` (the host's failure: no
+attempt is spent) and is started again after a backoff (``START_BACKOFF``, doubling up to
+``START_BACKOFF_MAX``) instead of at once, forever (issue 11: a worker that could not open its
+store died at start, was restarted in a loop, and every episode it was given was lost). These
+failures, and a worker's store faults and released results, go to ``on_fault`` (mesh/health.py).
+
 A worker running a batch may have one more batch queued behind it (look-ahead), so it never
 waits for the round trips that commit one batch and claim the next. Single episodes are never
 queued behind anything: a long episode's claim should not sit on a busy host.
@@ -23,6 +30,7 @@ import queue
 import selectors
 import signal
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -37,6 +45,8 @@ log = logging.getLogger(__name__)
 RESULT_WAKE = 0.05
 _QUIET, _RESULT, _URGENT = 0, 1, 2  # what a worker's messages ask of the agent's loop
 STOP_GRACE = 3.0  # seconds a worker gets to stop its episode (a command runtime takes up to 2) before SIGKILL
+START_BACKOFF = 0.5  # seconds before a worker that could not start is started again; doubles
+START_BACKOFF_MAX = 30.0
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["openrange_mesh.mesh.worker"])
 
@@ -51,6 +61,8 @@ class _Worker:
     sent: int = 0  # items dispatched so far: the seq of the last one (worker.py numbers them alike)
     groups: list[bool] = field(default_factory=list)  # per dispatched group not yet done: a batch?
     kill_reason: str | None = None
+    ready: bool = False  # it said it started (its store opened)
+    start_error: str | None = None  # why it could not start, as it said
 
     def current(self) -> Activity | None:
         """The episode this worker runs now, from its slot."""
@@ -74,11 +86,20 @@ class Activity:
 
 
 class WorkerPool:
-    def __init__(self, size: int, store_url: str | None, waker: Any = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        store_url: str | None,
+        waker: Any = None,
+        on_fault: Callable[[str], None] | None = None,
+    ) -> None:
         self.size = size
         self.store_url = store_url
         self.results: queue.SimpleQueue[Done] = queue.SimpleQueue()
-        self._workers: list[_Worker] = []
+        self.on_fault = on_fault or (lambda reason: None)
+        self._workers: list[_Worker] = []  # live ones; a slot waiting out its backoff has none
+        self._restarts: dict[int, float] = {}  # slot index -> monotonic time to start it again
+        self._backoff: dict[int, float] = {}  # slot index -> its next backoff
         self._closed = False
         self._woken_at = 0.0
         # Workers' pipes and sentinels, and the owner's ``waker`` (anything with a fileno), kept
@@ -96,8 +117,10 @@ class WorkerPool:
         waker is ready, a group ended, a worker died, or results inside a batch have waited
         ``RESULT_WAKE``: a batch is committed when it ends or its first result has lingered,
         agent_state.COMMIT_LINGER, so the loop need not run for each result)."""
-        wake = _QUIET
-        for key, _ in self._selector.select(max(timeout, 0.0)):
+        wake = self._restart_due() if self._restarts else _QUIET
+        if self._restarts:  # wake up to start the next one
+            timeout = min(timeout, min(self._restarts.values()) - time.monotonic())
+        for key, _ in self._selector.select(0.0 if wake else max(timeout, 0.0)):
             if key.data is None:  # the waker
                 wake = _URGENT
                 continue
@@ -111,6 +134,10 @@ class WorkerPool:
 
     def idle(self) -> int:
         return sum(1 for w in self._workers if not w.groups)
+
+    def started(self) -> int:
+        """Workers that said they started."""
+        return sum(1 for w in self._workers if w.ready)
 
     def ahead(self) -> int:
         """Workers that can take a batch queued behind the one they run."""
@@ -156,6 +183,7 @@ class WorkerPool:
     def reset(self) -> None:
         """Stop every worker and start fresh ones; their results are discarded (lease lost)."""
         old, self._workers = self._workers, []
+        self._restarts.clear()
         _stop(old)
         for worker in old:
             self._unwatch(worker)
@@ -209,16 +237,30 @@ class WorkerPool:
     def _on_message(self, worker: _Worker, message: tuple[object, ...]) -> int:
         """Apply a worker's results; how much the agent's loop needs to hear of them."""
         if message[0] != "done":
-            return _QUIET
+            return self._on_news(worker, message)
         results = message[1]
         assert isinstance(results, list)
         for seq, done in results:
             worker.items.pop(seq, None)
             self.results.put(done)
+            if done.kind == "released":  # the worker's store failed it (worker.run_item)
+                self.on_fault(done.error or "released by its worker")
         if message[2] and worker.groups:  # its group's last result: free as the result is
             worker.groups.pop(0)  # seen, so the agent can claim in the txn that commits it
             return _URGENT
         return _RESULT
+
+    def _on_news(self, worker: _Worker, message: tuple[object, ...]) -> int:
+        """("hello", None | why it cannot start) once; ("fault", what failed) on a store fault."""
+        reason = message[1] if isinstance(message[1], str) else None
+        if message[0] == "hello" and reason is None:
+            worker.ready = True
+            self._backoff.pop(worker.index, None)
+        elif message[0] == "hello":
+            worker.start_error = reason
+        elif message[0] == "fault" and reason:
+            self.on_fault(reason)
+        return _QUIET
 
     def _on_death(self, worker: _Worker) -> None:
         with suppress(EOFError, OSError):  # results it sent before dying count
@@ -228,6 +270,9 @@ class WorkerPool:
         started = worker.slot.last_started()
         worker.process.join(1)
         reason = worker.kill_reason or _death_reason(worker.process.exitcode)
+        if not worker.ready:
+            self._could_not_start(worker, worker.start_error or reason)
+            return
         for seq, item in worker.items.items():
             if running is not None and item.episode_id == running.episode_id:
                 self.results.put(Done(item.episode_id, item.attempt, "failed", reason))
@@ -240,6 +285,32 @@ class WorkerPool:
             return
         log.warning("worker %d died (%s); starting a new one", worker.index, reason)
         self._workers[self._workers.index(worker)] = self._spawn(worker.index)
+
+    def _could_not_start(self, worker: _Worker, reason: str) -> None:
+        """Everything it was given goes back untouched; its slot is started again after a
+        backoff. The fault is the host's (mesh/health.py)."""
+        why = f"its worker could not start ({reason})"
+        for item in worker.items.values():
+            self.results.put(Done(item.episode_id, item.attempt, "released", why))
+        self._unwatch(worker)
+        worker.conn.close()
+        self._workers.remove(worker)
+        self.on_fault(f"worker could not start: {reason}")
+        if self._closed:
+            return
+        delay = self._backoff.get(worker.index, START_BACKOFF)
+        self._backoff[worker.index] = min(delay * 2, START_BACKOFF_MAX)
+        self._restarts[worker.index] = time.monotonic() + delay
+        log.warning("worker %d could not start (%s); trying again in %.1f s", worker.index, reason, delay)
+
+    def _restart_due(self) -> int:
+        """Start the slots whose backoff ended; _URGENT if any did (the loop may claim for them)."""
+        now = time.monotonic()
+        due = [index for index, at in self._restarts.items() if at <= now]
+        for index in due:
+            del self._restarts[index]
+            self._workers.append(self._spawn(index))
+        return _URGENT if due else _QUIET
 
 
 def _stop(workers: list[_Worker]) -> None:
@@ -255,7 +326,7 @@ def _stop(workers: list[_Worker]) -> None:
             worker.process.join(5)
 
 
-_NOT_STARTED = "its worker died before it started"
+_NOT_STARTED = "its worker died before it started"  # both released: not counted (ledger.release)
 _UNREPORTED = "its worker died before reporting its result"
 
 

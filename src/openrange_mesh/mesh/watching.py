@@ -70,7 +70,7 @@ class Watching(Committing):
         """Hosts' weights as their records say; ours until our record is seen."""
         if self.host in self._weights:
             return self._weights
-        return {**self._weights, self.host: 0 if self._draining else self.settings.capacity}
+        return {**self._weights, self.host: 0 if self._takes_no_work else self.settings.capacity}
 
     def _on_host_event(self, event: Event) -> bool:
         host = self.keys.name_of(event.kv.key, self.keys.hosts())

@@ -8,7 +8,9 @@ Protocol, all tuples over one ``multiprocessing`` connection:
 
     agent -> worker   ("run", [WorkItem, ...])     run these episodes in order
                       ("cancel", episode_id)       stop that episode (running or not yet started)
-    worker -> agent   ("done", [(seq, Done), ...], end)
+    worker -> agent   ("hello", None | why)        first: started, or why it cannot (then it exits)
+                      ("fault", what failed)       its store refused events (the host's failure)
+                      ("done", [(seq, Done), ...], end)
                                                    results, in order; ``seq`` numbers the items in
                                                    the order they were sent (1, 2, ...); ``end``:
                                                    the last one ends its group
@@ -42,7 +44,7 @@ from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
 
-from ..errors import MeshError, StoreError
+from ..errors import ArtifactNotFound, MeshError, StoreError
 from ..model import EpisodeSpec
 from ..runtimes import load_runtime
 from ..store import Store, open_store
@@ -98,10 +100,17 @@ class _Events:
     costs ~0.5 ms on a plain ext4 disk, more than a CartPole episode: short batched episodes
     must share their files."""
 
-    def __init__(self, store: Store | None, item: WorkItem, shared: _Shared | None = None) -> None:
+    def __init__(
+        self,
+        store: Store | None,
+        item: WorkItem,
+        shared: _Shared | None = None,
+        report: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self.item = item
         self.shared = shared  # where a short single episode's events go (None: its own chunks)
+        self.report = report  # tells the agent its store failed
         self.buffer: list[dict[str, Any]] = []
         self.chunk = 0
         self.flushed_at = time.monotonic()
@@ -122,10 +131,7 @@ class _Events:
             path = batch_events_path(item.batch, self.chunk)
         else:
             path = events_path(item.episode_id, item.attempt, self.chunk)
-        try:
-            self.store.put_bytes(path, encode_events(self.buffer), durable=False)
-        except StoreError as exc:  # events are diagnostics: a store outage must not fail episodes
-            log.warning("dropping %d events: %s", len(self.buffer), exc)
+        _write(self.store, path, self.buffer, self.report)
         self.buffer = []
         self.chunk += 1
 
@@ -144,8 +150,9 @@ class _Shared:
     """Short single episodes' events, tagged with episode and attempt, written together: one
     file per flush, named after the first episode in it."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, report: Callable[[str], None] | None = None) -> None:
         self.store = store
+        self.report = report
         self.buffer: list[dict[str, Any]] = []
         self.name: str | None = None
         self.since = 0.0
@@ -170,11 +177,19 @@ class _Shared:
     def flush(self) -> None:
         if self.name is None:
             return
-        try:
-            self.store.put_bytes(shared_events_path(self.name), encode_events(self.buffer), durable=False)
-        except StoreError as exc:  # diagnostics: a store outage must not fail episodes
-            log.warning("dropping %d events: %s", len(self.buffer), exc)
+        _write(self.store, shared_events_path(self.name), self.buffer, self.report)
         self.buffer, self.name = [], None
+
+
+def _write(store: Store, path: str, events: list[dict[str, Any]], report: Callable[[str], None] | None) -> None:
+    """Events are diagnostics: a store that refuses them fails no episode (results are in
+    etcd), but it is the host's failure, and the agent hears of it (mesh/health.py)."""
+    try:
+        store.put_bytes(path, encode_events(events), durable=False)
+    except StoreError as exc:
+        log.warning("dropping %d events: %s", len(events), exc)
+        if report is not None:
+            report(f"store refused events: {exc}")
 
 
 class _Tagged:
@@ -209,6 +224,11 @@ def run_item(
     handle = None
     try:
         snapshot = store.get_bytes(snapshot_path(spec.snapshot)) if spec.snapshot and store else None
+    except ArtifactNotFound as exc:  # the spec's fault: it names a snapshot that is not there
+        return Done(item.episode_id, item.attempt, "failed", str(exc))
+    except StoreError as exc:  # the host's: the episode goes back untouched (pool.py tells health)
+        return Done(item.episode_id, item.attempt, "released", f"its host's store failed: {exc}")
+    try:
         handle = load_runtime(spec.runtime).realize(spec.params, seed=spec.seed, snapshot=snapshot)
         handle.reset()
         while (outcome := handle.terminal()) is None:
@@ -293,7 +313,13 @@ def worker_main(conn: Connection, store_url: str | None, cells: Any) -> None:
     signal.signal(signal.SIGTERM, _exit)
     signal.signal(signal.SIGINT, _ignore)  # a handler, not SIG_IGN, which an episode's exec would inherit
     try:
-        _serve(conn, open_store(store_url) if store_url else None, Slot(cells))
+        try:
+            store = open_store(store_url) if store_url else None
+        except Exception as exc:  # any reason at all: one line to the agent, not a traceback per restart
+            conn.send(("hello", f"cannot open store {store_url}: {exc}"))
+            return
+        conn.send(("hello", None))
+        _serve(conn, store, Slot(cells))
     except (EOFError, OSError):
         return  # the agent is gone (its end of the pipe closed)
 
@@ -366,6 +392,9 @@ class _Outbox:
         self.conn.send(("done", self.results, end))
         self.results = []
 
+    def fault(self, what: str) -> None:
+        self.conn.send(("fault", what))
+
     def send_if_stale(self) -> None:
         if self.results and time.monotonic() - self.oldest >= RESULT_FLUSH:
             self.send(False)
@@ -373,7 +402,7 @@ class _Outbox:
 
 def _serve(conn: Connection, store: Store | None, slot: Slot) -> None:
     inbox, outbox = _Inbox(conn), _Outbox(conn)
-    short = _Shared(store) if store is not None else None  # short single episodes' events
+    short = _Shared(store, outbox.fault) if store is not None else None  # short single episodes' events
     try:
         while True:  # until the pipe breaks (the agent is gone): worker_main returns then
             if not inbox.groups:
@@ -399,7 +428,7 @@ def _run_group(
         outbox.send_if_stale()
         return inbox.is_cancelled(episode_id)
 
-    shared = _Events(store, group[0][1]) if group[0][1].batch is not None else None
+    shared = _Events(store, group[0][1], report=outbox.fault) if group[0][1].batch is not None else None
     for index, (seq, item) in enumerate(group):
         inbox.poll()
         if short is not None:
@@ -409,9 +438,8 @@ def _run_group(
             done = Done(item.episode_id, item.attempt, "cancelled", "cancelled before it started")
         else:
             slot.start(seq, started)
-            done = run_item(
-                item, store, partial(check, item.episode_id), slot.progress, _sink(store, item, shared, short)
-            )
+            sink = _sink(store, item, shared, short, outbox.fault)
+            done = run_item(item, store, partial(check, item.episode_id), slot.progress, sink)
             slot.clear()
         inbox.cancelled.discard(item.episode_id)
         outbox.add(seq, done, started)
@@ -423,9 +451,15 @@ def _run_group(
         outbox.send(end=True)
 
 
-def _sink(store: Store | None, item: WorkItem, batch: _Events | None, short: _Shared | None) -> _Events | _Tagged:
+def _sink(
+    store: Store | None,
+    item: WorkItem,
+    batch: _Events | None,
+    short: _Shared | None,
+    report: Callable[[str], None],
+) -> _Events | _Tagged:
     """Where an episode's events go: its batch's shared chunks, or its own chunks unless it
     ends before the first is due (then the worker's shared file of short episodes)."""
     if batch is not None and item.batch is not None:
         return _Tagged(batch, item)
-    return _Events(store, item, short)
+    return _Events(store, item, short, report)

@@ -10,6 +10,8 @@ no store path is formatted anywhere else::
     shared/<name>.jsonl                              events of short single episodes one worker
                                                      ran, tagged alike; named after the first
                                                      (``<episode id>.<attempt>``)
+    probes/<pid>-<random>                            an agent's start check (store/probe.py),
+                                                     deleted at once
 """
 
 from __future__ import annotations
@@ -79,3 +81,7 @@ def _number(what: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise StoreError(f"invalid {what} {value!r}: want an integer >= 0")
     return value
+
+
+def probe_path(pid: int, nonce: str) -> str:
+    return f"probes/{pid}-{nonce}"
