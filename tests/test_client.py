@@ -61,6 +61,24 @@ def test_idempotency_key_returns_the_existing_episode(client: MeshClient) -> Non
     assert again == first and len(list(client.list())) == 1
 
 
+@pytest.mark.parametrize("batch", [None, 3])
+def test_one_key_twice_in_one_submission_is_one_episode(client: MeshClient, batch: int | None) -> None:
+    """etcd refuses a txn that puts one key twice; so does the memory registry."""
+    (old,) = client.submit({**SLEEP, "idempotency_key": "earlier"})
+    specs = [{**SLEEP, "idempotency_key": k} for k in ("a", "b", "a", "earlier", "b", "a")]
+    ids = client.submit([*specs, SLEEP], batch=batch)
+    a, b = ids[0], ids[1]
+    assert ids == [a, b, a, old, b, a, ids[6]] and len({a, b, old, ids[6]}) == 4
+    assert sorted(r.id for r in client.list()) == sorted([old, a, b, ids[6]])
+    assert client.submit([{**SLEEP, "idempotency_key": "b"}] * 2, batch=batch) == [b, b]
+
+
+def test_submit_of_what_is_not_a_spec_is_a_spec_error(client: MeshClient) -> None:
+    for bad in (5, None, "sleep"):
+        with pytest.raises(SpecError, match="expected an EpisodeSpec"):
+            client.submit(bad)  # type: ignore[arg-type]
+
+
 def test_as_completed_streams_results_as_they_finish(client: MeshClient, registry: Registry) -> None:
     ids = client.submit([SLEEP] * 4, batch=2)
     threading.Timer(0.3, finish, (client, registry)).start()

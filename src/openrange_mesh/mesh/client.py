@@ -22,7 +22,7 @@ from functools import partial
 from typing import Any
 
 from ..config import default_host_id
-from ..errors import EpisodeNotFound
+from ..errors import EpisodeNotFound, SpecError
 from ..ids import IdAllocator
 from ..keys import Keys
 from ..model import EpisodeRecord, EpisodeSpec, State, decode_finished, decode_or_none, is_live
@@ -66,20 +66,21 @@ class MeshClient:
 
     def submit(self, specs: SpecLike | Iterable[SpecLike], *, batch: int | None = None) -> list[str]:
         """Submit specs; return their ids in order. A spec whose idempotency key was already
-        used returns the existing episode's id and submits nothing. Blocks while this client
-        has ``max_in_flight`` unfinished episodes (backpressure). Every spec is checked before
-        any is submitted, so one bad spec submits nothing."""
-        items: list[Any] = [specs] if isinstance(specs, EpisodeSpec | Mapping) else list(specs)
+        used returns the existing episode's id and submits nothing, and so does a spec whose
+        key an earlier spec of the same submission has: one episode per key. Blocks while this
+        client has ``max_in_flight`` unfinished episodes (backpressure). Every spec is checked
+        before any is submitted, so one bad spec submits nothing."""
+        items = _items(specs)
         if batch is not None:  # before the check, so that each spec is checked once
             items = [_with_batch(s, batch) for s in items]
-        checked = [check_spec(s) for s in items]
+        unique, stands_for = _one_per_key([check_spec(s) for s in items])
         out: list[str] = []
         step = max(1, min(self.max_in_flight, 4096))
-        for start in range(0, len(checked), step):
-            chunk = checked[start : start + step]
+        for start in range(0, len(unique), step):
+            chunk = unique[start : start + step]
             self._wait_for_room(len(chunk))
             out += self._submit_chunk(chunk)
-        return out
+        return [out[i] for i in stands_for]
 
     def _submit_chunk(self, specs: Sequence[EpisodeSpec]) -> list[str]:
         now = time.time()
@@ -319,6 +320,35 @@ class MeshClient:
 
     def _terminal(self, ids: Sequence[str]) -> builtins.list[EpisodeRecord]:
         return [v.record for v in self._read(ids).values() if v.record.state.is_terminal]
+
+
+def _items(specs: Any) -> builtins.list[Any]:
+    """The specs ``submit`` was given, one or an iterable of them; anything else is a SpecError."""
+    if isinstance(specs, EpisodeSpec | Mapping):
+        return [specs]
+    if isinstance(specs, str | bytes) or not isinstance(specs, Iterable):
+        raise SpecError("spec", f"expected an EpisodeSpec, a mapping or a list of them, not {type(specs).__name__}")
+    return list(specs)
+
+
+def _one_per_key(specs: Sequence[EpisodeSpec]) -> tuple[builtins.list[EpisodeSpec], builtins.list[int]]:
+    """The specs to write (the first of each idempotency key), and for each given spec the index
+    of the one written for it. A later spec with a key seen earlier in the same submission names
+    the first's episode, as it would in a later submission: writing both would put the key twice
+    in one txn, which etcd refuses ("duplicate key given in txn request"), failing the lot."""
+    unique: builtins.list[EpisodeSpec] = []
+    stands_for: builtins.list[int] = []
+    first: dict[str, int] = {}
+    for spec in specs:
+        key = spec.idempotency_key
+        if key is not None and key in first:
+            stands_for.append(first[key])
+            continue
+        if key is not None:
+            first[key] = len(unique)
+        stands_for.append(len(unique))
+        unique.append(spec)
+    return unique, stands_for
 
 
 def _with_batch(spec: Any, batch: int) -> Any:
