@@ -46,6 +46,8 @@ class MeshGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            _fail(ctx, usage_line(exc), EXIT_USAGE)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Unavailable as exc:
@@ -59,6 +61,13 @@ class MeshGroup(click.Group):
             ctx.exit(0)
         except Exception as exc:
             _fail(ctx, f"internal error: {type(exc).__name__}: {exc} (--debug shows the traceback)", EXIT_ERROR)
+
+
+def usage_line(exc: click.UsageError) -> str:
+    """A usage error as one line, like every other error (click prints usage, a hint and the
+    error on three)."""
+    where = exc.ctx.command_path if exc.ctx is not None else PROG
+    return f"{exc.format_message()} (see '{where} -h')"
 
 
 def _fail(ctx: click.Context, message: str, code: int) -> NoReturn:
