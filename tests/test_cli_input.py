@@ -73,7 +73,7 @@ def test_a_missing_spec_file_is_a_usage_error(mesh: Cli, tmp_path: Path) -> None
     assert "nope.jsonl" in line
 
 
-def test_show_of_a_corrupt_record_says_so(mesh: Cli, etcd_registry: Registry) -> None:
+def test_show_of_a_corrupt_record_says_so(mesh: Cli, etcd_registry: Registry, tmp_path: Path) -> None:
     keys = Keys(mesh.namespace)
     ids = mesh.ok("submit", "--runtime", "sleep", "--count", "2").stdout.split()
     etcd_registry.txn([], [Put(keys.episode(ids[0]), b"\xc1\x1b[2J garbage")])
@@ -81,6 +81,8 @@ def test_show_of_a_corrupt_record_says_so(mesh: Cli, etcd_registry: Registry) ->
     line = one_line(mesh("show", ids[0]), 1)
     assert line.startswith(f"openrange-mesh: corrupt record at {keys.episode(ids[0]).decode()}: "), line
     assert "\x1b" not in line
+    logs = one_line(mesh("logs", ids[0], "--store", str(tmp_path)), 1)
+    assert logs == line
     missing = one_line(mesh("show", "0000000000-0000-nope"), 1)
     assert missing == "openrange-mesh: no episode '0000000000-0000-nope'"
     listed = mesh.ok("ls")

@@ -10,11 +10,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from openrange_mesh.errors import EpisodeNotFound, SpecError
+from openrange_mesh.errors import CorruptRecord, EpisodeNotFound, SpecError
+from openrange_mesh.ids import home_id
 from openrange_mesh.mesh.client import MeshClient
 from openrange_mesh.mesh.ledger import finish_attempt
 from openrange_mesh.model import State
-from openrange_mesh.registry import Registry
+from openrange_mesh.registry import Put, Registry
 
 from .helpers import wait_until
 
@@ -77,6 +78,18 @@ def test_submit_of_what_is_not_a_spec_is_a_spec_error(client: MeshClient) -> Non
     for bad in (5, None, "sleep"):
         with pytest.raises(SpecError, match="expected an EpisodeSpec"):
             client.submit(bad)  # type: ignore[arg-type]
+
+
+def test_get_of_a_record_that_does_not_decode_says_corrupt(client: MeshClient, registry: Registry) -> None:
+    (single,), members, (fine,) = client.submit(SLEEP), client.submit([SLEEP] * 2, batch=2), client.submit(SLEEP)
+    for key in (client.keys.episode(single), client.keys.episode(home_id(members[0]) or "")):
+        registry.txn([], [Put(key, b"\xc1 garbage")])
+    for episode_id in (single, *members):
+        with pytest.raises(CorruptRecord, match="not msgpack"):
+            client.get(episode_id)
+    assert client.get(fine).state is State.PENDING
+    with pytest.raises(EpisodeNotFound):
+        client.get("0000000000-0000-nope")
 
 
 def test_as_completed_streams_results_as_they_finish(client: MeshClient, registry: Registry) -> None:

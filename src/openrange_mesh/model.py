@@ -402,7 +402,7 @@ def unpack(data: bytes, key: str = "?") -> Any:
     try:
         return msgpack.unpackb(data, raw=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise CorruptRecord(key, f"not msgpack ({exc})") from exc
+        raise CorruptRecord(key, f"not msgpack ({exc or type(exc).__name__})") from exc
 
 
 def _unpack(data: bytes, key: str) -> dict[str, Any]:

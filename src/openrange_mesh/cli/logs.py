@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..mesh.catalog import Catalog
+from ..mesh.client import get_record
 from ..mesh.worker import FLUSH_SECONDS
 from ..model import EpisodeRecord
 from ..store import Store, open_store
@@ -41,7 +42,7 @@ def command(mesh: Mesh, episode_id: str, follow: bool, attempt: int | None, stor
       openrange-mesh logs 000000002a-0003-gpu7 --attempt 1 -o json | jq .type
     """
     catalog = mesh.catalog()
-    record = catalog.get(episode_id)
+    record = get_record(catalog, episode_id)
     store = open_store(store_url)
     if not follow:
         batch, shared = sources(record, attempt or record.attempt)

@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from ..mesh.client import get_record
 from ..model import EpisodeRecord
 from ..store import Store
 from ..store.layout import attempt_prefix, batch_prefix, shared_events_path
@@ -43,7 +44,7 @@ def command(mesh: Mesh, episode_id: str, store_url: str | None, output: str) -> 
       openrange-mesh show 000000002a-0003-gpu7
       openrange-mesh show 000000002a-0003-gpu7 --store /mnt/nfs/openrange -o json
     """
-    record = mesh.catalog().get(episode_id)
+    record = get_record(mesh.catalog(), episode_id)
     store = open_store_url(store_url)
     artifacts = attempt_files(store, record) if store is not None else None
     if output == "json":

@@ -22,10 +22,10 @@ from functools import partial
 from typing import Any
 
 from ..config import default_host_id
-from ..errors import EpisodeNotFound, SpecError
-from ..ids import IdAllocator
+from ..errors import CorruptRecord, EpisodeNotFound, SpecError
+from ..ids import IdAllocator, home_id
 from ..keys import Keys
-from ..model import EpisodeRecord, EpisodeSpec, State, decode_finished, decode_or_none, is_live
+from ..model import EpisodeRecord, EpisodeSpec, State, decode_finished, decode_or_none, decode_records, is_live
 from ..registry import Registry, open_registry
 from ..specs import check_spec
 from . import homes
@@ -130,7 +130,9 @@ class MeshClient:
     # --- reading -------------------------------------------------------------------------
 
     def get(self, episode_id: str) -> EpisodeRecord:
-        return self.catalog.get(episode_id)
+        """The episode's record: EpisodeNotFound if there is none, CorruptRecord if the value
+        it lives in does not decode."""
+        return get_record(self.catalog, episode_id)
 
     def list(self, where: EpisodeFilter | None = None, *, page_size: int = 500) -> Iterator[EpisodeRecord]:
         """Every matching record, paged, all at one revision."""
@@ -320,6 +322,29 @@ class MeshClient:
 
     def _terminal(self, ids: Sequence[str]) -> builtins.list[EpisodeRecord]:
         return [v.record for v in self._read(ids).values() if v.record.state.is_terminal]
+
+
+def get_record(catalog: Catalog, episode_id: str) -> EpisodeRecord:
+    """``catalog.get``, except that when a value the episode would live in (its own key, its
+    group record) does not decode and the record is nowhere else, it raises CorruptRecord: one
+    asked-for record is not a listing, where a bad value is skipped, and "no episode" would
+    send its owner looking for a typo."""
+    home = home_id(episode_id)
+    where = [catalog.keys.episode(episode_id)]
+    if home is not None:
+        where.insert(0, catalog.keys.episode(home))
+    readable, corrupt = [], None
+    for kv in homes.get_many(catalog.registry, where):
+        try:
+            decode_records(kv.value, kv.key.decode(errors="replace"))
+        except CorruptRecord as exc:
+            corrupt = exc
+            continue
+        readable.append(kv)
+    found = homes.found_in(catalog.keys, readable, {episode_id}).get(episode_id)
+    if found is not None:
+        return found.record
+    raise corrupt or EpisodeNotFound(episode_id)
 
 
 def _items(specs: Any) -> builtins.list[Any]:
