@@ -27,6 +27,7 @@ from ..mesh.catalog import Catalog
 from ..mesh.client import MeshClient
 from ..registry import Registry, open_registry
 from ..store import Store, open_store
+from .safe import printable, safe_json
 
 PROG = "openrange-mesh"
 DEFAULT_RETRY_TIMEOUT = 5.0  # seconds one registry call may retry: a client should fail fast
@@ -142,20 +143,23 @@ def read_ids(ids: Iterable[str]) -> list[str]:
 
 
 def out_console() -> Console:
-    """stdout through rich: colour only on a terminal, and never with NO_COLOR set."""
-    return Console(highlight=False, markup=False, soft_wrap=True)
+    """stdout through rich: colour only on a terminal, and never with NO_COLOR set. No markup,
+    no emoji codes: text from episodes prints as written (``[red]``, ``:x:``); what else it
+    holds goes through ``safe.printable`` first."""
+    return Console(highlight=False, markup=False, emoji=False, soft_wrap=True)
 
 
 def err_console() -> Console:
-    return Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
 
 
 def dump_json(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, default=_jsonable)
+    """Indented JSON, safe to print (``safe.safe_json``): the same JSON, controls escaped."""
+    return safe_json(json.dumps(value, indent=2, ensure_ascii=False, default=_jsonable))
 
 
 def compact_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_jsonable)
+    return safe_json(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_jsonable))
 
 
 def _jsonable(value: Any) -> Any:
@@ -215,7 +219,8 @@ class _EchoHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            click.echo(f"{PROG}: {record.levelname.lower()}: {self.format(record)}", err=True)
+            text = printable(self.format(record), lines=record.exc_info is not None)  # a traceback has lines
+            click.echo(f"{PROG}: {record.levelname.lower()}: {text}", err=True)
         except Exception:  # logging must never take the command down
             self.handleError(record)
 
@@ -246,6 +251,6 @@ def configure_logging(debug: bool) -> Callable[[], None]:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """End the command: ``openrange-mesh: <message>`` on stderr, exit status ``code``."""
-    click.echo(f"{PROG}: {message}", err=True)
+    """End the command: ``openrange-mesh: <message>`` on stderr (one line), exit status ``code``."""
+    click.echo(f"{PROG}: {printable(message)}", err=True)
     raise click.exceptions.Exit(code)

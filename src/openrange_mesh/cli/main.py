@@ -16,6 +16,7 @@ from ..config import ENV_ETCD, ENV_NAMESPACE, ENV_RETRY_TIMEOUT, ENV_STORE
 from ..errors import MeshError, Unavailable
 from ..keys import check_name
 from .common import CONTEXT_SETTINGS, PROG, Mesh, configure_logging
+from .safe import printable
 
 # command name -> module under openrange_mesh.cli, in the order --help lists them
 COMMANDS = {
@@ -73,7 +74,7 @@ def usage_line(exc: click.UsageError) -> str:
 def _fail(ctx: click.Context, message: str, code: int) -> NoReturn:
     if ctx.params.get("debug"):
         traceback.print_exc(file=sys.stderr)
-    click.echo(f"{PROG}: {message}", err=True)
+    click.echo(f"{PROG}: {printable(message)}", err=True)  # one line, whatever the message holds
     ctx.exit(code)
 
 

@@ -11,6 +11,7 @@ from ..errors import MeshError, SpecError
 from ..model import MAX_BATCH, EpisodeSpec
 from ..specs import MAX_PARAMS_DEPTH, check_spec
 from .common import Mesh, dump_json, json_or_string, output_option, parse_pairs, pass_mesh
+from .safe import printable
 
 # The flags that describe one spec; --file replaces all of them.
 SPEC_FLAGS = (
@@ -92,7 +93,7 @@ def command(mesh: Mesh, /, spec_file: IO[bytes] | None, batch: int | None, outpu
     else:
         specs = specs_from_flags(**flags)
     ids = mesh.client().submit(specs, batch=batch)
-    click.echo(dump_json(ids) if output == "json" else "\n".join(ids))
+    click.echo(dump_json(ids) if output == "json" else "\n".join(printable(i) for i in ids))
 
 
 def specs_from_flags(
