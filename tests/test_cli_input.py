@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import Result
+from click.testing import CliRunner, Result
 
+from openrange_mesh.cli.main import cli
 from openrange_mesh.keys import Keys
 from openrange_mesh.registry import Put, Registry, open_registry
 
@@ -88,3 +89,18 @@ def test_show_of_a_corrupt_record_says_so(mesh: Cli, etcd_registry: Registry, tm
     listed = mesh.ok("ls")
     assert [row.split()[0] for row in listed.stdout.splitlines()[1:]] == [ids[1]]
     assert "skipping corrupt record" in listed.stderr
+
+
+def test_a_param_nested_too_deep_to_parse_is_a_usage_error(mesh: Cli) -> None:
+    line = one_line(mesh("submit", "--runtime", "sleep", "-p", "result=" + "[" * 1000 + "]" * 1000), 2)
+    assert "--param" in line and "nested" in line
+    assert mesh.ok("ls", "-o", "ids").stdout == ""
+
+
+@pytest.mark.parametrize("command", ["cancel", "wait"])
+def test_ids_on_stdin_that_are_not_utf8_are_unknown_ids(mesh: Cli, command: str) -> None:
+    result = CliRunner(env={"OPENRANGE_STORE": None}).invoke(
+        cli, ["--etcd", mesh.endpoint, "--namespace", mesh.namespace, command, "-"], input=b"caf\xe9\x1b[2J\n"
+    )
+    line = one_line(result, 1)
+    assert "caf\ufffd\\x1b[2J" in line, line  # the bad byte replaced, the escape escaped

@@ -124,19 +124,29 @@ def parse_pairs(values: Iterable[str], what: str, convert: Callable[[str], Any] 
 
 
 def json_or_string(text: str) -> Any:
-    """A ``--param`` value: JSON when it parses (``3``, ``true``, ``[1,2]``), else the string itself."""
+    """A ``--param`` value: JSON when it parses (``3``, ``true``, ``[1,2]``), else the string itself.
+    JSON nested too deep for the parser (~1000 levels) is a usage error, not a string."""
     try:
         return json.loads(text)
     except ValueError:
         return text
+    except RecursionError:
+        raise click.BadParameter(f"{short(text, 40)!r}: JSON nested too deep", param_hint="--param") from None
 
 
 def read_ids(ids: Iterable[str]) -> list[str]:
     """Episode ids from arguments; ``-`` reads more, one per line, from stdin. Order kept, duplicates dropped."""
     out: list[str] = []
     for item in ids:
-        out += [line.strip() for line in sys.stdin if line.strip()] if item == "-" else [item]
+        out += _stdin_lines() if item == "-" else [item]
     return list(dict.fromkeys(out))
+
+
+def _stdin_lines() -> list[str]:
+    """Stdin's non-blank lines. Bytes that are not UTF-8 become U+FFFD: no id has them, so such
+    a line is an unknown id (said as such), not a decoding crash."""
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    return [line.strip() for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
 
 
 # --- output -------------------------------------------------------------------------------------
