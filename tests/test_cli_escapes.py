@@ -34,6 +34,7 @@ SCRIPT = f"""
 import json, sys
 print(json.dumps({{"type": {EVIL!r}, "note": {EVIL!r}}}))
 print({EVIL!r})
+print('{{"type": "score", "values": [NaN, Infinity, 0.5]}}')  # json.loads takes it; JSON does not
 sys.stderr.write({EVIL!r} + "\\n")
 sys.exit(3)
 """
@@ -112,12 +113,18 @@ def test_episode_text_is_escaped_everywhere(mesh: Mesh, tmp_path: Path) -> None:
         logs = assert_safe(mesh.run("logs", episode, color=color), escaped)
         assert "[bold red]x[/]" in logs and ":x:" in logs  # no markup, no emoji codes
 
-    shown = json.loads(assert_safe(mesh.run("show", episode, "-o", "json")))
+    shown = json.loads(assert_safe(mesh.run("show", episode, "-o", "json")), parse_constant=refuse)
     assert shown["error"] == f"exit status 3: {EVIL}" and shown["result"]["stderr_tail"] == [EVIL]
     (listed,) = json.loads(assert_safe(mesh.run("ls", "-o", "json")))
     assert listed["error"] == shown["error"]
-    events = [json.loads(line) for line in assert_safe(mesh.run("logs", episode, "-o", "json")).splitlines()]
-    assert [e["type"] for e in events] == ["reset", EVIL, "log", "terminal"] and events[1]["note"] == EVIL
+    lines = assert_safe(mesh.run("logs", episode, "-o", "json")).splitlines()
+    events = [json.loads(line, parse_constant=refuse) for line in lines]
+    assert [e["type"] for e in events] == ["reset", EVIL, "log", "score", "terminal"] and events[1]["note"] == EVIL
+    assert events[3]["values"] == ["nan", "inf", 0.5]
+
+
+def refuse(constant: str) -> None:
+    raise AssertionError(f"{constant} is not JSON")
 
 
 def test_a_record_written_by_anyone_is_escaped_too(mesh: Mesh) -> None:

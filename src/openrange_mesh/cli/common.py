@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -165,11 +166,30 @@ def err_console() -> Console:
 
 def dump_json(value: Any) -> str:
     """Indented JSON, safe to print (``safe.safe_json``): the same JSON, controls escaped."""
-    return safe_json(json.dumps(value, indent=2, ensure_ascii=False, default=_jsonable))
+    return safe_json(_dumps(value, indent=2))
 
 
 def compact_json(value: Any) -> str:
-    return safe_json(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_jsonable))
+    return safe_json(_dumps(value, separators=(",", ":")))
+
+
+def _dumps(value: Any, **layout: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, default=_jsonable, **layout)
+    except ValueError:  # NaN or an infinity (an episode's result or event): JSON has no such numbers
+        return json.dumps(_finite(value), ensure_ascii=False, allow_nan=False, default=_jsonable, **layout)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with each NaN or infinity as its name, a string (JSON's parsers reject the bare
+    ``NaN`` that json.dumps writes by default: ``jq`` would fail on the whole listing)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf", "-inf"
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
