@@ -74,6 +74,21 @@ def test_one_key_twice_in_one_submission_is_one_episode(client: MeshClient, batc
     assert client.submit([{**SLEEP, "idempotency_key": "b"}] * 2, batch=batch) == [b, b]
 
 
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ({"result": {"a": {1: "x"}}}, "params.result.a"),  # was written, then every reader skipped it
+        ({"result": {"a": {1, 2}}}, "params.result.a"),
+        ({"result": {"a": b"bytes"}}, "params.result.a"),
+    ],
+)
+def test_params_that_would_not_come_back_submit_nothing(client: MeshClient, bad: dict[str, object], field: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        client.submit([SLEEP, {"runtime": "sleep", "params": bad}])
+    assert caught.value.field == field
+    assert list(client.list()) == []
+
+
 def test_submit_of_what_is_not_a_spec_is_a_spec_error(client: MeshClient) -> None:
     for bad in (5, None, "sleep"):
         with pytest.raises(SpecError, match="expected an EpisodeSpec"):
