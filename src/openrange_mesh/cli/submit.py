@@ -136,7 +136,7 @@ def read_spec_file(stream: IO[bytes]) -> list[EpisodeSpec]:
             specs.append(check_spec(data))
         except SpecError as exc:
             raise SpecError(f"{where}: {exc.field}", exc.problem) from exc
-        except MeshError as exc:
+        except (MeshError, TypeError) as exc:  # TypeError: a third-party runtime's validate
             raise SpecError(where, str(exc)) from exc
     if not specs:
         raise SpecError(name, "no specs in the file")
