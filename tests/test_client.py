@@ -10,11 +10,12 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from openrange_mesh.errors import EpisodeNotFound, SpecError
+from openrange_mesh.errors import CorruptRecord, EpisodeNotFound, SpecError
+from openrange_mesh.ids import home_id
 from openrange_mesh.mesh.client import MeshClient
 from openrange_mesh.mesh.ledger import finish_attempt
 from openrange_mesh.model import State
-from openrange_mesh.registry import Registry
+from openrange_mesh.registry import Put, Registry
 
 from .helpers import wait_until
 
@@ -59,6 +60,51 @@ def test_idempotency_key_returns_the_existing_episode(client: MeshClient) -> Non
     (first,) = client.submit({**SLEEP, "idempotency_key": "run-7/seed-1"})
     (again,) = client.submit({**SLEEP, "idempotency_key": "run-7/seed-1"})
     assert again == first and len(list(client.list())) == 1
+
+
+@pytest.mark.parametrize("batch", [None, 3])
+def test_one_key_twice_in_one_submission_is_one_episode(client: MeshClient, batch: int | None) -> None:
+    """etcd refuses a txn that puts one key twice; so does the memory registry."""
+    (old,) = client.submit({**SLEEP, "idempotency_key": "earlier"})
+    specs = [{**SLEEP, "idempotency_key": k} for k in ("a", "b", "a", "earlier", "b", "a")]
+    ids = client.submit([*specs, SLEEP], batch=batch)
+    a, b = ids[0], ids[1]
+    assert ids == [a, b, a, old, b, a, ids[6]] and len({a, b, old, ids[6]}) == 4
+    assert sorted(r.id for r in client.list()) == sorted([old, a, b, ids[6]])
+    assert client.submit([{**SLEEP, "idempotency_key": "b"}] * 2, batch=batch) == [b, b]
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ({"result": {"a": {1: "x"}}}, "params.result.a"),  # was written, then every reader skipped it
+        ({"result": {"a": {1, 2}}}, "params.result.a"),
+        ({"result": {"a": b"bytes"}}, "params.result.a"),
+    ],
+)
+def test_params_that_would_not_come_back_submit_nothing(client: MeshClient, bad: dict[str, object], field: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        client.submit([SLEEP, {"runtime": "sleep", "params": bad}])
+    assert caught.value.field == field
+    assert list(client.list()) == []
+
+
+def test_submit_of_what_is_not_a_spec_is_a_spec_error(client: MeshClient) -> None:
+    for bad in (5, None, "sleep"):
+        with pytest.raises(SpecError, match="expected an EpisodeSpec"):
+            client.submit(bad)  # type: ignore[arg-type]
+
+
+def test_get_of_a_record_that_does_not_decode_says_corrupt(client: MeshClient, registry: Registry) -> None:
+    (single,), members, (fine,) = client.submit(SLEEP), client.submit([SLEEP] * 2, batch=2), client.submit(SLEEP)
+    for key in (client.keys.episode(single), client.keys.episode(home_id(members[0]) or "")):
+        registry.txn([], [Put(key, b"\xc1 garbage")])
+    for episode_id in (single, *members):
+        with pytest.raises(CorruptRecord, match="not msgpack"):
+            client.get(episode_id)
+    assert client.get(fine).state is State.PENDING
+    with pytest.raises(EpisodeNotFound):
+        client.get("0000000000-0000-nope")
 
 
 def test_as_completed_streams_results_as_they_finish(client: MeshClient, registry: Registry) -> None:

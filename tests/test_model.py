@@ -30,8 +30,21 @@ from openrange_mesh.model import (
 )
 from openrange_mesh.registry import Put, Registry
 from openrange_mesh.specs import check_spec
+from openrange_mesh.store.layout import snapshot_path
 
 CARTPOLE = {"runtime": "gymnasium", "params": {"env": "CartPole-v1"}}
+
+
+def sleep_result(result: object) -> dict[str, object]:
+    """A sleep spec whose ``result`` param (a free-form map) holds ``result``."""
+    return {"runtime": "sleep", "params": {"result": result}}
+
+
+def nested(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
 
 
 @pytest.mark.parametrize(
@@ -51,6 +64,21 @@ CARTPOLE = {"runtime": "gymnasium", "params": {"env": "CartPole-v1"}}
         ({**CARTPOLE, "colour": "red"}, "colour", "unknown field"),
         ({"params": {}}, "runtime", "missing"),
         ({"runtime": "gymnasium", "params": {}}, "params.env", ""),
+        ({**CARTPOLE, "timeout": 10**400}, "timeout", "positive number"),
+        ({1: 2, "runtime": "sleep"}, "1", "unknown field"),
+        # params must come back as they went: an int key inside would make the record corrupt
+        (sleep_result({"a": {1: "x"}}), "params.result.a", "keys must be strings"),
+        (sleep_result({"a": {1, 2}}), "params.result.a", "not set"),
+        (sleep_result({"a": b"x"}), "params.result.a", "not bytes"),
+        (sleep_result({"a": [0.5, math.nan]}), "params.result.a[1]", "finite"),
+        (sleep_result(nested(70)), ("params.result" + ".a" * 63)[:79] + "…", "nested deeper than 64"),
+        (sleep_result(nested(100_000)), "params", "does not serialize"),
+        # one rule with the store (layout.component_problem): a ref is one name
+        ({"runtime": "sleep", "snapshot": "a/b"}, "snapshot", "one name"),
+        ({"runtime": "sleep", "snapshot": ".."}, "snapshot", "printable"),
+        ({"runtime": "sleep", "snapshot": "a\x1b[2J"}, "snapshot", "printable"),
+        ({"runtime": "sleep", "snapshot": "é" * 200}, "snapshot", "1-255 bytes"),
+        ({"runtime": "sleep", "snapshot": 7}, "snapshot", "string"),
     ],
 )
 def test_bad_specs_name_the_field(spec: dict[str, object], field: str, words: str) -> None:
@@ -59,6 +87,17 @@ def test_bad_specs_name_the_field(spec: dict[str, object], field: str, words: st
     assert caught.value.field == field
     assert words in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_params_as_deep_as_allowed_survive_a_record() -> None:
+    spec = check_spec(sleep_result(nested(62)))  # params, result and 62 maps: 64 deep
+    assert EpisodeRecord.from_bytes(EpisodeRecord("e", spec).to_bytes()).spec.params == spec.params
+
+
+def test_a_snapshot_ref_submit_takes_is_one_the_store_takes() -> None:
+    for ref in ("base", "ckpt-0001.bin", "é" * 127):
+        assert check_spec({"runtime": "sleep", "snapshot": ref}).snapshot == ref
+        assert snapshot_path(ref) == f"snapshots/{ref}"
 
 
 def test_unknown_runtime_lists_known_ones() -> None:

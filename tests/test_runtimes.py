@@ -18,6 +18,7 @@ import pytest
 from openrange_mesh.errors import RuntimeFailure, SpecError, UnknownRuntime
 from openrange_mesh.runtimes import ENTRY_POINT_GROUP, Handle, Outcome, known_runtimes, load_runtime
 from openrange_mesh.runtimes.sleep import FAIL_ERROR
+from openrange_mesh.store.events import decode_events, encode_events
 
 from .helpers import wait_until
 
@@ -244,6 +245,22 @@ def test_command_success_and_events() -> None:
     assert events[2]["x"] == 2
     assert [e["line"] for e in events[3:7]] == ["[1, 2]", "plain words", "{not json", "no newline at the end"]
     assert events[-1]["exit_status"] == 0
+
+
+def test_command_deeply_nested_json_lines_stay_text_and_the_episode_succeeds() -> None:
+    script = (
+        "print('{\"deep\": ' + '[' * 100_000 + ']' * 100_000 + '}')\n"  # json.loads: RecursionError
+        "print('{\"a\": ' + '[' * 64 + ']' * 64 + '}')\n"  # parses, but nests 65 deep
+        "print('{\"a\": ' + '[' * 63 + ']' * 63 + '}')\n"  # 64 deep: an event
+    )
+    outcome, events, _ = run("command", {"argv": [PY, "-c", script]})
+    assert outcome == Outcome(True)
+    assert types(events)[0] == "reset" and types(events)[-2:] == ["output", "terminal"]
+    logs = events[1:-2]
+    assert {e["type"] for e in logs} == {"log"} and logs[0]["line"].startswith('{"deep": [[[')
+    assert logs[-1]["line"] == '{"a": ' + "[" * 64 + "]" * 64 + "}"
+    assert sum(len(e["line"]) for e in logs[:-1]) == 200_010  # all of it, cut into pieces
+    assert decode_events(encode_events(events)) == events  # what a worker writes to the store
 
 
 def test_command_exit_status_and_stderr() -> None:

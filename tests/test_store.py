@@ -245,7 +245,9 @@ def test_layout_paths() -> None:
     assert parse_events_path(result_path("e1", 1)) is None
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../x", "a\\b", "a\x00", "x" * 256])
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", "a/b", "../x", "a\\b", "a\x00", "x" * 256, "a\x7f", "a\x9b", "a\u202e", "é" * 128]
+)
 def test_layout_rejects_unsafe_components(name: str) -> None:
     builds: list[Callable[[], str]] = [
         lambda: artifact_path("e1", 1, name),

@@ -79,12 +79,14 @@ class EpisodeSpec:
     _wire: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def check(self) -> EpisodeSpec:
-        """Raise SpecError naming the first bad field; return self. Runtime-specific params are
-        checked by ``runtimes.check_spec``, which calls this first."""
+        """Raise SpecError naming the first bad field; return self. Runtime-specific params,
+        that params are JSON and the snapshot ref's form (the store's rule) are checked by
+        ``specs.check_spec``, which calls this first."""
         _check_str("runtime", self.runtime, 200)
         if not isinstance(self.params, Mapping):
             raise SpecError("params", f"must be a mapping, not {type(self.params).__name__}")
-        _check_optional_str("snapshot", self.snapshot, 512)
+        if self.snapshot is not None and not isinstance(self.snapshot, str):
+            raise SpecError("snapshot", f"must be a string, not {type(self.snapshot).__name__}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
             raise SpecError("seed", f"must be an integer in [0, 2**63), not {self.seed!r}")
         _check_seconds("timeout", self.timeout)
@@ -140,9 +142,9 @@ class EpisodeSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> EpisodeSpec:
         """Build a spec from user input (JSON, CLI): unknown fields are an error here, since a
         typo in a spec file should not be silently dropped."""
-        unknown = sorted(set(data) - set(_SPEC_FIELDS))
+        unknown = [name for name in data if name not in _SPEC_NAMES]
         if unknown:
-            raise SpecError(unknown[0], f"unknown field (known: {', '.join(_SPEC_FIELDS)})")
+            raise SpecError(str(unknown[0]), f"unknown field (known: {', '.join(_SPEC_FIELDS)})")
         if "runtime" not in data:
             raise SpecError("runtime", "missing")
         return cls(**data).check()
@@ -401,7 +403,7 @@ def unpack(data: bytes, key: str = "?") -> Any:
     try:
         return msgpack.unpackb(data, raw=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise CorruptRecord(key, f"not msgpack ({exc})") from exc
+        raise CorruptRecord(key, f"not msgpack ({exc or type(exc).__name__})") from exc
 
 
 def _unpack(data: bytes, key: str) -> dict[str, Any]:
@@ -527,8 +529,15 @@ def _check_optional_str(name: str, value: object, limit: int) -> None:
 def _check_seconds(name: str, value: object) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < _as_float(value) < math.inf:
         raise SpecError(name, f"must be a positive number of seconds, not {value!r}")
+
+
+def _as_float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int too big for a float (math.isfinite would raise it too)
+        return math.inf
 
 
 def _check_labels(labels: object) -> None:

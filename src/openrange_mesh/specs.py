@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,15 +10,65 @@ from .errors import SpecError
 from .model import EpisodeSpec
 from .runtimes import load_runtime
 
+# How deep params may nest. Far deeper than any real config, and far below what would fail later:
+# Python's recursion limit (json, repr; ~1000) and msgpack's nesting limits.
+MAX_PARAMS_DEPTH = 64
+
 
 def check_spec(spec: EpisodeSpec | Mapping[str, Any]) -> EpisodeSpec:
-    """A spec, or a mapping of spec fields, checked in full: fields, size, the runtime exists,
-    and the runtime accepts its params. Raises SpecError (UnknownRuntime) naming the culprit."""
+    """A spec, or a mapping of spec fields, checked in full: fields, size, that its params are
+    JSON values, that its snapshot ref is one the store takes, that the runtime exists, and that
+    the runtime accepts its params. Raises SpecError (UnknownRuntime) naming the culprit."""
     if isinstance(spec, Mapping):
         spec = EpisodeSpec.from_dict(spec)  # checks its fields
     elif isinstance(spec, EpisodeSpec):
         spec.check()
     else:
         raise SpecError("spec", f"expected an EpisodeSpec or a mapping, not {type(spec).__name__}")
+    check_json("params", spec.params)
+    if spec.snapshot is not None:
+        _check_snapshot(spec.snapshot)
     load_runtime(spec.runtime).validate(spec.params)
     return spec
+
+
+def check_json(name: str, value: object) -> None:
+    """``value`` is JSON: maps with string keys, lists, strings, finite numbers, booleans, null,
+    nested at most ``MAX_PARAMS_DEPTH`` deep. msgpack would take more (sets, bytes, NaN, int
+    keys), but what it takes must also come back: a map with an int key does not decode (every
+    reader would skip the record as corrupt, and the episode would never run), and ``show``,
+    ``ls -o json`` and the runtimes' JSON see the rest. Iterative: a deep value must not
+    overflow the stack that checks it."""
+    todo: list[tuple[str, object, int]] = [(name, value, 1)]
+    while todo:
+        path, item, depth = todo.pop()
+        if depth > MAX_PARAMS_DEPTH:
+            raise SpecError(
+                path if len(path) <= 80 else path[:79] + "…", f"nested deeper than {MAX_PARAMS_DEPTH} levels"
+            )
+        if isinstance(item, str | bool | int) or item is None:
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise SpecError(path, f"must be a finite number, not {item!r}")
+        elif isinstance(item, Mapping):
+            for key, inner in item.items():
+                if not isinstance(key, str):
+                    raise SpecError(path, f"map keys must be strings, not {type(key).__name__}")
+                todo.append((f"{path}.{key}", inner, depth + 1))
+        elif isinstance(item, list | tuple):
+            todo += ((f"{path}[{i}]", inner, depth + 1) for i, inner in enumerate(item))
+        else:
+            raise SpecError(
+                path, f"must be a JSON value (map, list, string, number, bool, null), not {type(item).__name__}"
+            )
+
+
+def _check_snapshot(ref: str) -> None:
+    # Imported here: the store package imports fsspec (~0.1 s), which a trainer that only
+    # submits need not load unless its specs name snapshots.
+    from .store.layout import component_problem
+
+    problem = component_problem(ref)
+    if problem is not None:
+        raise SpecError("snapshot", f"{ref!r} {problem} (snapshots/<ref> in the store)")

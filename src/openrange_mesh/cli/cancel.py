@@ -6,6 +6,7 @@ import click
 
 from ..errors import EpisodeNotFound
 from .common import Mesh, dump_json, fail, output_option, pass_mesh, read_ids
+from .safe import printable
 
 MEANING = {
     "cancelled": "cancelled (it was pending)",
@@ -37,7 +38,7 @@ def command(mesh: Mesh, ids: tuple[str, ...], output: str) -> None:
             outcomes[episode_id] = "not found"
         if output == "text":
             outcome = outcomes[episode_id]
-            click.echo(f"{episode_id}: {MEANING.get(outcome, f'already {outcome}: nothing to do')}")
+            click.echo(f"{printable(episode_id)}: {MEANING.get(outcome, f'already {outcome}: nothing to do')}")
     if output == "json":
         click.echo(dump_json(outcomes))
     missing = [i for i, outcome in outcomes.items() if outcome == "not found"]

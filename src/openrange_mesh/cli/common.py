@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -27,6 +28,7 @@ from ..mesh.catalog import Catalog
 from ..mesh.client import MeshClient
 from ..registry import Registry, open_registry
 from ..store import Store, open_store
+from .safe import printable, safe_json
 
 PROG = "openrange-mesh"
 DEFAULT_RETRY_TIMEOUT = 5.0  # seconds one registry call may retry: a client should fail fast
@@ -123,39 +125,71 @@ def parse_pairs(values: Iterable[str], what: str, convert: Callable[[str], Any] 
 
 
 def json_or_string(text: str) -> Any:
-    """A ``--param`` value: JSON when it parses (``3``, ``true``, ``[1,2]``), else the string itself."""
+    """A ``--param`` value: JSON when it parses (``3``, ``true``, ``[1,2]``), else the string itself.
+    JSON nested too deep for the parser (~1000 levels) is a usage error, not a string."""
     try:
         return json.loads(text)
     except ValueError:
         return text
+    except RecursionError:
+        raise click.BadParameter(f"{short(text, 40)!r}: JSON nested too deep", param_hint="--param") from None
 
 
 def read_ids(ids: Iterable[str]) -> list[str]:
     """Episode ids from arguments; ``-`` reads more, one per line, from stdin. Order kept, duplicates dropped."""
     out: list[str] = []
     for item in ids:
-        out += [line.strip() for line in sys.stdin if line.strip()] if item == "-" else [item]
+        out += _stdin_lines() if item == "-" else [item]
     return list(dict.fromkeys(out))
+
+
+def _stdin_lines() -> list[str]:
+    """Stdin's non-blank lines. Bytes that are not UTF-8 become U+FFFD: no id has them, so such
+    a line is an unknown id (said as such), not a decoding crash."""
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    return [line.strip() for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
 
 
 # --- output -------------------------------------------------------------------------------------
 
 
 def out_console() -> Console:
-    """stdout through rich: colour only on a terminal, and never with NO_COLOR set."""
-    return Console(highlight=False, markup=False, soft_wrap=True)
+    """stdout through rich: colour only on a terminal, and never with NO_COLOR set. No markup,
+    no emoji codes: text from episodes prints as written (``[red]``, ``:x:``); what else it
+    holds goes through ``safe.printable`` first."""
+    return Console(highlight=False, markup=False, emoji=False, soft_wrap=True)
 
 
 def err_console() -> Console:
-    return Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
 
 
 def dump_json(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, default=_jsonable)
+    """Indented JSON, safe to print (``safe.safe_json``): the same JSON, controls escaped."""
+    return safe_json(_dumps(value, indent=2))
 
 
 def compact_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_jsonable)
+    return safe_json(_dumps(value, separators=(",", ":")))
+
+
+def _dumps(value: Any, **layout: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, default=_jsonable, **layout)
+    except ValueError:  # NaN or an infinity (an episode's result or event): JSON has no such numbers
+        return json.dumps(_finite(value), ensure_ascii=False, allow_nan=False, default=_jsonable, **layout)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with each NaN or infinity as its name, a string (JSON's parsers reject the bare
+    ``NaN`` that json.dumps writes by default: ``jq`` would fail on the whole listing)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf", "-inf"
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -215,7 +249,8 @@ class _EchoHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            click.echo(f"{PROG}: {record.levelname.lower()}: {self.format(record)}", err=True)
+            text = printable(self.format(record), lines=record.exc_info is not None)  # a traceback has lines
+            click.echo(f"{PROG}: {record.levelname.lower()}: {text}", err=True)
         except Exception:  # logging must never take the command down
             self.handleError(record)
 
@@ -246,6 +281,6 @@ def configure_logging(debug: bool) -> Callable[[], None]:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """End the command: ``openrange-mesh: <message>`` on stderr, exit status ``code``."""
-    click.echo(f"{PROG}: {message}", err=True)
+    """End the command: ``openrange-mesh: <message>`` on stderr (one line), exit status ``code``."""
+    click.echo(f"{PROG}: {printable(message)}", err=True)
     raise click.exceptions.Exit(code)

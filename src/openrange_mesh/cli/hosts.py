@@ -12,6 +12,7 @@ from ..model import HostInfo
 from ..registry import Registry
 from .common import Mesh, ago, dump_json, out_console, output_option, pass_mesh
 from .records import host_summary
+from .safe import printable
 from .table import StreamTable
 
 COLUMNS = ["HOST", "LEADER", "CAPACITY", "RUNNING", "LABELS", "VERSION", "PID", "HEARTBEAT", "STARTED"]
@@ -48,7 +49,7 @@ def command(mesh: Mesh, output: str) -> None:
     if leader is None:
         click.echo("no leader elected", err=True)
     elif leader not in {h.id for h in hosts}:
-        click.echo(f"leader {leader} is not among the live hosts (its record is gone)", err=True)
+        click.echo(f"leader {printable(leader)} is not among the live hosts (its record is gone)", err=True)
 
 
 def leader_of(registry: Registry, key: bytes) -> str | None:

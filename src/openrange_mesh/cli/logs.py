@@ -9,12 +9,14 @@ from typing import Any
 import click
 
 from ..mesh.catalog import Catalog
+from ..mesh.client import get_record
 from ..mesh.worker import FLUSH_SECONDS
 from ..model import EpisodeRecord
 from ..store import Store, open_store
 from ..store.events import decode_events, read_events, tagged_for
 from ..store.layout import attempt_prefix, batch_prefix, parse_events_path, shared_events_path
 from .common import Mesh, compact_json, output_option, pass_mesh, stamp, store_option
+from .safe import printable
 
 POLL_SECONDS = 0.5
 SHARED_WAIT = FLUSH_SECONDS + 1.0  # seconds to wait for a short attempt's events to be written
@@ -41,7 +43,7 @@ def command(mesh: Mesh, episode_id: str, follow: bool, attempt: int | None, stor
       openrange-mesh logs 000000002a-0003-gpu7 --attempt 1 -o json | jq .type
     """
     catalog = mesh.catalog()
-    record = catalog.get(episode_id)
+    record = get_record(catalog, episode_id)
     store = open_store(store_url)
     if not follow:
         batch, shared = sources(record, attempt or record.attempt)
@@ -52,7 +54,9 @@ def command(mesh: Mesh, episode_id: str, follow: bool, attempt: int | None, stor
         for event in events:
             click.echo(render(event, output))
         if not events:
-            click.echo(f"no events stored for {episode_id}{f' attempt {attempt}' if attempt else ''}", err=True)
+            click.echo(
+                f"no events stored for {printable(episode_id)}{f' attempt {attempt}' if attempt else ''}", err=True
+            )
         return
     with contextlib.suppress(KeyboardInterrupt):  # stopping a follow is not an error
         _follow(catalog, store, record, attempt, output)
@@ -115,8 +119,11 @@ def _await(store: Store, shared: str) -> bool:
 
 
 def render(event: dict[str, Any], output: str) -> str:
+    """One event as one line: its JSON, or time, type and the other fields (escaped: the
+    episode wrote them)."""
     if output == "json":
         return compact_json(event)
     rest = " ".join(f"{k}={compact_json(v)}" for k, v in event.items() if k not in ("t", "type"))
     when = stamp(event["t"]) if isinstance(event.get("t"), int | float) else "-"
-    return f"{when}  {event.get('type', '?'):<10} {rest}".rstrip()
+    kind = event.get("type", "?")
+    return printable(f"{when}  {kind if isinstance(kind, str) else compact_json(kind):<10} {rest}".rstrip())

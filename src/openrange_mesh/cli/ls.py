@@ -13,6 +13,7 @@ from ..mesh.catalog import EpisodeFilter
 from ..model import EpisodeRecord, State
 from .common import Mesh, compact_json, out_console, output_option, parse_pairs, pass_mesh
 from .records import COLUMNS, WIDE_COLUMNS, cells, state_style, summary
+from .safe import printable
 from .table import StreamTable
 
 FLUSH_SECONDS = 0.25  # a selective filter still shows its first rows promptly
@@ -103,7 +104,7 @@ def render(records: Iterable[EpisodeRecord], output: str, batch: int) -> None:
         return
     if output == "ids":
         for chunk in batches(records, batch):
-            sys.stdout.write("".join(r.id + "\n" for r in chunk))
+            sys.stdout.write("".join(printable(r.id) + "\n" for r in chunk))
         return
     wide = output == "wide"
     table = StreamTable(WIDE_COLUMNS if wide else COLUMNS, out_console(), style=state_style)

@@ -20,6 +20,7 @@ from ..mesh.follow import Follower
 from ..model import EpisodeRecord, decode_or_none, decode_records
 from .common import Mesh, compact_json, out_console
 from .records import COLUMNS, STATE_STYLES, WIDE_COLUMNS, cells, summary
+from .safe import printable
 from .table import StreamTable
 
 POLL_SECONDS = 0.5
@@ -74,7 +75,7 @@ def _append(
         if output == "json":
             sys.stdout.write("".join(compact_json(summary(r)) + "\n" for r in records))
         elif output == "ids":
-            sys.stdout.write("".join(r.id + "\n" for r in records))
+            sys.stdout.write("".join(printable(r.id) + "\n" for r in records))
         else:
             now = time.time()
             table.write([cells(r, now, wide=wide) for r in records])
@@ -116,8 +117,9 @@ def _view(console: Console, shown: dict[str, EpisodeRecord], wide: bool, limit: 
     now = time.time()
     for episode_id in newest:
         record = shown[episode_id]
-        row = cells(record, now, wide=wide)
-        table.add_row(row[0], Text(row[1], style=STATE_STYLES[record.state]), *row[2:])
+        row = [Text(printable(cell)) for cell in cells(record, now, wide=wide)]
+        row[1].stylize(STATE_STYLES[record.state])
+        table.add_row(*row)
     counts = Counter(r.state.value for r in shown.values())
     status = "  ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "no episodes"
     more = f" (showing the newest {len(newest)})" if len(newest) < len(shown) else ""

@@ -16,6 +16,7 @@ from ..config import ENV_ETCD, ENV_NAMESPACE, ENV_RETRY_TIMEOUT, ENV_STORE
 from ..errors import MeshError, Unavailable
 from ..keys import check_name
 from .common import CONTEXT_SETTINGS, PROG, Mesh, configure_logging
+from .safe import printable
 
 # command name -> module under openrange_mesh.cli, in the order --help lists them
 COMMANDS = {
@@ -46,6 +47,8 @@ class MeshGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            _fail(ctx, usage_line(exc), EXIT_USAGE)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Unavailable as exc:
@@ -61,10 +64,17 @@ class MeshGroup(click.Group):
             _fail(ctx, f"internal error: {type(exc).__name__}: {exc} (--debug shows the traceback)", EXIT_ERROR)
 
 
+def usage_line(exc: click.UsageError) -> str:
+    """A usage error as one line, like every other error (click prints usage, a hint and the
+    error on three)."""
+    where = exc.ctx.command_path if exc.ctx is not None else PROG
+    return f"{exc.format_message()} (see '{where} -h')"
+
+
 def _fail(ctx: click.Context, message: str, code: int) -> NoReturn:
     if ctx.params.get("debug"):
         traceback.print_exc(file=sys.stderr)
-    click.echo(f"{PROG}: {message}", err=True)
+    click.echo(f"{PROG}: {printable(message)}", err=True)  # one line, whatever the message holds
     ctx.exit(code)
 
 

@@ -21,6 +21,7 @@ from ..mesh.client import MeshClient
 from ..mesh.ledger import claim_episode_ids
 from ..model import EpisodeRecord, State
 from .common import PROG, err_console
+from .safe import printable
 
 CLAIMS_SECONDS = 1.0  # how often the running count is re-read
 LINE_SECONDS = 2.0  # the most often a plain progress line is printed
@@ -130,7 +131,7 @@ class _Tracker:
             claims = self.client.registry.range(keys.claims())
         except RegistryError as exc:  # the watch side reports outages; here one line is enough
             if not self._failing:
-                click.echo(f"{PROG}: warning: cannot read claims: {exc}", err=True)
+                click.echo(f"{PROG}: warning: cannot read claims: {printable(str(exc))}", err=True)
             self._failing = True
             return
         self._failing = False

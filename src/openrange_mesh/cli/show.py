@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from ..mesh.client import get_record
 from ..model import EpisodeRecord
 from ..store import Store
 from ..store.layout import attempt_prefix, batch_prefix, shared_events_path
@@ -26,6 +27,7 @@ from .common import (
 )
 from .logs import sources
 from .records import STATE_STYLES, detail, duration_of, state_style, timeline
+from .safe import printable
 from .table import StreamTable
 
 
@@ -43,7 +45,7 @@ def command(mesh: Mesh, episode_id: str, store_url: str | None, output: str) -> 
       openrange-mesh show 000000002a-0003-gpu7
       openrange-mesh show 000000002a-0003-gpu7 --store /mnt/nfs/openrange -o json
     """
-    record = mesh.catalog().get(episode_id)
+    record = get_record(mesh.catalog(), episode_id)
     store = open_store_url(store_url)
     artifacts = attempt_files(store, record) if store is not None else None
     if output == "json":
@@ -87,10 +89,11 @@ def _print(console: Console, record: EpisodeRecord, artifacts: list[dict[str, An
         ("duration", span(duration_of(record, now))),
         ("acked", stamp(record.acked_at)),
     ]
-    if record.error:
-        fields.append(("error", record.error))
-    for name, value in fields:
-        console.print(Text.assemble((f"{name + ':':<11}", "bold"), value))
+    if record.error:  # its later lines indented under its first
+        fields.append(("error", Text(printable(record.error, lines=True).replace("\n", "\n" + " " * 11))))
+    for name, value in fields:  # a str holds what the record says: escaped
+        shown = printable(value) if isinstance(value, str) else value
+        console.print(Text.assemble((f"{name + ':':<11}", "bold"), shown))
     _section(console, "spec", dump_json(spec.to_dict()))
     _section(console, "result", dump_json(record.result) if record.result is not None else "-")
     if record.history:
@@ -114,17 +117,17 @@ def _print(console: Console, record: EpisodeRecord, artifacts: list[dict[str, An
         )
     console.print(Text("timeline:", style="bold"))
     for at, what in timeline(record):
-        console.print(f"  {stamp(at)}  {what}")
+        console.print(f"  {stamp(at)}  {printable(what)}")
     if artifacts is not None:
         console.print(Text("artifacts:", style="bold"))
         for item in artifacts:
             listing = f"{len(item['files'])} files" if item["files"] else "nothing stored"
-            console.print(f"  attempt {item['attempt']}: {item['location']} ({listing})")
+            console.print(f"  attempt {item['attempt']}: {printable(item['location'])} ({listing})")
             for key, what in (("batch_events", "its batch's events"), ("shared_events", "its events")):
                 if key in item:
-                    console.print(f"    {what}: {item[key]}")
+                    console.print(f"    {what}: {printable(item[key])}")
 
 
 def _section(console: Console, name: str, body: str) -> None:
     console.print(Text(f"{name}:", style="bold"))
-    console.print("\n".join("  " + line for line in body.splitlines()))
+    console.print("\n".join("  " + line for line in printable(body, lines=True).split("\n")))

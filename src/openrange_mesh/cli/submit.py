@@ -8,9 +8,10 @@ from typing import IO, Any
 import click
 
 from ..errors import MeshError, SpecError
-from ..model import EpisodeSpec
-from ..specs import check_spec
+from ..model import MAX_BATCH, EpisodeSpec
+from ..specs import MAX_PARAMS_DEPTH, check_spec
 from .common import Mesh, dump_json, json_or_string, output_option, parse_pairs, pass_mesh
+from .safe import printable
 
 # The flags that describe one spec; --file replaces all of them.
 SPEC_FLAGS = (
@@ -54,18 +55,22 @@ SPEC_FLAGS = (
 @click.option("--snapshot", metavar="REF", help="A snapshot in the store to start from.")
 @click.option("--idempotency-key", metavar="KEY", help="Submitting the same key again returns the first episode.")
 @click.option("--label", "labels", multiple=True, metavar="K=V", help="A label (repeatable).")
-@click.option("--batch", type=click.IntRange(min=1), help="Let one claim take up to B episodes of this submission.")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1, max=MAX_BATCH),
+    help="Let one claim take up to B episodes of this submission.",
+)
 @click.option(
     "-f",
     "--file",
     "spec_file",
-    type=click.File("r"),
+    type=click.File("rb"),
     metavar="PATH",
     help="Specs as JSON lines, one object per line ('-' for stdin); replaces the spec flags.",
 )
 @output_option("ids", "json")
 @pass_mesh
-def command(mesh: Mesh, /, spec_file: IO[str] | None, batch: int | None, output: str, **flags: Any) -> None:
+def command(mesh: Mesh, /, spec_file: IO[bytes] | None, batch: int | None, output: str, **flags: Any) -> None:
     """Submit episodes; print their ids, one per line.
 
     Every spec is checked (fields, runtime, its params) before any is submitted: one bad spec,
@@ -88,7 +93,7 @@ def command(mesh: Mesh, /, spec_file: IO[str] | None, batch: int | None, output:
     else:
         specs = specs_from_flags(**flags)
     ids = mesh.client().submit(specs, batch=batch)
-    click.echo(dump_json(ids) if output == "json" else "\n".join(ids))
+    click.echo(dump_json(ids) if output == "json" else "\n".join(printable(i) for i in ids))
 
 
 def specs_from_flags(
@@ -114,27 +119,66 @@ def specs_from_flags(
     return [check_spec({**fields, "seed": None if seed is None else seed + i}) for i in range(count)]
 
 
-def read_spec_file(stream: IO[str]) -> list[EpisodeSpec]:
+def read_spec_file(stream: IO[bytes]) -> list[EpisodeSpec]:
     """Every spec in ``stream``, checked; blank lines and ``#`` comments are skipped. The first
-    bad line raises SpecError naming the file and the line number."""
+    bad line raises SpecError naming the file, the line (and the column where it is known) and
+    what is wrong with it: bytes that are not UTF-8, JSON that does not parse or nests too
+    deep, a spec that does not check."""
     name = getattr(stream, "name", "<stdin>")
-    name = "<stdin>" if name in ("-", "<stdin>") else name
+    name = "<stdin>" if name in ("-", "<stdin>") else str(name)
     specs: list[EpisodeSpec] = []
-    for number, line in enumerate(stream, start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
+    for number, raw in enumerate(stream, start=1):
+        where = f"{name} line {number}"
+        data = _parse_line(raw, where)
+        if data is None:
             continue
-        try:
-            data = json.loads(line)
-        except ValueError as exc:
-            raise SpecError(f"{name} line {number}", f"not JSON ({exc})") from exc
-        if not isinstance(data, dict):
-            raise SpecError(f"{name} line {number}", f"expected a JSON object, got {type(data).__name__}")
         try:
             specs.append(check_spec(data))
         except SpecError as exc:
-            raise SpecError(f"{name} line {number}: {exc.field}", exc.problem) from exc
-        except (MeshError, TypeError) as exc:
-            raise SpecError(f"{name} line {number}", str(exc)) from exc
+            raise SpecError(f"{where}: {exc.field}", exc.problem) from exc
+        except (MeshError, TypeError) as exc:  # TypeError: a third-party runtime's validate
+            raise SpecError(where, str(exc)) from exc
     if not specs:
         raise SpecError(name, "no specs in the file")
     return specs
+
+
+def _parse_line(raw: bytes, where: str) -> dict[str, Any] | None:
+    """One line's spec object, or None for a blank or comment line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        column = len(raw[: exc.start].decode("utf-8", "replace")) + 1
+        raise SpecError(where, f"not UTF-8 at column {column} (byte 0x{raw[exc.start]:02x})") from None
+    if not line.strip() or line.lstrip().startswith("#"):
+        return None
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise SpecError(where, f"not JSON at column {exc.colno} ({exc.msg})") from None
+    except RecursionError:  # json recurses per level: ~1000 levels exhaust the stack
+        deep = _too_deep_at(line, MAX_PARAMS_DEPTH + 1)
+        at = f" at column {deep}" if deep else ""
+        raise SpecError(where, f"JSON nested deeper than {MAX_PARAMS_DEPTH + 1} levels{at}") from None
+    except ValueError as exc:  # an integer of more digits than int() takes, and the like
+        raise SpecError(where, f"not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise SpecError(where, f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _too_deep_at(line: str, limit: int) -> int | None:
+    """The column where ``line``'s JSON first nests deeper than ``limit``, if it does."""
+    depth, in_string, escaped = 0, False, False
+    for column, char in enumerate(line, start=1):
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return column
+        elif char in "]}":
+            depth -= 1
+    return None

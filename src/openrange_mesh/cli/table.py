@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.text import Text
 
+from .safe import printable
+
 GAP = "  "
 
 Styler = Callable[[Sequence[str]], dict[int, str]]  # a row -> {column index: rich style}
@@ -24,7 +26,9 @@ class StreamTable:
         self.rows = 0
 
     def write(self, rows: Sequence[Sequence[str]]) -> None:
-        """Print ``rows`` (the first call also prints the header)."""
+        """Print ``rows`` (the first call also prints the header). Cells are escaped here
+        (``safe.printable``): every table holds text from episodes or specs."""
+        rows = [[printable(cell) for cell in row] for row in rows]
         if self.widths is None:
             self.widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(self.columns)]
             self._emit([self.columns], header=True)

@@ -22,10 +22,10 @@ from functools import partial
 from typing import Any
 
 from ..config import default_host_id
-from ..errors import EpisodeNotFound
-from ..ids import IdAllocator
+from ..errors import CorruptRecord, EpisodeNotFound, SpecError
+from ..ids import IdAllocator, home_id
 from ..keys import Keys
-from ..model import EpisodeRecord, EpisodeSpec, State, decode_finished, decode_or_none, is_live
+from ..model import EpisodeRecord, EpisodeSpec, State, decode_finished, decode_or_none, decode_records, is_live
 from ..registry import Registry, open_registry
 from ..specs import check_spec
 from . import homes
@@ -66,20 +66,21 @@ class MeshClient:
 
     def submit(self, specs: SpecLike | Iterable[SpecLike], *, batch: int | None = None) -> list[str]:
         """Submit specs; return their ids in order. A spec whose idempotency key was already
-        used returns the existing episode's id and submits nothing. Blocks while this client
-        has ``max_in_flight`` unfinished episodes (backpressure). Every spec is checked before
-        any is submitted, so one bad spec submits nothing."""
-        items: list[Any] = [specs] if isinstance(specs, EpisodeSpec | Mapping) else list(specs)
+        used returns the existing episode's id and submits nothing, and so does a spec whose
+        key an earlier spec of the same submission has: one episode per key. Blocks while this
+        client has ``max_in_flight`` unfinished episodes (backpressure). Every spec is checked
+        before any is submitted, so one bad spec submits nothing."""
+        items = _items(specs)
         if batch is not None:  # before the check, so that each spec is checked once
             items = [_with_batch(s, batch) for s in items]
-        checked = [check_spec(s) for s in items]
+        unique, stands_for = _one_per_key([check_spec(s) for s in items])
         out: list[str] = []
         step = max(1, min(self.max_in_flight, 4096))
-        for start in range(0, len(checked), step):
-            chunk = checked[start : start + step]
+        for start in range(0, len(unique), step):
+            chunk = unique[start : start + step]
             self._wait_for_room(len(chunk))
             out += self._submit_chunk(chunk)
-        return out
+        return [out[i] for i in stands_for]
 
     def _submit_chunk(self, specs: Sequence[EpisodeSpec]) -> list[str]:
         now = time.time()
@@ -129,7 +130,9 @@ class MeshClient:
     # --- reading -------------------------------------------------------------------------
 
     def get(self, episode_id: str) -> EpisodeRecord:
-        return self.catalog.get(episode_id)
+        """The episode's record: EpisodeNotFound if there is none, CorruptRecord if the value
+        it lives in does not decode."""
+        return get_record(self.catalog, episode_id)
 
     def list(self, where: EpisodeFilter | None = None, *, page_size: int = 500) -> Iterator[EpisodeRecord]:
         """Every matching record, paged, all at one revision."""
@@ -319,6 +322,58 @@ class MeshClient:
 
     def _terminal(self, ids: Sequence[str]) -> builtins.list[EpisodeRecord]:
         return [v.record for v in self._read(ids).values() if v.record.state.is_terminal]
+
+
+def get_record(catalog: Catalog, episode_id: str) -> EpisodeRecord:
+    """``catalog.get``, except that when a value the episode would live in (its own key, its
+    group record) does not decode and the record is nowhere else, it raises CorruptRecord: one
+    asked-for record is not a listing, where a bad value is skipped, and "no episode" would
+    send its owner looking for a typo."""
+    home = home_id(episode_id)
+    where = [catalog.keys.episode(episode_id)]
+    if home is not None:
+        where.insert(0, catalog.keys.episode(home))
+    readable, corrupt = [], None
+    for kv in homes.get_many(catalog.registry, where):
+        try:
+            decode_records(kv.value, kv.key.decode(errors="replace"))
+        except CorruptRecord as exc:
+            corrupt = exc
+            continue
+        readable.append(kv)
+    found = homes.found_in(catalog.keys, readable, {episode_id}).get(episode_id)
+    if found is not None:
+        return found.record
+    raise corrupt or EpisodeNotFound(episode_id)
+
+
+def _items(specs: Any) -> builtins.list[Any]:
+    """The specs ``submit`` was given, one or an iterable of them; anything else is a SpecError."""
+    if isinstance(specs, EpisodeSpec | Mapping):
+        return [specs]
+    if isinstance(specs, str | bytes) or not isinstance(specs, Iterable):
+        raise SpecError("spec", f"expected an EpisodeSpec, a mapping or a list of them, not {type(specs).__name__}")
+    return list(specs)
+
+
+def _one_per_key(specs: Sequence[EpisodeSpec]) -> tuple[builtins.list[EpisodeSpec], builtins.list[int]]:
+    """The specs to write (the first of each idempotency key), and for each given spec the index
+    of the one written for it. A later spec with a key seen earlier in the same submission names
+    the first's episode, as it would in a later submission: writing both would put the key twice
+    in one txn, which etcd refuses ("duplicate key given in txn request"), failing the lot."""
+    unique: builtins.list[EpisodeSpec] = []
+    stands_for: builtins.list[int] = []
+    first: dict[str, int] = {}
+    for spec in specs:
+        key = spec.idempotency_key
+        if key is not None and key in first:
+            stands_for.append(first[key])
+            continue
+        if key is not None:
+            first[key] = len(unique)
+        stands_for.append(len(unique))
+        unique.append(spec)
+    return unique, stands_for
 
 
 def _with_batch(spec: Any, batch: int) -> Any:

@@ -6,9 +6,9 @@ shell is involved unless you run one); ``env`` (strings added to the agent's env
 ``reset()`` starts the process in a new session (so its own process group), stdin from /dev/null,
 with ``OPENRANGE_SEED`` set when the episode has a seed. Each stdout line that is a JSON object
 becomes an event (``"type"`` defaults to ``"output"``; ``"t"`` is always the time we read it); other
-lines become ``{"type": "log", "line": ...}``. The last stderr lines are kept for the error message.
-Exit status 0 succeeds. ``stop()`` sends SIGTERM to the group, then SIGKILL after ``STOP_GRACE``.
-No checkpoints.
+lines, and objects nested more than ``MAX_EVENT_DEPTH`` deep, become ``{"type": "log", "line": ...}``.
+The last stderr lines are kept for the error message. Exit status 0 succeeds. ``stop()`` sends
+SIGTERM to the group, then SIGKILL after ``STOP_GRACE``. No checkpoints.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ SEED_ENV = "OPENRANGE_SEED"
 STOP_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 STDERR_LINES = 20  # kept for collect() and the error message
 _MAX_LINE = 64 * 1024  # a longer stdout line is cut into pieces
+MAX_EVENT_DEPTH = 64  # a stdout JSON object nested deeper stays a "log" line
 _MAX_STDERR_LINE = 500
 _EXIT_POLL = 0.05  # how often to look for the exit where pidfd_open is missing
 _PARAMS = ("argv", "cmd", "env", "cwd")
@@ -289,15 +290,37 @@ class CommandHandle:
 
 
 def _stdout_event(text: str) -> dict[str, Any]:
-    if text.startswith("{"):
-        try:
-            obj = json.loads(text)
-        except ValueError:
-            obj = None
-        if isinstance(obj, dict):
-            kind = obj.get("type")
-            return {**obj, "type": kind if isinstance(kind, str) and kind else "output", "t": time.time()}
+    obj = _json_object(text) if text.startswith("{") else None
+    if obj is not None:
+        kind = obj.get("type")
+        return {**obj, "type": kind if isinstance(kind, str) and kind else "output", "t": time.time()}
     return new_event("log", line=text)
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """The JSON object a stdout line holds, or None: not JSON, not an object, or nested deeper
+    than ``MAX_EVENT_DEPTH``. Such a line stays text (a "log" event) and the episode goes on:
+    json recurses once per level, so ~1000 levels raise RecursionError here, and an event
+    nearly that deep would raise again wherever it is encoded (the store's JSON lines, and
+    msgpack's nesting limit). What a line costs is bounded by its length (``_MAX_LINE``)."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) and _depth_at_most(obj, MAX_EVENT_DEPTH) else None
+
+
+def _depth_at_most(value: object, limit: int) -> bool:
+    """Whether ``value``'s containers nest at most ``limit`` deep (iterative: a deep value
+    must not exhaust the stack that measures it)."""
+    todo = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return False
+            todo += ((inner, depth + 1) for inner in (item.values() if isinstance(item, dict) else item))
+    return True
 
 
 def _signal_name(number: int) -> str:

@@ -59,6 +59,22 @@ def snapshot_path(ref: str) -> str:
     return f"snapshots/{_component('snapshot ref', ref)}"
 
 
+def component_problem(value: object) -> str | None:
+    """What makes ``value`` unsafe as one path component, or None. Submit checks a spec's
+    snapshot ref with it (``specs.check_spec``), so a ref the store would refuse fails there,
+    not on an agent. Refs are not nested (``a/b``): one component cannot climb out of
+    ``snapshots/`` whatever the store, and content-addressed snapshots need no directories."""
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    # printable first: a lone surrogate does not encode, and a name with terminal escapes in
+    # it would be echoed raw by anything that lists the store
+    if not value.isprintable() or value in ("", ".", "..") or len(value.encode()) > 255:
+        return "must be 1-255 bytes of printable characters, not '.' or '..'"
+    if "/" in value or "\\" in value:
+        return "must be one name, with no '/' or '\\'"
+    return None
+
+
 def parse_events_path(path: str) -> tuple[str, int, int] | None:
     """``(episode_id, attempt, chunk)`` for a path ``events_path`` built, else None."""
     m = _EVENTS.fullmatch(path)
@@ -67,13 +83,9 @@ def parse_events_path(path: str) -> tuple[str, int, int] | None:
 
 def _component(what: str, value: str) -> str:
     """``value`` if it is safe as one path component, else ``StoreError``."""
-    if (
-        not isinstance(value, str)
-        or value in ("", ".", "..")
-        or len(value) > 255
-        or any(c in "/\\" or ord(c) < 0x20 for c in value)
-    ):
-        raise StoreError(f"invalid {what} {value!r}: 1-255 characters, no '/', '\\' or control character")
+    problem = component_problem(value)
+    if problem is not None:
+        raise StoreError(f"invalid {what} {value!r}: {problem}")
     return value
 
 
