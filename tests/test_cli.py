@@ -578,3 +578,27 @@ def test_logs_and_show_of_batched_episodes(agents: Agents) -> None:
         assert followed == lines
     shown = json.loads(agents.cli.ok("show", ids[1], "-o", "json").stdout)
     assert shown["history"][0]["batch"] and shown["artifacts"][0]["batch_events"].endswith("/")
+
+
+def test_show_counts_only_attempts_the_episode_spent(mesh: Cli, registry: Registry) -> None:
+    """Attempts the infrastructure ended (outcome "released") do not count against max_attempts,
+    and show says so instead of "attempt 3 of 2"."""
+    now = time.time()
+    record = EpisodeRecord(
+        "0000000002-0000-t",
+        EpisodeSpec("sleep", max_attempts=2),
+        state=State.RUNNING,
+        attempt=3,
+        owner="h1",
+        claim="c3",
+        created_at=now - 60,
+        started_at=now - 5,
+        history=(
+            Attempt(1, "h2", now - 50, now - 49, "released", "its worker could not start (bucket gone)"),
+            Attempt(2, "h2", now - 40, now - 39, "released", "its worker could not start (bucket gone)"),
+            Attempt(3, "h1", now - 5),
+        ),
+    )
+    put_records(registry, mesh.namespace, record)
+    out = mesh.ok("show", record.id).output
+    assert "3 (1 of 2 counted; 2 released by failing hosts)" in out, out

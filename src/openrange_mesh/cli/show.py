@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ..mesh.client import get_record
+from ..mesh.ledger import spent_attempts
 from ..model import EpisodeRecord
 from ..store import Store
 from ..store.layout import attempt_prefix, batch_prefix, shared_events_path
@@ -80,7 +81,7 @@ def _print(console: Console, record: EpisodeRecord, artifacts: list[dict[str, An
         ("id", record.id),
         ("state", Text(record.state.value, style=STATE_STYLES[record.state])),
         ("runtime", spec.runtime),
-        ("attempt", f"{record.attempt} of {spec.max_attempts}"),
+        ("attempt", _attempts(record)),
         ("owner", (record.owner or "-") + (f" (claim {record.claim})" if record.claim else "")),
         ("submitter", record.submitter or "-"),
         ("created", f"{stamp(record.created_at)} ({ago(record.created_at, now)} ago)"),
@@ -131,3 +132,13 @@ def _print(console: Console, record: EpisodeRecord, artifacts: list[dict[str, An
 def _section(console: Console, name: str, body: str) -> None:
     console.print(Text(f"{name}:", style="bold"))
     console.print("\n".join("  " + line for line in printable(body, lines=True).split("\n")))
+
+
+def _attempts(record: EpisodeRecord) -> str:
+    """ "2 of 3", or with attempts the infrastructure ended, which do not count (ledger.release):
+    "4 (2 of 3 counted; 2 released by failing hosts)"."""
+    spent = spent_attempts(record)
+    released = record.attempt - spent
+    if not released:
+        return f"{record.attempt} of {record.spec.max_attempts}"
+    return f"{record.attempt} ({spent} of {record.spec.max_attempts} counted; {released} released by failing hosts)"
