@@ -63,13 +63,13 @@ from ._transport import (
     _tls_context,
     _Unreachable,
 )
-from ._url import parse_url
+from ._url import Access, parse_url, with_access
 from ._watch import EtcdWatch
 from ._wire import _b64, _int, _kv, _leaves, _op_size, _range_request, _revision, _txn_request, _txn_result
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_REQUEST_BYTES", "EtcdRegistry", "EtcdWatch", "parse_url"]
+__all__ = ["MAX_REQUEST_BYTES", "Access", "EtcdRegistry", "EtcdWatch", "parse_url", "with_access"]
 
 
 class EtcdRegistry:

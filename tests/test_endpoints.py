@@ -1,0 +1,138 @@
+"""etcd endpoints as etcd users write them, against real etcd processes (plain, TLS with client
+certificates, IPv6): every form opens and works. The parsing rules are in test_endpoints_parse.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from openrange_mesh.cli.main import cli
+from openrange_mesh.config import registry_url
+from openrange_mesh.errors import EpisodeNotFound
+from openrange_mesh.mesh.client import MeshClient
+from openrange_mesh.registry import Put, Registry, open_registry
+from openrange_mesh.service import EpisodeService
+
+from .etcdkit import EtcdServer, TlsFiles, free_port, make_tls, start_etcd
+
+MESH = "import sys; from openrange_mesh.cli.main import main; sys.argv[0] = 'openrange-mesh'; main()"
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return make_tls(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory, tls: TlsFiles) -> Iterator[EtcdServer]:
+    """An etcd that serves TLS only and wants a client certificate."""
+    server = start_etcd(tmp_path_factory.mktemp("secure"), tls=tls)
+    yield server
+    server.stop()
+
+
+def put_and_get(registry: Registry) -> None:
+    key = f"/endpoints/{uuid.uuid4().hex}".encode()
+    revision = registry.txn([], [Put(key, b"v")]).revision
+    kv, _ = registry.get(key)
+    assert kv is not None and (kv.value, kv.mod_revision) == (b"v", revision)
+
+
+def use(url: str, retry_timeout: float = 2.0) -> None:
+    registry = open_registry(url, retry_timeout=retry_timeout)
+    try:
+        put_and_get(registry)
+    finally:
+        registry.close()
+
+
+# -- every form opens and works
+
+
+@pytest.mark.parametrize(
+    "form", ["http://{ep}", "{ep}", "http://{ep}/", "http://{ep},http://{ep}", "{dead},http://{ep}", "etcd://{ep}"]
+)
+def test_plain_forms_work(etcd: EtcdServer, form: str) -> None:
+    use(form.format(ep=etcd.endpoint, dead=f"127.0.0.1:{free_port()}"))
+
+
+def test_ipv6_forms_work(tmp_path: Path) -> None:
+    server = start_etcd(tmp_path / "etcd", ipv6=True)
+    try:
+        for url in (f"[::1]:{server.client_port}", f"http://[::1]:{server.client_port}"):
+            use(url)
+    finally:
+        server.stop()
+
+
+def test_https_with_a_cacert_and_client_certificates(secure: EtcdServer, tls: TlsFiles) -> None:
+    files = {"cacert": str(tls.ca), "cert": str(tls.client_cert), "key": str(tls.client_key)}
+    use(registry_url(f"https://{secure.endpoint}", files, env={}))
+    use(registry_url(secure.endpoint, files, env={}))  # bare endpoints and TLS files: https, as etcdctl does
+    use(registry_url(f"https://{secure.endpoint},https://{secure.endpoint}", files, env={}))
+
+
+def test_client_and_service_take_endpoints(etcd: EtcdServer, tmp_path: Path) -> None:
+    client = MeshClient(f"http://{etcd.endpoint}", namespace="endpoints", retry_timeout=2.0)
+    try:
+        with pytest.raises(EpisodeNotFound):
+            client.get("no-such-episode")
+    finally:
+        client.close()
+    service = EpisodeService(etcd.endpoint, namespace="endpoints", host_id="h", store=str(tmp_path / "store"))
+    try:
+        with pytest.raises(EpisodeNotFound):
+            service.get("no-such-episode")
+    finally:
+        service.close()
+
+
+# -- the CLI: flags and environment in their order
+
+
+def cli_run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENRANGE_", "ETCDCTL_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", MESH, *args],
+        env={**clean, "OPENRANGE_RETRY_TIMEOUT": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_cli_reads_etcdctls_environment_below_its_own(etcd: EtcdServer, secure: EtcdServer, tls: TlsFiles) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    code, _, err = cli_run(["hosts"], {"ETCDCTL_ENDPOINTS": f"http://{etcd.endpoint}"})
+    assert code == 0, err
+    code, _, err = cli_run(["hosts"], {"ETCDCTL_ENDPOINTS": f"http://{etcd.endpoint}", "OPENRANGE_ETCD": dead})
+    assert code == 3 and err.strip().startswith(f"openrange-mesh: etcd unavailable at {dead}: ")
+    code, _, err = cli_run(["--endpoints", f"http://{etcd.endpoint}", "hosts"], {"OPENRANGE_ETCD": dead})
+    assert code == 0, err
+
+    etcdctl = {"ETCDCTL_ENDPOINTS": f"https://{secure.endpoint}", "ETCDCTL_CACERT": str(tls.ca)}
+    etcdctl |= {"ETCDCTL_CERT": str(tls.client_cert), "ETCDCTL_KEY": str(tls.client_key)}
+    code, _, err = cli_run(["hosts"], etcdctl)
+    assert code == 0, err
+    other_ca = make_tls(tls.ca.parent.parent / f"other-{uuid.uuid4().hex[:6]}").ca
+    code, _, err = cli_run(["hosts"], {**etcdctl, "OPENRANGE_CACERT": str(other_ca)})  # ours wins
+    assert code != 0 and len(err.splitlines()) == 1 and "certificate verify failed" in err
+    code, _, err = cli_run(["--cacert", str(tls.ca), "hosts"], {**etcdctl, "OPENRANGE_CACERT": str(other_ca)})
+    assert code == 0, err
+
+
+def test_cli_user_flag_never_shows_the_password(etcd: EtcdServer) -> None:
+    runner = CliRunner(env={"OPENRANGE_RETRY_TIMEOUT": "0.5"})
+    for args in (["--user", "root:s3cret"], ["--user", "root", "--password", "s3cret"]):
+        result = runner.invoke(cli, ["--endpoints", f"127.0.0.1:{free_port()}", *args, "--debug", "hosts"])
+        assert result.exit_code == 3 and "s3cret" not in result.output, result.output
+    result = runner.invoke(cli, ["--endpoints", "memory://x", "--user", "root:s3cret", "hosts"])
+    assert result.exit_code == 1 and "s3cret" not in result.output
