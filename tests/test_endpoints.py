@@ -1,11 +1,15 @@
 """etcd endpoints as etcd users write them, against real etcd processes (plain, TLS with client
-certificates, IPv6): every form opens and works. The parsing rules are in test_endpoints_parse.py."""
+certificates, IPv6): every form opens and works, and every way of not reaching etcd names its cause
+in one line. The parsing rules are in test_endpoints_parse.py."""
 
 from __future__ import annotations
 
 import os
+import re
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +19,7 @@ from click.testing import CliRunner
 
 from openrange_mesh.cli.main import cli
 from openrange_mesh.config import registry_url
-from openrange_mesh.errors import EpisodeNotFound
+from openrange_mesh.errors import EpisodeNotFound, TlsError, TlsRequired, Unavailable
 from openrange_mesh.mesh.client import MeshClient
 from openrange_mesh.registry import Put, Registry, open_registry
 from openrange_mesh.service import EpisodeService
@@ -36,6 +40,13 @@ def secure(tmp_path_factory: pytest.TempPathFactory, tls: TlsFiles) -> Iterator[
     server = start_etcd(tmp_path_factory.mktemp("secure"), tls=tls)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """host:port of a loopback socket that accepts connections and never says a word."""
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as sock:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 def put_and_get(registry: Registry) -> None:
@@ -94,7 +105,65 @@ def test_client_and_service_take_endpoints(etcd: EtcdServer, tmp_path: Path) -> 
         service.close()
 
 
-# -- the CLI: flags and environment in their order
+# -- every cause of not reaching etcd, in one line
+
+
+def failure(url: str, retry_timeout: float = 1.0) -> tuple[Exception, float]:
+    registry = open_registry(url, retry_timeout=retry_timeout)
+    started = time.monotonic()
+    try:
+        put_and_get(registry)
+    except Exception as exc:
+        return exc, time.monotonic() - started
+    finally:
+        registry.close()
+    raise AssertionError(f"{url} worked")
+
+
+def test_https_to_a_plain_etcd_is_a_handshake_failure(etcd: EtcdServer) -> None:
+    error, took = failure(f"https://{etcd.endpoint}")
+    assert type(error) is TlsError and took < 1.0  # not retried: it cannot get better
+    assert str(error).startswith(f"TLS handshake with {etcd.endpoint} failed: ")
+    assert "plain http? then use http://" in str(error)
+
+
+def test_plain_http_to_a_tls_etcd_says_it_serves_tls(secure: EtcdServer) -> None:
+    for url in (f"http://{secure.endpoint}", secure.endpoint):
+        error, took = failure(url)
+        assert isinstance(error, TlsRequired) and took < 1.0
+        assert str(error) == f"etcd at {secure.endpoint} serves TLS, not plain http: use https://{secure.endpoint}"
+
+
+def test_an_unknown_ca_and_a_missing_client_certificate(secure: EtcdServer, tls: TlsFiles) -> None:
+    error, _ = failure(f"https://{secure.endpoint}")
+    assert isinstance(error, TlsError) and "certificate verify failed: unable to get local issuer" in str(error)
+    error, _ = failure(registry_url(f"https://{secure.endpoint}", {"cacert": str(tls.ca)}, env={}))
+    assert isinstance(error, TlsError) and "client certificate" in str(error)
+
+
+def test_an_unresolvable_name() -> None:
+    error, _ = failure("no-such-host.invalid:2379", retry_timeout=0.5)
+    assert isinstance(error, Unavailable)
+    assert "cannot resolve host no-such-host.invalid" in error.reason and "refused" not in str(error)
+
+
+def test_a_refused_port_and_each_endpoints_cause() -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    error, _ = failure(dead, retry_timeout=0.5)
+    assert isinstance(error, Unavailable) and error.reason == f"connection refused by {dead}"
+    error, _ = failure(f"{dead},no-such-host.invalid", retry_timeout=0.5)
+    assert isinstance(error, Unavailable)
+    assert error.reason.startswith(f"connection refused by {dead}; cannot resolve host no-such-host.invalid")
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_silent_endpoint_did_not_answer(silent: str, scheme: str) -> None:
+    error, took = failure(f"{scheme}://{silent}", retry_timeout=0.6)
+    assert isinstance(error, Unavailable) and took < 1.5
+    assert re.fullmatch(rf"{silent} did not answer within 0\.\d+ s", error.reason), error.reason
+
+
+# -- the CLI: one line on stderr, exit 3; flags and environment in their order
 
 
 def cli_run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
@@ -114,7 +183,7 @@ def test_cli_reads_etcdctls_environment_below_its_own(etcd: EtcdServer, secure: 
     code, _, err = cli_run(["hosts"], {"ETCDCTL_ENDPOINTS": f"http://{etcd.endpoint}"})
     assert code == 0, err
     code, _, err = cli_run(["hosts"], {"ETCDCTL_ENDPOINTS": f"http://{etcd.endpoint}", "OPENRANGE_ETCD": dead})
-    assert code == 3 and err.strip().startswith(f"openrange-mesh: etcd unavailable at {dead}: ")
+    assert code == 3 and err.strip() == f"openrange-mesh: etcd unavailable at {dead}: connection refused by {dead}"
     code, _, err = cli_run(["--endpoints", f"http://{etcd.endpoint}", "hosts"], {"OPENRANGE_ETCD": dead})
     assert code == 0, err
 
@@ -124,9 +193,30 @@ def test_cli_reads_etcdctls_environment_below_its_own(etcd: EtcdServer, secure: 
     assert code == 0, err
     other_ca = make_tls(tls.ca.parent.parent / f"other-{uuid.uuid4().hex[:6]}").ca
     code, _, err = cli_run(["hosts"], {**etcdctl, "OPENRANGE_CACERT": str(other_ca)})  # ours wins
-    assert code != 0 and len(err.splitlines()) == 1 and "certificate verify failed" in err
+    assert code == 3 and len(err.splitlines()) == 1 and "certificate verify failed" in err
     code, _, err = cli_run(["--cacert", str(tls.ca), "hosts"], {**etcdctl, "OPENRANGE_CACERT": str(other_ca)})
     assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "expected"),
+    [
+        ("https://{plain}", "TLS handshake with {plain} failed: the server closed the connection mid-handshake"),
+        ("http://{secure}", "etcd at {secure} serves TLS, not plain http: use https://{secure}"),
+        ("no-such-host.invalid:2379", "etcd unavailable at no-such-host.invalid:2379: cannot resolve host"),
+        ("{dead}", "etcd unavailable at {dead}: connection refused by {dead}"),
+        ("{silent}", "etcd unavailable at {silent}: {silent} did not answer within"),
+    ],
+)
+def test_cli_names_the_cause_in_one_line_and_exits_3(
+    endpoints: str, expected: str, etcd: EtcdServer, secure: EtcdServer, silent: str
+) -> None:
+    names = {"plain": etcd.endpoint, "secure": secure.endpoint, "dead": f"127.0.0.1:{free_port()}", "silent": silent}
+    runner = CliRunner(env={"OPENRANGE_RETRY_TIMEOUT": "0.6", "OPENRANGE_ETCD": None, "ETCDCTL_ENDPOINTS": None})
+    result = runner.invoke(cli, ["--endpoints", endpoints.format(**names), "hosts"])
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 3 and len(lines) == 1, result.output
+    assert lines[0].startswith("openrange-mesh: " + expected.format(**names)), lines
 
 
 def test_cli_user_flag_never_shows_the_password(etcd: EtcdServer) -> None:

@@ -29,7 +29,7 @@ from ..config import (
     Settings,
     etcd_endpoints,
 )
-from ..errors import MeshError, Unavailable
+from ..errors import MeshError, TlsError, Unavailable
 from ..mesh.agent import Agent
 from .common import etcd_options
 
@@ -104,7 +104,7 @@ def main(
         agent.run()
     except MeshError as exc:
         click.echo(f"openrange-agent: {exc}", err=True)
-        sys.exit(3 if isinstance(exc, Unavailable) else 1)
+        sys.exit(3 if isinstance(exc, Unavailable | TlsError) else 1)
 
 
 def _install_signals(agent: Agent, grace: float) -> None:

@@ -23,7 +23,7 @@ from ..config import (
     ENV_STORE,
     ENV_USER,
 )
-from ..errors import MeshError, Unavailable
+from ..errors import MeshError, TlsError, Unavailable
 from ..keys import check_name
 from .common import CONTEXT_SETTINGS, PROG, Mesh, configure_logging, etcd_options
 
@@ -58,7 +58,7 @@ class MeshGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except Unavailable as exc:
+        except (Unavailable, TlsError) as exc:
             _fail(ctx, str(exc), EXIT_UNAVAILABLE)
         except MeshError as exc:
             _fail(ctx, str(exc), EXIT_ERROR)
@@ -114,7 +114,7 @@ Exit status:
   0    success
   1    error (bad spec, unknown episode, an episode that did not succeed, a timeout)
   2    usage error (bad flags or arguments)
-  3    etcd unreachable
+  3    etcd unreachable (down, refused, unresolvable, silent, or TLS failed)
   130  interrupted
 
 \b
