@@ -198,6 +198,12 @@ def test_cli_reads_etcdctls_environment_below_its_own(etcd: EtcdServer, secure: 
     assert code == 0, err
 
 
+def test_cli_https_trusts_the_system_cas(secure: EtcdServer, tls: TlsFiles) -> None:
+    args = ["--endpoints", f"https://{secure.endpoint}", "--cert", str(tls.client_cert), "--key", str(tls.client_key)]
+    code, _, err = cli_run([*args, "hosts"], {"SSL_CERT_FILE": str(tls.ca)})  # what OpenSSL takes as the system's
+    assert code == 0, err
+
+
 @pytest.mark.parametrize(
     ("endpoints", "expected"),
     [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import select
 import ssl
 from collections import deque
@@ -156,12 +157,28 @@ def _is_tls_problem(exc: BaseException) -> TypeGuard[ssl.SSLError]:
 # -- the connections --------------------------------------------------------------------------
 
 
+def _trusted(cacert: str | None) -> str:
+    """The CA file or directory etcd is verified with: ``cacert``, else the system's (what etcdctl
+    and curl trust, ``SSL_CERT_FILE`` included), else certifi's where the system has none (a slim
+    container)."""
+    if cacert:
+        return cacert
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.capath):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return certifi.where()
+
+
 def _tls_context(cacert: str | None, cert: str | None, key: str | None) -> ssl.SSLContext:
-    """Verifies etcd with the URL's ``cacert`` (else certifi's bundle, as requests would), presents
-    the client certificate if given, and checks the host name."""
-    trusted = cacert or certifi.where()
+    """Verifies etcd with ``_trusted(cacert)``, presents the client certificate if given, and checks
+    the host name."""
+    trusted = _trusted(cacert)
     try:
-        context = ssl.create_default_context(cafile=trusted)
+        if os.path.isdir(trusted):
+            context = ssl.create_default_context(capath=trusted)
+        else:
+            context = ssl.create_default_context(cafile=trusted)
         if cert and key:
             context.load_cert_chain(cert, key)
     except OSError as exc:  # ssl.SSLError is one: a file that is not PEM, a key that does not fit
@@ -174,9 +191,9 @@ def _stream_session(cacert: str | None, cert: str | None, key: str | None) -> re
     """The requests session for watch streams."""
     session = requests.Session()
     # No proxies, netrc or REQUESTS_CA_BUNDLE from the environment: etcd is reached directly and
-    # verified with the URL's cacert (requests lets that variable override ``Session.verify``).
+    # verified as our own connections are (requests lets that variable override ``Session.verify``).
     session.trust_env = False
-    session.verify = cacert or True
+    session.verify = _trusted(cacert)
     if cert and key:
         session.cert = (cert, key)
     return session
