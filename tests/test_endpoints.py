@@ -4,8 +4,10 @@ in one line. The parsing rules are in test_endpoints_parse.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -20,13 +22,17 @@ from click.testing import CliRunner
 from openrange_mesh.cli.main import cli
 from openrange_mesh.config import registry_url
 from openrange_mesh.errors import EpisodeNotFound, TlsError, TlsRequired, Unavailable
+from openrange_mesh.keys import Keys
+from openrange_mesh.mesh.catalog import Catalog
 from openrange_mesh.mesh.client import MeshClient
 from openrange_mesh.registry import Put, Registry, open_registry
 from openrange_mesh.service import EpisodeService
 
 from .etcdkit import EtcdServer, TlsFiles, free_port, make_tls, start_etcd
+from .helpers import wait_until
 
 MESH = "import sys; from openrange_mesh.cli.main import main; sys.argv[0] = 'openrange-mesh'; main()"
+AGENT = "import sys; from openrange_mesh.cli.agent import main; sys.argv[0] = 'openrange-agent'; main()"
 
 
 @pytest.fixture(scope="module")
@@ -163,14 +169,35 @@ def test_a_silent_endpoint_did_not_answer(silent: str, scheme: str) -> None:
     assert re.fullmatch(rf"{silent} did not answer within 0\.\d+ s", error.reason), error.reason
 
 
+def test_watch_streams_name_the_cause_too(etcd: EtcdServer) -> None:
+    """Watches stream through requests, not our connections: the same causes, worded the same."""
+    cases = [
+        (f"https://{etcd.endpoint}", TlsError, f"TLS handshake with {etcd.endpoint} failed: the server closed"),
+        ("no-such-host.invalid:1", Unavailable, "etcd unavailable at no-such-host.invalid:1: cannot resolve host"),
+    ]
+    for url, kind, expected in cases:
+        registry = open_registry(url, retry_timeout=0.5)
+        try:
+            with pytest.raises(kind) as failed:
+                registry.watch(b"/endpoints/", 1).next(5.0)
+            assert str(failed.value).startswith(expected), failed.value
+        finally:
+            registry.close()
+
+
 # -- the CLI: one line on stderr, exit 3; flags and environment in their order
 
 
-def cli_run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+def clean_env(**env: str) -> dict[str, str]:
+    """This process's environment without any OPENRANGE_* or ETCDCTL_* variable, plus ``env``."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENRANGE_", "ETCDCTL_"))}
+    return {**clean, **env}
+
+
+def cli_run(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     done = subprocess.run(
         [sys.executable, "-c", MESH, *args],
-        env={**clean, "OPENRANGE_RETRY_TIMEOUT": "1", **env},
+        env=clean_env(OPENRANGE_RETRY_TIMEOUT="1", **env),
         capture_output=True,
         text=True,
         timeout=60,
@@ -232,3 +259,45 @@ def test_cli_user_flag_never_shows_the_password(etcd: EtcdServer) -> None:
         assert result.exit_code == 3 and "s3cret" not in result.output, result.output
     result = runner.invoke(cli, ["--endpoints", "memory://x", "--user", "root:s3cret", "hosts"])
     assert result.exit_code == 1 and "s3cret" not in result.output
+
+
+# -- the agent
+
+
+def test_agent_joins_over_tls_from_etcdctls_environment(secure: EtcdServer, tls: TlsFiles, tmp_path: Path) -> None:
+    namespace = f"ep-{uuid.uuid4().hex[:8]}"
+    files = {"ETCDCTL_CACERT": str(tls.ca), "ETCDCTL_CERT": str(tls.client_cert), "ETCDCTL_KEY": str(tls.client_key)}
+    args = ["--namespace", namespace, "--host-id", "h1", "--ttl", "2", "--capacity", "1", "--grace", "1"]
+    env = clean_env(ETCDCTL_ENDPOINTS=f"https://{secure.endpoint}", **files)
+    with (tmp_path / "agent.log").open("wb") as log:
+        agent = subprocess.Popen(
+            [sys.executable, "-c", AGENT, *args, "--store", str(tmp_path / "store")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    access = {"cacert": str(tls.ca), "cert": str(tls.client_cert), "key": str(tls.client_key)}
+    registry = open_registry(registry_url(secure.endpoint, access, env={}), retry_timeout=2.0)
+    try:
+        catalog = Catalog(registry, Keys(namespace))
+        wait_until(lambda: catalog.hosts() or agent.poll() is not None, timeout=60, what="the agent to join")
+        assert agent.poll() is None, (tmp_path / "agent.log").read_text()
+    finally:
+        registry.close()
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(timeout=15)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(agent.pid, signal.SIGKILL)  # its workers, and the agent if it hung
+            agent.wait()
+
+
+def test_agent_names_the_cause_and_exits_3(etcd: EtcdServer, tmp_path: Path) -> None:
+    args = ["--endpoints", f"https://{etcd.endpoint}", "--host-id", "h1", "--store", str(tmp_path / "store")]
+    done = subprocess.run(
+        [sys.executable, "-c", AGENT, *args], env=clean_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.splitlines()[-1].startswith(f"openrange-agent: TLS handshake with {etcd.endpoint} failed: ")
