@@ -4,7 +4,7 @@ so ``memory://`` never imports etcd3gw.
 * ``memory://`` or ``memory://NAME``: in-process, shared by every opener of NAME in this process.
 * ``etcd://host1:2379,host2:2379[?timeout=S]``: etcd's v3 HTTP gateway, failing over along the list.
 * ``etcd+https://user:password@host1:2379,...?cacert=PATH&cert=PATH&key=PATH``: TLS and auth.
-* etcdctl's endpoints: ``http://h1:2379,http://h2:2379``, ``https://h1:2379`` (TLS, certifi's CAs), or
+* etcdctl's endpoints: ``http://h1:2379,http://h2:2379``, ``https://h1:2379`` (TLS, the system's CAs), or
   bare ``h1:2379,[::1]:2379`` (plain http).
 """
 
