@@ -252,6 +252,13 @@ def test_cli_names_the_cause_in_one_line_and_exits_3(
     assert lines[0].startswith("openrange-mesh: " + expected.format(**names)), lines
 
 
+def test_cli_unreadable_tls_files_are_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    result = CliRunner().invoke(cli, ["--endpoints", "https://127.0.0.1:1", "--cacert", str(missing), "hosts"])
+    assert result.exit_code == 1 and len(result.stderr.splitlines()) == 1, result.output
+    assert result.stderr.startswith(f"openrange-mesh: cannot load etcd TLS files {missing}: No such file")
+
+
 def test_cli_user_flag_never_shows_the_password(etcd: EtcdServer) -> None:
     runner = CliRunner(env={"OPENRANGE_RETRY_TIMEOUT": "0.5"})
     for args in (["--user", "root:s3cret"], ["--user", "root", "--password", "s3cret"]):
