@@ -218,6 +218,8 @@ def test_cli_reads_etcdctls_environment_below_its_own(etcd: EtcdServer, secure: 
     etcdctl |= {"ETCDCTL_CERT": str(tls.client_cert), "ETCDCTL_KEY": str(tls.client_key)}
     code, _, err = cli_run(["hosts"], etcdctl)
     assert code == 0, err
+    code, _, err = cli_run(["--endpoints", etcd.endpoint, "hosts"], etcdctl)  # a plain etcd named apart
+    assert code == 0, err
     other_ca = make_tls(tls.ca.parent.parent / f"other-{uuid.uuid4().hex[:6]}").ca
     code, _, err = cli_run(["hosts"], {**etcdctl, "OPENRANGE_CACERT": str(other_ca)})  # ours wins
     assert code == 3 and len(err.splitlines()) == 1 and "certificate verify failed" in err

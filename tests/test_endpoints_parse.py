@@ -103,7 +103,8 @@ def test_each_setting_takes_the_flag_then_ours_then_etcdctls() -> None:
 
     assert cacert({"cacert": "/flag.pem"}, env) == "/flag.pem"
     assert cacert({}, env) == "/ours.pem"
-    assert cacert({}, {k: v for k, v in env.items() if k != "OPENRANGE_CACERT"}) == "/theirs.pem"
+    assert cacert({}, {k: v for k, v in env.items() if k != "OPENRANGE_CACERT"}) is None  # see below
+    assert parse_url(registry_url(None, {}, {**env, "ETCDCTL_ENDPOINTS": "h:1"})).cacert == "/ours.pem"
     assert parse_url(registry_url("h:1", {}, env)).cert == "/c.pem"  # filled in setting by setting
 
     layered = {"ETCDCTL_ENDPOINTS": "http://theirs:1", "OPENRANGE_ETCD": "https://ours:1"}
@@ -134,6 +135,18 @@ def test_users_and_passwords() -> None:
         assert "s3cret" not in str(error.value) and "\n" not in str(error.value)
     settings = Settings.load({"host_id": "h", "registry": "h:1", "user": "root:s3cret"}, env={})
     assert "s3cret" in settings.registry and "s3cret" not in repr(settings)
+
+
+def test_etcdctls_tls_files_make_only_etcdctls_bare_endpoints_https() -> None:
+    """ETCDCTL_CACERT and friends describe etcdctl's etcd: they must not turn a plain local etcd
+    named apart (``openrange-mesh up`` runs one) into an https one."""
+    files = {"ETCDCTL_CACERT": "/ca.pem", "ETCDCTL_CERT": "/c.pem", "ETCDCTL_KEY": "/k.pem"}
+    assert registry_url("127.0.0.1:1", env=files) == "etcd+http://127.0.0.1:1"
+    assert registry_url(None, env={**files, "OPENRANGE_ETCD": "127.0.0.1:1"}) == "etcd+http://127.0.0.1:1"
+    theirs = parse_url(registry_url(None, env={**files, "ETCDCTL_ENDPOINTS": "h:1,h:2"}))
+    assert (theirs.protocol, theirs.cacert, theirs.cert) == ("https", "/ca.pem", "/c.pem")
+    named = parse_url(registry_url("https://h:1", env=files))  # https endpoints named apart take them
+    assert (named.protocol, named.cacert, named.key) == ("https", "/ca.pem", "/k.pem")
 
 
 def test_url_options_and_apart_must_agree_but_etcdctls_give_way() -> None:

@@ -83,12 +83,13 @@ def etcd_endpoints(flag: str | None, env: Mapping[str, str] | None = None) -> st
 
 
 def registry_url(
-    endpoints: str, flags: Mapping[str, str | None] | None = None, env: Mapping[str, str] | None = None
+    flag: str | None, flags: Mapping[str, str | None] | None = None, env: Mapping[str, str] | None = None
 ) -> str:
-    """The registry URL for ``endpoints`` (a registry URL or etcdctl's endpoints) with the credentials
-    and TLS files named in ``ACCESS_ENV``: each from ``flags``, else ``OPENRANGE_*``, else ``ETCDCTL_*``."""
+    """The registry URL for the endpoints ``etcd_endpoints(flag)`` names (a registry URL or etcdctl's
+    endpoints) with the credentials and TLS files named in ``ACCESS_ENV``: each from ``flags``, else
+    ``OPENRANGE_*``, else ``ETCDCTL_*``."""
     env = os.environ if env is None else env
-    endpoints = endpoints.strip()
+    endpoints = (etcd_endpoints(flag, env) or "").strip()
     if not endpoints:
         raise ConfigError(f"no etcd endpoints given: pass --etcd or set {ENV_ETCD} or {ETCDCTL_ENDPOINTS}")
     ours, theirs = _access(flags or {}, env, 0), _access({}, env, 1)
@@ -100,7 +101,8 @@ def registry_url(
         return endpoints if "://" in endpoints else f"etcd://{endpoints}"
     from .registry.etcd import Access, with_access  # imports etcd3gw: only when there is access to add
 
-    return with_access(endpoints, Access(**ours), Access(**theirs))
+    from_etcdctl = not (flag or env.get(ENV_ETCD))
+    return with_access(endpoints, Access(**ours), Access(**theirs), url_is_default=from_etcdctl)
 
 
 def _access(flags: Mapping[str, str | None], env: Mapping[str, str], tier: int) -> dict[str, str | None]:
@@ -169,9 +171,8 @@ class Settings:
             if env.get(var):
                 values[name] = env[var]
         values.update({k: v for k, v in flags.items() if v is not None})
-        endpoints = etcd_endpoints(flags.get("registry"), env)
-        if endpoints:
-            values["registry"] = registry_url(endpoints, access, env)
+        if etcd_endpoints(flags.get("registry"), env):
+            values["registry"] = registry_url(flags.get("registry"), access, env)
         return cls(**_coerce(values))
 
     def with_timing(self, ttl: int) -> Settings:

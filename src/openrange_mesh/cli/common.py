@@ -63,10 +63,9 @@ class Mesh:
 
     def registry(self) -> Registry:
         if self._registry is None:
-            endpoints = etcd_endpoints(self.etcd)
-            if not endpoints:
+            if not etcd_endpoints(self.etcd):
                 raise click.UsageError(f"no etcd endpoints: pass --etcd or set {ENV_ETCD} or {ETCDCTL_ENDPOINTS}")
-            url = registry_url(endpoints, self.access)
+            url = registry_url(self.etcd, self.access)
             self._registry = open_registry(url, retry_timeout=retry_timeout())
             click.get_current_context().call_on_close(self._registry.close)
         return self._registry

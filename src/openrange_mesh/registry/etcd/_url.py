@@ -161,13 +161,15 @@ def _parse_options(query: str, safe: str) -> dict[str, str]:
 # -- credentials and TLS files given apart ---------------------------------------------------------
 
 
-def with_access(url: str, access: Access, defaults: Access = Access()) -> str:
+def with_access(url: str, access: Access, defaults: Access = Access(), *, url_is_default: bool = False) -> str:
     """``url`` (anything ``parse_url`` takes) as a registry URL that also carries ``access``, and
     ``defaults`` (etcdctl's environment) where neither gives a value.
 
     A value ``url`` carries and ``access`` contradicts is an error; one that ``defaults``
     contradict is kept. TLS files make bare endpoints https; with explicitly plain endpoints they
-    are an error, or dropped when they are only ``defaults`` (etcdctl drops them too)."""
+    are an error, or dropped when they are only ``defaults`` (etcdctl drops them too). The
+    defaults' TLS files make bare endpoints https only when ``url_is_default`` too: they describe
+    etcdctl's etcd, not a plain one named apart (``openrange-mesh up``'s local etcd)."""
     target = parse_url(url)
     merged: dict[str, str | None] = {}
     for name in ("cacert", "cert", "key", "user", "password"):
@@ -179,7 +181,8 @@ def with_access(url: str, access: Access, defaults: Access = Access()) -> str:
     files = ("cacert", "cert", "key")
     if any(merged[name] for name in files) and target.protocol == "http" and target.stated:
         raise ConfigError(f"etcd {target.url} is plain http: TLS files need https:// endpoints")
-    if not (target.protocol == "http" and target.stated):
+    made_https = any(merged[name] for name in files)
+    if target.protocol == "https" or (not target.stated and (url_is_default or made_https)):
         for name in files:
             merged[name] = merged[name] or getattr(defaults, name)
     # The defaults' password goes with the defaults' user (ETCDCTL_USER=name:password), or with any
