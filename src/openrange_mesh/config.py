@@ -1,4 +1,6 @@
-"""Settings: defaults < environment (``OPENRANGE_*``) < flags. Frozen once built.
+"""Settings: defaults < environment (``OPENRANGE_*``) < flags. Frozen once built. etcd's
+endpoints, TLS files and credentials fall back, below ours, to etcdctl's ``ETCDCTL_*``
+variables, and become one registry URL (``registry_url``).
 
 Timing words are Patroni's. ``ttl`` is the lease time to live; ``loop_wait`` the longest an agent
 sleeps between loop passes; ``retry_timeout`` the longest one registry call may keep retrying.
@@ -30,6 +32,18 @@ ENV_RETRY_TIMEOUT = "OPENRANGE_RETRY_TIMEOUT"
 ENV_LABELS = "OPENRANGE_LABELS"
 ENV_LOG_LEVEL = "OPENRANGE_LOG_LEVEL"
 ENV_RETENTION = "OPENRANGE_RETENTION"
+ENV_CACERT = "OPENRANGE_CACERT"
+ENV_CERT = "OPENRANGE_CERT"
+ENV_KEY = "OPENRANGE_KEY"
+ENV_USER = "OPENRANGE_USER"
+ENV_PASSWORD = "OPENRANGE_PASSWORD"
+# etcdctl's own, honoured where ours are unset: a host set up for etcdctl needs nothing more.
+ETCDCTL_ENDPOINTS = "ETCDCTL_ENDPOINTS"
+ETCDCTL_CACERT = "ETCDCTL_CACERT"
+ETCDCTL_CERT = "ETCDCTL_CERT"
+ETCDCTL_KEY = "ETCDCTL_KEY"
+ETCDCTL_USER = "ETCDCTL_USER"
+ETCDCTL_PASSWORD = "ETCDCTL_PASSWORD"
 
 # field name -> environment variable
 _ENV = {
@@ -45,6 +59,14 @@ _ENV = {
     "log_level": ENV_LOG_LEVEL,
     "retention": ENV_RETENTION,
 }
+# etcd credentials and TLS files, as etcdctl's flags name them -> (our variable, etcdctl's)
+ACCESS_ENV = {
+    "cacert": (ENV_CACERT, ETCDCTL_CACERT),
+    "cert": (ENV_CERT, ETCDCTL_CERT),
+    "key": (ENV_KEY, ETCDCTL_KEY),
+    "user": (ENV_USER, ETCDCTL_USER),
+    "password": (ENV_PASSWORD, ETCDCTL_PASSWORD),
+}
 MIN_TTL = 2  # etcd's minimum lease TTL
 
 
@@ -54,12 +76,44 @@ def default_host_id() -> str:
     return (name or "host")[:63]
 
 
-def registry_url(endpoints: str) -> str:
-    """``--etcd`` takes bare endpoints (``h1:2379,h2:2379``) or a full registry URL."""
-    endpoints = endpoints.strip()
+def etcd_endpoints(flag: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """``--etcd``/``--endpoints``, else ``OPENRANGE_ETCD``, else ``ETCDCTL_ENDPOINTS``; None if none is set."""
+    env = os.environ if env is None else env
+    return flag or env.get(ENV_ETCD) or env.get(ETCDCTL_ENDPOINTS) or None
+
+
+def registry_url(
+    flag: str | None, flags: Mapping[str, str | None] | None = None, env: Mapping[str, str] | None = None
+) -> str:
+    """The registry URL for the endpoints ``etcd_endpoints(flag)`` names (a registry URL or etcdctl's
+    endpoints) with the credentials and TLS files named in ``ACCESS_ENV``: each from ``flags``, else
+    ``OPENRANGE_*``, else ``ETCDCTL_*``."""
+    env = os.environ if env is None else env
+    endpoints = (etcd_endpoints(flag, env) or "").strip()
     if not endpoints:
-        raise ConfigError(f"no etcd endpoints given: pass --etcd or set {ENV_ETCD}")
-    return endpoints if "://" in endpoints else f"etcd://{endpoints}"
+        raise ConfigError(f"no etcd endpoints given: pass --etcd or set {ENV_ETCD} or {ETCDCTL_ENDPOINTS}")
+    ours, theirs = _access(flags or {}, env, 0), _access({}, env, 1)
+    if endpoints.startswith("memory://"):
+        if any(ours.values()):
+            raise ConfigError("etcd credentials and TLS files are for etcd, not a memory:// registry")
+        return endpoints
+    if not any(ours.values()) and not any(theirs.values()):
+        return endpoints if "://" in endpoints else f"etcd://{endpoints}"
+    from .registry.etcd import Access, with_access  # imports etcd3gw: only when there is access to add
+
+    from_etcdctl = not (flag or env.get(ENV_ETCD))
+    return with_access(endpoints, Access(**ours), Access(**theirs), url_is_default=from_etcdctl)
+
+
+def _access(flags: Mapping[str, str | None], env: Mapping[str, str], tier: int) -> dict[str, str | None]:
+    """Credentials and TLS files from ``flags`` or one tier of ``ACCESS_ENV`` (0: ours, 1: etcdctl's)."""
+    values = {name: flags.get(name) or env.get(names[tier]) or None for name, names in ACCESS_ENV.items()}
+    user = values["user"]
+    if user is not None and ":" in user:  # etcdctl's --user name:password
+        if values["password"] is not None:
+            raise ConfigError("the etcd password is given twice: in user:password and on its own")
+        values["user"], _, values["password"] = user.partition(":")
+    return values
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -75,7 +129,7 @@ def parse_labels(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Settings:
-    registry: str = "memory://"
+    registry: str = field(default="memory://", repr=False)  # may hold a password
     namespace: str = "default"
     host_id: str = field(default_factory=default_host_id)
     capacity: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -107,13 +161,18 @@ class Settings:
 
     @classmethod
     def load(cls, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
-        """Defaults, overridden by the environment, overridden by flags that are not None."""
+        """Defaults, overridden by the environment, overridden by flags that are not None. The
+        registry is ``--etcd`` with ``ACCESS_ENV``'s flags folded in (see ``registry_url``)."""
         env = os.environ if env is None else env
+        flags = dict(flags or {})
+        access = {name: flags.pop(name, None) for name in ACCESS_ENV}  # folded into the registry URL
         values: dict[str, Any] = {}
         for name, var in _ENV.items():
             if env.get(var):
                 values[name] = env[var]
-        values.update({k: v for k, v in (flags or {}).items() if v is not None})
+        values.update({k: v for k, v in flags.items() if v is not None})
+        if etcd_endpoints(flags.get("registry"), env):
+            values["registry"] = registry_url(flags.get("registry"), access, env)
         return cls(**_coerce(values))
 
     def with_timing(self, ttl: int) -> Settings:
@@ -130,8 +189,6 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         try:
             if name == "labels" and isinstance(value, str):
                 value = parse_labels(value)
-            elif name == "registry":
-                value = registry_url(str(value))
             elif types[name] == "int":
                 value = int(value)
             elif types[name] == "float":

@@ -6,6 +6,8 @@
     │   └── UnknownRuntime     the spec names a runtime nobody registered
     ├── RegistryError          the control plane (etcd or memory) refused or failed
     │   ├── Unavailable        no endpoint answered within retry_timeout: retryable
+    │   ├── TlsError           the TLS handshake with an endpoint failed: not retried
+    │   │   └── TlsRequired    a plain-http URL names an etcd that serves TLS
     │   ├── Compacted          a watch or read asked for a revision etcd already compacted
     │   ├── LeaseLost          the lease expired or was revoked: stop and let peers requeue
     │   └── TooLarge           a value or txn over etcd's request limits
@@ -58,6 +60,24 @@ class Unavailable(RegistryError):
         self.endpoints = endpoints
         self.reason = reason
         super().__init__(f"etcd unavailable at {endpoints}: {reason}")
+
+
+class TlsError(RegistryError):
+    """TLS with ``where`` (host:port) failed: a wrong CA, a name the certificate lacks, https to a
+    plain etcd. Trying again cannot help, so nothing retries it."""
+
+    def __init__(self, where: str, cause: str) -> None:
+        self.where = where
+        self.cause = cause
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        return f"TLS handshake with {self.where} failed: {self.cause}"
+
+
+class TlsRequired(TlsError):
+    def _message(self) -> str:
+        return f"etcd at {self.where} serves TLS, not plain http: {self.cause}"
 
 
 class Compacted(RegistryError):

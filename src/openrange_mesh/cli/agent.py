@@ -1,4 +1,5 @@
-"""``openrange-agent --etcd ENDPOINTS``: the agent every host runs.
+"""``openrange-agent --etcd ENDPOINTS``: the agent every host runs. It takes etcd's endpoints,
+TLS files and credentials as etcdctl does (``--endpoints``, ``--cacert`` ... and ``ETCDCTL_*``).
 
 Signals: SIGTERM (or a first SIGINT) drains: stop claiming, let running episodes finish within
 ``--grace`` seconds, hand the rest back, revoke the lease, exit 0. A second SIGINT exits at once
@@ -24,16 +25,19 @@ from ..config import (
     ENV_NAMESPACE,
     ENV_RETENTION,
     ENV_STORE,
+    ETCDCTL_ENDPOINTS,
     Settings,
+    etcd_endpoints,
 )
-from ..errors import MeshError, Unavailable
+from ..errors import MeshError, TlsError, Unavailable
 from ..mesh.agent import Agent
+from .common import etcd_options
 
 log = logging.getLogger("openrange_mesh.agent")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--etcd", "registry", envvar=ENV_ETCD, help="etcd endpoints h1:2379,h2:2379 or a registry URL.")
+@etcd_options
 @click.option("--host-id", envvar=ENV_HOST_ID, help="This host's id (default: the hostname).")
 @click.option("--namespace", envvar=ENV_NAMESPACE, help="Mesh namespace (default: default).")
 @click.option("--capacity", type=int, envvar=ENV_CAPACITY, help="Worker processes (default: CPU count).")
@@ -49,7 +53,7 @@ log = logging.getLogger("openrange_mesh.agent")
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Drain grace period on SIGTERM.")
 @click.option("--log-level", envvar=ENV_LOG_LEVEL, default="INFO", show_default=True)
 def main(
-    registry: str | None,
+    etcd: str | None,
     host_id: str | None,
     namespace: str | None,
     capacity: int | None,
@@ -59,6 +63,7 @@ def main(
     retention: float | None,
     grace: float,
     log_level: str,
+    **access: str | None,
 ) -> None:
     """Join the mesh and run episodes.
 
@@ -66,16 +71,18 @@ def main(
     Examples:
       openrange-agent --etcd 10.0.0.5:2379,10.0.0.6:2379 --store /mnt/nfs/openrange
       OPENRANGE_ETCD=127.0.0.1:2379 openrange-agent --capacity 4 --labels gpu=a100
+      openrange-agent --endpoints https://10.0.0.5:2379 --cacert ca.pem --cert me.pem --key me-key.pem
     """
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     try:
-        if not registry:
-            raise click.UsageError(f"--etcd (or {ENV_ETCD}) is required")
+        if not etcd_endpoints(etcd):
+            raise click.UsageError(f"--etcd (or {ENV_ETCD}, or {ETCDCTL_ENDPOINTS}) is required")
         settings = Settings.load(
             {
-                "registry": registry,
+                **access,
+                "registry": etcd,
                 "host_id": host_id,
                 "namespace": namespace,
                 "capacity": capacity,
@@ -97,7 +104,7 @@ def main(
         agent.run()
     except MeshError as exc:
         click.echo(f"openrange-agent: {exc}", err=True)
-        sys.exit(3 if isinstance(exc, Unavailable) else 1)
+        sys.exit(3 if isinstance(exc, Unavailable | TlsError) else 1)
 
 
 def _install_signals(agent: Agent, grace: float) -> None:

@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
@@ -21,7 +21,19 @@ from typing import Any, NoReturn, TypeVar
 import click
 from rich.console import Console
 
-from ..config import ENV_ETCD, ENV_RETRY_TIMEOUT, ENV_STORE, registry_url
+from ..config import (
+    ENV_CACERT,
+    ENV_CERT,
+    ENV_ETCD,
+    ENV_KEY,
+    ENV_PASSWORD,
+    ENV_RETRY_TIMEOUT,
+    ENV_STORE,
+    ENV_USER,
+    ETCDCTL_ENDPOINTS,
+    etcd_endpoints,
+    registry_url,
+)
 from ..errors import ConfigError
 from ..keys import Keys
 from ..mesh.catalog import Catalog
@@ -43,6 +55,7 @@ class Mesh:
     etcd: str | None
     namespace: str
     debug: bool
+    access: Mapping[str, str | None] = field(default_factory=dict, repr=False)  # --cacert ... --password
     _registry: Registry | None = field(default=None, repr=False)
     _client: MeshClient | None = field(default=None, repr=False)
 
@@ -52,9 +65,10 @@ class Mesh:
 
     def registry(self) -> Registry:
         if self._registry is None:
-            if not self.etcd:
-                raise click.UsageError(f"no etcd endpoints: pass --etcd or set {ENV_ETCD}")
-            self._registry = open_registry(registry_url(self.etcd), retry_timeout=retry_timeout())
+            if not etcd_endpoints(self.etcd):
+                raise click.UsageError(f"no etcd endpoints: pass --etcd or set {ENV_ETCD} or {ETCDCTL_ENDPOINTS}")
+            url = registry_url(self.etcd, self.access)
+            self._registry = open_registry(url, retry_timeout=retry_timeout())
             click.get_current_context().call_on_close(self._registry.close)
         return self._registry
 
@@ -80,6 +94,31 @@ def retry_timeout() -> float:
     if value <= 0:
         raise ConfigError(f"{ENV_RETRY_TIMEOUT} must be positive, not {raw!r}")
     return value
+
+
+def etcd_options(f: F) -> F:
+    """Where etcd is and how to reach it, named as etcdctl names them: ``--etcd`` (alias
+    ``--endpoints``), ``--cacert``, ``--cert``, ``--key``, ``--user``, ``--password``. Each falls back to
+    its ``OPENRANGE_*`` variable, then etcdctl's ``ETCDCTL_*`` (read by config, not click)."""
+    options = [
+        click.option(
+            "--etcd",
+            "--endpoints",
+            "etcd",
+            envvar=ENV_ETCD,
+            metavar="ENDPOINTS",
+            help=f"etcd endpoints: h1:2379,h2:2379, http(s)://h1:2379,..., or a registry URL (env {ENV_ETCD}, "
+            f"else {ETCDCTL_ENDPOINTS}).",
+        ),
+        click.option("--cacert", metavar="PATH", help=f"CA bundle that signed etcd's certificate (env {ENV_CACERT})."),
+        click.option("--cert", metavar="PATH", help=f"Client certificate for etcd (env {ENV_CERT})."),
+        click.option("--key", metavar="PATH", help=f"Client certificate's key (env {ENV_KEY})."),
+        click.option("--user", metavar="NAME[:PASSWORD]", help=f"etcd user (env {ENV_USER})."),
+        click.option("--password", metavar="TEXT", help=f"etcd password; the env {ENV_PASSWORD} keeps it out of ps."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
 
 
 def store_option(required: bool = True) -> Callable[[F], F]:

@@ -12,10 +12,20 @@ from typing import Any, NoReturn
 import click
 
 from .. import __version__
-from ..config import ENV_ETCD, ENV_NAMESPACE, ENV_RETRY_TIMEOUT, ENV_STORE
-from ..errors import MeshError, Unavailable
+from ..config import (
+    ENV_CACERT,
+    ENV_CERT,
+    ENV_ETCD,
+    ENV_KEY,
+    ENV_NAMESPACE,
+    ENV_PASSWORD,
+    ENV_RETRY_TIMEOUT,
+    ENV_STORE,
+    ENV_USER,
+)
+from ..errors import MeshError, TlsError, Unavailable
 from ..keys import check_name
-from .common import CONTEXT_SETTINGS, PROG, Mesh, configure_logging
+from .common import CONTEXT_SETTINGS, PROG, Mesh, configure_logging, etcd_options
 from .safe import printable
 
 # command name -> module under openrange_mesh.cli, in the order --help lists them
@@ -51,7 +61,7 @@ class MeshGroup(click.Group):
             _fail(ctx, usage_line(exc), EXIT_USAGE)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except Unavailable as exc:
+        except (Unavailable, TlsError) as exc:
             _fail(ctx, str(exc), EXIT_UNAVAILABLE)
         except MeshError as exc:
             _fail(ctx, str(exc), EXIT_ERROR)
@@ -100,7 +110,10 @@ Examples:
 
 \b
 Environment:
-  {ENV_ETCD}           etcd endpoints (h1:2379,h2:2379) or a registry URL (--etcd)
+  {ENV_ETCD}           etcd endpoints (h1:2379,h2:2379, https://h1:2379) or a registry URL (--etcd)
+  {ENV_CACERT} {ENV_CERT} {ENV_KEY} {ENV_USER} {ENV_PASSWORD}
+                           etcd TLS files and credentials (--cacert --cert --key --user --password)
+  ETCDCTL_*                etcdctl's ENDPOINTS, CACERT, CERT, KEY, USER, PASSWORD where ours are unset
   {ENV_NAMESPACE}      mesh namespace (--namespace; default "default")
   {ENV_STORE}          shared store for events and artifacts (--store)
   {ENV_RETRY_TIMEOUT}  seconds one etcd call may retry before giving up (default 5)
@@ -111,7 +124,7 @@ Exit status:
   0    success
   1    error (bad spec, unknown episode, an episode that did not succeed, a timeout)
   2    usage error (bad flags or arguments)
-  3    etcd unreachable
+  3    etcd unreachable (down, refused, unresolvable, silent, or TLS failed)
   130  interrupted
 
 \b
@@ -121,18 +134,18 @@ Shell completion (bash; zsh and fish likewise with zsh_source / fish_source):
 
 
 @click.group(PROG, cls=MeshGroup, help=HELP, context_settings=CONTEXT_SETTINGS)
-@click.option("--etcd", envvar=ENV_ETCD, metavar="ENDPOINTS", help="etcd endpoints h1:2379,h2:2379 or a registry URL.")
+@etcd_options
 @click.option("--namespace", envvar=ENV_NAMESPACE, default="default", show_default=True, help="Mesh namespace.")
 @click.option("--debug", is_flag=True, help="Log debug lines; show tracebacks on errors.")
 @click.version_option(__version__, prog_name=PROG)
 @click.pass_context
-def cli(ctx: click.Context, etcd: str | None, namespace: str, debug: bool) -> None:
+def cli(ctx: click.Context, /, etcd: str | None, namespace: str, debug: bool, **access: str | None) -> None:
     ctx.call_on_close(configure_logging(debug))
     try:
         check_name("namespace", namespace)
     except MeshError as exc:
         raise click.BadParameter(str(exc), param_hint="--namespace") from exc
-    ctx.obj = Mesh(etcd=etcd, namespace=namespace, debug=debug)
+    ctx.obj = Mesh(etcd=etcd, namespace=namespace, debug=debug, access=access)
 
 
 def main() -> None:

@@ -4,12 +4,13 @@ so ``memory://`` never imports etcd3gw.
 * ``memory://`` or ``memory://NAME``: in-process, shared by every opener of NAME in this process.
 * ``etcd://host1:2379,host2:2379[?timeout=S]``: etcd's v3 HTTP gateway, failing over along the list.
 * ``etcd+https://user:password@host1:2379,...?cacert=PATH&cert=PATH&key=PATH``: TLS and auth.
+* etcdctl's endpoints: ``http://h1:2379,http://h2:2379``, ``https://h1:2379`` (TLS, the system's CAs), or
+  bare ``h1:2379,[::1]:2379`` (plain http).
 """
 
 from __future__ import annotations
 
 import importlib
-from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from .base import (
@@ -53,16 +54,21 @@ _BACKENDS: dict[str, tuple[str, str]] = {
     "etcd": ("openrange_mesh.registry.etcd", "EtcdRegistry"),
     "etcd+http": ("openrange_mesh.registry.etcd", "EtcdRegistry"),
     "etcd+https": ("openrange_mesh.registry.etcd", "EtcdRegistry"),
+    "http": ("openrange_mesh.registry.etcd", "EtcdRegistry"),
+    "https": ("openrange_mesh.registry.etcd", "EtcdRegistry"),
+    "": ("openrange_mesh.registry.etcd", "EtcdRegistry"),  # bare host:port, as etcdctl takes them
 }
 
 
 def open_registry(url: str, *, retry_timeout: float = 10.0) -> Registry:
     """Open the registry named by ``url``. ``retry_timeout`` bounds how long one call keeps
     retrying an unavailable backend before raising ``Unavailable``."""
-    scheme = urlsplit(url).scheme if "://" in url else ""
+    # The first item's scheme decides: an endpoint list repeats it (http://a:2379,http://b:2379).
+    scheme, sep, _ = url.split(",", 1)[0].strip().partition("://")
+    scheme = scheme if sep else ""
     if scheme not in _BACKENDS:
-        known = ", ".join(f"{s}://" for s in _BACKENDS)
-        raise ConfigError(f"unknown registry URL {url.split('@')[-1]!r}: expected one of {known}")
+        known = ", ".join(f"{s}://" for s in _BACKENDS if s)
+        raise ConfigError(f"unknown registry URL {url.split('@')[-1]!r}: expected one of {known}, or host:port")
     module_name, class_name = _BACKENDS[scheme]
     cls = getattr(importlib.import_module(module_name), class_name)
     registry: Registry = cls(url, retry_timeout=retry_timeout)

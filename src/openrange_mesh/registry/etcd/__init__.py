@@ -11,6 +11,9 @@ How it copes with failure:
   moves to the next one. A call that fails is retried under one tenacity policy (entered only after a
   first failure) that retries only those failures and never runs past ``retry_timeout`` (each
   attempt's timeout is clamped to what is left), then raises ``Unavailable``.
+* A failure names its cause and endpoint ("cannot resolve host h", "connection refused by h:p",
+  "h:p did not answer within N s", "TLS handshake with h:p failed: ..."; ``_causes``). TLS
+  failures are ``TlsError``, never retried: a certificate or protocol mismatch does not heal.
 * A timed-out *write* may have been applied, so a write is retried only when the request certainly never
   reached etcd (connection refused, connect timeout); otherwise ``Unavailable`` is raised at once rather
   than risk applying it twice (a retried claim would read as "lost" though it was won). A kept-alive
@@ -63,13 +66,13 @@ from ._transport import (
     _tls_context,
     _Unreachable,
 )
-from ._url import parse_url
+from ._url import Access, parse_url, with_access
 from ._watch import EtcdWatch
 from ._wire import _b64, _int, _kv, _leaves, _op_size, _range_request, _revision, _txn_request, _txn_result
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_REQUEST_BYTES", "EtcdRegistry", "EtcdWatch", "parse_url"]
+__all__ = ["MAX_REQUEST_BYTES", "Access", "EtcdRegistry", "EtcdWatch", "parse_url", "with_access"]
 
 
 class EtcdRegistry:
@@ -121,7 +124,7 @@ class EtcdRegistry:
             first, self._in_outage = not self._in_outage, True
         level = logging.WARNING if first else logging.DEBUG
         nxt = "retrying" if self._current == index else f"trying {self._where(self._current)}"
-        log.log(level, "etcd %s: %s; %s", self._where(index), reason, nxt)
+        log.log(level, "etcd: %s; %s", reason, nxt)
 
     def _recovered(self, index: int) -> None:
         if self._in_outage:
@@ -179,6 +182,7 @@ class EtcdRegistry:
             return self._attempt(path, payload, ctx, deadline)  # most calls: no retry machinery at all
         except _Unreachable as exc:
             failed: _Unreachable | None = exc
+            causes = {exc.where: exc.cause}  # each endpoint's latest, for the error if all fail
 
         def attempt() -> dict[str, Any]:
             # The policy's first attempt is the one that just failed, so its schedule is unchanged.
@@ -186,9 +190,20 @@ class EtcdRegistry:
             if failed is not None:
                 error, failed = failed, None
                 raise error
-            return self._attempt(path, payload, ctx, deadline)
+            try:
+                return self._attempt(path, payload, ctx, deadline)
+            except _Unreachable as exc:
+                causes[exc.where] = exc.cause
+                raise
 
-        result: dict[str, Any] = self._retrying(ctx, deadline)(attempt)
+        try:
+            result: dict[str, Any] = self._retrying(ctx, deadline)(attempt)
+        except _Unreachable as exc:
+            if len(causes) < 2:
+                raise
+            raise _Unreachable(
+                self.endpoints, exc.where, "; ".join(causes.values()), maybe_applied=exc.maybe_applied
+            ) from exc
         return result
 
     def _retrying(self, ctx: _Ctx, deadline: float) -> Retrying:
@@ -214,11 +229,11 @@ class EtcdRegistry:
     def _translate(self, exc: BaseException, ctx: _Ctx, index: int) -> RegistryError:
         """The one place where transport, etcd3gw, requests and gateway errors become ``errors`` classes."""
         where = self._where(index)
-        broken = _as_broken(exc)
-        if broken is not None and broken.tls:  # a certificate problem: not retryable
-            return RegistryError(f"TLS with etcd {where} failed: {broken.cause}")
+        broken = _as_broken(exc, where, self.request_timeout)
+        if broken is not None and broken.tls is not None:  # a certificate or protocol problem: not retryable
+            return broken.tls(where, broken.reason)
         if broken is not None:
-            return _Unreachable(self.endpoints, where, broken.short, maybe_applied=not broken.never_sent)
+            return _Unreachable(self.endpoints, where, broken.reason, maybe_applied=not broken.never_sent)
         message = _error_message(exc)
         lowered = message.lower()
         if "request is too large" in lowered:
@@ -242,7 +257,7 @@ class EtcdRegistry:
             return RegistryError(f"etcd user {user!r} may not {ctx.what}: permission denied")
         if isinstance(exc, ConnectionFailedError | ConnectionTimeoutError) or any(s in lowered for s in _UNAVAILABLE):
             applied = not any(s in lowered for s in _NOT_APPLIED)
-            return _Unreachable(self.endpoints, where, message, maybe_applied=applied)
+            return _Unreachable(self.endpoints, where, f"{where}: {message}", maybe_applied=applied)
         return RegistryError(f"etcd refused {ctx.what}: {message}")
 
     def _oldest_revision(self) -> int:

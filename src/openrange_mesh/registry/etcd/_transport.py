@@ -6,12 +6,13 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import select
 import ssl
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import certifi
 import requests
@@ -25,7 +26,8 @@ from etcd3gw.exceptions import (
     PreconditionFailedError,
 )
 
-from ...errors import RegistryError, Unavailable
+from ...errors import ConfigError, RegistryError, TlsError, TlsRequired, Unavailable
+from . import _causes
 
 MAX_REQUEST_BYTES = 1572864  # etcd's default --max-request-bytes (1.5 MiB)
 _MIN_ATTEMPT = 0.05  # seconds: no attempt is started with less time than this left
@@ -46,11 +48,12 @@ _ERRORS_BY_STATUS: dict[int, type[Etcd3Exception]] = {
 
 
 class _Unreachable(Unavailable):
-    """An attempt at one endpoint failed in a retryable way; ``maybe_applied`` if etcd may have
-    executed the request anyway (so only reads and other idempotent calls may retry)."""
+    """An attempt at ``where`` failed in a retryable way, ``cause`` saying how (naming ``where``);
+    ``maybe_applied`` if etcd may have executed the request anyway (so only reads and other
+    idempotent calls may retry)."""
 
     def __init__(self, endpoints: str, where: str, cause: str, *, maybe_applied: bool) -> None:
-        super().__init__(endpoints, cause if endpoints == where else f"{where}: {cause}")
+        super().__init__(endpoints, cause)
         self.where = where
         self.cause = cause
         self.maybe_applied = maybe_applied
@@ -65,14 +68,15 @@ class _GatewayError(Exception):
 
 
 class _Broken(Exception):
-    """A call failed below HTTP. ``short`` says how ("timed out", "connection refused", "connection
-    lost"); ``never_sent`` if etcd certainly never saw the request; ``tls`` if TLS itself failed (a
-    certificate problem: trying again cannot help)."""
+    """A call failed below HTTP. ``reason`` says how, naming the endpoint ("connection refused by
+    h:2379", "cannot resolve host h", "h:2379 did not answer within 2 s"); ``never_sent`` if etcd
+    certainly never saw the request; ``tls`` the error to raise if TLS itself failed (trying again
+    cannot help), ``reason`` then being why."""
 
-    def __init__(self, cause: object, short: str, *, never_sent: bool, tls: bool = False) -> None:
+    def __init__(self, cause: object, reason: str, *, never_sent: bool, tls: type[TlsError] | None = None) -> None:
         super().__init__(cause)
         self.cause = cause
-        self.short = short
+        self.reason = reason
         self.never_sent = never_sent
         self.tls = tls
 
@@ -102,7 +106,7 @@ def _error_message(exc: BaseException) -> str:
     return str(body)
 
 
-def _as_broken(exc: BaseException) -> _Broken | None:
+def _as_broken(exc: BaseException, where: str, timeout: float) -> _Broken | None:
     """``exc`` as a failure below HTTP, from our connections or from requests (watch streams; etcd3gw
     re-raises requests' exceptions as its own, without ``from``)."""
     if isinstance(exc, _Broken):
@@ -111,9 +115,23 @@ def _as_broken(exc: BaseException) -> _Broken | None:
         if isinstance(candidate, requests.RequestException) and not isinstance(
             candidate, requests.exceptions.JSONDecodeError
         ):
-            tls = isinstance(candidate, requests.exceptions.SSLError)
-            return _Broken(_cause(candidate), _short(candidate), never_sent=_never_sent(candidate), tls=tls)
+            return _from_requests(candidate, where, timeout)
     return None
+
+
+def _from_requests(error: requests.RequestException, where: str, timeout: float) -> _Broken:
+    inner = _causes.os_error(error)
+    never_sent = _never_sent(error)
+    if isinstance(error, requests.exceptions.SSLError):
+        why = _causes.tls_cause(inner) if inner is not None else str(_cause(error))
+        return _Broken(error, why, never_sent=never_sent, tls=TlsError)
+    if isinstance(error, requests.exceptions.Timeout):
+        why = f"{where} did not answer within {round(timeout, 2):g} s"
+    elif inner is not None:
+        why = _causes.reason(inner, where, timeout, connecting=never_sent)
+    else:
+        why = f"connection to {where} lost: {_cause(error)}"
+    return _Broken(error, why, never_sent=never_sent)
 
 
 def _cause(error: requests.RequestException) -> object:
@@ -129,15 +147,7 @@ def _never_sent(error: requests.RequestException) -> bool:
     )
 
 
-def _short(error: requests.RequestException) -> str:
-    if isinstance(error, requests.exceptions.Timeout):
-        return "timed out"
-    if _never_sent(error):
-        return "connection refused"
-    return "connection lost"
-
-
-def _is_tls_problem(exc: BaseException) -> bool:
+def _is_tls_problem(exc: BaseException) -> TypeGuard[ssl.SSLError]:
     # A TLS alert or a certificate that does not verify; an EOF or a reset under TLS is a lost connection.
     return isinstance(exc, ssl.SSLError) and not isinstance(
         exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError
@@ -147,12 +157,33 @@ def _is_tls_problem(exc: BaseException) -> bool:
 # -- the connections --------------------------------------------------------------------------
 
 
+def _trusted(cacert: str | None) -> str:
+    """The CA file or directory etcd is verified with: ``cacert``, else the system's (what etcdctl
+    and curl trust, ``SSL_CERT_FILE`` included), else certifi's where the system has none (a slim
+    container)."""
+    if cacert:
+        return cacert
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.capath):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return certifi.where()
+
+
 def _tls_context(cacert: str | None, cert: str | None, key: str | None) -> ssl.SSLContext:
-    """Verifies etcd with the URL's ``cacert`` (else certifi's bundle, as requests would), presents
-    the client certificate if given, and checks the host name."""
-    context = ssl.create_default_context(cafile=cacert or certifi.where())
-    if cert and key:
-        context.load_cert_chain(cert, key)
+    """Verifies etcd with ``_trusted(cacert)``, presents the client certificate if given, and checks
+    the host name."""
+    trusted = _trusted(cacert)
+    try:
+        if os.path.isdir(trusted):
+            context = ssl.create_default_context(capath=trusted)
+        else:
+            context = ssl.create_default_context(cafile=trusted)
+        if cert and key:
+            context.load_cert_chain(cert, key)
+    except OSError as exc:  # ssl.SSLError is one: a file that is not PEM, a key that does not fit
+        files = ", ".join(path for path in (cacert, cert, key) if path) or trusted
+        raise ConfigError(f"cannot load etcd TLS files {files}: {exc.strerror or exc}") from exc
     return context
 
 
@@ -160,9 +191,9 @@ def _stream_session(cacert: str | None, cert: str | None, key: str | None) -> re
     """The requests session for watch streams."""
     session = requests.Session()
     # No proxies, netrc or REQUESTS_CA_BUNDLE from the environment: etcd is reached directly and
-    # verified with the URL's cacert (requests lets that variable override ``Session.verify``).
+    # verified as our own connections are (requests lets that variable override ``Session.verify``).
     session.trust_env = False
-    session.verify = cacert or True
+    session.verify = _trusted(cacert)
     if cert and key:
         session.cert = (cert, key)
     return session
@@ -176,13 +207,14 @@ class _Connections:
     def __init__(self, host: str, port: int, tls: ssl.SSLContext | None) -> None:
         self._host = host
         self._port = port
+        self._where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._tls = tls
         self._idle: deque[http.client.HTTPConnection] = deque()
         self._closed = False
 
     def exchange(self, path: str, body: bytes, headers: Mapping[str, str], timeout: float) -> tuple[int, str, bytes]:
         """POST ``body``; the answer's status, reason and body. Raises ``_Broken``."""
-        conn = self._take(timeout)
+        conn, fresh = self._take(timeout)
         try:
             conn.sock.settimeout(timeout)
             # etcd may answer and close before it has read all of a request it refuses (urllib3 does the same).
@@ -192,9 +224,7 @@ class _Connections:
             data = answer.read()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            # Sent, or perhaps sent: a write may have been applied, so the caller must not repeat it.
-            short = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
-            raise _Broken(exc, short, never_sent=False, tls=_is_tls_problem(exc)) from exc
+            raise self._lost(exc, fresh, timeout) from exc
         except BaseException:
             conn.close()
             raise
@@ -206,25 +236,53 @@ class _Connections:
             conn.close()
         return answer.status, answer.reason, data
 
-    def _take(self, timeout: float) -> http.client.HTTPConnection:
+    def _lost(self, exc: OSError | http.client.HTTPException, fresh: bool, timeout: float) -> _Broken:
+        """An exchange that failed: sent, or perhaps sent, so a write may have been applied and the
+        caller must not repeat it."""
+        if _is_tls_problem(exc):  # a TLS 1.3 server checks the client certificate after the handshake
+            return _Broken(exc, _causes.tls_cause(exc), never_sent=False, tls=TlsError)
+        # A TLS etcd closes a plain request's connection without a word, just as a crashing etcd
+        # would: only a new connection closed so is worth a look at whether it speaks TLS.
+        plain_closed = fresh and self._tls is None and isinstance(exc, http.client.RemoteDisconnected)
+        if plain_closed and _causes.serves_tls(self._host, self._port, timeout):
+            return _Broken(exc, f"use https://{self._where}", never_sent=True, tls=TlsRequired)
+        if isinstance(exc, OSError):
+            return _Broken(exc, _causes.reason(exc, self._where, timeout, connecting=False), never_sent=False)
+        return _Broken(exc, f"connection to {self._where} lost: {exc}", never_sent=False)
+
+    def _take(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection, or a new one (then True)."""
         while True:
             try:
                 conn = self._idle.pop()  # the most recently used: the least likely to have been dropped
             except IndexError:
                 break
             if not _dropped(conn):
-                return conn
+                return conn, False
             conn.close()
+        return self._connect(timeout), True
+
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+        # Connected explicitly, so that a failure here is known to precede sending; and TCP apart from
+        # TLS, so that a handshake failure is told apart from a refused or unresolvable endpoint.
         if self._tls is None:
             conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         else:
             conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._tls)
         try:
-            conn.connect()  # explicitly, so that a failure here is known to precede sending
+            http.client.HTTPConnection.connect(conn)
         except OSError as exc:
             conn.close()
-            short = "timed out" if isinstance(exc, TimeoutError) else "connection refused"
-            raise _Broken(exc, short, never_sent=True, tls=_is_tls_problem(exc)) from exc
+            raise _Broken(exc, _causes.reason(exc, self._where, timeout, connecting=True), never_sent=True) from exc
+        if self._tls is not None:
+            try:
+                conn.sock = self._tls.wrap_socket(conn.sock, server_hostname=self._host)
+            except OSError as exc:
+                conn.close()
+                if isinstance(exc, TimeoutError):  # accepted, then silence: not a TLS problem as such
+                    why = _causes.reason(exc, self._where, timeout, connecting=True)
+                    raise _Broken(exc, why, never_sent=True) from exc
+                raise _Broken(exc, _causes.tls_cause(exc), never_sent=True, tls=TlsError) from exc
         return conn
 
     def close(self) -> None:
