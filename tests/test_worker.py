@@ -61,3 +61,36 @@ def test_an_episode_that_runs_past_the_first_flush_writes_its_own_chunks(tmp_pat
     chunks = wait_until(lambda: store.list("episodes/long/attempt-1/"), 5, what="its chunks")
     assert len(chunks) >= 2  # one written while it ran, one at its end
     assert [e["type"] for e in read_events(store, "long", 1)] == ["reset", "tick", "tick", "tick", "terminal"]
+
+
+def test_an_episodes_odd_data_fails_it_and_no_worker(tmp_path: Path) -> None:
+    """A result too deep to pickle or to pack, or with an int key no reader would take, fails
+    its episode in the worker with a reason; an event too deep to encode is dropped alone. The
+    worker lives on (before, it crashed, and the released episode crashed its next worker)."""
+    store_url = str(tmp_path / "store")
+    pool = WorkerPool(1, store_url)
+    pool.start()
+
+    def item(name: str, **params: str) -> WorkItem:
+        return WorkItem(name, 1, EpisodeSpec(runtime="tests.odd_runtimes:odd", params=params))
+
+    try:
+        pool.dispatch([item("deep", result="deep")])
+        (deep,) = results(pool, 1)
+        pool.dispatch([item("intkey", result="intkey")])
+        (intkey,) = results(pool, 1)
+        pool.dispatch([item("packdeep", result="packdeep")])
+        (packdeep,) = results(pool, 1)
+        pool.dispatch([item("events", events="deep"), item("after", result="fine")])
+        events, after = results(pool, 2)
+        workers = pool.started()
+    finally:
+        pool.close()
+    for done in (deep, intkey, packdeep):
+        assert done.kind == "failed" and "not plain JSON data" in (done.error or "") and done.result == {}, done
+    assert "nested deeper than" in (deep.error or "") and "map keys must be strings" in (intkey.error or "")
+    assert events.kind == after.kind == "succeeded" and after.result == {"ok": True}
+    store = open_store(store_url)
+    kept = read_events(store, "events", 1, shared=events.events)
+    assert [e["type"] for e in kept] == ["fine"], kept  # the deep one dropped, its neighbour kept
+    assert workers == 1  # the same worker ran them all: none died

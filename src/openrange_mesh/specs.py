@@ -64,6 +64,39 @@ def check_json(name: str, value: object) -> None:
             )
 
 
+def is_plain_json(value: object) -> bool:
+    """What ``check_json`` accepts, answered without building paths for messages: ~1.5 us for
+    a small result, which a worker checks for every episode (a result that is not, nested too
+    deep to pickle or to pack, or with an int key every reader would refuse, must fail its
+    episode in the worker, not crash the worker or the agent's commit)."""
+    todo: list[tuple[object, int]] = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if depth > MAX_PARAMS_DEPTH:
+            return False
+        kind = type(item)
+        if item is None or kind is str or kind is int or kind is bool:
+            continue
+        if kind is float:
+            if not math.isfinite(item):  # type: ignore[arg-type]
+                return False
+        elif isinstance(item, Mapping):
+            for key, inner in item.items():
+                if type(key) is not str:
+                    return False
+                todo.append((inner, depth + 1))
+        elif isinstance(item, list | tuple):
+            todo.extend((inner, depth + 1) for inner in item)
+        else:
+            return isinstance(item, str | int | float) and is_plain_json(_plain(item))
+    return True
+
+
+def _plain(item: object) -> object:
+    """A subclass of str, int or float (numpy's float64, an IntEnum) as its plain value."""
+    return float(item) if isinstance(item, float) else int(item) if isinstance(item, int) else str(item)
+
+
 def _check_snapshot(ref: str) -> None:
     # Imported here: the store package imports fsspec (~0.1 s), which a trainer that only
     # submits need not load unless its specs name snapshots.

@@ -44,9 +44,10 @@ from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
 
-from ..errors import ArtifactNotFound, MeshError, StoreError
+from ..errors import ArtifactNotFound, MeshError, SpecError, StoreError
 from ..model import EpisodeSpec
 from ..runtimes import load_runtime
+from ..specs import check_json, is_plain_json
 from ..store import Store, open_store
 from ..store.events import encode_events
 from ..store.layout import batch_events_path, events_path, shared_events_path, snapshot_path
@@ -185,7 +186,13 @@ def _write(store: Store, path: str, events: list[dict[str, Any]], report: Callab
     """Events are diagnostics: a store that refuses them fails no episode (results are in
     etcd), but it is the host's failure, and the agent hears of it (mesh/health.py)."""
     try:
-        store.put_bytes(path, encode_events(events), durable=False)
+        data = encode_events(events)
+    except (RecursionError, ValueError, TypeError):  # an episode's data, not the store: keep the rest
+        kept = [event for event in events if is_plain_json(event)]
+        log.warning("dropping %d events that are not plain JSON data", len(events) - len(kept))
+        data = encode_events(kept)
+    try:
+        store.put_bytes(path, data, durable=False)
     except StoreError as exc:
         log.warning("dropping %d events: %s", len(events), exc)
         if report is not None:
@@ -261,10 +268,20 @@ def run_item(
 def _finish(handle: Any, events: _Events | _Tagged, item: WorkItem, kind: str, error: str | None) -> Done:
     try:
         events.add(handle.poll_events())
-        result = handle.collect()
+        result = dict(handle.collect())
     finally:
         _safe_stop(handle)
-    return Done(item.episode_id, item.attempt, kind, error, dict(result), events.finish())
+    if not is_plain_json(result):  # the episode's own fault: it must not crash this worker or the commit
+        return Done(item.episode_id, item.attempt, "failed", _not_plain(result), {}, events.finish())
+    return Done(item.episode_id, item.attempt, kind, error, result, events.finish())
+
+
+def _not_plain(result: dict[str, Any]) -> str:
+    try:
+        check_json("result", result)
+    except SpecError as exc:
+        return f"its result is not plain JSON data: {exc}"
+    return "its result is not plain JSON data"
 
 
 def _safe_stop(handle: Any) -> None:

@@ -1,0 +1,66 @@
+"""Runtimes that hand back data no episode should: named by import path (``tests.odd_runtimes:...``)
+by tests that run them in real worker processes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from openrange_mesh.runtimes.base import Outcome
+
+
+def nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+class _Odd:
+    def __init__(self, result: dict[Any, Any], events: list[dict[str, Any]]) -> None:
+        self.result, self.events, self.done = result, events, False
+
+    def reset(self) -> None:
+        pass
+
+    def surface(self) -> dict[str, Any]:
+        return {}
+
+    def advance(self, max_seconds: float) -> None:
+        self.done = True
+
+    def poll_events(self) -> list[dict[str, Any]]:
+        events, self.events = self.events, []
+        return events
+
+    def terminal(self) -> Outcome | None:
+        return Outcome(succeeded=True) if self.done else None
+
+    def collect(self) -> dict[Any, Any]:
+        return self.result
+
+    def stop(self) -> None:
+        pass
+
+
+class OddData:
+    """params: ``result`` one of "deep" (2000 levels: too deep to pickle), "packdeep" (600: too
+    deep for msgpack), "intkey", "fine"; ``events`` "deep" or "fine"."""
+
+    name = "odd"
+
+    def validate(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def realize(self, params: Mapping[str, Any], *, seed: int | None, snapshot: bytes | None = None) -> _Odd:
+        results = {
+            "deep": {"x": nested(2000)},
+            "packdeep": {"x": nested(600)},
+            "intkey": {"x": {1: "one"}},
+            "fine": {"ok": True},
+        }
+        event = {"type": "odd", "x": nested(5000)} if params.get("events") == "deep" else {"type": "fine"}
+        return _Odd(results[params.get("result", "fine")], [event, {"type": "fine"}])
+
+
+odd = OddData()
