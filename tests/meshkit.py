@@ -16,6 +16,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -42,6 +43,7 @@ MARKER_ENV = "OPENRANGE_E2E_MARKER"  # inherited by every process an agent start
 HOST_ENV = "OPENRANGE_E2E_HOST"  # the agent's host id, for the command episodes' evidence file
 AGENT_MAIN = "from openrange_mesh.cli.agent import main; main()"
 JOIN_TIMEOUT = 30.0
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")  # the agent's log format
 # A command episode: sleep, then append "<seed> <host> <marker>" to the evidence file (one O_APPEND write).
 RECORD_RUN = (
     "import os, sys, time\n"
@@ -214,6 +216,7 @@ class AgentProcess:
         capacity: int = 2,
         ttl: int = 2,
         grace: float | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.registry = registry
         self.host_id = host_id
@@ -224,6 +227,7 @@ class AgentProcess:
         self.capacity = capacity
         self.ttl = ttl
         self.grace = grace
+        self.wrapper = list(wrapper)  # runs the agent under it, e.g. ``ip netns exec NS`` (which execs: same pid)
         self.proc: subprocess.Popen[bytes] | None = None
         self.joined_at = 0.0  # wall clock time the mesh saw it join
 
@@ -234,6 +238,7 @@ class AgentProcess:
 
     def argv(self) -> list[str]:
         argv = [
+            *self.wrapper,
             sys.executable,
             "-c",
             AGENT_MAIN,
@@ -333,6 +338,37 @@ class AgentProcess:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
+    def log_size(self) -> int:
+        """Where the log ends now: ``log_since`` reads what is written after."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int, until: int | None = None) -> str:
+        with contextlib.suppress(OSError), self.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read(-1 if until is None else until - offset).decode(errors="replace")
+        return ""
+
+
+def tracebacks(log: str) -> list[tuple[str, list[str]]]:
+    """The records of an agent's log (as ``--log-level INFO`` writes it) that carried a traceback:
+    each record's first line, and the exception line that ends each traceback printed with it (a
+    chained exception prints one traceback per link)."""
+    found: list[tuple[str, list[str]]] = []
+    head = ""
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if _LOG_RECORD.match(line):
+            head = line
+        elif line.startswith("Traceback (most recent call last)"):
+            if not found or found[-1][0] != head:
+                found.append((head, []))
+            end = next((x for x in lines[i + 1 :] if x and not x[0].isspace()), "?")
+            found[-1][1].append(end)
+    return found
+
 
 class Mesh:
     """N agents on one namespace, a client, and the invariant checkers."""
@@ -372,9 +408,10 @@ class Mesh:
         wait: bool = True,
         registry: str | None = None,
         store: str | None = None,
+        wrapper: Sequence[str] = (),
     ) -> AgentProcess:
         """Start agent ``host`` (a restart if it ran before); ``registry`` and ``store`` override
-        the mesh's."""
+        the mesh's, ``wrapper`` runs it under a command (``ip netns exec NS``)."""
         if host in self.agents:
             self.retired.append(self.agents[host])
         incarnation = sum(1 for a in self.retired if a.host_id == host)
@@ -388,6 +425,7 @@ class Mesh:
             capacity=capacity,
             ttl=self.ttl,
             grace=grace,
+            wrapper=wrapper,
         )
         self.agents[host] = agent.start()
         if wait:
