@@ -102,7 +102,7 @@ def test_partitioned_agent_is_fenced_off_and_rejoins(netns: Netns, ns_etcd: Etcd
     print(f"h2 logged {len(during)} records with tracebacks ({printed} tracebacks) in the {CUT:g} s cut:")
     for head, chain in during:
         print(f"  {head}\n      {' <- '.join(reversed(chain))}")
-    sources = Counter(head.split()[3] for head, _ in during)  # the logger's name
+    sources = Counter(" ".join(head.split()[3:7]) for head, _ in during)  # the logger, and what it says
     assert all(n == 1 for n in sources.values()), f"a part of h2 logged the outage's traceback again: {sources}"
 
     # It rejoins under a new lease, as the same process.
