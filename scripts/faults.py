@@ -3,7 +3,7 @@
 workers each, ~30 command episodes of 0.2-0.5 s), and what the mesh did about it.
 
 Per fault: episodes submitted, succeeded, lost (not succeeded in the end), committed twice (an
-episode with more than one attempt closed by a commit instead of "retried"), executed twice
+episode with more than one attempt closed by a final commit, not as "retried" or "released"), executed twice
 (the command ran to completion twice: allowed for a stale owner's work, never committed twice);
 detection, seconds from the fault until the mesh noticed (what that means is said per fault:
 the host key deleted, the episodes requeued, a new leader), and recovery, seconds from the fault
@@ -53,6 +53,7 @@ OUTAGE = 2 * TTL  # how long a stopped agent stays stopped
 CUT = 4 * TTL  # how long a partition lasts
 ETCD_DOWN = TTL + 1.0  # how long etcd stays dead
 LIMIT = 60.0  # seconds any one wait may take before the scenario gives up on it
+PUT_BACK = ("retried", "released")  # how an attempt that did not end its episode is closed
 
 
 @dataclass
@@ -175,7 +176,7 @@ def tally(outcome: Outcome, mesh: Mesh, ids: list[str], recovery: Clock) -> Outc
     outcome.submitted = len(ids)
     outcome.succeeded = sum(r.state is State.SUCCEEDED for r in records.values())
     outcome.lost = len(ids) - outcome.succeeded
-    outcome.committed_twice = sum(sum(a.outcome != "retried" for a in r.history) > 1 for r in records.values())
+    outcome.committed_twice = sum(sum(a.outcome not in PUT_BACK for a in r.history) > 1 for r in records.values())
     outcome.executed_twice = sum(len(runs.get(mesh.seeds[i], [])) > 1 for i in ids)
     return outcome
 
