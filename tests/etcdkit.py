@@ -7,7 +7,8 @@
 3. testcontainers (``ETCD_IMAGE``, default ``quay.io/coreos/etcd:v3.5.17``) when a Docker daemon answers.
 
 ``start_etcd(dir, tls=make_tls(dir))`` serves clients over TLS with client certificates, and
-``start_etcd(dir, ipv6=True)`` on [::1] as well as 127.0.0.1 (local binary only).
+``start_etcd(dir, listen=["10.1.2.1"])`` serves them on more local addresses besides loopback ("[::1]", a network
+namespace's veth, tests/netkit.py); both need the local binary.
 
 Otherwise the caller fails with a message that says how to get etcd. Every server this module starts is
 stopped at interpreter exit, and on Linux a child etcd dies with the test process (PR_SET_PDEATHSIG).
@@ -223,19 +224,19 @@ def _flags(
     host: str,
     peer: str,
     tls: TlsFiles | None,
-    ipv6: bool = False,
+    listen: Sequence[str] = (),
 ) -> list[str]:
-    """etcd flags for ``member``: it listens on ``host`` (and [::1] if ``ipv6``); ``peer.format(name)``
-    is a member's peer host."""
+    """etcd flags for ``member``: it listens on ``host`` (and for clients on ``listen`` too);
+    ``peer.format(name)`` is a member's peer host."""
     initial = ",".join(f"{m.name}=http://{peer.format(m.name)}:{m.peer_port}" for m in cluster)
     scheme = "https" if tls else "http"
-    also = f",{scheme}://[::1]:{member.client_port}" if ipv6 else ""
+    clients = ",".join(f"{scheme}://{h}:{member.client_port}" for h in (host, *listen))
     certs = [f"--cert-file={tls.server_cert}", f"--key-file={tls.server_key}"] if tls else []
     client_auth = [f"--trusted-ca-file={tls.ca}", "--client-cert-auth"] if tls else []
     return [
         f"--name={member.name}",
         f"--data-dir={data}",
-        f"--listen-client-urls={scheme}://{host}:{member.client_port}{also}",
+        f"--listen-client-urls={clients}",
         f"--advertise-client-urls={scheme}://127.0.0.1:{member.client_port}",
         *certs,
         *client_auth,
@@ -259,7 +260,7 @@ class LocalEtcd(EtcdServer):
         token: str,
         root: Path,
         tls: TlsFiles | None = None,
-        ipv6: bool = False,
+        listen: Sequence[str] = (),
     ) -> None:
         super().__init__("127.0.0.1", member.client_port, tls=tls)
         self.name = member.name
@@ -268,7 +269,7 @@ class LocalEtcd(EtcdServer):
         self.log_path = root / "etcd.log"
         root.mkdir(parents=True, exist_ok=True)
         data = str(root / "data")
-        self._argv = [binary, *_flags(member, cluster, token, data, "127.0.0.1", "127.0.0.1", tls, ipv6)]
+        self._argv = [binary, *_flags(member, cluster, token, data, "127.0.0.1", "127.0.0.1", tls, listen)]
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -469,13 +470,15 @@ def _docker_answers() -> bool:
         return False
 
 
-def _start(data_dir: Path, count: int, tls: TlsFiles | None = None, ipv6: bool = False) -> list[EtcdServer]:
+def _start(data_dir: Path, count: int, tls: TlsFiles | None = None, listen: Sequence[str] = ()) -> list[EtcdServer]:
     external = _external()
-    if external is not None and tls is None and not ipv6:
+    if external is not None and tls is None and not listen:
         return external
     binary = find_binary()
-    if (tls is not None or ipv6) and binary is None:
-        _no_control("start", why="a TLS or IPv6 etcd needs a local etcd binary")
+    if tls is not None and binary is None:
+        _no_control("start", why="a TLS etcd needs a local etcd binary")
+    if listen and binary is None:
+        _no_control("start", why="an etcd listening on a namespace's address needs a local etcd binary")
     if binary is None and not _docker_answers():
         pytest.fail(HOW_TO_GET_ETCD, pytrace=False)
     for attempt in range(3):  # free_port() races other processes; a lost race shows in the log
@@ -483,7 +486,7 @@ def _start(data_dir: Path, count: int, tls: TlsFiles | None = None, ipv6: bool =
         token = uuid.uuid4().hex[:12]
         if binary is not None:
             servers: list[LocalEtcd] | list[DockerEtcd] = [
-                LocalEtcd(binary, m, members, token, data_dir / f"{m.name}-{attempt}", tls, ipv6) for m in members
+                LocalEtcd(binary, m, members, token, data_dir / f"{m.name}-{attempt}", tls, listen) for m in members
             ]
         else:
             servers = _docker_servers(members, token)
@@ -510,9 +513,10 @@ def _docker_servers(members: list[_Member], token: str) -> list[DockerEtcd]:
     return [DockerEtcd(image, m, members, token, network) for m in members]
 
 
-def start_etcd(data_dir: Path, *, tls: TlsFiles | None = None, ipv6: bool = False) -> EtcdServer:
-    """One healthy single-member etcd (see the module docstring for where it comes from)."""
-    return _start(data_dir, 1, tls, ipv6)[0]
+def start_etcd(data_dir: Path, *, tls: TlsFiles | None = None, listen: Sequence[str] = ()) -> EtcdServer:
+    """One healthy single-member etcd (see the module docstring for where it comes from); it also
+    serves clients on the addresses in ``listen``, at the same port."""
+    return _start(data_dir, 1, tls, listen)[0]
 
 
 def start_cluster(data_dir: Path, members: int = 3) -> EtcdCluster:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +27,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,7 @@ MARKER_ENV = "OPENRANGE_E2E_MARKER"  # inherited by every process an agent start
 HOST_ENV = "OPENRANGE_E2E_HOST"  # the agent's host id, for the command episodes' evidence file
 AGENT_MAIN = "from openrange_mesh.cli.agent import main; main()"
 JOIN_TIMEOUT = 30.0
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")  # the agent's log format
 # A command episode: sleep, then append "<seed> <host> <marker>" to the evidence file (one O_APPEND write).
 RECORD_RUN = (
     "import os, sys, time\n"
@@ -54,16 +58,37 @@ RECORD_RUN = (
 )
 
 
+@dataclass
+class HeldRequest:
+    """A request ``LossyProxy`` held in flight, and etcd's answer once it was let through."""
+
+    path: str
+    body: dict[str, Any]
+    raw: bytes
+    held_at: float  # monotonic
+    status: int = 0  # etcd's HTTP status, once released
+    answer: dict[str, Any] = field(default_factory=dict)
+    released_at: float = 0.0
+
+
 class LossyProxy:
     """A TCP proxy in front of one etcd endpoint that can lose an answer: the request matching
     ``lose_answer_once``'s predicate is forwarded, given time to be applied, and then the
     connection drops before the answer comes back (a network failing at the worst moment).
+    Or it can hold one: the request matching ``hold_once``'s predicate is kept in flight, and
+    from then on nothing else is forwarded either (keepalives included, so the sender's lease
+    expires), until ``release()`` sends the held request to etcd and returns its answer.
     Everything else is relayed as is, watch streams included."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.lost: list[dict[str, Any]] = []  # the requests whose answers were lost
+        self.held: HeldRequest | None = None
+        self.withheld = 0  # requests never forwarded while one was held
         self._predicate: Callable[[str, dict[str, Any]], bool] | None = None
+        self._hold: Callable[[str, dict[str, Any]], bool] | None = None
+        self._holding = threading.Event()  # set from the held request until release()
+        self._released = threading.Event()
         self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._server.getsockname()[1]
@@ -77,7 +102,30 @@ class LossyProxy:
         """``predicate(path, json body)`` picks the request whose answer is lost."""
         self._predicate = predicate
 
+    def hold_once(self, predicate: Callable[[str, dict[str, Any]], bool]) -> None:
+        """``predicate(path, json body)`` picks the request to hold (``held``)."""
+        self._released.clear()
+        self._hold = predicate
+
+    def release(self, timeout: float = 10.0) -> HeldRequest:
+        """Send the held request to etcd on a connection of its own (its sender may have given
+        up on it long ago), record etcd's answer, then forward again."""
+        held = self.held
+        assert held is not None, "no request was held"
+        with socket.create_connection(self.target, timeout) as conn:
+            conn.sendall(held.raw)
+            response = http.client.HTTPResponse(conn)
+            response.begin()
+            data = response.read()
+        held.status, held.released_at = response.status, time.monotonic()
+        parsed = json.loads(data) if data else {}
+        held.answer = parsed if isinstance(parsed, dict) else {"answer": parsed}
+        self._holding.clear()
+        self._released.set()
+        return held
+
     def close(self) -> None:
+        self._released.set()
         self._server.close()
 
     def _accept(self) -> None:
@@ -97,6 +145,9 @@ class LossyProxy:
             reader = client.makefile("rb")
             while (request := _read_request(reader)) is not None:
                 path, body, raw = request
+                if self._held_back(path, body, raw):
+                    self._released.wait()  # the sender times out meanwhile; it gets no answer
+                    return
                 if self._take(path, body):
                     relaying.clear()  # etcd applies it; its answer is dropped
                     upstream.sendall(raw)
@@ -105,6 +156,18 @@ class LossyProxy:
                     answered.wait(10)
                     return
                 upstream.sendall(raw)
+
+    def _held_back(self, path: str, body: dict[str, Any], raw: bytes) -> bool:
+        with self._lock:
+            if self._holding.is_set():
+                self.withheld += 1
+                return True
+            if self._hold is None or not self._hold(path, body):
+                return False
+            self._hold = None
+            self.held = HeldRequest(path, body, raw, time.monotonic())
+            self._holding.set()
+            return True
 
     def _take(self, path: str, body: dict[str, Any]) -> bool:
         with self._lock:
@@ -170,6 +233,70 @@ def txn_puts_under(prefix: bytes) -> Callable[[str, dict[str, Any]], bool]:
     return matches
 
 
+def _is_commit(txn: dict[str, Any], claims: bytes, episodes: bytes) -> bool:
+    """A txn (one level, not its nested ones) that compares the create_revision of a claim key
+    under ``claims`` with a token, and puts a record under ``episodes``: a fenced commit."""
+    fenced = any(
+        c.get("target") == "CREATE"
+        and int(c.get("create_revision", 0)) != 0
+        and base64.b64decode(c["key"]).startswith(claims)
+        for c in txn.get("compare", [])
+    )
+    return fenced and bool(_record_keys(txn, episodes))
+
+
+def _txns(txn: dict[str, Any]) -> list[dict[str, Any]]:
+    """A txn and the txns nested in its success branch, depth first."""
+    out = [txn]
+    for op in txn.get("success", []):
+        if "request_txn" in op:
+            out += _txns(op["request_txn"])
+    return out
+
+
+def commit_under(claims: bytes, episodes: bytes) -> Callable[[str, dict[str, Any]], bool]:
+    """A ``LossyProxy`` predicate: a txn request holding a fenced commit (``_is_commit``) of a
+    claim under ``claims``, and nothing that applies whatever the compares say and names a
+    lease (a host record riding along): held until that lease has expired, such a put would
+    have etcd refuse the whole request ("lease not found") before any compare is judged."""
+
+    def matches(path: str, body: dict[str, Any]) -> bool:
+        if not path.endswith("/kv/txn") or not any(_is_commit(t, claims, episodes) for t in _txns(body)):
+            return False
+        unconditional = [] if body.get("compare") else body.get("success", [])
+        return not any(int(op["request_put"].get("lease", 0)) for op in unconditional if "request_put" in op)
+
+    return matches
+
+
+def committed_in(txn: dict[str, Any], claims: bytes, episodes: bytes) -> list[str]:
+    """The record keys that the fenced commits in a txn request (nested ones too) put."""
+    return [key for t in _txns(txn) if _is_commit(t, claims, episodes) for key in _record_keys(t, episodes)]
+
+
+def _record_keys(txn: dict[str, Any], episodes: bytes) -> list[str]:
+    """The keys under ``episodes`` that a txn (one level) puts."""
+    keys = [base64.b64decode(op["request_put"]["key"]) for op in txn.get("success", []) if "request_put" in op]
+    return [key.decode() for key in keys if key.startswith(episodes)]
+
+
+def commit_outcomes(
+    txn: dict[str, Any], answer: dict[str, Any], claims: bytes, episodes: bytes
+) -> list[tuple[list[str], bool]]:
+    """For each fenced commit in a txn request (nested ones too): the record keys it puts, and
+    whether etcd applied it, by etcd's answer to that request (a JSON body). etcd's gateway
+    leaves out fields at their default, so a refused compare reads as no ``succeeded`` at all."""
+    out: list[tuple[list[str], bool]] = []
+    applied = bool(answer.get("succeeded", False))
+    if _is_commit(txn, claims, episodes):
+        out.append((_record_keys(txn, episodes), applied))
+    branch = txn.get("success", []) if applied else txn.get("failure", [])
+    for op, response in zip(branch, answer.get("responses", []), strict=False):
+        if "request_txn" in op:
+            out += commit_outcomes(op["request_txn"], response.get("response_txn", {}), claims, episodes)
+    return out
+
+
 def claimed_in(txn: dict[str, Any], prefix: bytes) -> list[str]:
     """The episode ids a claim txn (a JSON body a ``LossyProxy`` saw) put under ``prefix``."""
     puts = _puts(txn)
@@ -214,6 +341,7 @@ class AgentProcess:
         capacity: int = 2,
         ttl: int = 2,
         grace: float | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.registry = registry
         self.host_id = host_id
@@ -224,6 +352,7 @@ class AgentProcess:
         self.capacity = capacity
         self.ttl = ttl
         self.grace = grace
+        self.wrapper = list(wrapper)  # runs the agent under it, e.g. ``ip netns exec NS`` (which execs: same pid)
         self.proc: subprocess.Popen[bytes] | None = None
         self.joined_at = 0.0  # wall clock time the mesh saw it join
 
@@ -234,6 +363,7 @@ class AgentProcess:
 
     def argv(self) -> list[str]:
         argv = [
+            *self.wrapper,
             sys.executable,
             "-c",
             AGENT_MAIN,
@@ -333,6 +463,37 @@ class AgentProcess:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
+    def log_size(self) -> int:
+        """Where the log ends now: ``log_since`` reads what is written after."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int, until: int | None = None) -> str:
+        with contextlib.suppress(OSError), self.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read(-1 if until is None else until - offset).decode(errors="replace")
+        return ""
+
+
+def tracebacks(log: str) -> list[tuple[str, list[str]]]:
+    """The records of an agent's log (as ``--log-level INFO`` writes it) that carried a traceback:
+    each record's first line, and the exception line that ends each traceback printed with it (a
+    chained exception prints one traceback per link)."""
+    found: list[tuple[str, list[str]]] = []
+    head = ""
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if _LOG_RECORD.match(line):
+            head = line
+        elif line.startswith("Traceback (most recent call last)"):
+            if not found or found[-1][0] != head:
+                found.append((head, []))
+            end = next((x for x in lines[i + 1 :] if x and not x[0].isspace()), "?")
+            found[-1][1].append(end)
+    return found
+
 
 class Mesh:
     """N agents on one namespace, a client, and the invariant checkers."""
@@ -372,9 +533,10 @@ class Mesh:
         wait: bool = True,
         registry: str | None = None,
         store: str | None = None,
+        wrapper: Sequence[str] = (),
     ) -> AgentProcess:
         """Start agent ``host`` (a restart if it ran before); ``registry`` and ``store`` override
-        the mesh's."""
+        the mesh's, ``wrapper`` runs it under a command (``ip netns exec NS``)."""
         if host in self.agents:
             self.retired.append(self.agents[host])
         incarnation = sum(1 for a in self.retired if a.host_id == host)
@@ -388,6 +550,7 @@ class Mesh:
             capacity=capacity,
             ttl=self.ttl,
             grace=grace,
+            wrapper=wrapper,
         )
         self.agents[host] = agent.start()
         if wait:

@@ -81,7 +81,7 @@ def test_plain_forms_work(etcd: EtcdServer, form: str) -> None:
 
 
 def test_ipv6_forms_work(tmp_path: Path) -> None:
-    server = start_etcd(tmp_path / "etcd", ipv6=True)
+    server = start_etcd(tmp_path / "etcd", listen=["[::1]"])
     try:
         for url in (f"[::1]:{server.client_port}", f"http://[::1]:{server.client_port}"):
             use(url)

@@ -7,6 +7,12 @@ revision, whatever it derived from the events it missed (owners re-list only the
 they need, not the whole namespace). An owner may also ask for a re-list (``relist``) when its
 view of the prefix depends on something else that changed (the agent keeps only the queue
 entries it owns, and a host leaving changes which those are).
+
+During an outage a poll that brings nothing proves nothing: a watch still trying to reach etcd
+and a quiet one look alike (a new watch reports an outage only once it has lasted the registry's
+retry_timeout). So while failing, an empty poll is followed by one read of the prefix, and only
+an answer (or an event) ends the outage. (Without it an 8 s partition logged "is back" and then
+the first failure's traceback again, every few polls.)
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from ..errors import Compacted, RegistryError
+from ..errors import Compacted, RegistryError, Unavailable
 from ..registry import Event, Registry, Watch
 
 log = logging.getLogger(__name__)
@@ -47,7 +53,8 @@ class Follower:
 
     def poll(self, timeout: float) -> list[Event]:
         """Events since the last poll (possibly none). Never raises RegistryError: an outage
-        is logged (traceback once, then one line per call) and retried on the next poll."""
+        is logged (one line per call; an unexpected error's traceback once) and retried on the
+        next poll."""
         try:
             if self._relist_wanted:
                 self._relist_wanted = False  # before: a request made while this one runs is kept
@@ -62,6 +69,8 @@ class Follower:
                     self.prefix, self.revision + 1, prev_kv=self.prev_kv, puts_only=self.puts_only
                 )
             batch = self._watch.next(timeout)
+            if self._failing and not batch.events and batch.revision <= self.revision:
+                self.registry.range(self.prefix, limit=1)  # no news may be no answer: does etcd answer?
         except Compacted as exc:
             log.warning("watch fell behind compaction (%s): re-listing %s", exc, self.prefix.decode(errors="replace"))
             self._relist_wanted = True
@@ -101,8 +110,11 @@ class Follower:
             self._watch = None
 
     def _note_failure(self, exc: RegistryError) -> None:
-        if not self._failing:
-            log.warning("watch on %s failing: %s", self.prefix.decode(errors="replace"), exc, exc_info=True)
-            self._failing = True
-        else:
-            log.warning("watch on %s still failing: %s", self.prefix.decode(errors="replace"), exc)
+        prefix = self.prefix.decode(errors="replace")
+        if self._failing:
+            log.warning("watch on %s still failing: %s", prefix, exc)
+            return
+        # An outage's traceback is the same two frames in every watch thread (and the agent's
+        # loop logs one); any other registry error is unexpected here and keeps its traceback.
+        log.warning("watch on %s failing: %s", prefix, exc, exc_info=not isinstance(exc, Unavailable))
+        self._failing = True
