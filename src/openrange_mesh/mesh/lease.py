@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..errors import LeaseLost, RegistryError
+from ..errors import LeaseLost, RegistryError, Unavailable
 from ..registry import Registry
 
 log = logging.getLogger(__name__)
@@ -142,8 +142,8 @@ class LeaseKeeper:
             self.on_lost(lease)
 
     def _note_failure(self, exc: RegistryError) -> None:
-        if not self._failing:
-            log.warning("lease refresh failing: %s", exc, exc_info=True)
-            self._failing = True
-        else:
-            log.warning("lease refresh failing: %s", exc)
+        # An outage (Unavailable) is one line: the agent's loop logs its traceback once. A
+        # failure of another kind shows its traceback the first time.
+        first = not self._failing
+        self._failing = True
+        log.warning("lease refresh failing: %s", exc, exc_info=first and not isinstance(exc, Unavailable))
