@@ -30,6 +30,7 @@ import queue
 import selectors
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from . import reaper
 from .worker import Done, Slot, WorkItem, worker_main
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class _Worker:
     kill_reason: str | None = None
     ready: bool = False  # it said it started (its store opened)
     start_error: str | None = None  # why it could not start, as it said
+    marker: str = ""  # tags what its episodes exec (reaper.py): unique to the process
 
     def current(self) -> Activity | None:
         """The episode this worker runs now, from its slot."""
@@ -207,12 +210,13 @@ class WorkerPool:
     def _spawn(self, index: int) -> _Worker:
         parent, child = _CONTEXT.Pipe()
         cells = _CONTEXT.RawArray("d", 4)
+        marker = uuid.uuid4().hex
         process = _CONTEXT.Process(
-            target=worker_main, args=(child, self.store_url, cells), name=f"worker-{index}", daemon=True
+            target=worker_main, args=(child, self.store_url, cells, marker), name=f"worker-{index}", daemon=True
         )
         process.start()
         child.close()
-        worker = _Worker(index, process, parent, Slot(cells))
+        worker = _Worker(index, process, parent, Slot(cells), marker=marker)
         self._selector.register(worker.conn, selectors.EVENT_READ, (worker, False))
         self._selector.register(worker.process.sentinel, selectors.EVENT_READ, (worker, True))
         return worker
@@ -269,6 +273,7 @@ class WorkerPool:
         running = worker.current()  # the slot outlives the process
         started = worker.slot.last_started()
         worker.process.join(1)
+        reaper.kill_marked(worker.marker)  # killed, it could not kill what its episode left
         reason = worker.kill_reason or _death_reason(worker.process.exitcode)
         if not worker.ready:
             self._could_not_start(worker, worker.start_error or reason)
@@ -314,8 +319,8 @@ class WorkerPool:
 
 
 def _stop(workers: list[_Worker]) -> None:
-    """SIGTERM first: a worker then stops its episode's handle, so what the episode started (a
-    command runtime's process group) goes too; SIGKILL would orphan it. SIGKILL after STOP_GRACE."""
+    """SIGTERM first: a worker then stops its episode's handle and kills what the episode started
+    (reaper.py). SIGKILL after STOP_GRACE; what that orphans is found by the worker's marker."""
     for worker in workers:
         worker.process.terminate()
     deadline = time.monotonic() + STOP_GRACE
@@ -324,6 +329,7 @@ def _stop(workers: list[_Worker]) -> None:
         if worker.process.is_alive():
             worker.process.kill()
             worker.process.join(5)
+            reaper.kill_marked(worker.marker)
 
 
 _NOT_STARTED = "its worker died before it started"  # both released: not counted (ledger.release)

@@ -51,6 +51,7 @@ from ..specs import check_json, is_plain_json
 from ..store import Store, open_store
 from ..store.events import encode_events
 from ..store.layout import batch_events_path, events_path, shared_events_path, snapshot_path
+from . import reaper
 
 log = logging.getLogger(__name__)
 
@@ -323,12 +324,14 @@ class Slot:
         return (seq, started, progress) if running else None
 
 
-def worker_main(conn: Connection, store_url: str | None, cells: Any) -> None:
+def worker_main(conn: Connection, store_url: str | None, cells: Any, marker: str = "") -> None:
     """Entry point of a worker process. SIGTERM (the pool stopping it) stops the running episode
     and exits. SIGINT is the agent's business: Ctrl-C in a terminal reaches the whole process
-    group, and the agent drains, letting running episodes finish."""
+    group, and the agent drains, letting running episodes finish. ``marker`` tags what its
+    episodes exec, so the pool finds their leftovers should this process be SIGKILLed (reaper.py)."""
     signal.signal(signal.SIGTERM, _exit)
     signal.signal(signal.SIGINT, _ignore)  # a handler, not SIG_IGN, which an episode's exec would inherit
+    reaper.become_subreaper(marker)
     try:
         try:
             store = open_store(store_url) if store_url else None
@@ -339,6 +342,8 @@ def worker_main(conn: Connection, store_url: str | None, cells: Any) -> None:
         _serve(conn, store, Slot(cells))
     except (EOFError, OSError):
         return  # the agent is gone (its end of the pipe closed)
+    finally:  # stopped mid-episode: the handle is stopped; what escaped its stop() goes now
+        reaper.kill_leftovers()
 
 
 def _exit(signum: int, frame: FrameType | None) -> None:
@@ -457,6 +462,7 @@ def _run_group(
             slot.start(seq, started)
             sink = _sink(store, item, shared, short, outbox.fault)
             done = run_item(item, store, partial(check, item.episode_id), slot.progress, sink)
+            reaper.kill_leftovers()  # before its result: no process of an ended episode lives on
             slot.clear()
         inbox.cancelled.discard(item.episode_id)
         outbox.add(seq, done, started)

@@ -1,0 +1,174 @@
+"""No process an episode started outlives it, whatever it did (setsid, double fork, a group of its own).
+
+A runtime stops what it started (the command runtime kills its process group), but a process
+that left the group or the session escapes that. So, on Linux:
+
+* Each worker is a child subreaper (``prctl(PR_SET_CHILD_SUBREAPER)``): an orphan among its
+  descendants is re-parented to the worker, not to init, so every process an episode started
+  stays in the worker's process tree. After each episode the worker kills that whole tree and
+  reaps it (``kill_leftovers``); the check for an episode that started nothing is one
+  ``waitid`` syscall (~1 us), so CartPole episodes do not pay for command episodes.
+* Each worker also sets ``WORKER_ENV`` to a marker unique to the process, which every program
+  an episode execs inherits. A worker that dies without sweeping (SIGKILL: the agent killing a
+  stuck worker, the OOM killer) leaves its tree to the nearest subreaper above it or to init
+  (its parent is the forkserver, which is neither); the pool then kills the processes that
+  carry its marker (``kill_marked``). What escapes that: a program that execs with a scrubbed
+  environment (``env -i``, sudo) or overwrites its environment block (setproctitle), and a
+  process forked by the worker itself without exec (its environment block is the forkserver's),
+  when the worker was killed before it could sweep.
+
+Elsewhere every function here does nothing: a runtime's own ``stop()`` is all there is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+WORKER_ENV = "OPENRANGE_WORKER"  # a worker's marker, inherited by the programs its episodes run
+SWEEP_TIMEOUT = 1.0  # seconds to wait for SIGKILLed leftovers to die (one stuck in the kernel may not)
+_PR_SET_CHILD_SUBREAPER = 36
+_IS_LINUX = sys.platform.startswith("linux")
+# /proc/<pid>/task/<tid>/children needs CONFIG_PROC_CHILDREN (set by the common distributions' kernels)
+_HAS_CHILDREN_FILES = _IS_LINUX and Path(f"/proc/self/task/{os.getpid()}/children").exists()
+
+
+def become_subreaper(marker: str) -> bool:
+    """Called once by a worker: adopt the orphans among its descendants, and mark what its
+    episodes exec with ``marker``. False where that is not possible (not Linux)."""
+    if not _IS_LINUX:
+        return False
+    os.environ[WORKER_ENV] = marker
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("cannot become a child subreaper: %s", os.strerror(ctypes.get_errno()))
+        return False
+    return True
+
+
+def has_children() -> bool:
+    """Whether this process has a child, running or unreaped; it stays unreaped."""
+    if not _IS_LINUX:
+        return False
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
+def kill_leftovers(timeout: float = SWEEP_TIMEOUT) -> int:
+    """SIGKILL every descendant of this process and reap them; the number killed. For a worker
+    between episodes, when nothing of the next one runs yet: nothing here may live on."""
+    if not has_children():
+        return 0
+    killed: set[int] = set()
+    deadline = time.monotonic() + timeout
+    # A pass kills the tree it sees; a process forked meanwhile, or orphaned by a kill, is
+    # re-parented to us (a subreaper) and seen by the next pass.
+    while has_children():
+        for pid in _descendants(os.getpid()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        if _reap() == 0:
+            if time.monotonic() >= deadline:
+                log.warning("processes %s outlived SIGKILL for %g s; leaving them", sorted(killed), timeout)
+                break
+            time.sleep(0.001)
+    return len(killed)
+
+
+def kill_marked(marker: str, timeout: float = SWEEP_TIMEOUT) -> int:
+    """SIGKILL every process whose environment carries ``marker`` (a dead worker's), whoever
+    adopted it; the number killed. Scans /proc: ~ms, for a worker's death only."""
+    if not _IS_LINUX:
+        return 0
+    needle = f"{WORKER_ENV}={marker}".encode()
+    killed: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while found := _marked(needle):  # again: one may have forked while we scanned
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed.update(found)
+        if time.monotonic() >= deadline:
+            log.warning("processes %s outlived SIGKILL for %g s; leaving them", found, timeout)
+            break
+        time.sleep(0.005)  # their parent (init, a subreaper) reaps them
+    return len(killed)
+
+
+def _descendants(root: int) -> list[int]:
+    """The process tree under ``root``, parents before children (zombies included)."""
+    found: list[int] = []
+    pending = [root]
+    while pending:
+        children = _children(pending.pop())
+        found.extend(children)
+        pending.extend(children)
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    """Children of every thread of ``pid`` (a re-parented orphan goes to any live thread)."""
+    if not _HAS_CHILDREN_FILES:
+        return _children_by_scan(pid)
+    children: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # gone already
+        return children
+    for tid in tasks:
+        with contextlib.suppress(OSError):
+            children.extend(map(int, Path(f"/proc/{pid}/task/{tid}/children").read_bytes().split()))
+    return children
+
+
+def _children_by_scan(pid: int) -> list[int]:
+    """The same from every process's parent pid: for kernels without CONFIG_PROC_CHILDREN."""
+    children = []
+    for entry in os.scandir("/proc"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if entry.name.isdigit():
+                stat = Path(entry.path, "stat").read_bytes().rsplit(b")", 1)[1].split()
+                if int(stat[1]) == pid:
+                    children.append(int(entry.name))
+    return children
+
+
+def _reap() -> int:
+    """Reap every child that has exited; how many."""
+    reaped = 0
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        if pid == 0:
+            return reaped
+        reaped += 1
+
+
+def _marked(needle: bytes) -> list[int]:
+    """Live processes whose environment holds ``needle`` (a NAME=value item) exactly."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = Path(entry.path, "environ").read_bytes()
+            state = Path(entry.path, "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != b"Z" and needle in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
