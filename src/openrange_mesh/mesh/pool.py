@@ -179,7 +179,7 @@ class WorkerPool:
         for worker in self._workers:
             if (activity := worker.current()) is not None and activity.episode_id == episode_id:
                 worker.kill_reason = reason
-                worker.process.kill()
+                _kill(worker)
                 return True
         return False
 
@@ -327,9 +327,18 @@ def _stop(workers: list[_Worker]) -> None:
     for worker in workers:
         worker.process.join(max(0.0, deadline - time.monotonic()))
         if worker.process.is_alive():
-            worker.process.kill()
+            _kill(worker)
             worker.process.join(5)
             reaper.kill_marked(worker.marker)
+
+
+def _kill(worker: _Worker) -> None:
+    """SIGKILL a worker and, first, what its episode started: it cannot sweep once killed."""
+    try:
+        if worker.process.pid is not None and worker.process.is_alive():  # its pid is not another's yet
+            reaper.kill_tree(worker.process.pid)
+    finally:  # kill_tree stopped it (SIGSTOP): it must not stay so
+        worker.process.kill()
 
 
 _NOT_STARTED = "its worker died before it started"  # both released: not counted (ledger.release)

@@ -8,14 +8,15 @@ that left the group or the session escapes that. So, on Linux:
   stays in the worker's process tree. After each episode the worker kills that whole tree and
   reaps it (``kill_leftovers``); the check for an episode that started nothing is one
   ``waitid`` syscall (~1 us), so CartPole episodes do not pay for command episodes.
-* Each worker also sets ``WORKER_ENV`` to a marker unique to the process, which every program
-  an episode execs inherits. A worker that dies without sweeping (SIGKILL: the agent killing a
-  stuck worker, the OOM killer) leaves its tree to the nearest subreaper above it or to init
-  (its parent is the forkserver, which is neither); the pool then kills the processes that
-  carry its marker (``kill_marked``). What escapes that: a program that execs with a scrubbed
-  environment (``env -i``, sudo) or overwrites its environment block (setproctitle), and a
-  process forked by the worker itself without exec (its environment block is the forkserver's),
-  when the worker was killed before it could sweep.
+* A worker cannot sweep once SIGKILLed. When the agent kills one (stuck, or deaf to SIGTERM),
+  it first stops it and kills the tree under it (``kill_tree``). A worker killed by someone
+  else (the OOM killer) leaves its tree to the nearest subreaper above it or to init (its
+  parent is the forkserver, which is neither); for that, each worker sets ``WORKER_ENV`` to a
+  marker unique to the process, which every program an episode execs inherits, and the pool
+  kills the processes that carry a dead worker's marker (``kill_marked``). What escapes that
+  case: a program that execs with a scrubbed environment (``env -i``, sudo) or overwrites its
+  environment block (setproctitle), and a process forked by the worker itself without exec
+  (its environment block is the forkserver's).
 
 Elsewhere every function here does nothing: a runtime's own ``stop()`` is all there is.
 """
@@ -84,6 +85,29 @@ def kill_leftovers(timeout: float = SWEEP_TIMEOUT) -> int:
                 log.warning("processes %s outlived SIGKILL for %g s; leaving them", sorted(killed), timeout)
                 break
             time.sleep(0.001)
+    return len(killed)
+
+
+def kill_tree(root: int, timeout: float = SWEEP_TIMEOUT) -> int:
+    """For the pool, about to SIGKILL worker ``root``: stop it (so it starts nothing more), then
+    SIGKILL every process under it; the number killed. Its subreaper keeps the tree whole until
+    then; its killed children stay zombies until it dies and whoever adopts them reaps them."""
+    if not _IS_LINUX:
+        return 0
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(root, signal.SIGSTOP)
+    killed: set[int] = set()
+    deadline = time.monotonic() + timeout
+    # A process forked during a pass, or orphaned by a kill, stays under ``root``: the next pass sees it.
+    while live := [pid for pid in _descendants(root) if _state(pid) not in (b"Z", None)]:
+        for pid in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed.update(live)
+        if time.monotonic() >= deadline:
+            log.warning("processes %s outlived SIGKILL for %g s; leaving them", live, timeout)
+            break
+        time.sleep(0.001)
     return len(killed)
 
 
@@ -166,9 +190,16 @@ def _marked(needle: bytes) -> list[int]:
             continue
         try:
             environ = Path(entry.path, "environ").read_bytes()
-            state = Path(entry.path, "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
+        except OSError:  # gone, or another user's
             continue
-        if state != b"Z" and needle in environ.split(b"\0"):
+        if needle in environ.split(b"\0") and _state(int(entry.name)) not in (b"Z", None):
             found.append(int(entry.name))
     return found
+
+
+def _state(pid: int) -> bytes | None:
+    """The state letter of ``pid`` (b"Z" for a zombie), or None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
