@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -71,21 +72,10 @@ def kill_leftovers(timeout: float = SWEEP_TIMEOUT) -> int:
     between episodes, when nothing of the next one runs yet: nothing here may live on."""
     if not has_children():
         return 0
-    killed: set[int] = set()
-    deadline = time.monotonic() + timeout
-    # A pass kills the tree it sees; a process forked meanwhile, or orphaned by a kill, is
-    # re-parented to us (a subreaper) and seen by the next pass.
-    while has_children():
-        for pid in _descendants(os.getpid()):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            killed.add(pid)
-        if _reap() == 0:
-            if time.monotonic() >= deadline:
-                log.warning("processes %s outlived SIGKILL for %g s; leaving them", sorted(killed), timeout)
-                break
-            time.sleep(0.001)
-    return len(killed)
+    me = os.getpid()
+    killed = _kill_passes(lambda: _live(_descendants(me)), timeout, between=_reap)
+    _reap()  # the last pass's dead
+    return killed
 
 
 def kill_tree(root: int, timeout: float = SWEEP_TIMEOUT) -> int:
@@ -94,21 +84,8 @@ def kill_tree(root: int, timeout: float = SWEEP_TIMEOUT) -> int:
     then; its killed children stay zombies until it dies and whoever adopts them reaps them."""
     if not _IS_LINUX:
         return 0
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(root, signal.SIGSTOP)
-    killed: set[int] = set()
-    deadline = time.monotonic() + timeout
-    # A process forked during a pass, or orphaned by a kill, stays under ``root``: the next pass sees it.
-    while live := [pid for pid in _descendants(root) if _state(pid) not in (b"Z", None)]:
-        for pid in live:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        killed.update(live)
-        if time.monotonic() >= deadline:
-            log.warning("processes %s outlived SIGKILL for %g s; leaving them", live, timeout)
-            break
-        time.sleep(0.001)
-    return len(killed)
+    _signal(root, signal.SIGSTOP)
+    return _kill_passes(lambda: _live(_descendants(root)), timeout)
 
 
 def kill_marked(marker: str, timeout: float = SWEEP_TIMEOUT) -> int:
@@ -117,18 +94,39 @@ def kill_marked(marker: str, timeout: float = SWEEP_TIMEOUT) -> int:
     if not _IS_LINUX:
         return 0
     needle = f"{WORKER_ENV}={marker}".encode()
+    return _kill_passes(lambda: _marked(needle), timeout)
+
+
+def _kill_passes(find: Callable[[], list[int]], timeout: float, between: Callable[[], int] | None = None) -> int:
+    """SIGKILL what ``find`` returns, pass after pass, until no pass finds one we may signal: a
+    process forked during a pass, or orphaned by a kill (re-parented to a subreaper, which
+    keeps it in the tree), is found by the next. The number killed."""
     killed: set[int] = set()
     deadline = time.monotonic() + timeout
-    while found := _marked(needle):  # again: one may have forked while we scanned
-        for pid in found:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        killed.update(found)
-        if time.monotonic() >= deadline:
-            log.warning("processes %s outlived SIGKILL for %g s; leaving them", found, timeout)
-            break
-        time.sleep(0.005)  # their parent (init, a subreaper) reaps them
-    return len(killed)
+    while True:
+        if between is not None:
+            between()
+        hit = [pid for pid in find() if _signal(pid, signal.SIGKILL)]
+        if not hit:
+            return len(killed)
+        killed.update(hit)
+        if time.monotonic() >= deadline:  # stuck in the kernel (D state): SIGKILL acts when it returns
+            log.warning("processes %s outlived SIGKILL for %g s; leaving them", hit, timeout)
+            return len(killed)
+        time.sleep(0.001)
+
+
+def _signal(pid: int, sig: signal.Signals) -> bool:
+    """Whether ``sig`` reached ``pid`` (not gone, and ours to signal: a setuid program is not)."""
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _live(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if _state(pid) not in (b"Z", None)]
 
 
 def _descendants(root: int) -> list[int]:
