@@ -89,7 +89,7 @@ def pids_file(tmp_path: Path) -> Iterator[Path]:
     if path.exists():
         unmarked = int(path.read_text().split()[1 + UNMARKED])
         with contextlib.suppress(OSError):  # gone meanwhile
-            if is_running(unmarked) and Path(f"/proc/{unmarked}/cmdline").read_bytes().endswith(b"sleep\0300\0"):
+            if is_running(unmarked) and Path(f"/proc/{unmarked}/cmdline").read_bytes().endswith(b"sleep\x00300\x00"):
                 os.kill(unmarked, signal.SIGKILL)
 
 
