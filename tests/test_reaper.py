@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -204,3 +206,83 @@ def test_a_group_goes_on_after_a_sweep(pool: WorkerPool, marker: str, pids_file:
     assert first.kind == "succeeded", first
     assert (second.kind, second.error) == ("failed", "exit status 3"), second
     assert_none_left(written(pids_file, marker))
+
+
+# A runtime stuck inside a call (advance never returns) that leaves a process in a session of
+# its own and does not stop it; and an "agent": a process that runs one pool, then waits.
+STUCK_RUNTIME = """
+import os, subprocess, time
+
+
+class Stuck:
+    name = "stuck"
+
+    def validate(self, params):
+        pass
+
+    def realize(self, params, *, seed, snapshot=None):
+        return Handle(params)
+
+
+class Handle:
+    def __init__(self, params):
+        self.params = params
+
+    def reset(self):
+        env = {**os.environ, params_marker_env: self.params["marker"]}
+        child = subprocess.Popen(["setsid", "sleep", "300"], env=env)
+        with open(self.params["pids"] + ".tmp", "w") as f:
+            f.write(f"{os.getpid()} {child.pid}")
+        os.rename(self.params["pids"] + ".tmp", self.params["pids"])
+
+    def terminal(self):
+        return None
+
+    def advance(self, max_seconds):
+        time.sleep(300)
+
+    def poll_events(self):
+        return []
+
+    def collect(self):
+        return {}
+
+    def stop(self):
+        pass
+"""
+AGENT = """
+import sys, time
+from openrange_mesh.mesh.pool import WorkerPool
+from openrange_mesh.mesh.worker import WorkItem
+from openrange_mesh.model import EpisodeSpec
+
+if __name__ == "__main__":
+    pool = WorkerPool(1, None)
+    pool.start()
+    params = {"pids": sys.argv[1], "marker": sys.argv[2]}
+    pool.dispatch([WorkItem("e1", 1, EpisodeSpec(runtime="stuck:Stuck", params=params))])
+    time.sleep(300)
+"""
+
+
+def test_agent_killed_while_its_worker_is_stuck(marker: str, tmp_path: Path) -> None:
+    """The agent SIGKILLed: the forkserver exits, and the worker, told by the kernel
+    (PR_SET_PDEATHSIG), stops its episode and sweeps though it never returns to read its pipe."""
+    (tmp_path / "stuck.py").write_text(f"params_marker_env = {MARKER_ENV!r}\n" + STUCK_RUNTIME)
+    (tmp_path / "agent.py").write_text(AGENT)
+    pids = tmp_path / "pids"
+    agent = subprocess.Popen([sys.executable, str(tmp_path / "agent.py"), str(pids), marker], cwd=tmp_path)
+    try:
+        text = wait_until(lambda: pids.exists() and pids.read_text().split(), 20, what="the episode's pids")
+        worker, child = map(int, text)
+        assert is_running(worker) and is_running(child)
+        time.sleep(0.2)  # into the stuck advance()
+    finally:
+        agent.kill()
+        agent.wait()
+    try:
+        assert_none_left(Episode(worker, [worker, child], marker))
+    finally:
+        with contextlib.suppress(OSError):  # a stuck worker left behind (without the fix) goes now
+            if b"agent.py" not in Path(f"/proc/{worker}/cmdline").read_bytes() and is_running(worker):
+                os.kill(worker, signal.SIGKILL)

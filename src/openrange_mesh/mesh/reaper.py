@@ -18,6 +18,9 @@ that left the group or the session escapes that. So, on Linux:
   environment block (setproctitle), and a process forked by the worker itself without exec
   (its environment block is the forkserver's).
 
+* A worker whose agent dies (kill -9) is sent SIGTERM by the kernel (``stop_with_agent``), so
+  it stops its episode and sweeps even while stuck in a runtime call that never reads its pipe.
+
 Elsewhere every function here does nothing: a runtime's own ``stop()`` is all there is.
 """
 
@@ -25,8 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import logging
+import multiprocessing
 import os
+import select
 import signal
 import sys
 import time
@@ -54,6 +60,24 @@ def become_subreaper(marker: str) -> bool:
         log.warning("cannot become a child subreaper: %s", os.strerror(ctypes.get_errno()))
         return False
     return True
+
+
+def stop_with_agent() -> None:
+    """Called once by a worker: SIGTERM it when its agent dies, so it stops its episode and
+    sweeps even while a runtime call is stuck and the closed pipe goes unread (the handler runs
+    once the call is back in Python: one stuck in C code stays stuck). PR_SET_PDEATHSIG would
+    watch the forkserver, which outlives the agent while any worker lives; so the kernel is asked
+    to signal us (O_ASYNC, F_SETSIG) when multiprocessing's parent sentinel, a pipe whose only
+    writer is the agent, reaches EOF."""
+    parent = multiprocessing.parent_process()
+    fd = parent.sentinel if parent is not None else None
+    if not _IS_LINUX or fd is None:
+        return
+    fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGTERM)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    if select.select([fd], [], [], 0)[0]:  # the agent died before that took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def has_children() -> bool:

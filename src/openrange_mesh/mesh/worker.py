@@ -332,6 +332,7 @@ def worker_main(conn: Connection, store_url: str | None, cells: Any, marker: str
     signal.signal(signal.SIGTERM, _exit)
     signal.signal(signal.SIGINT, _ignore)  # a handler, not SIG_IGN, which an episode's exec would inherit
     reaper.become_subreaper(marker)
+    reaper.stop_with_agent()
     try:
         try:
             store = open_store(store_url) if store_url else None
