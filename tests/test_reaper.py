@@ -1,6 +1,8 @@
 """No process an episode started outlives it: real workers, real command episodes whose
 processes escape their process group (a setsid grandchild, one in a group of its own, a
-double-forked daemon), ended every way an episode or its worker can end."""
+double-forked daemon, one with an empty environment), ended every way an episode or its worker
+can end: normal exit, cancel, timeout, the worker stopped, killed by the pool or from outside,
+and its agent killed while the worker is stuck inside a runtime call."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -230,15 +231,15 @@ class Handle:
 
     def reset(self):
         env = {**os.environ, params_marker_env: self.params["marker"]}
-        child = subprocess.Popen(["setsid", "sleep", "300"], env=env)
-        with open(self.params["pids"] + ".tmp", "w") as f:
-            f.write(f"{os.getpid()} {child.pid}")
-        os.rename(self.params["pids"] + ".tmp", self.params["pids"])
+        self.child = subprocess.Popen(["setsid", "sleep", "300"], env=env)
 
     def terminal(self):
         return None
 
-    def advance(self, max_seconds):
+    def advance(self, max_seconds):  # says it is in here, and never returns
+        with open(self.params["pids"] + ".tmp", "w") as f:
+            f.write(f"{os.getpid()} {self.child.pid}")
+        os.rename(self.params["pids"] + ".tmp", self.params["pids"])
         time.sleep(300)
 
     def poll_events(self):
@@ -276,7 +277,6 @@ def test_agent_killed_while_its_worker_is_stuck(marker: str, tmp_path: Path) -> 
         text = wait_until(lambda: pids.exists() and pids.read_text().split(), 20, what="the episode's pids")
         worker, child = map(int, text)
         assert is_running(worker) and is_running(child)
-        time.sleep(0.2)  # into the stuck advance()
     finally:
         agent.kill()
         agent.wait()
