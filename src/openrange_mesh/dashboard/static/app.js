@@ -1,0 +1,187 @@
+// The dashboard page (design §11a): routes "/" (hosts, summary charts, episodes) and
+// "/episodes/<id>" without reloading, keeps ONE EventSource for the tab (live.js) and hands its
+// events to the view on screen.
+
+import {h, fill, refreshAges} from "./dom.js";
+import {get, whenUnreachable} from "./api.js";
+import {Live} from "./live.js";
+import {renderHosts} from "./hosts.js";
+import {Charts} from "./charts.js";
+import {EpisodesView} from "./episodes.js";
+import {EpisodeView} from "./episode.js";
+import {token, setToken} from "./cancel.js";
+
+const main = document.getElementById("view");
+const banner = document.getElementById("banner");
+const message = document.getElementById("message");
+const liveBadge = document.getElementById("live");
+let hosts = {hosts: [], left: []};
+let view = null; // {kind, refresh(), on(kind, data), destroy()}
+
+// ---- messages ---------------------------------------------------------------------------
+
+let messageTimer = null;
+function say(text, kind = "bad") {
+  clearTimeout(messageTimer);
+  fill(message, h("span", null, text), h("button", {type: "button", class: "link", "aria-label": "dismiss", onclick: () => (message.hidden = true)}, "×"));
+  message.className = `message ${kind}`;
+  message.hidden = false;
+  if (kind === "ok") messageTimer = setTimeout(() => (message.hidden = true), 6000);
+}
+
+function notFound(title, detail) {
+  document.title = "not found · openrange-mesh";
+  fill(main, h("section", {class: "not-found"}, h("h2", null, title), detail ? h("p", {class: "muted"}, detail) : null,
+    h("p", null, h("a", {href: "/", "data-route": true}, "back to the overview"))));
+}
+
+// ---- views ------------------------------------------------------------------------------
+
+class Overview {
+  constructor() {
+    this.kind = "overview";
+    const hostsBox = h("section", {class: "hosts-box"});
+    const summaryBox = h("section");
+    const listBox = h("section");
+    fill(main, hostsBox, summaryBox, listBox);
+    this.hostsBox = hostsBox;
+    renderHosts(hostsBox, hosts);
+    this.charts = new Charts(summaryBox, {onState: (state) => navigate(`/?state=${encodeURIComponent(state)}`)});
+    this.list = new EpisodesView(listBox, {navigate, say, hosts: () => hosts.hosts.map((x) => x.id)});
+    this.refresh();
+  }
+
+  refresh() {
+    get("/api/summary").then((s) => this.charts.update(s), (exc) => say(`summary: ${exc.message}`));
+    this.list.load();
+  }
+
+  on(kind, data) {
+    if (kind === "hosts") renderHosts(this.hostsBox, data);
+    else if (kind === "summary") this.charts.update(data);
+    else if (kind === "episode") this.list.update(data);
+  }
+
+  destroy() {
+    this.charts.destroy();
+  }
+}
+
+class Episode {
+  constructor(id) {
+    this.kind = "episode";
+    this.episode = new EpisodeView(main, id, {say, notFound});
+    this.refresh();
+  }
+
+  refresh() {
+    this.episode.load();
+  }
+
+  on(kind, data) {
+    if (kind === "episode") this.episode.update(data);
+  }
+
+  destroy() {
+    this.episode.destroy();
+  }
+}
+
+// ---- routing ----------------------------------------------------------------------------
+
+function route() {
+  const path = location.pathname;
+  if (path === "/" || path === "/index.html") {
+    document.title = "openrange-mesh";
+    if (view?.kind === "overview") return view.list.load(); // only the query changed
+    return show(() => new Overview());
+  }
+  const match = path.match(/^\/episodes\/([^/]+)\/?$/);
+  let id = null;
+  try {
+    id = match ? decodeURIComponent(match[1]) : null;
+  } catch {
+    id = null;
+  }
+  if (id !== null) return show(() => new Episode(id));
+  view?.destroy();
+  view = null;
+  notFound("no such page", path);
+}
+
+function show(make) {
+  view?.destroy();
+  message.hidden = true;
+  view = make();
+}
+
+function navigate(url, replace = false, state = {page: 1}) {
+  if (replace) history.replaceState(state, "", url);
+  else history.pushState(state, "", url);
+  window.scrollTo(0, 0);
+  route();
+}
+
+document.addEventListener("click", (e) => {
+  const a = e.target.closest("a[data-route]");
+  if (!a || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+  e.preventDefault();
+  if (a.getAttribute("href") !== location.pathname + location.search) navigate(a.getAttribute("href"));
+});
+window.addEventListener("popstate", route);
+
+// ---- live -------------------------------------------------------------------------------
+
+function setHosts(data) {
+  hosts = data;
+  live.knownAgents((data.hosts || []).map((x) => x.url));
+  const leader = (data.hosts || []).find((x) => x.leader);
+  document.getElementById("leader").textContent = leader ? `leader ${leader.id}` : "no leader";
+}
+
+const pending = new Map(); // episode summaries waiting for the next frame, the latest per id
+let frame = null;
+
+function onEvent(kind, data) {
+  if (kind === "hosts") setHosts(data);
+  if (kind !== "episode") return view?.on(kind, data);
+  pending.set(data.id, data);
+  frame ??= requestAnimationFrame(() => {
+    frame = null;
+    const batch = [...pending.values()];
+    pending.clear();
+    for (const s of batch) view?.on("episode", s);
+  });
+}
+
+function onStatus(state, text) {
+  liveBadge.dataset.state = state;
+  liveBadge.textContent = text === "leader moved, reconnecting..." ? "searching" : text;
+  banner.hidden = state !== "moving";
+  banner.textContent = state === "moving" ? text : "";
+}
+
+function readHosts() {
+  return get("/api/hosts").then((data) => onEvent("hosts", data), (exc) => say(`hosts: ${exc.message}`));
+}
+
+function resync() {
+  readHosts();
+  view?.refresh();
+}
+
+const live = new Live({onEvent, onStatus, onResync: resync});
+whenUnreachable(() => live.broken());
+
+// ---- start ------------------------------------------------------------------------------
+
+const tokenInput = document.getElementById("token");
+tokenInput.value = token();
+tokenInput.addEventListener("input", () => setToken(tokenInput.value));
+tokenInput.form.addEventListener("submit", (e) => e.preventDefault());
+
+if (history.state === null) history.replaceState({page: new URLSearchParams(location.search).has("cursor") ? 0 : 1}, "");
+route();
+readHosts();
+live.start();
+setInterval(() => refreshAges(), 5000);

@@ -1,0 +1,131 @@
+// The live part: ONE EventSource per tab on /api/stream, and finding the leader again when the
+// stream breaks for good.
+//
+// While the server is up, the browser's EventSource reconnects by itself and resends
+// Last-Event-ID (the etcd revision), so the server resumes with no gap. When it stays down
+// (the leader died, or it was deposed and now redirects elsewhere), after GRACE_MS we ask,
+// every RETRY_MS: this origin's /api/leader (a deposed leader still answers it), then every
+// agent the hosts list named (each host carries its url). The first that names a leader on
+// another origin gets the page: we navigate there with the same path and query. The server
+// does not promise CORS, so reading another agent's answer may be refused; an agent that
+// answers at all (an opaque reply) will redirect a navigation to its leader (a follower
+// answers every dashboard path with a 307), so after FALLBACK_MS we go to such an agent.
+
+const GRACE_MS = 4000;
+const RETRY_MS = 2000;
+const FALLBACK_MS = 12000;
+
+export class Live {
+  constructor({onEvent, onStatus, onResync}) {
+    this.onEvent = onEvent;     // (kind, data) for "hosts", "episode", "summary"
+    this.onStatus = onStatus;   // ("live" | "reconnecting" | "moving", text)
+    this.onResync = onResync;   // after a new EventSource: data may have been missed
+    this.agents = [];           // urls of the agents we know
+    this.source = null;
+    this.brokeAt = null;
+    this.timer = null;
+    this.opened = false;
+  }
+
+  start() {
+    this.open(false);
+  }
+
+  knownAgents(urls) {
+    this.agents = urls.filter((u) => typeof u === "string" && /^https?:\/\//.test(u));
+  }
+
+  open(isReopen) {
+    const source = new EventSource("/api/stream");
+    this.source = source;
+    for (const kind of ["hosts", "episode", "summary"]) {
+      source.addEventListener(kind, (e) => {
+        let data;
+        try {
+          data = JSON.parse(e.data);
+        } catch {
+          return;
+        }
+        this.onEvent(kind, data);
+      });
+    }
+    source.onopen = () => {
+      const wasBroken = this.brokeAt !== null;
+      this.brokeAt = null;
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.onStatus("live", "live");
+      if (isReopen || (wasBroken && this.opened)) this.onResync();
+      this.opened = true;
+      isReopen = false;
+    };
+    source.onerror = () => this.broken();
+  }
+
+  // The stream broke, or a request got no answer: give the browser GRACE_MS to reconnect.
+  broken() {
+    if (this.brokeAt === null) this.brokeAt = Date.now();
+    if (this.source && this.source.readyState === EventSource.OPEN) return;
+    this.onStatus("reconnecting", "reconnecting");
+    if (this.timer === null) this.timer = setTimeout(() => this.search(), GRACE_MS);
+  }
+
+  async search() {
+    this.timer = null;
+    if (this.source && this.source.readyState === EventSource.OPEN) return;
+    this.onStatus("moving", "leader moved, reconnecting...");
+    const here = await leaderFrom("");
+    if (here && sameOrigin(here)) {
+      // This server leads (again): a closed EventSource never retries, so open a new one.
+      if (this.source.readyState === EventSource.CLOSED) this.open(true);
+    } else if (here) {
+      return moveTo(here);
+    } else {
+      let alive = null;
+      for (const agent of this.agents) {
+        if (sameOrigin(agent)) continue;
+        const leader = await leaderFrom(agent);
+        if (leader && !sameOrigin(leader)) return moveTo(leader);
+        if (leader === undefined && alive === null && (await answers(agent))) alive = agent;
+      }
+      if (alive && Date.now() - this.brokeAt > FALLBACK_MS) return moveTo(alive);
+      if (this.source.readyState === EventSource.CLOSED) this.open(true);
+    }
+    this.timer = setTimeout(() => this.search(), RETRY_MS);
+  }
+}
+
+// The leader's url as `base`'s /api/leader names it; null when it answered without one (no
+// leader yet, 503); undefined when it could not be asked or read.
+async function leaderFrom(base) {
+  try {
+    const response = await fetch(`${base}/api/leader`, {cache: "no-store", signal: AbortSignal.timeout(3000)});
+    if (!response.ok) return null;
+    const data = await response.json();
+    return typeof data.url === "string" && /^https?:\/\//.test(data.url) ? data.url : null;
+  } catch {
+    return undefined;
+  }
+}
+
+async function answers(base) {
+  try {
+    await fetch(`${base}/api/leader`, {mode: "no-cors", cache: "no-store", signal: AbortSignal.timeout(3000)});
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function sameOrigin(url) {
+  try {
+    return new URL(url).origin === location.origin;
+  } catch {
+    return false;
+  }
+}
+
+function moveTo(base) {
+  const target = new URL(location.pathname + location.search + location.hash, base);
+  location.replace(target.href);
+}
