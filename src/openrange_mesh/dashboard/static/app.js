@@ -40,9 +40,9 @@ function notFound(title, detail) {
 class Overview {
   constructor() {
     this.kind = "overview";
-    const hostsBox = h("section", {class: "hosts-box"});
-    const summaryBox = h("section");
-    const listBox = h("section");
+    const hostsBox = h("section", {id: "hosts"});
+    const summaryBox = h("section", {id: "summary"});
+    const listBox = h("section", {id: "episodes"});
     fill(main, hostsBox, summaryBox, listBox);
     this.hostsBox = hostsBox;
     renderHosts(hostsBox, hosts);
@@ -93,7 +93,10 @@ function route() {
   const path = location.pathname;
   if (path === "/" || path === "/index.html") {
     document.title = "openrange-mesh";
-    if (view?.kind === "overview") return view.list.load(); // only the query changed
+    if (view?.kind === "overview") { // only the query or the #section changed
+      if (location.hash) document.getElementById(location.hash.slice(1))?.scrollIntoView();
+      return view.list.load();
+    }
     return show(() => new Overview());
   }
   const match = path.match(/^\/episodes\/([^/]+)\/?$/);
@@ -113,12 +116,13 @@ function show(make) {
   view?.destroy();
   message.hidden = true;
   view = make();
+  if (location.hash) requestAnimationFrame(() => document.getElementById(location.hash.slice(1))?.scrollIntoView());
+  else window.scrollTo(0, 0);
 }
 
 function navigate(url, replace = false, state = {page: 1}) {
   if (replace) history.replaceState(state, "", url);
   else history.pushState(state, "", url);
-  window.scrollTo(0, 0);
   route();
 }
 
@@ -126,7 +130,9 @@ document.addEventListener("click", (e) => {
   const a = e.target.closest("a[data-route]");
   if (!a || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
   e.preventDefault();
-  if (a.getAttribute("href") !== location.pathname + location.search) navigate(a.getAttribute("href"));
+  const target = a.getAttribute("href");
+  if (target.startsWith("/#") && view?.kind === "overview") return document.getElementById(target.slice(2))?.scrollIntoView();
+  if (target !== location.pathname + location.search) navigate(target);
 });
 window.addEventListener("popstate", route);
 

@@ -64,11 +64,13 @@ export function confirmCancel({what, count, body}) {
 // 401: no token sent; 403: none configured (read-only) or a wrong one; the server's words first.
 function refusal(exc) {
   const said = exc.message || "";
-  if (exc.status === 401) return `token required: type the dashboard token above (${said})`;
+  const plus = (label) => (said && said.toLowerCase() !== label ? `${label} (the server says: ${said})` : label);
+  if (exc.status === 401) return plus("token required: type the dashboard token");
   if (exc.status === 403) {
-    if (/read-only|no token/i.test(said)) return `read-only dashboard: no token configured (${said})`;
-    if (/wrong|invalid|bad/i.test(said)) return `wrong token (${said})`;
-    return `refused: ${said}`;
+    if (/read-only|no token|not configured|disabled/i.test(said)) return plus("read-only dashboard: no token configured");
+    if (/wrong|invalid|bad|mismatch/i.test(said)) return plus("wrong token");
+    if (/origin/i.test(said)) return plus("refused: not a same-origin request");
+    return plus("refused");
   }
   return said || `failed (${exc.status})`;
 }

@@ -59,7 +59,7 @@ export class Charts {
       [now, d.p50, d.p90, d.p99].forEach((v, i) => this.seen[i].push(v ?? null));
       if (this.seen[0].length > KEEP_POINTS) this.seen.forEach((a) => a.shift());
     }
-    this.draw("durations", this.seen, () => timeOpts([
+    if (this.seen[0].length) this.draw("durations", this.seen, () => timeOpts([
       {label: "p50", stroke: "#3b8fd9"}, {label: "p90", stroke: "#c9a227"}, {label: "p99", stroke: "#d64545"},
     ], {y: (u, v) => v.map((x) => fmtDuration(x))}));
   }

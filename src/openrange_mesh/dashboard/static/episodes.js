@@ -36,7 +36,9 @@ export class EpisodesView {
     try {
       data = await get(`/api/episodes${location.search}`);
     } catch (exc) {
-      fill(this.head, h("span", {class: "bad"}, exc.status === 400 ? `bad query: ${exc.message}` : exc.message));
+      const text = exc.status === 400 ? `bad query: ${exc.message}` : exc.message;
+      fill(this.head, h("span", {class: "bad"}, text));
+      this.say(text);
       fill(this.body);
       fill(this.pager);
       return;
