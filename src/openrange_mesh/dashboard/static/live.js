@@ -25,6 +25,7 @@ export class Live {
     this.brokeAt = null;
     this.timer = null;
     this.opened = false;
+    this.searching = false;
   }
 
   start() {
@@ -52,6 +53,7 @@ export class Live {
     source.onopen = () => {
       const wasBroken = this.brokeAt !== null;
       this.brokeAt = null;
+      this.searching = false;
       clearTimeout(this.timer);
       this.timer = null;
       this.onStatus("live", "live");
@@ -66,13 +68,14 @@ export class Live {
   broken() {
     if (this.brokeAt === null) this.brokeAt = Date.now();
     if (this.source && this.source.readyState === EventSource.OPEN) return;
-    this.onStatus("reconnecting", "reconnecting");
+    if (!this.searching) this.onStatus("reconnecting", "reconnecting"); // the banner stays up while we search
     if (this.timer === null) this.timer = setTimeout(() => this.search(), GRACE_MS);
   }
 
   async search() {
     this.timer = null;
     if (this.source && this.source.readyState === EventSource.OPEN) return;
+    this.searching = true;
     this.onStatus("moving", "leader moved, reconnecting...");
     const here = await leaderFrom("");
     if (here && sameOrigin(here)) {
