@@ -343,6 +343,7 @@ class AgentProcess:
         grace: float | None = None,
         wrapper: Sequence[str] = (),
         dashboard: bool = False,
+        token: str = "",
     ) -> None:
         self.registry = registry
         self.host_id = host_id
@@ -354,6 +355,7 @@ class AgentProcess:
         self.ttl = ttl
         self.grace = grace
         self.dashboard = dashboard
+        self.token = token
         self.wrapper = list(wrapper)  # runs the agent under it, e.g. ``ip netns exec NS`` (which execs: same pid)
         self.proc: subprocess.Popen[bytes] | None = None
         self.joined_at = 0.0  # wall clock time the mesh saw it join
@@ -386,6 +388,7 @@ class AgentProcess:
         ]
         if self.dashboard:  # on loopback, a free port: many agents share this machine
             argv += ["--dashboard-host", "127.0.0.1", "--dashboard-port", "0"]
+            argv += ["--dashboard-token", self.token] if self.token else []
         else:
             argv.append("--no-dashboard")  # most tests need no HTTP: one process less per agent
         return argv + (["--grace", str(self.grace)] if self.grace is not None else [])
@@ -546,6 +549,7 @@ class Mesh:
         store: str | None = None,
         wrapper: Sequence[str] = (),
         dashboard: bool = False,
+        token: str = "",
     ) -> AgentProcess:
         """Start agent ``host`` (a restart if it ran before); ``registry`` and ``store`` override
         the mesh's, ``wrapper`` runs it under a command (``ip netns exec NS``)."""
@@ -564,6 +568,7 @@ class Mesh:
             grace=grace,
             wrapper=wrapper,
             dashboard=dashboard,
+            token=token,
         )
         self.agents[host] = agent.start()
         if wait:
