@@ -86,6 +86,8 @@ def _to_leader(request: Request, state: State) -> Response:
 
 
 async def leader(request: Request, state: State) -> Response:
+    if state.standalone_url is not None:
+        return JSONResponse({"host": state.config.host_id, "url": state.standalone_url, "term": 0})
     seat = state.view.leader()
     if seat is None:
         return error(503, "no leader elected")

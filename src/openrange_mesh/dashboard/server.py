@@ -42,6 +42,7 @@ class State:
         self.view = MeshView(registry, self.keys)
         self._serving = serving
         self.index: EpisodeIndex | None = None
+        self.standalone_url: str | None = None  # one process's own dashboard: it leads itself
         self._stop = threading.Event()
 
     @property
