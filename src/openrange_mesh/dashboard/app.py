@@ -98,16 +98,16 @@ def hosts_json(state: State) -> dict[str, Any]:
     revision, live, left = state.view.hosts()
     seat = state.view.leader()
     leader_host = seat.host if seat else None
-    now = time.time()
+    beats = state.view.heartbeats()
     return {
         "revision": revision,
-        "hosts": [{**host_summary(h, leader_host), "age_s": max(0.0, now - h.started_at)} for h in live],
+        "hosts": [{**host_summary(h, leader_host), "heartbeat_age_s": beats.get(h.id)} for h in live],
         "left": [{"id": host, "left_at": at} for host, at in sorted(left.items(), key=lambda item: -item[1])],
     }
 
 
 async def hosts(request: Request, state: State) -> Response:
-    return JSONResponse(hosts_json(state))
+    return JSONResponse(await asyncio.to_thread(hosts_json, state))  # it may read leases
 
 
 async def wait_index(state: State) -> EpisodeIndex:

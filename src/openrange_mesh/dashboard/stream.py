@@ -50,7 +50,7 @@ async def stream(request: Request, state: State, hosts: Callable[[State], dict[s
             for at, batch in _by_revision(changes):
                 revision = at
                 yield {"event": "episodes", "id": str(at), "data": json.dumps(batch)}
-            listing = hosts(state)
+            listing = await asyncio.to_thread(hosts, state)
             if listing["revision"] != hosts_seen:
                 hosts_seen = listing["revision"]
                 yield {"event": "hosts", "data": json.dumps(listing)}

@@ -21,6 +21,7 @@ from ..registry import Event, KeyValue, Registry
 log = logging.getLogger(__name__)
 
 LEFT_FOR = 3600.0  # seconds a host that left stays listed
+BEATS_EVERY = 2.0  # seconds between reads of the hosts' lease ttls
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class MeshView:
         self.revision = 0
         self._leader: Leader | None = None
         self._hosts: dict[str, HostInfo] = {}
+        self._leases: dict[str, int] = {}  # host -> the lease its key is bound to
+        self._beats: tuple[float, dict[str, int | None]] = (0.0, {})  # (when read, host -> seconds)
         self._left: dict[str, float] = {}  # host -> when it left (unix time)
         self._changed = 0  # revision of the last change to hosts or leader
         self._lock = threading.Lock()
@@ -78,9 +81,25 @@ class MeshView:
             self._left = {h: t for h, t in self._left.items() if t >= cutoff}
             return self._changed, sorted(self._hosts.values(), key=lambda h: h.id), dict(self._left)
 
+    def heartbeats(self) -> dict[str, int | None]:
+        """Seconds since each host last refreshed its lease (None: expired), read from etcd at
+        most every ``BEATS_EVERY``: one lease read per host is too many to make per request."""
+        read_at, beats = self._beats
+        if time.monotonic() - read_at < BEATS_EVERY:
+            return beats
+        with self._lock:
+            leases = dict(self._leases)
+        beats = {}
+        for host, lease in leases.items():
+            ttl = self.registry.time_to_live(lease)
+            beats[host] = None if ttl is None else max(0, ttl[1] - ttl[0])
+        self._beats = (time.monotonic(), beats)
+        return beats
+
     def _load(self, revision: int | None) -> None:
         listing = self.registry.range(self.keys.control(), revision=revision)
         hosts: dict[str, HostInfo] = {}
+        leases: dict[str, int] = {}
         leader = None
         for kv in listing.kvs:
             if kv.key == self.keys.leader():
@@ -88,11 +107,11 @@ class MeshView:
             elif kv.key.startswith(self.keys.hosts()):
                 info = decode_or_none(HostInfo.from_bytes, kv.value, kv.key)
                 if info is not None:
-                    hosts[info.id] = info
+                    hosts[info.id], leases[info.id] = info, kv.lease
         with self._lock:
             for gone in set(self._hosts) - set(hosts):
                 self._left[gone] = time.time()
-            self._hosts, self._leader = hosts, leader
+            self._hosts, self._leases, self._leader = hosts, leases, leader
             self.revision = self._changed = listing.revision
         self._follower.start(listing.revision)
 
@@ -115,10 +134,11 @@ class MeshView:
         elif key.startswith(self.keys.hosts()):
             host = self.keys.name_of(key, self.keys.hosts())
             if event.type == "delete":
+                self._leases.pop(host, None)
                 if self._hosts.pop(host, None) is not None:
                     self._left[host] = time.time()
             elif (info := decode_or_none(HostInfo.from_bytes, event.kv.value, key)) is not None:
-                self._hosts[host] = info
+                self._hosts[host], self._leases[host] = info, event.kv.lease
                 self._left.pop(host, None)
         else:
             return
