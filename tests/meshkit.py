@@ -342,6 +342,8 @@ class AgentProcess:
         ttl: int = 2,
         grace: float | None = None,
         wrapper: Sequence[str] = (),
+        dashboard: bool = False,
+        token: str = "",
     ) -> None:
         self.registry = registry
         self.host_id = host_id
@@ -352,6 +354,8 @@ class AgentProcess:
         self.capacity = capacity
         self.ttl = ttl
         self.grace = grace
+        self.dashboard = dashboard
+        self.token = token
         self.wrapper = list(wrapper)  # runs the agent under it, e.g. ``ip netns exec NS`` (which execs: same pid)
         self.proc: subprocess.Popen[bytes] | None = None
         self.joined_at = 0.0  # wall clock time the mesh saw it join
@@ -382,6 +386,11 @@ class AgentProcess:
             "--log-level",
             "INFO",
         ]
+        if self.dashboard:  # on loopback, a free port: many agents share this machine
+            argv += ["--dashboard-host", "127.0.0.1", "--dashboard-port", "0"]
+            argv += ["--dashboard-token", self.token] if self.token else []
+        else:
+            argv.append("--no-dashboard")  # most tests need no HTTP: one process less per agent
         return argv + (["--grace", str(self.grace)] if self.grace is not None else [])
 
     def start(self) -> AgentProcess:
@@ -518,8 +527,13 @@ class Mesh:
 
     # --- agents --------------------------------------------------------------------------
 
-    def start(self, count: int = 3, *, capacity: int = 2, grace: float | None = None) -> list[AgentProcess]:
-        agents = [self.start_agent(f"h{i + 1}", capacity=capacity, grace=grace, wait=False) for i in range(count)]
+    def start(
+        self, count: int = 3, *, capacity: int = 2, grace: float | None = None, dashboard: bool = False
+    ) -> list[AgentProcess]:
+        agents = [
+            self.start_agent(f"h{i + 1}", capacity=capacity, grace=grace, wait=False, dashboard=dashboard)
+            for i in range(count)
+        ]
         for agent in agents:
             self.wait_joined(agent)
         return agents
@@ -534,6 +548,8 @@ class Mesh:
         registry: str | None = None,
         store: str | None = None,
         wrapper: Sequence[str] = (),
+        dashboard: bool = False,
+        token: str = "",
     ) -> AgentProcess:
         """Start agent ``host`` (a restart if it ran before); ``registry`` and ``store`` override
         the mesh's, ``wrapper`` runs it under a command (``ip netns exec NS``)."""
@@ -551,6 +567,8 @@ class Mesh:
             ttl=self.ttl,
             grace=grace,
             wrapper=wrapper,
+            dashboard=dashboard,
+            token=token,
         )
         self.agents[host] = agent.start()
         if wait:

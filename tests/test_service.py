@@ -16,6 +16,8 @@ from openrange_mesh.service import EpisodeService
 from openrange_mesh.store import open_store
 from openrange_mesh.store.events import read_events
 
+from .helpers import wait_until
+
 CARTPOLE = {"runtime": "gymnasium", "params": {"env": "CartPole-v1"}}
 
 
@@ -83,3 +85,21 @@ def test_close_cancels_what_still_runs(registry: Registry) -> None:
     episode_id = svc.start({"runtime": "sleep", "params": {"seconds": 60}})
     svc.close()
     assert Catalog(registry, svc.keys).get(episode_id).state is State.CANCELLED
+
+
+def test_a_service_serves_the_dashboard_of_its_own_episodes() -> None:
+    """Single-host mode can show its episodes as the mesh's leader does (design §11a), from its
+    memory:// registry, which no other process could read."""
+    import httpx
+
+    with EpisodeService(dashboard=True) as service:
+        url = service.dashboard_url
+        report = service.run({"runtime": "sleep", "params": {"seconds": 0}})
+        assert httpx.get(f"{url}/api/leader", timeout=10).json()["url"] == url
+
+        def listed() -> list[str]:
+            return [e["id"] for e in httpx.get(f"{url}/api/episodes", timeout=10).json()["episodes"]]
+
+        assert wait_until(lambda: listed() == [report.id], 10, what="the episode listed")
+        record = httpx.get(f"{url}/api/episodes/{report.id}", timeout=10).json()["record"]
+        assert record["state"] == "succeeded"

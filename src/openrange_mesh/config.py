@@ -37,6 +37,11 @@ ENV_CERT = "OPENRANGE_CERT"
 ENV_KEY = "OPENRANGE_KEY"
 ENV_USER = "OPENRANGE_USER"
 ENV_PASSWORD = "OPENRANGE_PASSWORD"
+ENV_DASHBOARD_HOST = "OPENRANGE_DASHBOARD_HOST"
+ENV_DASHBOARD_PORT = "OPENRANGE_DASHBOARD_PORT"
+ENV_DASHBOARD_URL = "OPENRANGE_DASHBOARD_URL"
+ENV_DASHBOARD_TOKEN = "OPENRANGE_DASHBOARD_TOKEN"
+DEFAULT_DASHBOARD_PORT = 7465
 # etcdctl's own, honoured where ours are unset: a host set up for etcdctl needs nothing more.
 ETCDCTL_ENDPOINTS = "ETCDCTL_ENDPOINTS"
 ETCDCTL_CACERT = "ETCDCTL_CACERT"
@@ -58,6 +63,10 @@ _ENV = {
     "labels": ENV_LABELS,
     "log_level": ENV_LOG_LEVEL,
     "retention": ENV_RETENTION,
+    "dashboard_host": ENV_DASHBOARD_HOST,
+    "dashboard_port": ENV_DASHBOARD_PORT,
+    "dashboard_url": ENV_DASHBOARD_URL,
+    "dashboard_token": ENV_DASHBOARD_TOKEN,
 }
 # etcd credentials and TLS files, as etcdctl's flags name them -> (our variable, etcdctl's)
 ACCESS_ENV = {
@@ -141,6 +150,12 @@ class Settings:
     log_level: str = "INFO"
     # Acked finished records older than this (seconds) are deleted by the leader; 0 keeps all.
     retention: float = 7 * 24 * 3600.0
+    # Every agent serves HTTP (design §11a): the leader the dashboard, the others a redirect.
+    dashboard: bool = True
+    dashboard_host: str = "0.0.0.0"
+    dashboard_port: int = DEFAULT_DASHBOARD_PORT  # 0: a free port
+    dashboard_url: str = ""  # how others reach it; default http://<hostname or host>:<port>
+    dashboard_token: str = field(default="", repr=False)  # needed to cancel from the page; none: read-only
 
     def __post_init__(self) -> None:
         check_name("namespace", self.namespace)
@@ -151,6 +166,8 @@ class Settings:
             raise ConfigError(f"ttl must be at least {MIN_TTL} s (etcd's minimum lease), not {self.ttl}")
         if self.retention < 0:
             raise ConfigError(f"retention must be >= 0 seconds (0 keeps everything), not {self.retention}")
+        if not 0 <= self.dashboard_port < 65536:
+            raise ConfigError(f"dashboard port must be 0-65535 (0: a free port), not {self.dashboard_port}")
         if self.loop_wait <= 0 or self.retry_timeout <= 0:
             raise ConfigError("loop_wait and retry_timeout must be positive")
         if self.loop_wait + 2 * self.retry_timeout > self.ttl:

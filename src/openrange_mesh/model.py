@@ -339,7 +339,7 @@ class HostInfo:
     id: str
     capacity: int
     running: int = 0
-    address: str | None = None  # the machine it runs on (hostname); "host:port" once it serves HTTP
+    address: str | None = None  # the machine it runs on (hostname)
     labels: Mapping[str, str] = field(default_factory=dict)
     version: str = ""
     started_at: float = 0.0
@@ -347,6 +347,7 @@ class HostInfo:
     machine: str = ""  # boot id: tells a crashed predecessor on this machine from a live twin
     draining: bool = False  # takes no new work: its peers take the queue entries it owned
     reason: str | None = None  # why it drains when it was not asked to (mesh/health.py: a broken store)
+    url: str | None = None  # its HTTP server (design §11a): where an open dashboard tab looks for the leader
 
     @property
     def weight(self) -> int:
@@ -470,6 +471,7 @@ _HOST_TYPES: dict[str, tuple[type, ...]] = {
     "machine": (str,),
     "draining": (bool,),
     "reason": _OPT_STR,
+    "url": _OPT_STR,
 }
 
 

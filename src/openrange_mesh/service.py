@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import default_host_id
 from .errors import ConfigError, EpisodeNotFound, SpecError
@@ -36,6 +36,9 @@ from .specs import check_spec
 from .store import Store, open_store
 from .store.events import encode_events
 from .store.layout import events_path, result_path, snapshot_path
+
+if TYPE_CHECKING:
+    from .dashboard.inprocess import InProcessDashboard
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,10 @@ class EpisodeService:
         host_id: str | None = None,
         store: Store | str | None = None,
         ttl: int = 10,
+        dashboard: bool | str = False,
     ) -> None:
+        """``dashboard``: serve the dashboard for these episodes (True: on 127.0.0.1, a free
+        port; or "host:port"); its URL is ``dashboard_url``."""
         self.registry = open_registry(registry) if isinstance(registry, str) else registry
         self._owns_registry = isinstance(registry, str)
         self.host_id = host_id or default_host_id()
@@ -102,6 +108,14 @@ class EpisodeService:
         self._lease = LeaseKeeper(self.registry, ttl)
         self._running: dict[str, _RunningEpisode] = {}
         self._lock = threading.Lock()
+        self._dashboard: InProcessDashboard | None = None
+        self.dashboard_url = ""
+        if dashboard:
+            from .dashboard.inprocess import InProcessDashboard  # its server stack only when asked
+
+            bind = dashboard if isinstance(dashboard, str) else "127.0.0.1:0"
+            self._dashboard = InProcessDashboard(self.registry, namespace, self.host_id, self.store, bind)
+            self.dashboard_url = self._dashboard.start()
 
     # --- lifecycle of episodes ----------------------------------------------------------------
 
@@ -241,6 +255,8 @@ class EpisodeService:
         if ids:
             self.stop_many(dict.fromkeys(ids))
         self._lease.stop()
+        if self._dashboard is not None:
+            self._dashboard.stop()
         if self._owns_registry:
             self.registry.close()
 

@@ -17,7 +17,12 @@ from types import FrameType
 import click
 
 from ..config import (
+    DEFAULT_DASHBOARD_PORT,
     ENV_CAPACITY,
+    ENV_DASHBOARD_HOST,
+    ENV_DASHBOARD_PORT,
+    ENV_DASHBOARD_TOKEN,
+    ENV_DASHBOARD_URL,
     ENV_ETCD,
     ENV_HOST_ID,
     ENV_LABELS,
@@ -51,6 +56,22 @@ log = logging.getLogger("openrange_mesh.agent")
     help="Seconds to keep acked finished records (default 7 days; 0 keeps all). The leader collects.",
 )
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Drain grace period on SIGTERM.")
+@click.option(
+    "--dashboard-host", envvar=ENV_DASHBOARD_HOST, help="Address the HTTP server listens on (default 0.0.0.0)."
+)
+@click.option(
+    "--dashboard-port",
+    type=click.IntRange(0, 65535),
+    envvar=ENV_DASHBOARD_PORT,
+    help=f"Its port (default {DEFAULT_DASHBOARD_PORT}; 0: a free port).",
+)
+@click.option(
+    "--dashboard-url", envvar=ENV_DASHBOARD_URL, help="How browsers reach it (default http://<hostname>:<port>)."
+)
+@click.option(
+    "--dashboard-token", envvar=ENV_DASHBOARD_TOKEN, help="Needed to cancel from the page (default: read-only)."
+)
+@click.option("--no-dashboard", is_flag=True, help="Serve no HTTP at all (the mesh gets no dashboard from this host).")
 @click.option("--log-level", envvar=ENV_LOG_LEVEL, default="INFO", show_default=True)
 def main(
     etcd: str | None,
@@ -62,6 +83,11 @@ def main(
     labels: str | None,
     retention: float | None,
     grace: float,
+    dashboard_host: str | None,
+    dashboard_port: int | None,
+    dashboard_url: str | None,
+    dashboard_token: str | None,
+    no_dashboard: bool,
     log_level: str,
     **access: str | None,
 ) -> None:
@@ -72,6 +98,9 @@ def main(
       openrange-agent --etcd 10.0.0.5:2379,10.0.0.6:2379 --store /mnt/nfs/openrange
       OPENRANGE_ETCD=127.0.0.1:2379 openrange-agent --capacity 4 --labels gpu=a100
       openrange-agent --endpoints https://10.0.0.5:2379 --cacert ca.pem --cert me.pem --key me-key.pem
+
+    Every agent serves HTTP: the leader the mesh's dashboard, the others a redirect to it
+    (`openrange-mesh dashboard` prints its URL).
     """
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
@@ -89,6 +118,11 @@ def main(
                 "store": store,
                 "labels": labels,
                 "retention": retention,
+                "dashboard": False if no_dashboard else None,
+                "dashboard_host": dashboard_host,
+                "dashboard_port": dashboard_port,
+                "dashboard_url": dashboard_url,
+                "dashboard_token": dashboard_token,
             }
         )
         if ttl is not None:

@@ -218,6 +218,10 @@ class LocalMesh:
             str(self.capacity),
             "--grace",
             str(self.grace),
+            "--dashboard-host",  # on loopback, each on a free port: the leader's is the mesh's dashboard
+            "127.0.0.1",
+            "--dashboard-port",
+            "0",
         ]
         if self.ttl is not None:
             argv += ["--ttl", str(self.ttl)]

@@ -34,6 +34,7 @@ COMMANDS = {
     "show": "show",
     "logs": "logs",
     "hosts": "hosts",
+    "dashboard": "dashboard",
     "submit": "submit",
     "wait": "wait",
     "cancel": "cancel",

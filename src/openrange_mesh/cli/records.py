@@ -122,4 +122,5 @@ def host_summary(host: HostInfo, leader: str | None) -> dict[str, Any]:
         "machine": host.machine,
         "draining": host.draining,
         "reason": host.reason,
+        "url": host.url,
     }

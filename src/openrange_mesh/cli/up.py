@@ -10,6 +10,7 @@ from types import FrameType
 import click
 
 from ..config import ENV_ETCD, ENV_NAMESPACE, ENV_STORE
+from ..dashboard.view import read_leader
 from ..errors import RegistryError
 from .common import Mesh, fail, pass_mesh
 from .local_mesh import LocalMesh, log_tail
@@ -94,6 +95,7 @@ def command(
             mesh.etcd = local.endpoint
             _wait_for_hosts(mesh, local)
             _print_exports(mesh, local)
+            _print_dashboard(mesh)
             if demo:
                 succeeded = _run_demo(mesh, demo)
                 if exit_after_demo:
@@ -127,6 +129,17 @@ def _wait_for_hosts(mesh: Mesh, local: LocalMesh) -> None:
         if time.monotonic() >= deadline:
             raise RegistryError(f"agents did not all join within {HOSTS_TIMEOUT:.0f} s; logs in {local.root}")
         time.sleep(0.1)
+
+
+def _print_dashboard(mesh: Mesh) -> None:
+    """The leader's URL, once one is elected (within a pass or two of the agents joining)."""
+    deadline = time.monotonic() + HOSTS_TIMEOUT
+    while (seat := read_leader(mesh.registry().get(mesh.keys.leader())[0])) is None or not seat.url:
+        if time.monotonic() >= deadline:
+            click.echo("no leader elected yet: `openrange-mesh dashboard` prints its URL once there is", err=True)
+            return
+        time.sleep(0.1)
+    click.echo(f"dashboard: {seat.url} (it moves with the leader: `openrange-mesh dashboard` says where)", err=True)
 
 
 def _print_exports(mesh: Mesh, local: LocalMesh) -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from ..config import Settings
+from ..dashboard.process import DashboardConfig, DashboardProcess
 from ..errors import Compacted, RegistryError, StoreError
 from ..keys import Keys
 from ..model import EpisodeRecord
@@ -57,6 +58,10 @@ class Agent(Watching):
         self.health = Health()
         self.pool = WorkerPool(settings.capacity, settings.store, waker=self._waker, on_fault=self._on_fault)
         self._store: Store | None = None  # opened by run(), for the store checks
+        self.dashboard = (
+            DashboardProcess(DashboardConfig.of(settings), settings.dashboard_url) if settings.dashboard else None
+        )
+        self.dashboard_url = ""
         self.queue_follower = Follower(self.registry, self.keys.queue(), puts_only=True, on_relist=self._load_queue)
         self.followers = [
             self.queue_follower,
@@ -116,6 +121,8 @@ class Agent(Watching):
         """Check the store, join the mesh and run until stopped or drained. A store that fails
         its check raises ``StoreError`` before anything is joined."""
         self._check_store()
+        if self.dashboard is not None:
+            self.dashboard_url = self.dashboard.start()  # before joining: records and the leader key name it
         self._join()
         self.pool.start()
         for thread in self._watch_threads:
@@ -305,6 +312,9 @@ class Agent(Watching):
         for follower in self.followers:
             follower.close()
         self.pool.close()
+        if self.dashboard is not None:
+            self.dashboard.set_serving(False)
+            self.dashboard.stop()
         self.lease.stop(revoke=True)
         self.registry.close()
 

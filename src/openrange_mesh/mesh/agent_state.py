@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ..config import Settings
+from ..dashboard.process import DashboardProcess
 from ..keys import Keys
 from ..model import EpisodeRecord
 from ..registry import Registry
@@ -64,6 +65,8 @@ class AgentState:
     lease: LeaseKeeper
     pool: WorkerPool
     health: Health
+    dashboard: DashboardProcess | None
+    dashboard_url: str  # "" without a dashboard
     followers: list[Follower]
     leadership: Leadership
     _waker: Waker

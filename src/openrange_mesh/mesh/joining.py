@@ -79,6 +79,7 @@ class Joining(AgentState):
             address=_ADDRESS,
             draining=self._takes_no_work,
             reason=self.health.reason,
+            url=self.dashboard_url or None,
         )
 
     def _host_refresh(self) -> list[Put]:

@@ -52,6 +52,8 @@ class Leadership:
         line = None
         if self.leader is None and agent.lease.is_alive and not agent._draining:
             line = self._campaign()
+        if agent.dashboard is not None:  # serve only while surely leading (dashboard/process.py)
+            agent.dashboard.set_serving(self.is_leader and agent.lease.is_alive)
         if self.sweep_due or (self.is_leader and time.monotonic() >= self._next_sweep):
             requeued = sweep(agent)
             self.sweep_due = False
@@ -67,7 +69,8 @@ class Leadership:
     def _campaign(self) -> str | None:
         agent = self.agent
         key = agent.keys.leader()
-        mine = Put(key, pack({"host": agent.host}), agent.lease.lease)
+        seat = {"host": agent.host, **({"url": agent.dashboard_url} if agent.dashboard_url else {})}
+        mine = Put(key, pack(seat), agent.lease.lease)
         result = agent.registry.txn([Compare(key, "create", "==", 0)], [mine])
         cleared = ""
         if not result.succeeded:

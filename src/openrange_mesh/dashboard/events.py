@@ -1,0 +1,67 @@
+"""``/api/episodes/{id}/events``: an attempt's events from the store, a page at a time (a 50k-event
+episode must not reach the browser at once)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..errors import EpisodeNotFound, MeshError
+from ..mesh.catalog import Catalog
+from ..model import EpisodeRecord
+from ..store import Store
+from ..store.events import read_events
+from .query import BadQuery
+
+if TYPE_CHECKING:
+    from .server import State
+
+PAGE = 500
+MAX_PAGE = 2000
+
+
+async def events_page(request: Request, state: State) -> Response:
+    from .app import error
+
+    params = request.query_params
+    offset = _int("offset", params.get("offset"), 0, 0, None)
+    limit = _int("limit", params.get("limit"), PAGE, 1, MAX_PAGE)
+    episode_id = request.path_params["episode_id"]
+    if state.store is None:
+        return error(503, "this agent has no store to read events from")
+    try:
+        record = await asyncio.to_thread(Catalog(state.registry, state.keys).get, episode_id)
+    except EpisodeNotFound:
+        return error(404, f"no episode {episode_id}")
+    attempt = _int("attempt", params.get("attempt"), record.attempt, 1, record.attempt)
+    try:
+        events = await asyncio.to_thread(_read, state.store, record, attempt)
+    except MeshError as exc:
+        return error(503, f"store: {exc}")
+    page = events[offset : offset + limit]
+    more = offset + limit < len(events)
+    return JSONResponse(
+        {"attempt": attempt, "events": page, "next": offset + limit if more else None, "total": len(events)}
+    )
+
+
+def _read(store: Store, record: EpisodeRecord, attempt: int) -> list[dict[str, Any]]:
+    tried = next((a for a in record.history if a.n == attempt), None)
+    batch = tried.batch if tried else None
+    shared = tried.events if tried else None
+    return read_events(store, record.id, attempt, batch=batch, shared=shared)
+
+
+def _int(name: str, text: str | None, default: int, low: int, high: int | None) -> int:
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadQuery(f"{name} must be a whole number, not {text!r}") from None
+    if value < low or (high is not None and value > high):
+        raise BadQuery(f"{name} must be {low}-{high if high is not None else '...'}, not {value}")
+    return value

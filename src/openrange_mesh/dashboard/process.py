@@ -1,0 +1,110 @@
+"""The agent's side of its HTTP server: a child process (design §11a).
+
+A child, not a thread: following every record of the mesh and serving pages is Python work that
+would take the GIL from the agent's loop. The agent shares one byte with it, ``serving``, which
+its loop sets while it leads with a lease surely alive and clears the moment it does not, so a
+deposed leader stops serving at once whatever its child's own watch has seen yet. The child
+dies with the agent (PR_SET_PDEATHSIG), so a killed leader's dashboard goes with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import socket
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from ..config import Settings
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 30.0  # seconds for the child to import its server stack and bind its port
+_CONTEXT = multiprocessing.get_context("spawn")  # a clean process: the agent's threads stay behind
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """What the child needs, picklable."""
+
+    registry: str = field(repr=False)  # may hold a password
+    namespace: str
+    host_id: str
+    store: str
+    bind_host: str
+    port: int
+    token: str = field(default="", repr=False)
+    metrics_port: int | None = None  # the agent's own metrics on loopback, proxied at /metrics
+    log_level: str = "INFO"
+
+    @classmethod
+    def of(cls, settings: Settings, metrics_port: int | None = None) -> DashboardConfig:
+        return cls(
+            settings.registry,
+            settings.namespace,
+            settings.host_id,
+            settings.store,
+            settings.dashboard_host,
+            settings.dashboard_port,
+            settings.dashboard_token,
+            metrics_port,
+            settings.log_level,
+        )
+
+
+class DashboardProcess:
+    """Threads: the agent's loop only."""
+
+    def __init__(self, config: DashboardConfig, advertise: str = "") -> None:
+        self.config = config
+        self.advertise = advertise
+        self.url = ""
+        self._serving: Any = _CONTEXT.RawValue("b", 0)
+        self._process: BaseProcess | None = None
+
+    def start(self) -> str:
+        """Start the child; its URL once it listens. ``ConfigError`` when it cannot (the port
+        is taken, the host cannot be bound)."""
+        from .server import main  # the child imports the server stack, not the agent
+
+        receive, send = _CONTEXT.Pipe(duplex=False)
+        self._process = _CONTEXT.Process(
+            target=main, args=(self.config, send, self._serving), name="dashboard", daemon=True
+        )
+        self._process.start()
+        send.close()
+        if not receive.poll(START_TIMEOUT):
+            self.stop()
+            raise ConfigError(f"the dashboard did not start within {START_TIMEOUT:g} s")
+        try:
+            port = receive.recv()
+        except EOFError:
+            port = None
+        if not isinstance(port, int):
+            self.stop()
+            where = f"{self.config.bind_host}:{self.config.port}"
+            raise ConfigError(f"the dashboard cannot listen on {where}: {port or 'it exited'}")
+        self.url = self.advertise.rstrip("/") or f"http://{_reachable(self.config.bind_host)}:{port}"
+        log.info("dashboard server at %s", self.url)
+        return self.url
+
+    def set_serving(self, serving: bool) -> None:
+        if bool(self._serving.value) != serving:
+            self._serving.value = int(serving)
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join(5)
+
+
+def _reachable(bind_host: str) -> str:
+    """The name peers and browsers use for this host when it listens on every address."""
+    if bind_host in ("0.0.0.0", "::", ""):
+        return socket.gethostname()
+    return f"[{bind_host}]" if ":" in bind_host else bind_host

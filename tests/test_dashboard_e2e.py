@@ -1,0 +1,201 @@
+"""The dashboard's HTTP side with real agents on a real etcd (design §11a): the URL in etcd,
+followers' redirects, paging at a revision, the live stream's resume, cancel's guards, and the
+URL moving when the leader is killed."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from openrange_mesh.cli.main import cli
+from openrange_mesh.dashboard.view import Leader, read_leader
+from openrange_mesh.model import State
+
+from .etcdkit import EtcdServer
+from .helpers import wait_until
+from .meshkit import Mesh
+
+TTL = 2
+MakeMesh = Callable[..., Mesh]
+
+
+@pytest.fixture
+def make_mesh(tmp_path: Path) -> Iterator[MakeMesh]:
+    meshes: list[Mesh] = []
+
+    def make(url: str) -> Mesh:
+        mesh = Mesh(url, tmp_path / f"mesh{len(meshes)}", ttl=TTL)
+        meshes.append(mesh)
+        return mesh
+
+    yield make
+    for mesh in meshes:
+        print(mesh.report())
+        mesh.close()
+
+
+def seat(mesh: Mesh, other_than: str | None = None) -> Leader:
+    """The leader once its key names a URL (and, if asked, a host other than ``other_than``)."""
+
+    def ready() -> Leader | None:
+        found = read_leader(mesh.registry.get(mesh.keys.leader())[0])
+        return found if found and found.url and found.host != other_than else None
+
+    return wait_until(ready, 20, interval=0.05, what="a leader with a dashboard URL")
+
+
+def get(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.get(url, timeout=10, follow_redirects=False, **kwargs)
+
+
+def answering(url: str) -> httpx.Response | None:
+    try:
+        response = get(url)
+    except httpx.HTTPError:
+        return None
+    return response if response.status_code == 200 else None
+
+
+def test_every_agent_says_who_leads_and_followers_redirect(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    mesh = make_mesh(etcd.url)
+    mesh.start(3, dashboard=True)
+    leader = seat(mesh)
+    result = CliRunner().invoke(cli, ["--etcd", etcd.endpoint, "--namespace", mesh.namespace, "dashboard"])
+    assert result.exit_code == 0 and result.output.strip() == leader.url, result.output
+    urls = {h: info.url for h in mesh.agents if (info := mesh.host_info(h)) is not None and info.url}
+    assert len(urls) == 3
+    for host, url in urls.items():
+        said = get(f"{url}/api/leader").json()
+        assert said == {"host": leader.host, "url": leader.url, "term": leader.term}, (host, said)
+        hosts = get(f"{url}/api/hosts?x=1&y=2")
+        if host == leader.host:
+            assert hosts.status_code == 200 and {h["id"] for h in hosts.json()["hosts"]} == set(urls)
+        else:  # the same path and query at the leader
+            assert hosts.status_code == 307 and hosts.headers["location"] == f"{leader.url}/api/hosts?x=1&y=2"
+
+
+def test_episodes_page_at_one_revision_and_errors_are_one_line(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    mesh = make_mesh(etcd.url)
+    mesh.start(2, dashboard=True)
+    url = seat(mesh).url
+    ids = mesh.submit_sleeps(9, 0.05)
+    mesh.wait_finished(ids)
+    api = f"{url}/api/episodes"
+    wait_until(lambda: get(api).json().get("total") == 9, 10, what="the leader's index to hold 9 episodes")
+
+    first = get(f"{api}?limit=4").json()
+    more = mesh.submit_sleeps(3, 0.05)  # arrive between pages: not in this listing
+    seen = [e["id"] for e in first["episodes"]]
+    cursor = first["next"]
+    while cursor:
+        page = get(api, params={"limit": 4, "cursor": cursor}).json()
+        assert page["total"] == 9 and page["revision"] == first["revision"]
+        seen += [e["id"] for e in page["episodes"]]
+        cursor = page["next"]
+    assert seen == sorted(ids, reverse=True), "every episode once, newest first, none of the later ones"
+    mesh.wait_finished(more)
+
+    wait_until(lambda: get(api, params={"state": "succeeded"}).json()["total"] == 12, 10, what="all 12 listed")
+    same_submission = get(api, params={"state": "succeeded", "q": ids[0][:11], "limit": 500}).json()
+    assert {e["id"] for e in same_submission["episodes"]} == set(ids), "an id prefix finds that submission's"
+    one = get(f"{api}/{ids[0]}").json()["record"]
+    assert one["id"] == ids[0] and one["state"] == "succeeded" and one["history"][0]["host"] in mesh.agents
+    for bad, status in [
+        ("?state=bogus", 400),
+        ("?limit=0", 400),
+        ("?cursor=nonsense", 400),
+        ("?since=yesterday", 400),
+        ("/0000000000-0000-nobody", 404),
+    ]:
+        answer = get(api + bad)
+        assert answer.status_code == status and list(answer.json()) == ["error"], (bad, answer.text)
+        assert "\n" not in answer.json()["error"]
+
+
+def read_stream(url: str, until: Callable[[list[tuple[str, str, Any]]], bool], **headers: str) -> list[Any]:
+    """(event, id, data) messages of ``/api/stream`` until ``until`` says enough."""
+    got: list[tuple[str, str, Any]] = []
+    with httpx.stream("GET", f"{url}/api/stream", headers=headers, timeout=20) as response:
+        assert response.status_code == 200
+        event, ident = "message", ""
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line.partition(":")[2].strip()
+            elif line.startswith("id:"):
+                ident = line.partition(":")[2].strip()
+            elif line.startswith("data:"):
+                got.append((event, ident, json.loads(line.partition(":")[2])))
+                if until(got):
+                    return got
+    return got
+
+
+def test_the_stream_resumes_from_a_revision_with_no_gap_and_no_duplicate(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    mesh = make_mesh(etcd.url)
+    mesh.start(2, dashboard=True)
+    url = seat(mesh).url
+    hello = read_stream(url, lambda got: any(e == "hosts" for e, _, _ in got))
+    since = hello[0][1]
+    assert hello[0][0] == "hello" and since.isdigit()
+    ids = mesh.submit_sleeps(6, 0.05)
+    mesh.wait_finished(ids)
+
+    def done(got: list[tuple[str, str, Any]]) -> bool:
+        final = {s["id"] for e, _, batch in got if e == "episodes" for s in batch if s["state"] == "succeeded"}
+        return final >= set(ids)
+
+    resumed = read_stream(url, done, **{"Last-Event-ID": since})
+    revisions = [int(i) for e, i, _ in resumed if e == "episodes"]
+    assert revisions == sorted(set(revisions)) and revisions[0] > int(since), "in order, each revision once"
+    states = {s["id"]: s["state"] for e, _, batch in resumed if e == "episodes" for s in batch}
+    assert set(states) == set(ids) and set(states.values()) == {"succeeded"}
+
+
+def test_cancel_needs_the_token_and_the_same_origin(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    mesh = make_mesh(etcd.url)
+    mesh.start_agent("h1", dashboard=True)  # no token: read-only
+    url = seat(mesh).url
+    (pending,) = mesh.client.submit([{"runtime": "sleep", "params": {"seconds": 30}}])
+    body = {"ids": [pending]}
+    read_only = httpx.post(f"{url}/api/cancel", json=body, headers={"Origin": url}, timeout=10)
+    assert read_only.status_code == 403 and "read-only" in read_only.json()["error"]
+    mesh.agents["h1"].stop()
+
+    mesh.start_agent("h2", dashboard=True, token="s3cret")
+    url = seat(mesh, other_than="h1").url
+    cases = [({}, 401), ({"Authorization": "Bearer wrong", "Origin": url}, 403)]
+    cases += [({"Authorization": "Bearer s3cret", "Origin": "http://evil.example"}, 403)]
+    for headers, status in cases:
+        refused = httpx.post(f"{url}/api/cancel", json=body, headers=headers, timeout=10)
+        assert refused.status_code == status, (headers, refused.text)
+    ok = httpx.post(f"{url}/api/cancel", json=body, headers={"Authorization": "Bearer s3cret", "Origin": url})
+    assert ok.status_code == 200 and ok.json()["outcomes"][pending] in ("cancelled", "requested"), ok.text
+    record = mesh.wait_finished([pending])[pending]
+    assert record.state is State.CANCELLED
+
+
+def test_the_url_moves_when_the_leader_is_killed(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    mesh = make_mesh(etcd.url)
+    mesh.start(3, dashboard=True)
+    old = seat(mesh)
+    mesh.agents[old.host].kill()
+    killed_at = time.monotonic()
+    new = seat(mesh, other_than=old.host)
+    wait_until(lambda: answering(f"{new.url}/api/hosts"), 10, what="the new leader's API")
+    took = time.monotonic() - killed_at
+    assert took <= TTL + 2, f"a new dashboard URL answered {took:.1f} s after the kill"
+    assert new.term > old.term
+    assert answering(f"{old.url}/api/leader") is None, "the killed leader's server is gone with it"
+    hosts = wait_until(
+        lambda: (a := answering(f"{new.url}/api/hosts")) and old.host not in {h["id"] for h in a.json()["hosts"]} and a,
+        10,
+        what="the dead host to leave the list",
+    )
+    assert old.host in {h["id"] for h in hosts.json()["left"]}
