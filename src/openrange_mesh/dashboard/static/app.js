@@ -15,6 +15,7 @@ const main = document.getElementById("view");
 const banner = document.getElementById("banner");
 const message = document.getElementById("message");
 const liveBadge = document.getElementById("live");
+const SUMMARY_POLL_MS = 3000;
 let hosts = {hosts: [], left: []};
 let view = null; // {kind, refresh(), on(kind, data), destroy()}
 
@@ -48,21 +49,35 @@ class Overview {
     renderHosts(hostsBox, hosts);
     this.charts = new Charts(summaryBox, {onState: (state) => navigate(`/?state=${encodeURIComponent(state)}`)});
     this.list = new EpisodesView(listBox, {navigate, say, hosts: () => hosts.hosts.map((x) => x.id)});
+    this.pushedAt = 0;
+    this.poller = setInterval(() => this.poll(), SUMMARY_POLL_MS);
     this.refresh();
   }
 
   refresh() {
-    get("/api/summary").then((s) => this.charts.update(s), (exc) => say(`summary: ${exc.message}`));
+    this.readSummary();
     this.list.load();
+  }
+
+  // The stream may carry no summary: then it is read every SUMMARY_POLL_MS while the tab shows.
+  poll() {
+    if (!document.hidden && Date.now() - this.pushedAt > SUMMARY_POLL_MS) this.readSummary();
+  }
+
+  readSummary() {
+    get("/api/summary").then((s) => this.charts.update(s), (exc) => this.charts.unavailable(exc));
   }
 
   on(kind, data) {
     if (kind === "hosts") renderHosts(this.hostsBox, data);
-    else if (kind === "summary") this.charts.update(data);
-    else if (kind === "episode") this.list.update(data);
+    else if (kind === "summary") {
+      this.pushedAt = Date.now();
+      this.charts.update(data);
+    } else if (kind === "episode") this.list.update(data);
   }
 
   destroy() {
+    clearInterval(this.poller);
     this.charts.destroy();
   }
 }
@@ -150,7 +165,10 @@ let frame = null;
 
 function onEvent(kind, data) {
   if (kind === "hosts") setHosts(data);
+  if (kind === "reset") return resync(); // the server no longer has the changes we missed
+  if (kind === "episodes" && Array.isArray(data)) data.forEach((s) => onEvent("episode", s));
   if (kind !== "episode") return view?.on(kind, data);
+  if (!data || typeof data.id !== "string") return;
   pending.set(data.id, data);
   frame ??= requestAnimationFrame(() => {
     frame = null;

@@ -77,6 +77,12 @@ function refusal(exc) {
 
 // What the server says it did, in one line.
 export function cancelOutcome(answer) {
+  if (answer && answer.outcomes && typeof answer.outcomes === "object") {
+    const tally = {};
+    for (const outcome of Object.values(answer.outcomes)) tally[outcome] = (tally[outcome] || 0) + 1;
+    const parts = Object.entries(tally).map(([outcome, n]) => `${n} ${outcome}`);
+    return `cancel: ${answer.count ?? 0} of ${Object.keys(answer.outcomes).length} taken (${parts.join(", ") || "none matched"})`;
+  }
   if (answer && Array.isArray(answer.cancelled)) return `cancel asked for ${answer.cancelled.length} episode(s)`;
   if (answer && typeof answer.cancelled === "number") return `cancel asked for ${answer.cancelled} episode(s)`;
   return "cancel sent";

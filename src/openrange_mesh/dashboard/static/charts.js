@@ -21,16 +21,17 @@ export class Charts {
       durations: chartBox("duration percentiles (since this page opened)"),
     };
     this.errors = h("div");
+    this.grid = h("div", {class: "charts", hidden: true}, Object.values(this.boxes).map((b) => b.box));
+    this.errorsBox = h("div", {hidden: true}, h("h2", null, "Errors by reason"), this.errors);
     this.plots = {};
     this.hostIds = [];
     this.seen = [[], [], [], []];
     fill(root,
       h("h2", null, "Summary ", this.revision = h("span", {class: "muted small"})),
       this.counts,
-      h("div", {class: "charts"}, Object.values(this.boxes).map((b) => b.box)),
+      this.grid,
       this.durations,
-      h("h2", null, "Errors by reason"),
-      this.errors);
+      this.errorsBox);
     this.resize = () => this.sizeAll();
     window.addEventListener("resize", this.resize);
   }
@@ -40,7 +41,16 @@ export class Charts {
     for (const plot of Object.values(this.plots)) plot.destroy();
   }
 
+  // /api/summary failed: say so in place of the numbers (a server without it answers 404).
+  unavailable(exc) {
+    const text = exc.status === 404 ? "this server has no /api/summary" : `summary: ${exc.message}`;
+    this.revision.textContent = text;
+    this.revision.className = exc.status === 404 ? "muted small" : "bad small";
+  }
+
   update(s) {
+    this.grid.hidden = this.errorsBox.hidden = false; // shown from the first answer on: the plots need a width
+    this.revision.className = "muted small";
     this.revision.textContent = `revision ${s.revision ?? "?"}`;
     this.renderCounts(s.counts || {});
     this.renderErrors(s.errors || []);

@@ -94,11 +94,14 @@ export class EpisodesView {
   // (new, or moved into it) is counted for the "reload" hint.
   update(s) {
     const tr = this.rows.get(s.id);
-    if (tr) {
+    if (tr && s.deleted) {
+      tr.classList.add("deleted");
+      tr.title = "deleted (collected after its retention)";
+    } else if (tr) {
       fill(tr, cells(s));
       tr.classList.add("flash");
       setTimeout(() => tr.classList.remove("flash"), 800);
-    } else if (this.shown && matches(s, this.params())) {
+    } else if (this.shown && !s.deleted && matches(s, this.params())) {
       this.changed.add(s.id);
       this.renderHead();
     }
@@ -133,7 +136,10 @@ export class EpisodesView {
       if (!el.name) continue;
       const raw = params.get(el.name) ?? "";
       if (el.type === "datetime-local") el.value = /^\d+(\.\d+)?$/.test(raw) ? toLocalInput(Number(raw)) : "";
-      else if (el.name === "limit") el.value = LIMITS.includes(raw) ? raw : "50";
+      else if (el.tagName === "SELECT" && raw && ![...el.options].some((o) => o.value === raw)) {
+        el.append(h("option", {value: raw}, raw)); // e.g. state=pending,running from a deep link
+        el.value = raw;
+      } else if (el.name === "limit") el.value = raw || "50";
       else el.value = raw;
     }
   }
@@ -154,8 +160,8 @@ export class EpisodesView {
   async cancelMatching() {
     const filter = this.params();
     for (const key of [...filter.keys()]) if (!FILTERS.includes(key)) filter.delete(key);
-    const asked = filter.get("state");
-    const states = asked ? (ACTIVE.has(asked) ? [asked] : []) : [...ACTIVE];
+    const asked = listOf(filter.get("state"));
+    const states = asked.length ? asked.filter((s) => ACTIVE.has(s)) : [...ACTIVE];
     const counts = {};
     try {
       for (const state of states) {
@@ -174,7 +180,9 @@ export class EpisodesView {
       described.length ? h("ul", null, described) : null,
       h("p", null, Object.entries(counts).map(([k, n]) => [stateBadge(k), ` ${fmtNumber(n)}  `])),
     ];
-    const answer = await confirmCancel({what, count, body: {filter: Object.fromEntries(filter)}});
+    const body = {};
+    for (const key of new Set(filter.keys())) body[key] = filter.getAll(key);
+    const answer = await confirmCancel({what, count, body: {filter: body}});
     if (answer) {
       this.say(cancelOutcome(answer), "ok");
       this.load();
@@ -202,7 +210,7 @@ function cells(s) {
 
 // Whether a summary passes the URL's filter (as the server would judge it, for the hint only).
 function matches(s, params) {
-  const eq = (key, value) => !params.has(key) || params.get(key) === value;
+  const eq = (key, value) => !params.get(key) || listOf(params.get(key)).includes(value);
   if (!eq("state", s.state) || !eq("host", s.host) || !eq("runtime", s.runtime) || !eq("submitter", s.submitter)) return false;
   for (const kv of params.getAll("label")) {
     const at = kv.indexOf("=");
@@ -211,6 +219,11 @@ function matches(s, params) {
   if (params.has("since") && !(s.created_at >= Number(params.get("since")))) return false;
   if (params.has("until") && !(s.created_at <= Number(params.get("until")))) return false;
   return !params.has("q") || String(s.id).startsWith(params.get("q"));
+}
+
+// "a,b" -> ["a", "b"]: the API takes a comma list for state, host and runtime.
+function listOf(value) {
+  return (value || "").split(",").map((x) => x.trim()).filter(Boolean);
 }
 
 function toLocalInput(epoch) {

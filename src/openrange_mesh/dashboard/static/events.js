@@ -60,6 +60,7 @@ export class EventsViewer {
       if (generation !== this.generation) return;
       for (const event of data.events || []) this.events.push(event);
       this.next = data.next ?? null;
+      this.total = typeof data.total === "number" ? data.total : null;
       this.error = null;
     } catch (exc) {
       if (generation !== this.generation) return;
@@ -99,7 +100,8 @@ export class EventsViewer {
     const ended = this.next === null;
     this.status.textContent = this.error ? this.error
       : n === 0 && ended ? "no events"
-      : `${n.toLocaleString()} loaded${ended ? "" : ", more as you scroll"}`;
+      : ended ? `${n.toLocaleString()} events`
+      : `${n.toLocaleString()} of ${this.total != null ? this.total.toLocaleString() : "?"} loaded, more as you scroll`;
     this.more.hidden = !(ended && this.active && !this.loading);
     if (!ended && !this.loading && end >= n - OVERSCAN * 2) this.fetchMore();
   }

@@ -11,13 +11,17 @@
 // answers at all (an opaque reply) will redirect a navigation to its leader (a follower
 // answers every dashboard path with a 307), so after FALLBACK_MS we go to such an agent.
 
+// What /api/stream sends (design §11a): "episodes" (the summaries that changed at one revision),
+// "hosts" (the /api/hosts answer), "reset" (list again), "hello"; "episode" and "summary" too,
+// should a server send them.
+const KINDS = ["hello", "episodes", "episode", "hosts", "summary", "reset"];
 const GRACE_MS = 4000;
 const RETRY_MS = 2000;
 const FALLBACK_MS = 12000;
 
 export class Live {
   constructor({onEvent, onStatus, onResync}) {
-    this.onEvent = onEvent;     // (kind, data) for "hosts", "episode", "summary"
+    this.onEvent = onEvent;     // (kind, data) for each kind in KINDS
     this.onStatus = onStatus;   // ("live" | "reconnecting" | "moving", text)
     this.onResync = onResync;   // after a new EventSource: data may have been missed
     this.agents = [];           // urls of the agents we know
@@ -39,7 +43,7 @@ export class Live {
   open(isReopen) {
     const source = new EventSource("/api/stream");
     this.source = source;
-    for (const kind of ["hosts", "episode", "summary"]) {
+    for (const kind of KINDS) {
       source.addEventListener(kind, (e) => {
         let data;
         try {
