@@ -4,7 +4,7 @@
 
 import {h, fill, refreshAges} from "./dom.js";
 import {get, whenUnreachable} from "./api.js";
-import {Live} from "./live.js";
+import {Live, seekLeader} from "./live.js";
 import {renderHosts} from "./hosts.js";
 import {Charts} from "./charts.js";
 import {EpisodesView} from "./episodes.js";
@@ -204,8 +204,14 @@ tokenInput.value = token();
 tokenInput.addEventListener("input", () => setToken(tokenInput.value));
 tokenInput.form.addEventListener("submit", (e) => e.preventDefault());
 
-if (history.state === null) history.replaceState({page: new URLSearchParams(location.search).has("cursor") ? 0 : 1}, "");
-route();
-readHosts();
-live.start();
-setInterval(() => refreshAges(), 5000);
+if (location.pathname.startsWith("/static/") && location.hash.startsWith("#seek=")) {
+  // Opened on another agent by a tab whose leader died (live.js): find the leader from here.
+  fill(main, h("p", {class: "muted"}, "looking for the mesh's leader..."));
+  seekLeader(onStatus);
+} else {
+  if (history.state === null) history.replaceState({page: new URLSearchParams(location.search).has("cursor") ? 0 : 1}, "");
+  route();
+  readHosts();
+  live.start();
+  setInterval(() => refreshAges(), 5000);
+}

@@ -7,9 +7,12 @@
 // every RETRY_MS: this origin's /api/leader (a deposed leader still answers it), then every
 // agent the hosts list named (each host carries its url). The first that names a leader on
 // another origin gets the page: we navigate there with the same path and query. The server
-// does not promise CORS, so reading another agent's answer may be refused; an agent that
-// answers at all (an opaque reply) will redirect a navigation to its leader (a follower
-// answers every dashboard path with a 307), so after FALLBACK_MS we go to such an agent.
+// does not promise CORS, so reading another agent's answer may be refused. An agent that
+// answers at all (an opaque reply) serves /static/ itself, leader or not: we go to its
+// /static/index.html#seek=<path and query>, where the page reads that agent's /api/leader from
+// its own origin until it names a leader, and moves there (seekLeader). Going straight to a
+// follower's /<path> would work too (it answers with a 307 to the leader), but while no leader
+// is elected it answers 503 with JSON, and the reader would be left with that.
 
 // What /api/stream sends (design §11a): "episodes" (the summaries that changed at one revision),
 // "hosts" (the /api/hosts answer), "reset" (list again), "hello"; "episode" and "summary" too,
@@ -17,7 +20,8 @@
 const KINDS = ["hello", "episodes", "episode", "hosts", "summary", "reset"];
 const GRACE_MS = 4000;
 const RETRY_MS = 2000;
-const FALLBACK_MS = 12000;
+const SEEK_MS = 1000;
+const SKIP_FROM_MS = 60000;
 
 export class Live {
   constructor({onEvent, onStatus, onResync}) {
@@ -95,7 +99,7 @@ export class Live {
         if (leader && !sameOrigin(leader)) return moveTo(leader);
         if (leader === undefined && alive === null && (await answers(agent))) alive = agent;
       }
-      if (alive && Date.now() - this.brokeAt > FALLBACK_MS) return moveTo(alive);
+      if (alive) return seekVia(alive);
       if (this.source.readyState === EventSource.CLOSED) this.open(true);
     }
     this.timer = setTimeout(() => this.search(), RETRY_MS);
@@ -135,4 +139,29 @@ function sameOrigin(url) {
 function moveTo(base) {
   const target = new URL(location.pathname + location.search + location.hash, base);
   location.replace(target.href);
+}
+
+function seekVia(agent) {
+  const seek = new URLSearchParams({seek: location.pathname + location.search, from: location.origin});
+  location.replace(new URL(`/static/index.html#${seek}`, agent).href);
+}
+
+// The page opened as /static/index.html#seek=<path>&from=<origin>: ask this agent's /api/leader
+// until it names a leader, then go to <leader url><path>. Until the dead leader's key expires
+// (ttl) the agent still names it: a leader at `from` is skipped for SKIP_FROM_MS. Only a path
+// is accepted as the place to go ("//x" is not).
+export function seekLeader(onStatus) {
+  const hash = new URLSearchParams(location.hash.slice(1));
+  const wanted = hash.get("seek") || "/";
+  const path = /^\/(?![\/\\])/.test(wanted) ? wanted : "/";
+  const from = hash.get("from");
+  const started = Date.now();
+  onStatus("moving", "leader moved, reconnecting...");
+  const look = async () => {
+    const leader = await leaderFrom("");
+    const stale = leader && new URL(leader).origin === from && Date.now() - started < SKIP_FROM_MS;
+    if (leader && !stale) return location.replace(new URL(path, leader).href);
+    setTimeout(look, SEEK_MS);
+  };
+  look();
 }
