@@ -80,6 +80,10 @@ class Agents:
                     str(TTL),
                     "--log-level",
                     "WARNING",
+                    "--dashboard-host",  # served as users run it; many agents here: free ports
+                    "127.0.0.1",
+                    "--dashboard-port",
+                    "0",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
