@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,10 @@ class Agents:
                     str(TTL),
                     "--log-level",
                     "WARNING",
+                    "--dashboard-host",  # served as users run it; many agents here: free ports
+                    "127.0.0.1",
+                    "--dashboard-port",
+                    "0",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -111,7 +117,17 @@ def revision(url: str) -> int:
         registry.close()
 
 
-def mesh_noop(url: str, work: Path, episodes: int, agents: int, capacity: int = 4, run: int = 0) -> dict[str, float]:
+def mesh_noop(
+    url: str,
+    work: Path,
+    episodes: int,
+    agents: int,
+    capacity: int = 4,
+    run: int = 0,
+    during: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None,
+) -> dict[str, float]:
+    """``during(namespace)``: a context the timed part runs in (bench_dashboard.py opens live
+    dashboard streams in it)."""
     namespace = f"noop-{capacity}-{run}"
     group = Agents(url, namespace, agents, capacity, work / "store", work)
     try:
@@ -120,12 +136,13 @@ def mesh_noop(url: str, work: Path, episodes: int, agents: int, capacity: int = 
             # every worker started and its runtime imported, as the CartPole runs warm theirs: the
             # floor has nothing to start, and 1000 episodes take ~1 s
             client.wait(client.submit([{"runtime": "sleep", "params": {"seconds": 0}} for _ in range(8 * agents)]))
-            before = revision(url)
-            start = time.perf_counter()
-            ids = client.submit([{"runtime": "sleep", "params": {"seconds": 0}} for _ in range(episodes)])
-            records = client.wait(ids, timeout=300)
-            elapsed = time.perf_counter() - start
-            writes = revision(url) - before
+            with during(namespace) if during is not None else contextlib.nullcontext():
+                before = revision(url)
+                start = time.perf_counter()
+                ids = client.submit([{"runtime": "sleep", "params": {"seconds": 0}} for _ in range(episodes)])
+                records = client.wait(ids, timeout=300)
+                elapsed = time.perf_counter() - start
+                writes = revision(url) - before
         assert all(r.state is State.SUCCEEDED for r in records)
         submit_txns = -(-episodes // SUBMIT_TXN)
         return {

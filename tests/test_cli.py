@@ -91,6 +91,7 @@ def agents(etcd: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                         sys.executable,
                         "-c",
                         AGENT_BOOT,
+                        "--no-dashboard",  # two agents on one machine: not both on the default port
                         "--etcd",
                         etcd.endpoint,
                         "--namespace",

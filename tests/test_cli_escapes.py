@@ -62,7 +62,7 @@ def mesh(etcd: EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """One real agent on a namespace of its own."""
     root = tmp_path_factory.mktemp("escapes")
     mesh = Mesh(etcd, new_namespace(), root / "store")
-    args = ["--etcd", etcd.endpoint, "--namespace", mesh.namespace, "--host-id", "h1", "--ttl", "2"]
+    args = ["--etcd", etcd.endpoint, "--namespace", mesh.namespace, "--host-id", "h1", "--ttl", "2", "--no-dashboard"]
     with (root / "agent.log").open("wb") as log:
         agent = subprocess.Popen(
             [sys.executable, "-c", AGENT_BOOT, *args, "--capacity", "1", "--store", str(mesh.store)],

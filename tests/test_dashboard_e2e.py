@@ -5,6 +5,8 @@ URL moving when the leader is killed."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -199,3 +201,26 @@ def test_the_url_moves_when_the_leader_is_killed(make_mesh: MakeMesh, etcd: Etcd
         what="the dead host to leave the list",
     )
     assert old.host in {h["id"] for h in hosts.json()["left"]}
+
+
+def test_a_leader_that_stops_stops_serving_once_its_lease_may_have_expired(
+    make_mesh: MakeMesh, etcd: EtcdServer
+) -> None:
+    """Only the agent is stopped (its server process runs on): the server must not go on serving
+    a dashboard it no longer leads; it redirects to the new leader once there is one."""
+    mesh = make_mesh(etcd.url)
+    mesh.start(2, dashboard=True)
+    old = seat(mesh)
+    agent = mesh.agents[old.host]
+    os.kill(agent.pid, signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        wait_until(lambda: get(f"{old.url}/api/hosts").status_code != 200, TTL + 1, what="the old leader to stop")
+        assert time.monotonic() - stopped_at <= TTL + 1
+        new = seat(mesh, other_than=old.host)
+        moved = wait_until(
+            lambda: (r := get(f"{old.url}/api/episodes?limit=3")).status_code == 307 and r, 10, what="a redirect"
+        )
+        assert moved.headers["location"] == f"{new.url}/api/episodes?limit=3"
+    finally:
+        os.kill(agent.pid, signal.SIGCONT)

@@ -280,7 +280,7 @@ def test_agent_joins_over_tls_from_etcdctls_environment(secure: EtcdServer, tls:
     env = clean_env(ETCDCTL_ENDPOINTS=f"https://{secure.endpoint}", **files)
     with (tmp_path / "agent.log").open("wb") as log:
         agent = subprocess.Popen(
-            [sys.executable, "-c", AGENT, *args, "--store", str(tmp_path / "store")],
+            [sys.executable, "-c", AGENT, *args, "--no-dashboard", "--store", str(tmp_path / "store")],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -306,7 +306,11 @@ def test_agent_joins_over_tls_from_etcdctls_environment(secure: EtcdServer, tls:
 def test_agent_names_the_cause_and_exits_3(etcd: EtcdServer, tmp_path: Path) -> None:
     args = ["--endpoints", f"https://{etcd.endpoint}", "--host-id", "h1", "--store", str(tmp_path / "store")]
     done = subprocess.run(
-        [sys.executable, "-c", AGENT, *args], env=clean_env(), capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", AGENT, *args, "--no-dashboard"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 3, done.stderr
     assert done.stderr.splitlines()[-1].startswith(f"openrange-agent: TLS handshake with {etcd.endpoint} failed: ")

@@ -1,10 +1,13 @@
 """The agent's side of its HTTP server: a child process (design §11a).
 
 A child, not a thread: following every record of the mesh and serving pages is Python work that
-would take the GIL from the agent's loop. The agent shares one byte with it, ``serving``, which
-its loop sets while it leads with a lease surely alive and clears the moment it does not, so a
-deposed leader stops serving at once whatever its child's own watch has seen yet. The child
-dies with the agent (PR_SET_PDEATHSIG), so a killed leader's dashboard goes with it.
+would take the GIL from the agent's loop. The agent shares two cells with it (``Serving``):
+whether it leads, which its loop sets, and until when its lease surely lives
+(``time.monotonic()``, one clock for every process of a Linux machine), which its lease keeper
+moves on each refresh. The child serves only while both say so: a deposed leader stops serving
+at once, whatever its child's own watch has seen yet, and so does one that is stopped
+(SIGSTOP) or whose loop hangs, the moment its lease may have expired. The child dies with the
+agent (PR_SET_PDEATHSIG), so a killed leader's dashboard goes with it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import socket
+import time
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -61,7 +65,7 @@ class DashboardProcess:
         self.config = config
         self.advertise = advertise
         self.url = ""
-        self._serving: Any = _CONTEXT.RawValue("b", 0)
+        self.serving = Serving(_CONTEXT.RawValue("b", 0), _CONTEXT.RawValue("d", 0.0))
         self._process: BaseProcess | None = None
 
     def start(self) -> str:
@@ -71,7 +75,7 @@ class DashboardProcess:
 
         receive, send = _CONTEXT.Pipe(duplex=False)
         self._process = _CONTEXT.Process(
-            target=main, args=(self.config, send, self._serving), name="dashboard", daemon=True
+            target=main, args=(self.config, send, self.serving), name="dashboard", daemon=True
         )
         self._process.start()
         send.close()
@@ -90,10 +94,6 @@ class DashboardProcess:
         log.info("dashboard server at %s", self.url)
         return self.url
 
-    def set_serving(self, serving: bool) -> None:
-        if bool(self._serving.value) != serving:
-            self._serving.value = int(serving)
-
     def stop(self) -> None:
         if self._process is not None and self._process.is_alive():
             self._process.terminate()
@@ -101,6 +101,25 @@ class DashboardProcess:
             if self._process.is_alive():
                 self._process.kill()
                 self._process.join(5)
+
+
+class Serving:
+    """Whether this agent's server may serve the dashboard: it leads (the loop writes), and its
+    lease surely lives (the lease keeper writes). Two cells, one writer each: no lock."""
+
+    def __init__(self, leading: Any, lease_until: Any) -> None:
+        self._leading = leading
+        self._lease_until = lease_until
+
+    def lead(self, leading: bool) -> None:
+        if bool(self._leading.value) != leading:
+            self._leading.value = int(leading)
+
+    def lease_lives_until(self, monotonic: float) -> None:
+        self._lease_until.value = monotonic
+
+    def __bool__(self) -> bool:
+        return bool(self._leading.value) and time.monotonic() < self._lease_until.value
 
 
 def _reachable(bind_host: str) -> str:

@@ -47,7 +47,7 @@ class State:
 
     @property
     def serving(self) -> bool:
-        return bool(self._serving.value)
+        return bool(self._serving)
 
     def start(self) -> None:
         self.view.start()

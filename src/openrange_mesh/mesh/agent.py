@@ -53,7 +53,7 @@ class Agent(Watching):
         self.keys = Keys(settings.namespace)
         self.ledger = Ledger(self.registry, self.keys)
         self.catalog = Catalog(self.registry, self.keys)
-        self.lease = LeaseKeeper(self.registry, settings.ttl, interval=settings.loop_wait)
+        self.lease = LeaseKeeper(self.registry, settings.ttl, interval=settings.loop_wait, on_renewed=self._renewed)
         self._waker = Waker()
         self.health = Health()
         self.pool = WorkerPool(settings.capacity, settings.store, waker=self._waker, on_fault=self._on_fault)
@@ -209,6 +209,11 @@ class Agent(Watching):
         self._register()
         return f"lost lease, stopped {lost} episodes; rejoined with lease {self.lease.lease:x}"
 
+    def _renewed(self, expires_at: float) -> None:
+        """From the lease keeper's thread: the dashboard may serve until then (if we lead)."""
+        if self.dashboard is not None:
+            self.dashboard.serving.lease_lives_until(expires_at)
+
     def _check_store(self) -> None:
         """Write, read back and delete a probe (store/probe.py): a store that cannot be opened
         or written is found here, once, not by every worker at every episode."""
@@ -313,7 +318,7 @@ class Agent(Watching):
             follower.close()
         self.pool.close()
         if self.dashboard is not None:
-            self.dashboard.set_serving(False)
+            self.dashboard.serving.lead(False)
             self.dashboard.stop()
         self.lease.stop(revoke=True)
         self.registry.close()

@@ -52,8 +52,8 @@ class Leadership:
         line = None
         if self.leader is None and agent.lease.is_alive and not agent._draining:
             line = self._campaign()
-        if agent.dashboard is not None:  # serve only while surely leading (dashboard/process.py)
-            agent.dashboard.set_serving(self.is_leader and agent.lease.is_alive)
+        if agent.dashboard is not None:  # and the lease keeper says until when (dashboard/process.py)
+            agent.dashboard.serving.lead(self.is_leader)
         if self.sweep_due or (self.is_leader and time.monotonic() >= self._next_sweep):
             requeued = sweep(agent)
             self.sweep_due = False

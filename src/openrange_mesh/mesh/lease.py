@@ -39,11 +39,13 @@ class LeaseKeeper:
         *,
         interval: float | None = None,
         on_lost: Callable[[int], None] | None = None,
+        on_renewed: Callable[[float], None] | None = None,
     ) -> None:
         self.registry = registry
         self.ttl = ttl
         self.interval = interval if interval is not None else ttl / 3
         self.on_lost = on_lost
+        self.on_renewed = on_renewed  # (the new estimate), from whichever thread renewed it
         self._lease = 0
         self._expires_at = 0.0
         self._lock = threading.Lock()
@@ -72,6 +74,8 @@ class LeaseKeeper:
             sent = time.monotonic()
             self._lease = self.registry.grant(self.ttl)
             self._expires_at = sent + self.ttl
+            if self.on_renewed is not None:
+                self.on_renewed(self._expires_at)
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
                 self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
@@ -125,8 +129,11 @@ class LeaseKeeper:
 
     def _renewed(self, lease: int, sent: float) -> None:
         with self._lock:
-            if self._lease == lease:
-                self._expires_at = sent + self.ttl
+            if self._lease != lease:
+                return
+            self._expires_at = sent + self.ttl
+        if self.on_renewed is not None:
+            self.on_renewed(sent + self.ttl)
         if self._failing:
             log.info("lease %x refreshed again", lease)
             self._failing = False

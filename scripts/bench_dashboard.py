@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""The dashboard at scale, and what it costs the mesh (design §11a).
+
+1. N episode records (default 100k) are written to a fresh etcd; one agent joins with its
+   dashboard and leads. Measured against its server:
+   * ``/api/episodes`` latency, p50 and p95 over many requests: the first page, a filtered
+     page, and a page deep behind a cursor;
+   * ``/api/summary`` latency (when the server has it);
+   * the first full page load in headless Chromium (Debian's, through Playwright): navigation
+     until the episodes table shows rows;
+   * the dashboard process's RSS before the index was built (the agent's join) and after.
+2. The no-op mesh of ``bench_mesh.py`` (2 agents of 4 workers, per-episode claims), measured
+   A B B A in one run: with five live dashboard streams open on the leader, and with none.
+   The baseline is the same mesh with no stream open.
+
+    python scripts/bench_dashboard.py --json out.json
+    python scripts/bench_dashboard.py --quick        # 20k records, 1000 episodes per mesh run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from tests.etcdkit import start_etcd  # noqa: E402
+
+from bench_ls import NAMESPACE, write_records  # noqa: E402
+from bench_mesh import mesh_noop  # noqa: E402
+from openrange_mesh.dashboard.view import read_leader  # noqa: E402
+from openrange_mesh.keys import Keys  # noqa: E402
+from openrange_mesh.registry import open_registry  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def leader_url(registry: Any, namespace: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seat = read_leader(registry.get(Keys(namespace).leader())[0])
+        if seat is not None and seat.url:
+            return seat.url
+        time.sleep(0.1)
+    raise SystemExit(f"no leader with a dashboard in namespace {namespace} after {timeout:g} s")
+
+
+def start_agent(url: str, namespace: str, work: Path) -> subprocess.Popen[bytes]:
+    log = (work / "agent.log").open("wb")
+    argv = [sys.executable, "-m", "openrange_mesh.cli.agent", "--etcd", url, "--namespace", namespace]
+    argv += ["--host-id", "dash", "--capacity", "1", "--store", str(work / "store"), "--ttl", "2"]
+    argv += ["--dashboard-host", "127.0.0.1", "--dashboard-port", "0", "--log-level", "WARNING"]
+    return subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def dashboard_rss_mib(agent_pid: int) -> float:
+    """RSS of the agent's dashboard child (the process running dashboard.server)."""
+    children = Path(f"/proc/{agent_pid}/task/{agent_pid}/children").read_text().split()
+    for pid in children:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if b"multiprocessing" in cmdline and b"spawn" in cmdline:
+            rss = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
+            return int(rss.split()[1]) / 1024
+    raise SystemExit("the agent's dashboard process was not found")
+
+
+def latencies(client: httpx.Client, path: str, count: int, **params: Any) -> dict[str, float]:
+    took = []
+    for _ in range(count):
+        started = time.perf_counter()
+        response = client.get(path, params=params)
+        took.append(time.perf_counter() - started)
+        response.raise_for_status()
+    took.sort()
+    return {"p50_ms": 1000 * statistics.median(took), "p95_ms": 1000 * took[int(0.95 * (len(took) - 1))]}
+
+
+def page_load_s(url: str) -> float | None:
+    if not Path(CHROMIUM).exists():
+        print(f"# no {CHROMIUM}: the browser figure is left out", file=sys.stderr)
+        return None
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page()
+            started = time.perf_counter()
+            page.goto(url)
+            page.wait_for_selector("[data-episode-id]", timeout=60_000)
+            return time.perf_counter() - started
+        finally:
+            browser.close()
+
+
+def at_scale(records: int, samples: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        etcd = start_etcd(work / "etcd")
+        registry = open_registry(etcd.url, retry_timeout=30)
+        agent = None
+        try:
+            took = write_records(registry, records)
+            print(f"# wrote {records} records in {took:.1f} s", file=sys.stderr)
+            agent = start_agent(etcd.url, NAMESPACE, work)
+            url = leader_url(registry, NAMESPACE)
+            with httpx.Client(base_url=url, timeout=60) as client:
+                rss_before = dashboard_rss_mib(agent.pid)
+                started = time.perf_counter()
+                while client.get("/api/episodes", params={"limit": 1}).status_code != 200:
+                    time.sleep(0.05)
+                indexed = time.perf_counter() - started
+                first = client.get("/api/episodes", params={"limit": 50}).json()
+                assert first["total"] == records, first["total"]
+                deep = client.get("/api/episodes", params={"limit": 500}).json()
+                for _ in range(20):  # 10k records in: a cursor far from the top
+                    deep = client.get("/api/episodes", params={"limit": 500, "cursor": deep["next"]}).json()
+                figures: dict[str, Any] = {
+                    "records": records,
+                    "index_ready_s": indexed,
+                    "first_page": latencies(client, "/api/episodes", samples, limit=50),
+                    "filtered_page": latencies(client, "/api/episodes", samples, limit=50, state="failed", host="gpu3"),
+                    "deep_page": latencies(client, "/api/episodes", samples, limit=50, cursor=deep["next"]),
+                }
+                if client.get("/api/summary").status_code == 200:
+                    figures["summary"] = latencies(client, "/api/summary", samples)
+                figures["page_load_s"] = page_load_s(url)
+                figures["dashboard_rss_mib"] = {"before": rss_before, "after": dashboard_rss_mib(agent.pid)}
+            return figures
+        finally:
+            if agent is not None:
+                agent.terminate()
+                agent.wait(30)
+            registry.close()
+            etcd.stop()
+
+
+@contextlib.contextmanager
+def _open_streams(url: str, namespace: str, count: int) -> Iterator[None]:
+    registry = open_registry(url)
+    base = leader_url(registry, namespace)
+    registry.close()
+    stop = threading.Event()
+    seen = [0] * count
+
+    def read(i: int) -> None:
+        with httpx.stream("GET", f"{base}/api/stream", timeout=None) as response:
+            for line in response.iter_lines():
+                seen[i] += line.startswith("data:")
+                if stop.is_set():
+                    return
+
+    threads = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+    if not all(seen):
+        raise SystemExit(f"a stream got nothing: {seen}")
+
+
+def mesh_cost(episodes: int) -> dict[str, Any]:
+    """A B B A: no stream, five streams, five streams, no stream."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        etcd = start_etcd(work / "etcd")
+        try:
+            runs: list[tuple[str, float]] = []
+            for run, open_streams in enumerate([0, 5, 5, 0]):
+
+                def during(namespace: str, count: int = open_streams) -> contextlib.AbstractContextManager[None]:
+                    return _open_streams(etcd.url, namespace, count)
+
+                figure = mesh_noop(etcd.url, work, episodes, 2, run=run, during=during if open_streams else None)
+                runs.append(("streams" if open_streams else "none", figure["episodes_per_s"]))
+                print(f"# {runs[-1][0]}: {figure['episodes_per_s']:.0f} episodes/s", file=sys.stderr)
+        finally:
+            etcd.stop()
+    none = statistics.mean(r for kind, r in runs if kind == "none")
+    five = statistics.mean(r for kind, r in runs if kind == "streams")
+    return {"episodes": episodes, "runs": runs, "none_per_s": none, "five_streams_per_s": five, "ratio": five / none}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--episodes", type=int, default=2000, help="no-op episodes per mesh run")
+    parser.add_argument("--samples", type=int, default=40, help="requests per latency figure")
+    parser.add_argument("--quick", action="store_true", help="20k records, 1000 episodes, 20 samples")
+    parser.add_argument("--json", metavar="PATH")
+    args = parser.parse_args()
+    records, episodes, samples = (20_000, 1000, 20) if args.quick else (args.records, args.episodes, args.samples)
+    scale = at_scale(records, samples)
+    cost = mesh_cost(episodes)
+    print(f"dashboard over {records} records")
+    for name, path in [
+        ("first_page", "episodes"),
+        ("filtered_page", "episodes?state&host"),
+        ("deep_page", "episodes?cursor"),
+        ("summary", "summary"),
+    ]:
+        if name in scale:
+            print(f"  /api/{path:<22} p50 {scale[name]['p50_ms']:7.1f} ms  p95 {scale[name]['p95_ms']:7.1f} ms")
+    print(f"  index ready after {scale['index_ready_s']:.2f} s; first page load in the browser {scale['page_load_s']}")
+    rss = scale["dashboard_rss_mib"]
+    print(f"  dashboard RSS {rss['before']:.0f} MiB -> {rss['after']:.0f} MiB (+{rss['after'] - rss['before']:.0f})")
+    print(
+        f"no-op mesh, 2 agents x 4 workers: {cost['none_per_s']:.0f}/s with no stream, "
+        f"{cost['five_streams_per_s']:.0f}/s with five (ratio {cost['ratio']:.3f}; A B B A)"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"scale": scale, "mesh": cost}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
