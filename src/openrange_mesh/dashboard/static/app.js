@@ -178,11 +178,11 @@ function onEvent(kind, data) {
   });
 }
 
-function onStatus(state, text) {
+function onStatus(state, detail) {
   liveBadge.dataset.state = state;
-  liveBadge.textContent = text === "leader moved, reconnecting..." ? "searching" : text;
+  liveBadge.textContent = state === "moving" ? "searching" : state;
   banner.hidden = state !== "moving";
-  banner.textContent = state === "moving" ? text : "";
+  if (state === "moving") fill(banner, "leader moved, reconnecting... ", h("span", {class: "small muted"}, `(${detail})`));
 }
 
 function readHosts() {

@@ -40,7 +40,8 @@ function status(host) {
 }
 
 function heartbeat(age) {
-  if (age == null) return "-";
+  if (age === null) return h("span", {class: "warn", title: "its lease is gone: it leaves the list shortly"}, "expired");
+  if (age === undefined) return "-";
   return h("span", {class: age > STALE_S ? "warn" : null}, `${Number(age).toFixed(0)} s`);
 }
 

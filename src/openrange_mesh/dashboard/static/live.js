@@ -26,7 +26,7 @@ const SKIP_FROM_MS = 60000;
 export class Live {
   constructor({onEvent, onStatus, onResync}) {
     this.onEvent = onEvent;     // (kind, data) for each kind in KINDS
-    this.onStatus = onStatus;   // ("live" | "reconnecting" | "moving", text)
+    this.onStatus = onStatus;   // ("live" | "reconnecting" | "moving", detail)
     this.onResync = onResync;   // after a new EventSource: data may have been missed
     this.agents = [];           // urls of the agents we know
     this.source = null;
@@ -62,6 +62,7 @@ export class Live {
       const wasBroken = this.brokeAt !== null;
       this.brokeAt = null;
       this.searching = false;
+      this.rounds = 0;
       clearTimeout(this.timer);
       this.timer = null;
       this.onStatus("live", "live");
@@ -84,7 +85,9 @@ export class Live {
     this.timer = null;
     if (this.source && this.source.readyState === EventSource.OPEN) return;
     this.searching = true;
-    this.onStatus("moving", "leader moved, reconnecting...");
+    this.rounds = (this.rounds || 0) + 1;
+    const others = this.agents.filter((a) => !sameOrigin(a));
+    this.onStatus("moving", `asking this server and ${others.length} other agent(s), round ${this.rounds}`);
     const here = await leaderFrom("");
     if (here && sameOrigin(here)) {
       // This server leads (again): a closed EventSource never retries, so open a new one.
@@ -93,8 +96,7 @@ export class Live {
       return moveTo(here);
     } else {
       let alive = null;
-      for (const agent of this.agents) {
-        if (sameOrigin(agent)) continue;
+      for (const agent of others) {
         const leader = await leaderFrom(agent);
         if (leader && !sameOrigin(leader)) return moveTo(leader);
         if (leader === undefined && alive === null && (await answers(agent))) alive = agent;
@@ -156,7 +158,7 @@ export function seekLeader(onStatus) {
   const path = /^\/(?![\/\\])/.test(wanted) ? wanted : "/";
   const from = hash.get("from");
   const started = Date.now();
-  onStatus("moving", "leader moved, reconnecting...");
+  onStatus("moving", "waiting for this agent to name the new leader");
   const look = async () => {
     const leader = await leaderFrom("");
     const stale = leader && new URL(leader).origin === from && Date.now() - started < SKIP_FROM_MS;

@@ -1,0 +1,191 @@
+"""The dashboard page (static/: index.html, app.js ...) in headless Chromium against real agents on
+a real etcd (design §11a): the views, filters in the URL, episode text shown as text, events
+paged, cancel's confirmation and refusals, and a tab following the leader when it is killed.
+
+Chromium is Debian's (/usr/bin/chromium, or $OPENRANGE_CHROMIUM); Playwright drives it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from openrange_mesh.dashboard.view import Leader, read_leader
+from openrange_mesh.model import State
+
+from .etcdkit import EtcdServer
+from .helpers import wait_until
+from .meshkit import Mesh
+
+TTL = 2
+TOKEN = "p4ge-t0ken"
+CHROMIUM = os.environ.get("OPENRANGE_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+ARGS += ["--disable-sync", "--no-first-run"]
+HOSTILE = "<img src=x onerror=window.__pwned=1>"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium, or set OPENRANGE_CHROMIUM")
+    driver = sync_playwright().start()
+    chromium = driver.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    yield chromium
+    chromium.close()
+    driver.stop()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield tab
+    context.close()
+    assert not errors, f"the page threw: {errors}"
+
+
+@pytest.fixture
+def mesh(tmp_path: Path, etcd: EtcdServer) -> Iterator[Mesh]:
+    made = Mesh(etcd.url, tmp_path / "mesh", ttl=TTL)
+    yield made
+    print(made.report())
+    made.close()
+
+
+def start(mesh: Mesh, count: int) -> Leader:
+    agents = [mesh.start_agent(f"h{i + 1}", wait=False, dashboard=True, token=TOKEN) for i in range(count)]
+    for agent in agents:
+        mesh.wait_joined(agent)
+    return seat(mesh)
+
+
+def seat(mesh: Mesh, other_than: str | None = None) -> Leader:
+    def ready() -> Leader | None:
+        found = read_leader(mesh.registry.get(mesh.keys.leader())[0])
+        return found if found and found.url and found.host != other_than else None
+
+    return wait_until(ready, 20, interval=0.05, what="a leader with a dashboard URL")
+
+
+def text_of(page: Page, selector: str) -> str:
+    return page.locator(selector).first.text_content() or ""
+
+
+def until(check: Callable[[], object], what: str, timeout: float = 15) -> object:
+    return wait_until(check, timeout, interval=0.1, what=what)
+
+
+def test_overview_filters_live_in_the_url_and_episode_text_is_text(page: Page, mesh: Mesh) -> None:
+    url = start(mesh, 2).url
+    ok = mesh.submit_sleeps(3, 0.05, labels={"kind": "ok"})
+    (bad,) = mesh.client.submit(
+        [
+            {
+                "runtime": "command",
+                "params": {"argv": ["sh", "-c", f"echo '{HOSTILE}' >&2; exit 3"]},
+                "labels": {"kind": "bad", "note": "<b>bold</b>"},
+            }
+        ]
+    )
+    mesh.wait_finished([*ok, bad])
+    page.goto(url + "/")
+    until(lambda: page.locator("table.hosts tbody tr").count() == 2, "both hosts listed")
+    assert "leader" in text_of(page, "table.hosts")
+    until(lambda: page.locator("table.episodes tbody tr").count() == 4, "four episodes listed")
+
+    page.select_option(".filters select[name=state]", "failed")
+    page.click(".filters button[type=submit]")
+    until(lambda: page.url.endswith("/?state=failed"), "the filter in the URL")
+    until(lambda: page.locator("table.episodes tbody tr").count() == 1, "only the failed one")
+    row = text_of(page, "table.episodes tbody tr")
+    assert bad in row and HOSTILE in row and "note=<b>bold</b>" in row, row
+    assert page.locator("table.episodes img, table.episodes b").count() == 0
+
+    page.go_back()
+    until(lambda: page.locator("table.episodes tbody tr").count() == 4, "back: every episode again")
+    assert page.locator(".filters select[name=state]").input_value() == ""
+
+    page.goto(f"{url}/?state=failed&since=yesterday")
+    until(lambda: "since must be unix seconds" in text_of(page, "#message"), "the server's 400 in the message bar")
+    page.goto(f"{url}/episodes/0000000000-0000-nobody")
+    until(lambda: "not found" in text_of(page, "main"), "the not-found view")
+
+    page.goto(f"{url}/episodes/{bad}")
+    until(lambda: page.locator("table.attempts tbody tr").count() == 1, "the attempt listed")
+    assert HOSTILE in text_of(page, "dl.fields") and "<b>bold</b>" in text_of(page, "section.two")
+    assert page.locator("#view img, #view b:not(.stat b)").count() == 0
+    assert page.evaluate("window.__pwned === undefined")
+
+
+def test_events_are_paged_and_only_the_rows_in_view_are_drawn(page: Page, mesh: Mesh) -> None:
+    url = start(mesh, 1).url
+    (episode,) = mesh.client.submit([{"runtime": "sleep", "params": {"seconds": 0.5, "events": 3000}}])
+    mesh.wait_finished([episode])
+    page.goto(f"{url}/episodes/{episode}")
+    until(lambda: re.search(r"500 of 3,00\d loaded", text_of(page, "#view h2:has(select)")), "the first page of 500")
+    scroller = page.locator(".events-scroll")
+    deadline = time.monotonic() + 30
+    while not (done := re.search(r"^(3,00\d) events$", text_of(page, "#view h2:has(select) .muted"))):
+        assert time.monotonic() < deadline, text_of(page, "#view h2:has(select)")
+        scroller.evaluate("el => el.scrollTop = el.scrollHeight")
+        time.sleep(0.1)
+    rows = page.locator(".events-row")
+    assert 0 < rows.count() < 60, f"{rows.count()} rows in the DOM for 3000 events"
+    last = int(done.group(1).replace(",", "")) - 1
+    assert str(rows.last.locator(".ev-n").text_content()) == str(last), "scrolled to the very last event"
+
+
+def test_cancel_by_filter_confirms_then_says_why_it_is_refused(page: Page, mesh: Mesh) -> None:
+    url = start(mesh, 1).url
+    long = mesh.submit_sleeps(3, 60, labels={"kind": "long"})
+    until(lambda: mesh.records(long)[long[0]].state is State.RUNNING, "the first one running")
+    page.goto(f"{url}/?label=kind=long")
+    until(lambda: page.locator("table.episodes tbody tr").count() == 3, "the three listed")
+    page.click("text=Cancel matching...")
+    go = page.locator("dialog .danger")
+    until(lambda: go.text_content() == "Cancel 3 episodes", "the dialog counting 3")
+    assert "kind=long" in text_of(page, "dialog").replace(" ", "").replace("label", "")
+
+    status = "dialog .dialog-status"
+    page.fill("dialog input.token-input", "")
+    go.click()
+    until(lambda: "token required" in text_of(page, status), "401 explained")
+    page.fill("dialog input.token-input", "wrong")
+    go.click()
+    until(lambda: "wrong token" in text_of(page, status), "403 explained")
+    assert all(r.state in (State.PENDING, State.RUNNING) for r in mesh.records(long).values())
+
+    page.fill("dialog input.token-input", TOKEN)
+    go.click()
+    until(lambda: "cancel: 3 of 3" in text_of(page, "#message"), "the outcome in the message bar")
+    records = mesh.wait_finished(long)
+    assert {r.state for r in records.values()} == {State.CANCELLED}
+    until(lambda: page.locator("table.episodes .s-cancelled").count() == 3, "the rows updated live")
+    assert page.evaluate("sessionStorage.length") == 1
+
+
+def test_a_tab_follows_the_leader_when_it_is_killed(page: Page, mesh: Mesh) -> None:
+    old = start(mesh, 3)
+    (episode,) = mesh.submit_sleeps(1, 0.05)
+    mesh.wait_finished([episode])
+    path = f"/episodes/{episode}?from=test"
+    page.goto(old.url + path)
+    until(lambda: text_of(page, "#live") == "live", "the stream open")
+    mesh.agents[old.host].kill()
+
+    def moved() -> bool:
+        return page.url != old.url + path and page.url.endswith(path) and text_of(page, "#live") == "live"
+
+    until(moved, f"the tab on another agent at {path}, live", timeout=30)
+    new = seat(mesh, other_than=old.host)
+    assert page.url == new.url + path
+    assert episode in text_of(page, ".episode-head")
