@@ -4,12 +4,17 @@ on the memory backend, and /metrics served over HTTP. No agent, no etcd: millise
 from __future__ import annotations
 
 import platform
+import socket
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from openrange_mesh import __version__
-from openrange_mesh.errors import Compacted, LeaseLost, RegistryError, TlsError, Unavailable
+from openrange_mesh.config import Settings
+from openrange_mesh.errors import Compacted, ConfigError, LeaseLost, RegistryError, TlsError, Unavailable
 from openrange_mesh.mesh.metrics import Metrics, stop_serving
 from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, State
 from openrange_mesh.registry import open_registry
@@ -121,3 +126,30 @@ def test_served_over_http() -> None:
         stop_serving(server)
     assert "openrange_episodes_started_total 2.0" in text
     assert 'openrange_build_info{host="h1"' in text
+
+
+def test_metrics_port_from_the_environment() -> None:
+    assert Settings.load({}, env={"OPENRANGE_METRICS_PORT": "9464"}).metrics_port == 9464
+    assert Settings.load({"metrics_port": 9465}, env={"OPENRANGE_METRICS_PORT": "9464"}).metrics_port == 9465
+    assert Settings.load({}, env={}).metrics_port is None
+    with pytest.raises(ConfigError):
+        Settings(metrics_port=70000)
+
+
+def test_a_metrics_port_taken_is_one_line_before_joining(tmp_path: Path) -> None:
+    taken = socket.create_server(("0.0.0.0", 0))
+    port = taken.getsockname()[1]
+    try:
+        argv = ["--etcd", "memory://", "--store", str(tmp_path), "--metrics-port", str(port), "--capacity", "1"]
+        done = subprocess.run(
+            [sys.executable, "-c", "from openrange_mesh.cli.agent import main; main()", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        taken.close()
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"openrange-agent: cannot serve metrics on port {port}: "), done.stderr
+    assert "Traceback" not in done.stderr and "joined" not in done.stderr
