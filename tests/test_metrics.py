@@ -140,7 +140,7 @@ def test_a_metrics_port_taken_is_one_line_before_joining(tmp_path: Path) -> None
     taken = socket.create_server(("0.0.0.0", 0))
     port = taken.getsockname()[1]
     try:
-        argv = ["--etcd", "memory://", "--store", str(tmp_path), "--metrics-port", str(port), "--capacity", "1"]
+        argv = ["--etcd", "memory://", "--store", str(tmp_path), "--metrics-port", str(port), "--no-dashboard"]
         done = subprocess.run(
             [sys.executable, "-c", "from openrange_mesh.cli.agent import main; main()", *argv],
             capture_output=True,

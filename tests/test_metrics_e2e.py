@@ -127,7 +127,13 @@ def test_a_commit_refused_by_its_fencing_compare_is_counted(etcd: EtcdServer, tm
     Its commit then reaches etcd, which refuses it by the fencing compare: a stale commit. The
     episode runs again and is committed; the loopback port serves the same counts."""
     settings = Settings(
-        registry=etcd.url, namespace=f"m{uuid.uuid4().hex[:10]}", host_id="h1", capacity=1, store=str(tmp_path)
+        registry=etcd.url,
+        namespace=f"m{uuid.uuid4().hex[:10]}",
+        host_id="h1",
+        capacity=1,
+        store=str(tmp_path),
+        dashboard_host="127.0.0.1",  # its child is handed our metrics port, to proxy /metrics
+        dashboard_port=0,
     ).with_timing(TTL)
     agent = Agent(settings)
     thread = threading.Thread(target=agent.run, name="agent", daemon=True)
@@ -144,7 +150,8 @@ def test_a_commit_refused_by_its_fencing_compare_is_counted(etcd: EtcdServer, tm
 
         final = wait_until(lambda: (r := client.get(episode)).state.is_terminal and r, 20, what="the rerun")
         assert final.state is State.SUCCEEDED and final.attempt == 2, final
-        assert agent.metrics_port is not None
+        assert agent.metrics_port is not None and agent.dashboard is not None
+        assert agent.dashboard.config.metrics_port == agent.metrics_port
         scrape = Scrape(agent.metrics_port)
         assert scrape("openrange_stale_commits_total") == 1
         assert scrape("openrange_attempts_total", result="succeeded") == 2  # both attempts ran to the end
