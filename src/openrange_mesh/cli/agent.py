@@ -27,6 +27,7 @@ from ..config import (
     ENV_HOST_ID,
     ENV_LABELS,
     ENV_LOG_LEVEL,
+    ENV_METRICS_PORT,
     ENV_NAMESPACE,
     ENV_RETENTION,
     ENV_STORE,
@@ -55,6 +56,12 @@ log = logging.getLogger("openrange_mesh.agent")
     envvar=ENV_RETENTION,
     help="Seconds to keep acked finished records (default 7 days; 0 keeps all). The leader collects.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    envvar=ENV_METRICS_PORT,
+    help="Also serve Prometheus /metrics on this port, every interface (default: only through the dashboard).",
+)
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Drain grace period on SIGTERM.")
 @click.option(
     "--dashboard-host", envvar=ENV_DASHBOARD_HOST, help="Address the HTTP server listens on (default 0.0.0.0)."
@@ -82,6 +89,7 @@ def main(
     ttl: int | None,
     labels: str | None,
     retention: float | None,
+    metrics_port: int | None,
     grace: float,
     dashboard_host: str | None,
     dashboard_port: int | None,
@@ -123,6 +131,7 @@ def main(
                 "dashboard_port": dashboard_port,
                 "dashboard_url": dashboard_url,
                 "dashboard_token": dashboard_token,
+                "metrics_port": metrics_port,
             }
         )
         if ttl is not None:
