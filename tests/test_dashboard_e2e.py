@@ -224,3 +224,19 @@ def test_a_leader_that_stops_stops_serving_once_its_lease_may_have_expired(
         assert moved.headers["location"] == f"{new.url}/api/episodes?limit=3"
     finally:
         os.kill(agent.pid, signal.SIGCONT)
+
+
+def test_every_agent_serves_its_own_metrics_at_its_dashboard_port(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    mesh = make_mesh(etcd.url)
+    mesh.start(2, dashboard=True)
+    leader = seat(mesh)
+    mesh.wait_finished(mesh.submit_sleeps(4, 0.05))
+    leading = {}
+    for host in mesh.agents:
+        info = mesh.host_info(host)
+        assert info is not None and info.url
+        text = get(f"{info.url}/metrics").text  # a follower answers too: metrics are not redirected
+        assert "# TYPE openrange_episodes_started_total counter" in text, text[:500]
+        line = next(x for x in text.splitlines() if x.startswith("openrange_is_leader"))
+        leading[host] = float(line.split()[-1])
+    assert leading == {h: float(h == leader.host) for h in mesh.agents}
