@@ -3,6 +3,7 @@ grouped by reason; percentiles within the histogram's documented error."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -39,8 +40,8 @@ def test_record_by_record_equals_one_scan(live: bool) -> None:
         return Tally() if live else Tally(window_seconds=None, bucket_seconds=1.0, max_buckets=300)
 
     watched, scanned = new(), new()
-    for k, (old, record) in enumerate(changes):  # the clock moves on as changes arrive
-        watched.update(old, record, NOW - 3000 + 3000 * k / len(changes))
+    for k, (old, record) in enumerate(changes):  # live, the clock moves on as changes arrive
+        watched.update(old, record, NOW - 3000 + 3000 * k / len(changes) if live else NOW)
     for record in finals(all_lives):
         scanned.add(record, NOW)
 
@@ -274,3 +275,27 @@ def test_update_is_cheap() -> None:
         tally.update(old, record, now)
     per_call = (time.perf_counter() - started) / len(changes)
     assert per_call < 200e-6, f"{per_call * 1e6:.1f} us per update"
+
+
+def test_odd_times_neither_crash_nor_reach_the_answer() -> None:
+    """Records carry whatever floats their writer put there: NaN, infinities, 0 (an old
+    writer's default), far in the past or the future. The answer stays finite JSON."""
+    spec = EpisodeSpec("sleep")
+    tally = Tally(window_seconds=None)
+    odd = (math.nan, math.inf, -math.inf, 0.0, -5.0, 1e300, NOW + 1e7)
+    for k, t in enumerate(odd):
+        record = EpisodeRecord(
+            f"e{k}",
+            spec,
+            State.FAILED,
+            created_at=t,
+            started_at=t,
+            finished_at=t if k % 2 else NOW,
+            error="boom",
+            history=(Attempt(1, "h1", t, NOW, "failed"),),
+        )
+        tally.add(record, NOW)
+    summary = tally.summary(NOW)
+    json.dumps({**summary, "hosts": tally.host_stats()}, allow_nan=False)
+    assert summary["counts"]["failed"] == len(odd) and summary["states"][-1][1] == {"failed": len(odd)}
+    assert summary["bucket_s"] <= 10  # no time from that list widened the buckets

@@ -31,7 +31,7 @@ HIGH = LOW * float(2**OCTAVES)
 
 def bucket_of(seconds: float) -> int:
     """0 below LOW, 1 .. _TOP-1 for [LOW*RATIO**(i-1), LOW*RATIO**i), _TOP at or above HIGH."""
-    if seconds < LOW:
+    if not seconds >= LOW:  # NaN too
         return 0
     if seconds >= HIGH:
         return _TOP

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+_LATEST = 1e11  # unix seconds (year ~5000): a later time, or an infinite one, is not a time
 # widths in seconds, each a multiple of the one before; then doubling
 LADDER = (1.0, 2.0, 10.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0, 604800.0)
 
@@ -29,7 +30,19 @@ LADDER = (1.0, 2.0, 10.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 8
 class TimeBuckets:
     """Vectors of ``size`` counters by time bucket. Not thread-safe: its owner's thread only."""
 
-    __slots__ = ("_floor", "_hi", "_lo", "base", "buckets", "max_buckets", "size", "start", "width", "window")
+    __slots__ = (
+        "_ceiling",
+        "_floor",
+        "_hi",
+        "_lo",
+        "base",
+        "buckets",
+        "max_buckets",
+        "size",
+        "start",
+        "width",
+        "window",
+    )
 
     def __init__(
         self,
@@ -48,6 +61,7 @@ class TimeBuckets:
         # a time before this goes to base: before ``start``, or unknown (0: an old writer's
         # default; the epoch would widen a report's buckets to decades)
         self._floor = self.start if self.start is not None else 1e-9
+        self._ceiling = _LATEST  # coarsening: the latest ``now`` seen; later times count there
         self.buckets: dict[int, list[int]] = {}
         self.base = [0] * size  # everything before the first bucket
         # windowed: _lo is the first bucket kept (advance moves it on); coarsening: the lowest
@@ -55,8 +69,10 @@ class TimeBuckets:
         self._lo, self._hi = (2**62, -(2**62)) if window is None else (-(2**62), 0)
 
     def advance(self, now: float) -> None:
-        """Windowed: fold the buckets that fell out of the window ending at ``now`` into ``base``."""
+        """Windowed: fold the buckets that fell out of the window ending at ``now`` into
+        ``base``. Coarsening: times after ``now`` will count as ``now``."""
         if self.window is None:
+            self._ceiling = max(now, self._ceiling) if self._ceiling < _LATEST else now
             return
         lo = int((now - self.window) // self.width) + 1
         if lo <= self._lo:
@@ -67,8 +83,10 @@ class TimeBuckets:
 
     def vector(self, t: float) -> list[int]:
         """The counters of the bucket holding ``t`` (``base`` for a time before the first)."""
-        if t < self._floor:
-            return self.base
+        if not self._floor <= t < self._ceiling:  # NaN fails this too: int() of it would raise
+            if not self._ceiling <= t < _LATEST:
+                return self.base  # before the first bucket, unknown, or not a time at all
+            t = self._ceiling  # coarsening: after now (a host's clock ahead) counts as now
         index = int(t // self.width)
         vec = self.buckets.get(index)
         if vec is not None:

@@ -37,6 +37,13 @@ RETRIED, RELEASED = "retried", "released"  # attempt outcomes that sent an episo
 _SIZE = 2 * _N
 
 
+def _seconds(span: float) -> float:
+    """A duration as counted: 0 for a negative one (clock skew between hosts) and for one
+    that is not a number of seconds at all (NaN, infinite, over ~30 years: a broken record),
+    which no sum or JSON answer could carry."""
+    return span if 0.0 < span < 1e9 else 0.0
+
+
 class Tally:
     """Counts by state, running per host, finishes and states over time, durations, errors by
     reason, retries. ``update`` costs a few microseconds (design §13); ``summary`` is the
@@ -90,7 +97,7 @@ class Tally:
         if final is not None and record.finished_at is not None:
             self.series.vector(record.finished_at)[_N + final] += sign
             if record.started_at is not None:
-                self.durations.add(record.finished_at - record.started_at, sign)
+                self.durations.add(_seconds(record.finished_at - record.started_at), sign)
             if state in _ERRORS:
                 self.errors.add(record.error, record.id, record.finished_at, sign)
 
@@ -110,7 +117,7 @@ class Tally:
             if stats is None:
                 stats = self.hosts[attempt.host] = [0, 0, 0, 0.0]
             stats[0] += sign
-            stats[3] += sign * max(attempt.finished_at - attempt.started_at, 0.0)
+            stats[3] += sign * _seconds(attempt.finished_at - attempt.started_at)
             outcome = attempt.outcome
             if outcome == State.SUCCEEDED:
                 stats[1] += sign
