@@ -7,9 +7,10 @@ in, and one built value by value equals one built from a scan. A reservoir can d
 Buckets: ``BUCKETS_PER_OCTAVE`` per doubling from ``LOW`` seconds (1 ms) up to ``HIGH`` (2**20
 s, ~12 days), plus one below (0 and negative durations: clock skew between hosts) and one
 above. A bucket spans a ratio of ``RATIO`` = 2**(1/16) ~ 1.044. A quantile is found by its
-rank, then interpolated log-linearly inside its bucket: the answer lies in the same bucket as
-the true value, so it is off by less than a factor of ``RATIO`` (under 4.4%), and by less than
-half that for a value spread evenly in the bucket. ``max`` is exact while durations are only
+rank (numpy's default: linear between the two ranks either side), each of those two values
+placed log-linearly inside its bucket: an estimate lies in the same bucket as the value it
+stands for, so the answer is off by less than a factor of ``RATIO`` (under 4.4%), or by under
+1 ms when the values are under 1 ms (reported as 0). ``max`` is exact while durations are only
 added; once the largest is taken back it is the upper edge of the highest non-empty bucket.
 Memory: ``1 + 30 * 16 + 1`` = 482 counters, whatever the number of episodes.
 """
@@ -69,18 +70,31 @@ class LogHistogram:
             self._max = None  # recomputed from the buckets when asked
 
     def quantile(self, q: float) -> float | None:
-        """The ``q`` quantile (0..1) by rank, log-interpolated inside its bucket; None if empty."""
+        """The ``q`` quantile (0..1) as numpy's default defines it (linear between the values
+        of the ranks either side of ``q * (count - 1)``), each value estimated inside its
+        bucket; None if empty."""
         if self.count <= 0:
             return None
-        rank = q * (self.count - 1)  # 0-based, as numpy's default ("linear") defines it
+        rank = q * (self.count - 1)
+        below = math.floor(rank)
+        low, high = self._ranked(below, below + 1 if rank > below else below)
+        return min(low + (high - low) * (rank - below), self.maximum() or 0.0)
+
+    def _ranked(self, first: int, second: int) -> tuple[float, float]:
+        """Estimates of the values of 0-based ranks ``first`` <= ``second``: the k-th of a
+        bucket's n values is placed (k + 0.5) / n of the way through it, log-linearly."""
+        found: list[float] = []
         seen = 0
         for index, n in enumerate(self.counts):
             if n <= 0:
                 continue
-            if seen + n > rank:
-                return min(self._within(index, (rank - seen + 0.5) / n), self.maximum() or 0.0)
+            while len(found) < 2 and (first, second)[len(found)] < seen + n:
+                found.append(self._within(index, ((first, second)[len(found)] - seen + 0.5) / n))
+            if len(found) == 2:
+                return found[0], found[1]
             seen += n
-        return self.maximum()
+        top = self.maximum() or 0.0
+        return (found[0] if found else top), top
 
     @staticmethod
     def _within(index: int, fraction: float) -> float:
@@ -112,6 +126,10 @@ class LogHistogram:
     def mean(self) -> float | None:
         return self._total / self.count if self.count > 0 else None
 
-    def buckets(self) -> list[list[float]]:
-        """The non-empty buckets as ``[lower edge, upper edge, count]`` (for a chart)."""
-        return [[lower_edge(i), upper_edge(i), n] for i, n in enumerate(self.counts) if n > 0]
+    def rows(self) -> list[list[float]]:
+        """``[lower edge, upper edge, count]`` from the first non-empty bucket to the last,
+        empty ones included (a chart's bars stay evenly spaced on a log axis)."""
+        used = [i for i, n in enumerate(self.counts) if n]
+        if not used:
+            return []
+        return [[lower_edge(i), upper_edge(i), self.counts[i]] for i in range(used[0], used[-1] + 1)]
