@@ -233,3 +233,19 @@ def test_report_is_listed_and_documented() -> None:
     assert top.exit_code == 0 and "report" in top.stdout
     result = CliRunner().invoke(cli, ["report", "--help"])
     assert result.exit_code == 0 and "Examples:" in result.stdout and "--since" in result.stdout
+
+
+def test_an_empty_namespace_reports_nothing_and_renders(etcd: EtcdServer, tmp_path: Path) -> None:
+    from .browserkit import open_page
+
+    empty = f"rep-{uuid.uuid4().hex[:10]}"
+    out = run(etcd, empty).stdout
+    assert ": 0 episodes" in out and "throughput: nothing finished" in out and "durations of 0 finished" in out
+    data = json.loads(run(etcd, empty, "-o", "-").stdout)
+    assert data["total"] == 0 and data["hosts"] == [] and data["errors"] == [] and data["histogram"] == []
+    run(etcd, empty, "-o", str(tmp_path / "empty.html"))
+    with open_page(tmp_path / "empty.html") as page:
+        assert page.locator("#duration-summary").text_content() == "no finished episodes"
+        assert page.locator("#histogram").text_content() == "no data"
+        assert page.locator("#hosts").text_content() == "none"
+        page.screenshot(path=str(tmp_path / "empty.png"), full_page=True)

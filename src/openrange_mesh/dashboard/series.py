@@ -6,7 +6,8 @@ the same bucket whoever adds it and in whatever order. Two ways to stay bounded:
 * **a window** (the live dashboard: 10 s buckets over the last hour): a bucket older than the
   window is folded into ``base``, one vector that stands for everything before it; a time
   ahead of the window's end by more than the window (a host with a broken clock) counts in
-  the bucket at that limit.
+  the bucket at that limit (taken back later, the limit may have moved: the pair then shows
+  in two late buckets until both leave the window; the totals stay right).
 * **coarsening** (a report over any span): no bucket is dropped; when the buckets in use
   would span more than ``max_buckets``, the width moves up ``LADDER`` (each step a multiple of
   the one before, so merging buckets is exact) until they fit. Times before ``start`` (the

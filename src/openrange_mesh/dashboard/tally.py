@@ -12,8 +12,11 @@ start and finish, its finish), and those moves are summed per time bucket; a buc
 are the running total up to its end. So a report built from one scan draws them too, and a
 record's past does not depend on when the watch saw it.
 
-Who calls it: the leader's dashboard child (one thread), for every change its watch of
-``episodes/`` brings, and ``report.build`` for every record of a scan. Not thread-safe.
+Who calls it: the leader's dashboard child, for every change its watch of ``episodes/`` brings,
+and ``report.build`` for every record of a scan. A Tally counts episode records: the caller
+expands a group record (a batch's members, design §6b) and updates each member that changed,
+with the member as it last gave it. Not thread-safe: one thread updates it, or the caller
+holds a lock around ``update`` and ``summary``.
 """
 
 from __future__ import annotations
