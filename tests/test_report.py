@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 from openrange_mesh.cli.main import cli
 from openrange_mesh.cli.report import parse_since
 from openrange_mesh.dashboard import report
+from openrange_mesh.dashboard.tally import Tally
 from openrange_mesh.keys import Keys
 from openrange_mesh.mesh.client import MeshClient
 from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, HostInfo, State
@@ -249,3 +250,56 @@ def test_an_empty_namespace_reports_nothing_and_renders(etcd: EtcdServer, tmp_pa
         assert page.locator("#histogram").text_content() == "no data"
         assert page.locator("#hosts").text_content() == "none"
         page.screenshot(path=str(tmp_path / "empty.png"), full_page=True)
+
+
+def test_real_agents_a_watched_tally_and_the_report_agree(etcd: EtcdServer, tmp_path: Path) -> None:
+    """Episodes run by two real agents (singles and a batch, some failing); a Tally kept from a
+    watch of ``episodes/`` (group records expanded, each member's old value from the watch's
+    previous value, as the dashboard's child does) equals one built from a scan, and the
+    report's numbers say what ran."""
+    from openrange_mesh.mesh.catalog import Catalog
+    from openrange_mesh.model import decode_records
+    from openrange_mesh.registry import KeyValue
+
+    from .helpers import current_revision
+    from .meshkit import Mesh
+
+    mesh = Mesh(etcd.url, tmp_path / "mesh")
+    try:
+        watch = mesh.registry.watch(mesh.keys.episodes(), current_revision(mesh.registry) + 1, prev_kv=True)
+        mesh.start(2, capacity=2)
+        ids = mesh.client.submit(
+            [EpisodeSpec("sleep", {"seconds": 0.2})] * 4 + [EpisodeSpec("sleep", {"mode": "fail"})] * 2
+        )
+        ids += mesh.client.submit([EpisodeSpec("sleep", {"seconds": 0.05})] * 6, batch=3)
+        done = mesh.client.wait(ids, timeout=60)
+        assert sorted(r.state.value for r in done) == ["failed"] * 2 + ["succeeded"] * 10
+        revision = current_revision(mesh.registry)
+
+        def members(kv: KeyValue | None) -> dict[str, EpisodeRecord]:
+            return {r.id: r for r in decode_records(kv.value)} if kv is not None and kv.value else {}
+
+        watched, scanned, seen = Tally(), Tally(), 0
+        while seen < revision:
+            batch = watch.next(5.0)
+            for event in batch.events:
+                before, after = members(event.prev), members(event.kv) if event.type == "put" else {}
+                for episode in before.keys() | after.keys():
+                    if before.get(episode) != after.get(episode):
+                        watched.update(before.get(episode), after.get(episode), NOW)
+            seen = max(seen, batch.revision)
+        watch.cancel()
+        for record, _ in Catalog(mesh.registry, mesh.keys).episodes(revision=revision):
+            scanned.add(record, NOW)
+        assert watched.summary(NOW) == scanned.summary(NOW)
+
+        data = json.loads(run(etcd, mesh.namespace, "-o", "-").stdout)
+        assert data["counts"]["succeeded"] == 10 and data["counts"]["failed"] == 2 and data["total"] == 12
+        assert [(e["reason"], e["count"]) for e in data["errors"]] == [("sleep runtime asked to fail", 2)]
+        hosts = {h["id"]: h for h in data["hosts"]}
+        assert set(hosts) == {"h1", "h2"} and all(h["live"] and h["capacity"] == 2 for h in hosts.values())
+        assert sum(h["attempts"] for h in hosts.values()) == 12
+        assert sum(h["succeeded"] for h in hosts.values()) == 10
+        assert data["durations"]["count"] == 12 and 0.15 < data["durations"]["max"] < 5
+    finally:
+        mesh.close()
