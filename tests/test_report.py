@@ -28,7 +28,7 @@ from .etcdkit import EtcdServer
 
 NOW = time.time()
 SPEC = EpisodeSpec("sleep")
-NASTY = "\x1b[2J</script><script>window.pwned=1</script><img src=x onerror=window.pwned=2> after 7 s"
+NASTY = "\x1b[2J</script><script>window.pwned=1</script><img src=x onerror=window.pwned=2> after 7 s \u202e\x9b"
 
 
 def finished(k: int, state: State, host: str, seconds: float, error: str | None = None, **more: Any) -> EpisodeRecord:
@@ -97,7 +97,10 @@ def run(etcd: EtcdServer, namespace: str, *args: str) -> Result:
 
 
 def test_report_json_numbers(etcd: EtcdServer, namespace: str) -> None:
-    data = json.loads(run(etcd, namespace, "-o", "-").stdout)
+    printed = run(etcd, namespace, "-o", "-").stdout
+    assert "\u202e" not in printed and "\x9b" not in printed  # escaped for the terminal (safe.safe_json)
+    data = json.loads(printed)
+    assert any(reason.endswith(" \u202e\x9b") for reason in (e["reason"] for e in data["errors"]))
     assert data["namespace"] == namespace and data["total"] == 21 and data["revision"] > 0
     assert data["counts"] == {"pending": 4, "running": 1, "succeeded": 11, "failed": 4, "cancelled": 0, "lost": 1}
     hosts = {h["id"]: h for h in data["hosts"]}

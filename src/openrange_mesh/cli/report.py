@@ -13,7 +13,7 @@ import click
 
 from ..dashboard import report
 from .common import Mesh, out_console, pass_mesh, span, stamp
-from .safe import printable
+from .safe import printable, safe_json
 from .table import StreamTable
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -74,7 +74,7 @@ def command(mesh: Mesh, since: str | None, output: str | None) -> None:
     if output is None:
         print_summary(data)
     elif output == "-":
-        click.echo(report.to_json(data), nl=False)
+        click.echo(safe_json(report.to_json(data)), nl=False)  # the same JSON, no raw controls
     else:
         text = report.to_html(data) if output.lower().endswith(".html") else report.to_json(data)
         Path(output).write_text(text, encoding="utf-8")
