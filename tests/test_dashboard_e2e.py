@@ -240,3 +240,28 @@ def test_every_agent_serves_its_own_metrics_at_its_dashboard_port(make_mesh: Mak
         line = next(x for x in text.splitlines() if x.startswith("openrange_is_leader"))
         leading[host] = float(line.split()[-1])
     assert leading == {h: float(h == leader.host) for h in mesh.agents}
+
+
+def test_summary_counts_what_the_records_say(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    """/api/summary from the leader's watch equals what the records say, for singles and a
+    batch whose members are rewritten in one group record."""
+    mesh = make_mesh(etcd.url)
+    mesh.start(2, dashboard=True)
+    url = seat(mesh).url
+    fine = {"runtime": "sleep", "params": {"seconds": 0.01}}
+    failing = {"runtime": "sleep", "params": {"seconds": 0.01, "mode": "fail"}}
+    ids = mesh.client.submit([fine] * 6 + [failing] * 2)
+    ids += mesh.client.submit([fine] * 10, batch=5)
+    records = mesh.wait_finished(ids)
+    wanted = {"succeeded": 16, "failed": 2}
+
+    def counted() -> dict[str, Any] | None:
+        answer = get(f"{url}/api/summary").json()
+        return answer if {k: v for k, v in answer["counts"].items() if v} == wanted else None
+
+    answer = wait_until(counted, 10, what=f"the summary to count {wanted}")
+    assert answer["durations"]["count"] == 18
+    assert sum(g["count"] for g in answer["errors"]) == 2
+    assert {h["id"]: h["capacity"] for h in answer["hosts"]} == {"h1": 2, "h2": 2}
+    assert sum(n for _, n in answer["finished_per_s"]) * answer["bucket_s"] == pytest.approx(18)
+    assert len(records) == 18

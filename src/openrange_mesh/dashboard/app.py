@@ -58,6 +58,7 @@ def build_app(state: State) -> Starlette:
         Route("/api/episodes", leading(episodes)),
         Route("/api/episodes/{episode_id}", leading(episode)),
         Route("/api/episodes/{episode_id}/events", leading(events)),
+        Route("/api/summary", leading(summary)),
         Route("/api/stream", leading(lambda r, s: stream(r, s, hosts_json))),
         Route("/api/cancel", leading(cancel), methods=["POST"]),
         Route("/", leading(page)),
@@ -159,6 +160,12 @@ async def episodes(request: Request, state: State) -> Response:
             "total": total,
         }
     )
+
+
+async def summary(request: Request, state: State) -> Response:
+    index = await wait_index(state)
+    _, live, _ = state.view.hosts()
+    return JSONResponse(index.summary({h.id: h.capacity for h in live}))
 
 
 async def episode(request: Request, state: State) -> Response:
