@@ -4,6 +4,7 @@ URL moving when the leader is killed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,7 +19,9 @@ from click.testing import CliRunner
 
 from openrange_mesh.cli.main import cli
 from openrange_mesh.dashboard.view import Leader, read_leader
+from openrange_mesh.errors import MeshError
 from openrange_mesh.model import State
+from openrange_mesh.store import open_store
 
 from .etcdkit import EtcdServer
 from .helpers import wait_until
@@ -265,3 +268,26 @@ def test_summary_counts_what_the_records_say(make_mesh: MakeMesh, etcd: EtcdServ
     assert {h["id"]: h["capacity"] for h in answer["hosts"]} == {"h1": 2, "h2": 2}
     assert sum(n for _, n in answer["finished_per_s"]) * answer["bucket_s"] == pytest.approx(18)
     assert len(records) == 18
+
+
+def test_the_leader_writes_the_run_report_to_the_store_and_at_its_drain(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    mesh = make_mesh(etcd.url)
+    leader = mesh.start_agent("h1", dashboard=True, options=["--report-interval", "1"])
+    seat(mesh)
+    store = open_store(str(mesh.store))
+    ids = mesh.submit_sleeps(3, 0.05)
+    mesh.wait_finished(ids)
+
+    def reported(count: int) -> dict[str, Any] | None:
+        with contextlib.suppress(MeshError, ValueError):
+            data = json.loads(store.get_bytes("reports/latest.json"))
+            return data if data["counts"]["succeeded"] == count else None
+        return None
+
+    wait_until(lambda: reported(3), 15, what="a report of 3 episodes in the store")
+    assert b"<script" in store.get_bytes("reports/latest.html")
+    more = mesh.submit_sleeps(2, 0.05)
+    mesh.wait_finished(more)
+    leader.terminate()  # a drain: the leader's last report, whatever the interval
+    assert leader.wait(30) == 0
+    assert reported(5) is not None

@@ -29,6 +29,7 @@ from ..config import (
     ENV_LOG_LEVEL,
     ENV_METRICS_PORT,
     ENV_NAMESPACE,
+    ENV_REPORT_INTERVAL,
     ENV_RETENTION,
     ENV_STORE,
     ETCDCTL_ENDPOINTS,
@@ -79,6 +80,12 @@ log = logging.getLogger("openrange_mesh.agent")
     "--dashboard-token", envvar=ENV_DASHBOARD_TOKEN, help="Needed to cancel from the page (default: read-only)."
 )
 @click.option("--no-dashboard", is_flag=True, help="Serve no HTTP at all (the mesh gets no dashboard from this host).")
+@click.option(
+    "--report-interval",
+    type=click.FloatRange(min=0),
+    envvar=ENV_REPORT_INTERVAL,
+    help="Seconds between run reports the leader writes to the store (default 600; 0: never).",
+)
 @click.option("--log-level", envvar=ENV_LOG_LEVEL, default="INFO", show_default=True)
 def main(
     etcd: str | None,
@@ -96,6 +103,7 @@ def main(
     dashboard_url: str | None,
     dashboard_token: str | None,
     no_dashboard: bool,
+    report_interval: float | None,
     log_level: str,
     **access: str | None,
 ) -> None:
@@ -131,6 +139,7 @@ def main(
                 "dashboard_port": dashboard_port,
                 "dashboard_url": dashboard_url,
                 "dashboard_token": dashboard_token,
+                "report_interval": report_interval,
                 "metrics_port": metrics_port,
             }
         )

@@ -20,7 +20,7 @@ from wsgiref.simple_server import WSGIServer
 
 from ..config import Settings
 from ..dashboard.process import DashboardConfig, DashboardProcess
-from ..errors import Compacted, ConfigError, RegistryError, StoreError
+from ..errors import Compacted, ConfigError, MeshError, RegistryError, StoreError
 from ..keys import Keys
 from ..model import EpisodeRecord
 from ..registry import Registry, open_registry
@@ -155,6 +155,7 @@ class Agent(Watching):
                 self._pass()
                 if self._draining and (not self._held or time.monotonic() >= self._drain_deadline):
                     self._hand_back()
+                    self._last_report()
                     break
                 self._idle(self._wait_time())
         finally:
@@ -231,6 +232,18 @@ class Agent(Watching):
         self._claims_unsure = False  # whatever that claim was, it went with the lease
         self._register()
         return f"lost lease, stopped {lost} episodes; rejoined with lease {self.lease.lease:x}"
+
+    def _last_report(self) -> None:
+        """A draining leader leaves the run report in the store (dashboard/report.py), as its
+        server does every ``report_interval`` while it leads."""
+        if not (self.leadership.is_leader and self._store is not None and self.settings.report_interval):
+            return
+        from ..dashboard.report import write_report  # the report's modules: only now
+
+        try:
+            write_report(self.registry, self.keys, self._store)
+        except MeshError as exc:
+            log.warning("could not write the run report at the drain: %s", exc)
 
     def _renewed(self, expires_at: float) -> None:
         """From the lease keeper's thread: the dashboard may serve until then (if we lead)."""
