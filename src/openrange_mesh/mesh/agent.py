@@ -331,7 +331,7 @@ class Agent(Watching):
             if kv.lease == dead.lease:
                 claim_id = self.keys.name_of(kv.key, self.keys.host_claims(dead.host))
                 reason = f"host {dead.host} lost its lease"
-                requeued += self.ledger.requeue(dead.host, claim_id, claim_episode_ids(kv), reason)
+                requeued += self.ledger.requeue(dead.host, claim_id, claim_episode_ids(kv), reason, kv.create_revision)
         return requeued
 
     def _step_cancels(self) -> str | None:

@@ -97,21 +97,22 @@ class Committing(Claiming):
         record = held.records[done.episode_id]
         if done.attempt != record.attempt:
             return  # a cancelled earlier attempt, finishing after we claimed the episode again
+        token = held.claim.token  # recorded in the attempt: the dashboard shows it
         if done.kind == "released" and done.episode_id in self._cancel_seen:
             # its cancel was forwarded, and the commit deletes the marker: putting it back would
             # run a cancelled episode again (a worker that died before reporting the cancel)
-            final = finish_attempt(record, State.CANCELLED, now, "cancelled", None)
+            final = finish_attempt(record, State.CANCELLED, now, "cancelled", None, token=token)
         elif done.kind == "released":  # the host's failure, not the episode's (pool.py, worker.py)
-            final = release(record, now, done.error or "released")
+            final = release(record, now, done.error or "released", token)
         elif (
             done.kind == "timeout"
             and record.spec.on_timeout == "retry"
             and spent_attempts(record) < record.spec.max_attempts
         ):
-            final = finish_attempt(record, State.PENDING, now, done.error, done.result, done.events)
+            final = finish_attempt(record, State.PENDING, now, done.error, done.result, done.events, token=token)
         else:
             state = _DONE_STATES.get(done.kind, State.FAILED)
-            final = finish_attempt(record, state, now, done.error, done.result, done.events)
+            final = finish_attempt(record, state, now, done.error, done.result, done.events, token=token)
         if not held.finals:
             held.first_final_at = time.monotonic()
         held.finals[done.episode_id] = final
@@ -154,7 +155,7 @@ class Committing(Claiming):
         for held in list(self._held.values()):
             finals = [*held.finals.values()]
             finals += [
-                release(r, now, f"released by draining host {self.host}")
+                release(r, now, f"released by draining host {self.host}", held.claim.token)
                 for i, r in held.records.items()
                 if i not in held.finals
             ]
