@@ -344,6 +344,7 @@ class AgentProcess:
         wrapper: Sequence[str] = (),
         dashboard: bool = False,
         token: str = "",
+        options: Sequence[str] = (),
     ) -> None:
         self.registry = registry
         self.host_id = host_id
@@ -357,6 +358,7 @@ class AgentProcess:
         self.dashboard = dashboard
         self.token = token
         self.wrapper = list(wrapper)  # runs the agent under it, e.g. ``ip netns exec NS`` (which execs: same pid)
+        self.options = list(options)  # more flags for openrange-agent
         self.proc: subprocess.Popen[bytes] | None = None
         self.joined_at = 0.0  # wall clock time the mesh saw it join
 
@@ -391,7 +393,7 @@ class AgentProcess:
             argv += ["--dashboard-token", self.token] if self.token else []
         else:
             argv.append("--no-dashboard")  # most tests need no HTTP: one process less per agent
-        return argv + (["--grace", str(self.grace)] if self.grace is not None else [])
+        return argv + (["--grace", str(self.grace)] if self.grace is not None else []) + self.options
 
     def start(self) -> AgentProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPENRANGE_")}
@@ -550,9 +552,11 @@ class Mesh:
         wrapper: Sequence[str] = (),
         dashboard: bool = False,
         token: str = "",
+        options: Sequence[str] = (),
     ) -> AgentProcess:
         """Start agent ``host`` (a restart if it ran before); ``registry`` and ``store`` override
-        the mesh's, ``wrapper`` runs it under a command (``ip netns exec NS``)."""
+        the mesh's, ``wrapper`` runs it under a command (``ip netns exec NS``), ``options`` are
+        more flags for it."""
         if host in self.agents:
             self.retired.append(self.agents[host])
         incarnation = sum(1 for a in self.retired if a.host_id == host)
@@ -569,6 +573,7 @@ class Mesh:
             wrapper=wrapper,
             dashboard=dashboard,
             token=token,
+            options=options,
         )
         self.agents[host] = agent.start()
         if wait:

@@ -4,6 +4,7 @@ URL moving when the leader is killed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,7 +19,9 @@ from click.testing import CliRunner
 
 from openrange_mesh.cli.main import cli
 from openrange_mesh.dashboard.view import Leader, read_leader
+from openrange_mesh.errors import MeshError
 from openrange_mesh.model import State
+from openrange_mesh.store import open_store
 
 from .etcdkit import EtcdServer
 from .helpers import wait_until
@@ -109,6 +112,8 @@ def test_episodes_page_at_one_revision_and_errors_are_one_line(make_mesh: MakeMe
     assert {e["id"] for e in same_submission["episodes"]} == set(ids), "an id prefix finds that submission's"
     one = get(f"{api}/{ids[0]}").json()["record"]
     assert one["id"] == ids[0] and one["state"] == "succeeded" and one["history"][0]["host"] in mesh.agents
+    token = one["history"][0]["token"]  # its claim's fencing token, recorded as the attempt closed
+    assert isinstance(token, int) and 0 < token <= first["revision"], one["history"]
     for bad, status in [
         ("?state=bogus", 400),
         ("?limit=0", 400),
@@ -224,3 +229,67 @@ def test_a_leader_that_stops_stops_serving_once_its_lease_may_have_expired(
         assert moved.headers["location"] == f"{new.url}/api/episodes?limit=3"
     finally:
         os.kill(agent.pid, signal.SIGCONT)
+
+
+def test_every_agent_serves_its_own_metrics_at_its_dashboard_port(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    mesh = make_mesh(etcd.url)
+    mesh.start(2, dashboard=True)
+    leader = seat(mesh)
+    mesh.wait_finished(mesh.submit_sleeps(4, 0.05))
+    leading = {}
+    for host in mesh.agents:
+        info = mesh.host_info(host)
+        assert info is not None and info.url
+        text = get(f"{info.url}/metrics").text  # a follower answers too: metrics are not redirected
+        assert "# TYPE openrange_episodes_started_total counter" in text, text[:500]
+        line = next(x for x in text.splitlines() if x.startswith("openrange_is_leader"))
+        leading[host] = float(line.split()[-1])
+    assert leading == {h: float(h == leader.host) for h in mesh.agents}
+
+
+def test_summary_counts_what_the_records_say(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    """/api/summary from the leader's watch equals what the records say, for singles and a
+    batch whose members are rewritten in one group record."""
+    mesh = make_mesh(etcd.url)
+    mesh.start(2, dashboard=True)
+    url = seat(mesh).url
+    fine = {"runtime": "sleep", "params": {"seconds": 0.01}}
+    failing = {"runtime": "sleep", "params": {"seconds": 0.01, "mode": "fail"}}
+    ids = mesh.client.submit([fine] * 6 + [failing] * 2)
+    ids += mesh.client.submit([fine] * 10, batch=5)
+    records = mesh.wait_finished(ids)
+    wanted = {"succeeded": 16, "failed": 2}
+
+    def counted() -> dict[str, Any] | None:
+        answer = get(f"{url}/api/summary").json()
+        return answer if {k: v for k, v in answer["counts"].items() if v} == wanted else None
+
+    answer = wait_until(counted, 10, what=f"the summary to count {wanted}")
+    assert answer["durations"]["count"] == 18
+    assert sum(g["count"] for g in answer["errors"]) == 2
+    assert {h["id"]: h["capacity"] for h in answer["hosts"]} == {"h1": 2, "h2": 2}
+    assert sum(n for _, n in answer["finished_per_s"]) * answer["bucket_s"] == pytest.approx(18)
+    assert len(records) == 18
+
+
+def test_the_leader_writes_the_run_report_to_the_store_and_at_its_drain(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    mesh = make_mesh(etcd.url)
+    leader = mesh.start_agent("h1", dashboard=True, options=["--report-interval", "1"])
+    seat(mesh)
+    store = open_store(str(mesh.store))
+    ids = mesh.submit_sleeps(3, 0.05)
+    mesh.wait_finished(ids)
+
+    def reported(count: int) -> dict[str, Any] | None:
+        with contextlib.suppress(MeshError, ValueError):
+            data = json.loads(store.get_bytes("reports/latest.json"))
+            return data if data["counts"]["succeeded"] == count else None
+        return None
+
+    wait_until(lambda: reported(3), 15, what="a report of 3 episodes in the store")
+    assert b"<script" in store.get_bytes("reports/latest.html")
+    more = mesh.submit_sleeps(2, 0.05)
+    mesh.wait_finished(more)
+    leader.terminate()  # a drain: the leader's last report, whatever the interval
+    assert leader.wait(30) == 0
+    assert reported(5) is not None

@@ -582,6 +582,29 @@ def test_watch_and_range_from_a_compacted_revision_raise_compacted(
         watch.cancel()
 
 
+def test_the_observer_is_told_of_each_request(registry: Registry, prefix: bytes) -> None:
+    seen: list[tuple[str, float, str | None]] = []
+    registry.observer = lambda operation, seconds, kind: seen.append((operation, seconds, kind))
+    try:
+        lease = registry.grant(5)
+        registry.refresh(lease)
+        assert registry.time_to_live(lease) is not None
+        put(registry, prefix + b"k", b"v", lease)
+        registry.get(prefix + b"k")
+        registry.range(prefix)
+        registry.revoke(lease)
+        with pytest.raises(LeaseLost):
+            registry.refresh(lease)
+    finally:
+        registry.observer = None
+    registry.get(prefix + b"k")  # nobody is told
+    assert [operation for operation, _, _ in seen] == [
+        "lease_grant", "lease_refresh", "lease_ttl", "txn", "get", "range", "lease_revoke", "lease_refresh"
+    ]  # fmt: skip
+    assert all(0 <= seconds < 5 for _, seconds, _ in seen), seen
+    assert all(kind is None for _, _, kind in seen), seen  # a lost lease is an answer, not a failure
+
+
 # -- memory backend specifics: how URLs map to stores, and the bounded history
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 import sys
 import textwrap
@@ -131,6 +132,21 @@ def test_no_endpoint_answering_is_unavailable_after_retry_timeout(opened: list[R
     elapsed = time.monotonic() - started
     assert 0.8 <= elapsed <= 1.5, elapsed  # kept retrying for the budget, and no longer
     assert "connection refused" in down.value.reason
+
+
+def test_the_observer_tells_a_refusal_from_a_timeout_and_sees_each_attempt(opened: list[Registry]) -> None:
+    seen: list[tuple[str, str | None]] = []
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections (the backlog), never answers
+    try:
+        url = f"etcd://127.0.0.1:{free_port()},127.0.0.1:{silent.getsockname()[1]}"
+        registry = open_(opened, url, retry_timeout=1.0)
+        registry.observer = lambda operation, _seconds, kind: seen.append((operation, kind))
+        with pytest.raises(Unavailable):
+            registry.get(b"/k")
+    finally:
+        silent.close()
+    assert len(seen) >= 2 and {operation for operation, _ in seen} == {"get"}, seen
+    assert {kind for _, kind in seen} == {"unavailable", "timeout"}, seen  # refused by one, silence from the other
 
 
 def test_cluster_member_killed_mid_use(tmp_path: Path, prefix: bytes, opened: list[Registry]) -> None:

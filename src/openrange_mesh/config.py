@@ -32,6 +32,7 @@ ENV_RETRY_TIMEOUT = "OPENRANGE_RETRY_TIMEOUT"
 ENV_LABELS = "OPENRANGE_LABELS"
 ENV_LOG_LEVEL = "OPENRANGE_LOG_LEVEL"
 ENV_RETENTION = "OPENRANGE_RETENTION"
+ENV_METRICS_PORT = "OPENRANGE_METRICS_PORT"
 ENV_CACERT = "OPENRANGE_CACERT"
 ENV_CERT = "OPENRANGE_CERT"
 ENV_KEY = "OPENRANGE_KEY"
@@ -41,6 +42,7 @@ ENV_DASHBOARD_HOST = "OPENRANGE_DASHBOARD_HOST"
 ENV_DASHBOARD_PORT = "OPENRANGE_DASHBOARD_PORT"
 ENV_DASHBOARD_URL = "OPENRANGE_DASHBOARD_URL"
 ENV_DASHBOARD_TOKEN = "OPENRANGE_DASHBOARD_TOKEN"
+ENV_REPORT_INTERVAL = "OPENRANGE_REPORT_INTERVAL"
 DEFAULT_DASHBOARD_PORT = 7465
 # etcdctl's own, honoured where ours are unset: a host set up for etcdctl needs nothing more.
 ETCDCTL_ENDPOINTS = "ETCDCTL_ENDPOINTS"
@@ -67,6 +69,8 @@ _ENV = {
     "dashboard_port": ENV_DASHBOARD_PORT,
     "dashboard_url": ENV_DASHBOARD_URL,
     "dashboard_token": ENV_DASHBOARD_TOKEN,
+    "report_interval": ENV_REPORT_INTERVAL,
+    "metrics_port": ENV_METRICS_PORT,
 }
 # etcd credentials and TLS files, as etcdctl's flags name them -> (our variable, etcdctl's)
 ACCESS_ENV = {
@@ -156,6 +160,12 @@ class Settings:
     dashboard_port: int = DEFAULT_DASHBOARD_PORT  # 0: a free port
     dashboard_url: str = ""  # how others reach it; default http://<hostname or host>:<port>
     dashboard_token: str = field(default="", repr=False)  # needed to cancel from the page; none: read-only
+    # The leader's server writes the run report to the store this often (seconds; 0: never), and
+    # the leader at a drain (dashboard/report.py: reports/latest.json and .html).
+    report_interval: float = 600.0
+    # Also serve /metrics on this port on every interface (None: only on loopback, for the
+    # dashboard child to proxy).
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         check_name("namespace", self.namespace)
@@ -166,8 +176,12 @@ class Settings:
             raise ConfigError(f"ttl must be at least {MIN_TTL} s (etcd's minimum lease), not {self.ttl}")
         if self.retention < 0:
             raise ConfigError(f"retention must be >= 0 seconds (0 keeps everything), not {self.retention}")
+        if self.report_interval < 0:
+            raise ConfigError(f"report interval must be >= 0 seconds (0: never), not {self.report_interval}")
         if not 0 <= self.dashboard_port < 65536:
             raise ConfigError(f"dashboard port must be 0-65535 (0: a free port), not {self.dashboard_port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics port must be 0-65535, not {self.metrics_port}")
         if self.loop_wait <= 0 or self.retry_timeout <= 0:
             raise ConfigError("loop_wait and retry_timeout must be positive")
         if self.loop_wait + 2 * self.retry_timeout > self.ttl:
@@ -206,7 +220,7 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         try:
             if name == "labels" and isinstance(value, str):
                 value = parse_labels(value)
-            elif types[name] == "int":
+            elif types[name] in ("int", "int | None"):
                 value = int(value)
             elif types[name] == "float":
                 value = float(value)

@@ -54,11 +54,13 @@ class RegistryError(MeshError):
 
 
 class Unavailable(RegistryError):
-    """No endpoint answered within the retry budget. Safe to retry later."""
+    """No endpoint answered within the retry budget. Safe to retry later. ``timed_out``: the last
+    attempt waited for an answer in vain (a hung or overloaded etcd), rather than being refused."""
 
-    def __init__(self, endpoints: str, reason: str) -> None:
+    def __init__(self, endpoints: str, reason: str, *, timed_out: bool = False) -> None:
         self.endpoints = endpoints
         self.reason = reason
+        self.timed_out = timed_out
         super().__init__(f"etcd unavailable at {endpoints}: {reason}")
 
 

@@ -170,6 +170,7 @@ class Attempt:
     error: str | None = None
     batch: str | None = None  # the claim id, when the attempt ran in a batch (its events are shared)
     events: str | None = None  # the shared events file of a short attempt's events (layout.shared_events_path)
+    token: int | None = None  # its claim's fencing token (the claim key's create_revision), once closed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -181,6 +182,7 @@ class Attempt:
             "error": self.error,
             "batch": self.batch,
             "events": self.events,
+            "token": self.token,
         }
 
 
@@ -444,6 +446,7 @@ _ATTEMPT_TYPES: dict[str, tuple[type, ...]] = {
     "error": _OPT_STR,
     "batch": _OPT_STR,
     "events": _OPT_STR,
+    "token": (int, type(None)),
 }
 _RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "id": (str,),

@@ -293,7 +293,7 @@ class EpisodeService:
             state, error = State.CANCELLED, "stopped before reaching a terminal state"
         else:
             state, error = (State.SUCCEEDED, None) if outcome.succeeded else (State.FAILED, outcome.error)
-        final = finish_attempt(running.record, state, time.time(), error, dict(result))
+        final = finish_attempt(running.record, state, time.time(), error, dict(result), token=running.claim.claim.token)
         self._save_artifacts(final, running.events)
         return final
 

@@ -27,7 +27,9 @@ from ..config import (
     ENV_HOST_ID,
     ENV_LABELS,
     ENV_LOG_LEVEL,
+    ENV_METRICS_PORT,
     ENV_NAMESPACE,
+    ENV_REPORT_INTERVAL,
     ENV_RETENTION,
     ENV_STORE,
     ETCDCTL_ENDPOINTS,
@@ -55,6 +57,12 @@ log = logging.getLogger("openrange_mesh.agent")
     envvar=ENV_RETENTION,
     help="Seconds to keep acked finished records (default 7 days; 0 keeps all). The leader collects.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    envvar=ENV_METRICS_PORT,
+    help="Also serve Prometheus /metrics on this port, every interface (default: only through the dashboard).",
+)
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Drain grace period on SIGTERM.")
 @click.option(
     "--dashboard-host", envvar=ENV_DASHBOARD_HOST, help="Address the HTTP server listens on (default 0.0.0.0)."
@@ -72,6 +80,12 @@ log = logging.getLogger("openrange_mesh.agent")
     "--dashboard-token", envvar=ENV_DASHBOARD_TOKEN, help="Needed to cancel from the page (default: read-only)."
 )
 @click.option("--no-dashboard", is_flag=True, help="Serve no HTTP at all (the mesh gets no dashboard from this host).")
+@click.option(
+    "--report-interval",
+    type=click.FloatRange(min=0),
+    envvar=ENV_REPORT_INTERVAL,
+    help="Seconds between run reports the leader writes to the store (default 600; 0: never).",
+)
 @click.option("--log-level", envvar=ENV_LOG_LEVEL, default="INFO", show_default=True)
 def main(
     etcd: str | None,
@@ -82,12 +96,14 @@ def main(
     ttl: int | None,
     labels: str | None,
     retention: float | None,
+    metrics_port: int | None,
     grace: float,
     dashboard_host: str | None,
     dashboard_port: int | None,
     dashboard_url: str | None,
     dashboard_token: str | None,
     no_dashboard: bool,
+    report_interval: float | None,
     log_level: str,
     **access: str | None,
 ) -> None:
@@ -123,6 +139,8 @@ def main(
                 "dashboard_port": dashboard_port,
                 "dashboard_url": dashboard_url,
                 "dashboard_token": dashboard_token,
+                "report_interval": report_interval,
+                "metrics_port": metrics_port,
             }
         )
         if ttl is not None:

@@ -38,6 +38,7 @@ COMMANDS = {
     "submit": "submit",
     "wait": "wait",
     "cancel": "cancel",
+    "report": "report",
     "up": "up",
 }
 EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 1, 2, 3, 130
@@ -98,7 +99,7 @@ def _quiet_stdout() -> None:
 
 
 HELP = f"""Run and inspect RL episodes across the mesh: list, submit, wait for, show and cancel
-episodes; list hosts; run a whole mesh on this machine with `up`.
+episodes; list hosts; report on a run; run a whole mesh on this machine with `up`.
 
 \b
 Examples:
@@ -108,6 +109,7 @@ Examples:
   openrange-mesh submit --runtime gymnasium -p env=CartPole-v1 -n 100 --seed 0 | openrange-mesh wait -
   openrange-mesh ls --state failed -o wide
   openrange-mesh show ID --store /mnt/nfs/openrange
+  openrange-mesh report --since 2h -o run.html      # one offline page: charts, hosts, errors
 
 \b
 Environment:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -47,12 +48,17 @@ def build_app(state: State) -> Starlette:
     async def leader_here(request: Request) -> Response:  # every agent answers it, leader or not
         return await leader(request, state)
 
+    async def metrics_here(request: Request) -> Response:  # every agent's own, leader or not
+        return await metrics(state)
+
     routes = [
         Route("/api/leader", leader_here),
+        Route("/metrics", metrics_here),
         Route("/api/hosts", leading(hosts)),
         Route("/api/episodes", leading(episodes)),
         Route("/api/episodes/{episode_id}", leading(episode)),
         Route("/api/episodes/{episode_id}/events", leading(events)),
+        Route("/api/summary", leading(summary)),
         Route("/api/stream", leading(lambda r, s: stream(r, s, hosts_json))),
         Route("/api/cancel", leading(cancel), methods=["POST"]),
         Route("/", leading(page)),
@@ -92,6 +98,23 @@ async def leader(request: Request, state: State) -> Response:
     if seat is None:
         return error(503, "no leader elected")
     return JSONResponse({"host": seat.host, "url": seat.url, "term": seat.term})
+
+
+async def metrics(state: State) -> Response:
+    """The agent's own metrics (mesh/metrics.py), served by it on loopback: relayed as they are."""
+    port = state.config.metrics_port
+    if port is None:
+        return error(404, "this server has no agent metrics to show")
+    try:
+        body, content_type = await asyncio.to_thread(_fetch, f"http://127.0.0.1:{port}/metrics")
+    except OSError as exc:
+        return error(503, f"the agent's metrics did not answer: {exc}")
+    return Response(body, media_type=content_type)
+
+
+def _fetch(url: str) -> tuple[bytes, str]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read(), response.headers.get("Content-Type", "text/plain")
 
 
 def hosts_json(state: State) -> dict[str, Any]:
@@ -137,6 +160,12 @@ async def episodes(request: Request, state: State) -> Response:
             "total": total,
         }
     )
+
+
+async def summary(request: Request, state: State) -> Response:
+    index = await wait_index(state)
+    _, live, _ = state.view.hosts()
+    return JSONResponse(index.summary({h.id: h.capacity for h in live}))
 
 
 async def episode(request: Request, state: State) -> Response:

@@ -7,7 +7,9 @@ sort by creation), newest first when paged. A page is read at a cursor's revisio
 created after it are left out, so pages stay stable while new episodes arrive.
 
 Changes are also appended to a bounded log, ``(revision, summary)``, which the live stream
-reads from a client's last revision; a client further behind than the log gets a reset.
+reads from a client's last revision; a client further behind than the log gets a reset. And
+they feed a ``Tally`` (``/api/summary``): the watch brings each key's previous value, so the
+index keeps no record to know what a changed episode was before.
 
 Threads: the follow thread writes; request handlers read. ``_lock`` guards every field.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +29,7 @@ from ..mesh.catalog import Catalog
 from ..mesh.follow import Follower
 from ..model import EpisodeRecord, decode_or_none, decode_records
 from ..registry import Event, KeyValue, Registry
+from .tally import Tally
 
 log = logging.getLogger(__name__)
 
@@ -83,24 +87,21 @@ class Summary:
         }
 
 
-Listener = Callable[[EpisodeRecord | None, EpisodeRecord | None], None]
-
-
 class EpisodeIndex:
-    def __init__(self, registry: Registry, keys: Keys, on_change: Listener | None = None) -> None:
+    def __init__(self, registry: Registry, keys: Keys) -> None:
         self.registry = registry
         self.keys = keys
-        self.on_change = on_change  # (old, new) records, for an aggregate (dashboard/tally.py)
         self.revision = 0
         self.ready = threading.Event()
         self._by_id: dict[str, Summary] = {}
-        self._records: dict[str, EpisodeRecord] = {}  # for on_change's "old"; only with a listener
+        self._tally = Tally()
         self._ids: list[str] = []  # sorted
         self._members: dict[bytes, tuple[str, ...]] = {}  # key -> the episodes it holds
+        self._home: dict[str, bytes] = {}  # episode -> the key that holds it now
         self._changes: list[tuple[int, Summary | str]] = []  # in revision order; str: a deleted id
         self._forgotten = 0  # changes up to this revision are no longer kept
         self._lock = threading.Lock()
-        self._follower = Follower(registry, keys.episodes(), on_relist=self._load)
+        self._follower = Follower(registry, keys.episodes(), prev_kv=True, on_relist=self._load)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="episode-index", daemon=True)
 
@@ -145,6 +146,11 @@ class EpisodeIndex:
         with self._lock:
             return [s.id for s in self._by_id.values() if s.state in states and where(s)]
 
+    def summary(self, hosts: dict[str, int]) -> dict[str, Any]:
+        """The Tally's ``/api/summary`` answer, at the index's revision."""
+        with self._lock:
+            return self._tally.summary(time.time(), hosts=hosts, revision=self.revision)
+
     def count(self) -> int:
         with self._lock:
             return len(self._ids)
@@ -165,8 +171,9 @@ class EpisodeIndex:
     def _load(self, revision: int | None) -> None:
         """Every episode as of ``revision`` (default now), paged at one revision."""
         by_id: dict[str, Summary] = {}
-        records: dict[str, EpisodeRecord] = {}
         members: dict[bytes, tuple[str, ...]] = {}
+        home: dict[str, bytes] = {}
+        tally, now = Tally(), time.time()
         at = revision or 0
         for kv, read_at in Catalog(self.registry, self.keys).scan(self.keys.episodes(), revision):
             at = read_at
@@ -174,55 +181,52 @@ class EpisodeIndex:
             members[kv.key] = tuple(r.id for r in found)
             for record in found:
                 by_id[record.id] = Summary.of(record, kv.create_revision)
-                if self.on_change is not None:
-                    records[record.id] = record
+                home[record.id] = kv.key
+                tally.add(record, now)
         if not at:
             at = self.registry.range(self.keys.episodes(), limit=1).revision
         with self._lock:
-            old = self._records
-            self._by_id, self._records, self._members = by_id, records, members
+            self._by_id, self._members, self._home, self._tally = by_id, members, home, tally
             self._ids = sorted(by_id)
             self._changes, self._forgotten = [], at  # a listing: what happened before is unknown
             self.revision = at
-        if self.on_change is not None:
-            self._replayed(old, records)
         self._follower.start(at)
         self.ready.set()
 
-    def _replayed(self, old: dict[str, EpisodeRecord], new: dict[str, EpisodeRecord]) -> None:
-        assert self.on_change is not None
-        for episode_id in old.keys() - new.keys():
-            self.on_change(old[episode_id], None)
-        for episode_id, record in new.items():
-            self.on_change(old.get(episode_id), record)
-
     def _apply(self, events: list[Event]) -> None:
+        now = time.time()
         for event in events:
             found = self._decode(event.kv) if event.type == "put" else []
+            before = {r.id: r for r in self._decode(event.prev)} if event.prev is not None else {}
             with self._lock:
-                self._apply_one(event, found)
+                self._apply_one(event, found, before, now)
                 self.revision = max(self.revision, event.kv.mod_revision)
 
-    def _apply_one(self, event: Event, found: Iterable[EpisodeRecord]) -> None:
+    def _apply_one(
+        self, event: Event, found: Iterable[EpisodeRecord], before: dict[str, EpisodeRecord], now: float
+    ) -> None:
         revision = event.kv.mod_revision
-        before = self._members.pop(event.kv.key, ())
-        now: list[str] = []
+        held = self._members.pop(event.kv.key, ())
+        kept: list[str] = []
         for record in found:
-            now.append(record.id)
+            kept.append(record.id)
+            self._home[record.id] = event.kv.key
+            old = before.get(record.id)
+            if old is not None and old == record:
+                continue  # a group rewritten for its other members
+            self._tally.update(old, record, now)
             summary = Summary.of(record, event.kv.create_revision)
             if record.id not in self._by_id:
                 bisect.insort(self._ids, record.id)
-            elif self._by_id[record.id] == summary:
-                continue
             self._by_id[record.id] = summary
             self._log(revision, summary)
-            if self.on_change is not None:
-                self.on_change(self._records.get(record.id), record)
-                self._records[record.id] = record
-        if now:
-            self._members[event.kv.key] = tuple(now)
-        for gone in set(before) - set(now):
-            self._forget(gone, revision)
+        if kept:
+            self._members[event.kv.key] = tuple(kept)
+        for gone in set(held) - set(kept):
+            self._tally.update(before.get(gone), None, now)
+            if self._home.get(gone) == event.kv.key:  # not moved out to a key of its own (design §6b)
+                del self._home[gone]
+                self._forget(gone, revision)
 
     def _forget(self, episode_id: str, revision: int) -> None:
         if self._by_id.pop(episode_id, None) is None:
@@ -231,8 +235,6 @@ class EpisodeIndex:
         if index < len(self._ids) and self._ids[index] == episode_id:
             del self._ids[index]
         self._log(revision, episode_id)
-        if self.on_change is not None:
-            self.on_change(self._records.pop(episode_id, None), None)
 
     def _log(self, revision: int, change: Summary | str) -> None:
         self._changes.append((revision, change))
@@ -242,5 +244,5 @@ class EpisodeIndex:
             del self._changes[:cut]
 
     @staticmethod
-    def _decode(kv: KeyValue) -> list[EpisodeRecord]:
+    def _decode(kv: KeyValue) -> list[EpisodeRecord]:  # a corrupt value is logged and counts as none
         return decode_or_none(decode_records, kv.value, kv.key) or []

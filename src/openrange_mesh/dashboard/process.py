@@ -42,6 +42,7 @@ class DashboardConfig:
     token: str = field(default="", repr=False)
     metrics_port: int | None = None  # the agent's own metrics on loopback, proxied at /metrics
     log_level: str = "INFO"
+    report_interval: float = 0.0  # seconds between reports written to the store while leading; 0: none
 
     @classmethod
     def of(cls, settings: Settings, metrics_port: int | None = None) -> DashboardConfig:
@@ -55,6 +56,7 @@ class DashboardConfig:
             settings.dashboard_token,
             metrics_port,
             settings.log_level,
+            settings.report_interval,
         )
 
 

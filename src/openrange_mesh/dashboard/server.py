@@ -22,6 +22,7 @@ from ..registry import Registry, open_registry
 from ..store import Store, open_store
 from .index import EpisodeIndex
 from .process import DashboardConfig
+from .report import write_report
 from .view import MeshView
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class State:
     def start(self) -> None:
         self.view.start()
         threading.Thread(target=self._watch_serving, name="serving", daemon=True).start()
+        if self.config.report_interval and self.store is not None:
+            threading.Thread(target=self._write_reports, name="reports", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -71,6 +74,20 @@ class State:
                 log.info("no longer leading: index dropped")
                 index, self.index = self.index, None
                 index.stop()
+
+    def _write_reports(self) -> None:
+        """The run report in the shared store every ``report_interval`` while leading: here,
+        not in the agent, since building one reads every record (seconds at 100k)."""
+        assert self.store is not None
+        while not self._stop.wait(self.config.report_interval):
+            if not self.serving:
+                continue
+            try:
+                paths = write_report(self.registry, self.keys, self.store)
+            except Exception as exc:  # a store or etcd hiccup: the next interval tries again
+                log.warning("could not write the run report: %s", exc)
+            else:
+                log.info("run report written: %s", ", ".join(self.store.location(p) for p in paths))
 
 
 def main(config: DashboardConfig, conn: Connection, serving: Any) -> None:

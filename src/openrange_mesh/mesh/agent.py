@@ -15,10 +15,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from wsgiref.simple_server import WSGIServer
 
 from ..config import Settings
 from ..dashboard.process import DashboardConfig, DashboardProcess
-from ..errors import Compacted, RegistryError, StoreError
+from ..errors import Compacted, ConfigError, MeshError, RegistryError, StoreError
 from ..keys import Keys
 from ..model import EpisodeRecord
 from ..registry import Registry, open_registry
@@ -32,6 +34,7 @@ from .homes import Versioned
 from .leader import Leadership
 from .lease import LeaseKeeper
 from .ledger import Ledger, claim_episode_ids
+from .metrics import Metrics, stop_serving
 from .pool import WorkerPool
 from .queue import QueueEntry
 from .watching import Watching
@@ -49,11 +52,18 @@ class Agent(Watching):
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         self.settings = settings
         self.host = settings.host_id
+        self.metrics = Metrics(self.host)
+        self.metrics_port: int | None = None  # /metrics on 127.0.0.1, for the dashboard child (set by run())
+        self._metrics_servers: list[WSGIServer] = []
         self.registry = registry or open_registry(settings.registry, retry_timeout=settings.retry_timeout)
+        if self.registry.observer is None:
+            self.registry.observer = self.metrics.observe_request
         self.keys = Keys(settings.namespace)
         self.ledger = Ledger(self.registry, self.keys)
         self.catalog = Catalog(self.registry, self.keys)
-        self.lease = LeaseKeeper(self.registry, settings.ttl, interval=settings.loop_wait, on_renewed=self._renewed)
+        self.lease = LeaseKeeper(
+            self.registry, settings.ttl, interval=settings.loop_wait, on_renewed=self._renewed, metrics=self.metrics
+        )
         self._waker = Waker()
         self.health = Health()
         self.pool = WorkerPool(settings.capacity, settings.store, waker=self._waker, on_fault=self._on_fault)
@@ -97,6 +107,12 @@ class Agent(Watching):
             threading.Thread(target=self._watch_loop, args=(f,), name=f"watch-{i}", daemon=True)
             for i, f in enumerate(self.followers)
         ]
+        self.metrics.track(
+            running=lambda: len(self._owner_of),
+            capacity=lambda: settings.capacity,
+            is_leader=lambda: self.leadership.is_leader,
+            is_sick=lambda: self.health.is_sick,
+        )
 
     # --- public ------------------------------------------------------------------------------
 
@@ -118,12 +134,19 @@ class Agent(Watching):
         return len(self._owner_of)
 
     def run(self) -> None:
-        """Check the store, join the mesh and run until stopped or drained. A store that fails
-        its check raises ``StoreError`` before anything is joined."""
-        self._check_store()
-        if self.dashboard is not None:
-            self.dashboard_url = self.dashboard.start()  # before joining: records and the leader key name it
-        self._join()
+        """Serve metrics, check the store, start the dashboard child, join the mesh and run until
+        stopped or drained. A store that fails its check, or a port taken, raises before anything
+        is joined."""
+        try:
+            self._serve_metrics()
+            self._check_store()
+            if self.dashboard is not None:  # it proxies /metrics to our loopback port
+                self.dashboard.config = replace(self.dashboard.config, metrics_port=self.metrics_port)
+                self.dashboard_url = self.dashboard.start()  # before joining: records and the leader key name it
+            self._join()
+        except BaseException:
+            self._stop_metrics()
+            raise
         self.pool.start()
         for thread in self._watch_threads:
             thread.start()
@@ -132,6 +155,7 @@ class Agent(Watching):
                 self._pass()
                 if self._draining and (not self._held or time.monotonic() >= self._drain_deadline):
                     self._hand_back()
+                    self._last_report()
                     break
                 self._idle(self._wait_time())
         finally:
@@ -209,10 +233,41 @@ class Agent(Watching):
         self._register()
         return f"lost lease, stopped {lost} episodes; rejoined with lease {self.lease.lease:x}"
 
+    def _last_report(self) -> None:
+        """A draining leader leaves the run report in the store (dashboard/report.py), as its
+        server does every ``report_interval`` while it leads."""
+        if not (self.leadership.is_leader and self._store is not None and self.settings.report_interval):
+            return
+        from ..dashboard.report import write_report  # the report's modules: only now
+
+        try:
+            write_report(self.registry, self.keys, self._store)
+        except MeshError as exc:
+            log.warning("could not write the run report at the drain: %s", exc)
+
     def _renewed(self, expires_at: float) -> None:
         """From the lease keeper's thread: the dashboard may serve until then (if we lead)."""
         if self.dashboard is not None:
             self.dashboard.serving.lease_lives_until(expires_at)
+
+    def _serve_metrics(self) -> None:
+        """``/metrics`` on a free loopback port for the dashboard child to proxy
+        (``metrics_port``), and on ``settings.metrics_port`` on every interface if set, for
+        scrapers that come without the dashboard."""
+        self._metrics_servers.append(self.metrics.serve(0, "127.0.0.1"))
+        self.metrics_port = self._metrics_servers[0].server_port
+        port = self.settings.metrics_port
+        if port is None:
+            return
+        try:
+            self._metrics_servers.append(self.metrics.serve(port, "0.0.0.0"))
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on port {port}: {exc.strerror or exc}") from exc
+
+    def _stop_metrics(self) -> None:
+        for server in self._metrics_servers:
+            stop_serving(server)
+        self._metrics_servers.clear()
 
     def _check_store(self) -> None:
         """Write, read back and delete a probe (store/probe.py): a store that cannot be opened
@@ -227,6 +282,7 @@ class Agent(Watching):
 
     def _on_fault(self, reason: str) -> None:
         """An infrastructure failure, from the pool (loop thread)."""
+        self.metrics.faults.inc()
         if self.health.fault(reason):
             log.warning("draining itself: %s; claims again once its checks pass", reason)
             self._host_written = (-1, 0.0)  # say so in the host record now: peers take our entries
@@ -258,6 +314,7 @@ class Agent(Watching):
             except RegistryError:
                 self._dead_hosts.put(dead)  # idempotent: try again next pass, or nobody would
                 raise
+        self.metrics.requeues.inc(len(requeued))
         return f"requeued {len(requeued)} episodes of dead hosts" if requeued else None
 
     def _requeue_claims_of(self, dead: DeadHost) -> list[str]:
@@ -274,7 +331,7 @@ class Agent(Watching):
             if kv.lease == dead.lease:
                 claim_id = self.keys.name_of(kv.key, self.keys.host_claims(dead.host))
                 reason = f"host {dead.host} lost its lease"
-                requeued += self.ledger.requeue(dead.host, claim_id, claim_episode_ids(kv), reason)
+                requeued += self.ledger.requeue(dead.host, claim_id, claim_episode_ids(kv), reason, kv.create_revision)
         return requeued
 
     def _step_cancels(self) -> str | None:
@@ -322,5 +379,6 @@ class Agent(Watching):
             self.dashboard.stop()
         self.lease.stop(revoke=True)
         self.registry.close()
+        self._stop_metrics()
 
     # --- the watch thread --------------------------------------------------------------------

@@ -22,6 +22,7 @@ from .homes import Versioned
 from .leader import Leadership
 from .lease import LeaseKeeper
 from .ledger import Claim, Ledger
+from .metrics import Metrics
 from .pool import WorkerPool
 from .queue import QueueEntry
 
@@ -69,6 +70,7 @@ class AgentState:
     dashboard_url: str  # "" without a dashboard
     followers: list[Follower]
     leadership: Leadership
+    metrics: Metrics
     _waker: Waker
     _stop: threading.Event
     _draining: bool

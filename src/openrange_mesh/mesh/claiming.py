@@ -32,7 +32,6 @@ class Claiming(Joining):
             return None
         adopted = self._adopt_claims() if self._claims_unsure else []
         candidates = self._candidates(self.pool.idle(), self.pool.ahead())
-        claimed: list[str] = []
         try:  # every claim in one round trip, each its own nested txn (Ledger.settle)
             _, won = self.ledger.settle(
                 [], candidates, host=self.host, lease=self.lease.lease, extra=self._host_refresh()
@@ -40,14 +39,7 @@ class Claiming(Joining):
         except RegistryError:
             self._claims_unsure = True  # it may have been applied: look once etcd answers
             raise
-        for (entry, _records), claim in zip(candidates, won, strict=True):
-            # ours now, or a peer stole it, or a cancel changed it (its new version comes
-            # from the watch): either way this version is done with
-            self._forget([entry])
-            if claim is None:
-                continue
-            self._hold(*claim)
-            claimed += claim[0].episode_ids
+        claimed = self._took(candidates, won)
         if candidates and self.pool.idle():
             self.wake()  # claim again for the workers still idle (a lost race frees one)
         line = f"claimed {summary(claimed)}" if claimed else None
@@ -175,10 +167,32 @@ class Claiming(Joining):
                 if queued is not None and queued.mod_revision == entry.mod_revision:
                     del self._queue[entry.name]
 
+    def _took(
+        self,
+        candidates: list[tuple[QueueEntry, dict[str, Versioned]]],
+        won: list[tuple[Claim, list[EpisodeRecord]] | None],
+    ) -> list[str]:
+        """Hold the claims won of ``candidates``; returns their episode ids. Every candidate is
+        done with, whatever the outcome: ours now, or a peer took it, or a cancel changed it (its
+        new version comes from the watch)."""
+        with self._events_lock:
+            ours = {entry.name for entry, _ in candidates if entry.name in self._queue}  # the rest were stolen
+        self._forget([entry for entry, _ in candidates])
+        claimed: list[str] = []
+        for (entry, _records), claim in zip(candidates, won, strict=True):
+            if claim is None:
+                self.metrics.claims["lost"].inc()
+                continue
+            self.metrics.claims["won" if entry.name in ours else "stolen"].inc()
+            self._hold(*claim)
+            claimed += claim[0].episode_ids
+        return claimed
+
     def _hold(self, claim: Claim, running: list[EpisodeRecord]) -> None:
         self._held[claim.claim_id] = Held(claim, {r.id: r for r in running})
         for record in running:
             self._owner_of[record.id] = claim.claim_id
+            self.metrics.attempt_started(record)
         self.pool.dispatch([WorkItem(r.id, r.attempt, r.spec, r.history[-1].batch) for r in running])
 
     def _pairable(self, freed: int) -> list[tuple[QueueEntry, dict[str, Versioned]]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from collections.abc import Sequence
 
 from ..errors import RegistryError
 from ..model import EpisodeRecord, State
@@ -53,12 +54,9 @@ class Committing(Claiming):
                     committed += len(item.finals)
                     self._settled(item)
                 else:
+                    self.metrics.stale_commits.inc()
                     fenced += self._resync(item.claim.claim_id, self._held[item.claim.claim_id])
-            for (entry, _records), claim in zip(entries, won, strict=True):
-                self._forget([entry])  # ours now, or a peer's, or changed by a cancel (see _step_claim)
-                if claim is not None:
-                    self._hold(*claim)
-                    claimed += claim[0].episode_ids
+            claimed += self._took(entries, won)
 
         lines = [
             f"committed {committed} episodes" if committed else "",
@@ -82,6 +80,7 @@ class Committing(Claiming):
     def _settled(self, item: Settlement) -> None:
         held = self._held[item.claim.claim_id]
         self._cancel_seen -= item.cancelled
+        self._count_commit(True, item.finals)
         for record in item.finals:
             del held.records[record.id]
             held.finals.pop(record.id, None)
@@ -92,26 +91,28 @@ class Committing(Claiming):
     def _record_done(self, done: Done, now: float) -> None:
         claim_id = self._owner_of.get(done.episode_id)
         held = self._held.get(claim_id) if claim_id else None
+        self.metrics.attempt_reported(done.kind)
         if held is None or done.episode_id not in held.records:
             return  # a result from a claim we no longer hold
         record = held.records[done.episode_id]
         if done.attempt != record.attempt:
             return  # a cancelled earlier attempt, finishing after we claimed the episode again
+        token = held.claim.token  # recorded in the attempt: the dashboard shows it
         if done.kind == "released" and done.episode_id in self._cancel_seen:
             # its cancel was forwarded, and the commit deletes the marker: putting it back would
             # run a cancelled episode again (a worker that died before reporting the cancel)
-            final = finish_attempt(record, State.CANCELLED, now, "cancelled", None)
+            final = finish_attempt(record, State.CANCELLED, now, "cancelled", None, token=token)
         elif done.kind == "released":  # the host's failure, not the episode's (pool.py, worker.py)
-            final = release(record, now, done.error or "released")
+            final = release(record, now, done.error or "released", token)
         elif (
             done.kind == "timeout"
             and record.spec.on_timeout == "retry"
             and spent_attempts(record) < record.spec.max_attempts
         ):
-            final = finish_attempt(record, State.PENDING, now, done.error, done.result, done.events)
+            final = finish_attempt(record, State.PENDING, now, done.error, done.result, done.events, token=token)
         else:
             state = _DONE_STATES.get(done.kind, State.FAILED)
-            final = finish_attempt(record, state, now, done.error, done.result, done.events)
+            final = finish_attempt(record, state, now, done.error, done.result, done.events, token=token)
         if not held.finals:
             held.first_final_at = time.monotonic()
         held.finals[done.episode_id] = final
@@ -154,19 +155,28 @@ class Committing(Claiming):
         for held in list(self._held.values()):
             finals = [*held.finals.values()]
             finals += [
-                release(r, now, f"released by draining host {self.host}")
+                release(r, now, f"released by draining host {self.host}", held.claim.token)
                 for i, r in held.records.items()
                 if i not in held.finals
             ]
             try:
-                self.ledger.commit(
+                landed = self.ledger.commit(
                     held.claim, finals, last=True, cancelled=self._cancel_seen.intersection(held.records)
                 )
+                self._count_commit(landed, finals)
             except RegistryError as exc:
                 log.warning("could not hand back claim %s (%s); its lease expiry will", held.claim.claim_id, exc)
         log.info("drained: handed back %d claims", len(self._held))
         self._held.clear()
         self._owner_of.clear()
+
+    def _count_commit(self, landed: bool, finals: Sequence[EpisodeRecord]) -> None:
+        if not landed:
+            self.metrics.stale_commits.inc()
+            return
+        self.metrics.commits.inc()
+        for record in finals:
+            self.metrics.attempt_committed(record)
 
     def _wait_time(self) -> float:
         due = [h.first_final_at + COMMIT_LINGER for h in self._held.values() if h.finals]

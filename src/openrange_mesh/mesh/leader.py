@@ -30,6 +30,7 @@ class Leadership:
         self.agent = agent
         self.is_leader = False
         self.leader: str | None = None  # None: unknown or vacant
+        self._term: tuple[str, int] | None = None  # the last leader seen, and its key's create_revision
         self.sweep_due = True
         self._next_sweep = 0.0
 
@@ -43,9 +44,18 @@ class Leadership:
             self.leader = None
             self.is_leader = False
             return True
-        self.leader = leader_host(event.kv.value)
-        self.is_leader = self.leader == self.agent.host
+        self._follow(leader_host(event.kv.value), event.kv.create_revision)
         return False
+
+    def _follow(self, leader: str | None, created: int) -> None:
+        """Note the leader a key names; a new one (another host, or a new key) is a leader
+        change. Both the watch thread and the loop see our own election: counted once, as one
+        key. (The two may race on ``_term``: at worst a change counted twice.)"""
+        self.leader = leader
+        self.is_leader = leader == self.agent.host
+        if leader is not None and self._term != (leader, created):
+            self._term = (leader, created)
+            self.agent.metrics.leader_changes.inc()
 
     def step(self) -> str | None:
         agent = self.agent
@@ -56,6 +66,7 @@ class Leadership:
             agent.dashboard.serving.lead(self.is_leader)
         if self.sweep_due or (self.is_leader and time.monotonic() >= self._next_sweep):
             requeued = sweep(agent)
+            agent.metrics.requeues.inc(requeued)
             self.sweep_due = False
             self._next_sweep = time.monotonic() + self.sweep_interval
             if requeued:
@@ -72,6 +83,7 @@ class Leadership:
         seat = {"host": agent.host, **({"url": agent.dashboard_url} if agent.dashboard_url else {})}
         mine = Put(key, pack(seat), agent.lease.lease)
         result = agent.registry.txn([Compare(key, "create", "==", 0)], [mine])
+        created = result.revision  # our txn created the key
         cleared = ""
         if not result.succeeded:
             kv, _ = agent.registry.get(key)
@@ -79,14 +91,15 @@ class Leadership:
                 # Nobody will ever free this seat: take it by compare-and-swap on the version we
                 # read, so a real leader elected meanwhile is never displaced.
                 result = agent.registry.txn([Compare(key, "mod", "==", kv.mod_revision)], [mine])
+                created = kv.create_revision  # rewritten, not created anew
                 cleared = f"replaced a leader key that {why}; " if result.succeeded else ""
             else:
-                self.leader = leader_host(kv.value) if kv else None
-                self.is_leader = self.leader == agent.host
+                self._follow(leader_host(kv.value) if kv else None, kv.create_revision if kv else 0)
                 return f"following leader {self.leader}" if self.leader else None
         if not result.succeeded:
             return None  # someone else took the seat just now: its watch event names them
-        self.leader, self.is_leader, self.sweep_due = agent.host, True, True
+        self._follow(agent.host, created)
+        self.sweep_due = True
         if cleared:
             log.warning("%s", cleared.rstrip("; "))
         return f"{cleared}elected leader of namespace {agent.keys.namespace}"

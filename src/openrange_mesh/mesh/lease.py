@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from ..errors import LeaseLost, RegistryError, Unavailable
 from ..registry import Registry
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ class LeaseKeeper:
         interval: float | None = None,
         on_lost: Callable[[int], None] | None = None,
         on_renewed: Callable[[float], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.registry = registry
+        self.metrics = metrics
         self.ttl = ttl
         self.interval = interval if interval is not None else ttl / 3
         self.on_lost = on_lost
@@ -102,6 +105,12 @@ class LeaseKeeper:
         except LeaseLost:
             self._lost(lease)
             return False
+        except RegistryError:
+            if self.metrics is not None:
+                self.metrics.lease_refresh_failures.inc()
+            raise
+        if self.metrics is not None:
+            self.metrics.lease_refresh.observe(time.monotonic() - sent)
         self._renewed(lease, sent)
         return True
 
@@ -144,6 +153,8 @@ class LeaseKeeper:
                 return
             self._lease = 0
             self._expires_at = 0.0
+        if self.metrics is not None:
+            self.metrics.leases_lost.inc()
         log.warning("lease %x lost: etcd says it expired", lease)
         if self.on_lost is not None:
             self.on_lost(lease)

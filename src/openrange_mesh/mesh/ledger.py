@@ -367,10 +367,13 @@ class Ledger:
                 claim.homes[versioned.home.key] = versioned.home
         return {i for i, v in current.items() if _held_by(v.record, claim.host, claim.claim_id)}
 
-    def requeue(self, host: str, claim_id: str, episode_ids: Sequence[str], reason: str) -> list[str]:
+    def requeue(
+        self, host: str, claim_id: str, episode_ids: Sequence[str], reason: str, token: int | None = None
+    ) -> list[str]:
         """Put back the episodes of a claim whose key is gone (its owner's lease expired, or the
         owner released it). Idempotent: episodes no longer running under that claim are left
-        alone, and a racing peer's requeue makes ours fail its compares. Returns requeued ids."""
+        alone, and a racing peer's requeue makes ours fail its compares. Returns requeued ids.
+        ``token``: the claim's fencing token, recorded in the attempts it closes, if known."""
         claim_key = self.keys.claim(host, claim_id)
         current = self.read(episode_ids)
         mine = [
@@ -387,7 +390,9 @@ class Ledger:
         # Markers past what fits are left to retention, which deletes them with their records.
         room = PART_OPS - sum(1 for v in mine if v.home is None)
         ops: list[Op] = [Delete(self.keys.cancel(i)) for i in sorted(cancelled)[: max(room, 0)]]
-        changes = [(_requeued(v.record, now, reason, cancel=v.record.id in cancelled), v.home) for v in mine]
+        changes = [
+            (_requeued(v.record, now, reason, cancel=v.record.id in cancelled, token=token), v.home) for v in mine
+        ]
         ops += rewrite(self.keys, changes, claim_ends=True).ops
         if not self.registry.txn(compares, ops).succeeded:
             return []  # a peer got there first, or the claim came back: both fine
@@ -505,13 +510,15 @@ def finish_attempt(
     events: str | None = None,
     *,
     outcome: str | None = None,
+    token: int | None = None,
 ) -> EpisodeRecord:
-    """Close the current attempt (``events``: the shared file its events went to, if they did).
-    A ``PENDING`` state means "retry": attempt + 1, back in the queue. ``outcome`` defaults to
-    "retried" for a retry, else the state."""
+    """Close the current attempt (``events``: the shared file its events went to, if they did;
+    ``token``: its claim's fencing token, where the closer knows it). A ``PENDING`` state means
+    "retry": attempt + 1, back in the queue. ``outcome`` defaults to "retried" for a retry,
+    else the state."""
     last = record.history[-1] if record.history else Attempt(record.attempt, record.owner or "?", now)
     outcome = outcome or ("retried" if state is State.PENDING else state.value)
-    closed = Attempt(last.n, last.host, last.started_at, now, outcome, error, last.batch, events)
+    closed = Attempt(last.n, last.host, last.started_at, now, outcome, error, last.batch, events, token or last.token)
     history = (*record.history[:-1], closed)
     if state is State.PENDING:
         return record.replace(
@@ -526,10 +533,10 @@ def finish_attempt(
     return record.replace(state=state, finished_at=now, error=error, result=result, claim=None, history=history)
 
 
-def _requeued(record: EpisodeRecord, now: float, reason: str, *, cancel: bool) -> EpisodeRecord:
+def _requeued(record: EpisodeRecord, now: float, reason: str, *, cancel: bool, token: int | None) -> EpisodeRecord:
     if cancel:
-        return finish_attempt(record, State.CANCELLED, now, f"cancelled ({reason})")
-    return give_back(record, now, reason)
+        return finish_attempt(record, State.CANCELLED, now, f"cancelled ({reason})", token=token)
+    return give_back(record, now, reason, token=token)
 
 
 def _requests(parts: Sequence[Txn], extra: int) -> list[list[Txn]]:
@@ -558,28 +565,29 @@ def _requests(parts: Sequence[Txn], extra: int) -> list[list[Txn]]:
     return requests
 
 
-def give_back(record: EpisodeRecord, now: float, reason: str) -> EpisodeRecord:
+def give_back(record: EpisodeRecord, now: float, reason: str, token: int | None = None) -> EpisodeRecord:
     """A running episode whose host died or lost its lease: back to pending, or lost once every
     attempt is spent. This spends an attempt: the episode may be what killed its host (memory,
     a kernel panic), and an episode that does so every time must end."""
     spent = spent_attempts(record)
     if spent >= record.spec.max_attempts:
-        return finish_attempt(record, State.LOST, now, f"{reason}; all {record.spec.max_attempts} attempts spent")
-    return finish_attempt(record, State.PENDING, now, reason)
+        lost = f"{reason}; all {record.spec.max_attempts} attempts spent"
+        return finish_attempt(record, State.LOST, now, lost, token=token)
+    return finish_attempt(record, State.PENDING, now, reason, token=token)
 
 
 RELEASED = "released"  # the outcome of an attempt the infrastructure ended: not counted
 MAX_FREE_RELEASES = 20  # then releases count too, so a record's history stays bounded
 
 
-def release(record: EpisodeRecord, now: float, reason: str) -> EpisodeRecord:
+def release(record: EpisodeRecord, now: float, reason: str, token: int | None = None) -> EpisodeRecord:
     """A running episode the infrastructure could not run or finish (its worker could not
     start or died before reporting it, its host's store failed, its host drained): back to
     pending without spending an attempt. The attempt number still moves on (each attempt has
     its own claim id and store directory); after ``MAX_FREE_RELEASES`` releases they count."""
     if sum(1 for a in record.history if a.outcome == RELEASED) >= MAX_FREE_RELEASES:
-        return give_back(record, now, f"{reason} (released {MAX_FREE_RELEASES} times: now it counts)")
-    return finish_attempt(record, State.PENDING, now, reason, outcome=RELEASED)
+        return give_back(record, now, f"{reason} (released {MAX_FREE_RELEASES} times: now it counts)", token)
+    return finish_attempt(record, State.PENDING, now, reason, outcome=RELEASED, token=token)
 
 
 def spent_attempts(record: EpisodeRecord) -> int:

@@ -14,11 +14,14 @@ import importlib
 
 from ..errors import ConfigError
 from .base import (
+    ERROR_KINDS,
+    OPERATIONS,
     Compare,
     Delete,
     Event,
     Get,
     KeyValue,
+    Observer,
     Op,
     Put,
     RangeResult,
@@ -31,11 +34,14 @@ from .base import (
 )
 
 __all__ = [
+    "ERROR_KINDS",
+    "OPERATIONS",
     "Compare",
     "Delete",
     "Event",
     "Get",
     "KeyValue",
+    "Observer",
     "Op",
     "Put",
     "RangeResult",
@@ -48,7 +54,7 @@ __all__ = [
     "prefix_end",
 ]
 
-# scheme -> (module, class). The class is constructed as cls(url, retry_timeout=...).
+# scheme -> (module, class). The class is constructed as cls(url, retry_timeout=..., observer=...).
 _BACKENDS: dict[str, tuple[str, str]] = {
     "memory": ("openrange_mesh.registry.memory", "MemoryRegistry"),
     "etcd": ("openrange_mesh.registry.etcd", "EtcdRegistry"),
@@ -60,9 +66,10 @@ _BACKENDS: dict[str, tuple[str, str]] = {
 }
 
 
-def open_registry(url: str, *, retry_timeout: float = 10.0) -> Registry:
+def open_registry(url: str, *, retry_timeout: float = 10.0, observer: Observer | None = None) -> Registry:
     """Open the registry named by ``url``. ``retry_timeout`` bounds how long one call keeps
-    retrying an unavailable backend before raising ``Unavailable``."""
+    retrying an unavailable backend before raising ``Unavailable``; ``observer`` is told of
+    every request (base.py)."""
     # The first item's scheme decides: an endpoint list repeats it (http://a:2379,http://b:2379).
     scheme, sep, _ = url.split(",", 1)[0].strip().partition("://")
     scheme = scheme if sep else ""
@@ -71,5 +78,5 @@ def open_registry(url: str, *, retry_timeout: float = 10.0) -> Registry:
         raise ConfigError(f"unknown registry URL {url.split('@')[-1]!r}: expected one of {known}, or host:port")
     module_name, class_name = _BACKENDS[scheme]
     cls = getattr(importlib.import_module(module_name), class_name)
-    registry: Registry = cls(url, retry_timeout=retry_timeout)
+    registry: Registry = cls(url, retry_timeout=retry_timeout, observer=observer)
     return registry

@@ -18,14 +18,27 @@ Every backend implements ``Registry`` with etcd's semantics:
   etcd does not even send them, which is the point).
 * Keys and values are bytes. Nothing above the seam sees a third-party exception: backends raise
   only ``errors.RegistryError`` subclasses (``Unavailable`` is the only retryable one).
+* ``observer`` (None by default) is told of every request a backend makes: ``observer(operation,
+  seconds, kind)``, ``operation`` one of ``OPERATIONS``, ``kind`` None when it was answered, else
+  one of ``ERROR_KINDS`` (``error_kind``). The agent points it at its metrics (mesh/metrics.py), so
+  nothing here imports them. It is called on the calling thread, on the hot path: it must be cheap
+  and must not raise. A watch reports ``"watch"`` once each time its stream is opened again
+  (``seconds``: how long the one before lasted).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
+
+from ..errors import Compacted, LeaseLost, RegistryError, TlsError, Unavailable
+
+# What ``Registry.observer`` is told of: the request, and how a failed one failed.
+OPERATIONS = ("txn", "range", "get", "lease_grant", "lease_refresh", "lease_revoke", "lease_ttl", "watch")
+ERROR_KINDS = ("unavailable", "timeout", "tls", "other")
+Observer = Callable[[str, float, "str | None"], None]
 
 CompareTarget = Literal["value", "version", "create", "mod", "lease"]
 CompareOp = Literal["==", "!=", "<", ">"]
@@ -142,6 +155,7 @@ class Registry(Protocol):
     """The control-plane seam. Implementations are thread-safe."""
 
     url: str  # the URL it was opened with, credentials removed (safe to log)
+    observer: Observer | None  # told of every request (see the module docstring); None: nobody
 
     def grant(self, ttl: int) -> int:
         """Grant a lease of ``ttl`` seconds (>= 2 on etcd); return its id."""
@@ -188,6 +202,18 @@ class Registry(Protocol):
     def close(self) -> None:
         """Cancel open watches, release connections. Idempotent."""
         ...
+
+
+def error_kind(exc: RegistryError) -> str | None:
+    """How a request failed, for ``observer``: None for an answer that is a fact about the data
+    (a lease etcd no longer has, a compacted revision), not a failure of etcd or the way to it."""
+    if isinstance(exc, LeaseLost | Compacted):
+        return None
+    if isinstance(exc, TlsError):
+        return "tls"
+    if isinstance(exc, Unavailable):
+        return "timeout" if exc.timed_out else "unavailable"
+    return "other"
 
 
 def prefix_end(prefix: bytes) -> bytes:

@@ -45,11 +45,14 @@ from ..base import (
     Compare,
     Get,
     KeyValue,
+    Observer,
     Op,
     Put,
     RangeResult,
     TxnResult,
+    error_kind,
 )
+from ._causes import timed_out
 from ._transport import (
     _MIN_ATTEMPT,
     _NOT_APPLIED,
@@ -76,7 +79,8 @@ __all__ = ["MAX_REQUEST_BYTES", "Access", "EtcdRegistry", "EtcdWatch", "parse_ur
 
 
 class EtcdRegistry:
-    def __init__(self, url: str, *, retry_timeout: float = 10.0) -> None:
+    def __init__(self, url: str, *, retry_timeout: float = 10.0, observer: Observer | None = None) -> None:
+        self.observer = observer
         self._target = parse_url(url)
         self.url = self._target.url
         self.endpoints = ",".join(self._where(i) for i in range(len(self._target.endpoints)))
@@ -157,6 +161,23 @@ class EtcdRegistry:
     def _attempt(
         self, path: str, payload: Mapping[str, Any], ctx: _Ctx, deadline: float | None = None
     ) -> dict[str, Any]:
+        """One request (a call retries by making several), told to ``observer`` if one is set:
+        one attribute read when none is."""
+        observer = self.observer
+        if observer is None or not ctx.operation:
+            return self._exchange(path, payload, ctx, deadline)
+        began = time.perf_counter()
+        try:
+            result = self._exchange(path, payload, ctx, deadline)
+        except RegistryError as exc:
+            observer(ctx.operation, time.perf_counter() - began, error_kind(exc))
+            raise
+        observer(ctx.operation, time.perf_counter() - began, None)
+        return result
+
+    def _exchange(
+        self, path: str, payload: Mapping[str, Any], ctx: _Ctx, deadline: float | None = None
+    ) -> dict[str, Any]:
         index, client = self._endpoint()
         renew = False
         while True:
@@ -202,7 +223,11 @@ class EtcdRegistry:
             if len(causes) < 2:
                 raise
             raise _Unreachable(
-                self.endpoints, exc.where, "; ".join(causes.values()), maybe_applied=exc.maybe_applied
+                self.endpoints,
+                exc.where,
+                "; ".join(causes.values()),
+                maybe_applied=exc.maybe_applied,
+                timed_out=exc.timed_out,
             ) from exc
         return result
 
@@ -233,7 +258,13 @@ class EtcdRegistry:
         if broken is not None and broken.tls is not None:  # a certificate or protocol problem: not retryable
             return broken.tls(where, broken.reason)
         if broken is not None:
-            return _Unreachable(self.endpoints, where, broken.reason, maybe_applied=not broken.never_sent)
+            return _Unreachable(
+                self.endpoints,
+                where,
+                broken.reason,
+                maybe_applied=not broken.never_sent,
+                timed_out=timed_out(broken.cause) if isinstance(broken.cause, BaseException) else False,
+            )
         message = _error_message(exc)
         lowered = message.lower()
         if "request is too large" in lowered:
@@ -257,7 +288,9 @@ class EtcdRegistry:
             return RegistryError(f"etcd user {user!r} may not {ctx.what}: permission denied")
         if isinstance(exc, ConnectionFailedError | ConnectionTimeoutError) or any(s in lowered for s in _UNAVAILABLE):
             applied = not any(s in lowered for s in _NOT_APPLIED)
-            return _Unreachable(self.endpoints, where, f"{where}: {message}", maybe_applied=applied)
+            return _Unreachable(
+                self.endpoints, where, f"{where}: {message}", maybe_applied=applied, timed_out="timed out" in lowered
+            )
         return RegistryError(f"etcd refused {ctx.what}: {message}")
 
     def _oldest_revision(self) -> int:
@@ -284,13 +317,13 @@ class EtcdRegistry:
 
     def grant(self, ttl: int) -> int:
         # Retried even when an attempt may have been applied: the orphan lease just expires.
-        result = self._call("/lease/grant", {"TTL": ttl, "ID": 0}, _Ctx("grant a lease"))
+        result = self._call("/lease/grant", {"TTL": ttl, "ID": 0}, _Ctx("grant a lease", "lease_grant"))
         if result.get("error"):
             raise RegistryError(f"etcd refused to grant a lease: {result['error']}")
         return _int(result, "ID")
 
     def refresh(self, lease: int) -> int:
-        result = self._call("/lease/keepalive", {"ID": lease}, _Ctx("refresh a lease", lease=lease))
+        result = self._call("/lease/keepalive", {"ID": lease}, _Ctx("refresh a lease", "lease_refresh", lease=lease))
         ttl = _int(result.get("result", result), "TTL")
         if ttl <= 0:  # etcd omits the TTL of an expired lease
             raise LeaseLost(lease)
@@ -298,7 +331,7 @@ class EtcdRegistry:
 
     def time_to_live(self, lease: int) -> tuple[int, int] | None:
         try:
-            result = self._call("/kv/lease/timetolive", {"ID": lease}, _Ctx("read a lease", lease=lease))
+            result = self._call("/kv/lease/timetolive", {"ID": lease}, _Ctx("read a lease", "lease_ttl", lease=lease))
         except LeaseLost:
             return None
         left = _int(result, "TTL")
@@ -306,10 +339,10 @@ class EtcdRegistry:
 
     def revoke(self, lease: int) -> None:
         with contextlib.suppress(LeaseLost):  # already gone is as good as revoked
-            self._call("/kv/lease/revoke", {"ID": lease}, _Ctx("revoke a lease", lease=lease))
+            self._call("/kv/lease/revoke", {"ID": lease}, _Ctx("revoke a lease", "lease_revoke", lease=lease))
 
     def get(self, key: bytes) -> tuple[KeyValue | None, int]:
-        result = self._call("/kv/range", {"key": _b64(key)}, _Ctx("read a key"))
+        result = self._call("/kv/range", {"key": _b64(key)}, _Ctx("read a key", "get"))
         kvs = result.get("kvs", [])
         return (_kv(kvs[0]) if kvs else None), _revision(result)
 
@@ -328,7 +361,7 @@ class EtcdRegistry:
             payload["revision"] = revision
         if limit:
             payload["limit"] = limit
-        result = self._call("/kv/range", payload, _Ctx("read a range", revision=revision or 0))
+        result = self._call("/kv/range", payload, _Ctx("read a range", "range", revision=revision or 0))
         kvs = [_kv(item) for item in result.get("kvs", [])]
         # At an explicit revision the header still carries the current one.
         return RangeResult(kvs=kvs, revision=revision or _revision(result), more=bool(result.get("more", False)))
@@ -338,6 +371,7 @@ class EtcdRegistry:
         ops = _leaves([*success, *failure])
         ctx = _Ctx(
             "run a txn",
+            "txn",
             idempotent=all(isinstance(op, Get) for op in ops),
             lease=next((op.lease for op in ops if isinstance(op, Put) and op.lease), 0),
             size=sum(_op_size(op) for op in ops),

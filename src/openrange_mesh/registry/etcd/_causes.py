@@ -23,6 +23,11 @@ def os_error(exc: BaseException | None) -> OSError | None:
     return None
 
 
+def timed_out(exc: BaseException) -> bool:
+    """Whether a failed exchange waited for an answer in vain (rather than being refused)."""
+    return isinstance(exc, requests.exceptions.Timeout) or isinstance(os_error(exc), TimeoutError)
+
+
 def reason(exc: OSError, where: str, timeout: float, *, connecting: bool) -> str:
     """``exc`` from a connection to ``where`` (host:port), given an attempt ``timeout``."""
     if isinstance(exc, socket.gaierror):

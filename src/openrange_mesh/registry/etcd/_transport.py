@@ -52,8 +52,8 @@ class _Unreachable(Unavailable):
     ``maybe_applied`` if etcd may have executed the request anyway (so only reads and other
     idempotent calls may retry)."""
 
-    def __init__(self, endpoints: str, where: str, cause: str, *, maybe_applied: bool) -> None:
-        super().__init__(endpoints, cause)
+    def __init__(self, endpoints: str, where: str, cause: str, *, maybe_applied: bool, timed_out: bool = False) -> None:
+        super().__init__(endpoints, cause, timed_out=timed_out)
         self.where = where
         self.cause = cause
         self.maybe_applied = maybe_applied
@@ -86,6 +86,7 @@ class _Ctx:
     """What a request was, for building the error it may turn into."""
 
     what: str
+    operation: str = ""  # for ``EtcdRegistry.observer`` (registry/base.py OPERATIONS); "": not observed
     idempotent: bool = True
     lease: int = 0
     revision: int = 0

@@ -18,6 +18,7 @@ from ..base import (
     Event,
     WatchBatch,
     WatchIterMixin,
+    error_kind,
 )
 from ._transport import _Ctx, _GatewayError, _InvalidToken, _Unreachable
 from ._wire import _b64, _event, _int, _range_request, _revision
@@ -108,9 +109,11 @@ class EtcdWatch(WatchIterMixin):
     def _read_loop(self) -> None:
         delay = 0.05
         while not self._cancelled.is_set():
+            began = time.monotonic()
             try:
                 self._stream()
                 delay = 0.05  # the server ended the stream (a restart?): reconnect at once
+                self._reopening(began, None)
             except Exception as exc:
                 if self._cancelled.is_set():
                     return
@@ -126,8 +129,15 @@ class EtcdWatch(WatchIterMixin):
                     self._put(error)
                     return
                 self._unreachable(index, error)
+                self._reopening(began, error)
                 self._cancelled.wait(delay)
                 delay = min(delay * 2, 1.0)
+
+    def _reopening(self, began: float, error: RegistryError | None) -> None:
+        """Tell the registry's observer that this stream broke and another is opened."""
+        observer = self._registry.observer
+        if observer is not None and not self._cancelled.is_set():
+            observer("watch", time.monotonic() - began, error_kind(error) if error is not None else None)
 
     def _unreachable(self, index: int, error: _Unreachable) -> None:
         registry = self._registry

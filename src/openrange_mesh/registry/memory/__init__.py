@@ -9,21 +9,54 @@ deadlines that every call checks and one daemon reaper thread checks every ``_RE
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from ...errors import ConfigError, RegistryError
-from ..base import Compare, KeyValue, Op, RangeResult, Txn, TxnResult
+from ..base import Compare, KeyValue, Observer, Op, RangeResult, Txn, TxnResult, error_kind
 from ._store import _open_store
 from ._txn import MAX_TXN_OPS, _choose, _flatten, _holds, _results, check_keys, check_ops
 from ._watch import _MemoryWatch
 
 __all__ = ["MemoryRegistry"]
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _observed(
+    operation: str,
+) -> Callable[[Callable[Concatenate[MemoryRegistry, _P], _R]], Callable[Concatenate[MemoryRegistry, _P], _R]]:
+    """Tell the registry's observer of each call (base.py), as etcd's backend does of each request."""
+
+    def wrap(method: Callable[Concatenate[MemoryRegistry, _P], _R]) -> Callable[Concatenate[MemoryRegistry, _P], _R]:
+        def observed(self: MemoryRegistry, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            observer = self.observer
+            if observer is None:
+                return method(self, *args, **kwargs)
+            began = time.perf_counter()
+            try:
+                result = method(self, *args, **kwargs)
+            except RegistryError as exc:
+                observer(operation, time.perf_counter() - began, error_kind(exc))
+                raise
+            observer(operation, time.perf_counter() - began, None)
+            return result
+
+        functools.update_wrapper(observed, method)
+        return observed
+
+    return wrap
+
 
 class MemoryRegistry:
-    def __init__(self, url: str, *, retry_timeout: float = 10.0, history_limit: int = 100_000) -> None:
+    def __init__(
+        self, url: str, *, retry_timeout: float = 10.0, history_limit: int = 100_000, observer: Observer | None = None
+    ) -> None:
+        self.observer = observer
         parts = urlsplit(url)
         if parts.scheme != "memory":
             raise ConfigError(f"not a memory registry URL: {url!r}")
@@ -33,6 +66,7 @@ class MemoryRegistry:
         self._watches: set[_MemoryWatch] = set()
         self._is_closed = False
 
+    @_observed("lease_grant")
     def grant(self, ttl: int) -> int:
         if ttl < 1:
             raise RegistryError(f"lease ttl must be at least 1 second, got {ttl}")
@@ -41,12 +75,14 @@ class MemoryRegistry:
             store.expire()
             return store.grant(ttl)
 
+    @_observed("lease_refresh")
     def refresh(self, lease: int) -> int:
         store = self._store
         with store.lock:
             store.expire()
             return store.refresh(lease)
 
+    @_observed("lease_ttl")
     def time_to_live(self, lease: int) -> tuple[int, int] | None:
         store = self._store
         with store.lock:
@@ -56,6 +92,7 @@ class MemoryRegistry:
                 return None
             return max(0, int(held.deadline - time.monotonic())), held.ttl
 
+    @_observed("lease_revoke")
     def revoke(self, lease: int) -> None:
         store = self._store
         with store.lock:
@@ -64,12 +101,14 @@ class MemoryRegistry:
             if revoked is not None:
                 store.drop_keys(revoked.keys)
 
+    @_observed("get")
     def get(self, key: bytes) -> tuple[KeyValue | None, int]:
         store = self._store
         with store.lock:
             store.expire()
             return store.kvs.get(key), store.revision
 
+    @_observed("range")
     def range(
         self,
         prefix: bytes,
@@ -84,6 +123,7 @@ class MemoryRegistry:
             at = revision if revision is not None and revision > 0 else store.revision  # etcd: <= 0 is now
             return store.range(prefix, start, at, limit)
 
+    @_observed("txn")
     def txn(self, compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()) -> TxnResult:
         check_ops(compares, success, failure, MAX_TXN_OPS)
         for branch in (success, failure):
