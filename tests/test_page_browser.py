@@ -2,43 +2,47 @@
 a real etcd (design §11a): the views, filters in the URL, episode text shown as text, events
 paged, cancel's confirmation and refusals, and a tab following the leader when it is killed.
 
-Chromium is Debian's (/usr/bin/chromium, or $OPENRANGE_CHROMIUM); Playwright drives it."""
+Chromium and Playwright as tests/browserkit finds them (a skip without them, a failure under CI).
+Every request the page makes must go to the mesh's own agents: nothing is loaded from outside."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
 
 from openrange_mesh.dashboard.view import Leader, read_leader
 from openrange_mesh.model import State
 
+from .browserkit import ARGS, _unavailable, chromium
 from .etcdkit import EtcdServer
 from .helpers import wait_until
 from .meshkit import Mesh
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
 TTL = 2
 TOKEN = "p4ge-t0ken"
-CHROMIUM = os.environ.get("OPENRANGE_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-ARGS += ["--disable-sync", "--no-first-run"]
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install chromium, or set OPENRANGE_CHROMIUM")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed (pip install playwright)")
+    executable = chromium()
     driver = sync_playwright().start()
-    chromium = driver.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-    yield chromium
-    chromium.close()
+    launched = driver.chromium.launch(executable_path=executable, args=ARGS)
+    yield launched
+    launched.close()
     driver.stop()
 
 
@@ -46,11 +50,13 @@ def browser() -> Iterator[Browser]:
 def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1300, "height": 900})
     tab = context.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    problems: list[str] = []
+    tab.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    tab.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+    tab.on("request", lambda r: None if urlsplit(r.url).hostname == "127.0.0.1" else problems.append(r.url))
     yield tab
     context.close()
-    assert not errors, f"the page threw: {errors}"
+    assert not problems, problems
 
 
 @pytest.fixture

@@ -55,12 +55,16 @@ export class Charts {
     this.renderCounts(s.counts || {});
     this.renderErrors(s.errors || []);
     const d = s.durations || {};
+    const r = s.retries || {};
     fill(this.durations, ["p50", "p90", "p99", "max"].map((k) => h("span", {class: "stat"}, h("b", null, k), " ", fmtDuration(d[k]))),
-      h("span", {class: "stat"}, h("b", null, "count"), " ", fmtNumber(d.count)));
+      h("span", {class: "stat"}, h("b", null, "count"), " ", fmtNumber(d.count)),
+      s.retries ? h("span", {class: "stat", title: "attempts after the first; released: ended by a failing host, not counted"},
+        h("b", null, "retries"), ` ${fmtNumber(r.attempts)} over ${fmtNumber(r.episodes)} episodes, ${fmtNumber(r.released)} released`) : null,
+      s.lost != null ? h("span", {class: "stat"}, h("b", null, "lost"), " ", fmtNumber(s.lost)) : null);
     if (typeof uPlot === "undefined") return; // the vendored script did not load: numbers only
-    const fin = s.finished_per_s || [];
+    const fin = sinceActive(s.finished_per_s || [], (n) => n > 0);
     this.draw("finished", [fin.map((p) => p[0]), fin.map((p) => p[1])], () => timeOpts([{label: "finished/s", stroke: STATE_COLORS.succeeded, fill: "rgba(58,166,85,0.15)"}]));
-    const st = s.states || [];
+    const st = sinceActive(s.states || [], (counts) => Object.values(counts || {}).some((n) => n > 0));
     this.draw("states", [st.map((p) => p[0]), ...STATES.map((k) => st.map((p) => p[1]?.[k] ?? 0))],
       () => timeOpts(STATES.map((k) => ({label: k, stroke: STATE_COLORS[k]}))));
     this.drawHosts(s.hosts || []);
@@ -125,6 +129,13 @@ export class Charts {
       td((e.examples || []).map((id) => [episodeLink(id), " "]))));
     fill(this.errors, table([["reason"], ["count", "num"], ["examples"]], rows, {class: "errors"}));
   }
+}
+
+// The points from a little before the first active one: an hour's window of a mesh that started
+// a minute ago is mostly zeros, which would squeeze what happened into the right edge.
+function sinceActive(points, active, margin = 6) {
+  const first = points.findIndex((p) => active(p[1]));
+  return first <= margin ? points : points.slice(first - margin);
 }
 
 function chartBox(title) {

@@ -204,7 +204,7 @@ function cells(s) {
     td(s.submitter ?? "-"),
     td(timeCell(s.created_at)),
     td(s.started_at != null && ended != null ? fmtDuration(ended - s.started_at) : "-", "num"),
-    td(h("span", {class: "error-text", title: s.error ?? ""}, firstLine(s.error, 80) || "-")),
+    td(s.error ? h("span", {class: "error-text", title: s.error}, firstLine(s.error, 80)) : h("span", {class: "muted"}, "-")),
   ];
 }
 
