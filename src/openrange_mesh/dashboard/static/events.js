@@ -8,6 +8,7 @@ import {get, enc} from "./api.js";
 const PAGE = 500;
 const ROW_H = 22;   // px, as .events-row in app.css
 const OVERSCAN = 10;
+const VIEW_H = 440; // px: the box's height once it is full
 
 export class EventsViewer {
   constructor(root, id) {
@@ -89,8 +90,9 @@ export class EventsViewer {
   render() {
     const n = this.events.length;
     this.spacer.style.height = `${n * ROW_H}px`;
+    this.scroller.style.height = `${Math.min(VIEW_H, Math.max(n, 2) * ROW_H + 2)}px`; // short logs take little room
     const top = this.scroller.scrollTop;
-    const height = this.scroller.clientHeight || 440;
+    const height = this.scroller.clientHeight || VIEW_H;
     const start = Math.max(0, Math.floor(top / ROW_H) - OVERSCAN);
     const end = Math.min(n, Math.ceil((top + height) / ROW_H) + OVERSCAN);
     this.rows.style.transform = `translateY(${start * ROW_H}px)`;
