@@ -117,6 +117,11 @@ def test_overview_filters_live_in_the_url_and_episode_text_is_text(page: Page, m
     page.goto(url + "/")
     until(lambda: page.locator("table.hosts tbody tr").count() == 2, "both hosts listed")
     assert "leader" in text_of(page, "table.hosts")
+    until(lambda: re.search(r"succeeded\s*3failed\s*1cancelled", text_of(page, ".counts")), "the summary's counts")
+    until(lambda: page.locator("figure.chart canvas").count() >= 4, "the four charts drawn")
+    errors = page.locator("table.errors tbody tr")
+    until(lambda: errors.count() == 1 and bad in (errors.first.text_content() or ""), "the error, its id listed")
+    assert page.locator(f'table.errors a[href="/episodes/{bad}"]').count() == 1
     until(lambda: page.locator("table.episodes tbody tr").count() == 4, "four episodes listed")
 
     page.select_option(".filters select[name=state]", "failed")
