@@ -49,7 +49,7 @@ def _seconds(span: float) -> float:
 
 class Tally:
     """Counts by state, running per host, finishes and states over time, durations, errors by
-    reason, retries. ``update`` costs a few microseconds (design §13); ``summary`` is the
+    reason, retries. ``update`` costs a few microseconds (design §11a); ``summary`` is the
     ``GET /api/summary`` answer."""
 
     def __init__(
