@@ -7,6 +7,7 @@ Every request the page makes must go to the mesh's own agents: nothing is loaded
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
+from click.testing import CliRunner
 
+from openrange_mesh.cli.main import cli
 from openrange_mesh.dashboard.view import Leader, read_leader
 from openrange_mesh.model import State
 
@@ -57,6 +60,17 @@ def page(browser: Browser) -> Iterator[Page]:
     yield tab
     context.close()
     assert not problems, problems
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    """Where screenshots go: $OPENRANGE_TEST_ARTIFACTS, else test-artifacts/ at the top of the tree
+    (git ignores it), for a person to look at after a run."""
+    where = Path(
+        os.environ.get("OPENRANGE_TEST_ARTIFACTS") or Path(__file__).resolve().parent.parent / "test-artifacts"
+    )
+    where.mkdir(parents=True, exist_ok=True)
+    return where
 
 
 @pytest.fixture
@@ -212,3 +226,31 @@ def test_a_tab_follows_the_leader_when_it_is_killed(page: Page, mesh: Mesh) -> N
     new = seat(mesh, other_than=old.host)
     assert location(page) == new.url + path
     assert episode in text_of(page, ".episode-head")
+    told = CliRunner().invoke(cli, ["--etcd", mesh.url, "--namespace", mesh.namespace, "dashboard"])
+    assert told.exit_code == 0 and told.output.strip() == new.url, told.output
+    page.goto(new.url + "/")
+    live = page.locator("table.hosts tbody tr")
+    until(lambda: live.count() == 2 and old.host not in (text_of(page, "table.hosts tbody")), "the two live hosts")
+    until(lambda: old.host in text_of(page, "main"), "the dead one among those that left")
+
+
+def test_a_run_shows_up_as_it_goes_and_a_followers_url_leads_to_the_leader(
+    page: Page, mesh: Mesh, artifacts: Path
+) -> None:
+    leader = start(mesh, 3)
+    follower = next(info.url for h in mesh.agents if h != leader.host and (info := mesh.host_info(h)) and info.url)
+    page.goto(follower + "/?state=succeeded")  # a follower's 307 keeps the path and the query
+    until(lambda: location(page) == leader.url + "/?state=succeeded", "the page at the leader")
+    page.goto(leader.url + "/")
+    until(lambda: text_of(page, "#live") == "live", "the stream open")
+    until(lambda: page.locator("table.hosts tbody tr").count() == 3, "every host listed")
+    ids = mesh.submit_sleeps(12, 0.3)
+    rows = page.locator("table.episodes tbody tr")
+    until(lambda: rows.count() == 12, "the run's episodes listed as they come, no reload")
+    mesh.wait_finished(ids)
+    until(lambda: page.locator("table.episodes .s-succeeded").count() == 12, "each shown succeeded as it finishes")
+    until(lambda: re.search(r"succeeded\s*12", text_of(page, ".counts")), "the counts following the run")
+    page.screenshot(path=str(artifacts / "episodes-view.png"), full_page=True)
+    page.goto(f"{leader.url}/episodes/{ids[0]}")
+    until(lambda: page.locator("table.attempts tbody tr").count() == 1, "the episode page")
+    page.screenshot(path=str(artifacts / "episode-page.png"), full_page=True)

@@ -16,6 +16,7 @@ const banner = document.getElementById("banner");
 const message = document.getElementById("message");
 const liveBadge = document.getElementById("live");
 const SUMMARY_POLL_MS = 3000;
+const SUMMARY_AFTER_MS = 1000;
 let hosts = {hosts: [], left: []};
 let view = null; // {kind, refresh(), on(kind, data), destroy()}
 
@@ -65,7 +66,15 @@ class Overview {
   }
 
   readSummary() {
+    this.readAt = Date.now();
     get("/api/summary").then((s) => this.charts.update(s), (exc) => this.charts.unavailable(exc));
+  }
+
+  // Episodes changed: the counts and charts follow within SUMMARY_AFTER_MS, at most that often.
+  summarySoon() {
+    if (this.soon) return;
+    const wait = Math.max(0, SUMMARY_AFTER_MS - (Date.now() - (this.readAt || 0)));
+    this.soon = setTimeout(() => { this.soon = null; this.readSummary(); }, wait);
   }
 
   on(kind, data) {
@@ -73,10 +82,14 @@ class Overview {
     else if (kind === "summary") {
       this.pushedAt = Date.now();
       this.charts.update(data);
-    } else if (kind === "episode") this.list.update(data);
+    } else if (kind === "episode") {
+      this.list.update(data);
+      this.summarySoon();
+    }
   }
 
   destroy() {
+    clearTimeout(this.soon);
     clearInterval(this.poller);
     this.charts.destroy();
   }

@@ -90,8 +90,10 @@ export class EpisodesView {
     this.navigate(`/?${params}`, false, {page: (history.state?.page || 1) + 1});
   }
 
-  // A summary from the stream: a row on this page is redrawn; one that would match the filter
-  // (new, or moved into it) is counted for the "reload" hint.
+  // A summary from the stream: a row on this page is redrawn. One that would match the filter
+  // and is newer than every row shown joins the top of the first page (a run shows up as it
+  // goes); any other (on a later page, or an older one that moved into the filter) is counted
+  // for the "reload" hint, so a page never reorders under the reader.
   update(s) {
     const tr = this.rows.get(s.id);
     if (tr && s.deleted) {
@@ -102,8 +104,31 @@ export class EpisodesView {
       tr.classList.add("flash");
       setTimeout(() => tr.classList.remove("flash"), 800);
     } else if (this.shown && !s.deleted && matches(s, this.params())) {
-      this.changed.add(s.id);
+      if (this.params().has("cursor") || !this.newest(s.id)) this.changed.add(s.id);
+      else this.prepend(s);
       this.renderHead();
+    }
+  }
+
+  newest(id) {
+    const first = this.rows.keys().next();
+    return first.done || id > first.value;
+  }
+
+  prepend(s) {
+    const limit = Number(this.params().get("limit") || 50);
+    this.shown.total = (this.shown.total || 0) + 1;
+    const body = this.body.querySelector("table.episodes tbody");
+    if (!body) return this.renderRows([s]);
+    const tr = this.row(s);
+    this.rows = new Map([[s.id, tr], ...[...this.rows].filter(([id]) => id !== s.id)]);
+    body.prepend(tr);
+    tr.classList.add("flash");
+    setTimeout(() => tr.classList.remove("flash"), 800);
+    while (this.rows.size > limit) {
+      const [oldest, row] = [...this.rows].pop();
+      row.remove();
+      this.rows.delete(oldest);
     }
   }
 
