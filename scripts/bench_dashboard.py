@@ -116,7 +116,7 @@ def page_load_s(url: str) -> float | None:
             page = browser.new_page()
             started = time.perf_counter()
             page.goto(url)
-            page.wait_for_selector("[data-episode-id]", timeout=60_000)
+            page.wait_for_selector("table.episodes tbody tr", timeout=60_000)
             return time.perf_counter() - started
         finally:
             browser.close()

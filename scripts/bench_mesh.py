@@ -51,6 +51,9 @@ from openrange_mesh.registry import open_registry
 from openrange_mesh.runtimes import load_runtime
 
 TTL = 2
+# Agents serve the dashboard as users run them (many agents here: loopback, free ports);
+# bench_dashboard.py compares a mesh without it (["--no-dashboard"]).
+DASHBOARD = ["--dashboard-host", "127.0.0.1", "--dashboard-port", "0"]
 # ledger.submit puts a single episode's record and queue entry: 64 episodes in etcd's 128 ops
 SUBMIT_TXN = 64
 
@@ -82,10 +85,7 @@ class Agents:
                     str(TTL),
                     "--log-level",
                     "WARNING",
-                    "--dashboard-host",  # served as users run it; many agents here: free ports
-                    "127.0.0.1",
-                    "--dashboard-port",
-                    "0",
+                    *DASHBOARD,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

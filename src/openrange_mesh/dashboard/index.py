@@ -8,10 +8,14 @@ created after it are left out, so pages stay stable while new episodes arrive.
 
 Changes are also appended to a bounded log, ``(revision, summary)``, which the live stream
 reads from a client's last revision; a client further behind than the log gets a reset. And
-they feed a ``Tally`` (``/api/summary``): the watch brings each key's previous value, so the
-index keeps no record to know what a changed episode was before.
+they feed a ``Tally`` (``/api/summary``), which takes back what a changed episode was before:
+the index keeps each key's last value as etcd sent it (msgpack, a group record compressed:
+~30 MB at 100k episodes) and decodes it when the key changes. Asking etcd for previous values
+instead (``prev_kv``) doubled what etcd encodes and sends this watcher per write, and etcd's
+CPU is what bounds the mesh (performance.md): the no-op mesh ran ~10% slower with it.
 
-Threads: the follow thread writes; request handlers read. ``_lock`` guards every field.
+Threads: the follow thread writes; request handlers read. ``_lock`` guards every field but
+``_values``, which only the follow thread touches.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .tally import Tally
 log = logging.getLogger(__name__)
 
 CHANGES_KEPT = 20_000  # changes the live stream can resume from
+COALESCE = 0.5  # seconds of watch events applied together, each key's last only (``_coalesced``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +103,11 @@ class EpisodeIndex:
         self._ids: list[str] = []  # sorted
         self._members: dict[bytes, tuple[str, ...]] = {}  # key -> the episodes it holds
         self._home: dict[str, bytes] = {}  # episode -> the key that holds it now
+        self._values: dict[bytes, bytes] = {}  # key -> its value as last seen (follow thread only)
         self._changes: list[tuple[int, Summary | str]] = []  # in revision order; str: a deleted id
         self._forgotten = 0  # changes up to this revision are no longer kept
         self._lock = threading.Lock()
-        self._follower = Follower(registry, keys.episodes(), prev_kv=True, on_relist=self._load)
+        self._follower = Follower(registry, keys.episodes(), on_relist=self._load)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="episode-index", daemon=True)
 
@@ -166,19 +172,32 @@ class EpisodeIndex:
         while not self._stop.is_set():
             events = self._follower.poll(1.0)
             if events:
-                self._apply(events)
+                self._apply(self._coalesced(events))
+
+    def _coalesced(self, events: list[Event]) -> list[Event]:
+        """What the watch brings for ``COALESCE`` seconds, each key's last event only, in
+        revision order: a short episode is written three times within milliseconds, and the
+        page needs where it ended up, not each step (decoding every version cost the mesh's
+        2-core machine ~10% of its no-op throughput). Pages and the stream lag by as much."""
+        deadline = time.monotonic() + COALESCE
+        while (left := deadline - time.monotonic()) > 0 and not self._stop.is_set():
+            events += self._follower.poll(left)
+        last = {event.kv.key: event for event in events}
+        return sorted(last.values(), key=lambda event: event.kv.mod_revision)
 
     def _load(self, revision: int | None) -> None:
         """Every episode as of ``revision`` (default now), paged at one revision."""
         by_id: dict[str, Summary] = {}
         members: dict[bytes, tuple[str, ...]] = {}
         home: dict[str, bytes] = {}
+        values: dict[bytes, bytes] = {}
         tally, now = Tally(), time.time()
         at = revision or 0
         for kv, read_at in Catalog(self.registry, self.keys).scan(self.keys.episodes(), revision):
             at = read_at
             found = self._decode(kv)
             members[kv.key] = tuple(r.id for r in found)
+            values[kv.key] = kv.value
             for record in found:
                 by_id[record.id] = Summary.of(record, kv.create_revision)
                 home[record.id] = kv.key
@@ -187,6 +206,7 @@ class EpisodeIndex:
             at = self.registry.range(self.keys.episodes(), limit=1).revision
         with self._lock:
             self._by_id, self._members, self._home, self._tally = by_id, members, home, tally
+            self._values = values
             self._ids = sorted(by_id)
             self._changes, self._forgotten = [], at  # a listing: what happened before is unknown
             self.revision = at
@@ -197,7 +217,10 @@ class EpisodeIndex:
         now = time.time()
         for event in events:
             found = self._decode(event.kv) if event.type == "put" else []
-            before = {r.id: r for r in self._decode(event.prev)} if event.prev is not None else {}
+            last = self._values.pop(event.kv.key, None)  # the follow thread's alone: no lock
+            if event.type == "put":
+                self._values[event.kv.key] = event.kv.value
+            before = {r.id: r for r in self._decode_value(event.kv.key, last)} if last is not None else {}
             with self._lock:
                 self._apply_one(event, found, before, now)
                 self.revision = max(self.revision, event.kv.mod_revision)
@@ -246,3 +269,7 @@ class EpisodeIndex:
     @staticmethod
     def _decode(kv: KeyValue) -> list[EpisodeRecord]:  # a corrupt value is logged and counts as none
         return decode_or_none(decode_records, kv.value, kv.key) or []
+
+    @staticmethod
+    def _decode_value(key: bytes, value: bytes) -> list[EpisodeRecord]:
+        return decode_or_none(decode_records, value, key) or []

@@ -90,10 +90,10 @@ export class EpisodesView {
     this.navigate(`/?${params}`, false, {page: (history.state?.page || 1) + 1});
   }
 
-  // A summary from the stream: a row on this page is redrawn. One that would match the filter
-  // and is newer than every row shown joins the top of the first page (a run shows up as it
-  // goes); any other (on a later page, or an older one that moved into the filter) is counted
-  // for the "reload" hint, so a page never reorders under the reader.
+  // A summary from the stream: a row on this page is redrawn. On the first page, one that would
+  // match the filter joins it in id order (newest first), so a run shows up as it goes; on a
+  // later page, or below a full first page, it is counted for the "reload" hint instead, so
+  // no page shifts under its reader.
   update(s) {
     const tr = this.rows.get(s.id);
     if (tr && s.deleted) {
@@ -104,32 +104,35 @@ export class EpisodesView {
       tr.classList.add("flash");
       setTimeout(() => tr.classList.remove("flash"), 800);
     } else if (this.shown && !s.deleted && matches(s, this.params())) {
-      if (this.params().has("cursor") || !this.newest(s.id)) this.changed.add(s.id);
-      else this.prepend(s);
+      if (this.params().has("cursor") || !this.insert(s)) this.changed.add(s.id);
       this.renderHead();
     }
   }
 
-  newest(id) {
-    const first = this.rows.keys().next();
-    return first.done || id > first.value;
-  }
-
-  prepend(s) {
+  // Into the first page at its place; false when it falls below a full page.
+  insert(s) {
     const limit = Number(this.params().get("limit") || 50);
+    const ids = [...this.rows.keys()];
+    const at = ids.findIndex((id) => id < s.id);
+    if (at < 0 && ids.length >= limit) return false;
     this.shown.total = (this.shown.total || 0) + 1;
     const body = this.body.querySelector("table.episodes tbody");
-    if (!body) return this.renderRows([s]);
+    if (!body) {
+      this.renderRows([s]);
+      return true;
+    }
     const tr = this.row(s);
-    this.rows = new Map([[s.id, tr], ...[...this.rows].filter(([id]) => id !== s.id)]);
-    body.prepend(tr);
+    if (at < 0) body.append(tr);
+    else this.rows.get(ids[at]).before(tr);
+    const order = at < 0 ? [...ids, s.id] : [...ids.slice(0, at), s.id, ...ids.slice(at)];
+    this.rows = new Map(order.map((id) => [id, id === s.id ? tr : this.rows.get(id)]));
     tr.classList.add("flash");
     setTimeout(() => tr.classList.remove("flash"), 800);
-    while (this.rows.size > limit) {
-      const [oldest, row] = [...this.rows].pop();
-      row.remove();
-      this.rows.delete(oldest);
+    for (const id of order.slice(limit)) {
+      this.rows.get(id).remove();
+      this.rows.delete(id);
     }
+    return true;
   }
 
   buildForm() {
