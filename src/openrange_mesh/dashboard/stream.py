@@ -13,6 +13,7 @@ The stream ends when this agent stops leading; the page reconnects and is redire
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,7 @@ async def stream(request: Request, state: State, hosts: Callable[[State], dict[s
                 continue
             for at, batch in _by_revision(changes):
                 revision = at
-                yield {"event": "episodes", "id": str(at), "data": json.dumps(batch)}
+                yield {"event": "episodes", "id": str(at), "data": batch}
             listing = await asyncio.to_thread(hosts, state)
             if listing["revision"] != hosts_seen:
                 hosts_seen = listing["revision"]
@@ -59,14 +60,24 @@ async def stream(request: Request, state: State, hosts: Callable[[State], dict[s
     return EventSourceResponse(messages(), ping=PING)
 
 
-def _by_revision(changes: list[tuple[int, Summary | str]]) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-    batch: list[dict[str, Any]] = []
+def _by_revision(changes: list[tuple[int, Summary | str]]) -> Iterator[tuple[int, str]]:
+    """Changes grouped by revision, each group as its message's JSON text."""
+    batch: list[str] = []
     current = 0
     for at, change in changes:
         if batch and at != current:
-            yield current, batch
+            yield current, f"[{','.join(batch)}]"
             batch = []
         current = at
-        batch.append(change.to_json() if isinstance(change, Summary) else {"id": change, "deleted": True})
+        batch.append(_encoded(change))
     if batch:
-        yield current, batch
+        yield current, f"[{','.join(batch)}]"
+
+
+@functools.lru_cache(maxsize=8192)
+def _encoded(change: Summary | str) -> str:
+    """A change as JSON, encoded once however many pages stream it (five open pages encoded each
+    summary five times: ~30 us each, a fifth of the no-op mesh's throughput on two cores)."""
+    if isinstance(change, Summary):
+        return json.dumps(change.to_json())
+    return json.dumps({"id": change, "deleted": True})
