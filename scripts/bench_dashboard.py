@@ -40,6 +40,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
+from tests.browserkit import ARGS as BROWSER_ARGS  # noqa: E402
 from tests.etcdkit import start_etcd  # noqa: E402
 
 import bench_mesh  # noqa: E402
@@ -50,14 +51,6 @@ from openrange_mesh.keys import Keys  # noqa: E402
 from openrange_mesh.registry import open_registry  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
-BROWSER_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def leader_url(registry: Any, namespace: str, timeout: float = 60.0) -> str:

@@ -14,6 +14,7 @@ from openrange_mesh.registry import Registry, open_registry
 from openrange_mesh.registry.memory import MemoryRegistry
 
 from .etcdkit import EtcdServer, start_etcd
+from .meshkit import MakeMesh, Mesh
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +72,20 @@ def keys() -> Keys:
 @pytest.fixture
 def ledger(registry: Registry, keys: Keys) -> Ledger:
     return Ledger(registry, keys)
+
+
+@pytest.fixture
+def make_mesh(tmp_path: Path) -> Iterator[MakeMesh]:
+    """Meshes of real agents (tests/meshkit.py): ``make(url, ttl=2)``. Each prints its report
+    (pytest shows it when the test failed) and is closed after the test."""
+    meshes: list[Mesh] = []
+
+    def make(url: str, ttl: int = 2) -> Mesh:
+        mesh = Mesh(url, tmp_path / f"mesh{len(meshes)}", ttl=ttl)
+        meshes.append(mesh)
+        return mesh
+
+    yield make
+    for mesh in meshes:
+        print(mesh.report())
+        mesh.close()

@@ -41,6 +41,7 @@ from openrange_mesh.registry import KeyValue, Registry, open_registry
 
 from .helpers import wait_until
 
+MakeMesh = Callable[..., "Mesh"]  # the make_mesh fixture (conftest.py): make(url, ttl=2) -> Mesh
 MARKER_ENV = "OPENRANGE_E2E_MARKER"  # inherited by every process an agent starts
 HOST_ENV = "OPENRANGE_E2E_HOST"  # the agent's host id, for the command episodes' evidence file
 AGENT_MAIN = "from openrange_mesh.cli.agent import main; main()"

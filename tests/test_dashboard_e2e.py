@@ -9,8 +9,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -25,25 +24,9 @@ from openrange_mesh.store import open_store
 
 from .etcdkit import EtcdServer
 from .helpers import wait_until
-from .meshkit import Mesh
+from .meshkit import MakeMesh, Mesh
 
 TTL = 2
-MakeMesh = Callable[..., Mesh]
-
-
-@pytest.fixture
-def make_mesh(tmp_path: Path) -> Iterator[MakeMesh]:
-    meshes: list[Mesh] = []
-
-    def make(url: str) -> Mesh:
-        mesh = Mesh(url, tmp_path / f"mesh{len(meshes)}", ttl=TTL)
-        meshes.append(mesh)
-        return mesh
-
-    yield make
-    for mesh in meshes:
-        print(mesh.report())
-        mesh.close()
 
 
 def seat(mesh: Mesh, other_than: str | None = None) -> Leader:

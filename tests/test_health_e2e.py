@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,11 +23,9 @@ from openrange_mesh.model import EpisodeSpec, HostInfo
 
 from .etcdkit import EtcdServer
 from .helpers import wait_until
-from .meshkit import Mesh
+from .meshkit import MakeMesh, Mesh
 from .s3kit import S3Server, free_port, start_s3, use_test_env
 from .test_worker import results
-
-MakeMesh = Callable[..., Mesh]
 
 
 @pytest.fixture(scope="module")
@@ -37,21 +35,6 @@ def s3_server() -> Iterator[S3Server]:
         use_test_env(mp)  # the agents inherit the dummy credentials
         yield server
     server.stop()
-
-
-@pytest.fixture
-def make_mesh(tmp_path: Path) -> Iterator[MakeMesh]:
-    meshes: list[Mesh] = []
-
-    def make(url: str) -> Mesh:
-        mesh = Mesh(url, tmp_path / f"mesh{len(meshes)}")
-        meshes.append(mesh)
-        return mesh
-
-    yield make
-    for mesh in meshes:
-        print(mesh.report())
-        mesh.close()
 
 
 def broken_stores(tmp_path: Path, s3: S3Server) -> dict[str, str]:

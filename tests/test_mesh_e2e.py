@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
@@ -22,30 +22,13 @@ from openrange_mesh.store.events import read_events
 
 from .etcdkit import EtcdCluster, EtcdServer, start_cluster
 from .helpers import wait_until
-from .meshkit import LossyProxy, Mesh, claimed_in, txn_puts_under
+from .meshkit import LossyProxy, MakeMesh, Mesh, claimed_in, txn_puts_under
 
 TTL = 2
 LOOP_WAIT = TTL / 8  # Settings.with_timing
 REAPER = 0.5  # etcd looks for expired leases twice a second
 SLACK = 1.0  # a watch delivery, a loop pass, a loaded 2-core machine
 DURATIONS = [0.2 + 0.1 * (i % 4) for i in range(60)]  # 60 command episodes of 0.2 .. 0.5 s
-
-MakeMesh = Callable[..., Mesh]
-
-
-@pytest.fixture
-def make_mesh(tmp_path: Path) -> Iterator[MakeMesh]:
-    meshes: list[Mesh] = []
-
-    def make(url: str, ttl: int = TTL) -> Mesh:
-        mesh = Mesh(url, tmp_path / f"mesh{len(meshes)}", ttl=ttl)
-        meshes.append(mesh)
-        return mesh
-
-    yield make
-    for mesh in meshes:
-        print(mesh.report())  # pytest shows it when the test failed
-        mesh.close()
 
 
 @pytest.fixture

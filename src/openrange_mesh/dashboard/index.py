@@ -214,14 +214,19 @@ class EpisodeIndex:
         self.ready.set()
 
     def _apply(self, events: list[Event]) -> None:
+        """Decoded outside the lock, applied under it at once: a reader (the stream) never sees
+        part of a revision's changes, so a message up to a revision holds all of them."""
         now = time.time()
+        decoded = []
         for event in events:
             found = self._decode(event.kv) if event.type == "put" else []
             last = self._values.pop(event.kv.key, None)  # the follow thread's alone: no lock
             if event.type == "put":
                 self._values[event.kv.key] = event.kv.value
             before = {r.id: r for r in self._decode_value(event.kv.key, last)} if last is not None else {}
-            with self._lock:
+            decoded.append((event, found, before))
+        with self._lock:
+            for event, found, before in decoded:
                 self._apply_one(event, found, before, now)
                 self.revision = max(self.revision, event.kv.mod_revision)
 

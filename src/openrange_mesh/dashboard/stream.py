@@ -1,9 +1,11 @@
 """``/api/stream``: the page's one live stream, server-sent events (sse-starlette frames them).
 
-Every message's id is an etcd revision, and all the changes of one revision go in one message,
-so a client that reconnects with ``Last-Event-ID`` resumes with no gap and no duplicate. Events:
+Every message's id is an etcd revision, and a message holds every change up to it (never part
+of a revision), so a client that reconnects with ``Last-Event-ID`` resumes with no gap and no
+duplicate. Events:
 
-* ``episodes``: the summaries that changed at one revision (a deleted one: ``{"id", "deleted"}``);
+* ``episodes``: the summaries that changed since the last message, up to its id's revision
+  (a deleted one: ``{"id", "deleted"}``; an episode changed twice comes twice, in order);
 * ``hosts``: the ``/api/hosts`` answer, when hosts or the leader changed;
 * ``reset``: the changes after the client's revision are no longer kept: list again.
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sse_starlette.sse import EventSourceResponse
@@ -48,9 +50,9 @@ async def stream(request: Request, state: State, hosts: Callable[[State], dict[s
                 revision = index.revision
                 yield {"event": "reset", "id": str(revision), "data": json.dumps({"revision": revision})}
                 continue
-            for at, batch in _by_revision(changes):
-                revision = at
-                yield {"event": "episodes", "id": str(at), "data": batch}
+            if changes:  # one message for all of them: its id is the last one's revision
+                revision = changes[-1][0]
+                yield {"event": "episodes", "id": str(revision), "data": _message(changes)}
             listing = await asyncio.to_thread(hosts, state)
             if listing["revision"] != hosts_seen:
                 hosts_seen = listing["revision"]
@@ -60,18 +62,12 @@ async def stream(request: Request, state: State, hosts: Callable[[State], dict[s
     return EventSourceResponse(messages(), ping=PING)
 
 
-def _by_revision(changes: list[tuple[int, Summary | str]]) -> Iterator[tuple[int, str]]:
-    """Changes grouped by revision, each group as its message's JSON text."""
-    batch: list[str] = []
-    current = 0
-    for at, change in changes:
-        if batch and at != current:
-            yield current, f"[{','.join(batch)}]"
-            batch = []
-        current = at
-        batch.append(_encoded(change))
-    if batch:
-        yield current, f"[{','.join(batch)}]"
+def _message(changes: list[tuple[int, Summary | str]]) -> str:
+    """Every change since the client's revision as one JSON list: the index applies a batch of
+    revisions at once (index.py), so a message never holds part of a revision, and one message
+    per poll instead of one per revision spares each open page ~100 sends a second at 600
+    episodes/s."""
+    return f"[{','.join(_encoded(change) for _, change in changes)}]"
 
 
 @functools.lru_cache(maxsize=8192)
