@@ -53,8 +53,8 @@ async def stream(request: Request, state: State, hosts: Callable[[State], dict[s
             if changes:  # one message for all of them: its id is the last one's revision
                 revision = changes[-1][0]
                 yield {"event": "episodes", "id": str(revision), "data": _message(changes)}
-            listing = await asyncio.to_thread(hosts, state)
-            if listing["revision"] != hosts_seen:
+            if state.view.changed() != hosts_seen:  # built (lease reads and all) only on a change
+                listing = await asyncio.to_thread(hosts, state)
                 hosts_seen = listing["revision"]
                 yield {"event": "hosts", "data": json.dumps(listing)}
             await asyncio.sleep(POLL)

@@ -74,6 +74,10 @@ class MeshView:
         with self._lock:
             return self._leader
 
+    def changed(self) -> int:
+        """The revision of the last change to the hosts or the leader (an int read: no lock)."""
+        return self._changed
+
     def hosts(self) -> tuple[int, list[HostInfo], dict[str, float]]:
         """(revision of the last change, live hosts by id, hosts that left in the last hour)."""
         with self._lock:
