@@ -146,6 +146,8 @@ class Agent(Watching):
             self._join()
         except BaseException:
             self._stop_metrics()
+            if self.dashboard is not None:  # dies with this process anyway; an embedder's lives on
+                self.dashboard.stop()
             raise
         self.pool.start()
         for thread in self._watch_threads:
