@@ -44,6 +44,7 @@ def registry_url(request: pytest.FixtureRequest) -> str:
     if request.param == "memory":
         return f"memory://{uuid.uuid4().hex[:12]}"
     server: EtcdServer = request.getfixturevalue("etcd")
+    server.revoke_all_leases()  # nothing of an earlier test may expire into this one's revisions
     return server.url
 
 

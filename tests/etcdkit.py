@@ -192,6 +192,14 @@ class EtcdServer:
         payload = {"revision": revision, "physical": True}
         _post_json(f"{self.client_url}/v3/kv/compaction", payload, context=self._context())
 
+    def revoke_all_leases(self) -> None:
+        """Revoke every lease etcd holds (and so delete their keys) now. For a test that counts
+        revisions on the shared session etcd: an earlier test's lease (a killed agent's, a claim
+        no test revoked) expiring in the middle of its count would add a revision to it."""
+        listed = _post_json(f"{self.client_url}/v3/lease/leases", {}, context=self._context())
+        for lease in listed.get("leases") or []:
+            _post_json(f"{self.client_url}/v3/lease/revoke", {"ID": lease["ID"]}, context=self._context())
+
     def status(self) -> dict[str, Any]:
         """The member's /v3/maintenance/status (``leader`` and ``header.member_id`` as strings)."""
         return _post_json(f"{self.client_url}/v3/maintenance/status", {}, timeout=2.0, context=self._context())
