@@ -4,6 +4,7 @@ episode must not reach the browser at once)."""
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
 
 PAGE = 500
 MAX_PAGE = 2000
+KEPT = 4  # closed attempts whose events are kept decoded: a page scrolling through 50k events
+# reads them once, not once per page of 500 (100 full reads of the store)
+_closed: OrderedDict[tuple[str, int], list[dict[str, Any]]] = OrderedDict()  # the event loop's only
 
 
 async def events_page(request: Request, state: State) -> Response:
@@ -38,7 +42,7 @@ async def events_page(request: Request, state: State) -> Response:
         return error(404, f"no episode {episode_id}")
     attempt = _int("attempt", params.get("attempt"), record.attempt, 1, record.attempt)
     try:
-        events = await asyncio.to_thread(_read, state.store, record, attempt)
+        events = await _events(state.store, record, attempt)
     except MeshError as exc:
         return error(503, f"store: {exc}")
     page = events[offset : offset + limit]
@@ -46,6 +50,21 @@ async def events_page(request: Request, state: State) -> Response:
     return JSONResponse(
         {"attempt": attempt, "events": page, "next": offset + limit if more else None, "total": len(events)}
     )
+
+
+async def _events(store: Store, record: EpisodeRecord, attempt: int) -> list[dict[str, Any]]:
+    """An attempt's events; those of a closed attempt (they no longer change) from ``_closed``."""
+    key = (record.id, attempt)
+    if key in _closed:
+        _closed.move_to_end(key)
+        return _closed[key]
+    events = await asyncio.to_thread(_read, store, record, attempt)
+    tried = next((a for a in record.history if a.n == attempt), None)
+    if tried is not None and tried.finished_at is not None and tried.events is None:
+        _closed[key] = events  # a short attempt's shared file may still be on its way: not kept
+        while len(_closed) > KEPT:
+            _closed.popitem(last=False)
+    return events
 
 
 def _read(store: Store, record: EpisodeRecord, attempt: int) -> list[dict[str, Any]]:
