@@ -242,9 +242,11 @@ class _Connections:
         caller must not repeat it."""
         if _is_tls_problem(exc):  # a TLS 1.3 server checks the client certificate after the handshake
             return _Broken(exc, _causes.tls_cause(exc), never_sent=False, tls=TlsError)
-        # A TLS etcd closes a plain request's connection without a word, just as a crashing etcd
-        # would: only a new connection closed so is worth a look at whether it speaks TLS.
-        plain_closed = fresh and self._tls is None and isinstance(exc, http.client.RemoteDisconnected)
+        # A TLS etcd closes a plain request's connection without a word (or resets it, when our
+        # request was still unread: a race), just as a crashing etcd would: only a new
+        # connection closed so is worth a look at whether it speaks TLS.
+        closed = isinstance(exc, http.client.RemoteDisconnected | ConnectionResetError)
+        plain_closed = fresh and self._tls is None and closed
         if plain_closed and _causes.serves_tls(self._host, self._port, timeout):
             return _Broken(exc, f"use https://{self._where}", never_sent=True, tls=TlsRequired)
         if isinstance(exc, OSError):
