@@ -8,7 +8,6 @@ import threading
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from openrange_mesh.registry import Delete, open_registry
 
 from .etcdkit import EtcdServer
 from .helpers import wait_until
-from .meshkit import Mesh
+from .meshkit import MakeMesh, Mesh
 
 TTL = 2
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -53,11 +52,8 @@ class Scrape:
 
 
 @pytest.fixture
-def mesh(etcd: EtcdServer, tmp_path: Path) -> Iterator[Mesh]:
-    mesh = Mesh(etcd.url, tmp_path / "mesh", ttl=TTL)
-    yield mesh
-    print(mesh.report())  # pytest shows it when the test failed
-    mesh.close()
+def mesh(etcd: EtcdServer, make_mesh: MakeMesh) -> Mesh:
+    return make_mesh(etcd.url, TTL)
 
 
 def test_metrics_count_what_happened(mesh: Mesh) -> None:

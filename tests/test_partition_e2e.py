@@ -16,7 +16,7 @@ from openrange_mesh.model import State
 
 from .etcdkit import EtcdServer, is_ci, start_etcd
 from .helpers import wait_until
-from .meshkit import Mesh, tracebacks
+from .meshkit import MakeMesh, Mesh, tracebacks
 from .netkit import Netns, why_unavailable
 
 TTL = 2
@@ -49,11 +49,8 @@ def ns_etcd(netns: Netns, tmp_path: Path) -> Iterator[EtcdServer]:
 
 
 @pytest.fixture
-def mesh(ns_etcd: EtcdServer, tmp_path: Path) -> Iterator[Mesh]:
-    mesh = Mesh(ns_etcd.url, tmp_path / "mesh", ttl=TTL)
-    yield mesh
-    print(mesh.report())  # pytest shows it when the test failed
-    mesh.close()
+def mesh(ns_etcd: EtcdServer, make_mesh: MakeMesh) -> Mesh:
+    return make_mesh(ns_etcd.url, TTL)  # closed by make_mesh before ns_etcd stops (set up after it)
 
 
 def test_partitioned_agent_is_fenced_off_and_rejoins(netns: Netns, ns_etcd: EtcdServer, mesh: Mesh) -> None:
