@@ -127,8 +127,9 @@ def write_report(
 ) -> list[str]:
     """Build the report and put it in the shared store as ``reports/latest.json`` and
     ``reports/latest.html`` (each replaced atomically for readers: ``Store.put_bytes``).
-    Returns the store paths written. For the leader, every ``--report-interval`` and at a drain."""
+    Returns the store paths written. For the leader, every ``--report-interval`` and at a drain.
+    The page goes first: a reader that sees a new JSON finds the page of the same run beside it."""
     data = build(registry, keys, since=since, now=now)
-    store.put_bytes(REPORT_JSON, to_json(data).encode("utf-8"))
     store.put_bytes(REPORT_HTML, to_html(data).encode("utf-8"))
-    return [REPORT_JSON, REPORT_HTML]
+    store.put_bytes(REPORT_JSON, to_json(data).encode("utf-8"))
+    return [REPORT_HTML, REPORT_JSON]

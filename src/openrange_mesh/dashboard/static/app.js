@@ -92,6 +92,7 @@ class Overview {
     clearTimeout(this.soon);
     clearInterval(this.poller);
     this.charts.destroy();
+    this.list.destroy();
   }
 }
 

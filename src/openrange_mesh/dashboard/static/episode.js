@@ -30,11 +30,15 @@ export class EpisodeView {
     try {
       data = await get(`/api/episodes/${enc(this.id)}`);
     } catch (exc) {
+      if (this.gone) return; // the tab moved to another view meanwhile
       if (exc.status === 404) return this.notFound(`episode ${this.id} not found`, exc.message);
       if (!this.record) fill(this.root, h("p", {class: "bad"}, exc.message));
       else this.say(exc.message);
+      // A 5xx or no answer passes (a leader between keepalives, or moving): read again.
+      if ((exc.status === 0 || exc.status >= 500) && !this.timer) this.timer = setTimeout(() => { this.timer = null; this.load(); }, REREAD_MS * 4);
       return;
     }
+    if (this.gone) return;
     const first = !this.record;
     this.record = data.record;
     this.revision = data.revision;
@@ -54,6 +58,7 @@ export class EpisodeView {
   }
 
   destroy() {
+    this.gone = true;
     clearTimeout(this.timer);
   }
 

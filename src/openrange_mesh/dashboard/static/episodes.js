@@ -8,6 +8,7 @@ import {confirmCancel, cancelOutcome} from "./cancel.js";
 
 export const FILTERS = ["state", "host", "runtime", "label", "submitter", "since", "until", "q"];
 const LIMITS = ["50", "100", "200", "500"];
+const RETRY_MS = 2000; // a 5xx or no answer (a leader between keepalives, or moving) is tried again
 
 export class EpisodesView {
   constructor(root, {navigate, say, hosts}) {
@@ -27,7 +28,10 @@ export class EpisodesView {
     return new URLSearchParams(location.search);
   }
 
+  // Only the newest load renders: an older answer that comes late would show another query.
   async load() {
+    clearTimeout(this.retry);
+    const seq = (this.seq = (this.seq || 0) + 1);
     const params = this.params();
     this.fillForm(params);
     this.changed.clear();
@@ -36,17 +40,27 @@ export class EpisodesView {
     try {
       data = await get(`/api/episodes${location.search}`);
     } catch (exc) {
+      if (seq !== this.seq) return;
+      const transient = exc.status === 0 || exc.status >= 500;
       const text = exc.status === 400 ? `bad query: ${exc.message}` : exc.message;
-      fill(this.head, h("span", {class: "bad"}, text));
+      fill(this.head, h("span", {class: "bad"}, transient ? `${text} (trying again)` : text));
       this.say(text);
       fill(this.body);
       fill(this.pager);
+      this.shown = null;
+      if (transient) this.retry = setTimeout(() => this.load(), RETRY_MS);
       return;
     }
+    if (seq !== this.seq) return;
     this.shown = data;
     this.renderHead();
     this.renderRows(data.episodes || []);
     this.renderPager(params, data);
+  }
+
+  destroy() {
+    clearTimeout(this.retry);
+    this.seq = (this.seq || 0) + 1; // a load under way renders nothing
   }
 
   renderHead() {
