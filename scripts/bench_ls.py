@@ -35,7 +35,7 @@ from typing import Any
 from openrange_mesh.cli.local_mesh import LocalMesh
 from openrange_mesh.cli.ls import LS_PAGE_SIZE
 from openrange_mesh.keys import Keys
-from openrange_mesh.mesh.catalog import PAGE_SIZE as CATALOG_PAGE_SIZE
+from openrange_mesh.ledger.catalog import PAGE_SIZE as CATALOG_PAGE_SIZE
 from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, State
 from openrange_mesh.registry import Put, Registry, open_registry
 

@@ -45,7 +45,7 @@ import etcd3gw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.etcdkit import start_etcd
 
-from openrange_mesh.mesh.client import MeshClient
+from openrange_mesh.client.client import MeshClient
 from openrange_mesh.model import State
 from openrange_mesh.registry import open_registry
 from openrange_mesh.runtimes import load_runtime

@@ -23,7 +23,7 @@ import time
 import timeit
 from pathlib import Path
 
-from openrange_mesh.mesh.metrics import Metrics
+from openrange_mesh.agent.metrics import Metrics
 from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, State
 from openrange_mesh.registry import Put, Registry, open_registry
 

@@ -35,7 +35,7 @@ CHILD = r"""
 import json, sys, time, tracemalloc
 from openrange_mesh.dashboard import report
 from openrange_mesh.keys import Keys
-from openrange_mesh.mesh.catalog import Catalog
+from openrange_mesh.ledger.catalog import Catalog
 from openrange_mesh.registry import open_registry
 registry, keys = open_registry(sys.argv[1], retry_timeout=30), Keys(sys.argv[2])
 tracemalloc.start()

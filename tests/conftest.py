@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from openrange_mesh.keys import Keys
-from openrange_mesh.mesh.ledger import Ledger
+from openrange_mesh.ledger.ledger import Ledger
 from openrange_mesh.registry import Registry, open_registry
 from openrange_mesh.registry.memory import MemoryRegistry
 

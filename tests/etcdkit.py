@@ -38,8 +38,9 @@ from typing import Any, NoReturn
 
 import pytest
 
-from openrange_mesh.cli.local_mesh import die_with_parent, free_port
 from openrange_mesh.cli.local_mesh import etcd_binary as find_binary
+from openrange_mesh.cli.local_mesh import free_port
+from openrange_mesh.lifetime import die_with_parent
 
 ENDPOINTS_ENV = "ETCD_ENDPOINTS"
 IMAGE_ENV = "ETCD_IMAGE"

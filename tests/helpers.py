@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from openrange_mesh.mesh.ledger import Claim, Ledger
+from openrange_mesh.ledger.ledger import Claim, Ledger
 from openrange_mesh.model import EpisodeRecord
 from openrange_mesh.registry import Event, Registry, Watch
 

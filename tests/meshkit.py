@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openrange_mesh.cli.local_mesh import die_with_parent
+from openrange_mesh.client.client import MeshClient
 from openrange_mesh.errors import RegistryError
 from openrange_mesh.keys import Keys
-from openrange_mesh.mesh.client import MeshClient
-from openrange_mesh.mesh.ledger import claim_episode_ids
+from openrange_mesh.ledger.records import claim_episode_ids
+from openrange_mesh.lifetime import die_with_parent
 from openrange_mesh.model import EpisodeRecord, HostInfo, State, decode_or_none, unpack
 from openrange_mesh.registry import KeyValue, Registry, open_registry
 

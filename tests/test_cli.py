@@ -19,9 +19,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from openrange_mesh.cli.main import cli
+from openrange_mesh.client.client import MeshClient
 from openrange_mesh.keys import Keys
-from openrange_mesh.mesh.catalog import Catalog
-from openrange_mesh.mesh.client import MeshClient
+from openrange_mesh.ledger.catalog import Catalog
 from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, State
 from openrange_mesh.registry import Put, Registry, open_registry
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from openrange_mesh.keys import Keys
-from openrange_mesh.mesh.catalog import Catalog
+from openrange_mesh.ledger.catalog import Catalog
 from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, State
 from openrange_mesh.registry import Put, open_registry
 

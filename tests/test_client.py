@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from openrange_mesh.client.client import MeshClient
 from openrange_mesh.errors import CorruptRecord, EpisodeNotFound, SpecError
 from openrange_mesh.ids import home_id
-from openrange_mesh.mesh.client import MeshClient
-from openrange_mesh.mesh.ledger import finish_attempt
+from openrange_mesh.ledger.records import finish_attempt
 from openrange_mesh.model import State
 from openrange_mesh.registry import Put, Registry
 

@@ -20,11 +20,11 @@ import pytest
 from click.testing import CliRunner
 
 from openrange_mesh.cli.main import cli
+from openrange_mesh.client.client import MeshClient
 from openrange_mesh.config import registry_url
 from openrange_mesh.errors import EpisodeNotFound, TlsError, TlsRequired, Unavailable
 from openrange_mesh.keys import Keys
-from openrange_mesh.mesh.catalog import Catalog
-from openrange_mesh.mesh.client import MeshClient
+from openrange_mesh.ledger.catalog import Catalog
 from openrange_mesh.registry import Put, Registry, open_registry
 from openrange_mesh.service import EpisodeService
 

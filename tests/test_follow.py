@@ -9,13 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from openrange_mesh.mesh.follow import Follower
 from openrange_mesh.registry import Put, Registry, open_registry
+from openrange_mesh.registry.follow import Follower
 
 from .etcdkit import EtcdServer
 from .helpers import current_revision, wait_until
 
-LOGGER = "openrange_mesh.mesh.follow"
+LOGGER = "openrange_mesh.registry.follow"
 
 
 @pytest.fixture

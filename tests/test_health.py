@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from openrange_mesh.mesh.health import FAULT_LIMIT, FAULT_WINDOW, RECHECK, RECHECK_MAX, Health
+from openrange_mesh.agent.health import FAULT_LIMIT, FAULT_WINDOW, RECHECK, RECHECK_MAX, Health
 
 
 class Clock:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from openrange_mesh.mesh.pool import WorkerPool
-from openrange_mesh.mesh.worker import WorkItem
 from openrange_mesh.model import EpisodeSpec, HostInfo
+from openrange_mesh.worker.child import WorkItem
+from openrange_mesh.worker.pool import WorkerPool
 
 from .etcdkit import EtcdServer
 from .helpers import wait_until

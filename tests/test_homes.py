@@ -9,11 +9,13 @@ import pytest
 
 from openrange_mesh.ids import IdAllocator, home_id
 from openrange_mesh.keys import Keys
-from openrange_mesh.mesh import homes
-from openrange_mesh.mesh.catalog import Catalog
-from openrange_mesh.mesh.leader import collect_garbage
-from openrange_mesh.mesh.ledger import Ledger, Settlement, finish_attempt, give_back
-from openrange_mesh.model import MAX_OWN_KEYS, EpisodeRecord, EpisodeSpec, State, pack
+from openrange_mesh.ledger import homes
+from openrange_mesh.ledger.catalog import Catalog
+from openrange_mesh.ledger.homes import MAX_OWN_KEYS
+from openrange_mesh.ledger.ledger import Ledger, Settlement
+from openrange_mesh.ledger.records import finish_attempt, give_back
+from openrange_mesh.ledger.retention import collect_garbage
+from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State, pack
 from openrange_mesh.registry import Put, Registry
 
 from .helpers import current_revision, take, wait_until
@@ -120,7 +122,7 @@ def test_an_ack_of_a_finished_member_makes_the_owner_resync_not_drop(registry: R
     ids = batch(ledger, 3)
     claim, running = take(ledger, "h1", registry.grant(5), ids)
     assert ledger.commit(claim, [finish_attempt(running[0], State.SUCCEEDED, time.time(), None)], last=False)
-    from openrange_mesh.mesh.client import MeshClient
+    from openrange_mesh.client.client import MeshClient
 
     with MeshClient(registry, namespace=ledger.keys.namespace) as client:
         assert client.ack([ids[0]]) == 1
@@ -149,7 +151,7 @@ def test_collect_takes_a_group_once_every_member_may_go(registry: Registry, ledg
     ids = batch(ledger, 3, idempotency_key=None)
     claim, running = take(ledger, "h1", registry.grant(5), ids)
     assert ledger.commit(claim, [finish_attempt(r, State.SUCCEEDED, time.time(), None) for r in running], last=True)
-    from openrange_mesh.mesh.client import MeshClient
+    from openrange_mesh.client.client import MeshClient
 
     with MeshClient(registry, namespace=ledger.keys.namespace) as client:
         client.ack(ids[:2])

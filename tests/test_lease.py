@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from openrange_mesh.agent.lease import LeaseKeeper
 from openrange_mesh.errors import RegistryError
-from openrange_mesh.mesh.lease import LeaseKeeper
 from openrange_mesh.registry import open_registry
 
 from .etcdkit import EtcdServer

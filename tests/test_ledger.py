@@ -5,16 +5,10 @@ from __future__ import annotations
 import time
 
 from openrange_mesh.keys import Keys
-from openrange_mesh.mesh.catalog import Catalog, EpisodeFilter
-from openrange_mesh.mesh.ledger import (
-    MAX_FREE_RELEASES,
-    Ledger,
-    Settlement,
-    Versioned,
-    finish_attempt,
-    release,
-    spent_attempts,
-)
+from openrange_mesh.ledger.catalog import Catalog, EpisodeFilter
+from openrange_mesh.ledger.homes import Versioned
+from openrange_mesh.ledger.ledger import Ledger, Settlement
+from openrange_mesh.ledger.records import MAX_FREE_RELEASES, finish_attempt, release, spent_attempts
 from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, State
 from openrange_mesh.registry import Put, Registry, open_registry
 

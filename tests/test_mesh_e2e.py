@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from openrange_mesh.mesh.client import MeshClient
-from openrange_mesh.mesh.leader import leader_host
+from openrange_mesh.client.client import MeshClient
 from openrange_mesh.model import EpisodeRecord, State, pack
+from openrange_mesh.model.seat import read_seat
 from openrange_mesh.registry import Delete, Put
 from openrange_mesh.store import open_store
 from openrange_mesh.store.events import read_events
@@ -423,7 +423,7 @@ def test_sigterm_and_ctrl_c_drain(make_mesh: MakeMesh, etcd: EtcdServer) -> None
     mesh.check_clean()
 
 
-# --- queue ownership (mesh/owners.py): each agent keeps the entries it owns -----------------
+# --- queue ownership (ledger/owners.py): each agent keeps the entries it owns -----------------
 
 
 def ran_on(records: dict[str, EpisodeRecord]) -> set[tuple[str, int]]:
@@ -644,7 +644,8 @@ def test_leader_key_nobody_can_hold_is_replaced(make_mesh: MakeMesh, etcd: EtcdS
 
     def elected() -> tuple[str, int] | None:
         kv = mesh.registry.get(key)[0]
-        host = leader_host(kv.value) if kv is not None else None
+        seat = read_seat(kv.value) if kv is not None else None
+        host = seat.host if seat else None
         return (host, kv.lease) if kv is not None and host in mesh.agents and kv.lease else None
 
     mesh.registry.txn([], [Put(key, garbage)])

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from openrange_mesh import __version__
+from openrange_mesh.agent.metrics import Metrics, stop_serving
 from openrange_mesh.config import Settings
 from openrange_mesh.errors import Compacted, ConfigError, LeaseLost, RegistryError, TlsError, Unavailable
-from openrange_mesh.mesh.metrics import Metrics, stop_serving
 from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, State
 from openrange_mesh.registry import open_registry
 from openrange_mesh.registry.base import error_kind

@@ -14,12 +14,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from openrange_mesh import __version__
+from openrange_mesh.agent.agent import Agent
+from openrange_mesh.agent.metrics import OUTCOMES
 from openrange_mesh.cli.local_mesh import free_port
+from openrange_mesh.client.client import MeshClient
 from openrange_mesh.config import Settings
 from openrange_mesh.keys import Keys
-from openrange_mesh.mesh.agent import Agent
-from openrange_mesh.mesh.client import MeshClient
-from openrange_mesh.mesh.metrics import OUTCOMES
 from openrange_mesh.model import EpisodeRecord, State
 from openrange_mesh.registry import Delete, open_registry
 

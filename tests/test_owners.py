@@ -1,10 +1,10 @@
-"""Queue ownership (mesh/owners.py): weighted rendezvous hashing over the live hosts."""
+"""Queue ownership (ledger/owners.py): weighted rendezvous hashing over the live hosts."""
 
 from __future__ import annotations
 
 from collections import Counter
 
-from openrange_mesh.mesh.owners import owner
+from openrange_mesh.ledger.owners import owner
 
 NAMES = [f"{revision:010x}-{seq:04x}-trainer.1" for revision in range(40) for seq in range(100)]
 

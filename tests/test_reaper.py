@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from openrange_mesh.mesh.pool import WorkerPool
-from openrange_mesh.mesh.worker import Done, WorkItem
 from openrange_mesh.model import EpisodeSpec
+from openrange_mesh.worker.child import Done, WorkItem
+from openrange_mesh.worker.pool import WorkerPool
 
 from .helpers import wait_until
 from .meshkit import MARKER_ENV, marked_processes
@@ -253,8 +253,8 @@ class Handle:
 """
 AGENT = """
 import sys, time
-from openrange_mesh.mesh.pool import WorkerPool
-from openrange_mesh.mesh.worker import WorkItem
+from openrange_mesh.worker.pool import WorkerPool
+from openrange_mesh.worker.child import WorkItem
 from openrange_mesh.model import EpisodeSpec
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ from click.testing import CliRunner, Result
 
 from openrange_mesh.cli.main import cli
 from openrange_mesh.cli.report import parse_since
+from openrange_mesh.client.client import MeshClient
 from openrange_mesh.dashboard import report
 from openrange_mesh.dashboard.tally import Tally
 from openrange_mesh.keys import Keys
-from openrange_mesh.mesh.client import MeshClient
 from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, HostInfo, State
 from openrange_mesh.registry import Put, open_registry
 from openrange_mesh.store import open_store
@@ -177,7 +177,7 @@ def test_write_report_puts_both_files_in_the_store(etcd: EtcdServer, namespace: 
         again = report.build(registry, Keys(namespace), now=NOW)
     finally:
         registry.close()
-    assert paths == ["reports/latest.json", "reports/latest.html"]
+    assert paths == ["reports/latest.html", "reports/latest.json"]  # the page first: see write_report
     assert store.list("reports/") == sorted(paths)
     assert json.loads(store.get_bytes("reports/latest.json")) == json.loads(report.to_json(again))
     page = store.get_bytes("reports/latest.html").decode()
@@ -260,7 +260,7 @@ def test_real_agents_a_watched_tally_and_the_report_agree(etcd: EtcdServer, tmp_
     watch of ``episodes/`` (group records expanded, each member's old value from the watch's
     previous value, as the dashboard's child does) equals one built from a scan, and the
     report's numbers say what ran."""
-    from openrange_mesh.mesh.catalog import Catalog
+    from openrange_mesh.ledger.catalog import Catalog
     from openrange_mesh.model import decode_records
     from openrange_mesh.registry import KeyValue
 

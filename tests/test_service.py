@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from openrange_mesh.errors import EpisodeNotFound, SpecError
-from openrange_mesh.mesh.catalog import Catalog
+from openrange_mesh.ledger.catalog import Catalog
 from openrange_mesh.model import State
 from openrange_mesh.registry import Registry
 from openrange_mesh.service import EpisodeService

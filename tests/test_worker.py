@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from openrange_mesh.mesh.pool import WorkerPool
-from openrange_mesh.mesh.worker import Done, WorkItem
 from openrange_mesh.model import EpisodeSpec
 from openrange_mesh.store import open_store
 from openrange_mesh.store.events import read_events
+from openrange_mesh.worker.child import Done, WorkItem
+from openrange_mesh.worker.pool import WorkerPool
 
 from .helpers import wait_until
 

@@ -6,7 +6,7 @@ gives every write a distinct revision, so no two allocators anywhere can hold th
 ``seq`` counts IDs issued under it. Adopting the revision of our latest own write keeps IDs
 sorted by creation across clients to within one submission. ``host`` is for humans.
 
-A batch whose records share one etcd key (a group record, mesh/homes.py) takes an aligned block
+A batch whose records share one etcd key (a group record, ledger/homes.py) takes an aligned block
 of sequence numbers from the upper half (single episodes take the lower half): blocks of 64 from
 ``GROUP_BASE`` for batches of up to 63, blocks of 256 from ``WIDE_BASE`` for wider ones. The
 block's first number names the group's key and no episode, the members take the next ones. So

@@ -6,7 +6,7 @@ share one etcd. Keys are UTF-8 bytes (etcd3gw would encode str as latin-1). Agen
 hosts, leader; with previous values, for the lease of a deleted host key). Records change three
 times per episode and agents never need those events, so they live outside both; so do claims,
 two events per episode for every agent: a dead host's claims are read when its host key goes
-(mesh/agent.py, ``_step_orphans``).
+(agent/agent.py, ``_step_orphans``).
 """
 
 from __future__ import annotations

@@ -22,14 +22,16 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from .agent.lease import LeaseKeeper
 from .config import default_host_id
 from .errors import ConfigError, EpisodeNotFound, SpecError
 from .ids import IdAllocator
 from .keys import Keys
-from .mesh.catalog import Catalog, EpisodeFilter
-from .mesh.lease import LeaseKeeper
-from .mesh.ledger import Claim, Ledger, finish_attempt
-from .model import MAX_OWN_KEYS, EpisodeRecord, EpisodeSpec, State
+from .ledger.catalog import Catalog, EpisodeFilter
+from .ledger.homes import MAX_OWN_KEYS
+from .ledger.ledger import Claim, Ledger
+from .ledger.records import finish_attempt
+from .model import EpisodeRecord, EpisodeSpec, State
 from .registry import Registry, open_registry
 from .runtimes import Handle, load_runtime
 from .specs import check_spec

@@ -16,6 +16,7 @@ from types import FrameType
 
 import click
 
+from ..agent.agent import Agent
 from ..config import (
     DEFAULT_DASHBOARD_PORT,
     ENV_CAPACITY,
@@ -37,7 +38,6 @@ from ..config import (
     etcd_endpoints,
 )
 from ..errors import MeshError, TlsError, Unavailable
-from ..mesh.agent import Agent
 from .common import etcd_options
 
 log = logging.getLogger("openrange_mesh.agent")

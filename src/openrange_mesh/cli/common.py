@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 from rich.console import Console
 
+from ..client.client import MeshClient
 from ..config import (
     ENV_CACERT,
     ENV_CERT,
@@ -36,8 +37,7 @@ from ..config import (
 )
 from ..errors import ConfigError
 from ..keys import Keys
-from ..mesh.catalog import Catalog
-from ..mesh.client import MeshClient
+from ..ledger.catalog import Catalog
 from ..registry import Registry, open_registry
 from ..store import Store, open_store
 from .safe import printable, safe_json

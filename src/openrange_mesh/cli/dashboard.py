@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..dashboard.view import read_leader
+from ..model.seat import read_seat
 from .common import Mesh, dump_json, fail, output_option, pass_mesh
 from .safe import printable
 
@@ -27,7 +27,7 @@ def command(mesh: Mesh, output: str) -> None:
       openrange-mesh dashboard -o json
     """
     kv, _ = mesh.registry().get(mesh.keys.leader())
-    seat = read_leader(kv)
+    seat = read_seat(kv.value, kv.create_revision) if kv else None
     if seat is None:
         fail("no leader elected in namespace " + mesh.namespace + (": its key cannot be read" if kv else ""))
     if seat.url is None:

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 import click
 
-from ..mesh.leader import leader_host
 from ..model import HostInfo
+from ..model.seat import read_seat
+from ..model.views import host_summary
 from ..registry import Registry
 from .common import Mesh, ago, dump_json, out_console, output_option, pass_mesh
-from .records import host_summary
 from .safe import printable
 from .table import StreamTable
 
@@ -55,7 +55,8 @@ def command(mesh: Mesh, output: str) -> None:
 def leader_of(registry: Registry, key: bytes) -> str | None:
     """The host holding the leader key (a value we cannot read means unknown)."""
     kv, _ = registry.get(key)
-    return leader_host(kv.value) if kv is not None else None
+    seat = read_seat(kv.value) if kv is not None else None
+    return seat.host if seat else None
 
 
 def _cells(host: HostInfo, heartbeat: int | None, leader: str | None, now: float) -> list[str]:

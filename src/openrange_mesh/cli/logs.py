@@ -8,12 +8,11 @@ from typing import Any
 
 import click
 
-from ..mesh.catalog import Catalog
-from ..mesh.client import get_record
-from ..mesh.worker import FLUSH_SECONDS
+from ..client.client import get_record
+from ..ledger.catalog import Catalog
 from ..model import EpisodeRecord
 from ..store import Store, open_store
-from ..store.events import decode_events, read_events, tagged_for
+from ..store.events import FLUSH_SECONDS, decode_events, read_events, tagged_for
 from ..store.layout import attempt_prefix, batch_prefix, parse_events_path, shared_events_path
 from .common import Mesh, compact_json, output_option, pass_mesh, stamp, store_option
 from .safe import printable

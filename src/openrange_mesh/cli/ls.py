@@ -9,10 +9,11 @@ from collections.abc import Iterable, Iterator
 
 import click
 
-from ..mesh.catalog import EpisodeFilter
+from ..ledger.catalog import EpisodeFilter
 from ..model import EpisodeRecord, State
+from ..model.views import summary
 from .common import Mesh, compact_json, out_console, output_option, parse_pairs, pass_mesh
-from .records import COLUMNS, WIDE_COLUMNS, cells, state_style, summary
+from .records import COLUMNS, WIDE_COLUMNS, cells, state_style
 from .safe import printable
 from .table import StreamTable
 

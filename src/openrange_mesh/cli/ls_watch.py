@@ -15,11 +15,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ..mesh.catalog import EpisodeFilter
-from ..mesh.follow import Follower
+from ..ledger.catalog import EpisodeFilter
 from ..model import EpisodeRecord, decode_or_none, decode_records
+from ..model.views import summary
+from ..registry.follow import Follower
 from .common import Mesh, compact_json, out_console
-from .records import COLUMNS, STATE_STYLES, WIDE_COLUMNS, cells, summary
+from .records import COLUMNS, STATE_STYLES, WIDE_COLUMNS, cells
 from .safe import printable
 from .table import StreamTable
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
+from ..client.client import MeshClient
 from ..errors import EpisodeNotFound, RegistryError
-from ..mesh.client import MeshClient
-from ..mesh.ledger import claim_episode_ids
+from ..ledger.records import claim_episode_ids
 from ..model import EpisodeRecord, State
 from .common import PROG, err_console
 from .safe import printable

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from ..model import EpisodeRecord, HostInfo, State
+from ..model import EpisodeRecord, State
+from ..model.views import host_of
 from .common import ago, compact_json, short, span
 
 STATE_STYLES = {
@@ -25,11 +25,6 @@ def state_style(row: Sequence[str]) -> dict[int, str]:
         return {1: STATE_STYLES[State(row[1])]}
     except (ValueError, IndexError):
         return {}
-
-
-def host_of(record: EpisodeRecord) -> str | None:
-    """Where it runs (its owner) or last ran."""
-    return record.owner or (record.history[-1].host if record.history else None)
 
 
 def duration_of(record: EpisodeRecord, now: float) -> float | None:
@@ -61,36 +56,6 @@ COLUMNS = ["ID", "STATE", "HOST", "ATTEMPT", "RUNTIME", "AGE", "DURATION", "ERRO
 WIDE_COLUMNS = [*COLUMNS, "LABELS", "SUBMITTER", "RESULT"]
 
 
-def summary(record: EpisodeRecord) -> dict[str, Any]:
-    """The listing's JSON object for one record."""
-    return {
-        "id": record.id,
-        "state": record.state.value,
-        "host": host_of(record),
-        "attempt": record.attempt,
-        "runtime": record.spec.runtime,
-        "created_at": record.created_at,
-        "started_at": record.started_at,
-        "finished_at": record.finished_at,
-        "error": record.error,
-        "labels": dict(record.spec.labels),
-        "submitter": record.submitter,
-        "result": record.result,
-        "owner": record.owner,
-        "acked_at": record.acked_at,
-    }
-
-
-def detail(record: EpisodeRecord) -> dict[str, Any]:
-    """Everything in the record: the summary plus claim, spec and every attempt."""
-    return {
-        **summary(record),
-        "claim": record.claim,
-        "spec": record.spec.to_dict(),
-        "history": [a.to_dict() for a in record.history],
-    }
-
-
 def timeline(record: EpisodeRecord) -> list[tuple[float, str]]:
     """What happened to the episode, in time order, as (epoch, sentence)."""
     events: list[tuple[float, str]] = [(record.created_at, f"submitted by {record.submitter or '?'}")]
@@ -106,21 +71,3 @@ def timeline(record: EpisodeRecord) -> list[tuple[float, str]]:
     if record.acked_at:
         events.append((record.acked_at, "result acknowledged"))
     return sorted(events, key=lambda item: item[0])
-
-
-def host_summary(host: HostInfo, leader: str | None) -> dict[str, Any]:
-    return {
-        "id": host.id,
-        "leader": host.id == leader,
-        "capacity": host.capacity,
-        "running": host.running,
-        "labels": dict(host.labels),
-        "version": host.version,
-        "address": host.address,
-        "started_at": host.started_at,
-        "pid": host.pid,
-        "machine": host.machine,
-        "draining": host.draining,
-        "reason": host.reason,
-        "url": host.url,
-    }

@@ -9,9 +9,10 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from ..mesh.client import get_record
-from ..mesh.ledger import spent_attempts
+from ..client.client import get_record
+from ..ledger.records import spent_attempts
 from ..model import EpisodeRecord
+from ..model.views import detail
 from ..store import Store
 from ..store.layout import attempt_prefix, batch_prefix, shared_events_path
 from .common import (
@@ -27,7 +28,7 @@ from .common import (
     store_option,
 )
 from .logs import sources
-from .records import STATE_STYLES, detail, duration_of, state_style, timeline
+from .records import STATE_STYLES, duration_of, state_style, timeline
 from .safe import printable
 from .table import StreamTable
 

@@ -10,8 +10,8 @@ from types import FrameType
 import click
 
 from ..config import ENV_ETCD, ENV_NAMESPACE, ENV_STORE
-from ..dashboard.view import read_leader
 from ..errors import RegistryError
+from ..model.seat import Seat, read_seat
 from .common import Mesh, fail, pass_mesh
 from .local_mesh import LocalMesh, log_tail
 from .progress import track
@@ -134,12 +134,17 @@ def _wait_for_hosts(mesh: Mesh, local: LocalMesh) -> None:
 def _print_dashboard(mesh: Mesh) -> None:
     """The leader's URL, once one is elected (within a pass or two of the agents joining)."""
     deadline = time.monotonic() + HOSTS_TIMEOUT
-    while (seat := read_leader(mesh.registry().get(mesh.keys.leader())[0])) is None or not seat.url:
+    while (seat := _seat(mesh)) is None or not seat.url:
         if time.monotonic() >= deadline:
             click.echo("no leader elected yet: `openrange-mesh dashboard` prints its URL once there is", err=True)
             return
         time.sleep(0.1)
     click.echo(f"dashboard: {seat.url} (it moves with the leader: `openrange-mesh dashboard` says where)", err=True)
+
+
+def _seat(mesh: Mesh) -> Seat | None:
+    kv, _ = mesh.registry().get(mesh.keys.leader())
+    return read_seat(kv.value, kv.create_revision) if kv else None
 
 
 def _print_exports(mesh: Mesh, local: LocalMesh) -> None:

@@ -7,9 +7,10 @@ import time
 import click
 
 from ..model import EpisodeRecord
+from ..model.views import host_of, summary
 from .common import Mesh, dump_json, fail, out_console, output_option, pass_mesh, read_ids, span
 from .progress import Tracked, track
-from .records import cells, host_of, state_style, summary
+from .records import cells, state_style
 from .table import StreamTable
 
 SHOWN_FAILURES = 20

@@ -4,7 +4,6 @@ follower, a 307 to the leader for every dashboard path. Errors are ``{"error": "
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,16 +16,17 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..cli.records import detail, host_summary
 from ..errors import EpisodeNotFound, MeshError, RegistryError
-from ..mesh.catalog import Catalog
-from .index import EpisodeIndex
+from ..ledger.catalog import Catalog
+from ..model.views import detail, host_summary
+from .answers import error, wait_index
+from .cancel import cancel_request
+from .events import events_page
 from .query import BadQuery, EpisodeQuery
-from .server import State
+from .state import State
 from .stream import stream
 
 STATIC = Path(__file__).parent / "static"
-INDEX_WAIT = 10.0  # seconds a request waits for a new leader's first listing
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -57,19 +57,15 @@ def build_app(state: State) -> Starlette:
         Route("/api/hosts", leading(hosts)),
         Route("/api/episodes", leading(episodes)),
         Route("/api/episodes/{episode_id}", leading(episode)),
-        Route("/api/episodes/{episode_id}/events", leading(events)),
+        Route("/api/episodes/{episode_id}/events", leading(events_page)),
         Route("/api/summary", leading(summary)),
         Route("/api/stream", leading(lambda r, s: stream(r, s, hosts_json))),
-        Route("/api/cancel", leading(cancel), methods=["POST"]),
+        Route("/api/cancel", leading(cancel_request), methods=["POST"]),
         Route("/", leading(page)),
         Route("/episodes/{episode_id}", leading(page)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
-
-
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": " ".join(message.split())}, status_code=status)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -101,7 +97,7 @@ async def leader(request: Request, state: State) -> Response:
 
 
 async def metrics(state: State) -> Response:
-    """The agent's own metrics (mesh/metrics.py), served by it on loopback: relayed as they are."""
+    """The agent's own metrics (agent/metrics.py), served by it on loopback: relayed as they are."""
     port = state.config.metrics_port
     if port is None:
         return error(404, "this server has no agent metrics to show")
@@ -131,18 +127,6 @@ def hosts_json(state: State) -> dict[str, Any]:
 
 async def hosts(request: Request, state: State) -> Response:
     return JSONResponse(await asyncio.to_thread(hosts_json, state))  # it may read leases
-
-
-async def wait_index(state: State) -> EpisodeIndex:
-    """The index, once a new leader's first listing is done (503 past ``INDEX_WAIT``)."""
-    index = state.index
-    deadline = time.monotonic() + INDEX_WAIT
-    while index is None or not index.ready.is_set():
-        if time.monotonic() >= deadline:
-            raise HTTPException(503, "the leader is still listing the episodes: try again shortly")
-        await asyncio.sleep(0.05)
-        index = state.index
-    return index
 
 
 async def episodes(request: Request, state: State) -> Response:
@@ -184,18 +168,6 @@ async def episode(request: Request, state: State) -> Response:
             body["history"][-1]["token"] = kv.create_revision
     revision = state.index.revision if state.index is not None else state.view.revision
     return JSONResponse({"revision": revision, "record": body})
-
-
-async def events(request: Request, state: State) -> Response:
-    from .events import events_page
-
-    return await events_page(request, state)
-
-
-async def cancel(request: Request, state: State) -> Response:
-    from .cancel import cancel_request
-
-    return await cancel_request(request, state)
 
 
 async def page(request: Request, state: State) -> Response:

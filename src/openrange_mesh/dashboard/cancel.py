@@ -14,18 +14,18 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ..client.client import MeshClient
 from ..errors import EpisodeNotFound
-from ..mesh.client import MeshClient
+from .answers import error, wait_index
 from .query import BadQuery, EpisodeQuery
 
 if TYPE_CHECKING:
-    from .server import State
+    from .state import State
 
 MAX_IDS = 10_000  # one request; a bigger cancel is a filter
 
 
 async def cancel_request(request: Request, state: State) -> Response:
-    from .app import error, wait_index
 
     refused = _refusal(request, state.config.token)
     if refused is not None:

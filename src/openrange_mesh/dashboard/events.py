@@ -11,14 +11,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..errors import EpisodeNotFound, MeshError
-from ..mesh.catalog import Catalog
+from ..ledger.catalog import Catalog
 from ..model import EpisodeRecord
 from ..store import Store
 from ..store.events import read_events
+from .answers import error
 from .query import BadQuery
 
 if TYPE_CHECKING:
-    from .server import State
+    from .state import State
 
 PAGE = 500
 MAX_PAGE = 2000
@@ -28,7 +29,6 @@ _closed: OrderedDict[tuple[str, int], list[dict[str, Any]]] = OrderedDict()  # t
 
 
 async def events_page(request: Request, state: State) -> Response:
-    from .app import error
 
     params = request.query_params
     offset = _int("offset", params.get("offset"), 0, 0, None)

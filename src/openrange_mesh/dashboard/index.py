@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..keys import Keys
-from ..mesh.catalog import Catalog
-from ..mesh.follow import Follower
+from ..ledger.catalog import Catalog
 from ..model import EpisodeRecord, decode_or_none, decode_records
 from ..registry import Event, KeyValue, Registry
+from ..registry.follow import Follower
 from .tally import Tally
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,10 @@ from typing import Any
 from ..errors import ConfigError
 from ..registry import Registry
 from ..store import Store
-from .process import DashboardConfig
-from .server import State, _bind
+from .app import build_app
+from .config import DashboardConfig
+from .server import bind
+from .state import State
 
 START_TIMEOUT = 20.0
 
@@ -42,10 +44,8 @@ class InProcessDashboard:
     def start(self) -> str:
         import uvicorn
 
-        from .app import build_app
-
         try:
-            sock = _bind(self._config.bind_host, self._config.port)
+            sock = bind(self._config.bind_host, self._config.port)
         except OSError as exc:
             raise ConfigError(f"the dashboard cannot listen on {self._config.bind_host}: {exc}") from exc
         self.url = f"http://{self._config.bind_host}:{sock.getsockname()[1]}"

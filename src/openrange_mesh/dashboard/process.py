@@ -16,48 +16,16 @@ import logging
 import multiprocessing
 import socket
 import time
-from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from ..config import Settings
 from ..errors import ConfigError
+from .config import DashboardConfig
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 30.0  # seconds for the child to import its server stack and bind its port
 _CONTEXT = multiprocessing.get_context("spawn")  # a clean process: the agent's threads stay behind
-
-
-@dataclass(frozen=True)
-class DashboardConfig:
-    """What the child needs, picklable."""
-
-    registry: str = field(repr=False)  # may hold a password
-    namespace: str
-    host_id: str
-    store: str
-    bind_host: str
-    port: int
-    token: str = field(default="", repr=False)
-    metrics_port: int | None = None  # the agent's own metrics on loopback, proxied at /metrics
-    log_level: str = "INFO"
-    report_interval: float = 0.0  # seconds between reports written to the store while leading; 0: none
-
-    @classmethod
-    def of(cls, settings: Settings, metrics_port: int | None = None) -> DashboardConfig:
-        return cls(
-            settings.registry,
-            settings.namespace,
-            settings.host_id,
-            settings.store,
-            settings.dashboard_host,
-            settings.dashboard_port,
-            settings.dashboard_token,
-            metrics_port,
-            settings.log_level,
-            settings.report_interval,
-        )
 
 
 class DashboardProcess:

@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any
 
 from ..keys import Keys
-from ..mesh.catalog import Catalog
+from ..ledger.catalog import Catalog
 from ..model import EpisodeRecord
 from ..registry import Registry
 from ..store import Store

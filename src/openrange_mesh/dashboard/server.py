@@ -12,82 +12,17 @@ import asyncio
 import logging
 import socket
 import sys
-import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..cli.local_mesh import die_with_parent
-from ..keys import Keys
-from ..registry import Registry, open_registry
+from ..lifetime import die_with_parent
+from ..registry import open_registry
 from ..store import Store, open_store
-from .index import EpisodeIndex
-from .process import DashboardConfig
-from .report import write_report
-from .view import MeshView
+from .app import build_app
+from .config import DashboardConfig
+from .state import State
 
 log = logging.getLogger(__name__)
-
-
-class State:
-    """What the app's handlers share. ``index`` exists while this agent leads.
-
-    Threads: uvicorn's event loop runs the handlers; ``watch_serving`` (a thread) starts and
-    stops the index as the agent's ``serving`` flag changes; the view and the index have
-    threads of their own."""
-
-    def __init__(self, config: DashboardConfig, serving: Any, registry: Registry, store: Store | None) -> None:
-        self.config = config
-        self.keys = Keys(config.namespace)
-        self.registry = registry
-        self.store = store
-        self.view = MeshView(registry, self.keys)
-        self._serving = serving
-        self.index: EpisodeIndex | None = None
-        self.standalone_url: str | None = None  # one process's own dashboard: it leads itself
-        self._stop = threading.Event()
-
-    @property
-    def serving(self) -> bool:
-        return bool(self._serving)
-
-    def start(self) -> None:
-        self.view.start()
-        threading.Thread(target=self._watch_serving, name="serving", daemon=True).start()
-        if self.config.report_interval and self.store is not None:
-            threading.Thread(target=self._write_reports, name="reports", daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.view.stop()
-        if self.index is not None:
-            self.index.stop()
-
-    def _watch_serving(self) -> None:
-        """The index follows leadership, checked every 0.2 s: a new leader's page needs it
-        within a second; a deposed one's memory goes back."""
-        while not self._stop.wait(0.2):
-            if self.serving and self.index is None:
-                log.info("leading: indexing episodes")
-                self.index = EpisodeIndex(self.registry, self.keys)
-                self.index.start()
-            elif not self.serving and self.index is not None:
-                log.info("no longer leading: index dropped")
-                index, self.index = self.index, None
-                index.stop()
-
-    def _write_reports(self) -> None:
-        """The run report in the shared store every ``report_interval`` while leading: here,
-        not in the agent, since building one reads every record (seconds at 100k)."""
-        assert self.store is not None
-        while not self._stop.wait(self.config.report_interval):
-            if not self.serving:
-                continue
-            try:
-                paths = write_report(self.registry, self.keys, self.store)
-            except Exception as exc:  # a store or etcd hiccup: the next interval tries again
-                log.warning("could not write the run report: %s", exc)
-            else:
-                log.info("run report written: %s", ", ".join(self.store.location(p) for p in paths))
 
 
 def main(config: DashboardConfig, conn: Connection, serving: Any) -> None:
@@ -97,7 +32,7 @@ def main(config: DashboardConfig, conn: Connection, serving: Any) -> None:
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     try:
-        sock = _bind(config.bind_host, config.port)
+        sock = bind(config.bind_host, config.port)
     except OSError as exc:
         conn.send(f"{exc.strerror or exc}")
         return
@@ -113,13 +48,11 @@ def main(config: DashboardConfig, conn: Connection, serving: Any) -> None:
 async def _serve(state: State, sock: socket.socket) -> None:
     import uvicorn
 
-    from .app import build_app
-
     server = uvicorn.Server(uvicorn.Config(build_app(state), log_level="warning", lifespan="off"))
     await server.serve(sockets=[sock])
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family, reuse_port=False)
     sock.set_inheritable(True)

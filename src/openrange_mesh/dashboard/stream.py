@@ -24,17 +24,17 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .answers import wait_index
 from .index import Summary
 
 if TYPE_CHECKING:
-    from .server import State
+    from .state import State
 
 POLL = 0.25  # seconds between looks at the index's change log
 PING = 15  # seconds between keep-alive comments
 
 
 async def stream(request: Request, state: State, hosts: Callable[[State], dict[str, Any]]) -> Response:
-    from .app import wait_index  # the app module imports this one
 
     index = await wait_index(state)
     last = request.headers.get("last-event-id", "")

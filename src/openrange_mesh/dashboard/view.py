@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 from ..keys import Keys
-from ..mesh.follow import Follower
-from ..model import HostInfo, decode_or_none, unpack
-from ..registry import Event, KeyValue, Registry
+from ..model import HostInfo, decode_or_none
+from ..model.seat import Seat, read_seat
+from ..registry import Event, Registry
+from ..registry.follow import Follower
 
 log = logging.getLogger(__name__)
 
@@ -24,34 +24,12 @@ LEFT_FOR = 3600.0  # seconds a host that left stays listed
 BEATS_EVERY = 2.0  # seconds between reads of the hosts' lease ttls
 
 
-@dataclass(frozen=True)
-class Leader:
-    host: str
-    url: str | None
-    term: int  # the leader key's create_revision: one per election
-
-
-def read_leader(kv: KeyValue | None) -> Leader | None:
-    """The leader a leader key names; None for no key or one that cannot be read."""
-    if kv is None:
-        return None
-    try:
-        value = unpack(kv.value)
-    except Exception:
-        return None
-    host = value.get("host") if isinstance(value, dict) else None
-    url = value.get("url") if isinstance(value, dict) else None
-    if not isinstance(host, str) or not host:
-        return None
-    return Leader(host, url if isinstance(url, str) and url else None, kv.create_revision)
-
-
 class MeshView:
     def __init__(self, registry: Registry, keys: Keys) -> None:
         self.registry = registry
         self.keys = keys
         self.revision = 0
-        self._leader: Leader | None = None
+        self._leader: Seat | None = None
         self._hosts: dict[str, HostInfo] = {}
         self._leases: dict[str, int] = {}  # host -> the lease its key is bound to
         self._beats: tuple[float, dict[str, int | None]] = (0.0, {})  # (when read, host -> seconds)
@@ -70,7 +48,7 @@ class MeshView:
         self._stop.set()
         self._follower.close()
 
-    def leader(self) -> Leader | None:
+    def leader(self) -> Seat | None:
         with self._lock:
             return self._leader
 
@@ -107,7 +85,7 @@ class MeshView:
         leader = None
         for kv in listing.kvs:
             if kv.key == self.keys.leader():
-                leader = read_leader(kv)
+                leader = read_seat(kv.value, kv.create_revision) if kv else None
             elif kv.key.startswith(self.keys.hosts()):
                 info = decode_or_none(HostInfo.from_bytes, kv.value, kv.key)
                 if info is not None:
@@ -134,7 +112,7 @@ class MeshView:
     def _apply_one(self, event: Event) -> None:
         key = event.kv.key
         if key == self.keys.leader():
-            self._leader = read_leader(event.kv) if event.type == "put" else None
+            self._leader = read_seat(event.kv.value, event.kv.create_revision) if event.type == "put" else None
         elif key.startswith(self.keys.hosts()):
             host = self.keys.name_of(key, self.keys.hosts())
             if event.type == "delete":

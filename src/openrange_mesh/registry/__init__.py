@@ -15,6 +15,8 @@ import importlib
 from ..errors import ConfigError
 from .base import (
     ERROR_KINDS,
+    MAX_REQUEST_BYTES,
+    MAX_TXN_OPS,
     OPERATIONS,
     Compare,
     Delete,
@@ -35,6 +37,8 @@ from .base import (
 
 __all__ = [
     "ERROR_KINDS",
+    "MAX_REQUEST_BYTES",
+    "MAX_TXN_OPS",
     "OPERATIONS",
     "Compare",
     "Delete",

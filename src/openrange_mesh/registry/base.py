@@ -20,7 +20,7 @@ Every backend implements ``Registry`` with etcd's semantics:
   only ``errors.RegistryError`` subclasses (``Unavailable`` is the only retryable one).
 * ``observer`` (None by default) is told of every request a backend makes: ``observer(operation,
   seconds, kind)``, ``operation`` one of ``OPERATIONS``, ``kind`` None when it was answered, else
-  one of ``ERROR_KINDS`` (``error_kind``). The agent points it at its metrics (mesh/metrics.py), so
+  one of ``ERROR_KINDS`` (``error_kind``). The agent points it at its metrics (agent/metrics.py), so
   nothing here imports them. It is called on the calling thread, on the hot path: it must be cheap
   and must not raise. A watch reports ``"watch"`` once each time its stream is opened again
   (``seconds``: how long the one before lasted).
@@ -39,6 +39,11 @@ from ..errors import Compacted, LeaseLost, RegistryError, TlsError, Unavailable
 OPERATIONS = ("txn", "range", "get", "lease_grant", "lease_refresh", "lease_revoke", "lease_ttl", "watch")
 ERROR_KINDS = ("unavailable", "timeout", "tls", "other")
 Observer = Callable[[str, float, "str | None"], None]
+
+# etcd's limits on one request (its defaults for --max-txn-ops and --max-request-bytes), declared
+# once: every txn packer above the seam derives its budget from them, and memory:// enforces them.
+MAX_TXN_OPS = 128
+MAX_REQUEST_BYTES = 1572864  # 1.5 MiB
 
 CompareTarget = Literal["value", "version", "create", "mod", "lease"]
 CompareOp = Literal["==", "!=", "<", ">"]

@@ -16,6 +16,9 @@ JsonObject = dict[str, Any]
 
 
 # One encoder: json.dumps with options builds a new one per call, ~3 us, more than a CartPole step's event.
+# A running attempt's events reach the store at most this long after they were emitted (the
+# workers flush their buffers this often, worker/child.py); readers that follow wait as long.
+FLUSH_SECONDS = 1.0
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 

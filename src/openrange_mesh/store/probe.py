@@ -1,6 +1,6 @@
 """Prove a store works before trusting it: write, read back and delete one small object.
 
-An agent runs this before it joins the mesh, and again while it is sick (``mesh/health.py``) to
+An agent runs this before it joins the mesh, and again while it is sick (``agent/health.py``) to
 learn when its store works again. A bucket that does not exist, a permission denied, an
 unreachable endpoint and an unwritable path all fail here, with the store's own one-line reason,
 instead of in every worker at every episode (issue 11: one agent with a bad ``--store`` joined

@@ -42,6 +42,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from ...errors import Compacted, LeaseLost, RegistryError, TooLarge
 from ..base import (
+    MAX_REQUEST_BYTES,
     Compare,
     Get,
     KeyValue,
@@ -57,7 +58,6 @@ from ._transport import (
     _MIN_ATTEMPT,
     _NOT_APPLIED,
     _UNAVAILABLE,
-    MAX_REQUEST_BYTES,
     _as_broken,
     _Broken,
     _Client,

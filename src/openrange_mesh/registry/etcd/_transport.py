@@ -29,7 +29,6 @@ from etcd3gw.exceptions import (
 from ...errors import ConfigError, RegistryError, TlsError, TlsRequired, Unavailable
 from . import _causes
 
-MAX_REQUEST_BYTES = 1572864  # etcd's default --max-request-bytes (1.5 MiB)
 _MIN_ATTEMPT = 0.05  # seconds: no attempt is started with less time than this left
 # etcd answers that mean "this member cannot serve now"; the first group also means "nothing was applied".
 _NOT_APPLIED = ("no leader", "not capable", "too many requests", "connection refused")

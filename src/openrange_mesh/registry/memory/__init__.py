@@ -16,9 +16,9 @@ from typing import Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 from ...errors import ConfigError, RegistryError
-from ..base import Compare, KeyValue, Observer, Op, RangeResult, Txn, TxnResult, error_kind
+from ..base import MAX_TXN_OPS, Compare, KeyValue, Observer, Op, RangeResult, Txn, TxnResult, error_kind
 from ._store import _open_store
-from ._txn import MAX_TXN_OPS, _choose, _flatten, _holds, _results, check_keys, check_ops
+from ._txn import _choose, _flatten, _holds, _results, check_keys, check_ops
 from ._watch import _MemoryWatch
 
 __all__ = ["MemoryRegistry"]

@@ -19,7 +19,6 @@ from ..base import (
     TxnResult,
 )
 
-MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 _INT_TARGETS = frozenset({"version", "create", "mod", "lease"})
 _COMPARE_OPS: dict[str, Callable[[Any, Any], bool]] = {"==": eq, "!=": ne, "<": lt, ">": gt}
 

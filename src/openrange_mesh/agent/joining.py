@@ -12,7 +12,7 @@ from .. import __version__
 from ..errors import ConfigError
 from ..model import HostInfo
 from ..registry import Compare, Put
-from .agent_state import AgentState
+from .state import AgentState
 
 log = logging.getLogger(__name__)
 

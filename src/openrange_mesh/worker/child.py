@@ -49,14 +49,13 @@ from ..model import EpisodeSpec
 from ..runtimes import load_runtime
 from ..specs import check_json, is_plain_json
 from ..store import Store, open_store
-from ..store.events import encode_events
+from ..store.events import FLUSH_SECONDS, encode_events
 from ..store.layout import batch_events_path, events_path, shared_events_path, snapshot_path
 from . import reaper
 
 log = logging.getLogger(__name__)
 
 SLICE_SECONDS = 0.25
-FLUSH_SECONDS = 1.0
 # A batch's results wait at most this long in the worker (the agent commits a batch's results
 # when it ends or once they have waited agent_state.COMMIT_LINGER); a long episode's slices
 # check it too, so the results before it do not wait for it. An episode that ran this long is
@@ -185,7 +184,7 @@ class _Shared:
 
 def _write(store: Store, path: str, events: list[dict[str, Any]], report: Callable[[str], None] | None) -> None:
     """Events are diagnostics: a store that refuses them fails no episode (results are in
-    etcd), but it is the host's failure, and the agent hears of it (mesh/health.py)."""
+    etcd), but it is the host's failure, and the agent hears of it (agent/health.py)."""
     try:
         data = encode_events(events)
     except (RecursionError, ValueError, TypeError):  # an episode's data, not the store: keep the rest

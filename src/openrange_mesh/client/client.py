@@ -25,16 +25,16 @@ from ..config import default_host_id
 from ..errors import CorruptRecord, EpisodeNotFound, SpecError
 from ..ids import IdAllocator, home_id
 from ..keys import Keys
+from ..ledger import homes
+from ..ledger.catalog import Catalog, EpisodeFilter
+from ..ledger.homes import Versioned
+from ..ledger.ledger import Ledger
+from ..ledger.queue import batch_runs
+from ..ledger.retention import collect_garbage
 from ..model import EpisodeRecord, EpisodeSpec, State, decode_finished, decode_or_none, decode_records, is_live
-from ..registry import Registry, open_registry
+from ..registry import MAX_TXN_OPS, Registry, open_registry
+from ..registry.follow import Follower
 from ..specs import check_spec
-from . import homes
-from .catalog import Catalog, EpisodeFilter
-from .follow import Follower
-from .homes import Versioned
-from .leader import collect_garbage
-from .ledger import MAX_TXN_OPS, Ledger
-from .queue import batch_runs
 
 SpecLike = EpisodeSpec | Mapping[str, Any]
 REPLAY_WINDOW = 10.0  # seconds: as_completed watches episodes submitted this recently from their submission
@@ -102,7 +102,7 @@ class MeshClient:
 
     def _new_ids(self, specs: Sequence[EpisodeSpec]) -> list[list[str]]:
         """Ids for the specs, in the groups the queue will form of them: each batch takes one id
-        block, so its records share one group record (mesh/homes.py)."""
+        block, so its records share one group record (ledger/homes.py)."""
         runs: list[list[str]] = []
         singles = 0  # consecutive single episodes: their ids are allocated together
         for size in batch_runs([s.batch for s in specs]):

@@ -27,7 +27,6 @@ from ..errors import CorruptRecord
 from ..ids import home_id
 from ..keys import Keys
 from ..model import (
-    MAX_OWN_KEYS,
     EpisodeRecord,
     State,
     decode_or_none,
@@ -37,12 +36,15 @@ from ..model import (
     is_finished,
     wire_members,
 )
-from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry
+from ..registry import MAX_TXN_OPS, Compare, Delete, Get, KeyValue, Op, Put, Registry
 from .queue import QueueEntry, entry_ops, entry_put, groups, named
 
 log = logging.getLogger(__name__)
 
-MAX_TXN_OPS = 128
+# Records under keys of their own that one txn claims or commits together: a compare and a put
+# each, within etcd's ops per txn, with room for the claim's own keys (single-host runs,
+# members that moved out of a group).
+MAX_OWN_KEYS = (MAX_TXN_OPS - 8) // 2
 
 
 @dataclass(slots=True)

@@ -1,20 +1,20 @@
 """Watching: the two watch threads turn etcd events into work for the loop.
 
 The queue watch brings puts only (no deletes), and the agent keeps the entries it owns
-(mesh/owners.py): what its peers claimed never reaches it, and its own entries leave its queue
+(ledger/owners.py): what its peers claimed never reaches it, and its own entries leave its queue
 when it claims them, or when a claim of one fails (a peer stole it, a cancel took it).
 """
 
 from __future__ import annotations
 
+from ..ledger import owners
+from ..ledger.queue import QueueEntry, decode_entry
 from ..model import HostInfo
 from ..registry import Event
-from . import owners
-from .agent_state import DeadHost
+from ..registry.follow import Follower
 from .committing import Committing
-from .follow import Follower
 from .joining import _decode_host
-from .queue import QueueEntry, decode_entry
+from .state import DeadHost
 
 
 class Watching(Committing):

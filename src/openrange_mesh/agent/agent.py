@@ -19,24 +19,26 @@ from dataclasses import replace
 from wsgiref.simple_server import WSGIServer
 
 from ..config import Settings
-from ..dashboard.process import DashboardConfig, DashboardProcess
+from ..dashboard.config import DashboardConfig
+from ..dashboard.process import DashboardProcess
 from ..errors import Compacted, ConfigError, MeshError, RegistryError, StoreError
 from ..keys import Keys
+from ..ledger.catalog import Catalog
+from ..ledger.homes import Versioned
+from ..ledger.ledger import Ledger
+from ..ledger.queue import QueueEntry
+from ..ledger.records import claim_episode_ids
 from ..model import EpisodeRecord
 from ..registry import Registry, open_registry
+from ..registry.follow import Follower
 from ..store import Store, open_store
 from ..store.probe import probe
-from .agent_state import DeadHost, Held, Waker
-from .catalog import Catalog
-from .follow import Follower
+from ..worker.pool import WorkerPool
 from .health import Health
-from .homes import Versioned
-from .leader import Leadership
+from .leadership import Leadership
 from .lease import LeaseKeeper
-from .ledger import Ledger, claim_episode_ids
 from .metrics import Metrics, stop_serving
-from .pool import WorkerPool
-from .queue import QueueEntry
+from .state import DeadHost, Held, Waker
 from .watching import Watching
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ KILL_GRACE = 5.0  # seconds past a timeout before the agent kills a worker that 
 
 
 class Agent(Watching):
-    """The agent: joining (mesh/joining.py), claiming (claiming.py), committing (committing.py)
+    """The agent: joining (agent/joining.py), claiming (claiming.py), committing (committing.py)
     and watching (watching.py) are mixins over the shared state in agent_state.py; this class
     owns the loop, the lease step, requeues of dead hosts' work, cancels and timeouts."""
 

@@ -15,7 +15,7 @@ before saying so, hands back everything it was given as ``released`` (the host's
 attempt is spent) and is started again after a backoff (``START_BACKOFF``, doubling up to
 ``START_BACKOFF_MAX``) instead of at once, forever (issue 11: a worker that could not open its
 store died at start, was restarted in a loop, and every episode it was given was lost). These
-failures, and a worker's store faults and released results, go to ``on_fault`` (mesh/health.py).
+failures, and a worker's store faults and released results, go to ``on_fault`` (agent/health.py).
 
 A worker running a batch may have one more batch queued behind it (look-ahead), so it never
 waits for the round trips that commit one batch and claim the next. Single episodes are never
@@ -39,7 +39,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from . import reaper
-from .worker import Done, Slot, WorkItem, worker_main
+from .child import Done, Slot, WorkItem, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ STOP_GRACE = 3.0  # seconds a worker gets to stop its episode (a command runtime
 START_BACKOFF = 0.5  # seconds before a worker that could not start is started again; doubles
 START_BACKOFF_MAX = 30.0
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["openrange_mesh.mesh.worker"])
+_CONTEXT.set_forkserver_preload(["openrange_mesh.worker.child"])
 
 
 @dataclass
@@ -293,7 +293,7 @@ class WorkerPool:
 
     def _could_not_start(self, worker: _Worker, reason: str) -> None:
         """Everything it was given goes back untouched; its slot is started again after a
-        backoff. The fault is the host's (mesh/health.py)."""
+        backoff. The fault is the host's (agent/health.py)."""
         why = f"its worker could not start ({reason})"
         for item in worker.items.values():
             self.results.put(Done(item.episode_id, item.attempt, "released", why))

@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 from ..config import Settings
 from ..dashboard.process import DashboardProcess
 from ..keys import Keys
+from ..ledger.catalog import Catalog
+from ..ledger.homes import Versioned
+from ..ledger.ledger import Claim, Ledger
+from ..ledger.queue import QueueEntry
 from ..model import EpisodeRecord
 from ..registry import Registry
-from .catalog import Catalog
-from .follow import Follower
+from ..registry.follow import Follower
+from ..worker.pool import WorkerPool
 from .health import Health
-from .homes import Versioned
-from .leader import Leadership
+from .leadership import Leadership
 from .lease import LeaseKeeper
-from .ledger import Claim, Ledger
 from .metrics import Metrics
-from .pool import WorkerPool
-from .queue import QueueEntry
 
 # A batch's results are committed together when the batch ends, or once the oldest uncommitted
 # one has waited this long: one txn per batch instead of one per finished episode.
@@ -104,7 +104,7 @@ class AgentState:
 
     @property
     def _takes_no_work(self) -> bool:
-        """Draining (asked to), or sick (mesh/health.py): claim nothing, own no queue entry."""
+        """Draining (asked to), or sick (agent/health.py): claim nothing, own no queue entry."""
         return self._draining or self.health.is_sick
 
 

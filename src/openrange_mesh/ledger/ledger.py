@@ -28,32 +28,26 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import TooLarge
 from ..keys import Keys
-from ..model import Attempt, EpisodeRecord, State, encode_group, pack, unpack
+from ..model import EpisodeRecord, State, pack
 from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry, Txn
 from . import homes
-from .homes import Home, Versioned, group_key, rewrite
+from .homes import Home, Versioned, rewrite
 from .queue import (
     QueueEntry,
-    carried_bytes,
     decode_entry,
     entry_ops,
     entry_put,
-    named,
     rewrite_ops,
 )
+from .records import claim_episode_ids, held_by, requeued, start_attempt
+from .txns import PART_OPS, Enqueued, requests, txn_chunks
 
 log = logging.getLogger(__name__)
-
-MAX_TXN_OPS = homes.MAX_TXN_OPS  # etcd's default --max-txn-ops
-MAX_TXN_BYTES = 1024 * 1024  # leave headroom under etcd's 1.5 MiB for base64 and JSON
-# Per-episode ops one commit txn may hold: its fixed few (the claim's compare and delete, a
-# group's compare and put, a queue entry) and a settle request's other parts fit beside them.
-PART_OPS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,13 +97,13 @@ class Ledger:
         is encoded and sent."""
         existing: dict[str, str] = {}
         first = last = 0
-        for chunk in _txn_chunks(self.keys, homes.claimable(self.keys, records)):
+        for chunk in txn_chunks(self.keys, homes.claimable(self.keys, records)):
             taken, written = self._submit_chunk(chunk)
             existing.update(taken)
             first, last = first or written, written or last
         return existing, first, last
 
-    def _submit_chunk(self, chunk: Sequence[_Enqueued]) -> tuple[dict[str, str], int]:
+    def _submit_chunk(self, chunk: Sequence[Enqueued]) -> tuple[dict[str, str], int]:
         taken: dict[str, str] = {}
         todo = list(chunk)
         while todo:
@@ -135,7 +129,7 @@ class Ledger:
                     taken[self.keys.name_of(kv.key, self.keys.idempotency(""))] = kv.value.decode()
             # the groups without the records whose keys were taken, named and encoded afresh
             kept = ([r for r in g.records if r.spec.idempotency_key not in taken] for g in todo)
-            todo = [_Enqueued.of(self.keys, g) for g in kept if g]
+            todo = [Enqueued.of(self.keys, g) for g in kept if g]
         return taken, 0
 
     def queue(self, limit: int = 0) -> list[QueueEntry]:
@@ -169,7 +163,7 @@ class Ledger:
         now = self.clock()
         claim_id = entry.name
         batch = claim_id if len(current) > 1 else None
-        running = [_running(v.record, host, claim_id, now, batch) for v in current]
+        running = [start_attempt(v.record, host, claim_id, now, batch) for v in current]
         change = rewrite(self.keys, [(r, v.home) for r, v in zip(running, current, strict=True)])
         compares = [Compare(self.keys.queued(entry.name), "mod", "==", entry.mod_revision)]
         compares += homes.compares(self.keys, current)
@@ -189,7 +183,7 @@ class Ledger:
         now = self.clock()
         claim_id = f"{records[0].id}.{records[0].attempt}"
         batch = claim_id if len(records) > 1 else None
-        running = [_running(r, host, claim_id, now, batch) for r in records]
+        running = [start_attempt(r, host, claim_id, now, batch) for r in records]
         ops: list[Op] = [Put(self.keys.episode(r.id), r.to_bytes()) for r in running]
         ids = tuple(r.id for r in records)
         ops.append(Put(self.keys.claim(host, claim_id), pack(list(ids)), lease=lease))
@@ -285,7 +279,7 @@ class Ledger:
                 parts.append(Txn(claim_parts[0], claim_parts[1]))
         outcomes: list[tuple[bool, int]] = []  # per part: applied, at which revision
         # with no part, ``extra`` still goes (a host record the caller will not write again)
-        for index, request in enumerate(_requests(parts, len(extra)) or ([[]] if extra else [])):
+        for index, request in enumerate(requests(parts, len(extra)) or ([[]] if extra else [])):
             outcomes += self._send(request, extra if index == 0 else ())
         landed_at = iter(outcomes)
         oks: list[bool] = []
@@ -351,7 +345,7 @@ class Ledger:
         host, _, claim_id = self.keys.name_of(kv.key, self.keys.claims()).partition("/")
         ids = claim_episode_ids(kv)
         current = self.read(ids)
-        running = [current[i] for i in ids if i in current and _held_by(current[i].record, host, claim_id)]
+        running = [current[i] for i in ids if i in current and held_by(current[i].record, host, claim_id)]
         if not ids or len(running) < len(ids):
             return None
         held = {v.home.key: v.home for v in running if v.home is not None}
@@ -365,7 +359,7 @@ class Ledger:
         for versioned in current.values():
             if versioned.home is not None and versioned.home.key in claim.homes:
                 claim.homes[versioned.home.key] = versioned.home
-        return {i for i, v in current.items() if _held_by(v.record, claim.host, claim.claim_id)}
+        return {i for i, v in current.items() if held_by(v.record, claim.host, claim.claim_id)}
 
     def requeue(
         self, host: str, claim_id: str, episode_ids: Sequence[str], reason: str, token: int | None = None
@@ -391,7 +385,7 @@ class Ledger:
         room = PART_OPS - sum(1 for v in mine if v.home is None)
         ops: list[Op] = [Delete(self.keys.cancel(i)) for i in sorted(cancelled)[: max(room, 0)]]
         changes = [
-            (_requeued(v.record, now, reason, cancel=v.record.id in cancelled, token=token), v.home) for v in mine
+            (requeued(v.record, now, reason, cancel=v.record.id in cancelled, token=token), v.home) for v in mine
         ]
         ops += rewrite(self.keys, changes, claim_ends=True).ops
         if not self.registry.txn(compares, ops).succeeded:
@@ -426,172 +420,3 @@ class Ledger:
     def _cancel_requested(self, episode_ids: Sequence[str]) -> set[str]:
         kvs = homes.get_many(self.registry, [self.keys.cancel(i) for i in episode_ids])
         return {self.keys.name_of(kv.key, self.keys.cancels()) for kv in kvs}
-
-
-@dataclass(frozen=True, slots=True)
-class _Enqueued:
-    """A group of pending records named for its queue entry, the key it shares (None: a key
-    each), and the values it writes."""
-
-    records: list[EpisodeRecord]
-    home: bytes | None
-    values: list[bytes]
-
-    @classmethod
-    def of(cls, keys: Keys, group: Sequence[EpisodeRecord]) -> _Enqueued:
-        records = named(group)
-        home = group_key(keys, records)
-        values = [encode_group(records)] if home is not None else [r.to_bytes() for r in records]
-        return cls(records, home, values)
-
-    @property
-    def ops(self) -> int:
-        return 1 + sum(1 for r in self.records if r.spec.idempotency_key) + (1 if self.home else len(self.records))
-
-    @property
-    def size(self) -> int:
-        return sum(len(v) for v in self.values) + carried_bytes(self.values)  # the entry's copy too
-
-
-FIRST_TXN_RECORDS = 64  # records in a submission's first txn; each next txn may hold twice as many
-
-
-def _txn_chunks(keys: Keys, groups: Iterable[Sequence[EpisodeRecord]]) -> Iterator[list[_Enqueued]]:
-    """Whole groups packed into txns within etcd's limits (``MAX_TXN_OPS`` ops: a record or a
-    group record, the idempotency keys, one entry per group; ``MAX_TXN_BYTES`` of values),
-    and within a record count that starts at ``FIRST_TXN_RECORDS`` and doubles, encoded as
-    they are packed: 10000 CartPole specs take ~0.1 s to encode, a worker's idle time if all
-    of it came before the first txn."""
-    chunk: list[_Enqueued] = []
-    ops = nbytes = count = 0
-    limit = FIRST_TXN_RECORDS
-    for records in groups:
-        group = _Enqueued.of(keys, records)
-        over = ops + group.ops > MAX_TXN_OPS or nbytes + group.size > MAX_TXN_BYTES or count + len(records) > limit
-        if chunk and over:
-            yield chunk
-            chunk, ops, nbytes, count, limit = [], 0, 0, 0, limit * 2
-        chunk.append(group)
-        ops, nbytes, count = ops + group.ops, nbytes + group.size, count + len(records)
-    if chunk:
-        yield chunk
-
-
-def claim_episode_ids(kv: KeyValue) -> list[str]:
-    """The episode ids a claim key lists (tolerant: a corrupt claim lists nothing)."""
-    try:
-        value = unpack(kv.value)
-    except Exception:
-        return []
-    return [str(i) for i in value] if isinstance(value, list) else []
-
-
-def _held_by(record: EpisodeRecord, host: str, claim_id: str) -> bool:
-    return record.state is State.RUNNING and record.owner == host and record.claim == claim_id
-
-
-def _running(record: EpisodeRecord, host: str, claim_id: str, now: float, batch: str | None) -> EpisodeRecord:
-    return record.replace(
-        state=State.RUNNING,
-        owner=host,
-        claim=claim_id,
-        started_at=now,
-        error=None,
-        history=(*record.history, Attempt(record.attempt, host, now, batch=batch)),
-    )
-
-
-def finish_attempt(
-    record: EpisodeRecord,
-    state: State,
-    now: float,
-    error: str | None,
-    result: dict[str, object] | None = None,
-    events: str | None = None,
-    *,
-    outcome: str | None = None,
-    token: int | None = None,
-) -> EpisodeRecord:
-    """Close the current attempt (``events``: the shared file its events went to, if they did;
-    ``token``: its claim's fencing token, where the closer knows it). A ``PENDING`` state means
-    "retry": attempt + 1, back in the queue. ``outcome`` defaults to "retried" for a retry,
-    else the state."""
-    last = record.history[-1] if record.history else Attempt(record.attempt, record.owner or "?", now)
-    outcome = outcome or ("retried" if state is State.PENDING else state.value)
-    closed = Attempt(last.n, last.host, last.started_at, now, outcome, error, last.batch, events, token or last.token)
-    history = (*record.history[:-1], closed)
-    if state is State.PENDING:
-        return record.replace(
-            state=State.PENDING,
-            attempt=record.attempt + 1,
-            owner=None,
-            claim=None,
-            started_at=None,
-            error=error,
-            history=history,
-        )
-    return record.replace(state=state, finished_at=now, error=error, result=result, claim=None, history=history)
-
-
-def _requeued(record: EpisodeRecord, now: float, reason: str, *, cancel: bool, token: int | None) -> EpisodeRecord:
-    if cancel:
-        return finish_attempt(record, State.CANCELLED, now, f"cancelled ({reason})", token=token)
-    return give_back(record, now, reason, token=token)
-
-
-def _requests(parts: Sequence[Txn], extra: int) -> list[list[Txn]]:
-    """Nested txns packed into requests etcd accepts: a request's list holds its parts and
-    ``extra`` ops, and each part's compares and ops must fit in what that list left of
-    ``MAX_TXN_OPS`` (etcd's checkTxnRequest counts a nested txn against its parent's width).
-    Parts that write a key in common go in different requests: etcd refuses a request whose
-    nested txns put a key twice, whatever their compares (as it did a claim of an entry an
-    agent had just claimed, tried again beside the commit that rewrote its group, when agents
-    still waited for the watch to drop claimed entries); apart, the stale one just fails."""
-    requests: list[list[Txn]] = []
-    widest = 0
-    written: set[bytes] = set()
-    for part in parts:
-        width = max(len(part.compares), len(part.success), len(part.failure))
-        keys = {op.key for op in (*part.success, *part.failure) if isinstance(op, Put | Delete)}
-        fits = requests and len(requests[-1]) + 1 + extra + max(widest, width) <= MAX_TXN_OPS
-        if fits and written.isdisjoint(keys):
-            requests[-1].append(part)
-            widest = max(widest, width)
-            written |= keys
-        else:
-            requests.append([part])
-            widest = width
-            written = keys
-    return requests
-
-
-def give_back(record: EpisodeRecord, now: float, reason: str, token: int | None = None) -> EpisodeRecord:
-    """A running episode whose host died or lost its lease: back to pending, or lost once every
-    attempt is spent. This spends an attempt: the episode may be what killed its host (memory,
-    a kernel panic), and an episode that does so every time must end."""
-    spent = spent_attempts(record)
-    if spent >= record.spec.max_attempts:
-        lost = f"{reason}; all {record.spec.max_attempts} attempts spent"
-        return finish_attempt(record, State.LOST, now, lost, token=token)
-    return finish_attempt(record, State.PENDING, now, reason, token=token)
-
-
-RELEASED = "released"  # the outcome of an attempt the infrastructure ended: not counted
-MAX_FREE_RELEASES = 20  # then releases count too, so a record's history stays bounded
-
-
-def release(record: EpisodeRecord, now: float, reason: str, token: int | None = None) -> EpisodeRecord:
-    """A running episode the infrastructure could not run or finish (its worker could not
-    start or died before reporting it, its host's store failed, its host drained): back to
-    pending without spending an attempt. The attempt number still moves on (each attempt has
-    its own claim id and store directory); after ``MAX_FREE_RELEASES`` releases they count."""
-    if sum(1 for a in record.history if a.outcome == RELEASED) >= MAX_FREE_RELEASES:
-        return give_back(record, now, f"{reason} (released {MAX_FREE_RELEASES} times: now it counts)", token)
-    return finish_attempt(record, State.PENDING, now, reason, outcome=RELEASED, token=token)
-
-
-def spent_attempts(record: EpisodeRecord) -> int:
-    """The attempts counted against ``max_attempts``, the current one included: all but the
-    first ``MAX_FREE_RELEASES`` released ones."""
-    released = sum(1 for a in record.history if a.outcome == RELEASED)
-    return record.attempt - min(released, MAX_FREE_RELEASES)

@@ -9,13 +9,14 @@ import time
 from collections.abc import Sequence
 
 from ..errors import RegistryError
+from ..ledger.homes import Versioned
+from ..ledger.ledger import Claim, Settlement
+from ..ledger.queue import QueueEntry
+from ..ledger.records import finish_attempt, release, spent_attempts
 from ..model import EpisodeRecord, State
-from .agent_state import COMMIT_LINGER, Held
+from ..worker.child import Done
 from .claiming import Claiming, summary
-from .homes import Versioned
-from .ledger import Claim, Settlement, finish_attempt, release, spent_attempts
-from .queue import QueueEntry
-from .worker import Done
+from .state import COMMIT_LINGER, Held
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,14 @@ import zlib
 from itertools import islice
 
 from ..errors import RegistryError
+from ..ledger import homes
+from ..ledger.homes import Versioned
+from ..ledger.ledger import Claim
+from ..ledger.queue import QueueEntry, decode_entry
 from ..model import EpisodeRecord, State
-from . import homes
-from .agent_state import Held
-from .homes import Versioned
+from ..worker.child import WorkItem
 from .joining import Joining
-from .ledger import Claim
-from .queue import QueueEntry, decode_entry
-from .worker import WorkItem
+from .state import Held
 
 log = logging.getLogger(__name__)
 

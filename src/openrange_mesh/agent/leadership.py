@@ -14,10 +14,10 @@ import time
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from ..keys import Keys
-from ..model import EpisodeRecord, State, decode_or_none, decode_records, pack, unpack
-from ..registry import Compare, Delete, Event, KeyValue, Op, Put, Registry
-from .catalog import Catalog
+from ..ledger.retention import collect_garbage
+from ..model import State
+from ..model.seat import Seat, read_seat
+from ..registry import Compare, Event, KeyValue, Put
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -44,7 +44,8 @@ class Leadership:
             self.leader = None
             self.is_leader = False
             return True
-        self._follow(leader_host(event.kv.value), event.kv.create_revision)
+        seat = read_seat(event.kv.value)
+        self._follow(seat.host if seat else None, event.kv.create_revision)
         return False
 
     def _follow(self, leader: str | None, created: int) -> None:
@@ -80,8 +81,7 @@ class Leadership:
     def _campaign(self) -> str | None:
         agent = self.agent
         key = agent.keys.leader()
-        seat = {"host": agent.host, **({"url": agent.dashboard_url} if agent.dashboard_url else {})}
-        mine = Put(key, pack(seat), agent.lease.lease)
+        mine = Put(key, Seat(agent.host, agent.dashboard_url).to_bytes(), agent.lease.lease)
         result = agent.registry.txn([Compare(key, "create", "==", 0)], [mine])
         created = result.revision  # our txn created the key
         cleared = ""
@@ -94,7 +94,8 @@ class Leadership:
                 created = kv.create_revision  # rewritten, not created anew
                 cleared = f"replaced a leader key that {why}; " if result.succeeded else ""
             else:
-                self._follow(leader_host(kv.value) if kv else None, kv.create_revision if kv else 0)
+                seat = read_seat(kv.value) if kv else None
+                self._follow(seat.host if seat else None, kv.create_revision if kv else 0)
                 return f"following leader {self.leader}" if self.leader else None
         if not result.succeeded:
             return None  # someone else took the seat just now: its watch event names them
@@ -108,7 +109,7 @@ class Leadership:
 def _unholdable(kv: KeyValue) -> str | None:
     """Why a leader key holds the seat for nobody: unreadable, or bound to no lease (a key
     without a lease never expires, so the mesh would stay without a leader for good)."""
-    if leader_host(kv.value) is None:
+    if read_seat(kv.value) is None:
         return "could not be read"
     if kv.lease == 0:
         return "had no lease"
@@ -128,54 +129,3 @@ def sweep(agent: Agent) -> int:
     for (host, claim_id), ids in orphans.items():
         requeued += len(agent.ledger.requeue(host, claim_id, ids, f"claim of host {host} vanished"))
     return requeued
-
-
-def leader_host(value: bytes) -> str | None:
-    """The host a leader key's value names; None when it cannot be read (unknown leader)."""
-    try:
-        data = unpack(value)
-    except Exception:
-        return None
-    host = data.get("host") if isinstance(data, dict) else None
-    return str(host) if host else None
-
-
-def collect_garbage(registry: Registry, keys: Keys, retention: float, now: float | None = None) -> int:
-    """Delete acked finished records older than ``retention`` seconds, with their idempotency
-    and cancel keys, streaming the listing (bounded memory), as many per txn as etcd allows. A
-    batch's group record goes once all its members may go. Each delete compares its key is
-    unchanged. Returns how many records went."""
-    cutoff = (time.time() if now is None else now) - retention
-    batch: list[tuple[KeyValue, list[EpisodeRecord]]] = []
-    ops = removed = 0
-    for kv, _ in Catalog(registry, keys).scan(keys.episodes(), None):
-        records = decode_or_none(decode_records, kv.value, kv.key)
-        if not records or not all(
-            r.state.is_terminal and r.acked_at is not None and r.acked_at <= cutoff for r in records
-        ):
-            continue
-        cost = 1 + sum(2 if r.spec.idempotency_key else 1 for r in records)
-        if batch and ops + cost > _GC_OPS:
-            removed += _delete(registry, keys, batch)
-            batch, ops = [], 0
-        batch.append((kv, records))
-        ops += cost
-    return removed + (_delete(registry, keys, batch) if batch else 0)
-
-
-_GC_OPS = 120  # deletes per txn: within etcd's 128 ops per txn
-
-
-def _delete(registry: Registry, keys: Keys, batch: list[tuple[KeyValue, list[EpisodeRecord]]]) -> int:
-    compares = [Compare(kv.key, "mod", "==", kv.mod_revision) for kv, _ in batch]
-    ops: list[Op] = []
-    for kv, records in batch:
-        ops.append(Delete(kv.key))
-        for record in records:
-            ops.append(Delete(keys.cancel(record.id)))
-            if record.spec.idempotency_key:
-                ops.append(Delete(keys.idempotency(record.spec.idempotency_key)))
-    if registry.txn(compares, ops).succeeded:
-        return sum(len(records) for _, records in batch)
-    # one of them changed (acked again, say): fall back to one at a time
-    return sum(_delete(registry, keys, [item]) for item in batch) if len(batch) > 1 else 0

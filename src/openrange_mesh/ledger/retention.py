@@ -1,0 +1,52 @@
+"""Retention: acked finished records older than ``--retention`` are deleted, by the leader on its
+sweep and by ``openrange-mesh gc`` (client) when there is none."""
+
+from __future__ import annotations
+
+import time
+
+from ..keys import Keys
+from ..model import EpisodeRecord, decode_or_none, decode_records
+from ..registry import MAX_TXN_OPS, Compare, Delete, KeyValue, Op, Registry
+from .catalog import Catalog
+
+
+def collect_garbage(registry: Registry, keys: Keys, retention: float, now: float | None = None) -> int:
+    """Delete acked finished records older than ``retention`` seconds, with their idempotency
+    and cancel keys, streaming the listing (bounded memory), as many per txn as etcd allows. A
+    batch's group record goes once all its members may go. Each delete compares its key is
+    unchanged. Returns how many records went."""
+    cutoff = (time.time() if now is None else now) - retention
+    batch: list[tuple[KeyValue, list[EpisodeRecord]]] = []
+    ops = removed = 0
+    for kv, _ in Catalog(registry, keys).scan(keys.episodes(), None):
+        records = decode_or_none(decode_records, kv.value, kv.key)
+        if not records or not all(
+            r.state.is_terminal and r.acked_at is not None and r.acked_at <= cutoff for r in records
+        ):
+            continue
+        cost = 1 + sum(2 if r.spec.idempotency_key else 1 for r in records)
+        if batch and ops + cost > _GC_OPS:
+            removed += _delete(registry, keys, batch)
+            batch, ops = [], 0
+        batch.append((kv, records))
+        ops += cost
+    return removed + (_delete(registry, keys, batch) if batch else 0)
+
+
+_GC_OPS = MAX_TXN_OPS - 8  # deletes per txn
+
+
+def _delete(registry: Registry, keys: Keys, batch: list[tuple[KeyValue, list[EpisodeRecord]]]) -> int:
+    compares = [Compare(kv.key, "mod", "==", kv.mod_revision) for kv, _ in batch]
+    ops: list[Op] = []
+    for kv, records in batch:
+        ops.append(Delete(kv.key))
+        for record in records:
+            ops.append(Delete(keys.cancel(record.id)))
+            if record.spec.idempotency_key:
+                ops.append(Delete(keys.idempotency(record.spec.idempotency_key)))
+    if registry.txn(compares, ops).succeeded:
+        return sum(len(records) for _, records in batch)
+    # one of them changed (acked again, say): fall back to one at a time
+    return sum(_delete(registry, keys, [item]) for item in batch) if len(batch) > 1 else 0

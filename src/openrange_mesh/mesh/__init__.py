@@ -1,1 +1,0 @@
-"""Domain logic above the seams: the episode ledger, listing, the agent, the trainer client."""

@@ -1,0 +1,48 @@
+"""The mesh's values and their wire form: specs, records and host records (design §3).
+
+``spec``, ``record`` and ``host`` hold the values, each with its to_bytes/from_bytes;
+``wire`` holds the msgpack codec they share. Import the names from here.
+"""
+
+from __future__ import annotations
+
+from .host import HostInfo
+from .record import (
+    GROUP_FIELD,
+    Attempt,
+    EpisodeRecord,
+    State,
+    decode_finished,
+    decode_records,
+    decode_value,
+    encode_group,
+    is_finished,
+    is_live,
+    wire_members,
+)
+from .spec import MAX_ATTEMPTS, MAX_BATCH, MAX_LABELS, MAX_SPEC_BYTES, EpisodeSpec
+from .wire import SCHEMA, decode_or_none, pack, unpack
+
+__all__ = [
+    "GROUP_FIELD",
+    "MAX_ATTEMPTS",
+    "MAX_BATCH",
+    "MAX_LABELS",
+    "MAX_SPEC_BYTES",
+    "SCHEMA",
+    "Attempt",
+    "EpisodeRecord",
+    "EpisodeSpec",
+    "HostInfo",
+    "State",
+    "decode_finished",
+    "decode_or_none",
+    "decode_records",
+    "decode_value",
+    "encode_group",
+    "is_finished",
+    "is_live",
+    "pack",
+    "unpack",
+    "wire_members",
+]

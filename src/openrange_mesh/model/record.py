@@ -1,0 +1,245 @@
+"""The registry's view of one episode (``EpisodeRecord``, its ``Attempt``s, its ``State``), and the
+group record that holds one batch's records under one key."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from ..errors import CorruptRecord
+from .spec import SPEC_NAMES, SPEC_TYPES, EpisodeSpec
+from .wire import NUM, OPT_NUM, OPT_STR, SCHEMA, compact, fields_of, pack, unpack, unpack_map
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.LOST})
+
+
+# Attempt and EpisodeRecord are values: never mutate one, derive a new one with replace().
+# They are not frozen only because frozen dataclasses build ~7x slower, and every episode builds
+# several on the single-host hot path (design/README.md, "Single-host mode").
+@dataclass(slots=True)
+class Attempt:
+    n: int
+    host: str
+    started_at: float
+    finished_at: float | None = None
+    outcome: str | None = None  # the State it ended in, "retried", or "released" (not counted: ledger.release)
+    error: str | None = None
+    batch: str | None = None  # the claim id, when the attempt ran in a batch (its events are shared)
+    events: str | None = None  # the shared events file of a short attempt's events (layout.shared_events_path)
+    token: int | None = None  # its claim's fencing token (the claim key's create_revision), once closed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "host": self.host,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "outcome": self.outcome,
+            "error": self.error,
+            "batch": self.batch,
+            "events": self.events,
+            "token": self.token,
+        }
+
+
+@dataclass(slots=True)
+class EpisodeRecord:
+    """The registry's view of one episode. ``claim`` names the claim key the owner holds while
+    running; the claim key's create_revision is the fencing token (design/README.md)."""
+
+    id: str
+    spec: EpisodeSpec
+    state: State = State.PENDING
+    attempt: int = 1
+    owner: str | None = None
+    claim: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    result: Mapping[str, Any] | None = None
+    history: tuple[Attempt, ...] = ()
+    submitter: str | None = None
+    acked_at: float | None = None
+    queue: str | None = None  # while pending: the name of the queue entry that lists it
+
+    def to_bytes(self) -> bytes:
+        return pack(self.to_wire(SCHEMA))
+
+    def to_wire(self, version: int | None = None) -> dict[str, Any]:
+        """The record as the map its encoding holds (a group's members carry no version)."""
+        # Hand-built dicts, not dataclasses.asdict: this runs twice per episode on the hot path.
+        # None fields are left out (decoding restores them): every byte crosses etcd's JSON
+        # gateway several times per episode.
+        data = {  # "state" first: is_live() finds it at a fixed offset
+            "state": self.state.value,
+            "v": version,
+            "id": self.id,
+            "spec": self.spec.wire(),
+            "attempt": self.attempt,
+            "owner": self.owner,
+            "claim": self.claim,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+            "result": self.result,
+            "history": [compact(a.to_dict()) for a in self.history],
+            "submitter": self.submitter,
+            "acked_at": self.acked_at,
+            "queue": self.queue,
+        }
+        return compact(data)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, key: str = "?") -> EpisodeRecord:
+        raw = unpack_map(data, key)
+        if GROUP_FIELD in raw:
+            raise CorruptRecord(key, "a group of records where one record was expected")
+        return cls.from_wire(raw, key)
+
+    @classmethod
+    def from_wire(cls, raw: Mapping[str, Any], key: str = "?") -> EpisodeRecord:
+        try:
+            spec_fields = fields_of(raw.get("spec") or {}, SPEC_NAMES, SPEC_TYPES)
+            spec = EpisodeSpec(**spec_fields)
+            # what it decoded from is its wire form: a record is re-encoded once or twice per read
+            object.__setattr__(spec, "_wire", spec_fields)
+            history = tuple(Attempt(**fields_of(a, _ATTEMPT_NAMES, _ATTEMPT_TYPES)) for a in raw.get("history") or ())
+            fields = fields_of(raw, _RECORD_NAMES, _RECORD_TYPES)
+            fields.update(spec=spec, history=history, state=State(raw.get("state", "pending")))
+            return cls(**fields)
+        except (TypeError, ValueError, AttributeError) as exc:  # wrongly typed fields, whatever the depth
+            raise CorruptRecord(key, str(exc)) from exc
+
+    def replace(self, **changes: Any) -> EpisodeRecord:
+        fields = {name: getattr(self, name) for name in _ALL_RECORD_FIELDS}
+        fields.update(changes)
+        return EpisodeRecord(**fields)
+
+
+# A group record: the records of one batch of one submission under one etcd key (ledger/homes.py).
+GROUP_FIELD = "group"
+
+
+def encode_group(records: Sequence[EpisodeRecord]) -> bytes:
+    """One value for a batch's records. Its "state" (first, like a record's, for ``is_live``)
+    is "pending" or "running" while no member has finished, else "mixed"."""
+    states = {r.state for r in records}
+    if any(s.is_terminal for s in states):
+        state = "mixed"
+    else:
+        state = State.PENDING.value if states == {State.PENDING} else State.RUNNING.value
+    # Members repeat their field names, spec and host names: zlib takes a batch's value to a
+    # fraction, and etcd's JSON gateway costs ~0.04 us per byte every time it is written,
+    # read or watched. (Level 1: ~0.1 ms per 50 members; the gateway saves more than that.)
+    members = zlib.compress(pack([r.to_wire() for r in records]), 1)
+    return pack({"state": state, "v": SCHEMA, GROUP_FIELD: members})
+
+
+def decode_records(data: bytes, key: str = "?") -> list[EpisodeRecord]:
+    """The records a value holds: one record, or a group's members. A group member that does
+    not decode makes the whole value corrupt (its members are written together)."""
+    return decode_value(data, key)[0]
+
+
+def decode_value(data: bytes, key: str = "?") -> tuple[list[EpisodeRecord], bool]:
+    """``decode_records``, and whether the value is a group record."""
+    raw = unpack_map(data, key)
+    if GROUP_FIELD not in raw:
+        return [EpisodeRecord.from_wire(raw, key)], False
+    return [EpisodeRecord.from_wire(m, key) for m in _members(raw, key)], True
+
+
+def decode_finished(data: bytes, key: str, wanted: Callable[[str], bool]) -> list[EpisodeRecord]:
+    """The finished records in a value whose ids ``wanted`` accepts; only those are decoded
+    (and checked). A group record is rewritten each time some of its members finish, and a
+    watcher has had the others: building records is most of the cost of reading a group."""
+    return [
+        EpisodeRecord.from_wire(m, key)
+        for m in wire_members(data, key)
+        if is_finished(m) and isinstance(i := m.get("id"), str) and wanted(i)
+    ]
+
+
+def wire_members(data: bytes, key: str = "?") -> list[dict[str, Any]]:
+    """The maps a value holds, one record's or a group's members', not yet decoded."""
+    raw = unpack_map(data, key)
+    return _members(raw, key) if GROUP_FIELD in raw else [raw]
+
+
+def is_finished(member: Mapping[str, Any]) -> bool:
+    """Whether a record's map (``wire_members``) says its episode finished."""
+    return member.get("state") in _FINISHED
+
+
+def _members(raw: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    packed = raw.get(GROUP_FIELD)
+    try:
+        members = unpack(zlib.decompress(packed), key) if isinstance(packed, bytes) else None
+    except zlib.error as exc:
+        raise CorruptRecord(key, f"a group's members do not decompress ({exc})") from exc
+    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+        raise CorruptRecord(key, "a group's members must be a list of maps")
+    return members
+
+
+_ATTEMPT_FIELDS = tuple(Attempt.__dataclass_fields__)
+_ALL_RECORD_FIELDS = tuple(EpisodeRecord.__dataclass_fields__)
+_RECORD_NAMES = frozenset(_ALL_RECORD_FIELDS) - {"spec", "history", "state"}
+_ATTEMPT_NAMES = frozenset(_ATTEMPT_FIELDS)
+
+_ATTEMPT_TYPES: dict[str, tuple[type, ...]] = {
+    "n": (int,),
+    "host": (str,),
+    "started_at": NUM,
+    "finished_at": OPT_NUM,
+    "outcome": OPT_STR,
+    "error": OPT_STR,
+    "batch": OPT_STR,
+    "events": OPT_STR,
+    "token": (int, type(None)),
+}
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "attempt": (int,),
+    "owner": OPT_STR,
+    "claim": OPT_STR,
+    "created_at": NUM,
+    "started_at": OPT_NUM,
+    "finished_at": OPT_NUM,
+    "error": OPT_STR,
+    "result": (dict, type(None)),
+    "submitter": OPT_STR,
+    "acked_at": OPT_NUM,
+    "queue": OPT_STR,
+}
+
+
+_FINISHED = frozenset(s.value for s in State if s.is_terminal)
+_LIVE_STATES = (pack("state") + pack(State.PENDING.value), pack("state") + pack(State.RUNNING.value))
+
+
+def is_live(data: bytes) -> bool:
+    """True when a record encoded by ``to_bytes`` is pending or running, read off the bytes
+    (``to_bytes`` writes "state" first, right after the map header of 1 or 3 bytes): ~50x
+    cheaper than decoding, for watchers that only want finished records. False means
+    finished, or not encoded by us: decode to know."""
+    return any(data.startswith(marker, offset) for marker in _LIVE_STATES for offset in (1, 3))
