@@ -46,8 +46,8 @@ from tests.etcdkit import start_etcd  # noqa: E402
 import bench_mesh  # noqa: E402
 from bench_ls import NAMESPACE, write_records  # noqa: E402
 from bench_mesh import mesh_noop  # noqa: E402
-from openrange_mesh.dashboard.view import read_leader  # noqa: E402
 from openrange_mesh.keys import Keys  # noqa: E402
+from openrange_mesh.model.seat import read_seat  # noqa: E402
 from openrange_mesh.registry import open_registry  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -56,7 +56,8 @@ CHROMIUM = "/usr/bin/chromium"
 def leader_url(registry: Any, namespace: str, timeout: float = 60.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        seat = read_leader(registry.get(Keys(namespace).leader())[0])
+        kv = registry.get(Keys(namespace).leader())[0]
+        seat = read_seat(kv.value, kv.create_revision) if kv else None
         if seat is not None and seat.url:
             return seat.url
         time.sleep(0.1)

@@ -37,6 +37,7 @@ from openrange_mesh.keys import Keys
 from openrange_mesh.ledger.records import claim_episode_ids
 from openrange_mesh.lifetime import die_with_parent
 from openrange_mesh.model import EpisodeRecord, HostInfo, State, decode_or_none, unpack
+from openrange_mesh.model.seat import Seat, read_seat
 from openrange_mesh.registry import KeyValue, Registry, open_registry
 
 from .helpers import wait_until
@@ -687,6 +688,17 @@ class Mesh:
 
     def records(self, ids: Sequence[str]) -> dict[str, EpisodeRecord]:
         return {i: v.record for i, v in self.client.ledger.read(ids).items()}
+
+    def seat(self, other_than: str | None = None, timeout: float = 20.0) -> Seat:
+        """The leader once its key names a dashboard URL (and, if asked, a host other than
+        ``other_than``)."""
+
+        def ready() -> Seat | None:
+            kv, _ = self.registry.get(self.keys.leader())
+            found = read_seat(kv.value, kv.create_revision) if kv else None
+            return found if found and found.url and found.host != other_than else None
+
+        return wait_until(ready, timeout, interval=0.05, what="a leader with a dashboard URL")
 
     def wait_finished(self, ids: Sequence[str], timeout: float = 60.0) -> dict[str, EpisodeRecord]:
         """Poll until every episode is terminal; registry outages meanwhile are tolerated."""

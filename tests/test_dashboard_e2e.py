@@ -17,26 +17,15 @@ import pytest
 from click.testing import CliRunner
 
 from openrange_mesh.cli.main import cli
-from openrange_mesh.dashboard.view import Leader, read_leader
 from openrange_mesh.errors import MeshError
 from openrange_mesh.model import State
 from openrange_mesh.store import open_store
 
 from .etcdkit import EtcdServer
 from .helpers import wait_until
-from .meshkit import MakeMesh, Mesh
+from .meshkit import MakeMesh
 
 TTL = 2
-
-
-def seat(mesh: Mesh, other_than: str | None = None) -> Leader:
-    """The leader once its key names a URL (and, if asked, a host other than ``other_than``)."""
-
-    def ready() -> Leader | None:
-        found = read_leader(mesh.registry.get(mesh.keys.leader())[0])
-        return found if found and found.url and found.host != other_than else None
-
-    return wait_until(ready, 20, interval=0.05, what="a leader with a dashboard URL")
 
 
 def get(url: str, **kwargs: Any) -> httpx.Response:
@@ -54,7 +43,7 @@ def answering(url: str) -> httpx.Response | None:
 def test_every_agent_says_who_leads_and_followers_redirect(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
     mesh = make_mesh(etcd.url)
     mesh.start(3, dashboard=True)
-    leader = seat(mesh)
+    leader = mesh.seat()
     result = CliRunner().invoke(cli, ["--etcd", etcd.endpoint, "--namespace", mesh.namespace, "dashboard"])
     assert result.exit_code == 0 and result.output.strip() == leader.url, result.output
     urls = {h: info.url for h in mesh.agents if (info := mesh.host_info(h)) is not None and info.url}
@@ -72,7 +61,7 @@ def test_every_agent_says_who_leads_and_followers_redirect(make_mesh: MakeMesh, 
 def test_episodes_page_at_one_revision_and_errors_are_one_line(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
     mesh = make_mesh(etcd.url)
     mesh.start(2, dashboard=True)
-    url = seat(mesh).url
+    url = mesh.seat().url
     ids = mesh.submit_sleeps(9, 0.05)
     mesh.wait_finished(ids)
     api = f"{url}/api/episodes"
@@ -131,7 +120,7 @@ def read_stream(url: str, until: Callable[[list[tuple[str, str, Any]]], bool], *
 def test_the_stream_resumes_from_a_revision_with_no_gap_and_no_duplicate(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
     mesh = make_mesh(etcd.url)
     mesh.start(2, dashboard=True)
-    url = seat(mesh).url
+    url = mesh.seat().url
     hello = read_stream(url, lambda got: any(e == "hosts" for e, _, _ in got))
     since = hello[0][1]
     assert hello[0][0] == "hello" and since.isdigit()
@@ -147,12 +136,14 @@ def test_the_stream_resumes_from_a_revision_with_no_gap_and_no_duplicate(make_me
     assert revisions == sorted(set(revisions)) and revisions[0] > int(since), "in order, each revision once"
     states = {s["id"]: s["state"] for e, _, batch in resumed if e == "episodes" for s in batch}
     assert set(states) == set(ids) and set(states.values()) == {"succeeded"}
+    batches = [[s["id"] for s in batch] for e, _, batch in resumed if e == "episodes"]
+    assert all(len(b) == len(set(b)) for b in batches), "a message holds each episode's latest change once"
 
 
 def test_cancel_needs_the_token_and_the_same_origin(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
     mesh = make_mesh(etcd.url)
     mesh.start_agent("h1", dashboard=True)  # no token: read-only
-    url = seat(mesh).url
+    url = mesh.seat().url
     (pending,) = mesh.client.submit([{"runtime": "sleep", "params": {"seconds": 30}}])
     body = {"ids": [pending]}
     read_only = httpx.post(f"{url}/api/cancel", json=body, headers={"Origin": url}, timeout=10)
@@ -160,7 +151,7 @@ def test_cancel_needs_the_token_and_the_same_origin(make_mesh: MakeMesh, etcd: E
     mesh.agents["h1"].stop()
 
     mesh.start_agent("h2", dashboard=True, token="s3cret")
-    url = seat(mesh, other_than="h1").url
+    url = mesh.seat(other_than="h1").url
     cases = [({}, 401), ({"Authorization": "Bearer wrong", "Origin": url}, 403)]
     cases += [({"Authorization": "Bearer s3cret", "Origin": "http://evil.example"}, 403)]
     for headers, status in cases:
@@ -175,10 +166,10 @@ def test_cancel_needs_the_token_and_the_same_origin(make_mesh: MakeMesh, etcd: E
 def test_the_url_moves_when_the_leader_is_killed(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
     mesh = make_mesh(etcd.url)
     mesh.start(3, dashboard=True)
-    old = seat(mesh)
+    old = mesh.seat()
     mesh.agents[old.host].kill()
     killed_at = time.monotonic()
-    new = seat(mesh, other_than=old.host)
+    new = mesh.seat(other_than=old.host)
     wait_until(lambda: answering(f"{new.url}/api/hosts"), 10, what="the new leader's API")
     took = time.monotonic() - killed_at
     assert took <= TTL + 2, f"a new dashboard URL answered {took:.1f} s after the kill"
@@ -199,14 +190,14 @@ def test_a_leader_that_stops_stops_serving_once_its_lease_may_have_expired(
     a dashboard it no longer leads; it redirects to the new leader once there is one."""
     mesh = make_mesh(etcd.url)
     mesh.start(2, dashboard=True)
-    old = seat(mesh)
+    old = mesh.seat()
     agent = mesh.agents[old.host]
     os.kill(agent.pid, signal.SIGSTOP)
     stopped_at = time.monotonic()
     try:
         wait_until(lambda: get(f"{old.url}/api/hosts").status_code != 200, TTL + 1, what="the old leader to stop")
         assert time.monotonic() - stopped_at <= TTL + 1
-        new = seat(mesh, other_than=old.host)
+        new = mesh.seat(other_than=old.host)
         moved = wait_until(
             lambda: (r := get(f"{old.url}/api/episodes?limit=3")).status_code == 307 and r, 10, what="a redirect"
         )
@@ -218,7 +209,7 @@ def test_a_leader_that_stops_stops_serving_once_its_lease_may_have_expired(
 def test_every_agent_serves_its_own_metrics_at_its_dashboard_port(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
     mesh = make_mesh(etcd.url)
     mesh.start(2, dashboard=True)
-    leader = seat(mesh)
+    leader = mesh.seat()
     mesh.wait_finished(mesh.submit_sleeps(4, 0.05))
     leading = {}
     for host in mesh.agents:
@@ -236,7 +227,7 @@ def test_summary_counts_what_the_records_say(make_mesh: MakeMesh, etcd: EtcdServ
     batch whose members are rewritten in one group record."""
     mesh = make_mesh(etcd.url)
     mesh.start(2, dashboard=True)
-    url = seat(mesh).url
+    url = mesh.seat().url
     fine = {"runtime": "sleep", "params": {"seconds": 0.01}}
     failing = {"runtime": "sleep", "params": {"seconds": 0.01, "mode": "fail"}}
     ids = mesh.client.submit([fine] * 6 + [failing] * 2)
@@ -259,7 +250,7 @@ def test_summary_counts_what_the_records_say(make_mesh: MakeMesh, etcd: EtcdServ
 def test_the_leader_writes_the_run_report_to_the_store_and_at_its_drain(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
     mesh = make_mesh(etcd.url)
     leader = mesh.start_agent("h1", dashboard=True, options=["--report-interval", "1"])
-    seat(mesh)
+    mesh.seat()
     store = open_store(str(mesh.store))
     ids = mesh.submit_sleeps(3, 0.05)
     mesh.wait_finished(ids)

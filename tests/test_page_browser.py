@@ -19,8 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from openrange_mesh.cli.main import cli
-from openrange_mesh.dashboard.view import Leader, read_leader
 from openrange_mesh.model import State
+from openrange_mesh.model.seat import Seat
 
 from .browserkit import ARGS, _unavailable, chromium
 from .etcdkit import EtcdServer
@@ -81,19 +81,11 @@ def mesh(tmp_path: Path, etcd: EtcdServer) -> Iterator[Mesh]:
     made.close()
 
 
-def start(mesh: Mesh, count: int) -> Leader:
+def start(mesh: Mesh, count: int) -> Seat:
     agents = [mesh.start_agent(f"h{i + 1}", wait=False, dashboard=True, token=TOKEN) for i in range(count)]
     for agent in agents:
         mesh.wait_joined(agent)
-    return seat(mesh)
-
-
-def seat(mesh: Mesh, other_than: str | None = None) -> Leader:
-    def ready() -> Leader | None:
-        found = read_leader(mesh.registry.get(mesh.keys.leader())[0])
-        return found if found and found.url and found.host != other_than else None
-
-    return wait_until(ready, 20, interval=0.05, what="a leader with a dashboard URL")
+    return mesh.seat()
 
 
 def text_of(page: Page, selector: str) -> str:
@@ -223,7 +215,7 @@ def test_a_tab_follows_the_leader_when_it_is_killed(page: Page, mesh: Mesh) -> N
         return here != old.url + path and here.endswith(path) and text_of(page, "#live") == "live"
 
     until(moved, f"the tab on another agent at {path}, live", timeout=30)
-    new = seat(mesh, other_than=old.host)
+    new = mesh.seat(other_than=old.host)
     assert location(page) == new.url + path
     assert episode in text_of(page, ".episode-head")
     told = CliRunner().invoke(cli, ["--etcd", mesh.url, "--namespace", mesh.namespace, "dashboard"])

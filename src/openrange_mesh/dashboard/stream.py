@@ -4,8 +4,10 @@ Every message's id is an etcd revision, and a message holds every change up to i
 of a revision), so a client that reconnects with ``Last-Event-ID`` resumes with no gap and no
 duplicate. Events:
 
-* ``episodes``: the summaries that changed since the last message, up to its id's revision
-  (a deleted one: ``{"id", "deleted"}``; an episode changed twice comes twice, in order);
+* ``episodes``: the latest summary of each episode that changed since the last message, up to
+  its id's revision, in the order of their last changes (a deleted one: ``{"id", "deleted"}``).
+  A page shows an episode's present, not its path: a no-op episode is claimed and finished
+  within one poll, and sending each of its three changes to every page tripled the bytes;
 * ``hosts``: the ``/api/hosts`` answer, when hosts or the leader changed;
 * ``reset``: the changes after the client's revision are no longer kept: list again.
 
@@ -63,11 +65,29 @@ async def stream(request: Request, state: State, hosts: Callable[[State], dict[s
 
 
 def _message(changes: list[tuple[int, Summary | str]]) -> str:
-    """Every change since the client's revision as one JSON list: the index applies a batch of
-    revisions at once (index.py), so a message never holds part of a revision, and one message
-    per poll instead of one per revision spares each open page ~100 sends a second at 600
-    episodes/s."""
-    return f"[{','.join(_encoded(change) for _, change in changes)}]"
+    """Every change since the client's revision as one JSON list, the latest of each episode
+    only: the index applies a batch of revisions at once (index.py), so a message never holds
+    part of a revision. Pages that poll at the same revision share one message (``_MESSAGES``):
+    five open pages built five equal strings."""
+    key = (changes[0][0], changes[-1][0], len(changes))
+    message = _MESSAGES.get(key)
+    if message is None:
+        latest: dict[str, Summary | str] = {}
+        for _, change in changes:
+            episode_id = change.id if isinstance(change, Summary) else change
+            latest.pop(episode_id, None)  # its place is that of its last change
+            latest[episode_id] = change
+        message = f"[{','.join(_encoded(change) for change in latest.values())}]"
+        if len(_MESSAGES) >= MESSAGES_KEPT:
+            _MESSAGES.pop(next(iter(_MESSAGES)))
+        _MESSAGES[key] = message
+    return message
+
+
+MESSAGES_KEPT = 32
+# (first revision, last revision, count) -> message: revisions name etcd's history, so the
+# same span holds the same changes in any index (a leader that leads again builds a new one)
+_MESSAGES: dict[tuple[int, int, int], str] = {}
 
 
 @functools.lru_cache(maxsize=8192)
