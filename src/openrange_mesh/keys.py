@@ -81,6 +81,9 @@ class Keys:
     def leader(self) -> bytes:
         return self.control() + b"leader"
 
+    def store(self) -> bytes:  # the mesh's store: written once, by its first agent (meshstore.py)
+        return self.root + b"meta/store"
+
     def idempotency(self, key: str) -> bytes:
         return self.root + b"idem/" + key.encode()
 

@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 from rich.console import Console
 
+from .. import meshstore
 from ..client.client import MeshClient
 from ..config import (
     ENV_CACERT,
@@ -39,7 +40,7 @@ from ..errors import ConfigError
 from ..keys import Keys
 from ..ledger.catalog import Catalog
 from ..registry import Registry, open_registry
-from ..store import Store, open_store
+from ..store import Store
 from .safe import printable, safe_json
 
 PROG = "openrange-mesh"
@@ -74,6 +75,16 @@ class Mesh:
 
     def catalog(self) -> Catalog:
         return Catalog(self.registry(), self.keys)
+
+    def store(self, url: str | None, *, required: bool = True) -> Store | None:
+        """The store at ``--store`` if given, else the one the mesh recorded (meshstore.py)."""
+        store = meshstore.find(self.registry(), self.keys, url)
+        if store is None and required:
+            raise click.UsageError(
+                "no store: the mesh has none recorded yet (no agent with --store has joined); "
+                f"pass --store or set {ENV_STORE}"
+            )
+        return store
 
     def client(self) -> MeshClient:
         """A MeshClient on the shared registry. No backpressure: the CLI submits what it is given."""
@@ -121,20 +132,16 @@ def etcd_options(f: F) -> F:
     return f
 
 
-def store_option(required: bool = True) -> Callable[[F], F]:
-    """``--store URL`` (env OPENRANGE_STORE): where events and artifacts live."""
+def store_option() -> Callable[[F], F]:
+    """``--store URL`` (env OPENRANGE_STORE): where events and artifacts live; by default the
+    store the mesh's agents recorded in etcd."""
     return click.option(
         "--store",
         "store_url",
         envvar=ENV_STORE,
-        required=required,
         metavar="URL",
-        help=f"Shared store: a path, file://, s3://bucket/prefix (env {ENV_STORE}).",
+        help=f"Shared store: a path, file://, s3://bucket/prefix (env {ENV_STORE}); default: the mesh's own.",
     )
-
-
-def open_store_url(url: str | None) -> Store | None:
-    return open_store(url) if url else None
 
 
 def output_option(*choices: str) -> Callable[[F], F]:

@@ -11,7 +11,7 @@ import click
 from ..client.client import get_record
 from ..ledger.catalog import Catalog
 from ..model import EpisodeRecord
-from ..store import Store, open_store
+from ..store import Store
 from ..store.events import FLUSH_SECONDS, decode_events, read_events, tagged_for
 from ..store.layout import attempt_prefix, batch_prefix, parse_events_path, shared_events_path
 from .common import Mesh, compact_json, output_option, pass_mesh, stamp, store_option
@@ -28,7 +28,7 @@ SHARED_WAIT = FLUSH_SECONDS + 1.0  # seconds to wait for a short attempt's event
 @store_option()
 @output_option("text", "json")
 @pass_mesh
-def command(mesh: Mesh, episode_id: str, follow: bool, attempt: int | None, store_url: str, output: str) -> None:
+def command(mesh: Mesh, episode_id: str, follow: bool, attempt: int | None, store_url: str | None, output: str) -> None:
     """Print an episode's events (one per line) from the store.
 
     With -o json each event is printed as the JSON line it is stored as. -f follows the running
@@ -37,13 +37,15 @@ def command(mesh: Mesh, episode_id: str, follow: bool, attempt: int | None, stor
 
     \b
     Examples:
+      openrange-mesh logs 000000002a-0003-gpu7
       openrange-mesh logs 000000002a-0003-gpu7 --store /mnt/nfs/openrange
       OPENRANGE_STORE=s3://bucket/mesh openrange-mesh logs -f 000000002a-0003-gpu7
       openrange-mesh logs 000000002a-0003-gpu7 --attempt 1 -o json | jq .type
     """
     catalog = mesh.catalog()
     record = get_record(catalog, episode_id)
-    store = open_store(store_url)
+    store = mesh.store(store_url)
+    assert store is not None  # required
     if not follow:
         batch, shared = sources(record, attempt or record.attempt)
         which = attempt or record.attempt if batch or shared else attempt

@@ -19,7 +19,6 @@ from .common import (
     Mesh,
     ago,
     dump_json,
-    open_store_url,
     out_console,
     output_option,
     pass_mesh,
@@ -35,12 +34,13 @@ from .table import StreamTable
 
 @click.command("show", short_help="Show one episode: record, attempts, timeline, artifacts.")
 @click.argument("episode_id", metavar="ID")
-@store_option(required=False)
+@store_option()
 @output_option("text", "json")
 @pass_mesh
 def command(mesh: Mesh, episode_id: str, store_url: str | None, output: str) -> None:
     """Show one episode: state, attempts (host, start, finish, outcome, error), owner, timeline,
-    spec, result, and with --store where each attempt's events and artifacts are.
+    spec, result, and where each attempt's events and artifacts are (in the mesh's store, or
+    --store).
 
     \b
     Examples:
@@ -48,7 +48,7 @@ def command(mesh: Mesh, episode_id: str, store_url: str | None, output: str) -> 
       openrange-mesh show 000000002a-0003-gpu7 --store /mnt/nfs/openrange -o json
     """
     record = get_record(mesh.catalog(), episode_id)
-    store = open_store_url(store_url)
+    store = mesh.store(store_url, required=False)
     artifacts = attempt_files(store, record) if store is not None else None
     if output == "json":
         data = detail(record)

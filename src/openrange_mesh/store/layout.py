@@ -12,6 +12,8 @@ no store path is formatted anywhere else::
                                                      (``<episode id>.<attempt>``)
     probes/<pid>-<random>                            an agent's start check (store/probe.py),
                                                      deleted at once
+    meshes/<namespace>.json                          the mesh this store serves, and its marker
+                                                     (meshstore.py)
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ def shared_events_path(name: str) -> str:
 
 def result_path(episode_id: str, attempt: int) -> str:
     return f"{attempt_prefix(episode_id, attempt)}result.json"
+
+
+def mesh_marker_path(namespace: str) -> str:
+    """The object that tells which mesh a store belongs to (meshstore.py)."""
+    return f"meshes/{_component('namespace', namespace)}.json"
 
 
 def artifact_path(episode_id: str, attempt: int, name: str) -> str:
