@@ -9,8 +9,12 @@
 * etcd writes (revisions) per episode lifecycle, read off etcd's revision counter;
 * failure detection: kill -9 an agent running an episode; seconds until a peer has put it back,
   against the ttl;
-* CartPole-v1 episodes/s through a 2-agent mesh (batched claims) against multiprocessing.Pool(2)
-  (default chunking) on the same episodes.
+* CartPole-v1 episodes/s through a 2-agent mesh (batched claims) against what a user writes
+  without us: ``multiprocessing.Pool(2)`` (default chunking) mapping a plain gymnasium loop
+  (random actions, no project code) over the same seeds; and, when ``ray`` is importable, Ray
+  running the same loop ``--batch`` episodes per task on two CPUs;
+* the runtime wrapper's own cost: the same episodes through ``load_runtime("gymnasium")``
+  against the plain loop, in one process (A B B A).
 
 Each comparison is measured twice, in the order A B B A (mesh, floor, floor, mesh; Pool,
 mesh, mesh, Pool), and the means compared: that cancels a drift of the machine's speed during
@@ -283,7 +287,27 @@ def _cartpole_specs(count: int) -> list[dict[str, Any]]:
     return [{"runtime": "gymnasium", "params": {"env": "CartPole-v1"}, "seed": i} for i in range(count)]
 
 
-def _cartpole(seed: int) -> float:
+_ENVS: dict[str, Any] = {}  # one env per process, reset per episode, as a user's rollout worker keeps it
+
+
+def plain_cartpole(seed: int) -> float:
+    """One episode as a user writes it without us: gymnasium alone, random actions, the
+    worker's env made once and reset per episode (making one costs more than an episode)."""
+    import gymnasium
+
+    env = _ENVS.get("CartPole-v1") or _ENVS.setdefault("CartPole-v1", gymnasium.make("CartPole-v1"))
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    total, done = 0.0, False
+    while not done:
+        _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+        total += float(reward)
+        done = terminated or truncated
+    return total
+
+
+def wrapped_cartpole(seed: int) -> float:
+    """The same episode through our runtime (what a mesh worker runs)."""
     handle = load_runtime("gymnasium").realize({"env": "CartPole-v1"}, seed=seed)
     handle.reset()
     while handle.terminal() is None:
@@ -295,10 +319,48 @@ def _cartpole(seed: int) -> float:
 
 def pool_cartpole(episodes: int) -> float:
     with multiprocessing.Pool(2) as pool:
-        pool.map(_cartpole, range(20))  # warm the workers' imports, as mesh_cartpole warms its workers
+        pool.map(plain_cartpole, range(20))  # warm the workers' imports, as mesh_cartpole warms its workers
         start = time.perf_counter()
-        pool.map(_cartpole, range(episodes))
+        pool.map(plain_cartpole, range(episodes))
         return episodes / (time.perf_counter() - start)
+
+
+def _plain_chunk(seeds: list[int]) -> float:
+    return sum(plain_cartpole(seed) for seed in seeds)
+
+
+def ray_cartpole(episodes: int, per_task: int) -> float | None:
+    """Ray on two CPUs, ``per_task`` episodes per task (Ray's advice for short tasks); None
+    when ray is not installed."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        chunk = ray.remote(_plain_chunk)
+        ray.get([chunk.remote(list(range(i, i + 10))) for i in range(0, 20, 10)])  # warm the workers
+        start = time.perf_counter()
+        ray.get([chunk.remote(list(range(i, min(i + per_task, episodes)))) for i in range(0, episodes, per_task)])
+        return episodes / (time.perf_counter() - start)
+    finally:
+        ray.shutdown()
+
+
+def wrapper_cost(episodes: int) -> dict[str, float]:
+    """Microseconds per episode of the plain loop and of our runtime, in this process, A B B A."""
+    seeds = range(episodes)
+    times: dict[str, list[float]] = {"plain": [], "wrapped": []}
+    plain_cartpole(0)  # imports and gymnasium's registry, outside the timing
+    wrapped_cartpole(0)
+    for name in ("plain", "wrapped", "wrapped", "plain"):
+        run = plain_cartpole if name == "plain" else wrapped_cartpole
+        start = time.perf_counter()
+        for seed in seeds:
+            run(seed)
+        times[name].append((time.perf_counter() - start) / episodes * 1e6)
+    plain, wrapped = statistics.mean(times["plain"]), statistics.mean(times["wrapped"])
+    return {"plain_us": plain, "wrapped_us": wrapped, "wrapper_us": wrapped - plain}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,7 +392,10 @@ def main(argv: list[str] | None = None) -> int:
             pools.append(pool_cartpole(cart_n))
         finally:
             server.stop()
+    rays = [r for r in (ray_cartpole(cart_n, args.batch), ray_cartpole(cart_n, args.batch)) if r is not None]
+    wrapper = wrapper_cost(cart_n // 10)
     mesh_eps, floor, cart_eps, pool_eps = (statistics.mean(x) for x in (meshes, floors, carts, pools))
+    ray_eps = statistics.mean(rays) if rays else None
     figures: dict[str, Any] = {
         "episodes_per_s": mesh_eps,
         "etcd_floor_episodes_per_s": floor,
@@ -342,16 +407,22 @@ def main(argv: list[str] | None = None) -> int:
         "cartpole_mesh_episodes_per_s": cart_eps,
         "cartpole_pool_episodes_per_s": pool_eps,
         "cartpole_ratio_vs_pool": cart_eps / pool_eps,
+        "cartpole_ray_episodes_per_s": ray_eps,
+        "cartpole_ray_vs_pool": ray_eps / pool_eps if ray_eps else None,
+        "runtime_wrapper_us_per_episode": wrapper["wrapper_us"],
+        "plain_loop_us_per_episode": wrapper["plain_us"],
         "agents": args.agents,
         "capacity": args.capacity,
         "cartpole_batch": args.batch,
-        "runs": {"mesh": meshes, "floor": floors, "cartpole_mesh": carts, "cartpole_pool": pools},
+        "runs": {"mesh": meshes, "floor": floors, "cartpole_mesh": carts, "cartpole_pool": pools, "cartpole_ray": rays},
     }
     print(f"{'figure':<34}{'value':>12}")
     for name, value in figures.items():
         if isinstance(value, dict):
             for part, runs in value.items():
                 print(f"{name + ' ' + part:<34}{' '.join(f'{r:.0f}' for r in runs):>12}")
+        elif value is None:
+            print(f"{name:<34}{'(no ray)':>12}")
         else:
             print(f"{name:<34}{value:>12.3f}" if isinstance(value, float) else f"{name:<34}{value:>12}")
     if args.json:
