@@ -132,6 +132,39 @@ def test_cartpole_is_deterministic_for_a_seed() -> None:
     assert len({run("gymnasium", CARTPOLE, seed=s)[2]["steps"] for s in range(5)}) > 1
 
 
+def test_an_env_is_kept_between_episodes_and_each_starts_afresh() -> None:
+    """An env is made once per process and reused: a reused one runs an episode exactly as a
+    fresh env does, whatever the episode before it did (cut short, or another seed)."""
+    runtime = load_runtime("gymnasium")
+    first = runtime.realize(CARTPOLE, seed=3)
+    first.reset()
+    first.advance(0.0)  # one step, then stopped mid-episode
+    env = first._env  # type: ignore[attr-defined]
+    first.stop()
+    again = runtime.realize(CARTPOLE, seed=7)
+    assert again._env is env, "the kept env, not a new one"  # type: ignore[attr-defined]
+    again.reset()
+    while again.terminal() is None:
+        again.advance(0.5)
+    result = again.collect()
+    again.stop()
+    assert (result["return"], result["steps"]) == bare_cartpole(7)
+
+
+def test_an_env_that_raised_is_not_kept() -> None:
+    runtime = load_runtime("gymnasium")
+    params = {**CARTPOLE, "policy": "tests.policies:explode"}
+    handle = runtime.realize(params, seed=1)
+    handle.reset()
+    handle.advance(0.5)
+    env = handle._env  # type: ignore[attr-defined]
+    handle.stop()
+    assert handle.terminal() == Outcome(False, "ValueError: policy exploded")
+    fresh = runtime.realize(params, seed=1)
+    assert fresh._env is not env  # type: ignore[attr-defined]
+    fresh.stop()
+
+
 def test_cartpole_surface_describes_the_spaces() -> None:
     handle = load_runtime("gymnasium").realize(CARTPOLE, seed=0)
     surface = handle.surface()

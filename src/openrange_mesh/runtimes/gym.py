@@ -7,7 +7,10 @@ seed; or ``"pkg.mod:callable"``, called as ``policy(observation, action_space) -
 (emit one ``"step"`` event per step; off by default because an event costs more than a step).
 
 Per-episode cost is kept near gymnasium's own: env specs and policies are resolved once per
-process, and gymnasium's passive env checker runs on the first env of each id only.
+process, gymnasium's passive env checker runs on the first env of each id only, and an env is
+made once per process and kept between episodes (``reset(seed=...)`` starts each afresh, as a
+user's rollout worker keeps its env): making a CartPole env costs more than running an episode
+of it. An episode that raised closes its env instead: its state is not trusted again.
 A checkpoint is the pickled env, wrappers included (so TimeLimit's count survives), plus our
 counters; envs that do not pickle (a render window, a simulator handle) raise RuntimeFailure.
 """
@@ -45,6 +48,10 @@ def _random_policy(observation: Any, action_space: Any) -> Any:
 
 _policies: dict[str, Policy] = {"random": _random_policy}
 _checked_env_ids: set[str] = set()
+# Envs between episodes, by (id, kwargs): a worker runs one episode at a time, a single-host
+# service up to 60 at once; more than that idle are closed.
+_idle: dict[tuple[str, str], list[Any]] = {}
+IDLE_ENVS = 64
 
 
 @dataclass(frozen=True)
@@ -116,8 +123,26 @@ class GymnasiumRuntime:
 
     def realize(self, params: Mapping[str, Any], *, seed: int | None, snapshot: bytes | None = None) -> GymnasiumHandle:
         p = parse_params(params)
-        env = _decode(snapshot, p.env)["env"] if snapshot is not None else _make(p)
+        env = _decode(snapshot, p.env)["env"] if snapshot is not None else _reuse(p) or _make(p)
         return GymnasiumHandle(p, env, _policy(p.policy), seed, snapshot)
+
+
+def _pool_key(p: GymParams) -> tuple[str, str]:
+    return p.env, repr(sorted(p.env_kwargs.items()))
+
+
+def _reuse(p: GymParams) -> Any:
+    idle = _idle.get(_pool_key(p))
+    return idle.pop() if idle else None
+
+
+def _keep(p: GymParams, env: Any) -> None:
+    """An env whose episode ended without raising, for the next episode of its kind."""
+    idle = _idle.setdefault(_pool_key(p), [])
+    if len(idle) < IDLE_ENVS:
+        idle.append(env)
+    else:
+        env.close()
 
 
 class GymnasiumHandle(EventsAndOutcome):
@@ -136,6 +161,7 @@ class GymnasiumHandle(EventsAndOutcome):
         self._terminated = self._truncated = False
         self._outcome: Outcome | None = None
         self._started = self._stopped = False
+        self._raised = False  # the env raised: closed at stop, never kept for another episode
 
     def reset(self) -> None:
         self._check_usable()
@@ -146,6 +172,7 @@ class GymnasiumHandle(EventsAndOutcome):
                 self._obs, _ = self._env.reset(seed=self._seed)
                 self._env.action_space.seed(self._seed)
             except Exception as exc:
+                self._raised = True
                 raise RuntimeFailure(f"{self._p.env}: reset failed: {type(exc).__name__}: {exc}") from exc
             self._steps, self._return = 0, 0.0
             self._terminated = self._truncated = False
@@ -185,6 +212,7 @@ class GymnasiumHandle(EventsAndOutcome):
         except Exception as exc:
             log.warning("%s: episode failed at step %d", self._p.env, steps + 1, exc_info=True)
             error = f"{type(exc).__name__}: {exc}"
+            self._raised = True
         self._obs, self._steps, self._return = obs, steps, ret
         self._terminated, self._truncated = bool(terminated), bool(truncated) or steps == limit
         if error is not None:
@@ -231,7 +259,10 @@ class GymnasiumHandle(EventsAndOutcome):
     def stop(self) -> None:
         if not self._stopped:
             self._stopped = True
-            self._env.close()
+            if self._raised:
+                self._env.close()
+            else:
+                _keep(self._p, self._env)
 
     def _finish(self, outcome: Outcome) -> None:
         self._outcome = outcome
