@@ -26,24 +26,33 @@ def results(pool: WorkerPool, count: int, timeout: float = 30.0) -> list[Done]:
     return got
 
 
-def test_short_episodes_share_a_file_written_even_when_the_worker_is_stopped_at_once(tmp_path: Path) -> None:
+def test_short_episodes_share_files_written_before_their_results_reach_the_agent(tmp_path: Path) -> None:
+    """A short episode's result names the worker's file of short episodes; the result leaves
+    the worker only once that file is written (issue 14: a record never names a file that is
+    not there yet), and many episodes share one file."""
     store_url = str(tmp_path / "store")
+    store = open_store(store_url)
     pool = WorkerPool(1, store_url)
     pool.start()
     spec = EpisodeSpec(runtime="sleep", params={"seconds": 0, "events": 2})
+    got: list[Done] = []
     try:
-        pool.dispatch([WorkItem("e1", 1, spec)])
-        (first,) = results(pool, 1)
-        pool.dispatch([WorkItem("e2", 1, spec)])
-        (second,) = results(pool, 1)
+        for n in range(20):  # as the agent does: the next episode as soon as the worker is free
+            wait_until(lambda: pool.wait(0.05) or pool.idle() == 1, 10, what="the worker free")
+            pool.dispatch([WorkItem(f"e{n}", 1, spec)])
+            while not pool.results.empty():
+                got.append(pool.results.get())
+                assert store.exists(f"shared/{got[-1].events}.jsonl"), "named file written before the result"
+        while len(got) < 20:
+            got += results(pool, 1)
+            assert store.exists(f"shared/{got[-1].events}.jsonl"), "named file written before the result"
     finally:
-        pool.close()  # SIGTERM within the worker's 50 ms linger: it writes on the way out
-    assert first.kind == second.kind == "succeeded"
-    assert first.events == second.events == "e1.1"  # both in the file named after the first
-    store = open_store(store_url)
-    for done in (first, second):
+        pool.close()
+    assert {d.kind for d in got} == {"succeeded"} and len({d.episode_id for d in got}) == 20
+    for done in got:
         events = read_events(store, done.episode_id, 1, shared=done.events)
         assert [e["type"] for e in events] == ["reset", "tick", "tick", "terminal"], events
+    assert len({d.events for d in got}) < 20, "short episodes share their files"
     assert store.list("episodes/") == []  # no directory of their own
 
 

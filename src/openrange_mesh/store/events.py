@@ -19,6 +19,9 @@ JsonObject = dict[str, Any]
 # A running attempt's events reach the store at most this long after they were emitted (the
 # workers flush their buffers this often, worker/child.py); readers that follow wait as long.
 FLUSH_SECONDS = 1.0
+# What an attempt's ``events`` says when its host's store refused some of its events: they are
+# not coming (``logs`` says so), rather than a name of a file that was never written.
+NOT_STORED = "(not stored)"
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 

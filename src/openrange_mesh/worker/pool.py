@@ -39,7 +39,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from . import reaper
-from .child import Done, Slot, WorkItem, worker_main
+from .child import Done, WorkItem, worker_main
+from .slot import Slot
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,161 @@
+"""Where an episode's events go, and when they reach the store: before its result does.
+
+* An episode writes its own chunks (``episodes/<id>/attempt-<n>/``) once it has run for
+  ``FLUSH_SECONDS``, and the rest when it ends (``Chunks``).
+* A batch's episodes share chunks (``batches/<claim id>/``, events tagged with episode and
+  attempt): written before any of their results leaves the worker (``Chunks`` again).
+* A single episode that ends before its first chunk is due hands its events to the worker's
+  file of short episodes (``ShortEvents``, ``shared/<name>.jsonl``), written for many at once:
+  two directories and a file per short episode cost more than a short episode (70-300 us of
+  kernel time here, far more on NFS). Its result waits in the worker until that file is
+  written (child.py's outbox), so the agent never commits a record naming a file that is not
+  there yet.
+
+Events are diagnostics: a store that refuses them fails no episode (results are in etcd), but
+the agent hears of it (agent/health.py), and the attempt's record says its events were not
+stored (``NOT_STORED``) rather than pointing at a file that will not come.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import StoreError
+from ..specs import is_plain_json
+from ..store import Store
+from ..store.events import FLUSH_SECONDS, NOT_STORED, encode_events
+from ..store.layout import batch_events_path, events_path, shared_events_path
+
+log = logging.getLogger(__name__)
+
+SHARED_EVENTS = 10_000  # events in the file of short episodes: written at once past this many
+
+Report = Callable[[str], None]
+
+
+class Chunks:
+    """Buffers events and writes them as numbered chunks: one attempt's own, or a batch's
+    shared ones (its episodes' events tagged with episode and attempt)."""
+
+    def __init__(self, store: Store | None, item: Any, report: Report | None = None) -> None:
+        self.store = store
+        self.item = item  # the WorkItem: an attempt's own chunks, or (item.batch) its batch's
+        self.report = report  # tells the agent its store failed
+        self.buffer: list[dict[str, Any]] = []
+        self.chunk = 0
+        self.flushed_at = time.monotonic()
+        self.lost = False  # a chunk was refused: some of these events are not in the store
+
+    def add(self, events: list[dict[str, Any]], item: Any = None) -> None:
+        if item is not None and item.batch is not None:
+            events = [{**e, "episode": item.episode_id, "attempt": item.attempt} for e in events]
+        self.buffer.extend(events)
+        if time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        self.flushed_at = time.monotonic()
+        if self.store is None or not self.buffer:
+            return
+        item = self.item
+        if item.batch is not None:
+            path = batch_events_path(item.batch, self.chunk)
+        else:
+            path = events_path(item.episode_id, item.attempt, self.chunk)
+        self.lost |= not write_events(self.store, path, self.buffer, self.report)
+        self.buffer = []
+        self.chunk += 1
+
+
+class Single:
+    """One single episode's sink: its own chunks, or, if it ends before the first is due, the
+    worker's file of short episodes."""
+
+    def __init__(self, store: Store | None, item: Any, short: ShortEvents | None, report: Report | None) -> None:
+        self.chunks = Chunks(store, item, report)
+        self.short = short
+
+    def add(self, events: list[dict[str, Any]]) -> None:
+        self.chunks.add(events)
+
+    def finish(self) -> str | None:
+        """The episode ended: where its events are (``Done.events``). The short episodes' file
+        it joined (not yet written), None for its own chunks, ``NOT_STORED`` if one was refused."""
+        chunks = self.chunks
+        if chunks.chunk == 0 and self.short is not None and chunks.buffer:
+            name = self.short.take(chunks.item, chunks.buffer)
+            chunks.buffer = []
+            return name
+        chunks.flush()
+        return NOT_STORED if chunks.lost else None
+
+
+class Tagged:
+    """One batched episode's view of its batch's shared chunks."""
+
+    def __init__(self, shared: Chunks, item: Any) -> None:
+        self.shared = shared
+        self.item = item
+
+    def add(self, events: list[dict[str, Any]]) -> None:
+        self.shared.add(events, self.item)
+
+    def finish(self) -> str | None:
+        return None  # the batch's chunks: the attempt names its claim; written before results leave
+
+
+class ShortEvents:
+    """Short single episodes' events, tagged with episode and attempt, written together: one
+    file per flush, named after the first episode in it."""
+
+    def __init__(self, store: Store, report: Report | None = None) -> None:
+        self.store = store
+        self.report = report
+        self.buffer: list[dict[str, Any]] = []
+        self.name: str | None = None
+        self.since = 0.0  # monotonic time its first episode joined
+
+    def take(self, item: Any, events: list[dict[str, Any]]) -> str:
+        if self.name is None:
+            self.name, self.since = f"{item.episode_id}.{item.attempt}", time.monotonic()
+        self.buffer.extend({**e, "episode": item.episode_id, "attempt": item.attempt} for e in events)
+        return self.name
+
+    @property
+    def pending(self) -> bool:
+        return self.name is not None
+
+    @property
+    def full(self) -> bool:
+        return len(self.buffer) >= SHARED_EVENTS
+
+    def flush(self) -> str | None:
+        """Write the file; the name it was written as, None if the store refused it."""
+        name = self.name
+        if name is None:
+            return None
+        written = write_events(self.store, shared_events_path(name), self.buffer, self.report)
+        self.buffer, self.name = [], None
+        return name if written else None
+
+
+def write_events(store: Store, path: str, events: list[dict[str, Any]], report: Report | None) -> bool:
+    """Whether the events reached the store. An event that is not plain JSON data is the
+    episode's own (dropped alone); a store that refuses the write is the host's (reported)."""
+    try:
+        data = encode_events(events)
+    except (RecursionError, ValueError, TypeError):
+        kept = [event for event in events if is_plain_json(event)]
+        log.warning("dropping %d events that are not plain JSON data", len(events) - len(kept))
+        data = encode_events(kept)
+    try:
+        store.put_bytes(path, data, durable=False)
+    except StoreError as exc:
+        log.warning("dropping %d events: %s", len(events), exc)
+        if report is not None:
+            report(f"store refused events: {exc}")
+        return False
+    return True
