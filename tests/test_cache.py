@@ -191,12 +191,10 @@ def downloaded(cache_dir: Path) -> int:
         return 0
 
 
-def test_a_download_killed_half_way_leaves_nothing_the_next_open_trips_on(store: Store, tmp_path: Path) -> None:
-    data = os.urandom(96 * 2**20)
-    snapshot = put_snapshot(store, io.BytesIO(data))
-    cache_dir = tmp_path / "cache"
+def kill_mid_download(store: Store, cache_dir: Path, digest: str) -> None:
+    """Start a process downloading ``digest`` into ``cache_dir`` and SIGKILL it half way."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.Popen([sys.executable, "-c", DOWNLOADER, store.url, str(cache_dir), snapshot.digest], env=env)
+    child = subprocess.Popen([sys.executable, "-c", DOWNLOADER, store.url, str(cache_dir), digest], env=env)
     try:
         wait_until(lambda: downloaded(cache_dir) > 0, timeout=30, interval=0.002, what="the download to start")
         child.send_signal(signal.SIGKILL)
@@ -204,9 +202,22 @@ def test_a_download_killed_half_way_leaves_nothing_the_next_open_trips_on(store:
         child.wait(timeout=10)
     assert cached(cache_dir) == [], "the download finished before it could be killed"
     assert len(leftovers(cache_dir)) == 1
-    cache = SnapshotCache(store, cache_dir, max_bytes=2**30)  # a new start cleans up
-    assert leftovers(cache_dir) == [] and os.listdir(cache_dir / "locks") == []
-    assert sha256(cache.get_bytes(snapshot.digest)) == sha256(data)
+
+
+def test_after_a_download_killed_half_way_the_next_open_succeeds_and_cleans_up(store: Store, tmp_path: Path) -> None:
+    data = os.urandom(96 * 2**20)  # a fraction of a second to fetch: time to see it start
+    snapshot = put_snapshot(store, io.BytesIO(data))
+    cache_dir = tmp_path / "cache"
+    running = SnapshotCache(store, cache_dir, max_bytes=2**30)  # started before the kill
+    kill_mid_download(store, cache_dir, snapshot.digest)
+    assert sha256(running.get_bytes(snapshot.digest)) == sha256(data)
+    assert leftovers(cache_dir) == []
+    # and a start cleans what a killed download left: its partial file, its lock and pin files
+    other = put_snapshot(store, io.BytesIO(data[:-1]))
+    kill_mid_download(store, tmp_path / "cache-2", other.digest)
+    SnapshotCache(store, tmp_path / "cache-2", max_bytes=2**30)
+    assert leftovers(tmp_path / "cache-2") == []
+    assert os.listdir(tmp_path / "cache-2" / "locks") == [] and os.listdir(tmp_path / "cache-2" / "pins") == []
 
 
 def test_leftovers_of_killed_downloads_and_evictions_go_at_start(store: Store, tmp_path: Path) -> None:
