@@ -161,11 +161,14 @@ class UnsafeSnapshot(StoreError):
 
 
 class CacheFull(StoreError):
+    """The disk of the snapshot cache ``directory`` filled up (while caching ``digest``, if any)."""
+
     def __init__(self, directory: str, digest: str, reason: str) -> None:
         self.directory = directory
         self.digest = digest
         self.reason = reason
-        super().__init__(f"no space to cache snapshot {digest} in {directory}: {reason}")
+        what = f"to cache snapshot {digest} " if digest else ""
+        super().__init__(f"no space {what}in {directory}: {reason}")
 
 
 class RuntimeFailure(MeshError):

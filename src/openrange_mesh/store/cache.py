@@ -63,12 +63,10 @@ class SnapshotCache:
         self.max_bytes = max_bytes
         self._data, self._pins, self._locks = self.directory / "data", self.directory / "pins", self.directory / "locks"
         self._tmp, self._trash = self.directory / "tmp", self.directory / "trash"
-        try:
+        with self._local_errors(""):
             for directory in (self._data, self._pins, self._locks, self._tmp, self._trash):
                 directory.mkdir(parents=True, exist_ok=True)
             self._clean_leftovers()
-        except OSError as exc:
-            raise self._local_error(exc, "") from exc
 
     @contextmanager
     def open(self, digest: str) -> Iterator[Path]:
@@ -76,13 +74,15 @@ class SnapshotCache:
         needed, pinned (never evicted) until the block ends. Raises ``SnapshotNotFound``,
         ``HashMismatch`` or ``UnsafeSnapshot`` (nothing cached), ``CacheFull``, ``StoreError``."""
         hex_digest = hex_of(digest)
-        pin = self._flock(self._pins / hex_digest, fcntl.LOCK_SH)
+        with self._local_errors(digest):
+            pin = self._flock(self._pins / hex_digest, fcntl.LOCK_SH)
         assert pin is not None  # a blocking flock returns a descriptor or raises
         path = self._data / hex_digest
         try:
-            if not os.path.lexists(path):
-                self._fill(digest, pin)
-            os.utime(pin)  # last use, for the LRU order
+            with self._local_errors(digest):
+                if not os.path.lexists(path):
+                    self._fill(digest, pin)
+                os.utime(pin)  # last use, for the LRU order
         except BaseException:
             os.close(pin)
             self._tidy(hex_digest)
@@ -115,19 +115,22 @@ class SnapshotCache:
                 os.ftruncate(pin, 0)
                 os.pwrite(pin, f"{size}\n".encode(), 0)
                 _rename_unless_there(temp, final)
-            except OSError as exc:
-                raise self._local_error(exc, digest) from exc
             finally:
                 cas.remove_tree(temp)
         log.info("cached snapshot %s (%s, %d bytes on disk)", digest, snapshot.kind, size)
         self._evict()
 
-    def _local_error(self, exc: OSError, digest: str) -> StoreError:
+    @contextmanager
+    def _local_errors(self, digest: str) -> Iterator[None]:
         """The one place local disk errors become ours: ENOSPC and EDQUOT are ``CacheFull``."""
-        reason = f"{type(exc).__name__}: {exc.strerror or exc}"
-        if exc.errno in _FULL:
-            return CacheFull(str(self.directory), digest or "(none)", reason)
-        return StoreError(f"snapshot cache {self.directory} failed{' for ' + digest if digest else ''}: {reason}")
+        try:
+            yield
+        except OSError as exc:
+            reason = f"{type(exc).__name__}: {exc.strerror or exc}"
+            if exc.errno in _FULL:
+                raise CacheFull(str(self.directory), digest, reason) from exc
+            where = f" for {digest}" if digest else ""
+            raise StoreError(f"snapshot cache {self.directory} failed{where}: {reason}") from exc
 
     # -- eviction -----------------------------------------------------------------------------
 
