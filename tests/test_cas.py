@@ -134,6 +134,15 @@ def test_a_corrupt_blob_is_a_hash_mismatch_and_leaves_nothing(store: Store, tmp_
         assert not (tmp_path / "out").exists()
 
 
+def test_local_problems_with_the_source_are_store_errors(tmp_path: Path) -> None:
+    store = open_store("memory://")
+    with pytest.raises(StoreError, match="not a file or a directory"):
+        put_snapshot(store, tmp_path / "missing")
+    with pytest.raises(StoreError, match=r"cannot snapshot .*FileNotFoundError"):
+        put_snapshot(store, io.BytesIO(b"x"), spool_dir=str(tmp_path / "no-spool-here"))
+    assert list_snapshots(store) == []
+
+
 def test_a_blob_of_an_unknown_format_is_refused_by_name(store: Store, tmp_path: Path) -> None:
     blob = b"ORSNAP9Xfrom the future"
     store.put_bytes(cas_path(sha256(blob)), blob)

@@ -53,28 +53,29 @@ def put_snapshot(store: Store, source: str | os.PathLike[str] | Reader, *, spool
     """Store ``source`` by content: a path to a file or a directory, or a binary file object
     (read to its end). A directory or a file object is spooled to an unlinked temporary file
     in ``spool_dir`` (default: the system's) as it is hashed; a file is read twice, once to
-    hash and once to upload, and the store checks the second reading against the first."""
-    if not isinstance(source, str | os.PathLike):
-        return _put_spooled(store, "file", lambda sink: _copy(source, sink), spool_dir)
-    path = Path(source)
-    if path.is_dir():
-        return _put_spooled(store, "dir", lambda sink: archive.pack(path, sink), spool_dir)
-    if not path.is_file():
-        raise StoreError(f"cannot snapshot {path}: not a file or a directory")
-    with open(path, "rb") as f:
-        reader = HashingReader(_Prefixed(HEADER_OF["file"], f))
-        reader.drain()
-    snapshot = Snapshot(reader.digest, reader.size, "file")
-    with open(path, "rb") as f:
-        _upload(store, snapshot, _Prefixed(HEADER_OF["file"], f))
-    return snapshot
+    hash and once to upload, and the store checks the second reading against the first
+    (``HashMismatch`` if the file changed in between). ``UnsafeSnapshot`` for a directory that
+    cannot be packed; a local file that cannot be read is a ``StoreError`` too."""
+    try:
+        if not isinstance(source, str | os.PathLike):
+            return _put_spooled(store, "file", lambda sink: _copy(source, sink), spool_dir)
+        path = Path(source)
+        if path.is_dir():
+            return _put_spooled(store, "dir", lambda sink: archive.pack(path, sink), spool_dir)
+        if not path.is_file():
+            raise StoreError(f"cannot snapshot {path}: not a file or a directory")
+        return _put_file(store, path)
+    except OSError as exc:  # the source or the spool: local files, not the store
+        raise StoreError(f"cannot snapshot {source}: {type(exc).__name__}: {exc.strerror or exc}") from exc
 
 
 def get_snapshot(store: Store, digest: str, dest: str | os.PathLike[str]) -> Snapshot:
     """Write snapshot ``digest`` at ``dest``, which must not exist: the file, or the directory
     extracted safely (``archive.unpack``). ``SnapshotNotFound`` if the store has no such blob,
     ``HashMismatch`` if its bytes do not hash to ``digest``; on any error nothing is left at
-    ``dest``. The caller makes ``dest`` visible to others only after this returns."""
+    ``dest``. The caller makes ``dest`` visible to others only after this returns. Errors of
+    the local disk at ``dest`` stay ``OSError``, errno and all, for the caller to judge (the
+    cache turns ENOSPC into ``CacheFull``)."""
     digest = parse_digest(digest)
     blob = layout.cas_path(digest)
     target = Path(dest)
@@ -122,6 +123,16 @@ def remove_tree(path: Path) -> None:
 
 
 # -- internals --------------------------------------------------------------------------------
+
+
+def _put_file(store: Store, path: Path) -> Snapshot:
+    with open(path, "rb") as f:
+        reader = HashingReader(_Prefixed(HEADER_OF["file"], f))
+        reader.drain()
+    snapshot = Snapshot(reader.digest, reader.size, "file")
+    with open(path, "rb") as f:
+        _upload(store, snapshot, _Prefixed(HEADER_OF["file"], f))
+    return snapshot
 
 
 def _put_spooled(store: Store, kind: Kind, produce: Callable[[Writer], None], spool_dir: str | None) -> Snapshot:
