@@ -11,8 +11,15 @@
     │   ├── Compacted          a watch or read asked for a revision etcd already compacted
     │   ├── LeaseLost          the lease expired or was revoked: stop and let peers requeue
     │   └── TooLarge           a value or txn over etcd's request limits
-    ├── StoreError             shared storage (NFS path, S3) failed
-    │   └── ArtifactNotFound   no such object
+    ├── StoreError             shared storage (NFS path, S3) or the local snapshot cache failed
+    │   ├── ArtifactNotFound   no such object
+    │   │   └── SnapshotNotFound   no blob for that snapshot digest
+    │   ├── InvalidDigest      not a 'sha256:<64 hex>' digest (bad input, before any I/O)
+    │   ├── HashMismatch       bytes that do not hash to their digest: a corrupt blob, or a
+    │   │                      source that changed while it was uploaded
+    │   ├── UnsafeSnapshot     a directory (to pack) or archive (to extract) with a member that
+    │   │                      could escape its root: '..', absolute paths, escaping links, devices
+    │   └── CacheFull          the snapshot cache's disk is full
     ├── RuntimeFailure         a runtime could not realise or run an episode
     ├── CorruptRecord          a record in the registry that does not decode (skipped, logged)
     └── EpisodeNotFound        no record under that ID
@@ -110,7 +117,58 @@ class StoreError(MeshError):
 class ArtifactNotFound(StoreError):
     def __init__(self, path: str) -> None:
         self.path = path
-        super().__init__(f"no artifact at {path}")
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        return f"no artifact at {self.path}"
+
+
+class SnapshotNotFound(ArtifactNotFound):
+    """No blob for ``digest``; ``path`` is where it would be."""
+
+    def __init__(self, digest: str, path: str) -> None:
+        self.digest = digest
+        super().__init__(path)
+
+    def _message(self) -> str:
+        return f"snapshot {self.digest} not found"
+
+
+class InvalidDigest(StoreError):
+    def __init__(self, value: object) -> None:
+        self.value = value
+        super().__init__(f"invalid snapshot digest {value!r}: want 'sha256:' and 64 lowercase hex digits")
+
+
+class HashMismatch(StoreError):
+    """``size`` bytes were read and hashed to ``actual`` where ``expected`` was promised."""
+
+    def __init__(self, expected: str, actual: str, size: int) -> None:
+        self.expected = expected
+        self.actual = actual
+        self.size = size
+        super().__init__(f"hash mismatch: expected {expected}, got {actual} after {size} bytes")
+
+
+class UnsafeSnapshot(StoreError):
+    """``where`` (a local directory or a snapshot digest) holds ``member``, refused for ``problem``."""
+
+    def __init__(self, where: str, member: str, problem: str) -> None:
+        self.where = where
+        self.member = member
+        self.problem = problem
+        super().__init__(f"unsafe snapshot {where}: {member!r} {problem}")
+
+
+class CacheFull(StoreError):
+    """The disk of the snapshot cache ``directory`` filled up (while caching ``digest``, if any)."""
+
+    def __init__(self, directory: str, digest: str, reason: str) -> None:
+        self.directory = directory
+        self.digest = digest
+        self.reason = reason
+        what = f"to cache snapshot {digest} " if digest else ""
+        super().__init__(f"no space {what}in {directory}: {reason}")
 
 
 class RuntimeFailure(MeshError):

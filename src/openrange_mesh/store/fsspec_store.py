@@ -12,13 +12,15 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any, Literal
 
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from ..errors import ArtifactNotFound, ConfigError, MeshError, StoreError
+from . import streams
+from .digest import CHUNK_SIZE, Reader
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,15 @@ class FsspecStore:
             data: bytes = self._fs.cat_file(full)
         return data
 
+    def put_stream(self, path: str, source: Reader, *, create_only: bool = True, sha256: str | None = None) -> bool:
+        full = self._full(path)
+        put = {"file": streams.put_local, "memory": self._put_memory, "s3": self._put_s3}[self._kind]
+        with self._translated("write", path):
+            return put(full, source, create_only=create_only, sha256=sha256)
+
+    def open_read(self, path: str) -> AbstractContextManager[Reader]:
+        return self._reading(path, self._full(path))
+
     def exists(self, path: str) -> bool:
         full = self._full(path)
         with self._translated("check", path):
@@ -193,6 +204,22 @@ class FsspecStore:
                 with suppress(OSError):
                     os.rmdir(f"{self._root}/{directory}")
 
+    def _put_memory(self, full: str, source: Reader, *, create_only: bool, sha256: str | None) -> bool:
+        return streams.put_memory(self._fs, full, source, create_only=create_only, sha256=sha256)
+
+    def _put_s3(self, full: str, source: Reader, *, create_only: bool, sha256: str | None) -> bool:
+        return streams.put_s3(self._fs, full, source, create_only=create_only, sha256=sha256)
+
+    @contextmanager
+    def _reading(self, path: str, full: str) -> Iterator[Reader]:
+        with self._translated("read", path, missing=ArtifactNotFound(self.location(path))):
+            raw: Any = streams.S3Reader(self._fs, full) if self._kind == "s3" else self._fs.open(full, "rb")
+        try:
+            yield _TranslatedReader(raw, lambda: self._translated("read", path))
+        finally:
+            with suppress(Exception):
+                raw.close()
+
     @contextmanager
     def _translated(self, action: str, path: str, *, missing: StoreError | None = None) -> Iterator[None]:
         """The one place third-party exceptions become ``StoreError``; a missing object or
@@ -206,6 +233,19 @@ class FsspecStore:
                 raise missing from exc
             log.debug("%s %s failed", action, self.location(path), exc_info=True)
             raise StoreError(f"cannot {action} {self.location(path)}: {_reason(exc)}") from exc
+
+
+class _TranslatedReader:
+    """A backend's stream whose errors become ``StoreError`` as they happen, mid-read included."""
+
+    def __init__(self, raw: Any, translated: Callable[[], AbstractContextManager[None]]) -> None:
+        self._raw = raw
+        self._translated = translated
+
+    def read(self, size: int = -1, /) -> bytes:
+        with self._translated():  # a chunk at a time: read() must never mean the whole object
+            data: bytes = self._raw.read(CHUNK_SIZE if size is None or size < 0 else size)
+        return data
 
 
 def _replace_file(full: str, data: bytes, *, durable: bool) -> None:

@@ -2,6 +2,9 @@
 no store path is formatted anywhere else::
 
     snapshots/<ref>
+    cas/sha256/<first 2 hex>/<64 hex>                a snapshot by content (store/cas.py), written
+                                                     once, never changed; 256 fan-out directories
+                                                     keep a directory store's listings short
     episodes/<episode_id>/attempt-<n>/events-<chunk:06d>.jsonl
     episodes/<episode_id>/attempt-<n>/result.json
     episodes/<episode_id>/attempt-<n>/artifacts/<name>
@@ -21,7 +24,9 @@ from __future__ import annotations
 import re
 
 from ..errors import StoreError
+from .digest import hex_of
 
+_CAS = re.compile(r"cas/sha256/(?P<fan>[0-9a-f]{2})/(?P<hex>[0-9a-f]{64})")
 _EVENTS = re.compile(r"episodes/(?P<episode>[^/]+)/attempt-(?P<attempt>\d+)/events-(?P<chunk>\d{6,})\.jsonl")
 
 
@@ -64,6 +69,22 @@ def artifact_path(episode_id: str, attempt: int, name: str) -> str:
 
 def snapshot_path(ref: str) -> str:
     return f"snapshots/{_component('snapshot ref', ref)}"
+
+
+def cas_prefix() -> str:
+    return "cas/sha256/"
+
+
+def cas_path(digest: str) -> str:
+    """Where the blob of ``digest`` (``sha256:<64 hex>``; ``InvalidDigest`` otherwise) lives."""
+    hex_digest = hex_of(digest)
+    return f"{cas_prefix()}{hex_digest[:2]}/{hex_digest}"
+
+
+def parse_cas_path(path: str) -> str | None:
+    """The digest whose blob is at ``path``, if ``cas_path`` built it, else None."""
+    m = _CAS.fullmatch(path)
+    return f"sha256:{m['hex']}" if m and m["hex"].startswith(m["fan"]) else None
 
 
 def component_problem(value: object) -> str | None:
