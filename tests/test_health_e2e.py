@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from openrange_mesh.model import EpisodeSpec, HostInfo
+from openrange_mesh.store.events import NOT_STORED
 from openrange_mesh.worker.child import WorkItem
 from openrange_mesh.worker.pool import WorkerPool
 
@@ -131,3 +132,31 @@ def _cli(etcd: EtcdServer, mesh: Mesh, *args: str) -> str:
     )
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+def test_events_the_store_refused_are_said_not_stored_in_the_result() -> None:
+    """A store that refuses a short episode's events fails no episode, but its result says the
+    events were not stored instead of naming a file that will never be written (issue 14)."""
+    s3 = start_s3()
+    faults: list[str] = []
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            use_test_env(mp)
+            bucket = s3.make_bucket(f"ev-{uuid.uuid4().hex[:8]}")
+            pool = WorkerPool(1, f"s3://{bucket}/store?endpoint_url={s3.endpoint_url}", on_fault=faults.append)
+            pool.start()
+            try:
+                spec = EpisodeSpec(runtime="sleep", params={"seconds": 0, "events": 2})
+                pool.dispatch([WorkItem("kept", 1, spec)])
+                (kept,) = results(pool, 1)
+                s3.reset()  # the bucket is gone: the worker's next write is refused
+                wait_until(lambda: pool.wait(0.05) or pool.idle() == 1, 10, what="the worker free")
+                pool.dispatch([WorkItem("refused", 1, spec)])
+                (refused,) = results(pool, 1)
+            finally:
+                pool.close()
+    finally:
+        s3.stop()
+    assert kept.kind == refused.kind == "succeeded"
+    assert kept.events == "kept.1" and refused.events == NOT_STORED
+    assert any("store refused events" in f for f in faults), faults

@@ -12,13 +12,12 @@ from ..client.client import get_record
 from ..ledger.catalog import Catalog
 from ..model import EpisodeRecord
 from ..store import Store
-from ..store.events import FLUSH_SECONDS, decode_events, read_events, tagged_for
+from ..store.events import NOT_STORED, decode_events, read_events, tagged_for
 from ..store.layout import attempt_prefix, batch_prefix, parse_events_path, shared_events_path
 from .common import Mesh, compact_json, output_option, pass_mesh, stamp, store_option
 from .safe import printable
 
 POLL_SECONDS = 0.5
-SHARED_WAIT = FLUSH_SECONDS + 1.0  # seconds to wait for a short attempt's events to be written
 
 
 @click.command("logs", short_help="Print an episode's events from the store (-f follows).")
@@ -49,8 +48,10 @@ def command(mesh: Mesh, episode_id: str, follow: bool, attempt: int | None, stor
     if not follow:
         batch, shared = sources(record, attempt or record.attempt)
         which = attempt or record.attempt if batch or shared else attempt
-        if shared is not None:
-            _await(store, shared)
+        if shared == NOT_STORED:
+            raise click.ClickException(
+                f"the events of {printable(episode_id)} attempt {which} were not stored: its host's store refused them"
+            )
         events = read_events(store, episode_id, which, batch=batch, shared=shared)
         for event in events:
             click.echo(render(event, output))
@@ -80,9 +81,14 @@ def _follow(catalog: Catalog, store: Store, record: EpisodeRecord, pinned: int |
 
 def _print_new(store: Store, record: EpisodeRecord, attempt: int, seen: set[str], output: str) -> None:
     batch, shared = sources(record, attempt)
-    if shared is not None:  # a short attempt: its events are in its worker's shared file
+    if shared == NOT_STORED:
+        if NOT_STORED not in seen:
+            seen.add(NOT_STORED)
+            click.echo(f"(attempt {attempt}: its events were not stored: its host's store refused them)", err=True)
+        paths = []
+    elif shared is not None:  # a short attempt: its events are in its worker's shared file
         path = shared_events_path(shared)
-        paths = [path] if path not in seen and _await(store, shared) else []
+        paths = [path] if path not in seen else []
     elif batch is not None:  # a batched attempt: its events are in the batch's shared chunks
         paths = sorted(p for p in store.list(batch_prefix(batch)) if p.endswith(".jsonl") and p not in seen)
     else:
@@ -105,18 +111,6 @@ def sources(record: EpisodeRecord, attempt: int) -> tuple[str | None, str | None
     the shared file of a short attempt)."""
     found = next((a for a in record.history if a.n == attempt), None)
     return (found.batch, found.events) if found is not None else (None, None)
-
-
-def _await(store: Store, shared: str) -> bool:
-    """Wait for a short attempt's shared events file: its worker writes it within
-    ``FLUSH_SECONDS`` of the attempt's start, or sooner once idle. False: never written (its
-    worker died first, or the store refused it)."""
-    deadline = time.monotonic() + SHARED_WAIT
-    while not store.exists(shared_events_path(shared)):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def render(event: dict[str, Any], output: str) -> str:

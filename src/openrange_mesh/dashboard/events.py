@@ -60,8 +60,8 @@ async def _events(store: Store, record: EpisodeRecord, attempt: int) -> list[dic
         return _closed[key]
     events = await asyncio.to_thread(_read, store, record, attempt)
     tried = next((a for a in record.history if a.n == attempt), None)
-    if tried is not None and tried.finished_at is not None and tried.events is None:
-        _closed[key] = events  # a short attempt's shared file may still be on its way: not kept
+    if tried is not None and tried.finished_at is not None:
+        _closed[key] = events  # its events reached the store before its record closed it
         while len(_closed) > KEPT:
             _closed.popitem(last=False)
     return events

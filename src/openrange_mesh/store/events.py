@@ -64,8 +64,10 @@ def read_events(
     """Every event of ``attempt`` (default: the latest attempt with events), chunks in order.
     ``batch`` names the claim when the attempt ran in a batch (``Attempt.batch``): its events
     are in the batch's shared chunks, tagged with the episode and attempt. ``shared`` names the
-    file a short attempt's events went to (``Attempt.events``), tagged alike; not written yet
-    (its worker writes it within a second), it reads as no events."""
+    file a short attempt's events went to (``Attempt.events``), tagged alike: written before the
+    attempt's record names it (``NOT_STORED``: refused by the store; no events)."""
+    if shared == NOT_STORED:
+        return []
     if shared is not None:
         path = layout.shared_events_path(shared)
         try:
