@@ -3,7 +3,9 @@ by tests that run them in real worker processes."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from openrange_mesh.runtimes.base import Outcome
@@ -64,3 +66,39 @@ class OddData:
 
 
 odd = OddData()
+
+
+class _Files(_Odd):
+    """Writes ``files`` into $OPENRANGE_ARTIFACTS and reports what its snapshot held."""
+
+    def __init__(self, params: Mapping[str, Any], snapshot_path: Any) -> None:
+        super().__init__({}, [])
+        self.params, self.snapshot_path = params, snapshot_path
+
+    def advance(self, max_seconds: float) -> None:
+        out = Path(os.environ["OPENRANGE_ARTIFACTS"])
+        for name, text in dict(self.params.get("files", {})).items():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text(text)
+        seen = Path(self.snapshot_path) if self.snapshot_path is not None else None
+        if seen is not None and seen.is_dir():
+            self.result = {"snapshot": sorted(p.relative_to(seen).as_posix() for p in seen.rglob("*") if p.is_file())}
+        elif seen is not None:
+            self.result = {"snapshot": seen.read_text()}
+        self.result["env"] = os.environ.get("OPENRANGE_SNAPSHOT") == (str(seen) if seen else None)
+        self.done = True
+
+
+class Files:
+    """params: ``files`` {name: text} written as artifacts; takes its snapshot as a path."""
+
+    name = "files"
+
+    def validate(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def realize(self, params: Mapping[str, Any], *, seed: int | None, snapshot_path: Any = None) -> _Files:
+        return _Files(params, snapshot_path)
+
+
+files = Files()

@@ -78,3 +78,11 @@ def test_namespaces_keep_records_of_their_own(registry: Registry, tmp_path: Path
     meshstore.join(registry, a, open_store(str(tmp_path / "a")))
     meshstore.join(registry, b, open_store(str(tmp_path / "b")))
     assert meshstore.recorded(registry, a).url != meshstore.recorded(registry, b).url  # type: ignore[union-attr]
+
+
+def test_the_same_path_on_another_host_is_not_the_same_store(registry: Registry, keys: Keys, tmp_path: Path) -> None:
+    """Two hosts each with a local ./openrange-store: one URL, two stores. The marker tells."""
+    meshstore.join(registry, keys, open_store(str(tmp_path / "store")))
+    (tmp_path / "store" / "meshes" / f"{keys.namespace}.json").unlink()  # as another host's own directory
+    with pytest.raises(ConfigError, match="not the mesh's store of that name"):
+        meshstore.join(registry, keys, open_store(str(tmp_path / "store")))

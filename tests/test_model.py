@@ -10,6 +10,7 @@ from dataclasses import replace
 import msgpack
 import pytest
 
+from openrange_mesh.client import snapshots
 from openrange_mesh.config import Settings, parse_labels, registry_url
 from openrange_mesh.errors import ConfigError, CorruptRecord, SpecError, UnknownRuntime
 from openrange_mesh.ids import IdAllocator
@@ -30,7 +31,7 @@ from openrange_mesh.model import (
 )
 from openrange_mesh.registry import Put, Registry
 from openrange_mesh.specs import check_spec
-from openrange_mesh.store.layout import snapshot_path
+from openrange_mesh.store.digest import parse_digest
 
 CARTPOLE = {"runtime": "gymnasium", "params": {"env": "CartPole-v1"}}
 
@@ -94,10 +95,13 @@ def test_params_as_deep_as_allowed_survive_a_record() -> None:
     assert EpisodeRecord.from_bytes(EpisodeRecord("e", spec).to_bytes()).spec.params == spec.params
 
 
-def test_a_snapshot_ref_submit_takes_is_one_the_store_takes() -> None:
+def test_a_snapshot_ref_submit_takes_is_a_name_or_a_digest() -> None:
     for ref in ("base", "ckpt-0001.bin", "é" * 127):
         assert check_spec({"runtime": "sleep", "snapshot": ref}).snapshot == ref
-        assert snapshot_path(ref) == f"snapshots/{ref}"
+        snapshots.check_name(ref)  # a name the etcd alias keys take
+    digest = "sha256:" + "ab" * 32
+    assert check_spec({"runtime": "sleep", "snapshot": digest}).snapshot == digest
+    assert parse_digest(digest) == digest
 
 
 def test_unknown_runtime_lists_known_ones() -> None:

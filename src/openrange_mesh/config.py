@@ -44,6 +44,18 @@ ENV_DASHBOARD_URL = "OPENRANGE_DASHBOARD_URL"
 ENV_DASHBOARD_TOKEN = "OPENRANGE_DASHBOARD_TOKEN"
 ENV_REPORT_INTERVAL = "OPENRANGE_REPORT_INTERVAL"
 DEFAULT_DASHBOARD_PORT = 7465
+ENV_CACHE_DIR = "OPENRANGE_CACHE_DIR"
+ENV_CACHE_SIZE = "OPENRANGE_CACHE_SIZE"
+DEFAULT_CACHE_SIZE = 20 * 2**30  # bytes of snapshots a host keeps (those in use may exceed it)
+
+
+def default_cache_dir() -> str:
+    """Where a host caches snapshots: ``$XDG_CACHE_HOME`` (else ``~/.cache``)/openrange-mesh/snapshots;
+    one directory for every agent and worker of the host (they share it safely)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "openrange-mesh", "snapshots")
+
+
 # etcdctl's own, honoured where ours are unset: a host set up for etcdctl needs nothing more.
 ETCDCTL_ENDPOINTS = "ETCDCTL_ENDPOINTS"
 ETCDCTL_CACERT = "ETCDCTL_CACERT"

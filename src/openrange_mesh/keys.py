@@ -81,6 +81,12 @@ class Keys:
     def leader(self) -> bytes:
         return self.control() + b"leader"
 
+    def snapshots(self) -> bytes:  # snapshot names (aliases), each -> a digest (client/snapshots.py)
+        return self.root + b"snapshots/"
+
+    def snapshot(self, name: str) -> bytes:
+        return self.snapshots() + name.encode()
+
     def store(self) -> bytes:  # the mesh's store: written once, by its first agent (meshstore.py)
         return self.root + b"meta/store"
 

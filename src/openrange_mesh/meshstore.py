@@ -3,9 +3,10 @@ reader finds it there (design §9).
 
 The record (``meta/store``, no lease) holds the store's URL as the first agent opened it
 (``Store.url``: normalised, no credentials) and a random marker that the same agent writes
-into the store (``meshes/<namespace>.json``). An agent started with another ``--store`` is
-refused with one line, unless that store holds the same marker: the same NFS export mounted
-at another path on this host is the same store. An agent started without ``--store`` uses the
+into the store (``meshes/<namespace>.json``). Every other agent's store must hold that marker,
+or it is refused with one line: another URL with the marker is the same store (one NFS export
+mounted at another path), the same URL without it is not (a local directory on another host).
+An agent started without ``--store`` uses the
 recorded one, and so do ``logs``, ``show``, ``artifacts``, ``report`` and ``MeshClient``;
 ``--store`` still overrides for readers (a laptop reading the mesh's bucket through another
 endpoint).
@@ -68,7 +69,13 @@ def join(registry: Registry, keys: Keys, store: Store | None) -> Store | None:
         return open_store(mine.url) if mine is not None else None
     if mine is None:
         mine = _record(registry, keys, store)
-    if mine.url != store.url and _marker(store, keys) != mine.marker:
+    if _marker(store, keys) != mine.marker:
+        if mine.url == store.url:  # the same name, another store: a local directory on another host
+            raise ConfigError(
+                f"store {store.url} here is not the mesh's store of that name (its marker "
+                f"{mesh_marker_path(keys.namespace)} is missing or differs): give every host one shared "
+                "store (an NFS path or s3://)"
+            )
         raise ConfigError(
             f"this mesh's store is {mine.url} (recorded in etcd by its first agent), not {store.url}: "
             f"start with --store {mine.url}, or with no --store to use it"

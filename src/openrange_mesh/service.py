@@ -23,7 +23,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .agent.lease import LeaseKeeper
-from .config import default_host_id
+from .client import snapshots
+from .config import DEFAULT_CACHE_SIZE, default_cache_dir, default_host_id
 from .errors import ConfigError, EpisodeNotFound, SpecError
 from .ids import IdAllocator
 from .keys import Keys
@@ -36,8 +37,9 @@ from .registry import Registry, open_registry
 from .runtimes import Handle, load_runtime
 from .specs import check_spec
 from .store import Store, open_store
+from .store.cache import SnapshotCache
 from .store.events import encode_events
-from .store.layout import events_path, result_path, snapshot_path
+from .store.layout import events_path, result_path
 
 if TYPE_CHECKING:
     from .dashboard.inprocess import InProcessDashboard
@@ -107,6 +109,7 @@ class EpisodeService:
         self.catalog = Catalog(self.registry, self.keys)
         self.ids = IdAllocator(self.registry, self.keys, self.host_id)
         self.store = open_store(store) if isinstance(store, str) else store
+        self._cache: SnapshotCache | None = None  # the host's snapshot cache, on first use
         self._lease = LeaseKeeper(self.registry, ttl)
         self._running: dict[str, _RunningEpisode] = {}
         self._lock = threading.Lock()
@@ -323,8 +326,13 @@ class EpisodeService:
         self.store.put_bytes(result_path(record.id, record.attempt), json.dumps(dict(record.result or {})).encode())
 
     def _snapshot(self, spec: EpisodeSpec) -> bytes | None:
+        """The spec's snapshot (a name or a digest) through this host's cache: a service is a
+        runtime that takes bytes; the mesh's workers hand runtimes a path (worker/files.py)."""
         if spec.snapshot is None:
             return None
         if self.store is None:
             raise ConfigError(f"spec references snapshot {spec.snapshot!r} but the service has no store")
-        return self.store.get_bytes(snapshot_path(spec.snapshot))
+        digest = snapshots.resolve(self.registry, self.keys, self.store, spec.snapshot)
+        if self._cache is None:
+            self._cache = SnapshotCache(self.store, default_cache_dir(), DEFAULT_CACHE_SIZE)
+        return self._cache.get_bytes(digest)

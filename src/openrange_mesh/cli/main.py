@@ -39,6 +39,8 @@ COMMANDS = {
     "wait": "wait",
     "cancel": "cancel",
     "report": "report",
+    "snapshot": "snapshot",
+    "artifacts": "artifacts",
     "up": "up",
 }
 EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 1, 2, 3, 130

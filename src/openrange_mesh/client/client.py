@@ -15,14 +15,16 @@ every committed-but-unacked result again from ``as_completed()``, and nothing it
 from __future__ import annotations
 
 import builtins
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any
 
+from .. import meshstore
 from ..config import default_host_id
-from ..errors import CorruptRecord, EpisodeNotFound, SpecError
+from ..errors import ConfigError, CorruptRecord, EpisodeNotFound
 from ..ids import IdAllocator, home_id
 from ..keys import Keys
 from ..ledger import homes
@@ -35,6 +37,12 @@ from ..model import EpisodeRecord, EpisodeSpec, State, decode_finished, decode_o
 from ..registry import MAX_TXN_OPS, Registry, open_registry
 from ..registry.follow import Follower
 from ..specs import check_spec
+from ..store import Store, open_store
+from ..store.cas import Snapshot
+from ..store.digest import Reader
+from . import artifacts, snapshots
+from .artifacts import Artifact
+from .submission import as_list, one_per_key, pin_snapshots, with_batch
 
 SpecLike = EpisodeSpec | Mapping[str, Any]
 REPLAY_WINDOW = 10.0  # seconds: as_completed watches episodes submitted this recently from their submission
@@ -49,6 +57,7 @@ class MeshClient:
         consumer: str | None = None,
         max_in_flight: int = 100_000,
         retry_timeout: float = 10.0,
+        store: Store | str | None = None,
     ) -> None:
         self.registry = open_registry(registry, retry_timeout=retry_timeout) if isinstance(registry, str) else registry
         self._owns_registry = isinstance(registry, str)
@@ -58,6 +67,7 @@ class MeshClient:
         self.catalog = Catalog(self.registry, self.keys)
         self.ids = IdAllocator(self.registry, self.keys, default_host_id())
         self.max_in_flight = max_in_flight
+        self._store = open_store(store) if isinstance(store, str) else store  # else the mesh's (meshstore.py)
         # episodes submitted here and not yet seen finished: id -> (revision before its
         # record was written, monotonic time of the submission)
         self._in_flight: dict[str, tuple[int, float]] = {}
@@ -70,10 +80,12 @@ class MeshClient:
         key an earlier spec of the same submission has: one episode per key. Blocks while this
         client has ``max_in_flight`` unfinished episodes (backpressure). Every spec is checked
         before any is submitted, so one bad spec submits nothing."""
-        items = _items(specs)
+        items = as_list(specs)
         if batch is not None:  # before the check, so that each spec is checked once
-            items = [_with_batch(s, batch) for s in items]
-        unique, stands_for = _one_per_key([check_spec(s) for s in items])
+            items = [with_batch(s, batch) for s in items]
+        unique, stands_for = one_per_key([check_spec(s) for s in items])
+        if any(s.snapshot is not None for s in unique):
+            unique = pin_snapshots(unique, lambda ref: snapshots.resolve(self.registry, self.keys, self.store, ref))
         out: list[str] = []
         step = max(1, min(self.max_in_flight, 4096))
         for start in range(0, len(unique), step):
@@ -277,6 +289,36 @@ class MeshClient:
         agent does this every sweep with its ``--retention``). Returns how many went."""
         return collect_garbage(self.registry, self.keys, retention)
 
+    # --- snapshots and artifacts (the mesh's store, found through etcd unless given) ----------
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = meshstore.find(self.registry, self.keys, None)
+        if self._store is None:
+            raise ConfigError("the mesh has no store yet (no agent with --store joined): pass MeshClient(store=...)")
+        return self._store
+
+    def put_snapshot(self, source: str | os.PathLike[str] | Reader, name: str | None = None) -> Snapshot:
+        """Store a file, a directory or a binary file object by content (uploaded once) and,
+        with ``name``, point that name at it. Specs name it by ``.digest`` or by the name."""
+        return snapshots.put(self.registry, self.keys, self.store, source, name)
+
+    def snapshots(self) -> builtins.list[snapshots.Named]:
+        return snapshots.names(self.registry, self.keys)
+
+    def remove_snapshot(self, name: str) -> bool:
+        """Forget a name (its blob goes once nothing refers to it); False if there was none."""
+        return snapshots.remove(self.registry, self.keys, name)
+
+    def artifacts(self, episode_id: str) -> builtins.list[Artifact]:
+        """What the attempt that ended the episode uploaded (none before it ended)."""
+        return artifacts.listed(self.get(episode_id))
+
+    def open_artifact(self, episode_id: str, name: str) -> AbstractContextManager[Reader]:
+        """A streaming reader of one artifact: ``with client.open_artifact(id, "video.mp4") as f``."""
+        return artifacts.open_artifact(self.store, self.get(episode_id), name)
+
     def close(self) -> None:
         if self._owns_registry:
             self.registry.close()
@@ -345,39 +387,3 @@ def get_record(catalog: Catalog, episode_id: str) -> EpisodeRecord:
     if found is not None:
         return found.record
     raise corrupt or EpisodeNotFound(episode_id)
-
-
-def _items(specs: Any) -> builtins.list[Any]:
-    """The specs ``submit`` was given, one or an iterable of them; anything else is a SpecError."""
-    if isinstance(specs, EpisodeSpec | Mapping):
-        return [specs]
-    if isinstance(specs, str | bytes) or not isinstance(specs, Iterable):
-        raise SpecError("spec", f"expected an EpisodeSpec, a mapping or a list of them, not {type(specs).__name__}")
-    return list(specs)
-
-
-def _one_per_key(specs: Sequence[EpisodeSpec]) -> tuple[builtins.list[EpisodeSpec], builtins.list[int]]:
-    """The specs to write (the first of each idempotency key), and for each given spec the index
-    of the one written for it. A later spec with a key seen earlier in the same submission names
-    the first's episode, as it would in a later submission: writing both would put the key twice
-    in one txn, which etcd refuses ("duplicate key given in txn request"), failing the lot."""
-    unique: builtins.list[EpisodeSpec] = []
-    stands_for: builtins.list[int] = []
-    first: dict[str, int] = {}
-    for spec in specs:
-        key = spec.idempotency_key
-        if key is not None and key in first:
-            stands_for.append(first[key])
-            continue
-        if key is not None:
-            first[key] = len(unique)
-        stands_for.append(len(unique))
-        unique.append(spec)
-    return unique, stands_for
-
-
-def _with_batch(spec: Any, batch: int) -> Any:
-    """``spec`` with its ``batch`` set (anything else is left for ``check_spec`` to reject)."""
-    if isinstance(spec, EpisodeSpec):
-        return replace(spec, batch=batch)
-    return {**spec, "batch": batch} if isinstance(spec, Mapping) else spec

@@ -3,6 +3,8 @@ released. The ledger writes what they return; nothing here talks to etcd."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..model import Attempt, EpisodeRecord, State, unpack
 from ..registry import KeyValue
 
@@ -41,14 +43,27 @@ def finish_attempt(
     *,
     outcome: str | None = None,
     token: int | None = None,
+    artifacts: list[dict[str, Any]] | None = None,
 ) -> EpisodeRecord:
     """Close the current attempt (``events``: the shared file its events went to, if they did;
-    ``token``: its claim's fencing token, where the closer knows it). A ``PENDING`` state means
+    ``token``: its claim's fencing token, where the closer knows it; ``artifacts``: what it
+    uploaded under that token). A ``PENDING`` state means
     "retry": attempt + 1, back in the queue. ``outcome`` defaults to "retried" for a retry,
     else the state."""
     last = record.history[-1] if record.history else Attempt(record.attempt, record.owner or "?", now)
     outcome = outcome or ("retried" if state is State.PENDING else state.value)
-    closed = Attempt(last.n, last.host, last.started_at, now, outcome, error, last.batch, events, token or last.token)
+    closed = Attempt(
+        last.n,
+        last.host,
+        last.started_at,
+        now,
+        outcome,
+        error,
+        last.batch,
+        events,
+        token or last.token,
+        artifacts or None,
+    )
     history = (*record.history[:-1], closed)
     if state is State.PENDING:
         return record.replace(

@@ -44,6 +44,8 @@ class Attempt:
     batch: str | None = None  # the claim id, when the attempt ran in a batch (its events are shared)
     events: str | None = None  # the shared events file of a short attempt's events (layout.shared_events_path)
     token: int | None = None  # its claim's fencing token (the claim key's create_revision), once closed
+    # What it uploaded (layout.artifact_path under its token): [{"name", "size", "sha256"}, ...]
+    artifacts: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +58,7 @@ class Attempt:
             "batch": self.batch,
             "events": self.events,
             "token": self.token,
+            "artifacts": self.artifacts,
         }
 
 
@@ -216,6 +219,7 @@ _ATTEMPT_TYPES: dict[str, tuple[type, ...]] = {
     "batch": OPT_STR,
     "events": OPT_STR,
     "token": (int, type(None)),
+    "artifacts": (list, type(None)),
 }
 _RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "id": (str,),

@@ -1,13 +1,13 @@
 """Where everything lives in the store. Every path is built here, by a one-line function;
 no store path is formatted anywhere else::
 
-    snapshots/<ref>
     cas/sha256/<first 2 hex>/<64 hex>                a snapshot by content (store/cas.py), written
                                                      once, never changed; 256 fan-out directories
                                                      keep a directory store's listings short
     episodes/<episode_id>/attempt-<n>/events-<chunk:06d>.jsonl
     episodes/<episode_id>/attempt-<n>/result.json
-    episodes/<episode_id>/attempt-<n>/artifacts/<name>
+    episodes/<episode_id>/attempt-<n>/artifacts-<token>/<name>   what the attempt's runtime wrote
+                                                     (name: a/b allowed), under its fencing token
     batches/<claim_id>/events-<chunk:06d>.jsonl      events of a batch claim's episodes, tagged
                                                      with "episode" and "attempt"
     shared/<name>.jsonl                              events of short single episodes one worker
@@ -63,12 +63,16 @@ def mesh_marker_path(namespace: str) -> str:
     return f"meshes/{_component('namespace', namespace)}.json"
 
 
-def artifact_path(episode_id: str, attempt: int, name: str) -> str:
-    return f"{attempt_prefix(episode_id, attempt)}artifacts/{_component('artifact name', name)}"
+def artifacts_prefix(episode_id: str, attempt: int, token: int) -> str:
+    """Where an attempt's artifacts go, named by its claim's fencing token: a stale owner's
+    late uploads land under its own token, which no committed record names."""
+    return f"{attempt_prefix(episode_id, attempt)}artifacts-{_number('token', token)}/"
 
 
-def snapshot_path(ref: str) -> str:
-    return f"snapshots/{_component('snapshot ref', ref)}"
+def artifact_path(episode_id: str, attempt: int, token: int, name: str) -> str:
+    """``name`` may name a file in a folder (``videos/ep.mp4``): each part is checked."""
+    parts = name.split("/")
+    return artifacts_prefix(episode_id, attempt, token) + "/".join(_component("artifact name", p) for p in parts)
 
 
 def cas_prefix() -> str:

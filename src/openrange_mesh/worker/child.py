@@ -36,20 +36,22 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from multiprocessing.connection import Connection
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ..errors import ArtifactNotFound, MeshError, SpecError, StoreError
+from ..config import DEFAULT_CACHE_SIZE, default_cache_dir
+from ..errors import MeshError, SpecError
 from ..model import EpisodeSpec
 from ..runtimes import load_runtime
 from ..specs import check_json, is_plain_json
 from ..store import Store, open_store
+from ..store.cache import SnapshotCache
 from ..store.events import NOT_STORED
-from ..store.layout import snapshot_path
-from . import reaper
+from . import files, reaper
 from .mailbox import SHARED_LINGER, Inbox, Outbox
 from .sinks import Chunks, ShortEvents, Single, Tagged
 from .slot import Slot
@@ -65,10 +67,11 @@ class WorkItem:
     attempt: int
     spec: EpisodeSpec
     batch: str | None = None  # the claim id of a batch: its episodes share event chunks
+    token: int | None = None  # its claim's fencing token: its artifacts are stored under it
 
     def __reduce__(self) -> tuple[Any, ...]:
         # pickled per episode: a plain tuple, not dataclasses' state (which calls fields() each time)
-        return WorkItem, (self.episode_id, self.attempt, self.spec, self.batch)
+        return WorkItem, (self.episode_id, self.attempt, self.spec, self.batch, self.token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +82,11 @@ class Done:
     error: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
     events: str | None = None  # the shared events file its events went to (a short episode's)
+    artifacts: list[dict[str, Any]] | None = None  # what it uploaded (files.py): name, size, sha256
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return Done, (self.episode_id, self.attempt, self.kind, self.error, self.result, self.events)
+        fields = (self.episode_id, self.attempt, self.kind, self.error, self.result, self.events, self.artifacts)
+        return Done, fields
 
 
 def run_item(
@@ -90,21 +95,39 @@ def run_item(
     is_cancelled: Callable[[], bool],
     on_progress: Callable[[], None],
     events: Single | Tagged | None = None,
+    cache: SnapshotCache | None = None,
 ) -> Done:
-    """Run one episode to its end; every failure becomes a Done, never an exception."""
-    spec = item.spec
+    """Run one episode to its end, from its snapshot, and upload what it wrote; every failure
+    becomes a Done, never an exception: the episode's own fails it, the host's releases it."""
     events = events if events is not None else Single(store, item, None, None)
+    outputs = files.Outputs(item.episode_id, item.attempt, item.token)
+    try:
+        with files.snapshot(item.spec.snapshot, cache) as local, files.environment(local, outputs):
+            done = _run(item, local, is_cancelled, on_progress, events)
+        uploaded = outputs.upload(store)
+        return replace(done, artifacts=uploaded) if uploaded else done
+    except files.EpisodeFault as exc:
+        return Done(item.episode_id, item.attempt, "failed", str(exc))
+    except files.HostFault as exc:  # the episode goes back untouched (pool.py tells health)
+        return Done(item.episode_id, item.attempt, "released", str(exc))
+    finally:
+        outputs.remove()
+
+
+def _run(
+    item: WorkItem,
+    local: Path | None,
+    is_cancelled: Callable[[], bool],
+    on_progress: Callable[[], None],
+    events: Single | Tagged,
+) -> Done:
+    spec = item.spec
     started = time.monotonic()
     last_progress = started
     handle = None
     try:
-        snapshot = store.get_bytes(snapshot_path(spec.snapshot)) if spec.snapshot and store else None
-    except ArtifactNotFound as exc:  # the spec's fault: it names a snapshot that is not there
-        return Done(item.episode_id, item.attempt, "failed", str(exc))
-    except StoreError as exc:  # the host's: the episode goes back untouched (pool.py tells health)
-        return Done(item.episode_id, item.attempt, "released", f"its host's store failed: {exc}")
-    try:
-        handle = load_runtime(spec.runtime).realize(spec.params, seed=spec.seed, snapshot=snapshot)
+        runtime = load_runtime(spec.runtime)
+        handle = runtime.realize(spec.params, seed=spec.seed, **files.realize_args(runtime, local))
         handle.reset()
         while (outcome := handle.terminal()) is None:
             now = time.monotonic()
@@ -122,6 +145,8 @@ def run_item(
                 last_progress = time.monotonic()
         kind = "succeeded" if outcome.succeeded else "failed"
         return _finish(handle, events, item, kind, outcome.error)
+    except files.EpisodeFault:
+        raise
     except (MeshError, Exception) as exc:
         log.debug("episode %s raised", item.episode_id, exc_info=True)
         if handle is not None:
@@ -159,7 +184,9 @@ def _safe_stop(handle: Any) -> None:
         log.warning("stopping a handle failed", exc_info=True)
 
 
-def worker_main(conn: Connection, store_url: str | None, cells: Any, marker: str = "") -> None:
+def worker_main(
+    conn: Connection, store_url: str | None, cells: Any, marker: str = "", cache: tuple[str, int] | None = None
+) -> None:
     """Entry point of a worker process. SIGTERM (the pool stopping it) stops the running episode
     and exits. SIGINT is the agent's business: Ctrl-C in a terminal reaches the whole process
     group, and the agent drains, letting running episodes finish. ``marker`` tags what its
@@ -171,15 +198,24 @@ def worker_main(conn: Connection, store_url: str | None, cells: Any, marker: str
     try:
         try:
             store = open_store(store_url) if store_url else None
+            snapshots = _cache(store, cache)
         except Exception as exc:  # any reason at all: one line to the agent, not a traceback per restart
             conn.send(("hello", f"cannot open store {store_url}: {exc}"))
             return
         conn.send(("hello", None))
-        _serve(conn, store, Slot(cells))
+        _serve(conn, store, Slot(cells), snapshots)
     except (EOFError, OSError):
         return  # the agent is gone (its end of the pipe closed)
     finally:  # stopped mid-episode: the handle is stopped; what escaped its stop() goes now
         reaper.kill_leftovers()
+
+
+def _cache(store: Store | None, cache: tuple[str, int] | None) -> SnapshotCache | None:
+    """The host's snapshot cache (shared by its workers: locks per digest), if it has a store."""
+    if store is None:
+        return None
+    directory, size = cache or (default_cache_dir(), DEFAULT_CACHE_SIZE)
+    return SnapshotCache(store, directory, size)
 
 
 def _exit(signum: int, frame: FrameType | None) -> None:
@@ -190,7 +226,7 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
     pass
 
 
-def _serve(conn: Connection, store: Store | None, slot: Slot) -> None:
+def _serve(conn: Connection, store: Store | None, slot: Slot, cache: SnapshotCache | None) -> None:
     inbox, outbox = Inbox(conn), Outbox(conn)
     short = ShortEvents(store, outbox.fault) if store is not None else None  # short single episodes' events
 
@@ -205,7 +241,8 @@ def _serve(conn: Connection, store: Store | None, slot: Slot) -> None:
                     write_short()  # idle: write them now rather than when work comes
                 inbox.wait()
                 continue
-            _run_group(inbox.groups.popleft(), inbox, outbox, Sinks(store, short, outbox.fault), slot, write_short)
+            sinks = Sinks(store, short, outbox.fault, cache)
+            _run_group(inbox.groups.popleft(), inbox, outbox, sinks, slot, write_short)
     finally:  # stopped (SIGTERM) or orphaned: what short episodes left is written, and said, still
         with contextlib.suppress(OSError):
             write_short()
@@ -216,6 +253,7 @@ class Sinks:
     store: Store | None
     short: ShortEvents | None  # the file of short single episodes (None: no store)
     report: Callable[[str], None]
+    cache: SnapshotCache | None  # the host's snapshots
 
     def of(self, item: WorkItem, batch: Chunks | None) -> Single | Tagged:
         """Where an episode's events go: its batch's shared chunks, or its own chunks unless
@@ -260,7 +298,8 @@ def _run_group(
             done = Done(item.episode_id, item.attempt, "cancelled", "cancelled before it started")
         else:
             slot.start(seq, started)
-            done = run_item(item, sinks.store, partial(check, item.episode_id), slot.progress, sinks.of(item, batch))
+            sink = sinks.of(item, batch)
+            done = run_item(item, sinks.store, partial(check, item.episode_id), slot.progress, sink, sinks.cache)
             reaper.kill_leftovers()  # before its result: no process of an ended episode lives on
             slot.clear()
         inbox.cancelled.discard(item.episode_id)

@@ -96,9 +96,11 @@ class WorkerPool:
         store_url: str | None,
         waker: Any = None,
         on_fault: Callable[[str], None] | None = None,
+        cache: tuple[str, int] | None = None,
     ) -> None:
         self.size = size
         self.store_url = store_url
+        self.cache = cache  # (directory, bytes) of the host's snapshot cache; None: the defaults
         self.results: queue.SimpleQueue[Done] = queue.SimpleQueue()
         self.on_fault = on_fault or (lambda reason: None)
         self._workers: list[_Worker] = []  # live ones; a slot waiting out its backoff has none
@@ -213,7 +215,10 @@ class WorkerPool:
         cells = _CONTEXT.RawArray("d", 4)
         marker = uuid.uuid4().hex
         process = _CONTEXT.Process(
-            target=worker_main, args=(child, self.store_url, cells, marker), name=f"worker-{index}", daemon=True
+            target=worker_main,
+            args=(child, self.store_url, cells, marker, self.cache),
+            name=f"worker-{index}",
+            daemon=True,
         )
         process.start()
         child.close()

@@ -1,0 +1,146 @@
+"""An episode's files on its worker's host: the snapshot it starts from, read through the
+host's cache, and the artifacts it writes, uploaded under its attempt's fencing token.
+
+A runtime sees both as local paths: ``realize(snapshot_path=...)`` when it takes one (else the
+snapshot's bytes, as before), and the environment variables ``OPENRANGE_SNAPSHOT`` (the local
+file or directory) and ``OPENRANGE_ARTIFACTS`` (an empty directory of its own), which the
+``command`` runtime's process inherits. After the episode, every regular file in that directory
+is uploaded (streamed, hashed as it goes) to ``layout.artifact_path(..., token, name)`` and
+listed in the result (name, size, sha256); the directory is removed.
+
+Whose fault a failure is decides what it costs (design §7): a snapshot that does not exist or
+does not match its digest fails the episode (its spec named it); a store or cache that fails
+is the host's, and the episode goes back to the queue untouched (``HostFault``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import HashMismatch, SnapshotNotFound, StoreError, UnsafeSnapshot
+from ..store import Store
+from ..store.cache import SnapshotCache
+from ..store.digest import HashingReader, parse_digest
+from ..store.layout import artifact_path
+
+SNAPSHOT_ENV, ARTIFACTS_ENV = "OPENRANGE_SNAPSHOT", "OPENRANGE_ARTIFACTS"
+MAX_ARTIFACTS = 256  # files an attempt may leave: their list lives in its etcd record
+
+
+class EpisodeFault(Exception):
+    """The episode's own (its snapshot): it fails."""
+
+
+class HostFault(Exception):
+    """The host's (its store or cache): the episode goes back to the queue, no attempt spent."""
+
+
+@contextlib.contextmanager
+def snapshot(ref: str | None, cache: SnapshotCache | None) -> Iterator[Path | None]:
+    """The local path of the spec's snapshot, pinned in the cache while the episode runs."""
+    if ref is None:
+        yield None
+        return
+    if cache is None:
+        raise HostFault(f"this host has no store to read snapshot {ref} from")
+    try:
+        digest = parse_digest(ref)
+    except StoreError as exc:  # an alias that reached a worker unresolved: submit resolves them
+        raise EpisodeFault(f"snapshot {ref!r} is not a digest ({exc}); submit resolves names") from exc
+    try:
+        with cache.open(digest) as path:
+            yield path
+    except (SnapshotNotFound, HashMismatch, UnsafeSnapshot) as exc:
+        raise EpisodeFault(str(exc)) from exc
+    except StoreError as exc:
+        raise HostFault(f"its host's store failed: {exc}") from exc
+
+
+def realize_args(runtime: Any, path: Path | None) -> dict[str, Any]:
+    """How a runtime takes the snapshot: its path if ``realize`` has a ``snapshot_path``
+    parameter, else its bytes (a directory needs a runtime that takes a path)."""
+    if path is None:
+        return {}
+    if _takes_path(runtime):
+        return {"snapshot_path": path}
+    if path.is_dir():
+        why = "a directory snapshot needs a runtime whose realize takes snapshot_path"
+        raise EpisodeFault(f"runtime {runtime.name!r} takes snapshots as bytes; {why}")
+    return {"snapshot": path.read_bytes()}
+
+
+_TAKES_PATH: dict[type, bool] = {}
+
+
+def _takes_path(runtime: Any) -> bool:
+    kind = type(runtime)
+    known = _TAKES_PATH.get(kind)
+    if known is None:
+        known = _TAKES_PATH[kind] = "snapshot_path" in inspect.signature(runtime.realize).parameters
+    return known
+
+
+class Outputs:
+    """One attempt's artifacts directory, and its upload."""
+
+    def __init__(self, episode_id: str, attempt: int, token: int | None) -> None:
+        self.episode_id, self.attempt, self.token = episode_id, attempt, token
+        self.directory = Path(tempfile.mkdtemp(prefix=f"openrange-{episode_id}.{attempt}-"))
+
+    def upload(self, store: Store | None) -> list[dict[str, Any]]:
+        """Every regular file left, streamed to the store; their list. Raises EpisodeFault
+        (too many files) or HostFault (the store refused one)."""
+        files = sorted(p for p in self.directory.rglob("*") if p.is_file() and not p.is_symlink())
+        if not files:
+            return []
+        if store is None or self.token is None:
+            raise HostFault("artifacts were written, but this host has no store (or the claim no token) for them")
+        if len(files) > MAX_ARTIFACTS:
+            raise EpisodeFault(f"wrote {len(files)} artifacts, more than {MAX_ARTIFACTS}: pack them into one (tar)")
+        return [self._put(store, path) for path in files]
+
+    def _put(self, store: Store, path: Path) -> dict[str, Any]:
+        name = path.relative_to(self.directory).as_posix()
+        assert self.token is not None
+        try:
+            target = artifact_path(self.episode_id, self.attempt, self.token, name)
+        except StoreError as exc:  # a name the store cannot hold: the runtime's choice
+            raise EpisodeFault(str(exc)) from exc
+        try:
+            with path.open("rb") as raw:
+                reader = HashingReader(raw)
+                store.put_stream(target, reader, create_only=False)
+        except OSError as exc:
+            raise EpisodeFault(f"artifact {name}: {exc.strerror or exc}") from exc
+        except StoreError as exc:
+            raise HostFault(f"its host's store refused artifact {name}: {exc}") from exc
+        return {"name": name, "size": reader.size, "sha256": reader.digest}
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def environment(snapshot_path: Path | None, outputs: Outputs) -> Iterator[None]:
+    """The episode's variables, set while it runs (a worker runs one episode at a time)."""
+    saved = {name: os.environ.get(name) for name in (SNAPSHOT_ENV, ARTIFACTS_ENV)}
+    os.environ[ARTIFACTS_ENV] = str(outputs.directory)
+    if snapshot_path is not None:
+        os.environ[SNAPSHOT_ENV] = str(snapshot_path)
+    else:
+        os.environ.pop(SNAPSHOT_ENV, None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

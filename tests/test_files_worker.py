@@ -1,0 +1,90 @@
+"""An episode's files in real worker processes: its snapshot read through the host's cache (a
+path, or bytes for runtimes that take bytes), its artifacts uploaded under its claim's token."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from openrange_mesh.model import EpisodeSpec
+from openrange_mesh.store import open_store
+from openrange_mesh.store.cas import put_snapshot
+from openrange_mesh.store.layout import artifact_path
+from openrange_mesh.worker.child import Done, WorkItem
+from openrange_mesh.worker.files import MAX_ARTIFACTS
+from openrange_mesh.worker.pool import WorkerPool
+
+from .test_worker import results
+
+
+def run(tmp_path: Path, item: WorkItem) -> Done:
+    pool = WorkerPool(1, str(tmp_path / "store"), cache=(str(tmp_path / "cache"), 2**30))
+    pool.start()
+    try:
+        pool.dispatch([item])
+        (done,) = results(pool, 1)
+        return done
+    finally:
+        pool.close()
+
+
+def test_artifacts_are_uploaded_under_the_claims_token_and_listed(tmp_path: Path) -> None:
+    files = {"video.mp4": "frames", "logs/run.txt": "hello"}
+    spec = EpisodeSpec(runtime="tests.odd_runtimes:files", params={"files": files})
+    done = run(tmp_path, WorkItem("e1", 2, spec, token=4242))
+    assert done.kind == "succeeded", done
+    listed = {a["name"]: a for a in done.artifacts or []}
+    assert set(listed) == set(files)
+    store = open_store(str(tmp_path / "store"))
+    for name, text in files.items():
+        data = store.get_bytes(artifact_path("e1", 2, 4242, name))
+        assert data == text.encode()
+        assert listed[name]["size"] == len(data)
+        assert listed[name]["sha256"] == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert not list(Path("/tmp").glob("openrange-e1.2-*")), "the local directory is removed"
+
+
+def test_too_many_artifacts_fail_the_episode_with_the_reason(tmp_path: Path) -> None:
+    files = {f"f{i}.txt": "x" for i in range(MAX_ARTIFACTS + 1)}
+    spec = EpisodeSpec(runtime="tests.odd_runtimes:files", params={"files": files})
+    done = run(tmp_path, WorkItem("e1", 1, spec, token=7))
+    assert done.kind == "failed" and "pack them" in (done.error or ""), done
+
+
+def test_a_snapshot_reaches_the_runtime_as_a_path_through_the_cache(tmp_path: Path) -> None:
+    world = tmp_path / "world"
+    (world / "maps").mkdir(parents=True)
+    (world / "maps" / "a.txt").write_text("A")
+    (world / "rules.txt").write_text("R")
+    store = open_store(str(tmp_path / "store"))
+    snapshot = put_snapshot(store, world)
+    spec = EpisodeSpec(runtime="tests.odd_runtimes:files", snapshot=snapshot.digest)
+    done = run(tmp_path, WorkItem("e1", 1, spec, token=1))
+    assert done.kind == "succeeded", done
+    assert done.result == {"snapshot": ["maps/a.txt", "rules.txt"], "env": True}
+    assert list((tmp_path / "cache" / "data").iterdir()), "kept in the host's cache"
+
+
+def test_a_runtime_that_takes_bytes_gets_a_file_snapshots_bytes(tmp_path: Path) -> None:
+    """The gymnasium runtime restores from a checkpoint's bytes: a checkpoint stored as a snapshot."""
+    from openrange_mesh.runtimes import load_runtime
+
+    handle = load_runtime("gymnasium").realize({"env": "CartPole-v1"}, seed=3)
+    handle.reset()
+    handle.advance(0.0)
+    saved = handle.checkpoint()
+    handle.stop()
+    (tmp_path / "ckpt").write_bytes(saved)
+    store = open_store(str(tmp_path / "store"))
+    snapshot = put_snapshot(store, tmp_path / "ckpt")
+    spec = EpisodeSpec(runtime="gymnasium", params={"env": "CartPole-v1"}, snapshot=snapshot.digest)
+    done = run(tmp_path, WorkItem("e1", 1, spec, token=1))
+    assert done.kind == "succeeded" and done.result["steps"] >= 1, done
+
+
+def test_a_missing_snapshot_fails_the_episode_and_an_alias_that_was_not_resolved_too(tmp_path: Path) -> None:
+    missing = "sha256:" + "0" * 64
+    done = run(tmp_path, WorkItem("e1", 1, EpisodeSpec(runtime="sleep", snapshot=missing), token=1))
+    assert done.kind == "failed" and "not found" in (done.error or ""), done
+    done = run(tmp_path, WorkItem("e2", 1, EpisodeSpec(runtime="sleep", snapshot="world-v3"), token=1))
+    assert done.kind == "failed" and "not a digest" in (done.error or ""), done
