@@ -111,6 +111,15 @@ def test_list_is_sorted_relative_and_filtered_by_prefix(store: Store) -> None:
     assert store.list("top") == ["top"]
 
 
+def test_modified_lists_what_list_does_with_write_times(store: Store) -> None:
+    before = time.time() - 5  # some backends keep whole seconds
+    for path in ("a/1", "a/2", "b/1"):
+        store.put_bytes(path, b"x")
+    times = store.modified("a/")
+    assert list(times) == store.list("a/") == ["a/1", "a/2"]
+    assert all(before <= t <= time.time() + 5 for t in times.values()), times
+
+
 def test_delete_is_idempotent(store: Store) -> None:
     store.put_bytes("a/1", b"1")
     store.put_bytes("a/2", b"2")

@@ -41,6 +41,7 @@ COMMANDS = {
     "report": "report",
     "snapshot": "snapshot",
     "artifacts": "artifacts",
+    "gc": "gc",
     "up": "up",
 }
 EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 1, 2, 3, 130

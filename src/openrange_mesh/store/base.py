@@ -71,6 +71,11 @@ class Store(Protocol):
         """Sorted relative paths of every object whose path starts with ``prefix``."""
         ...
 
+    def modified(self, prefix: str = "") -> dict[str, float]:
+        """``list(prefix)``'s paths, each with when it was last written (unix seconds): for
+        collection after a grace period (ledger/storage_gc.py)."""
+        ...
+
     def delete(self, path: str) -> None:
         """Remove the object at ``path`` if there is one."""
         ...

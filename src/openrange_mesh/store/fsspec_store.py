@@ -159,6 +159,16 @@ class FsspecStore:
         paths = (self._relative(full) for full in found)
         return sorted(p for p in paths if p.startswith(prefix) and not _is_temp(p))
 
+    def modified(self, prefix: str = "") -> dict[str, float]:
+        _check_path(prefix, is_prefix=True)
+        directory = prefix.rpartition("/")[0]
+        with self._translated("list", prefix):
+            found: dict[str, Any] = self._fs.find(
+                f"{self._root}/{directory}" if directory else self._root or "/", detail=True
+            )
+        times = {self._relative(full): _modified_at(info) for full, info in found.items()}
+        return {p: t for p, t in sorted(times.items()) if p.startswith(prefix) and not _is_temp(p)}
+
     def delete(self, path: str) -> None:
         full = self._full(path)
         with self._translated("delete", path), suppress(FileNotFoundError):
@@ -294,3 +304,16 @@ def _reason(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return line if len(line) <= 300 else line[:297] + "..."
+
+
+def _modified_at(info: dict[str, Any]) -> float:
+    """When an object was last written, in unix seconds, as each backend says it: a file's
+    ``mtime``, S3's ``LastModified``, memory's ``created``; 0.0 if none (old enough for anyone)."""
+    for key in ("mtime", "LastModified", "last_modified", "created"):
+        value = info.get(key)
+        if isinstance(value, int | float):
+            return float(value)
+        stamp = getattr(value, "timestamp", None)  # a datetime
+        if callable(stamp):
+            return float(stamp())
+    return 0.0
