@@ -22,6 +22,7 @@ from ..model.views import detail, host_summary
 from .answers import error, wait_index
 from .cancel import cancel_request
 from .events import events_page
+from .files import artifact, artifacts_json
 from .query import BadQuery, EpisodeQuery
 from .state import State
 from .stream import stream
@@ -58,6 +59,7 @@ def build_app(state: State) -> Starlette:
         Route("/api/episodes", leading(episodes)),
         Route("/api/episodes/{episode_id}", leading(episode)),
         Route("/api/episodes/{episode_id}/events", leading(events_page)),
+        Route("/api/episodes/{episode_id}/artifacts/{name:path}", leading(artifact)),
         Route("/api/summary", leading(summary)),
         Route("/api/stream", leading(lambda r, s: stream(r, s, hosts_json))),
         Route("/api/cancel", leading(cancel_request), methods=["POST"]),
@@ -162,6 +164,7 @@ async def episode(request: Request, state: State) -> Response:
     except MeshError as exc:  # a corrupt record says so
         return error(500, str(exc))
     body = detail(record)
+    body["artifacts"] = artifacts_json(state, record)
     if record.claim and record.owner:  # the running attempt's fencing token: its claim key's create_revision
         kv, _ = await asyncio.to_thread(state.registry.get, state.keys.claim(record.owner, record.claim))
         if kv is not None and body["history"]:
