@@ -24,6 +24,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from .. import __version__
+from ..errors import ConfigError
 from ..model import EpisodeRecord
 from ..registry import ERROR_KINDS, OPERATIONS
 
@@ -209,3 +210,31 @@ class Metrics:
 def stop_serving(server: HTTPServer) -> None:
     server.shutdown()
     server.server_close()
+
+
+class MetricsEndpoints:
+    """``/metrics`` on a free loopback port for the dashboard child to proxy (``port``), and on
+    ``public_port`` on every interface if set, for scrapers that come without the dashboard.
+    Threads: the agent's loop starts and stops them; each server has a daemon thread."""
+
+    def __init__(self, metrics: Metrics, public_port: int | None) -> None:
+        self.metrics = metrics
+        self.public_port = public_port
+        self.port: int | None = None  # the loopback one, once started
+        self._servers: list[WSGIServer] = []
+
+    def start(self) -> None:
+        """Raises ``ConfigError`` when ``public_port`` is taken."""
+        self._servers.append(self.metrics.serve(0, "127.0.0.1"))
+        self.port = self._servers[0].server_port
+        if self.public_port is None:
+            return
+        try:
+            self._servers.append(self.metrics.serve(self.public_port, "0.0.0.0"))
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on port {self.public_port}: {exc.strerror or exc}") from exc
+
+    def stop(self) -> None:
+        for server in self._servers:
+            stop_serving(server)
+        self._servers.clear()

@@ -1,0 +1,244 @@
+"""Claiming: ``Claimer`` picks queue entries for idle workers, claims them, steals from busy
+peers and adopts claims whose answer was lost.
+
+Candidates come from the entries we own (agent/owned.py), oldest first: no peer wants them, so
+claims do not collide. Workers left idle with none of ours steal: a read of the oldest entries in
+etcd, made only after a sign that a peer has a backlog (agent/peers.py) newer than the last read
+that found nothing to take, and at most every ``STEAL_INTERVAL``. A claim won is held
+(agent/holdings.py) and its episodes go to the workers.
+
+Threads: the loop thread only, so no lock. Owns what only its own reads decide: when it last
+stole and at what revision it found nothing, the records entries carry (decoded once per version
+of an entry), and the entries a claim could not take (passed over until they change).
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable
+
+from ..errors import RegistryError
+from ..keys import Keys
+from ..ledger import homes
+from ..ledger.homes import Versioned
+from ..ledger.ledger import Claim, Ledger
+from ..ledger.queue import QueueEntry, decode_entry
+from ..model import EpisodeRecord, State
+from ..registry import Registry
+from ..worker.child import WorkItem
+from ..worker.pool import WorkerPool
+from .holdings import Holdings
+from .host_record import HostRecord
+from .lease import LeaseKeeper
+from .metrics import Metrics
+from .owned import OwnedQueue
+from .peers import Peers
+
+CANDIDATE_WINDOW = 8  # entries per wanted claim a host looks at (see ``candidates``, ``_steal``)
+CARRIED_CACHE = 256  # decoded entries kept (see ``_embedded``)
+STEAL_INTERVAL = 0.05  # seconds between steal reads of an agent with idle workers
+STEAL_PAGES = 4  # pages a steal read goes through past entries nobody can claim (corrupt, records gone)
+
+Candidate = tuple[QueueEntry, dict[str, Versioned]]  # an entry and its records, for a claim txn
+Won = tuple[Claim, list[EpisodeRecord]] | None  # a claim's outcome (None: lost)
+
+
+class Claimer:
+    def __init__(
+        self,
+        host: str,
+        registry: Registry,
+        keys: Keys,
+        ledger: Ledger,
+        lease: LeaseKeeper,
+        pool: WorkerPool,
+        *,
+        owned: OwnedQueue,
+        peers: Peers,
+        holdings: Holdings,
+        host_record: HostRecord,
+        metrics: Metrics,
+        takes_no_work: Callable[[], bool],
+        wake: Callable[[], None],
+    ) -> None:
+        self.host = host
+        self.registry = registry
+        self.keys = keys
+        self.ledger = ledger
+        self.lease = lease
+        self.pool = pool
+        self.owned = owned
+        self.peers = peers
+        self.holdings = holdings
+        self.host_record = host_record
+        self.metrics = metrics
+        self._takes_no_work = takes_no_work
+        self._wake = wake
+        self._stolen_at = 0.0  # monotonic time of the last steal read
+        self._looked_at = 0  # revision at which a steal read last found nothing to take
+        self._carried: dict[str, tuple[int, dict[str, Versioned] | None]] = {}  # name -> (revision, its records)
+        self._unclaimable: dict[bytes, int] = {}  # queue key -> revision of an entry a claim cannot take
+
+    def step(self) -> str | None:
+        pool = self.pool
+        if not (pool.idle() or pool.ahead()) or self._takes_no_work() or not self.lease.is_alive:
+            self.peers.want_steal(False)
+            return None
+        adopted = self._adopt() if self.holdings.claims_unsure else []
+        candidates = self.candidates(pool.idle(), pool.ahead())
+        try:  # every claim in one round trip, each its own nested txn (Ledger.settle)
+            _, won = self.ledger.settle(
+                [], candidates, host=self.host, lease=self.lease.lease, extra=self.host_record.refresh()
+            )
+        except RegistryError:
+            self.holdings.claim_answer_lost()  # it may have been applied: look once etcd answers
+            raise
+        claimed = self.took(candidates, won)
+        if candidates and pool.idle():
+            self._wake()  # claim again for the workers still idle (a lost race frees one)
+        line = f"claimed {summary(claimed)}" if claimed else None
+        if adopted:
+            line = f"adopted {summary(adopted)} (their claim's answer was lost)" + (f"; {line}" if line else "")
+        return line
+
+    def pairable(self, freed: int) -> list[Candidate]:
+        """Entries to claim in the same txns as the commits that free ``freed`` workers: one
+        round trip per episode instead of two, in the steady state of a busy mesh."""
+        spare = min(freed, self.pool.idle())
+        ahead = min(freed - spare, self.pool.ahead())
+        if spare + ahead == 0 or self._takes_no_work() or not self.lease.is_alive:
+            return []
+        return self.candidates(spare, ahead)
+
+    def candidates(self, free: int, ahead: int = 0) -> list[Candidate]:
+        """Entries to claim: one per idle worker, and a batch for each worker that can queue
+        one behind the batch it runs (pool.py), with their records (carried by the entry, or
+        read in one round trip) for the claim txns. Our own entries first, oldest first;
+        workers left idle steal from busy peers (``_steal``)."""
+        if free + ahead == 0:
+            return []
+        entries = self.owned.head(CANDIDATE_WINDOW * (free + ahead))
+        chosen = entries[:free] + [e for e in entries[free:] if len(e.ids) > 1][:ahead]
+        wanted = len(entries) < free
+        self.peers.want_steal(wanted)
+        if wanted and self._steal_due():
+            chosen += self._steal(free - len(entries), {e.name for e in entries})
+        carried = {e.name: self._embedded(e) for e in chosen}
+        records = self.ledger.read([i for e in chosen if carried[e.name] is None for i in e.ids])
+        for found in carried.values():
+            records.update(found or {})
+        out: list[Candidate] = []
+        unclaimable: list[QueueEntry] = []
+        for entry in chosen:
+            listed = {i: records[i] for i in entry.ids if i in records}
+            if any(v.record.state is State.PENDING for v in listed.values()):
+                out.append((entry, listed))
+            else:
+                unclaimable.append(entry)
+        # Entries whose records are gone or do not decode: forget them (until the watch brings
+        # a new version), or being oldest they would be chosen first on every pass and starve
+        # the rest; a steal read passes over them too.
+        self.owned.done_with(unclaimable)
+        for entry in unclaimable:
+            self._note_unclaimable(self.keys.queued(entry.name), entry.mod_revision)
+        return out
+
+    def took(self, candidates: list[Candidate], won: list[Won]) -> list[str]:
+        """Hold the claims won of ``candidates``; returns their episode ids. Every candidate is
+        done with, whatever the outcome: ours now, or a peer took it, or a cancel changed it (its
+        new version comes from the watch)."""
+        ours = self.owned.done_with(entry for entry, _ in candidates)  # the rest were stolen
+        claimed: list[str] = []
+        for (entry, _records), claim in zip(candidates, won, strict=True):
+            if claim is None:
+                self.metrics.claims["lost"].inc()
+                continue
+            self.metrics.claims["won" if entry.name in ours else "stolen"].inc()
+            self._hold(*claim)
+            claimed += claim[0].episode_ids
+        return claimed
+
+    def steal_at(self) -> float | None:
+        """When a steal read is due (monotonic), if one may be: a sign that a peer has a
+        backlog came after the last read that found nothing to take."""
+        if self.peers.backlog_at <= self._looked_at:
+            return None
+        return self._stolen_at + STEAL_INTERVAL
+
+    def _steal_due(self) -> bool:
+        due = self.steal_at()
+        return due is not None and time.monotonic() >= due
+
+    def _steal(self, count: int, ours: set[str]) -> list[QueueEntry]:
+        """Up to ``count`` entries of busy peers, read from etcd (we do not keep theirs): the
+        oldest ``CANDIDATE_WINDOW x count``, ranked by a hash of (us, entry) so that peers
+        stealing at once want different ones. Entries found unclaimable before (records gone,
+        undecodable) are passed over until they change, and read past: up to ``STEAL_PAGES``
+        pages while a page holds nothing else."""
+        self._stolen_at = time.monotonic()
+        found: list[QueueEntry] = []
+        start, revision, limit = None, 0, CANDIDATE_WINDOW * count
+        for _ in range(STEAL_PAGES):  # more pages only past entries nobody can claim
+            listing = self.registry.range(self.keys.queue(), start=start, revision=revision or None, limit=limit)
+            revision = listing.revision
+            for kv in listing.kvs:
+                if self._unclaimable.get(kv.key) == kv.mod_revision:
+                    continue
+                entry = decode_entry(self.keys, kv)
+                if entry is None:
+                    self._note_unclaimable(kv.key, kv.mod_revision)
+                elif entry.name not in ours:
+                    found.append(entry)
+            if found or len(listing.kvs) < limit:
+                break
+            start = listing.kvs[-1].key + b"\0"
+        if not found:  # until a sign newer than this listing
+            self._looked_at = max(self._looked_at, revision)
+        found.sort(key=lambda e: zlib.crc32(f"{self.host}/{e.name}".encode()))
+        return found[:count]
+
+    def _note_unclaimable(self, key: bytes, revision: int) -> None:
+        if len(self._unclaimable) >= CARRIED_CACHE:
+            self._unclaimable.clear()  # forgetting only costs a look at them again
+        self._unclaimable[key] = revision
+
+    def _embedded(self, entry: QueueEntry) -> dict[str, Versioned] | None:
+        """The records an entry carries, decoded once per version of the entry: an entry may
+        be a candidate in several passes, and decoding a 250-episode group costs ~2 ms."""
+        cached = self._carried.get(entry.name)
+        if cached is not None and cached[0] == entry.mod_revision:
+            return cached[1]
+        if len(self._carried) >= CARRIED_CACHE:  # keep the entries still queued, drop the rest
+            still = self.owned.queued(self._carried)
+            self._carried = {n: c for n, c in self._carried.items() if n in still}
+        found = homes.embedded(self.keys, entry)
+        self._carried[entry.name] = (entry.mod_revision, found)
+        return found
+
+    def _adopt(self) -> list[str]:
+        """After a claim txn that got no answer: hold the claims of ours that etcd has and we
+        do not know, or their episodes would stay running (on no worker) as long as our lease.
+        The pass that lost the answer left a worker idle for it."""
+        prefix = self.keys.host_claims(self.host)
+        adopted: list[str] = []
+        for kv in self.registry.range(prefix).kvs:
+            claim_id = self.keys.name_of(kv.key, prefix)
+            if kv.lease != self.lease.lease or self.holdings.holds(claim_id) or not self.pool.idle():
+                continue
+            found = self.ledger.adopt(kv)
+            if found is not None:
+                self._hold(*found)
+                adopted += found[0].episode_ids
+        self.holdings.claims_checked()
+        return adopted
+
+    def _hold(self, claim: Claim, running: list[EpisodeRecord]) -> None:
+        self.holdings.hold(claim, running)
+        for record in running:
+            self.metrics.attempt_started(record)
+        self.pool.dispatch([WorkItem(r.id, r.attempt, r.spec, r.history[-1].batch) for r in running])
+
+
+def summary(ids: list[str]) -> str:
+    return ", ".join(ids) if len(ids) <= 3 else f"{len(ids)} episodes ({ids[0]} ... {ids[-1]})"

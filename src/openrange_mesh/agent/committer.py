@@ -1,0 +1,171 @@
+"""Committing: ``Committer`` turns workers' results into commits per claim (fenced), with the
+next claim in the same txn when a worker frees; resyncs after a fenced commit; hands back what
+still runs at the end of a drain.
+
+Threads: the loop thread only. No state of its own: the results wait in Holdings
+(agent/holdings.py), which it tells what etcd made of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Callable, Sequence
+
+from ..errors import RegistryError
+from ..keys import Keys
+from ..ledger.ledger import Ledger, Settlement
+from ..model import EpisodeRecord
+from ..registry import Registry
+from ..worker.pool import WorkerPool
+from .claimer import Candidate, Claimer, Won, summary
+from .holdings import Holdings
+from .host_record import HostRecord
+from .lease import LeaseKeeper
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+REQUEST_OPS = 1000  # ops of all the nested txns of one settle call (~0.5 KB each at most)
+
+
+class Committer:
+    def __init__(
+        self,
+        host: str,
+        registry: Registry,
+        keys: Keys,
+        ledger: Ledger,
+        lease: LeaseKeeper,
+        pool: WorkerPool,
+        *,
+        holdings: Holdings,
+        claimer: Claimer,
+        host_record: HostRecord,
+        metrics: Metrics,
+        draining: Callable[[], bool],
+    ) -> None:
+        self.host = host
+        self.registry = registry
+        self.keys = keys
+        self.ledger = ledger
+        self.lease = lease
+        self.pool = pool
+        self.holdings = holdings
+        self.claimer = claimer
+        self.host_record = host_record
+        self.metrics = metrics
+        self._draining = draining  # commit every result at once
+
+    def step(self) -> str | None:
+        self._take_results()
+        settlements = self.holdings.due(time.monotonic(), draining=self._draining())
+        if not settlements:
+            return None
+        pairs = self.claimer.pairable(sum(1 for s in settlements if s.last))
+        committed = fenced = 0
+        claimed: list[str] = []
+        for chunk, entries in _txn_groups(settlements, pairs):
+            oks, won = self._settle(chunk, entries)
+            for item, ok in zip(chunk, oks, strict=True):
+                if ok:
+                    committed += len(item.finals)
+                    self._count_commit(True, item.finals)
+                    self.holdings.settled(item)
+                else:
+                    self.metrics.stale_commits.inc()
+                    fenced += self._resync(item.claim.claim_id)
+            claimed += self.claimer.took(entries, won)
+
+        lines = [
+            f"committed {committed} episodes" if committed else "",
+            f"claimed {summary(claimed)}" if claimed else "",
+            f"fenced off: {fenced} results not committed (episodes were taken over)" if fenced else "",
+        ]
+        return "; ".join(line for line in lines if line) or None
+
+    def hand_back(self) -> None:
+        """End of a drain: stop what still runs and put it back in the queue in one txn per claim."""
+        if self.holdings.has_claims:
+            self.pool.reset()
+        back = self.holdings.hand_back(time.time(), f"released by draining host {self.host}")
+        for item in back:
+            try:
+                landed = self.ledger.commit(item.claim, item.finals, last=True, cancelled=item.cancelled)
+                self._count_commit(landed, item.finals)
+            except RegistryError as exc:
+                log.warning("could not hand back claim %s (%s); its lease expiry will", item.claim.claim_id, exc)
+        log.info("drained: handed back %d claims", len(back))
+        self.holdings.clear()
+
+    def _take_results(self) -> None:
+        now = time.time()
+        while True:
+            try:
+                done = self.pool.results.get_nowait()
+            except queue.Empty:
+                return
+            self.metrics.attempt_reported(done.kind)
+            self.holdings.finished(done, now)
+
+    def _settle(self, chunk: list[Settlement], entries: list[Candidate]) -> tuple[list[bool], list[Won]]:
+        try:
+            return self.ledger.settle(
+                chunk, entries, host=self.host, lease=self.lease.lease, extra=self.host_record.refresh()
+            )
+        except RegistryError:
+            if entries:
+                self.holdings.claim_answer_lost()  # the claim half may have been applied: look once etcd answers
+            raise
+
+    def _resync(self, claim_id: str) -> int:
+        """A commit was fenced off. If our claim key is gone, so is the claim: drop it and stop
+        its episodes (returns how many). If it still lives, nobody else can have moved its
+        episodes (requeues need the key gone): an earlier commit of ours landed without our
+        hearing back, or someone rewrote a group of ours (an ack of a finished member). Forget
+        the episodes no longer running under the claim, keep the rest (with the groups as
+        they are now) for the next pass."""
+        claim = self.holdings.claim(claim_id)
+        kv, _ = self.registry.get(self.keys.claim(self.host, claim_id))
+        if kv is None or kv.create_revision != claim.token:
+            stopped = self.holdings.drop(claim_id)
+            for episode_id in stopped:
+                self.pool.cancel(episode_id)
+            return len(stopped)
+        ours = self.ledger.still_held(claim, self.holdings.episodes_of(claim_id))
+        if self.holdings.resynced(claim_id, ours):  # all committed: only the claim key is left to go
+            self.ledger.commit(claim, [], last=True)
+            self.holdings.drop(claim_id)
+        return 0
+
+    def _count_commit(self, landed: bool, finals: Sequence[EpisodeRecord]) -> None:
+        if not landed:
+            self.metrics.stale_commits.inc()
+            return
+        self.metrics.commits.inc()
+        for record in finals:
+            self.metrics.attempt_committed(record)
+
+
+Group = tuple[list[Settlement], list[Candidate]]  # one settle call's commits and claims
+
+
+def _txn_groups(settlements: list[Settlement], pairs: list[Candidate]) -> list[Group]:
+    """Pack settlements, and an entry to claim for each one that frees a worker, into settle
+    calls of at most ``REQUEST_OPS`` ops of up to ~0.5 KB, which keeps a request well under
+    etcd's 1.5 MiB (an entry's claim costs 3 and one per episode, as ``Settlement.size`` counts
+    a commit). ``Ledger.settle`` splits a call further where etcd's ops limit needs it."""
+    groups: list[Group] = []
+    budget = 0
+    for item in settlements:
+        entry = pairs.pop() if item.last and pairs else None
+        cost = item.size + (3 + len(entry[0].ids) if entry else 0)
+        if not groups or budget + cost > REQUEST_OPS:
+            groups.append(([], []))
+            budget = 0
+        groups[-1][0].append(item)
+        if entry:
+            groups[-1][1].append(entry)
+        budget += cost
+    return groups

@@ -1,0 +1,164 @@
+"""This host's record under its lease: ``HostRecord`` joins the mesh and keeps the record
+current; what to do about a key already there (a crashed predecessor, a live twin).
+
+The record says what peers need to know: capacity, running count (for their steal signs), and
+whether it takes work (its weight in queue ownership, ledger/owners.py). The running count is
+rewritten at most every ``HOST_REFRESH``, riding on a claim or commit txn the agent makes anyway
+(``refresh``) or alone (``step``); a change peers must see at once (a drain, a host that falls
+sick or heals) is marked with ``changed`` and written on the next pass.
+
+Threads: the loop thread; ``changed`` may also come from a signal handler or another thread
+(``drain``): it is one tuple assignment.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from .. import __version__
+from ..config import Settings
+from ..errors import ConfigError
+from ..keys import Keys
+from ..model import HostInfo
+from ..registry import Compare, Put, Registry
+from .lease import LeaseKeeper
+
+log = logging.getLogger(__name__)
+
+_ADDRESS = socket.gethostname()  # where an operator finds this agent (no HTTP endpoint yet)
+# The host record's running count is refreshed at most this often. Rewriting it in every claim
+# and commit txn cost a key write and an event on every agent's control watch per episode.
+HOST_REFRESH = 1.0
+
+
+@functools.cache
+def machine_id() -> str:
+    """The boot id: a restarted agent on the same running machine sees the same value."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+class HostRecord:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        keys: Keys,
+        lease: LeaseKeeper,
+        *,
+        running: Callable[[], int],
+        takes_no_work: Callable[[], bool],
+        reason: Callable[[], str | None],
+        url: Callable[[], str],
+    ) -> None:
+        self.settings = settings
+        self.host = settings.host_id
+        self.registry = registry
+        self.keys = keys
+        self.lease = lease
+        self._running = running  # episodes held
+        self._takes_no_work = takes_no_work  # draining, asked to or sick (agent/health.py)
+        self._reason = reason  # why it is sick
+        self._url = url  # its dashboard's ("" without one)
+        self._started_at = time.time()
+        self._written = (0, 0.0)  # running count in the record, and when (monotonic)
+
+    def retire_predecessor(self) -> None:
+        """A host key with our id under another lease is either our crashed predecessor (same
+        machine, dead pid), or this process's own key under a lease it gave up for lost (etcd
+        renews every lease when it restarts, so a lease can outlive our estimate): revoke it so
+        peers requeue its work now; or a live twin: wait up to ttl for it to expire, then refuse
+        to start."""
+        deadline = time.monotonic() + self.settings.ttl + 1
+        while (kv := self.registry.get(self.keys.host(self.host))[0]) is not None:
+            info = decode_host(kv.value)
+            if (
+                info is not None
+                and info.machine == machine_id()
+                and (info.pid == os.getpid() or not _pid_alive(info.pid))
+            ):
+                log.info("revoking lease %x of this host's previous incarnation (pid %d)", kv.lease, info.pid)
+                self.registry.revoke(kv.lease)
+                continue
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"host id {self.host!r} is already live in namespace {self.keys.namespace!r}"
+                    f"{f' (pid {info.pid})' if info else ''}: pick another --host-id"
+                )
+            time.sleep(0.2)
+
+    def register(self) -> None:
+        """A fresh lease, and the record under it (created: a key already there is a twin)."""
+        lease = self.lease.start()
+        key = self.keys.host(self.host)
+        result = self.registry.txn([Compare(key, "create", "==", 0)], [Put(key, self.info().to_bytes(), lease)])
+        self._written = (self._running(), time.monotonic())
+        if not result.succeeded:
+            self.lease.stop()
+            raise ConfigError(f"host id {self.host!r} was taken while joining: pick another --host-id")
+
+    def info(self) -> HostInfo:
+        return HostInfo(
+            id=self.host,
+            capacity=self.settings.capacity,
+            running=self._running(),
+            labels=dict(self.settings.labels),
+            version=__version__,
+            started_at=self._started_at,
+            pid=os.getpid(),
+            machine=machine_id(),
+            address=_ADDRESS,
+            draining=self._takes_no_work(),
+            reason=self._reason(),
+            url=self._url() or None,
+        )
+
+    def changed(self) -> None:
+        """Peers must see the record now (it drains, falls sick or heals): on the next pass."""
+        self._written = (-1, 0.0)
+
+    def refresh(self) -> list[Put]:
+        """The record, if its running count changed and the last write is HOST_REFRESH old:
+        an op to ride on a txn the agent makes anyway (or alone, ``step``)."""
+        written, written_at = self._written
+        running = self._running()
+        now = time.monotonic()
+        if written == running or now - written_at < HOST_REFRESH:
+            return []
+        self._written = (running, now)
+        return [Put(self.keys.host(self.host), self.info().to_bytes(), self.lease.lease)]
+
+    def step(self) -> str | None:
+        """An idle agent makes no claim or commit txn: refresh its host record alone."""
+        ops = self.refresh() if self.lease.is_alive else []
+        if ops:
+            self.registry.txn([], ops)
+        return None
+
+
+def decode_host(data: bytes) -> HostInfo | None:
+    """A host record, or None if it does not decode (tolerated: a newer or broken writer)."""
+    try:
+        return HostInfo.from_bytes(data)
+    except Exception:
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
