@@ -7,11 +7,11 @@ waker, and runs early on a watch event or a finished episode, so claiming is wat
 a busy poll. A pass is a list of named steps (``steps``); each returns a status line (or None)
 that the pass logs.
 
-Everything the agent knows lives in parts that own it (design/agent-parts.md): ``OwnedQueue``
-(the entries it owns), ``Peers`` (their backlog signs), ``Inbox`` (cancels, dead hosts),
-``Holdings`` (its claims), ``HostRecord``, ``Leadership``; ``Claimer``, ``Committer``,
-``Orphans``, ``Stopper`` and ``Watcher`` act on them. ``Agent`` builds them, giving each what
-it uses, and owns the loop, draining and stopping, and what a lost lease means.
+Everything the agent knows lives in parts that own it (agent/parts.py, design/agent-parts.md):
+``OwnedQueue`` (the entries it owns), ``Peers`` (their backlog signs), ``Inbox`` (cancels, dead
+hosts), ``Holdings`` (its claims), ``HostRecord``, ``Leadership``; ``Claimer``, ``Committer``,
+``Orphans``, ``Stopper``, ``SelfCheck`` and ``Watcher`` act on them. ``Agent`` owns the loop and
+its steps, draining and stopping, and what a lost lease means.
 """
 
 from __future__ import annotations
@@ -27,26 +27,13 @@ from ..dashboard.config import DashboardConfig
 from ..dashboard.process import DashboardProcess
 from ..errors import RegistryError
 from ..keys import Keys
-from ..ledger.catalog import Catalog
-from ..ledger.ledger import Ledger
 from ..registry import Registry, open_registry
 from ..worker.pool import WorkerPool
-from .claimer import Claimer
-from .committer import Committer
 from .health import Health
-from .holdings import Holdings
-from .host_record import HostRecord
-from .inbox import Inbox
-from .leadership import Leadership
 from .lease import LeaseKeeper
 from .metrics import Metrics, MetricsEndpoints
-from .orphans import Orphans
-from .owned import OwnedQueue
-from .peers import Peers
-from .selfcheck import SelfCheck
-from .stopper import Stopper
+from .parts import assemble
 from .waker import Waker
-from .watcher import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +51,13 @@ class Agent:
         if self.registry.observer is None:
             self.registry.observer = self.metrics.observe_request
         self.keys = Keys(settings.namespace)
-        self.ledger = Ledger(self.registry, self.keys)
-        self.catalog = Catalog(self.registry, self.keys)
         self.lease = LeaseKeeper(
             self.registry, settings.ttl, interval=settings.loop_wait, on_renewed=self._renewed, metrics=self.metrics
         )
         self._waker = Waker()
         self.health = Health()
         self.pool = WorkerPool(
-            settings.capacity, settings.store, waker=self._waker, on_fault=lambda reason: self.selfcheck.fault(reason)
+            settings.capacity, settings.store, waker=self._waker, on_fault=lambda why: self.parts.selfcheck.fault(why)
         )
         self.dashboard = (
             DashboardProcess(DashboardConfig.of(settings), settings.dashboard_url) if settings.dashboard else None
@@ -82,93 +67,43 @@ class Agent:
         self._draining = False
         self._drain_deadline = 0.0
         self._outage = False
-        self._build_parts()
+        self.parts = assemble(
+            settings,
+            self.registry,
+            lease=self.lease,
+            pool=self.pool,
+            health=self.health,
+            metrics=self.metrics,
+            draining=lambda: self._draining,
+            wake=self.wake,
+            url=lambda: self.dashboard_url,
+            serving=self.dashboard.serving if self.dashboard is not None else None,
+        )
+        self.leadership = self.parts.leadership
         self.metrics.track(
-            running=lambda: self.holdings.running,
+            running=lambda: self.running,
             capacity=lambda: settings.capacity,
             is_leader=lambda: self.leadership.is_leader,
             is_sick=lambda: self.health.is_sick,
         )
+        parts = self.parts
         self.steps: list[Callable[[], str | None]] = [
             self._step_lease,
-            self.committer.step,  # results: commit what finished, claim for the workers it frees
-            self.orphans.step,
-            self.stopper.step_cancels,
-            self.stopper.step_timeouts,
-            self.selfcheck.step,
-            self.claimer.step,
-            self.host_record.step,
-            self.leadership.step,
+            parts.committer.step,  # results: commit what finished, claim for the workers it frees
+            parts.orphans.step,
+            parts.stopper.step_cancels,
+            parts.stopper.step_timeouts,
+            parts.selfcheck.step,
+            parts.claimer.step,
+            parts.host_record.step,
+            parts.leadership.step,
         ]
-
-    def _build_parts(self) -> None:
-        settings, registry, keys = self.settings, self.registry, self.keys
-        self.holdings = Holdings()
-        self.inbox = Inbox()
-        self.peers = Peers(self.host)
-        self.owned = OwnedQueue(self.host, keys, own_weight=lambda: 0 if self._takes_no_work() else settings.capacity)
-        self.host_record = HostRecord(
-            settings,
-            registry,
-            keys,
-            self.lease,
-            running=lambda: self.holdings.running,
-            takes_no_work=self._takes_no_work,
-            reason=lambda: self.health.reason,
-            url=lambda: self.dashboard_url,
-        )
-        self.leadership = Leadership(
-            self.host,
-            registry,
-            keys,
-            self.lease,
-            self.catalog,
-            self.ledger,
-            self.metrics,
-            ttl=settings.ttl,
-            retention=settings.retention,
-            draining=lambda: self._draining,
-            url=lambda: self.dashboard_url,
-            serving=self.dashboard.serving if self.dashboard is not None else None,
-        )
-        actors = (self.host, registry, keys, self.ledger, self.lease, self.pool)  # what claims and commits use
-        self.claimer = Claimer(
-            *actors,
-            owned=self.owned,
-            peers=self.peers,
-            holdings=self.holdings,
-            host_record=self.host_record,
-            metrics=self.metrics,
-            takes_no_work=self._takes_no_work,
-            wake=self.wake,
-        )
-        self.committer = Committer(
-            *actors,
-            holdings=self.holdings,
-            claimer=self.claimer,
-            host_record=self.host_record,
-            metrics=self.metrics,
-            draining=lambda: self._draining,
-        )
-        self.orphans = Orphans(registry, keys, self.ledger, self.inbox, self.leadership, self.metrics)
-        self.stopper = Stopper(self.pool, self.holdings, self.inbox)
-        self.selfcheck = SelfCheck(settings.store, self.health, self.pool, self.host_record, self.metrics, self.wake)
-        self.watcher = Watcher(
-            registry,
-            keys,
-            self.catalog,
-            owned=self.owned,
-            peers=self.peers,
-            inbox=self.inbox,
-            leadership=self.leadership,
-            wake=self.wake,
-        )
 
     # --- public ------------------------------------------------------------------------------
 
     @property
     def running(self) -> int:
-        return self.holdings.running
+        return self.parts.holdings.running
 
     @property
     def metrics_port(self) -> int | None:
@@ -189,7 +124,7 @@ class Agent:
             log.info("draining: no new claims; %d episodes get %.0f s to finish", self.running, grace)
         self._draining = True
         self._drain_deadline = time.monotonic() + grace
-        self.host_record.changed()  # say so in the host record on the next pass: peers take our queue entries
+        self.parts.host_record.changed()  # say so in the host record on the next pass: peers take our queue entries
         self.wake()
 
     def stop(self) -> None:
@@ -202,7 +137,7 @@ class Agent:
         is joined."""
         try:
             self._endpoints.start()
-            self.selfcheck.check_store()
+            self.parts.selfcheck.check_store()
             if self.dashboard is not None:  # it proxies /metrics to our loopback port
                 self.dashboard.config = replace(self.dashboard.config, metrics_port=self.metrics_port)
                 self.dashboard.start()  # before joining: records and the leader key name its URL
@@ -213,13 +148,13 @@ class Agent:
                 self.dashboard.stop()
             raise
         self.pool.start()
-        self.watcher.start()
+        self.parts.watcher.start()
         try:
             while not self._stop.is_set():
                 self._pass()
-                if self._draining and (not self.holdings.has_claims or time.monotonic() >= self._drain_deadline):
-                    self.committer.hand_back()
-                    self.leadership.last_report(self.selfcheck.store, self.settings.report_interval)
+                if self._draining and (not self.parts.holdings.has_claims or time.monotonic() >= self._drain_deadline):
+                    self.parts.committer.hand_back()
+                    self.leadership.last_report(self.parts.selfcheck.store, self.settings.report_interval)
                     break
                 self._idle(self._wait_time())
         finally:
@@ -228,9 +163,9 @@ class Agent:
     # --- the loop ----------------------------------------------------------------------------
 
     def _join(self) -> None:
-        self.host_record.retire_predecessor()
-        self.host_record.register()
-        self.watcher.join()
+        self.parts.host_record.retire_predecessor()
+        self.parts.host_record.register()
+        self.parts.watcher.join()
         log.info(
             "joined namespace %s as %s (lease %x, capacity %d)",
             self.keys.namespace,
@@ -267,15 +202,11 @@ class Agent:
 
     def _wait_time(self) -> float:
         """Until the next commit falls due, or a steal read may be made (with idle workers)."""
-        steal_at = self.claimer.steal_at() if self.peers.steal_wanted and self.pool.idle() else None
-        due = [t for t in (self.holdings.next_commit_at(), steal_at) if t is not None]
+        steal_at = self.parts.claimer.steal_at() if self.parts.peers.steal_wanted and self.pool.idle() else None
+        due = [t for t in (self.parts.holdings.next_commit_at(), steal_at) if t is not None]
         if not due:
             return self.settings.loop_wait
         return max(0.0, min(self.settings.loop_wait, min(due) - time.monotonic()))
-
-    def _takes_no_work(self) -> bool:
-        """Draining (asked to), or sick (agent/health.py): claim nothing, own no queue entry."""
-        return self._draining or self.health.is_sick
 
     def _step_lease(self) -> str | None:
         """Past the local estimate the lease may have expired: ask etcd, and stop our episodes
@@ -284,11 +215,11 @@ class Agent:
         and their results wait."""
         if self.lease.is_alive or self.lease.confirm():
             return None
-        lost = self.holdings.running
-        if self.holdings.has_claims or self.pool.idle() < self.pool.size:  # once: a failed register repeats this
+        lost = self.running
+        if self.parts.holdings.has_claims or self.pool.idle() < self.pool.size:  # once: a failed register repeats this
             self.pool.reset()  # their results would be fenced: etcd deleted our claim keys
-        self.holdings.clear()
-        self.host_record.register()
+        self.parts.holdings.clear()
+        self.parts.host_record.register()
         return f"lost lease, stopped {lost} episodes; rejoined with lease {self.lease.lease:x}"
 
     def _renewed(self, expires_at: float) -> None:
@@ -300,7 +231,7 @@ class Agent:
 
     def _shutdown(self) -> None:
         self._stop.set()
-        self.watcher.close()  # its threads must be gone before the registry closes under them
+        self.parts.watcher.close()  # its threads must be gone before the registry closes under them
         self.pool.close()
         if self.dashboard is not None:
             self.dashboard.serving.lead(False)
