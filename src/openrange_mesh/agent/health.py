@@ -7,7 +7,7 @@ attempt (ledger.release); this part counts the failures. ``FAULT_LIMIT`` of them
 drains and why (weight 0: peers take the queue entries it owned), instead of eating the queue
 (issue 11: one agent whose workers could not open its store lost 8 of 30 episodes of the mesh).
 A sick host keeps running and rechecks itself, every ``RECHECK`` seconds at first, doubling up
-to ``RECHECK_MAX``: once its checks pass (the agent's, ``Agent._recheck``) it claims again.
+to ``RECHECK_MAX``: once its checks pass (agent/selfcheck.py) it claims again.
 
 One failure is not a verdict (a store can refuse one write and take the next); a few in a short
 while are, whatever caused them, and a recheck is cheap.

@@ -122,7 +122,7 @@ class WorkerPool:
         ready, and handle what the workers said. True: the owner's loop should run now (the
         waker is ready, a group ended, a worker died, or results inside a batch have waited
         ``RESULT_WAKE``: a batch is committed when it ends or its first result has lingered,
-        agent_state.COMMIT_LINGER, so the loop need not run for each result)."""
+        agent/holdings.py COMMIT_LINGER, so the loop need not run for each result)."""
         wake = self._restart_due() if self._restarts else _QUIET
         if self._restarts:  # wake up to start the next one
             timeout = min(timeout, min(self._restarts.values()) - time.monotonic())
