@@ -22,7 +22,7 @@ from ..errors import RegistryError
 from ..keys import Keys
 from ..ledger import homes
 from ..ledger.homes import Versioned
-from ..ledger.ledger import Claim, Ledger
+from ..ledger.ledger import Claim, Ledger, Settlement
 from ..ledger.queue import QueueEntry, decode_entry
 from ..model import EpisodeRecord, State
 from ..registry import Registry
@@ -87,13 +87,7 @@ class Claimer:
             return None
         adopted = self._adopt() if self.holdings.claims_unsure else []
         candidates = self.candidates(pool.idle(), pool.ahead())
-        try:  # every claim in one round trip, each its own nested txn (Ledger.settle)
-            _, won = self.ledger.settle(
-                [], candidates, host=self.host, lease=self.lease.lease, extra=self.host_record.refresh()
-            )
-        except RegistryError:
-            self.holdings.claim_answer_lost()  # it may have been applied: look once etcd answers
-            raise
+        _, won = self.settle([], candidates)  # every claim in one round trip, each its own nested txn
         claimed = self.took(candidates, won)
         if candidates and pool.idle():
             self._wake()  # claim again for the workers still idle (a lost race frees one)
@@ -101,6 +95,18 @@ class Claimer:
         if adopted:
             line = f"adopted {summary(adopted)} (their claim's answer was lost)" + (f"; {line}" if line else "")
         return line
+
+    def settle(self, commits: list[Settlement], candidates: list[Candidate]) -> tuple[list[bool], list[Won]]:
+        """Commits, and claims of ``candidates``, in one round trip (Ledger.settle), with our
+        host record if a refresh is due. Returns what each commit and claim came to."""
+        try:
+            return self.ledger.settle(
+                commits, candidates, host=self.host, lease=self.lease.lease, extra=self.host_record.refresh()
+            )
+        except RegistryError:
+            if candidates or not commits:  # the claim step's txn, or claims riding on commits
+                self.holdings.claim_answer_lost()  # they may have been applied: look once etcd answers
+            raise
 
     def pairable(self, freed: int) -> list[Candidate]:
         """Entries to claim in the same txns as the commits that free ``freed`` workers: one

@@ -19,10 +19,8 @@ from ..ledger.ledger import Ledger, Settlement
 from ..model import EpisodeRecord
 from ..registry import Registry
 from ..worker.pool import WorkerPool
-from .claimer import Candidate, Claimer, Won, summary
+from .claimer import Candidate, Claimer, summary
 from .holdings import Holdings
-from .host_record import HostRecord
-from .lease import LeaseKeeper
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -33,29 +31,25 @@ REQUEST_OPS = 1000  # ops of all the nested txns of one settle call (~0.5 KB eac
 class Committer:
     def __init__(
         self,
+        claimer: Claimer,
+        holdings: Holdings,
+        pool: WorkerPool,
+        ledger: Ledger,
+        metrics: Metrics,
+        *,
         host: str,
         registry: Registry,
         keys: Keys,
-        ledger: Ledger,
-        lease: LeaseKeeper,
-        pool: WorkerPool,
-        *,
-        holdings: Holdings,
-        claimer: Claimer,
-        host_record: HostRecord,
-        metrics: Metrics,
         draining: Callable[[], bool],
     ) -> None:
+        self.claimer = claimer  # settles our commits with claims for the workers they free
+        self.holdings = holdings
+        self.pool = pool
+        self.ledger = ledger
+        self.metrics = metrics
         self.host = host
         self.registry = registry
         self.keys = keys
-        self.ledger = ledger
-        self.lease = lease
-        self.pool = pool
-        self.holdings = holdings
-        self.claimer = claimer
-        self.host_record = host_record
-        self.metrics = metrics
         self._draining = draining  # commit every result at once
 
     def step(self) -> str | None:
@@ -67,7 +61,7 @@ class Committer:
         committed = fenced = 0
         claimed: list[str] = []
         for chunk, entries in _txn_groups(settlements, pairs):
-            oks, won = self._settle(chunk, entries)
+            oks, won = self.claimer.settle(chunk, entries)
             for item, ok in zip(chunk, oks, strict=True):
                 if ok:
                     committed += len(item.finals)
@@ -108,16 +102,6 @@ class Committer:
                 return
             self.metrics.attempt_reported(done.kind)
             self.holdings.finished(done, now)
-
-    def _settle(self, chunk: list[Settlement], entries: list[Candidate]) -> tuple[list[bool], list[Won]]:
-        try:
-            return self.ledger.settle(
-                chunk, entries, host=self.host, lease=self.lease.lease, extra=self.host_record.refresh()
-            )
-        except RegistryError:
-            if entries:
-                self.holdings.claim_answer_lost()  # the claim half may have been applied: look once etcd answers
-            raise
 
     def _resync(self, claim_id: str) -> int:
         """A commit was fenced off. If our claim key is gone, so is the claim: drop it and stop

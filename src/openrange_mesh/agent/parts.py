@@ -101,9 +101,13 @@ def assemble(
         url=url,
         serving=serving,
     )
-    actors = (host, registry, keys, ledger, lease, pool)  # what claims and commits are made with
     claimer = Claimer(
-        *actors,
+        host,
+        registry,
+        keys,
+        ledger,
+        lease,
+        pool,
         owned=owned,
         peers=peers,
         holdings=holdings,
@@ -113,21 +117,19 @@ def assemble(
         wake=wake,
     )
     committer = Committer(
-        *actors, holdings=holdings, claimer=claimer, host_record=host_record, metrics=metrics, draining=draining
+        claimer, holdings, pool, ledger, metrics, host=host, registry=registry, keys=keys, draining=draining
     )
-    return Parts(
-        holdings=holdings,
-        inbox=inbox,
-        peers=peers,
-        owned=owned,
-        host_record=host_record,
-        leadership=leadership,
-        claimer=claimer,
-        committer=committer,
-        orphans=Orphans(registry, keys, ledger, inbox, leadership, metrics),
-        stopper=Stopper(pool, holdings, inbox),
-        selfcheck=SelfCheck(settings.store, health, pool, host_record, metrics, wake),
-        watcher=Watcher(
-            registry, keys, catalog, owned=owned, peers=peers, inbox=inbox, leadership=leadership, wake=wake
-        ),
+    return Parts(  # in the order Parts lists them (mypy tells them apart)
+        holdings,
+        inbox,
+        peers,
+        owned,
+        host_record,
+        leadership,
+        claimer,
+        committer,
+        Orphans(registry, keys, ledger, inbox, leadership, metrics),
+        Stopper(pool, holdings, inbox),
+        SelfCheck(settings.store, health, pool, host_record, metrics, wake),
+        Watcher(registry, keys, catalog, owned=owned, peers=peers, inbox=inbox, leadership=leadership, wake=wake),
     )
