@@ -389,6 +389,8 @@ class AgentProcess:
             str(self.ttl),
             "--log-level",
             "INFO",
+            "--cache-dir",  # a cache of its own, under the test's directory: each agent a host of its own
+            str(self.log_path.parent / f"cache-{self.host_id}"),
         ]
         if self.dashboard:  # on loopback, a free port: many agents share this machine
             argv += ["--dashboard-host", "127.0.0.1", "--dashboard-port", "0"]

@@ -46,6 +46,9 @@ ENV_REPORT_INTERVAL = "OPENRANGE_REPORT_INTERVAL"
 DEFAULT_DASHBOARD_PORT = 7465
 ENV_CACHE_DIR = "OPENRANGE_CACHE_DIR"
 ENV_CACHE_SIZE = "OPENRANGE_CACHE_SIZE"
+ENV_STORE_GC_INTERVAL = "OPENRANGE_STORE_GC_INTERVAL"
+ENV_STORE_GRACE = "OPENRANGE_STORE_GRACE"
+DEFAULT_STORE = "./openrange-store"  # an agent's store when it was given none and the mesh has none
 DEFAULT_CACHE_SIZE = 20 * 2**30  # bytes of snapshots a host keeps (those in use may exceed it)
 
 
@@ -83,6 +86,10 @@ _ENV = {
     "dashboard_token": ENV_DASHBOARD_TOKEN,
     "report_interval": ENV_REPORT_INTERVAL,
     "metrics_port": ENV_METRICS_PORT,
+    "cache_dir": ENV_CACHE_DIR,
+    "cache_size": ENV_CACHE_SIZE,
+    "store_gc_interval": ENV_STORE_GC_INTERVAL,
+    "store_grace": ENV_STORE_GRACE,
 }
 # etcd credentials and TLS files, as etcdctl's flags name them -> (our variable, etcdctl's)
 ACCESS_ENV = {
@@ -158,7 +165,8 @@ class Settings:
     namespace: str = "default"
     host_id: str = field(default_factory=default_host_id)
     capacity: int = field(default_factory=lambda: os.cpu_count() or 1)
-    store: str = "./openrange-store"
+    # The mesh's store (meshstore.py); "": the one the mesh recorded, else DEFAULT_STORE.
+    store: str = ""
     ttl: int = 10
     loop_wait: float = 1.0
     retry_timeout: float = 4.0
@@ -178,6 +186,13 @@ class Settings:
     # Also serve /metrics on this port on every interface (None: only on loopback, for the
     # dashboard child to proxy).
     metrics_port: int | None = None
+    # The host's snapshot cache (store/cache.py): where, and how many bytes of snapshots not in use.
+    cache_dir: str = field(default_factory=default_cache_dir)
+    cache_size: int = DEFAULT_CACHE_SIZE
+    # The leader collects store objects no record needs (ledger/storage_gc.py) this often
+    # (seconds; 0: never), those unwritten for store_grace seconds.
+    store_gc_interval: float = 3600.0
+    store_grace: float = 3600.0
 
     def __post_init__(self) -> None:
         check_name("namespace", self.namespace)
@@ -192,6 +207,10 @@ class Settings:
             raise ConfigError(f"report interval must be >= 0 seconds (0: never), not {self.report_interval}")
         if not 0 <= self.dashboard_port < 65536:
             raise ConfigError(f"dashboard port must be 0-65535 (0: a free port), not {self.dashboard_port}")
+        if self.cache_size < 0:
+            raise ConfigError(f"cache size must be >= 0 bytes, not {self.cache_size}")
+        if self.store_gc_interval < 0 or self.store_grace < 0:
+            raise ConfigError("store collection interval and grace must be >= 0 seconds")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics port must be 0-65535, not {self.metrics_port}")
         if self.loop_wait <= 0 or self.retry_timeout <= 0:
@@ -223,6 +242,17 @@ class Settings:
         return replace(self, ttl=ttl, loop_wait=ttl / 8, retry_timeout=ttl * 7 / 16)
 
 
+_SIZE = re.compile(r"(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>[KMGT]?)(?:i?B)?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``20G``, ``512M``, ``1.5TiB``, ``1000`` (binary units: a cache is disk)."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise ConfigError(f"bad size {text!r}: expected bytes, or a number with K, M, G or T (e.g. 20G)")
+    return int(float(m["n"]) * 1024 ** "_KMGT".index(m["unit"].upper() or "_"))
+
+
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     types = {f.name: f.type for f in fields(Settings)}
     out: dict[str, Any] = {}
@@ -232,6 +262,8 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         try:
             if name == "labels" and isinstance(value, str):
                 value = parse_labels(value)
+            elif name == "cache_size" and isinstance(value, str):
+                value = parse_size(value)
             elif types[name] in ("int", "int | None"):
                 value = int(value)
             elif types[name] == "float":

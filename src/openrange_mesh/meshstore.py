@@ -23,6 +23,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+from .config import DEFAULT_STORE
 from .errors import ArtifactNotFound, ConfigError, CorruptRecord
 from .keys import Keys
 from .model import pack, unpack
@@ -58,6 +59,12 @@ def recorded(registry: Registry, keys: Keys) -> MeshStore | None:
         log.warning("ignoring the mesh's store record: it names no store")
         return None
     return MeshStore(url, marker)
+
+
+def recorded_url(registry: Registry, keys: Keys) -> str:
+    """For an agent given no store: the mesh's, else ``DEFAULT_STORE`` (a directory here)."""
+    mine = recorded(registry, keys)
+    return mine.url if mine is not None else DEFAULT_STORE
 
 
 def join(registry: Registry, keys: Keys, store: Store | None) -> Store | None:

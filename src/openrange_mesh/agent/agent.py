@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from .. import meshstore
 from ..config import Settings
 from ..dashboard.config import DashboardConfig
 from ..dashboard.process import DashboardProcess
@@ -29,6 +30,7 @@ from ..errors import RegistryError
 from ..keys import Keys
 from ..registry import Registry, open_registry
 from ..worker.pool import WorkerPool
+from .collector import Collector
 from .health import Health
 from .lease import LeaseKeeper
 from .metrics import Metrics, MetricsEndpoints
@@ -44,20 +46,26 @@ class Agent:
     handler (each sets a flag and wakes the loop)."""
 
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
-        self.settings = settings
         self.host = settings.host_id
         self.metrics = Metrics(self.host)
         self.registry = registry or open_registry(settings.registry, retry_timeout=settings.retry_timeout)
         if self.registry.observer is None:
             self.registry.observer = self.metrics.observe_request
         self.keys = Keys(settings.namespace)
+        # One store per mesh (meshstore.py): given none, the mesh's; checked in run()
+        settings = replace(settings, store=settings.store or meshstore.recorded_url(self.registry, self.keys))
+        self.settings = settings
         self.lease = LeaseKeeper(
             self.registry, settings.ttl, interval=settings.loop_wait, on_renewed=self._renewed, metrics=self.metrics
         )
         self._waker = Waker()
         self.health = Health()
         self.pool = WorkerPool(
-            settings.capacity, settings.store, waker=self._waker, on_fault=lambda why: self.parts.selfcheck.fault(why)
+            settings.capacity,
+            settings.store,
+            waker=self._waker,
+            on_fault=lambda why: self.parts.selfcheck.fault(why),
+            cache=(settings.cache_dir, settings.cache_size),
         )
         self.dashboard = (
             DashboardProcess(DashboardConfig.of(settings), settings.dashboard_url) if settings.dashboard else None
@@ -138,6 +146,7 @@ class Agent:
         try:
             self._endpoints.start()
             self.parts.selfcheck.check_store()
+            meshstore.join(self.registry, self.keys, self.parts.selfcheck.store)  # the mesh's one store, or refused
             if self.dashboard is not None:  # it proxies /metrics to our loopback port
                 self.dashboard.config = replace(self.dashboard.config, metrics_port=self.metrics_port)
                 self.dashboard.start()  # before joining: records and the leader key name its URL
@@ -149,6 +158,8 @@ class Agent:
             raise
         self.pool.start()
         self.parts.watcher.start()
+        collector = self._collector()
+        collector.start()
         try:
             while not self._stop.is_set():
                 self._pass()
@@ -158,6 +169,7 @@ class Agent:
                     break
                 self._idle(self._wait_time())
         finally:
+            collector.stop()
             self._shutdown()
 
     # --- the loop ----------------------------------------------------------------------------
@@ -221,6 +233,13 @@ class Agent:
         self.parts.holdings.clear()
         self.parts.host_record.register()
         return f"lost lease, stopped {lost} episodes; rejoined with lease {self.lease.lease:x}"
+
+    def _collector(self) -> Collector:
+        """The leader's store collection (while this agent leads, every store_gc_interval)."""
+        settings = self.settings
+        leading = lambda: self.leadership.is_leader  # noqa: E731 - read by the collector's thread
+        store = self.parts.selfcheck.store
+        return Collector(self.registry, self.keys, store, leading, settings.store_gc_interval, settings.store_grace)
 
     def _renewed(self, expires_at: float) -> None:
         """From the lease keeper's thread: the dashboard may serve until then (if we lead)."""

@@ -243,7 +243,8 @@ class Claimer:
         self.holdings.hold(claim, running)
         for record in running:
             self.metrics.attempt_started(record)
-        self.pool.dispatch([WorkItem(r.id, r.attempt, r.spec, r.history[-1].batch) for r in running])
+        # the token names where its artifacts go: a fenced-off owner's land where nothing reads them
+        self.pool.dispatch([WorkItem(r.id, r.attempt, r.spec, r.history[-1].batch, claim.token) for r in running])
 
 
 def summary(ids: list[str]) -> str:

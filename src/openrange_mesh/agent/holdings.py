@@ -193,6 +193,9 @@ def _final(record: EpisodeRecord, done: Done, token: int, cancel_seen: bool, now
         return release(record, now, done.error or "released", token)
     spec = record.spec
     if done.kind == "timeout" and spec.on_timeout == "retry" and spent_attempts(record) < spec.max_attempts:
-        return finish_attempt(record, State.PENDING, now, done.error, done.result, done.events, token=token)
-    state = _DONE_STATES.get(done.kind, State.FAILED)
-    return finish_attempt(record, state, now, done.error, done.result, done.events, token=token)
+        state = State.PENDING  # a retry: attempt + 1, back in the queue
+    else:
+        state = _DONE_STATES.get(done.kind, State.FAILED)
+    return finish_attempt(
+        record, state, now, done.error, done.result, done.events, token=token, artifacts=done.artifacts
+    )

@@ -19,6 +19,9 @@ import click
 from ..agent.agent import Agent
 from ..config import (
     DEFAULT_DASHBOARD_PORT,
+    DEFAULT_STORE,
+    ENV_CACHE_DIR,
+    ENV_CACHE_SIZE,
     ENV_CAPACITY,
     ENV_DASHBOARD_HOST,
     ENV_DASHBOARD_PORT,
@@ -33,6 +36,8 @@ from ..config import (
     ENV_REPORT_INTERVAL,
     ENV_RETENTION,
     ENV_STORE,
+    ENV_STORE_GC_INTERVAL,
+    ENV_STORE_GRACE,
     ETCDCTL_ENDPOINTS,
     Settings,
     etcd_endpoints,
@@ -48,7 +53,34 @@ log = logging.getLogger("openrange_mesh.agent")
 @click.option("--host-id", envvar=ENV_HOST_ID, help="This host's id (default: the hostname).")
 @click.option("--namespace", envvar=ENV_NAMESPACE, help="Mesh namespace (default: default).")
 @click.option("--capacity", type=int, envvar=ENV_CAPACITY, help="Worker processes (default: CPU count).")
-@click.option("--store", envvar=ENV_STORE, help="Shared store for events and artifacts: a path, file://, s3://.")
+@click.option(
+    "--store",
+    envvar=ENV_STORE,
+    help="The mesh's shared store (events, artifacts, snapshots): a path, file://, s3://. Default: the "
+    f"store the mesh's first agent recorded, else {DEFAULT_STORE} (this host only).",
+)
+@click.option(
+    "--cache-dir",
+    envvar=ENV_CACHE_DIR,
+    help="Where this host caches snapshots (default ~/.cache/openrange-mesh/snapshots).",
+)
+@click.option(
+    "--cache-size",
+    envvar=ENV_CACHE_SIZE,
+    help="Bytes of snapshots the cache keeps beyond those in use: 20G, 512M (default 20G).",
+)
+@click.option(
+    "--store-gc-interval",
+    type=click.FloatRange(min=0),
+    envvar=ENV_STORE_GC_INTERVAL,
+    help="Seconds between the leader's collections in the store (default 3600; 0: never).",
+)
+@click.option(
+    "--store-grace",
+    type=click.FloatRange(min=0),
+    envvar=ENV_STORE_GRACE,
+    help="Seconds a store object must be unwritten before collection may remove it (default 3600).",
+)
 @click.option("--ttl", type=int, help="Lease TTL in seconds (default 10; min 2). Timing scales with it.")
 @click.option("--labels", envvar=ENV_LABELS, help="Host labels k=v,k2=v2.")
 @click.option(
@@ -93,6 +125,10 @@ def main(
     namespace: str | None,
     capacity: int | None,
     store: str | None,
+    cache_dir: str | None,
+    cache_size: str | None,
+    store_gc_interval: float | None,
+    store_grace: float | None,
     ttl: int | None,
     labels: str | None,
     retention: float | None,
@@ -132,6 +168,10 @@ def main(
                 "namespace": namespace,
                 "capacity": capacity,
                 "store": store,
+                "cache_dir": cache_dir,
+                "cache_size": cache_size,
+                "store_gc_interval": store_gc_interval,
+                "store_grace": store_grace,
                 "labels": labels,
                 "retention": retention,
                 "dashboard": False if no_dashboard else None,
@@ -145,13 +185,14 @@ def main(
         )
         if ttl is not None:
             settings = settings.with_timing(ttl)
-        if store is None:  # neither --store nor OPENRANGE_STORE
-            log.warning(
-                "no --store given: events go to %s on this host only; peers and `openrange-mesh logs` "
-                "elsewhere will not see them (pass a shared path or s3:// URL)",
-                settings.store,
-            )
         agent = Agent(settings)
+        if agent.settings.store == DEFAULT_STORE:  # neither given nor recorded by the mesh
+            log.warning(
+                "no --store given and the mesh has none: events, artifacts and snapshots go to %s on this "
+                "host only; peers and `openrange-mesh logs` elsewhere will not see them (pass a shared path "
+                "or s3:// URL)",
+                DEFAULT_STORE,
+            )
         _install_signals(agent, grace)
         agent.run()
     except MeshError as exc:

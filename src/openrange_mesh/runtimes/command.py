@@ -72,10 +72,14 @@ class CommandRuntime:
     def validate(self, params: Mapping[str, Any]) -> None:
         parse_params(params)
 
-    def realize(self, params: Mapping[str, Any], *, seed: int | None, snapshot: bytes | None = None) -> CommandHandle:
+    def realize(
+        self, params: Mapping[str, Any], *, seed: int | None, snapshot: bytes | None = None, snapshot_path: Any = None
+    ) -> CommandHandle:
+        """A snapshot reaches the command as a path, in ``$OPENRANGE_SNAPSHOT`` (worker/files.py
+        sets it for the episode); a checkpoint's bytes it cannot resume from."""
         p = parse_params(params)
         if snapshot is not None:
-            raise RuntimeFailure("the command runtime does not support snapshots")
+            raise RuntimeFailure("the command runtime cannot resume from a checkpoint's bytes: name a snapshot")
         return CommandHandle(p, seed)
 
 
