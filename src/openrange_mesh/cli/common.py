@@ -77,7 +77,10 @@ class Mesh:
         return Catalog(self.registry(), self.keys)
 
     def store(self, url: str | None, *, required: bool = True) -> Store | None:
-        """The store at ``--store`` if given, else the one the mesh recorded (meshstore.py)."""
+        """The store at ``--store`` if given, else the one the mesh recorded (meshstore.py);
+        ``--store ""`` says none."""
+        if url == "" and not required:
+            return None
         store = meshstore.find(self.registry(), self.keys, url)
         if store is None and required:
             raise click.UsageError(

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ..client.client import get_record
+from ..errors import StoreError
 from ..ledger.records import spent_attempts
 from ..model import EpisodeRecord
 from ..model.views import detail
@@ -49,7 +50,12 @@ def command(mesh: Mesh, episode_id: str, store_url: str | None, output: str) -> 
     """
     record = get_record(mesh.catalog(), episode_id)
     store = mesh.store(store_url, required=False)
-    artifacts = attempt_files(store, record) if store is not None else None
+    artifacts = None
+    if store is not None:
+        try:
+            artifacts = attempt_files(store, record)
+        except StoreError as exc:  # the record still shows: only where its files are does not
+            click.echo(f"(its files in the store cannot be listed: {printable(str(exc))})", err=True)
     if output == "json":
         data = detail(record)
         data["timeline"] = [{"at": at, "event": what} for at, what in timeline(record)]
