@@ -1,11 +1,13 @@
 """The whole ``Agent`` built in this process on ``memory://`` (its workers are real processes):
 episodes go through its loop to their commits, each exactly once, and a drain hands back what
-still runs. No dashboard, no store, no etcd: a few seconds, most of them starting workers."""
+still runs. No dashboard, no etcd, a store in the test's directory: a few seconds, most of them
+starting workers."""
 
 from __future__ import annotations
 
 import threading
 import uuid
+from pathlib import Path
 
 from openrange_mesh.agent.agent import Agent
 from openrange_mesh.client.client import MeshClient
@@ -19,9 +21,12 @@ from .helpers import wait_until
 SHORT = {"runtime": "sleep", "params": {"seconds": 0.01}}
 
 
-def test_an_agent_in_this_process_commits_every_episode_once_and_hands_back_at_a_drain() -> None:
+def test_an_agent_in_this_process_commits_every_episode_once_and_hands_back_at_a_drain(tmp_path: Path) -> None:
     url, namespace = f"memory://{uuid.uuid4().hex[:12]}", f"t{uuid.uuid4().hex[:10]}"
-    settings = Settings(registry=url, namespace=namespace, host_id="h1", capacity=2, store="", dashboard=False)
+    # A store of its own: given none, an agent takes ./openrange-store, the repository when
+    # tests run from its root.
+    store = str(tmp_path / "store")
+    settings = Settings(registry=url, namespace=namespace, host_id="h1", capacity=2, store=store, dashboard=False)
     agent = Agent(settings.with_timing(4))
     thread = threading.Thread(target=agent.run, name="agent", daemon=True)
     thread.start()
