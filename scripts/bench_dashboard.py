@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The dashboard at scale, and what it costs the mesh (design §11a).
+"""The dashboard at scale, and what it costs the mesh (design/dashboard.md).
 
 1. N episode records (default 100k) are written to a fresh etcd; one agent joins with its
    dashboard and leads. Measured against its server:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What the agent's metrics cost on its hot path (design §11a, "Metrics"), one run.
+"""What the agent's metrics cost on its hot path (design/dashboard.md, "Metrics"), one run.
 
 * per episode: the metric updates an agent makes for one single episode (its claim, its start,
   the worker's report, its commit), timed with ``timeit`` on real records; and per etcd request,

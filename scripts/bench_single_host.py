@@ -9,7 +9,7 @@ seam: running episodes in a ``dict[str, _RunningEpisode]`` with uuid4 ids and no
 Rounds alternate A/B so drift on a shared machine hits both sides alike; each ratio is the
 median over rounds of that round's ratio (adjacent runs, so slow drift cancels).
 
-    python scripts/bench_single_host.py            # 1000 episodes x 5 rounds
+    python scripts/bench_single_host.py            # 1000 episodes x 7 rounds
     python scripts/bench_single_host.py --quick    # under 30 s
     python scripts/bench_single_host.py --json out.json
 """

@@ -15,6 +15,17 @@ from openrange_mesh.registry.memory import MemoryRegistry
 
 from .etcdkit import EtcdServer, start_etcd
 from .meshkit import MakeMesh, Mesh
+from .s3kit import use_test_env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def aws_test_env() -> Iterator[None]:
+    """Dummy AWS credentials for the whole session, set before any worker process: workers are
+    forked by the forkserver, which keeps the environment it started with, so credentials set
+    later by one test would never reach the workers another test's pool forks."""
+    with pytest.MonkeyPatch.context() as mp:
+        use_test_env(mp)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The dashboard's HTTP side with real agents on a real etcd (design §11a): the URL in etcd,
+"""The dashboard's HTTP side with real agents on a real etcd (design/dashboard.md): the URL in etcd,
 followers' redirects, paging at a revision, the live stream's resume, cancel's guards, and the
 URL moving when the leader is killed."""
 

@@ -1,5 +1,5 @@
 """The dashboard page (static/: index.html, app.js ...) in headless Chromium against real agents on
-a real etcd (design §11a): the views, filters in the URL, episode text shown as text, events
+a real etcd (design/dashboard.md): the views, filters in the URL, episode text shown as text, events
 paged, cancel's confirmation and refusals, and a tab following the leader when it is killed.
 
 Chromium and Playwright as tests/browserkit finds them (a skip without them, a failure under CI).

@@ -189,7 +189,7 @@ def test_worker_killed_by_the_pool(pool: WorkerPool, marker: str, pids_file: Pat
 def test_worker_killed_by_someone_else(pool: WorkerPool, marker: str, pids_file: Path) -> None:
     """SIGKILL from outside (the OOM killer): the worker's tree went to init; the pool kills
     what carries the worker's marker. A process with a scrubbed environment escapes this one
-    case (design §6a), so it is not asserted on."""
+    case (design/workers.md), so it is not asserted on."""
     pool.dispatch([escaping(pids_file, marker, 300)])
     episode = started(pids_file, marker)
     os.kill(episode.worker, signal.SIGKILL)

@@ -88,7 +88,7 @@ def test_close_cancels_what_still_runs(registry: Registry) -> None:
 
 
 def test_a_service_serves_the_dashboard_of_its_own_episodes() -> None:
-    """Single-host mode can show its episodes as the mesh's leader does (design §11a), from its
+    """Single-host mode can show its episodes as the mesh's leader does (design/dashboard.md), from its
     memory:// registry, which no other process could read."""
     import httpx
 

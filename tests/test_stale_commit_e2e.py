@@ -1,5 +1,5 @@
-"""A stale commit that reaches etcd, end to end: the fencing compare (design §6) judged by etcd
-itself, not the owner noticing first that its lease is gone."""
+"""A stale commit that reaches etcd, end to end: the fencing compare (design/README.md, "Leases,
+claims and fencing") judged by etcd itself, not the owner noticing first that its lease is gone."""
 
 from __future__ import annotations
 

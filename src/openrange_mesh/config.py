@@ -174,7 +174,7 @@ class Settings:
     log_level: str = "INFO"
     # Acked finished records older than this (seconds) are deleted by the leader; 0 keeps all.
     retention: float = 7 * 24 * 3600.0
-    # Every agent serves HTTP (design §11a): the leader the dashboard, the others a redirect.
+    # Every agent serves HTTP (design/dashboard.md): the leader the dashboard, the others a redirect.
     dashboard: bool = True
     dashboard_host: str = "0.0.0.0"
     dashboard_port: int = DEFAULT_DASHBOARD_PORT  # 0: a free port

@@ -1,5 +1,5 @@
 """One store per mesh: the first agent records its store in etcd, every other agent and every
-reader finds it there (design §9).
+reader finds it there (design/README.md, "The store seam and layout").
 
 The record (``meta/store``, no lease) holds the store's URL as the first agent opened it
 (``Store.url``: normalised, no credentials) and a random marker that the same agent writes

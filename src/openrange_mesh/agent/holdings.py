@@ -189,7 +189,7 @@ def _final(record: EpisodeRecord, done: Done, token: int, cancel_seen: bool, now
         # its cancel was forwarded, and the commit deletes the marker: putting it back would
         # run a cancelled episode again (a worker that died before reporting the cancel)
         return finish_attempt(record, State.CANCELLED, now, "cancelled", None, token=token)
-    if done.kind == "released":  # the host's failure, not the episode's (pool.py, worker.py)
+    if done.kind == "released":  # the host's failure, not the episode's (worker/pool.py, worker/child.py)
         return release(record, now, done.error or "released", token)
     spec = record.spec
     if done.kind == "timeout" and spec.on_timeout == "retry" and spent_attempts(record) < spec.max_attempts:

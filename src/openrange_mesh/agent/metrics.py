@@ -7,7 +7,7 @@ and count on it; they never make metrics of their own. Labels come only from sma
 lookup under a lock, and an id in a label would make a series per episode.
 
 Per-episode cost on the agent's loop: an attempt that starts, ends and is committed costs two
-counter increments and two histogram observations here, ~4 us (design §11a, "Metrics").
+counter increments and two histogram observations here, ~4 us (design/dashboard.md, "Metrics").
 
 Threads: the loop thread counts episodes, claims and commits; the lease keeper its refreshes;
 every thread that calls the registry its requests (``observe_request``); the HTTP server's

@@ -1,4 +1,4 @@
-"""The trainer's API: ``MeshClient`` submits, waits for, reads and cancels episodes (design §8)."""
+"""The trainer's API: ``MeshClient`` submits, waits for, reads and cancels episodes (design/README.md, "Module map")."""
 
 from __future__ import annotations
 

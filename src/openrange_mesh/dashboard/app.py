@@ -1,4 +1,4 @@
-"""The Starlette app every agent serves (design §11a): the leader's dashboard and JSON API; on a
+"""The Starlette app every agent serves (design/dashboard.md): the leader's dashboard and JSON API; on a
 follower, a 307 to the leader for every dashboard path. Errors are ``{"error": "<one line>"}``."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The leader's index of every episode, for paging, filters and the live stream (design §11a).
+"""The leader's index of every episode, for paging, filters and the live stream (design/dashboard.md).
 
 Built by one paged read at a revision, kept current by a watch of ``episodes/`` from there
 (group records expand to their members). Each episode is a small ``Summary`` (~300 bytes), so
@@ -252,7 +252,7 @@ class EpisodeIndex:
             self._members[event.kv.key] = tuple(kept)
         for gone in set(held) - set(kept):
             self._tally.update(before.get(gone), None, now)
-            if self._home.get(gone) == event.kv.key:  # not moved out to a key of its own (design §6b)
+            if self._home.get(gone) == event.kv.key:  # not moved out to a key of its own (design/batching.md)
                 del self._home[gone]
                 self._forget(gone, revision)
 

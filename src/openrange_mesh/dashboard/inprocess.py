@@ -1,4 +1,4 @@
-"""The dashboard for one process's own episodes: ``EpisodeService(dashboard=...)`` (design §11a).
+"""The dashboard for one process's own episodes: ``EpisodeService(dashboard=...)`` (design/dashboard.md).
 
 A ``memory://`` registry lives in its process, so no child can read it: the same app runs here,
 uvicorn in a thread, always serving (there is no election on one host; ``/api/leader`` names this

@@ -1,4 +1,4 @@
-"""The agent's side of its HTTP server: a child process (design §11a).
+"""The agent's side of its HTTP server: a child process (design/dashboard.md).
 
 A child, not a thread: following every record of the mesh and serving pages is Python work that
 would take the GIL from the agent's loop. The agent shares two cells with it (``Serving``):

@@ -5,7 +5,7 @@ memory stays bounded whatever the number of episodes) and the live host records.
 one self-contained file: the vendored uPlot and the page's own script inlined, the data as JSON
 in a ``<script type="application/json">``, and a Content-Security-Policy that lets the page load
 nothing and run only those two scripts (by hash). The page sets every string from an episode
-as text (``textContent``), never as HTML (design §11a).
+as text (``textContent``), never as HTML (design/dashboard.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The child process every agent runs for HTTP (design §11a): uvicorn serving the Starlette app.
+"""The child process every agent runs for HTTP (design/dashboard.md): uvicorn serving the Starlette app.
 
 ``main`` binds the port itself (so ``0`` means a free port, told to the agent before anything
 else), opens the registry read-only (no lease) and the store, follows ``ctl/`` always, and the

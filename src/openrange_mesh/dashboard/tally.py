@@ -1,4 +1,4 @@
-"""Aggregates over episode records, kept current one record change at a time (design §11a).
+"""Aggregates over episode records, kept current one record change at a time (design/dashboard.md).
 
 A ``Tally`` is a sum over the records it holds: each record adds its share (its state, its
 attempts per host, its duration, its error, its moves between states over time) and a change is
@@ -14,7 +14,7 @@ record's past does not depend on when the watch saw it.
 
 Who calls it: the leader's dashboard child, for every change its watch of ``episodes/`` brings,
 and ``report.build`` for every record of a scan. A Tally counts episode records: the caller
-expands a group record (a batch's members, design §6b) and updates each member that changed,
+expands a group record (a batch's members, design/batching.md) and updates each member that changed,
 with the member as it last gave it. Not thread-safe: one thread updates it, or the caller
 holds a lock around ``update`` and ``summary``.
 """
@@ -49,7 +49,7 @@ def _seconds(span: float) -> float:
 
 class Tally:
     """Counts by state, running per host, finishes and states over time, durations, errors by
-    reason, retries. ``update`` costs a few microseconds (design §11a); ``summary`` is the
+    reason, retries. ``update`` costs a few microseconds (design/dashboard.md); ``summary`` is the
     ``GET /api/summary`` answer."""
 
     def __init__(
@@ -167,7 +167,7 @@ class Tally:
     def summary(
         self, now: float, *, hosts: Mapping[str, int] | None = None, revision: int | None = None
     ) -> dict[str, Any]:
-        """The ``GET /api/summary`` answer (design §11a). ``hosts``: live hosts' capacities
+        """The ``GET /api/summary`` answer (design/dashboard.md). ``hosts``: live hosts' capacities
         (the caller reads host records; a Tally sees only episodes); a host that runs episodes
         but is not among them shows capacity None. A state absent from a ``states`` point is 0."""
         self.series.advance(now)

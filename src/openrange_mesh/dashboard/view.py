@@ -1,5 +1,5 @@
 """What every agent's HTTP server knows of the mesh: the leader and the hosts, from a watch of
-``ctl/`` (design §11a). A follower needs the leader's URL to redirect; a leader needs the hosts
+``ctl/`` (design/dashboard.md). A follower needs the leader's URL to redirect; a leader needs the hosts
 for its page. Hosts that left are remembered for an hour, from this process's own watch.
 
 Threads: the follow thread writes; request handlers read through ``leader()``/``hosts()``,

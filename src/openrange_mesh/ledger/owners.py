@@ -1,6 +1,6 @@
 """Which live host owns a queue entry: weighted rendezvous hashing over the hosts' capacities.
 
-Every agent sees every queue put (design §3) but keeps only the entries it owns, so peers never
+Every agent sees every queue put (design/README.md, "Keyspace") but keeps only the entries it owns, so peers never
 race for one entry and agents need no delete events to learn what peers took (their watch
 leaves deletes out: two events per episode per agent that etcd no longer sends). Each host's
 score for an entry is ``weight / -ln(u)``, ``u`` a uniform hash of (host, entry) in (0, 1);

@@ -1,4 +1,4 @@
-"""The mesh's values and their wire form: specs, records and host records (design §3).
+"""The mesh's values and their wire form: specs, records and host records (design/README.md, "Keyspace").
 
 ``spec``, ``record`` and ``host`` hold the values, each with its to_bytes/from_bytes;
 ``wire`` holds the msgpack codec they share. Import the names from here.

@@ -24,7 +24,7 @@ class HostInfo:
     machine: str = ""  # boot id: tells a crashed predecessor on this machine from a live twin
     draining: bool = False  # takes no new work: its peers take the queue entries it owned
     reason: str | None = None  # why it drains when it was not asked to (agent/health.py: a broken store)
-    url: str | None = None  # its HTTP server (design §11a): where an open dashboard tab looks for the leader
+    url: str | None = None  # its HTTP server (design/dashboard.md): where an open dashboard tab looks for the leader
 
     @property
     def weight(self) -> int:

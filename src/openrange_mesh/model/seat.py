@@ -1,4 +1,4 @@
-"""The leader key's value: who leads, where its dashboard is, and its term (design §9)."""
+"""The leader key's value: who leads, where its dashboard is, and its term (design/README.md, "The dashboard")."""
 
 from __future__ import annotations
 

@@ -1,2 +1,2 @@
-"""The agent's worker processes (design §7): the pool the agent drives, the child that runs
+"""The agent's worker processes (design/README.md, "Failure model"): the pool the agent drives, the child that runs
 episodes, and the subreaper that leaves no process of an episode behind."""

@@ -8,7 +8,7 @@ file or directory) and ``OPENRANGE_ARTIFACTS`` (an empty directory of its own), 
 is uploaded (streamed, hashed as it goes) to ``layout.artifact_path(..., token, name)`` and
 listed in the result (name, size, sha256); the directory is removed.
 
-Whose fault a failure is decides what it costs (design §7): a snapshot that does not exist or
+Whose fault a failure is decides what it costs (design/README.md, "Failure model"): a snapshot that does not exist or
 does not match its digest fails the episode (its spec named it); a store or cache that fails
 is the host's, and the episode goes back to the queue untouched (``HostFault``).
 """

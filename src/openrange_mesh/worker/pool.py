@@ -8,7 +8,7 @@ mostly). One thread uses a pool, so it takes no lock. A worker that dies mid-epi
 that episode with the reason (the signal, or why the agent killed it); the episodes of its group
 that had not started, and those whose results it had not sent yet, come back as ``released``
 so the agent can put them back in the queue. Which episode a worker runs is read from its
-shared-memory ``Slot``, not from messages (worker.py).
+shared-memory ``Slot``, not from messages (slot.py).
 
 A worker first says whether it could start (open its store). One that could not, or that died
 before saying so, hands back everything it was given as ``released`` (the host's failure: no

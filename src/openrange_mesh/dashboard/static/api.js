@@ -1,4 +1,4 @@
-// The JSON API (design §11a): every answer is JSON, errors are {"error": "<one line>"}.
+// The JSON API (design/dashboard.md): every answer is JSON, errors are {"error": "<one line>"}.
 // A request that never got an answer (the server is gone, or a deposed leader redirected us to
 // another origin that does not allow the read) is status 0, and tells the live part to check
 // where the leader went.

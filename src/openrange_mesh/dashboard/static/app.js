@@ -1,4 +1,4 @@
-// The dashboard page (design §11a): routes "/" (hosts, summary charts, episodes) and
+// The dashboard page (design/dashboard.md): routes "/" (hosts, summary charts, episodes) and
 // "/episodes/<id>" without reloading, keeps ONE EventSource for the tab (live.js) and hands its
 // events to the view on screen.
 

@@ -14,7 +14,7 @@
 // follower's /<path> would work too (it answers with a 307 to the leader), but while no leader
 // is elected it answers 503 with JSON, and the reader would be left with that.
 
-// What /api/stream sends (design §11a): "episodes" (the latest summary of each episode changed since the last message),
+// What /api/stream sends (design/dashboard.md): "episodes" (the latest summary of each episode changed since the last message),
 // "hosts" (the /api/hosts answer), "reset" (list again), "hello"; "episode" and "summary" too,
 // should a server send them.
 const KINDS = ["hello", "episodes", "episode", "hosts", "summary", "reset"];

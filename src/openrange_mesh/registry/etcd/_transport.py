@@ -311,7 +311,7 @@ class _Client(Etcd3Client):
     """etcd3gw's client for one endpoint: its URLs, its exceptions and its session (for watch streams).
     Request/response calls bypass ``Etcd3Client.post`` and requests: they go over our keep-alive
     connections and map HTTP errors to etcd3gw's exceptions as ``post`` does. This path is most of an
-    agent's CPU, and that halves its cost (design §8 has the figures)."""
+    agent's CPU, and that halves its cost (design/registry.md; figures in design/performance.md)."""
 
     def __init__(
         self, host: str, port: int, timeout: float, tls: ssl.SSLContext | None, session: requests.Session
