@@ -15,7 +15,7 @@ from openrange_mesh.registry.memory import MemoryRegistry
 
 from .etcdkit import EtcdServer, start_etcd
 from .meshkit import MakeMesh, Mesh
-from .s3kit import use_test_env
+from .s3kit import S3Server, start_s3, use_test_env
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,6 +26,35 @@ def aws_test_env() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         use_test_env(mp)
         yield
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One moto S3 server for the session (tests that wipe it start their own: ``start_s3``)."""
+    server = start_s3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_server: S3Server) -> str:
+    """One bucket for the session; each test gets its own prefix in it."""
+    return s3_server.make_bucket(f"contract-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(params=["path", "file", "memory", "s3"])
+def any_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store of each kind: a plain path, file://, memory:// and s3:// (moto)."""
+    unique = f"t-{uuid.uuid4().hex[:12]}"
+    if request.param == "path":
+        return str(tmp_path / "store")
+    if request.param == "file":
+        return f"file://{tmp_path}/store"
+    if request.param == "memory":
+        return f"memory://{unique}"
+    server: S3Server = request.getfixturevalue("s3_server")
+    bucket: str = request.getfixturevalue("s3_bucket")
+    return f"s3://{bucket}/{unique}?endpoint_url={server.endpoint_url}"
 
 
 @pytest.fixture(scope="session")

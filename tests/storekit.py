@@ -1,7 +1,6 @@
 """Fixtures for the snapshot tests: every store backend by URL, and the S3 server's request log.
 
-Import the fixtures into a test module (``from .storekit import any_store_url, s3_bucket,
-s3_server``); each importing module starts its own moto server, once.
+The fixtures (``any_store_url``, ``s3_server``, ``s3_bucket``) live in conftest.py.
 
 Counting requests: moto's server logs each request it answers, werkzeug-style, to the log file
 ``start_s3`` gives it (``"GET /bucket/key HTTP/1.1" 200``), as the response starts, so by the
@@ -12,42 +11,8 @@ GETs counted at the server, not in our own code.
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from .s3kit import S3Server, start_s3, use_test_env
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[S3Server]:
-    server = start_s3()
-    with pytest.MonkeyPatch.context() as mp:
-        use_test_env(mp)
-        yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def s3_bucket(s3_server: S3Server) -> str:
-    return s3_server.make_bucket(f"snap-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture(params=["path", "file", "memory", "s3"])
-def any_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty store of each kind: a plain path, file://, memory:// and s3:// (moto)."""
-    unique = f"t-{uuid.uuid4().hex[:12]}"
-    if request.param == "path":
-        return str(tmp_path / "store")
-    if request.param == "file":
-        return f"file://{tmp_path}/store"
-    if request.param == "memory":
-        return f"memory://{unique}"
-    server: S3Server = request.getfixturevalue("s3_server")
-    bucket: str = request.getfixturevalue("s3_bucket")
-    return f"s3://{bucket}/{unique}?endpoint_url={server.endpoint_url}"
+from .s3kit import S3Server
 
 
 def s3_key(url: str, path: str) -> str:

@@ -27,7 +27,7 @@ from openrange_mesh.store.layout import cas_path
 
 from .helpers import wait_until
 from .s3kit import S3Server
-from .storekit import requests, s3_bucket, s3_key, s3_server  # noqa: F401
+from .storekit import requests, s3_key
 
 KIB = 1024
 
@@ -113,7 +113,7 @@ def test_a_missing_snapshot_is_not_found(store: Store, tmp_path: Path) -> None:
     assert cached(tmp_path / "cache") == []
 
 
-def test_threads_asking_at_once_share_one_get(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:  # noqa: F811
+def test_threads_asking_at_once_share_one_get(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     url = f"s3://{s3_bucket}/threads?endpoint_url={s3_server.endpoint_url}"
     tree = tmp_path / "tree"
     tree.mkdir()
@@ -147,8 +147,8 @@ def use_in_process(url: str, cache_dir: str, digest: str, start: Any, results: A
 
 
 def test_processes_asking_at_once_make_one_get_and_read_no_corrupt_bytes(
-    s3_server: S3Server,  # noqa: F811
-    s3_bucket: str,  # noqa: F811
+    s3_server: S3Server,
+    s3_bucket: str,
     tmp_path: Path,
 ) -> None:
     url = f"s3://{s3_bucket}/processes?endpoint_url={s3_server.endpoint_url}"

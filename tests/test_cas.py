@@ -27,11 +27,11 @@ from openrange_mesh.store.cas import (
 from openrange_mesh.store.layout import cas_path, parse_cas_path
 
 from .s3kit import S3Server
-from .storekit import any_store_url, requests, s3_bucket, s3_key, s3_server  # noqa: F401
+from .storekit import requests, s3_key
 
 
 @pytest.fixture
-def store(any_store_url: str) -> Store:  # noqa: F811
+def store(any_store_url: str) -> Store:
     return open_store(any_store_url)
 
 
@@ -98,7 +98,7 @@ def test_a_directory_round_trips(store: Store, tmp_path: Path) -> None:
     assert read_tree(tmp_path / "out") == read_tree(tree)
 
 
-def test_putting_what_is_stored_uploads_nothing(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:  # noqa: F811
+def test_putting_what_is_stored_uploads_nothing(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     url = f"s3://{s3_bucket}/again?endpoint_url={s3_server.endpoint_url}"
     store = open_store(url)
     snapshot = put_snapshot(store, make_tree(tmp_path / "tree", TREE))

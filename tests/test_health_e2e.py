@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,15 +26,6 @@ from .helpers import wait_until
 from .meshkit import MakeMesh, Mesh
 from .s3kit import S3Server, free_port, start_s3, use_test_env
 from .test_worker import results
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[S3Server]:
-    server = start_s3()
-    with pytest.MonkeyPatch.context() as mp:
-        use_test_env(mp)  # the agents inherit the dummy credentials
-        yield server
-    server.stop()
 
 
 def broken_stores(tmp_path: Path, s3: S3Server) -> dict[str, str]:
@@ -60,47 +50,43 @@ def test_an_agent_whose_store_fails_its_check_refuses_to_join(
     assert mesh.host_info("bad") is None  # nothing joined
 
 
-def test_a_host_whose_store_breaks_drains_itself_and_loses_nothing(
-    make_mesh: MakeMesh, etcd: EtcdServer, tmp_path: Path
-) -> None:
-    """h3's store is a bucket of its own S3 endpoint; it vanishes mid-run. h3 drains itself
-    (its record says why), every episode succeeds exactly once, none spends an attempt on it;
-    once the bucket is back h3 claims again."""
-    s3 = start_s3()
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            use_test_env(mp)
-            bucket = s3.make_bucket(f"h3-{uuid.uuid4().hex[:8]}")
-            mesh = make_mesh(etcd.url)
-            mesh.start(2)
-            mesh.start_agent("h3", store=f"s3://{bucket}/store?endpoint_url={s3.endpoint_url}")
-            ids = mesh.submit_commands(40, 0.3)
-            wait_until(lambda: mesh.running_on("h3"), 20, interval=0.02, what="h3 to run episodes")
-            s3.reset()  # the bucket is gone
+def test_a_host_whose_store_breaks_drains_itself_and_loses_nothing(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+    """h3 reaches the mesh's one store through a mount point of its own (a link to the shared
+    directory: the same store, by its marker); the mount vanishes mid-run. h3 drains itself,
+    peers run everything, no attempt is spent on h3's failures; once the mount is back h3
+    claims again."""
+    mesh = make_mesh(etcd.url)
+    mesh.start(2)
+    mount = mesh.store.parent / "mount-h3"
+    mount.symlink_to(mesh.store)
+    mesh.start_agent("h3", store=str(mount))
+    ids = mesh.submit_commands(40, 0.3)
+    wait_until(lambda: mesh.running_on("h3"), 20, interval=0.02, what="h3 to run episodes")
+    mount.unlink()
+    mount.write_text("the mount is gone")  # every path under it now fails (not a directory)
 
-            def sick() -> HostInfo | None:
-                info = mesh.host_info("h3")
-                return info if info is not None and info.draining and info.reason else None
+    def sick() -> HostInfo | None:
+        info = mesh.host_info("h3")
+        return info if info is not None and info.draining and info.reason else None
 
-            info = wait_until(sick, 20, what="h3 to drain itself")
-            assert "store" in (info.reason or ""), info
-            hosts = _cli(etcd, mesh, "hosts")
-            assert "(draining: " in hosts and "h3" in hosts, hosts
+    info = wait_until(sick, 20, what="h3 to drain itself")
+    assert "store" in (info.reason or ""), info
+    hosts = _cli(etcd, mesh, "hosts")
+    assert "(draining: " in hosts and "h3" in hosts, hosts
 
-            records = mesh.wait_finished(ids, timeout=90)
-            mesh.check_exactly_once(records)
-            for record in records.values():  # h3's failures cost no attempt
-                assert all(a.outcome in ("released", "succeeded") for a in record.history), record
-            assert mesh.agents["h3"].is_running()
+    records = mesh.wait_finished(ids, timeout=90)
+    mesh.check_exactly_once(records)
+    for record in records.values():  # h3's failures cost no attempt
+        assert all(a.outcome in ("released", "succeeded") for a in record.history), record
+    assert mesh.agents["h3"].is_running()
 
-            s3.make_bucket(bucket)  # the store works again: h3 rechecks and claims
-            wait_until(lambda: (i := mesh.host_info("h3")) is not None and not i.draining, 30, what="h3 to heal")
-            more = mesh.submit_commands(16, 0.3)
-            wait_until(lambda: mesh.running_on("h3"), 20, interval=0.02, what="h3 to run episodes again")
-            mesh.check_exactly_once(mesh.wait_finished(more, timeout=60))
-            mesh.check_clean()
-    finally:
-        s3.stop()
+    mount.unlink()
+    mount.symlink_to(mesh.store)  # the mount is back: h3 rechecks and claims
+    wait_until(lambda: (i := mesh.host_info("h3")) is not None and not i.draining, 30, what="h3 to heal")
+    more = mesh.submit_commands(16, 0.3)
+    wait_until(lambda: mesh.running_on("h3"), 20, interval=0.02, what="h3 to run episodes again")
+    mesh.check_exactly_once(mesh.wait_finished(more, timeout=60))
+    mesh.check_clean()
 
 
 def test_a_worker_that_cannot_start_gives_its_work_back_and_is_retried_later() -> None:

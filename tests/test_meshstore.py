@@ -83,6 +83,24 @@ def test_namespaces_keep_records_of_their_own(registry: Registry, tmp_path: Path
 def test_the_same_path_on_another_host_is_not_the_same_store(registry: Registry, keys: Keys, tmp_path: Path) -> None:
     """Two hosts each with a local ./openrange-store: one URL, two stores. The marker tells."""
     meshstore.join(registry, keys, open_store(str(tmp_path / "store")))
-    (tmp_path / "store" / "meshes" / f"{keys.namespace}.json").unlink()  # as another host's own directory
+    for marker in (tmp_path / "store" / "meshes" / keys.namespace).iterdir():
+        marker.unlink()  # as another host's own directory: no marker
     with pytest.raises(ConfigError, match="not the mesh's store of that name"):
         meshstore.join(registry, keys, open_store(str(tmp_path / "store")))
+
+
+def test_agents_racing_to_be_first_all_join_the_one_store(registry: Registry, keys: Keys, tmp_path: Path) -> None:
+    """Each racer writes its own marker before the record's create-if-absent; the losers'
+    markers stay beside the winner's, never over it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def join() -> str:
+        store = meshstore.join(registry, keys, open_store(str(tmp_path / "store")))
+        assert store is not None
+        return store.url
+
+    with ThreadPoolExecutor(8) as pool:
+        urls = list(pool.map(lambda _: join(), range(8)))
+    assert len(set(urls)) == 1
+    record = meshstore.recorded(registry, keys)
+    assert record is not None and record.url == urls[0]

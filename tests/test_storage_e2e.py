@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from openrange_mesh.model import State
 from .etcdkit import EtcdServer
 from .helpers import wait_until
 from .meshkit import MakeMesh
-from .s3kit import S3Server, start_s3, use_test_env
+from .s3kit import S3Server
 from .storekit import requests
 
 WORLD = b"the world episodes start from\n" * 1000
@@ -30,15 +29,6 @@ COPY = [
     "-c",
     'cp "$OPENRANGE_SNAPSHOT" "$OPENRANGE_ARTIFACTS/world" && echo "$OPENRANGE_ARTIFACTS" > "$OPENRANGE_ARTIFACTS/who"',
 ]
-
-
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[S3Server]:
-    server = start_s3()
-    with pytest.MonkeyPatch.context() as mp:
-        use_test_env(mp)  # the agents inherit the dummy credentials
-        yield server
-    server.stop()
 
 
 def store_url(kind: str, tmp_path: Path, s3: S3Server) -> str:

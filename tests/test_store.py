@@ -12,7 +12,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,24 +28,9 @@ from openrange_mesh.store.layout import (
     result_path,
 )
 
-from .s3kit import S3Server, free_port, start_s3, use_test_env
+from .s3kit import S3Server, free_port
 
 # -- fixtures -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    server = start_s3()
-    with pytest.MonkeyPatch.context() as mp:
-        use_test_env(mp)
-        yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def s3_bucket(s3_server: S3Server) -> str:
-    """One bucket for the session; each test gets its own prefix in it."""
-    return s3_server.make_bucket(f"contract-{uuid.uuid4().hex[:8]}")
 
 
 def _unique() -> str:

@@ -19,11 +19,11 @@ from openrange_mesh.store.digest import CHUNK_SIZE, Reader
 from openrange_mesh.store.streams import S3_PART_SIZE
 
 from .s3kit import S3Server
-from .storekit import any_store_url, requests, s3_bucket, s3_key, s3_server  # noqa: F401
+from .storekit import requests, s3_key
 
 
 @pytest.fixture
-def store(any_store_url: str) -> Store:  # noqa: F811
+def store(any_store_url: str) -> Store:
     return open_store(any_store_url)
 
 
@@ -93,7 +93,7 @@ def test_large_objects_stream_in_bounded_reads(store: Store) -> None:
     assert read_all(store, "big", size=100_003) == data
 
 
-def test_a_failing_source_leaves_nothing(store: Store, any_store_url: str, request: pytest.FixtureRequest) -> None:  # noqa: F811
+def test_a_failing_source_leaves_nothing(store: Store, any_store_url: str, request: pytest.FixtureRequest) -> None:
     data = os.urandom(S3_PART_SIZE + CHUNK_SIZE)
     with pytest.raises(StoreError, match="the source's disk went away"):
         store.put_stream("torn", Source(data, fail_after=S3_PART_SIZE))
@@ -171,7 +171,7 @@ def test_a_file_store_keeps_created_objects_read_only(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / "cas")) == ["blob"]  # the temp name is gone
 
 
-def test_an_s3_read_is_one_get_however_large(s3_server: S3Server, s3_bucket: str) -> None:  # noqa: F811
+def test_an_s3_read_is_one_get_however_large(s3_server: S3Server, s3_bucket: str) -> None:
     url = f"s3://{s3_bucket}/one-get?endpoint_url={s3_server.endpoint_url}"
     store = open_store(url)
     data = os.urandom(3 * CHUNK_SIZE + 1)

@@ -3,7 +3,7 @@ reader finds it there (design/README.md, "The store seam and layout").
 
 The record (``meta/store``, no lease) holds the store's URL as the first agent opened it
 (``Store.url``: normalised, no credentials) and a random marker that the same agent writes
-into the store (``meshes/<namespace>.json``). Every other agent's store must hold that marker,
+into the store (``meshes/<namespace>/<marker>``). Every other agent's store must hold that marker,
 or it is refused with one line: another URL with the marker is the same store (one NFS export
 mounted at another path), the same URL without it is not (a local directory on another host).
 An agent started without ``--store`` uses the
@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 
 from .config import DEFAULT_STORE
-from .errors import ArtifactNotFound, ConfigError, CorruptRecord
+from .errors import ConfigError, CorruptRecord, StoreError
 from .keys import Keys
 from .model import pack, unpack
 from .registry import Compare, Put, Registry
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class MeshStore:
     url: str  # as the first agent opened it (Store.url)
-    marker: str  # the random id in its meshes/<namespace>.json
+    marker: str  # a random id: meshes/<namespace>/<marker> exists in the mesh's store
 
     def to_bytes(self) -> bytes:
         return pack({"url": self.url, "marker": self.marker})
@@ -76,11 +76,11 @@ def join(registry: Registry, keys: Keys, store: Store | None) -> Store | None:
         return open_store(mine.url) if mine is not None else None
     if mine is None:
         mine = _record(registry, keys, store)
-    if _marker(store, keys) != mine.marker:
+    if not _holds_marker(store, keys, mine.marker):
         if mine.url == store.url:  # the same name, another store: a local directory on another host
             raise ConfigError(
                 f"store {store.url} here is not the mesh's store of that name (its marker "
-                f"{mesh_marker_path(keys.namespace)} is missing or differs): give every host one shared "
+                f"{mesh_marker_path(keys.namespace, mine.marker)} is missing): give every host one shared "
                 "store (an NFS path or s3://)"
             )
         raise ConfigError(
@@ -104,8 +104,8 @@ def _record(registry: Registry, keys: Keys, store: Store) -> MeshStore:
     """Write our marker into the store, then the record if there is none; the record etcd
     holds afterwards (another agent's, if it was first)."""
     mine = MeshStore(store.url, uuid.uuid4().hex)
-    path = mesh_marker_path(keys.namespace)
-    store.put_bytes(path, json.dumps({"namespace": keys.namespace, "marker": mine.marker}).encode())
+    path = mesh_marker_path(keys.namespace, mine.marker)
+    store.put_bytes(path, json.dumps({"namespace": keys.namespace, "url": store.url}).encode())
     key = keys.store()
     for _ in range(3):  # each failure is someone else's write: theirs stands, or is garbage
         kv, _ = registry.get(key)
@@ -119,10 +119,8 @@ def _record(registry: Registry, keys: Keys, store: Store) -> MeshStore:
     raise ConfigError(f"could not record the mesh's store in etcd ({key.decode()} keeps changing)")
 
 
-def _marker(store: Store, keys: Keys) -> str | None:
+def _holds_marker(store: Store, keys: Keys, marker: str) -> bool:
     try:
-        data = json.loads(store.get_bytes(mesh_marker_path(keys.namespace)))
-    except (ArtifactNotFound, ValueError):
-        return None
-    marker = data.get("marker") if isinstance(data, dict) else None
-    return marker if isinstance(marker, str) else None
+        return store.exists(mesh_marker_path(keys.namespace, marker))
+    except StoreError:  # a marker no path can hold (garbage in etcd): not this store's
+        return False

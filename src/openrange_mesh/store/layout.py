@@ -15,7 +15,7 @@ no store path is formatted anywhere else::
                                                      (``<episode id>.<attempt>``)
     probes/<pid>-<random>                            an agent's start check (store/probe.py),
                                                      deleted at once
-    meshes/<namespace>.json                          the mesh this store serves, and its marker
+    meshes/<namespace>/<marker>                      the marker that makes this store the mesh's
                                                      (meshstore.py)
 """
 
@@ -58,9 +58,10 @@ def result_path(episode_id: str, attempt: int) -> str:
     return f"{attempt_prefix(episode_id, attempt)}result.json"
 
 
-def mesh_marker_path(namespace: str) -> str:
-    """The object that tells which mesh a store belongs to (meshstore.py)."""
-    return f"meshes/{_component('namespace', namespace)}.json"
+def mesh_marker_path(namespace: str, marker: str) -> str:
+    """An object that says this store is the mesh's (meshstore.py): one per marker, so agents
+    that race to be first never overwrite each other's."""
+    return f"meshes/{_component('namespace', namespace)}/{_component('marker', marker)}"
 
 
 def artifacts_prefix(episode_id: str, attempt: int, token: int) -> str:

@@ -92,6 +92,10 @@ class EtcdRegistry:
         self._current = 0
         self._token: str | None = None
         self._in_outage = False
+        # endpoint index -> monotonic time it last answered a request: proof of life that the
+        # watches' probers use instead of probing themselves (an agent's lease keepalive makes
+        # its idle watches cost etcd nothing)
+        self._answered: dict[int, float] = {}
         self._watches: set[EtcdWatch] = set()
         self._closed = False
 
@@ -130,7 +134,12 @@ class EtcdRegistry:
         nxt = "retrying" if self._current == index else f"trying {self._where(self._current)}"
         log.log(level, "etcd: %s; %s", reason, nxt)
 
+    def answered_at(self, index: int) -> float:
+        """When endpoint ``index`` last answered a request of this registry (monotonic; 0: never)."""
+        return self._answered.get(index, 0.0)
+
     def _recovered(self, index: int) -> None:
+        self._answered[index] = time.monotonic()  # one dict store: cheaper than a lock, and a race only ages it
         if self._in_outage:
             self._in_outage = False
             log.info("etcd answers again at %s", self._where(index))

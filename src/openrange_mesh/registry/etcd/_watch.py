@@ -214,7 +214,11 @@ class EtcdWatch(WatchIterMixin):
         every = max(registry.retry_timeout / 2, 0.2)
         probe = {"key": _b64(self._prefix or b"\0"), "keys_only": True}
         while not self._cancelled.wait(every) and self._reader.is_alive():
-            if self._response is None or time.monotonic() - self._contact < every:
+            # A byte on the stream, or any answer from its endpoint to this registry (the lease
+            # keepalive, a txn) proves the endpoint alive: a quiet watch probes only when its
+            # process is otherwise silent too.
+            contact = max(self._contact, registry.answered_at(self._index))
+            if self._response is None or time.monotonic() - contact < every:
                 continue
             try:
                 registry._attempt("/kv/range", probe, _Ctx("probe"))
