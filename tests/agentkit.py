@@ -21,7 +21,8 @@ from openrange_mesh.ids import IdAllocator
 from openrange_mesh.keys import Keys
 from openrange_mesh.ledger import owners
 from openrange_mesh.ledger.catalog import Catalog
-from openrange_mesh.ledger.ledger import Claim, Ledger
+from openrange_mesh.ledger.claims import Claim
+from openrange_mesh.ledger.ledger import Ledger
 from openrange_mesh.model import EpisodeRecord, EpisodeSpec, HostInfo
 from openrange_mesh.registry import Event, Put, Registry, open_registry
 from openrange_mesh.worker.pool import WorkerPool

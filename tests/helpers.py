@@ -6,7 +6,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from openrange_mesh.ledger.ledger import Claim, Ledger
+from openrange_mesh.ledger.claims import Claim
+from openrange_mesh.ledger.ledger import Ledger
 from openrange_mesh.model import EpisodeRecord
 from openrange_mesh.registry import Event, Registry, Watch
 

@@ -11,8 +11,9 @@ from openrange_mesh.ids import IdAllocator, home_id
 from openrange_mesh.keys import Keys
 from openrange_mesh.ledger import homes
 from openrange_mesh.ledger.catalog import Catalog
+from openrange_mesh.ledger.claims import Settlement
 from openrange_mesh.ledger.homes import MAX_OWN_KEYS
-from openrange_mesh.ledger.ledger import Ledger, Settlement
+from openrange_mesh.ledger.ledger import Ledger
 from openrange_mesh.ledger.records import finish_attempt, give_back
 from openrange_mesh.ledger.retention import collect_garbage
 from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State, pack

@@ -6,8 +6,9 @@ import time
 
 from openrange_mesh.keys import Keys
 from openrange_mesh.ledger.catalog import Catalog, EpisodeFilter
+from openrange_mesh.ledger.claims import Settlement
 from openrange_mesh.ledger.homes import Versioned
-from openrange_mesh.ledger.ledger import Ledger, Settlement
+from openrange_mesh.ledger.ledger import Ledger
 from openrange_mesh.ledger.records import MAX_FREE_RELEASES, finish_attempt, release, spent_attempts
 from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, State
 from openrange_mesh.registry import Put, Registry, open_registry

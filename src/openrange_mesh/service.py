@@ -29,8 +29,9 @@ from .errors import ConfigError, EpisodeNotFound, SpecError
 from .ids import IdAllocator
 from .keys import Keys
 from .ledger.catalog import Catalog, EpisodeFilter
+from .ledger.claims import Claim
 from .ledger.homes import MAX_OWN_KEYS
-from .ledger.ledger import Claim, Ledger
+from .ledger.ledger import Ledger
 from .ledger.records import finish_attempt
 from .model import EpisodeRecord, EpisodeSpec, State
 from .registry import Registry, open_registry

@@ -21,8 +21,9 @@ from collections.abc import Callable
 from ..errors import RegistryError
 from ..keys import Keys
 from ..ledger import homes
+from ..ledger.claims import Claim, Settlement
 from ..ledger.homes import Versioned
-from ..ledger.ledger import Claim, Ledger, Settlement
+from ..ledger.ledger import Ledger
 from ..ledger.queue import QueueEntry, decode_entry
 from ..model import EpisodeRecord, State
 from ..registry import Registry

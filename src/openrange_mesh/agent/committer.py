@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 
 from ..errors import RegistryError
 from ..keys import Keys
-from ..ledger.ledger import Ledger, Settlement
+from ..ledger.claims import Settlement
+from ..ledger.ledger import Ledger
 from ..model import EpisodeRecord
 from ..registry import Registry
 from ..worker.pool import WorkerPool

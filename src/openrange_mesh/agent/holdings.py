@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..ledger.ledger import Claim, Settlement
+from ..ledger.claims import Claim, Settlement
 from ..ledger.records import finish_attempt, release, spent_attempts
 from ..model import EpisodeRecord, State
 from ..worker.child import Done

@@ -29,13 +29,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from ..errors import TooLarge
 from ..keys import Keys
 from ..model import EpisodeRecord, State, pack
 from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry, Txn
 from . import homes
+from .claims import Claim, Settlement
 from .homes import Home, Versioned, rewrite
 from .queue import (
     QueueEntry,
@@ -48,37 +48,6 @@ from .records import claim_episode_ids, held_by, requeued, start_attempt
 from .txns import PART_OPS, Enqueued, requests, txn_chunks
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """What an owner holds: running records it may commit while its claim key lives."""
-
-    host: str
-    claim_id: str
-    token: int  # create_revision of the claim key == the claim txn's revision
-    lease: int
-    episode_ids: tuple[str, ...]
-    # The group records its episodes live in, as this owner last wrote them (homes.py): a
-    # commit compares their mod_revision and rewrites them. Episodes of their own key compare
-    # theirs to the token instead (only the owner writes a running record).
-    homes: dict[bytes, Home] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """Results of some of a claim's episodes, ready to commit (see ``Ledger.settle``)."""
-
-    claim: Claim
-    finals: Sequence[EpisodeRecord]
-    last: bool  # these are the claim's final open episodes: its key goes too
-    cancelled: frozenset[str] = frozenset()  # cancel markers seen for them, deleted with them
-
-    @property
-    def size(self) -> int:
-        """What this commit adds to a request, in ops of up to ~0.5 KB (a record under its own
-        key is ~0.4 KB; a member's share of its group's compressed value far less)."""
-        return 2 + len(self.finals)
 
 
 class Ledger:
