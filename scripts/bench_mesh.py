@@ -63,9 +63,19 @@ SUBMIT_TXN = 64
 
 
 class Agents:
-    """N openrange-agent processes on one namespace."""
+    """N openrange-agent processes on one namespace; ``extra(host)``: more flags for that host
+    (bench_store.py gives each its own ``--cache-dir``)."""
 
-    def __init__(self, url: str, namespace: str, count: int, capacity: int, store: Path, logs: Path) -> None:
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        count: int,
+        capacity: int,
+        store: Path | str,
+        logs: Path,
+        extra: Callable[[str], list[str]] | None = None,
+    ) -> None:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         for i in range(count):
             host = f"bench-{i}"
@@ -90,6 +100,7 @@ class Agents:
                     "--log-level",
                     "WARNING",
                     *DASHBOARD,
+                    *(extra(host) if extra is not None else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
