@@ -258,6 +258,8 @@ def mesh_snapshot(etcd: str, s3: S3Server, bucket: str, work: Path, size: int) -
     try:
         with MeshClient(etcd, namespace="snapshot", consumer="bench", store=url) as client:
             group.wait_joined(client)
+            # every worker started (32 on 2 cores take ~15 s), as on a mesh that has been up a while
+            client.wait(client.submit([command(WRITES["none"]) for _ in range(hosts * capacity)]), timeout=300)
             source = random_file(work / "world.bin", size)
             started = time.perf_counter()
             digest = client.put_snapshot(source, name="world").digest
@@ -391,7 +393,7 @@ def report(figures: dict[str, Any]) -> None:
         rows.append(("mesh submit -> first started s", f"{mesh['first_started_s']:.2f}", "", ""))
         first = mesh["first_finished_s"]
         rows.append(("mesh submit -> first finished s", f"{first:.2f}" if first is not None else "-", "", ""))
-        rows.append(("mesh episodes", json.dumps(mesh["states"]), "", ""))
+        rows.append(("mesh episodes", json.dumps(mesh["states"]), "", "; ".join(mesh["errors"])[:80]))
         per_s = f"{cost['per_s']['artifact']:.0f}", f"{cost['per_s']['none']:.0f}"
         rows.append(("no-op episodes/s, one artifact vs none", *per_s, f"{cost['ratio']:.2f}x"))
     print(f"{'figure':<42}{'ours':>15}{'baseline':>14}  ratio / bar")
