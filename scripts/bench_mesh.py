@@ -63,13 +63,25 @@ SUBMIT_TXN = 64
 
 
 class Agents:
-    """N openrange-agent processes on one namespace."""
+    """N openrange-agent processes on one namespace; ``extra(host)``: more flags for that host
+    (bench_store.py gives each its own ``--cache-dir``)."""
 
-    def __init__(self, url: str, namespace: str, count: int, capacity: int, store: Path, logs: Path) -> None:
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        count: int,
+        capacity: int,
+        store: Path | str,
+        logs: Path,
+        extra: Callable[[str], list[str]] | None = None,
+    ) -> None:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
         for i in range(count):
             host = f"bench-{i}"
-            log = open(logs / f"{namespace}-{host}.log", "wb")  # noqa: SIM115 - closed with the process
+            self.logs[host] = logs / f"{namespace}-{host}.log"
+            log = open(self.logs[host], "wb")  # noqa: SIM115 - closed with the process
             self.procs[host] = subprocess.Popen(
                 [
                     sys.executable,
@@ -90,16 +102,23 @@ class Agents:
                     "--log-level",
                     "WARNING",
                     *DASHBOARD,
+                    *(extra(host) if extra is not None else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
 
     def wait_joined(self, client: MeshClient, timeout: float = 30) -> None:
+        """Until every agent has joined; an agent that exits first fails it at once, with the end
+        of its log (the run's temp folder, and the log with it, goes with the error)."""
         deadline = time.monotonic() + timeout
         while len(client.catalog.hosts()) < len(self.procs):
-            if time.monotonic() > deadline:
-                raise RuntimeError("agents did not join")
+            exited = {h: p.returncode for h, p in self.procs.items() if p.poll() is not None}
+            if exited or time.monotonic() > deadline:
+                tails = [
+                    f"{h} exited {c}: {self.logs[h].read_text(errors='replace')[-500:]}" for h, c in exited.items()
+                ]
+                raise RuntimeError("\n".join([f"agents did not join in {timeout:g} s", *tails]))
             time.sleep(0.1)
 
     def stop(self) -> None:
