@@ -268,3 +268,27 @@ def test_the_leader_writes_the_run_report_to_the_store_and_at_its_drain(make_mes
     leader.terminate()  # a drain: the leader's last report, whatever the interval
     assert leader.wait(30) == 0
     assert reported(5) is not None
+
+
+def test_an_agent_that_knows_no_leader_yet_asks_a_browser_to_retry() -> None:
+    """A page opened on an agent before it has seen the leader (a mesh just started) reloads
+    itself each second until it is redirected; the API says so in one JSON line."""
+    import asyncio
+
+    from openrange_mesh.dashboard.app import build_app
+    from openrange_mesh.dashboard.config import DashboardConfig
+    from openrange_mesh.dashboard.state import State
+    from openrange_mesh.registry import open_registry
+
+    config = DashboardConfig("memory://no-leader", "default", "h1", "", "127.0.0.1", 0)
+    state = State(config, False, open_registry("memory://no-leader"), None)
+
+    async def ask() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=build_app(state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://agent") as http:
+            return await http.get("/?state=failed"), await http.get("/api/episodes")
+
+    page, api = asyncio.run(ask())
+    assert page.status_code == 503 and page.headers["retry-after"] == "1"
+    assert 'http-equiv="refresh"' in page.text
+    assert api.status_code == 503 and "no leader" in api.json()["error"]

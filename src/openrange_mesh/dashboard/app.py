@@ -12,7 +12,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -78,10 +78,20 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return FileResponse(STATIC / "index.html", status_code=404)  # the page shows its not-found view
 
 
+# A page for a browser that reached an agent before it knew the leader (a mesh just started, or
+# an election under way): it reloads itself each second until it is redirected. No script.
+_NO_LEADER_YET = (
+    '<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="1">'
+    "<title>openrange-mesh</title><p>No leader known here yet: trying again every second.</p>"
+)
+
+
 def _to_leader(request: Request, state: State) -> Response:
     """A follower's (or a deposed leader's) answer: the same path and query at the leader."""
     seat = state.view.leader()
     if seat is None or seat.url is None:
+        if not request.url.path.startswith("/api/"):  # a browser: it asks again by itself
+            return HTMLResponse(_NO_LEADER_YET, status_code=503, headers={"Retry-After": "1"})
         return error(503, "no leader elected: try again in a few seconds")
     if seat.host == state.config.host_id:
         return error(503, "this agent's lease is not surely alive: it serves no dashboard now")
