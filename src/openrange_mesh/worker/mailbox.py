@@ -23,7 +23,7 @@ RESULT_FLUSH = 0.02
 # oldest has waited this long, or the worker has had no work for SHARED_LINGER. The bound on
 # how late a short episode's commit comes, against one file per this many seconds per worker.
 SHORT_FLUSH = 0.1
-SHARED_LINGER = 0.02
+SHARED_LINGER = 0.05
 
 
 class Inbox:
