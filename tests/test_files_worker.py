@@ -4,6 +4,7 @@ path, or bytes for runtimes that take bytes), its artifacts uploaded under its c
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 
 from openrange_mesh.model import EpisodeSpec
@@ -14,6 +15,7 @@ from openrange_mesh.worker.child import Done, WorkItem
 from openrange_mesh.worker.files import MAX_ARTIFACTS
 from openrange_mesh.worker.pool import WorkerPool
 
+from .helpers import wait_until
 from .test_worker import results
 
 
@@ -29,19 +31,34 @@ def run(tmp_path: Path, item: WorkItem) -> Done:
 
 
 def test_artifacts_are_uploaded_under_the_claims_token_and_listed(tmp_path: Path) -> None:
-    files = {"video.mp4": "frames", "logs/run.txt": "hello"}
-    spec = EpisodeSpec(runtime="tests.odd_runtimes:files", params={"files": files})
-    done = run(tmp_path, WorkItem("e1", 2, spec, token=4242))
-    assert done.kind == "succeeded", done
-    listed = {a["name"]: a for a in done.artifacts or []}
-    assert set(listed) == set(files)
+    """Two episodes on one worker: each lists only what it wrote (the worker's directory is
+    emptied between them), and the directory goes with the worker."""
+    before = set(Path(tempfile.gettempdir()).glob("openrange-artifacts-*"))
+    first_files = {"video.mp4": "frames", "logs/run.txt": "hello"}
+    second_files = {"other.txt": "x"}
+    pool = WorkerPool(1, str(tmp_path / "store"), cache=(str(tmp_path / "cache"), 2**30))
+    pool.start()
+    try:
+        spec = EpisodeSpec(runtime="tests.odd_runtimes:files", params={"files": first_files})
+        pool.dispatch([WorkItem("e1", 2, spec, token=4242)])
+        (first,) = results(pool, 1)
+        wait_until(lambda: pool.wait(0.05) or pool.idle() == 1, 10, what="the worker free")
+        spec = EpisodeSpec(runtime="tests.odd_runtimes:files", params={"files": second_files})
+        pool.dispatch([WorkItem("e2", 1, spec, token=4243)])
+        (second,) = results(pool, 1)
+    finally:
+        pool.close()
+    assert first.kind == second.kind == "succeeded", (first, second)
+    assert {a["name"] for a in second.artifacts or []} == set(second_files)
+    listed = {a["name"]: a for a in first.artifacts or []}
+    assert set(listed) == set(first_files)
     store = open_store(str(tmp_path / "store"))
-    for name, text in files.items():
+    for name, text in first_files.items():
         data = store.get_bytes(artifact_path("e1", 2, 4242, name))
         assert data == text.encode()
         assert listed[name]["size"] == len(data)
         assert listed[name]["sha256"] == "sha256:" + hashlib.sha256(data).hexdigest()
-    assert not list(Path("/tmp").glob("openrange-e1.2-*")), "the local directory is removed"
+    assert set(Path(tempfile.gettempdir()).glob("openrange-artifacts-*")) <= before, "gone with the worker"
 
 
 def test_too_many_artifacts_fail_the_episode_with_the_reason(tmp_path: Path) -> None:

@@ -72,13 +72,19 @@ def test_a_snapshot_is_fetched_once_per_host_and_every_episode_leaves_artifacts(
     mesh.check_clean()
 
 
-def test_a_stopped_owners_late_artifacts_never_become_the_result(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
+def test_a_stopped_owners_late_artifacts_never_become_the_result(
+    make_mesh: MakeMesh, etcd: EtcdServer, tmp_path: Path
+) -> None:
     """h1 is SIGSTOPped while its worker runs an episode: the episode goes to h2 and is committed
     there; h1's worker finishes meanwhile and uploads under h1's claim token, which no committed
     record names; h1's commit is fenced off when it resumes."""
     mesh = make_mesh(etcd.url)
     victim = mesh.start_agent("h1", capacity=1)
-    slow = ["sh", "-c", 'sleep 4; echo "$OPENRANGE_ARTIFACTS" > "$OPENRANGE_ARTIFACTS/who"']
+    first = tmp_path / "first-run"  # the first attempt to start makes it: "first", the others "later"
+    script = (
+        f'if mkdir {first} 2>/dev/null; then w=first; else w=later; fi; sleep 4; echo $w > "$OPENRANGE_ARTIFACTS/who"'
+    )
+    slow = ["sh", "-c", script]
     (episode,) = mesh.client.submit([{"runtime": "command", "params": {"argv": slow}}])
     wait_until(lambda: mesh.running_on("h1") == [episode], 10, what="h1 to run it")
     mesh.start_agent("h2", capacity=1)
@@ -93,9 +99,10 @@ def test_a_stopped_owners_late_artifacts_never_become_the_result(make_mesh: Make
     assert final.host == "h2" and final.n == 2, record.history
     client = MeshClient(mesh.registry, namespace=mesh.namespace)
     assert [a.name for a in client.artifacts(episode)] == ["who"]
-    assert f"{episode}.2-" in read(client, episode, "who").decode(), "the committed attempt's own file"
+    assert read(client, episode, "who") == b"later\n", "the committed attempt's own file"
     stale = client.store.list(f"episodes/{episode}/attempt-1/")
-    assert any("/artifacts-" in p for p in stale), "h1's worker did upload late, under its own token"
+    late = [p for p in stale if "/artifacts-" in p]
+    assert late and client.store.get_bytes(late[0]) == b"first\n", "h1's worker did upload, late, under its token"
     assert all(f"artifacts-{final.token}/" not in p for p in stale)
     time.sleep(0.5)
     assert client.get(episode).history[-1].token == final.token, "h1's late commit was fenced off"

@@ -96,22 +96,25 @@ def run_item(
     on_progress: Callable[[], None],
     events: Single | Tagged | None = None,
     cache: SnapshotCache | None = None,
+    outputs: files.Outputs | None = None,
 ) -> Done:
     """Run one episode to its end, from its snapshot, and upload what it wrote; every failure
     becomes a Done, never an exception: the episode's own fails it, the host's releases it."""
     events = events if events is not None else Single(store, item, None, None)
-    outputs = files.Outputs(item.episode_id, item.attempt, item.token)
+    own = outputs is None  # a worker passes its own, made once
+    outputs = outputs or files.Outputs()
     try:
-        with files.snapshot(item.spec.snapshot, cache) as local, files.environment(local, outputs):
+        with files.snapshot(item.spec.snapshot, cache) as local, files.snapshot_env(local):
             done = _run(item, local, is_cancelled, on_progress, events)
-        uploaded = outputs.upload(store)
+        uploaded = outputs.upload(store, item.episode_id, item.attempt, item.token)
         return replace(done, artifacts=uploaded) if uploaded else done
     except files.EpisodeFault as exc:
         return Done(item.episode_id, item.attempt, "failed", str(exc))
     except files.HostFault as exc:  # the episode goes back untouched (pool.py tells health)
         return Done(item.episode_id, item.attempt, "released", str(exc))
     finally:
-        outputs.remove()
+        if own:
+            outputs.close()
 
 
 def _run(
@@ -229,6 +232,7 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
 def _serve(conn: Connection, store: Store | None, slot: Slot, cache: SnapshotCache | None) -> None:
     inbox, outbox = Inbox(conn), Outbox(conn)
     short = ShortEvents(store, outbox.fault) if store is not None else None  # short single episodes' events
+    sinks = Sinks(store, short, outbox.fault, cache, files.Outputs())
 
     def write_short() -> None:
         if short is not None and short.pending:
@@ -241,11 +245,11 @@ def _serve(conn: Connection, store: Store | None, slot: Slot, cache: SnapshotCac
                     write_short()  # idle: write them now rather than when work comes
                 inbox.wait()
                 continue
-            sinks = Sinks(store, short, outbox.fault, cache)
             _run_group(inbox.groups.popleft(), inbox, outbox, sinks, slot, write_short)
     finally:  # stopped (SIGTERM) or orphaned: what short episodes left is written, and said, still
         with contextlib.suppress(OSError):
             write_short()
+        sinks.outputs.close()
 
 
 @dataclass(frozen=True)
@@ -254,6 +258,7 @@ class Sinks:
     short: ShortEvents | None  # the file of short single episodes (None: no store)
     report: Callable[[str], None]
     cache: SnapshotCache | None  # the host's snapshots
+    outputs: files.Outputs  # this worker's artifacts directory
 
     def of(self, item: WorkItem, batch: Chunks | None) -> Single | Tagged:
         """Where an episode's events go: its batch's shared chunks, or its own chunks unless
@@ -299,7 +304,8 @@ def _run_group(
         else:
             slot.start(seq, started)
             sink = sinks.of(item, batch)
-            done = run_item(item, sinks.store, partial(check, item.episode_id), slot.progress, sink, sinks.cache)
+            check_item = partial(check, item.episode_id)
+            done = run_item(item, sinks.store, check_item, slot.progress, sink, sinks.cache, sinks.outputs)
             reaper.kill_leftovers()  # before its result: no process of an ended episode lives on
             slot.clear()
         inbox.cancelled.discard(item.episode_id)

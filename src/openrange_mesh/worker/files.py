@@ -88,29 +88,37 @@ def _takes_path(runtime: Any) -> bool:
 
 
 class Outputs:
-    """One attempt's artifacts directory, and its upload."""
+    """The worker's artifacts directory (``OPENRANGE_ARTIFACTS``): one for all its episodes, made
+    at its start, emptied after each episode that left something. A directory made and removed
+    per episode cost more than a CartPole episode; an empty one is found with one ``scandir``."""
 
-    def __init__(self, episode_id: str, attempt: int, token: int | None) -> None:
-        self.episode_id, self.attempt, self.token = episode_id, attempt, token
-        self.directory = Path(tempfile.mkdtemp(prefix=f"openrange-{episode_id}.{attempt}-"))
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix=f"openrange-artifacts-{os.getpid()}-"))
+        os.environ[ARTIFACTS_ENV] = str(self.directory)  # for this worker's life: its runtimes inherit it
 
-    def upload(self, store: Store | None) -> list[dict[str, Any]]:
-        """Every regular file left, streamed to the store; their list. Raises EpisodeFault
-        (too many files) or HostFault (the store refused one)."""
-        files = sorted(p for p in self.directory.rglob("*") if p.is_file() and not p.is_symlink())
-        if not files:
-            return []
-        if store is None or self.token is None:
-            raise HostFault("artifacts were written, but this host has no store (or the claim no token) for them")
-        if len(files) > MAX_ARTIFACTS:
-            raise EpisodeFault(f"wrote {len(files)} artifacts, more than {MAX_ARTIFACTS}: pack them into one (tar)")
-        return [self._put(store, path) for path in files]
-
-    def _put(self, store: Store, path: Path) -> dict[str, Any]:
-        name = path.relative_to(self.directory).as_posix()
-        assert self.token is not None
+    def upload(self, store: Store | None, episode_id: str, attempt: int, token: int | None) -> list[dict[str, Any]]:
+        """Every regular file the episode left, streamed to the store under ``token``; their
+        list. Raises EpisodeFault (too many files) or HostFault (the store refused one). The
+        directory is empty afterwards, whatever happened."""
+        with os.scandir(self.directory) as entries:
+            if next(entries, None) is None:
+                return []
         try:
-            target = artifact_path(self.episode_id, self.attempt, self.token, name)
+            files = sorted(p for p in self.directory.rglob("*") if p.is_file() and not p.is_symlink())
+            if not files:
+                return []
+            if store is None or token is None:
+                raise HostFault("artifacts were written, but this host has no store (or the claim no token) for them")
+            if len(files) > MAX_ARTIFACTS:
+                raise EpisodeFault(f"wrote {len(files)} artifacts, more than {MAX_ARTIFACTS}: pack them into one (tar)")
+            return [self._put(store, path, artifact_path, (episode_id, attempt, token)) for path in files]
+        finally:
+            self._empty()
+
+    def _put(self, store: Store, path: Path, where: Any, attempt: tuple[str, int, int]) -> dict[str, Any]:
+        name = path.relative_to(self.directory).as_posix()
+        try:
+            target = where(*attempt, name)
         except StoreError as exc:  # a name the store cannot hold: the runtime's choice
             raise EpisodeFault(str(exc)) from exc
         try:
@@ -123,24 +131,34 @@ class Outputs:
             raise HostFault(f"its host's store refused artifact {name}: {exc}") from exc
         return {"name": name, "size": reader.size, "sha256": reader.digest}
 
-    def remove(self) -> None:
+    def _empty(self) -> None:
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+
+    def close(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def remove_leftovers(pid: int) -> None:
+    """What a worker killed outright left of its artifacts directory (the pool, at its death)."""
+    for path in Path(tempfile.gettempdir()).glob(f"openrange-artifacts-{pid}-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def environment(snapshot_path: Path | None, outputs: Outputs) -> Iterator[None]:
-    """The episode's variables, set while it runs (a worker runs one episode at a time)."""
-    saved = {name: os.environ.get(name) for name in (SNAPSHOT_ENV, ARTIFACTS_ENV)}
-    os.environ[ARTIFACTS_ENV] = str(outputs.directory)
-    if snapshot_path is not None:
-        os.environ[SNAPSHOT_ENV] = str(snapshot_path)
-    else:
-        os.environ.pop(SNAPSHOT_ENV, None)
+def snapshot_env(snapshot_path: Path | None) -> Iterator[None]:
+    """``OPENRANGE_SNAPSHOT`` while an episode with a snapshot runs (a worker runs one at a
+    time); an episode without one touches the environment not at all."""
+    if snapshot_path is None:
+        yield
+        return
+    os.environ[SNAPSHOT_ENV] = str(snapshot_path)
     try:
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        os.environ.pop(SNAPSHOT_ENV, None)

@@ -38,7 +38,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from . import reaper
+from . import files, reaper
 from .child import Done, WorkItem, worker_main
 from .slot import Slot
 
@@ -280,6 +280,8 @@ class WorkerPool:
         started = worker.slot.last_started()
         worker.process.join(1)
         reaper.kill_marked(worker.marker)  # killed, it could not kill what its episode left
+        if worker.process.pid is not None:
+            files.remove_leftovers(worker.process.pid)  # nor remove its artifacts directory
         reason = worker.kill_reason or _death_reason(worker.process.exitcode)
         if not worker.ready:
             self._could_not_start(worker, worker.start_error or reason)
