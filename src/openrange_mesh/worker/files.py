@@ -6,11 +6,11 @@ snapshot's bytes, as before), and the environment variables ``OPENRANGE_SNAPSHOT
 file or directory) and ``OPENRANGE_ARTIFACTS`` (an empty directory of its own), which the
 ``command`` runtime's process inherits. After the episode, every regular file in that directory
 is uploaded (streamed, hashed as it goes) to ``layout.artifact_path(..., token, name)`` and
-listed in the result (name, size, sha256); the directory is removed.
+listed in the result (name, size, sha256); the directory is emptied for the next episode.
 
-Whose fault a failure is decides what it costs (design/README.md, "Failure model"): a snapshot that does not exist or
-does not match its digest fails the episode (its spec named it); a store or cache that fails
-is the host's, and the episode goes back to the queue untouched (``HostFault``).
+Whose fault a failure is decides what it costs (design/README.md, "Failure model"): a snapshot
+that does not exist or does not match its digest fails the episode (its spec named it); a store
+or cache that fails is the host's, and the episode goes back to the queue untouched.
 """
 
 from __future__ import annotations
@@ -54,13 +54,14 @@ def snapshot(ref: str | None, cache: SnapshotCache | None) -> Iterator[Path | No
         digest = parse_digest(ref)
     except StoreError as exc:  # an alias that reached a worker unresolved: submit resolves them
         raise EpisodeFault(f"snapshot {ref!r} is not a digest ({exc}); submit resolves names") from exc
-    try:
-        with cache.open(digest) as path:
-            yield path
-    except (SnapshotNotFound, HashMismatch, UnsafeSnapshot) as exc:
-        raise EpisodeFault(str(exc)) from exc
-    except StoreError as exc:
-        raise HostFault(f"its host's store failed: {exc}") from exc
+    with contextlib.ExitStack() as pinned:  # only the fetch is judged here, not the episode inside
+        try:
+            path = pinned.enter_context(cache.open(digest))
+        except (SnapshotNotFound, HashMismatch, UnsafeSnapshot) as exc:
+            raise EpisodeFault(str(exc)) from exc
+        except StoreError as exc:
+            raise HostFault(f"its host's store failed: {exc}") from exc
+        yield path
 
 
 def realize_args(runtime: Any, path: Path | None) -> dict[str, Any]:
