@@ -59,3 +59,6 @@ class Collector:
         except MeshError as exc:
             log.warning("store collection failed (the next one tries again): %s", exc)
             return {}
+        except Exception:  # a bug must not end the thread, and with it every later collection
+            log.exception("store collection failed (the next one tries again)")
+            return {}
