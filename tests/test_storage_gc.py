@@ -72,3 +72,28 @@ def test_only_what_no_record_needs_goes_and_only_after_the_grace(registry: Regis
     left = {p.rpartition("/")[2] for p in store.list("cas/")}
     assert left == {b.digest[7:] for b in (kept_blob, pending_blob, young_blob)}
     assert client.get(pending).state is State.PENDING
+
+
+def test_the_leaders_collector_runs_while_it_leads_only(registry: Registry, tmp_path: Path) -> None:
+    """The agent's collector thread: every interval, only while its agent leads."""
+    from openrange_mesh.agent.collector import Collector
+
+    root = tmp_path / "store"
+    store = open_store(str(root))
+    keys = Keys(f"g{uuid.uuid4().hex[:8]}")
+    orphan = events_path("0000000001-0000-gone", 1, 0)
+    store.put_bytes(orphan, b"x")
+    age(root, orphan, 2 * HOUR)
+    leading = [False]
+    collector = Collector(registry, keys, store, lambda: leading[0], 0.05, HOUR)
+    collector.start()
+    try:
+        time.sleep(0.3)
+        assert store.exists(orphan), "a follower collects nothing"
+        leading[0] = True
+        deadline = time.monotonic() + 5
+        while store.exists(orphan) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not store.exists(orphan), "the leader collects"
+    finally:
+        collector.stop()
