@@ -37,15 +37,10 @@ def _unique() -> str:
     return f"t-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(params=["file", "memory", "s3"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "file":
-        return f"file://{tmp_path}/store"
-    if request.param == "memory":
-        return f"memory://{_unique()}"
-    server: S3Server = request.getfixturevalue("s3_server")
-    bucket: str = request.getfixturevalue("s3_bucket")
-    return f"s3://{bucket}/{_unique()}?endpoint_url={server.endpoint_url}"
+@pytest.fixture
+def store_url(any_store_url: str) -> str:
+    """Every store kind (conftest's ``any_store_url``: a path, file://, memory://, s3://)."""
+    return any_store_url
 
 
 @pytest.fixture
@@ -131,8 +126,8 @@ def test_delete_prefix_removes_exactly_the_prefix(store: Store) -> None:
 def test_location_and_url(store: Store, store_url: str, tmp_path: Path) -> None:
     store.put_bytes("a/b", b"data")
     location = store.location("a/b")
-    scheme = store_url.partition("://")[0]
-    if scheme == "file":
+    scheme = store_url.partition("://")[0] if "://" in store_url else "path"
+    if scheme in ("file", "path"):
         assert location == f"{tmp_path}/store/a/b"
         assert Path(location).read_bytes() == b"data"
     elif scheme == "memory":
@@ -140,7 +135,7 @@ def test_location_and_url(store: Store, store_url: str, tmp_path: Path) -> None:
     else:
         assert location == f"{store_url.partition('?')[0]}/a/b"
     assert store.location() == location.removesuffix("/a/b")
-    assert store.url == store_url
+    assert store.url == (f"file://{store_url}" if scheme == "path" else store_url)  # a path is file://
     assert open_store(store.url).get_bytes("a/b") == b"data"  # url reopens the same store
 
 
