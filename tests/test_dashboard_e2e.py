@@ -278,7 +278,8 @@ def test_an_agent_that_knows_no_leader_yet_asks_a_browser_to_retry() -> None:
     from openrange_mesh.dashboard.app import build_app
     from openrange_mesh.dashboard.config import DashboardConfig
     from openrange_mesh.dashboard.state import State
-    from openrange_mesh.registry import open_registry
+    from openrange_mesh.model.seat import Seat
+    from openrange_mesh.registry import Put, open_registry
 
     config = DashboardConfig("memory://no-leader", "default", "h1", "", "127.0.0.1", 0)
     state = State(config, False, open_registry("memory://no-leader"), None)
@@ -292,3 +293,15 @@ def test_an_agent_that_knows_no_leader_yet_asks_a_browser_to_retry() -> None:
     assert page.status_code == 503 and page.headers["retry-after"] == "1"
     assert 'http-equiv="refresh"' in page.text
     assert api.status_code == 503 and "no leader" in api.json()["error"]
+
+    # The leader itself, between keepalives (its lease not surely alive): the same for a browser.
+    registry = state.registry
+    registry.txn([], [Put(state.keys.leader(), Seat("h1", "http://127.0.0.1:1").to_bytes(), registry.grant(10))])
+    state.view.start()
+    try:
+        wait_until(lambda: state.view.leader() is not None, 5, what="the view to see the leader key")
+        page, api = asyncio.run(ask())
+    finally:
+        state.view.stop()
+    assert page.status_code == 503 and 'http-equiv="refresh"' in page.text
+    assert api.status_code == 503 and "not surely alive" in api.json()["error"]

@@ -78,22 +78,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return FileResponse(STATIC / "index.html", status_code=404)  # the page shows its not-found view
 
 
-# A page for a browser that reached an agent before it knew the leader (a mesh just started, or
-# an election under way): it reloads itself each second until it is redirected. No script.
+# A page for a browser that reached an agent before it knew the leader (a mesh just started, an
+# election under way), or the leader itself while its lease is not surely alive (a keepalive
+# late on a loaded host): it reloads itself each second until it is served or redirected.
 _NO_LEADER_YET = (
     '<!doctype html><meta charset="utf-8"><meta http-equiv="refresh" content="1">'
-    "<title>openrange-mesh</title><p>No leader known here yet: trying again every second.</p>"
+    "<title>openrange-mesh</title><p>No leader serving here yet: trying again every second.</p>"
 )
 
 
 def _to_leader(request: Request, state: State) -> Response:
     """A follower's (or a deposed leader's) answer: the same path and query at the leader."""
     seat = state.view.leader()
-    if seat is None or seat.url is None:
+    if seat is None or seat.url is None or seat.host == state.config.host_id:
+        # no leader known, or us between keepalives
         if not request.url.path.startswith("/api/"):  # a browser: it asks again by itself
             return HTMLResponse(_NO_LEADER_YET, status_code=503, headers={"Retry-After": "1"})
-        return error(503, "no leader elected: try again in a few seconds")
-    if seat.host == state.config.host_id:
+        if seat is None or seat.url is None:
+            return error(503, "no leader elected: try again in a few seconds")
         return error(503, "this agent's lease is not surely alive: it serves no dashboard now")
     target = seat.url.rstrip("/") + request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(target, status_code=307)
