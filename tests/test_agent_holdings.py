@@ -169,3 +169,19 @@ def test_a_lost_lease_lets_every_claim_go_and_any_doubt_with_it(mesh: Mesh, h1: 
     assert h1.holdings.claims_unsure
     h1.holdings.clear()
     assert not h1.holdings.claims_unsure and h1.holdings.running == 0 and h1.holdings.record_of(episode) is None
+
+
+def test_a_cancel_forwarded_under_a_claim_that_went_is_forgotten_with_it(mesh: Mesh, h1: Host) -> None:
+    """The lease went with a claim whose cancel had been forwarded; the episode came back (no
+    marker left) and is claimed again: its worker dying is a release, not the old cancel."""
+    (episode,) = mesh.submit(1)
+    claim, _ = h1.hold([episode])
+    h1.holdings.cancel_forwarded([episode])
+    h1.holdings.clear()  # the lease was lost
+    mesh.registry.txn([], [Delete(mesh.keys.claim("h1", claim.claim_id))])  # as its expiry does
+    assert mesh.ledger.requeue("h1", claim.claim_id, [episode], "host h1 lost its lease", claim.token)
+    h1.hold([episode])
+    h1.pool.results.put(Done(episode, 2, "released", error="worker died"))
+    assert h1.committer.step() == "committed 1 episodes"
+    record = mesh.ledger.read([episode])[episode].record
+    assert record.state is State.PENDING and record.history[-1].outcome == "released"

@@ -155,6 +155,7 @@ class Holdings:
             return []
         for episode_id in held.records:
             self._owner_of.pop(episode_id, None)
+        self._cancel_seen.difference_update(held.records)  # not ours: a later claim of them starts clean
         return list(held.records)
 
     def hand_back(self, now: float, reason: str) -> list[Settlement]:
@@ -173,6 +174,7 @@ class Holdings:
         answer took went with the lease too."""
         self._held.clear()
         self._owner_of.clear()
+        self._cancel_seen.clear()
         self._claims_unsure = False
 
     def _forget(self, held: Held, episode_ids: list[str]) -> None:
@@ -180,6 +182,7 @@ class Holdings:
             del held.records[episode_id]
             held.finals.pop(episode_id, None)
             self._owner_of.pop(episode_id, None)
+            self._cancel_seen.discard(episode_id)
 
 
 def _final(record: EpisodeRecord, done: Done, token: int, cancel_seen: bool, now: float) -> EpisodeRecord:
