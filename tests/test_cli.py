@@ -603,3 +603,30 @@ def test_show_counts_only_attempts_the_episode_spent(mesh: Cli, registry: Regist
     put_records(registry, mesh.namespace, record)
     out = mesh.ok("show", record.id).output
     assert "3 (1 of 2 counted; 2 released by failing hosts)" in out, out
+
+
+def test_snapshot_artifacts_and_gc_from_the_shell(agents: Agents, tmp_path: Path) -> None:
+    """The mesh's store found through etcd (no --store): a snapshot put by name, used by an
+    episode that copies it into an artifact, the artifact listed and fetched, a dry-run gc."""
+    cli = Cli(agents.cli.endpoint, agents.cli.namespace)  # no OPENRANGE_STORE
+    (tmp_path / "world.txt").write_text("a small world\n")
+    digest = cli.ok("snapshot", "put", str(tmp_path / "world.txt"), "--name", "world").stdout.strip()
+    assert digest.startswith("sha256:") and len(digest) == 71
+    listed = json.loads(cli.ok("snapshot", "ls", "-o", "json").stdout)
+    assert [(n["name"], n["digest"]) for n in listed] == [("world", digest)]
+    copy = 'cp "$OPENRANGE_SNAPSHOT" "$OPENRANGE_ARTIFACTS/copy.txt"'
+    spec = {"runtime": "command", "params": {"argv": ["sh", "-c", copy]}, "snapshot": "world"}
+    episode = cli.ok("submit", "--file", "-", stdin=json.dumps(spec) + "\n").stdout.strip()
+    cli.ok("wait", episode)
+    (artifact,) = json.loads(cli.ok("artifacts", episode, "-o", "json").stdout)
+    assert artifact["name"] == "copy.txt" and artifact["size"] == len("a small world\n")
+    cli.ok("artifacts", episode, "--get", "copy.txt", "--to", str(tmp_path / "got.txt"))
+    assert (tmp_path / "got.txt").read_text() == "a small world\n"
+    missing = cli("artifacts", episode, "--get", "nope.txt", "--to", str(tmp_path / "x"))
+    assert missing.exit_code == 1 and len(error_lines(missing)) == 1
+    dry = json.loads(cli.ok("gc", "--dry-run", "-o", "json").stdout)
+    assert dry["dry_run"] is True and set(dry["store"]) >= {"episodes", "snapshots"}
+    cli.ok("snapshot", "rm", "world")
+    assert json.loads(cli.ok("snapshot", "ls", "-o", "json").stdout) == []
+    gone = cli("snapshot", "rm", "world")
+    assert gone.exit_code == 1 and "no snapshot named" in gone.stderr

@@ -19,8 +19,8 @@ from .table import StreamTable
 
 @click.command("artifacts", short_help="List or fetch an episode's artifacts.")
 @click.argument("episode_id", metavar="ID")
-@click.option("--get", "name", metavar="NAME", help="Fetch this artifact (to -o PATH, else stdout).")
-@click.option("-o", "--out", "out", metavar="PATH", help="With --get: write here instead of stdout.")
+@click.option("--get", "name", metavar="NAME", help="Fetch this artifact (to --to PATH, else stdout).")
+@click.option("--to", "out", metavar="PATH", help="With --get: write here instead of stdout.")
 @store_option()
 @output_option("table", "json")
 @pass_mesh
@@ -31,7 +31,8 @@ def command(mesh: Mesh, episode_id: str, name: str | None, out: str | None, stor
     \b
     Examples:
       openrange-mesh artifacts 000000002a-0003-gpu7
-      openrange-mesh artifacts 000000002a-0003-gpu7 --get video.mp4 -o ep3.mp4
+      openrange-mesh artifacts 000000002a-0003-gpu7 --get video.mp4 --to ep3.mp4
+      openrange-mesh artifacts 000000002a-0003-gpu7 -o json
     """
     record = get_record(mesh.catalog(), episode_id)
     if name is None:
@@ -52,7 +53,7 @@ def command(mesh: Mesh, episode_id: str, name: str | None, out: str | None, stor
     store = mesh.store(store_url)
     assert store is not None  # required
     if out is None and sys.stdout.isatty():
-        fail("refusing to write an artifact to a terminal: pass -o PATH (or pipe it)")
+        fail("refusing to write an artifact to a terminal: pass --to PATH (or pipe it)")
     with open_artifact(store, record, name) as reader:
         if out is None:
             shutil.copyfileobj(_Stream(reader), sys.stdout.buffer)
