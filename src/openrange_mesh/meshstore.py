@@ -47,10 +47,12 @@ def recorded(registry: Registry, keys: Keys) -> MeshStore | None:
     """The mesh's store as etcd records it; None if no agent with a store joined yet, or if
     the record cannot be read (logged: the next agent with a store writes it again)."""
     kv, _ = registry.get(keys.store())
-    if kv is None:
-        return None
+    return _decode(kv.value, keys) if kv is not None else None
+
+
+def _decode(value: bytes, keys: Keys) -> MeshStore | None:
     try:
-        data = unpack(kv.value, keys.store().decode())
+        data = unpack(value, keys.store().decode())
     except CorruptRecord as exc:
         log.warning("ignoring the mesh's store record: %s", exc)
         return None
@@ -109,8 +111,8 @@ def _record(registry: Registry, keys: Keys, store: Store) -> MeshStore:
     key = keys.store()
     for _ in range(3):  # each failure is someone else's write: theirs stands, or is garbage
         kv, _ = registry.get(key)
-        if kv is not None and (theirs := recorded(registry, keys)) is not None:
-            return theirs
+        if kv is not None and (theirs := _decode(kv.value, keys)) is not None:
+            return theirs  # judged on the value the compare below would swap: one read
         # absent, or a record nobody can read: replace only what we read (compare-and-swap)
         compare = Compare(key, "mod", "==", kv.mod_revision) if kv else Compare(key, "create", "==", 0)
         if registry.txn([compare], [Put(key, mine.to_bytes())]).succeeded:

@@ -11,7 +11,6 @@ import click
 from ..client import artifacts
 from ..client.artifacts import open_artifact
 from ..client.client import get_record
-from ..store.digest import Reader
 from .common import Mesh, dump_json, fail, out_console, output_option, pass_mesh, store_option
 from .safe import printable
 from .table import StreamTable
@@ -56,18 +55,7 @@ def command(mesh: Mesh, episode_id: str, name: str | None, out: str | None, stor
         fail("refusing to write an artifact to a terminal: pass --to PATH (or pipe it)")
     with open_artifact(store, record, name) as reader:
         if out is None:
-            shutil.copyfileobj(_Stream(reader), sys.stdout.buffer)
+            shutil.copyfileobj(reader, sys.stdout.buffer)
         else:
             with Path(out).open("wb") as sink:
-                shutil.copyfileobj(_Stream(reader), sink)
-
-
-class _Stream:
-    """A store reader as copyfileobj takes it."""
-
-    def __init__(self, reader: Reader) -> None:
-        self.reader = reader
-
-    def read(self, size: int = -1) -> bytes:
-        data: bytes = self.reader.read(size)
-        return data
+                shutil.copyfileobj(reader, sink)

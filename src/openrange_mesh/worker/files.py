@@ -112,14 +112,14 @@ class Outputs:
                 raise HostFault("artifacts were written, but this host has no store (or the claim no token) for them")
             if len(files) > MAX_ARTIFACTS:
                 raise EpisodeFault(f"wrote {len(files)} artifacts, more than {MAX_ARTIFACTS}: pack them into one (tar)")
-            return [self._put(store, path, artifact_path, (episode_id, attempt, token)) for path in files]
+            return [self._put(store, path, episode_id, attempt, token) for path in files]
         finally:
             self._empty()
 
-    def _put(self, store: Store, path: Path, where: Any, attempt: tuple[str, int, int]) -> dict[str, Any]:
+    def _put(self, store: Store, path: Path, episode_id: str, attempt: int, token: int) -> dict[str, Any]:
         name = path.relative_to(self.directory).as_posix()
         try:
-            target = where(*attempt, name)
+            target = artifact_path(episode_id, attempt, token, name)
         except StoreError as exc:  # a name the store cannot hold: the runtime's choice
             raise EpisodeFault(str(exc)) from exc
         try:
