@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -191,9 +192,13 @@ def worker_main(
     conn: Connection, store_url: str | None, cells: Any, marker: str = "", cache: tuple[str, int] | None = None
 ) -> None:
     """Entry point of a worker process. SIGTERM (the pool stopping it) stops the running episode
-    and exits. SIGINT is the agent's business: Ctrl-C in a terminal reaches the whole process
-    group, and the agent drains, letting running episodes finish. ``marker`` tags what its
-    episodes exec, so the pool finds their leftovers should this process be SIGKILLed (reaper.py)."""
+    and exits. SIGINT is the agent's business: on Ctrl-C it drains, letting running episodes
+    finish. ``marker`` tags what its episodes exec, so the pool finds their leftovers should this
+    process be SIGKILLed (reaper.py)."""
+    # Out of the agent's process group, so a terminal's Ctrl-C reaches neither this process nor a
+    # command it is starting: between fork and setsid that command has default handlers and is
+    # still in this group, and a SIGINT there failed its episode ("killed by signal SIGINT").
+    os.setpgid(0, 0)
     signal.signal(signal.SIGTERM, _exit)
     signal.signal(signal.SIGINT, _ignore)  # a handler, not SIG_IGN, which an episode's exec would inherit
     reaper.become_subreaper(marker)
