@@ -501,17 +501,28 @@ def test_show_and_logs(agents: Agents) -> None:
     data = json.loads(cli.ok("show", episode, "-o", "json").stdout)
     assert data["state"] == "succeeded" and data["result"] == {"r": 7} and data["spec"]["params"]["events"] == 3
     assert data["history"][0]["outcome"] == "succeeded" and data["history"][0]["host"] in ("h1", "h2")
-    # a short episode's events went to its worker's shared file of short episodes
+    # a short episode's few events are in its record
     assert data["artifacts"][0]["location"].endswith(f"episodes/{episode}/attempt-1/")
-    assert data["artifacts"][0]["shared_events"].endswith(f"shared/{data['history'][0]['events']}.jsonl")
+    assert data["artifacts"][0]["events_in_record"] == 5 and "shared_events" not in data["artifacts"][0]
     assert [t["event"].split()[0] for t in data["timeline"]] == ["submitted", "attempt", "attempt"]
 
     lines = cli.ok("logs", episode).stdout.splitlines()
     assert [line.split()[2] for line in lines] == ["reset", "tick", "tick", "tick", "terminal"]
     events = [json.loads(line) for line in cli.ok("logs", episode, "-o", "json").stdout.splitlines()]
     assert [e["type"] for e in events] == ["reset", "tick", "tick", "tick", "terminal"]
+    assert cli.ok("logs", "-f", episode).stdout.splitlines() == lines
     missing = cli.ok("logs", episode, "--attempt", "2")
     assert missing.stdout == "" and "no events stored" in missing.stderr
+
+    chatty = cli.ok("submit", "--runtime", "sleep", "-p", "events=20").stdout.strip()  # too many for its record
+    cli.ok("wait", chatty)
+    shown = json.loads(cli.ok("show", chatty, "-o", "json").stdout)
+    assert shown["artifacts"][0]["shared_events"].endswith(f"shared/{shown['history'][0]['events']}.jsonl")
+    assert [line.split()[2] for line in cli.ok("logs", chatty).stdout.splitlines()] == [
+        "reset",
+        *["tick"] * 20,
+        "terminal",
+    ]
 
     unknown = cli("show", "0000000000-0000-nope")
     assert unknown.exit_code == 1 and error_lines(unknown) == ["openrange-mesh: no episode '0000000000-0000-nope'"]

@@ -31,7 +31,9 @@ from openrange_mesh.model import (
 )
 from openrange_mesh.registry import Put, Registry
 from openrange_mesh.specs import check_spec
+from openrange_mesh.store import open_store
 from openrange_mesh.store.digest import parse_digest
+from openrange_mesh.store.events import read_events
 
 CARTPOLE = {"runtime": "gymnasium", "params": {"env": "CartPole-v1"}}
 
@@ -120,13 +122,25 @@ def test_record_round_trip() -> None:
         owner="h1",
         history=(
             Attempt(1, "h2", 1.0, 2.0, "retried", "host h2 lost its lease"),
-            Attempt(2, "h1", 3.0, 4.0, "failed"),
+            Attempt(2, "h1", 3.0, 4.0, "failed", inline_events=[{"type": "reset", "t": 3.0}]),
         ),
         result={"return": 9.0},
         error="boom",
         created_at=0.5,
     )
     assert EpisodeRecord.from_bytes(record.to_bytes()) == record
+
+
+def test_events_a_record_holds_are_read_as_maps_only() -> None:
+    """A record in etcd is input: what its ``inline_events`` holds that is not a map is no event."""
+    attempt = {"n": 1, "host": "h", "started_at": 1.0, "inline_events": [{"type": "reset"}, 7, "x", {"type": "end"}]}
+    raw = {"v": 1, "id": "x", "spec": {"runtime": "sleep"}, "history": [attempt]}
+    record = EpisodeRecord.from_bytes(msgpack.packb(raw))
+    inline = record.history[0].inline_events
+    assert inline is not None and read_events(open_store("memory://"), "x", 1, inline=inline) == [
+        {"type": "reset"},
+        {"type": "end"},
+    ]
 
 
 def test_decoding_is_tolerant_of_unknown_and_missing_fields() -> None:
@@ -148,6 +162,14 @@ def test_decoding_is_tolerant_of_unknown_and_missing_fields() -> None:
         msgpack.packb({"v": 1, "id": "x", "spec": {"runtime": "s", "max_attempts": True}}),
         msgpack.packb({"v": 1, "id": "x", "spec": {"runtime": "s"}, "history": ["not an attempt"]}),
         msgpack.packb({"v": 1, "id": 7, "spec": {"runtime": "s"}}),
+        msgpack.packb(
+            {
+                "v": 1,
+                "id": "x",
+                "spec": {"runtime": "s"},
+                "history": [{"n": 1, "host": "h", "started_at": 1, "inline_events": "reset"}],
+            }
+        ),
     ],
 )
 def test_corrupt_records_raise_and_are_skipped(data: bytes) -> None:

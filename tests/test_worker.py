@@ -9,7 +9,9 @@ from openrange_mesh.model import EpisodeSpec
 from openrange_mesh.store import open_store
 from openrange_mesh.store.events import read_events
 from openrange_mesh.worker.child import Done, WorkItem
+from openrange_mesh.worker.mailbox import SHARED_LINGER
 from openrange_mesh.worker.pool import WorkerPool
+from openrange_mesh.worker.sinks import INLINE_COUNT
 
 from .helpers import wait_until
 
@@ -34,7 +36,7 @@ def test_short_episodes_share_files_written_before_their_results_reach_the_agent
     store = open_store(store_url)
     pool = WorkerPool(1, store_url)
     pool.start()
-    spec = EpisodeSpec(runtime="sleep", params={"seconds": 0, "events": 2})
+    spec = EpisodeSpec(runtime="sleep", params={"seconds": 0, "events": 20})  # too many for its record
     got: list[Done] = []
     try:
         for n in range(20):  # as the agent does: the next episode as soon as the worker is free
@@ -51,9 +53,33 @@ def test_short_episodes_share_files_written_before_their_results_reach_the_agent
     assert {d.kind for d in got} == {"succeeded"} and len({d.episode_id for d in got}) == 20
     for done in got:
         events = read_events(store, done.episode_id, 1, shared=done.events)
-        assert [e["type"] for e in events] == ["reset", "tick", "tick", "terminal"], events
+        assert [e["type"] for e in events] == ["reset", *["tick"] * 20, "terminal"], events
+        assert done.inline_events is None
     assert len({d.events for d in got}) < 20, "short episodes share their files"
     assert store.list("episodes/") == []  # no directory of their own
+
+
+def test_a_short_episodes_few_events_ride_in_its_result(tmp_path: Path) -> None:
+    """A short episode's few small events (a reset, ticks, a terminal) leave the worker with its
+    result, at once: no file, so its commit waits for none. Past INLINE_COUNT events, or
+    INLINE_EVENTS bytes, they go to the worker's file of short episodes."""
+    store_url = str(tmp_path / "store")
+    pool = WorkerPool(1, store_url)
+    pool.start()
+    few = EpisodeSpec(runtime="sleep", params={"seconds": 0, "events": 2})
+    big = EpisodeSpec(runtime="sleep", params={"seconds": 0, "result": {"x": 1}, "events": INLINE_COUNT})
+    try:
+        pool.dispatch([WorkItem("few", 1, few)])
+        (done,) = results(pool, 1, timeout=SHARED_LINGER * 0.9 + 10)
+        pool.dispatch([WorkItem("many", 1, big)])
+        (many,) = results(pool, 1)
+    finally:
+        pool.close()
+    assert done.kind == "succeeded" and done.events is None
+    assert [e["type"] for e in done.inline_events or []] == ["reset", "tick", "tick", "terminal"]
+    assert many.inline_events is None and many.events is not None  # 18 events: the shared file
+    store = open_store(store_url)
+    assert store.list("shared/") == [f"shared/{many.events}.jsonl"]  # none for the first
 
 
 def test_an_episode_that_runs_past_the_first_flush_writes_its_own_chunks(tmp_path: Path) -> None:
@@ -91,7 +117,7 @@ def test_an_episodes_odd_data_fails_it_and_no_worker(tmp_path: Path) -> None:
         pool.dispatch([item("packdeep", result="packdeep")])
         (packdeep,) = results(pool, 1)
         pool.dispatch([item("events", events="deep"), item("after", result="fine")])
-        events, after = results(pool, 2)
+        events, after = sorted(results(pool, 2), key=lambda d: d.episode_id != "events")  # any order
         workers = pool.started()
     finally:
         pool.close()

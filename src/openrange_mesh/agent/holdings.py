@@ -200,5 +200,13 @@ def _final(record: EpisodeRecord, done: Done, token: int, cancel_seen: bool, now
     else:
         state = _DONE_STATES.get(done.kind, State.FAILED)
     return finish_attempt(
-        record, state, now, done.error, done.result, done.events, token=token, artifacts=done.artifacts
+        record,
+        state,
+        now,
+        done.error,
+        done.result,
+        done.events,
+        token=token,
+        artifacts=done.artifacts,
+        inline_events=done.inline_events,
     )

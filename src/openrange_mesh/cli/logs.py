@@ -12,12 +12,13 @@ from ..client.client import get_record
 from ..ledger.catalog import Catalog
 from ..model import EpisodeRecord
 from ..store import Store
-from ..store.events import NOT_STORED, decode_events, read_events, tagged_for
+from ..store.events import NOT_STORED, decode_events, inline_events, read_events, tagged_for
 from ..store.layout import attempt_prefix, batch_prefix, parse_events_path, shared_events_path
 from .common import Mesh, compact_json, output_option, pass_mesh, stamp, store_option
 from .safe import printable
 
 POLL_SECONDS = 0.5
+INLINE = "(in the record)"  # what _print_new's ``seen`` holds once it printed a record's events
 
 
 @click.command("logs", short_help="Print an episode's events from the store (-f follows).")
@@ -46,13 +47,13 @@ def command(mesh: Mesh, episode_id: str, follow: bool, attempt: int | None, stor
     store = mesh.store(store_url)
     assert store is not None  # required
     if not follow:
-        batch, shared = sources(record, attempt or record.attempt)
-        which = attempt or record.attempt if batch or shared else attempt
+        batch, shared, inline = sources(record, attempt or record.attempt)
+        which = attempt or record.attempt if batch or shared or inline is not None else attempt
         if shared == NOT_STORED:
             raise click.ClickException(
                 f"the events of {printable(episode_id)} attempt {which} were not stored: its host's store refused them"
             )
-        events = read_events(store, episode_id, which, batch=batch, shared=shared)
+        events = read_events(store, episode_id, which, batch=batch, shared=shared, inline=inline)
         for event in events:
             click.echo(render(event, output))
         if not events:
@@ -80,7 +81,13 @@ def _follow(catalog: Catalog, store: Store, record: EpisodeRecord, pinned: int |
 
 
 def _print_new(store: Store, record: EpisodeRecord, attempt: int, seen: set[str], output: str) -> None:
-    batch, shared = sources(record, attempt)
+    batch, shared, inline = sources(record, attempt)
+    if inline is not None:  # a short attempt whose events its record holds
+        if INLINE not in seen:
+            seen.add(INLINE)
+            for event in inline_events(inline):
+                click.echo(render(event, output))
+        return
     if shared == NOT_STORED:
         if NOT_STORED not in seen:
             seen.add(NOT_STORED)
@@ -106,11 +113,11 @@ def _print_new(store: Store, record: EpisodeRecord, attempt: int, seen: set[str]
                 click.echo(render(event, output))
 
 
-def sources(record: EpisodeRecord, attempt: int) -> tuple[str | None, str | None]:
+def sources(record: EpisodeRecord, attempt: int) -> tuple[str | None, str | None, list[Any] | None]:
     """Where an attempt's events are when not in its own chunks: (the batch claim it ran in,
-    the shared file of a short attempt)."""
+    the shared file of a short attempt, the events its record holds)."""
     found = next((a for a in record.history if a.n == attempt), None)
-    return (found.batch, found.events) if found is not None else (None, None)
+    return (found.batch, found.events, found.inline_events) if found is not None else (None, None, None)
 
 
 def render(event: dict[str, Any], output: str) -> str:

@@ -72,7 +72,9 @@ def attempt_files(store: Store, record: EpisodeRecord) -> list[dict[str, Any]]:
         prefix = attempt_prefix(record.id, n)
         files = [path[len(prefix) :] for path in store.list(prefix)]
         item: dict[str, Any] = {"attempt": n, "location": store.location(prefix), "files": files}
-        batch, shared = sources(record, n)
+        batch, shared, inline = sources(record, n)
+        if inline is not None:  # a short attempt: its record holds its events
+            item["events_in_record"] = len(inline)
         if batch is not None:  # its events are in the batch's shared chunks
             item["batch_events"] = store.location(batch_prefix(batch))
         if shared is not None:  # a short attempt: its events are in its worker's shared file

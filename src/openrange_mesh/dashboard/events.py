@@ -69,9 +69,9 @@ async def _events(store: Store, record: EpisodeRecord, attempt: int) -> list[dic
 
 def _read(store: Store, record: EpisodeRecord, attempt: int) -> list[dict[str, Any]]:
     tried = next((a for a in record.history if a.n == attempt), None)
-    batch = tried.batch if tried else None
-    shared = tried.events if tried else None
-    return read_events(store, record.id, attempt, batch=batch, shared=shared)
+    if tried is None:
+        return read_events(store, record.id, attempt)
+    return read_events(store, record.id, attempt, batch=tried.batch, shared=tried.events, inline=tried.inline_events)
 
 
 def _int(name: str, text: str | None, default: int, low: int, high: int | None) -> int:

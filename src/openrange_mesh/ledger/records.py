@@ -44,10 +44,12 @@ def finish_attempt(
     outcome: str | None = None,
     token: int | None = None,
     artifacts: list[dict[str, Any]] | None = None,
+    inline_events: list[dict[str, Any]] | None = None,
 ) -> EpisodeRecord:
     """Close the current attempt (``events``: the shared file its events went to, if they did;
     ``token``: its claim's fencing token, where the closer knows it; ``artifacts``: what it
-    uploaded under that token). A ``PENDING`` state means
+    uploaded under that token; ``inline_events``: its events, when few enough to keep in the
+    record). A ``PENDING`` state means
     "retry": attempt + 1, back in the queue. ``outcome`` defaults to "retried" for a retry,
     else the state."""
     last = record.history[-1] if record.history else Attempt(record.attempt, record.owner or "?", now)
@@ -63,6 +65,7 @@ def finish_attempt(
         events,
         token or last.token,
         artifacts or None,
+        inline_events,
     )
     history = (*record.history[:-1], closed)
     if state is State.PENDING:

@@ -46,6 +46,9 @@ class Attempt:
     token: int | None = None  # its claim's fencing token (the claim key's create_revision), once closed
     # What it uploaded (layout.artifact_path under its token): [{"name", "size", "sha256"}, ...]
     artifacts: list[dict[str, Any]] | None = None
+    # A short attempt's events themselves, when they are few enough to ride in its record
+    # (worker/sinks.py INLINE_EVENTS): no file, and nothing its commit has to wait for
+    inline_events: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +62,7 @@ class Attempt:
             "events": self.events,
             "token": self.token,
             "artifacts": self.artifacts,
+            "inline_events": self.inline_events,
         }
 
 
@@ -220,6 +224,7 @@ _ATTEMPT_TYPES: dict[str, tuple[type, ...]] = {
     "events": OPT_STR,
     "token": (int, type(None)),
     "artifacts": (list, type(None)),
+    "inline_events": (list, type(None)),
 }
 _RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "id": (str,),

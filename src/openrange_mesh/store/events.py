@@ -52,6 +52,12 @@ def decode_events(data: bytes, source: str = "") -> list[JsonObject]:
     return events
 
 
+def inline_events(inline: list[Any]) -> list[JsonObject]:
+    """The events a record holds (``Attempt.inline_events``); what is not a map is not an
+    event (a record in etcd is input like any other)."""
+    return [event for event in inline if isinstance(event, dict)]
+
+
 def tagged_for(event: JsonObject, episode_id: str, attempt: int | None) -> bool:
     """Whether an event of a shared file (a batch's, or a worker's short episodes') is this
     episode's, of this attempt (None: of any)."""
@@ -59,13 +65,22 @@ def tagged_for(event: JsonObject, episode_id: str, attempt: int | None) -> bool:
 
 
 def read_events(
-    store: Store, episode_id: str, attempt: int | None = None, *, batch: str | None = None, shared: str | None = None
+    store: Store,
+    episode_id: str,
+    attempt: int | None = None,
+    *,
+    batch: str | None = None,
+    shared: str | None = None,
+    inline: list[Any] | None = None,
 ) -> list[JsonObject]:
     """Every event of ``attempt`` (default: the latest attempt with events), chunks in order.
     ``batch`` names the claim when the attempt ran in a batch (``Attempt.batch``): its events
     are in the batch's shared chunks, tagged with the episode and attempt. ``shared`` names the
     file a short attempt's events went to (``Attempt.events``), tagged alike: written before the
-    attempt's record names it (``NOT_STORED``: refused by the store; no events)."""
+    attempt's record names it (``NOT_STORED``: refused by the store; no events). ``inline``:
+    the events its record holds (``Attempt.inline_events``), where the store has none."""
+    if inline is not None:
+        return inline_events(inline)
     if shared == NOT_STORED:
         return []
     if shared is not None:

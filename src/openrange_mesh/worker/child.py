@@ -84,9 +84,19 @@ class Done:
     result: dict[str, Any] = field(default_factory=dict)
     events: str | None = None  # the shared events file its events went to (a short episode's)
     artifacts: list[dict[str, Any]] | None = None  # what it uploaded (files.py): name, size, sha256
+    inline_events: list[dict[str, Any]] | None = None  # its events, few enough for its record (sinks.py)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        fields = (self.episode_id, self.attempt, self.kind, self.error, self.result, self.events, self.artifacts)
+        fields = (
+            self.episode_id,
+            self.attempt,
+            self.kind,
+            self.error,
+            self.result,
+            self.events,
+            self.artifacts,
+            self.inline_events,
+        )
         return Done, fields
 
 
@@ -168,9 +178,10 @@ def _finish(handle: Any, events: Single | Tagged, item: WorkItem, kind: str, err
         result = dict(handle.collect())
     finally:
         _safe_stop(handle)
+    where, inline = events.finish()
     if not is_plain_json(result):  # the episode's own fault: it must not crash this worker or the commit
-        return Done(item.episode_id, item.attempt, "failed", _not_plain(result), {}, events.finish())
-    return Done(item.episode_id, item.attempt, kind, error, result, events.finish())
+        kind, error, result = "failed", _not_plain(result), {}
+    return Done(item.episode_id, item.attempt, kind, error, result, where, inline_events=inline)
 
 
 def _not_plain(result: dict[str, Any]) -> str:

@@ -4,7 +4,10 @@
   ``FLUSH_SECONDS``, and the rest when it ends (``Chunks``).
 * A batch's episodes share chunks (``batches/<claim id>/``, events tagged with episode and
   attempt): written before any of their results leaves the worker (``Chunks`` again).
-* A single episode that ends before its first chunk is due hands its events to the worker's
+* A single episode that ends before its first chunk is due, with a log of a few small events
+  (``INLINE_EVENTS``: a reset and a terminal event), keeps them in its record: its result
+  leaves at once, and the agent commits it in the txn that claims the freed worker's next.
+* Any other that ends before its first chunk is due hands its events to the worker's
   file of short episodes (``ShortEvents``, ``shared/<name>.jsonl``), written for many at once:
   two directories and a file per short episode cost more than a short episode (70-300 us of
   kernel time here, far more on NFS). Its result waits in the worker until that file is
@@ -32,8 +35,14 @@ from ..store.layout import batch_events_path, events_path, shared_events_path
 log = logging.getLogger(__name__)
 
 SHARED_EVENTS = 10_000  # events in the file of short episodes: written at once past this many
+# A single episode's events ride in its record when they encode to at most this many bytes and
+# none was written yet: a reset and a terminal event (~200 bytes) are most short episodes' log.
+# Past it they go to a file: etcd carries every record to every watcher, several times.
+INLINE_EVENTS = 1024
+INLINE_COUNT = 16  # more events than this are not measured for it (encoding them costs more)
 
 Report = Callable[[str], None]
+Finished = tuple[str | None, list[dict[str, Any]] | None]  # Done.events, Done.inline_events
 
 
 class Chunks:
@@ -81,16 +90,21 @@ class Single:
     def add(self, events: list[dict[str, Any]]) -> None:
         self.chunks.add(events)
 
-    def finish(self) -> str | None:
-        """The episode ended: where its events are (``Done.events``). The short episodes' file
-        it joined (not yet written), None for its own chunks, ``NOT_STORED`` if one was refused."""
+    def finish(self) -> Finished:
+        """The episode ended: where its events are (``Done.events``, ``Done.inline_events``).
+        Few enough to ride in its record: themselves. Else the short episodes' file it joined
+        (not yet written), None for its own chunks, ``NOT_STORED`` if one was refused."""
         chunks = self.chunks
-        if chunks.chunk == 0 and self.short is not None and chunks.buffer:
-            name = self.short.take(chunks.item, chunks.buffer)
-            chunks.buffer = []
-            return name
+        if chunks.chunk == 0 and chunks.buffer:
+            if (inline := _inline(chunks.buffer)) is not None:
+                chunks.buffer = []
+                return None, inline
+            if self.short is not None:
+                name = self.short.take(chunks.item, chunks.buffer)
+                chunks.buffer = []
+                return name, None
         chunks.flush()
-        return NOT_STORED if chunks.lost else None
+        return (NOT_STORED if chunks.lost else None), None
 
 
 class Tagged:
@@ -103,8 +117,8 @@ class Tagged:
     def add(self, events: list[dict[str, Any]]) -> None:
         self.shared.add(events, self.item)
 
-    def finish(self) -> str | None:
-        return None  # the batch's chunks: the attempt names its claim; written before results leave
+    def finish(self) -> Finished:
+        return None, None  # the batch's chunks: the attempt names its claim; written before results leave
 
 
 class ShortEvents:
@@ -140,6 +154,14 @@ class ShortEvents:
         written = write_events(self.store, shared_events_path(name), self.buffer, self.report)
         self.buffer, self.name = [], None
         return name if written else None
+
+
+def _inline(events: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """``events`` if they may ride in the record: few, small, and plain JSON data (etcd's
+    records are msgpack; an event that is not plain JSON is dropped on the file's path)."""
+    if len(events) > INLINE_COUNT or not is_plain_json(events):
+        return None
+    return events if len(encode_events(events)) <= INLINE_EVENTS else None
 
 
 def write_events(store: Store, path: str, events: list[dict[str, Any]], report: Report | None) -> bool:
