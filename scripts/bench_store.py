@@ -3,10 +3,10 @@
 against what a user writes without us, in the same run.
 
 1. Cold fetch: ``SnapshotCache.open`` of a snapshot into an empty cache directory (streamed,
-   hashed, fsynced, sealed read-only, renamed into place) against a plain ``fs.get_file`` of the
-   same blob to a local file (the local filesystem for the directory store, s3fs for S3: a moto
-   server), for each backend. The bar: >= 0.9x. A second baseline shows what the gap is made
-   of: a plain loop that also hashes every byte and fsyncs, as ours must (A B C C B A).
+   hashed beside the copy, sealed read-only, renamed into place) against a plain ``fs.get_file``
+   of the same blob to a local file (the local filesystem for the directory store, s3fs for S3: a
+   moto server), for each backend. The bar: >= 0.9x. A second baseline shows what the gap is
+   made of: a plain loop that also hashes every byte, as ours must (A B C C B A).
 2. Warm hits: p50/p99 of ``cache.open()`` on a cached digest (the bar: < 5 ms), and the GETs
    the S3 server answered during them (none, or the cache is not a cache).
 3. Peak memory of a cold fetch in a fresh child process (tracemalloc's peak, and the peak RSS
@@ -128,7 +128,7 @@ def fetch(cache: SnapshotCache, digest: str) -> None:
 
 def cold_fetch(backend: Backend, digest: str, size: int, work: Path) -> dict[str, Any]:
     """Ours against the plain ``get_file`` (the bar), and against a plain loop that also does
-    what ours must: hash every byte and fsync (what the gap to the bar is made of)."""
+    what ours must: hash every byte (what the gap to the bar is made of)."""
     blob = backend.remote(layout.cas_path(digest))
     # One untimed plain fetch: s3fs's session and connections, and the server's first read of the
     # blob, would otherwise fall on the first timed run, the baseline's (its first run took 2x its last).
@@ -150,8 +150,6 @@ def cold_fetch(backend: Backend, digest: str, size: int, work: Path) -> dict[str
                 while chunk := source.read(CHUNK_SIZE):
                     digest_now.update(chunk)
                     sink.write(chunk)
-                sink.flush()
-                os.fsync(sink.fileno())
             assert f"sha256:{digest_now.hexdigest()}" == digest
 
         took = timed(copy)
@@ -164,7 +162,7 @@ def cold_fetch(backend: Backend, digest: str, size: int, work: Path) -> dict[str
         cas.remove_tree(cache.directory)
         return took
 
-    return abba({"plain": plain, "hashed_fsynced": hashed, "ours": ours}, size / MiB)
+    return abba({"plain": plain, "hashed": hashed, "ours": ours}, size / MiB)
 
 
 def warm_hits(backend: Backend, digest: str, size: int, work: Path, count: int, s3: S3Server) -> dict[str, float]:
@@ -230,16 +228,19 @@ def upload(backend: Backend, source: Path, size: int) -> dict[str, Any]:
         backend.store.delete(f"plain-upload/{run}.bin")
         return took
 
+    outputs = Outputs()  # a worker's: made once, emptied by each upload
+
     def ours(run: int) -> float:
-        outputs = Outputs(f"bench-{run}", 1, token=run + 1)
         try:
             os.link(source, outputs.directory / "out.bin")  # both in the system's temp folder
-            return timed(lambda: outputs.upload(backend.store))
+            return timed(lambda: outputs.upload(backend.store, f"bench-{run}", 1, run + 1))
         finally:
-            outputs.remove()
             backend.store.delete_prefix(layout.episode_prefix(f"bench-{run}"))
 
-    return abba({"plain": plain, "ours": ours}, size / MiB)
+    try:
+        return abba({"plain": plain, "ours": ours}, size / MiB)
+    finally:
+        outputs.close()
 
 
 def agent_has_cache_flags() -> bool:
@@ -378,8 +379,8 @@ def report(figures: dict[str, Any]) -> None:
         rate = cold["per_s"]
         ratio = f"{cold['ratio']:.2f}x (bar >= 0.9x)"
         rows.append((f"{name} cold fetch MiB/s vs get_file", f"{rate['ours']:.0f}", f"{rate['plain']:.0f}", ratio))
-        verified = f"{rate['ours'] / rate['hashed_fsynced']:.2f}x"
-        rows.append((f"{name}   vs a loop that hashes, fsyncs", "", f"{rate['hashed_fsynced']:.0f}", verified))
+        verified = f"{rate['ours'] / rate['hashed']:.2f}x"
+        rows.append((f"{name}   vs a loop that hashes as it copies", "", f"{rate['hashed']:.0f}", verified))
         hit = f"{warm['p50_ms']:.2f} / {warm['p99_ms']:.2f}"
         rows.append((f"{name} warm hit p50 / p99 ms", hit, "", f"bar < 5 ms; {warm['gets']} GETs"))
         for memory in part["memory"]:

@@ -235,6 +235,27 @@ def test_leftovers_of_killed_downloads_and_evictions_go_at_start(store: Store, t
     assert leftovers(cache_dir) == []
 
 
+def test_entries_of_an_earlier_boot_are_fetched_again(store: Store, tmp_path: Path) -> None:
+    """Entries are not fsynced (a killed process loses no written page; only a machine crash
+    can tear one, and that ends the boot): a cache opened in a later boot drops the entries an
+    earlier boot wrote, or an older version that did not say, and fetches them again when used.
+    This boot's entries stay."""
+    old, kept, unsaid = (put_snapshot(store, io.BytesIO(blob(KIB, i))) for i in range(3))
+    cache_dir = tmp_path / "cache"
+    cache = SnapshotCache(store, cache_dir, max_bytes=2**20)
+    for snapshot in (old, kept, unsaid):
+        cache.get_bytes(snapshot.digest)
+    for snapshot, boot in ((old, " another-boot"), (unsaid, "")):  # "": as an older version wrote it
+        pin = cache_dir / "pins" / snapshot.digest.partition(":")[2]
+        pin.write_text(f"{pin.read_text().split()[0]}{boot}\n")
+    kept_inode = os.stat(cache_dir / "data" / kept.digest.partition(":")[2]).st_ino
+    reopened = SnapshotCache(store, cache_dir, max_bytes=2**20)
+    assert cached(cache_dir) == [kept.digest] and leftovers(cache_dir) == []
+    assert reopened.get_bytes(old.digest) == blob(KIB, 0) and reopened.get_bytes(kept.digest) == blob(KIB, 1)
+    assert os.stat(cache_dir / "data" / kept.digest.partition(":")[2]).st_ino == kept_inode  # not fetched again
+    assert cached(cache_dir) == sorted([old.digest, kept.digest])
+
+
 # -- eviction -------------------------------------------------------------------------------
 
 

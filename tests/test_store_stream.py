@@ -15,7 +15,7 @@ import pytest
 
 from openrange_mesh.errors import ArtifactNotFound, HashMismatch, StoreError
 from openrange_mesh.store import Store, open_store
-from openrange_mesh.store.digest import CHUNK_SIZE, Reader
+from openrange_mesh.store.digest import CHUNK_SIZE, HashingReader, Reader
 from openrange_mesh.store.streams import S3_PART_SIZE
 
 from .s3kit import S3Server
@@ -178,3 +178,17 @@ def test_an_s3_read_is_one_get_however_large(s3_server: S3Server, s3_bucket: str
     store.put_bytes("blob", data)
     assert read_all(store, "blob") == data
     assert requests(s3_server, "GET", s3_key(url, "blob")) == 1
+
+
+@pytest.mark.parametrize("sizes", [[3, CHUNK_SIZE, CHUNK_SIZE, 7, CHUNK_SIZE], [CHUNK_SIZE] * 5, [10]])
+def test_hashing_beside_the_copy_digests_every_byte_in_order(sizes: list[int]) -> None:
+    """A fill hashes chunks in a thread of its own while it writes them out: the digest must be
+    that of the bytes in order, whatever the reads' sizes, and the thread gone after ``digest``."""
+    data = os.urandom(4 * CHUNK_SIZE + 123)
+    reader = HashingReader(io.BytesIO(data), beside=True)
+    parts = [reader.read(size) for size in sizes]
+    while part := reader.read():
+        parts.append(part)
+    assert b"".join(parts) == data and reader.size == len(data)
+    assert reader.digest == f"sha256:{hashlib.sha256(data).hexdigest()}"
+    assert not [t for t in threading.enumerate() if t.name.startswith("sha256")]

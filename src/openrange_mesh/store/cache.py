@@ -7,6 +7,7 @@ Every process on the host that opens the same directory shares it::
                           complete (a rename) or not at all
     pins/<hex>            flock'ed shared by every user while in use, exclusive by whoever evicts
                           it; its mtime is the entry's last use, its content the entry's size
+                          and the boot it was written in
     locks/<hex>.lock      a filelock.FileLock: its holder is the one download of <hex> on the host
     locks/evict.lock      one eviction pass at a time
     tmp/<hex>.<random>    a download in flight: a file, or a directory being extracted
@@ -15,8 +16,14 @@ Every process on the host that opens the same directory shares it::
 ``open(digest)``: pin (shared flock); if ``data/<hex>`` is there, use it; else take the download
 lock, look again (another process may have filled it while this one waited), remove a killed
 download's leftovers, download into ``tmp/`` (``cas.get_snapshot``: streamed, verified, a
-directory extracted safely), make it read-only, sync, rename it into ``data/``, then evict the
+directory extracted safely), make it read-only, rename it into ``data/``, then evict the
 least recently used unpinned entries while the total is over ``max_bytes``. Unpin on exit.
+
+Nothing is fsynced: a process killed mid-download loses no written page, so only a crash of the
+machine can tear an entry, and that ends the boot. Each entry records the boot it was written
+in (Linux's ``boot_id``), and a cache opened in a later boot drops the entries of earlier ones:
+they are fetched again when used. An fsync of a 200 MB entry cost more than hashing it; a
+reboot's re-fetch costs what the first fetch did. Without a ``boot_id``, entries are synced.
 
 Why this holds: a downloader waits for the lock while pinned, so an evictor (which must get the
 pin exclusively, without waiting) never removes an entry in use nor a lock file someone waits
@@ -50,6 +57,17 @@ log = logging.getLogger(__name__)
 
 _HEX = re.compile(r"[0-9a-f]{64}")
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _boot_id() -> str:
+    """This boot's id (Linux), or "" where there is none."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+_BOOT = _boot_id()
 
 
 class SnapshotCache:
@@ -113,7 +131,7 @@ class SnapshotCache:
                 snapshot = cas.get_snapshot(self.store, digest, temp)
                 size = _seal(temp)
                 os.ftruncate(pin, 0)
-                os.pwrite(pin, f"{size}\n".encode(), 0)
+                os.pwrite(pin, f"{size} {_BOOT}\n".encode(), 0)
                 _rename_unless_there(temp, final)
             finally:
                 cas.remove_tree(temp)
@@ -155,14 +173,20 @@ class SnapshotCache:
     def _entries(self) -> Iterator[tuple[int, int, str]]:
         """``(last use in ns, size, hex)`` of every cached entry."""
         for name in os.listdir(self._data):
-            if not _HEX.fullmatch(name):
-                continue
-            try:
-                with open(self._pins / name, "rb") as f:
-                    last_used, recorded = os.fstat(f.fileno()).st_mtime_ns, f.read(32).strip()
-            except FileNotFoundError:
-                last_used, recorded = 0, b""
-            yield last_used, int(recorded) if recorded.isdigit() else _disk_size(self._data / name), name
+            if _HEX.fullmatch(name):
+                last_used, size, _ = self._pinned(name)
+                yield last_used, size if size is not None else _disk_size(self._data / name), name
+
+    def _pinned(self, hex_digest: str) -> tuple[int, int | None, str]:
+        """What an entry's pin file says: ``(last use in ns, size, boot)``; 0, None, "" for what
+        it lacks (removed by hand, or written by an older version)."""
+        try:
+            with open(self._pins / hex_digest, "rb") as f:
+                last_used, recorded = os.fstat(f.fileno()).st_mtime_ns, f.read(128).decode(errors="replace").split()
+        except FileNotFoundError:
+            return 0, None, ""
+        size = int(recorded[0]) if recorded and recorded[0].isdigit() else None
+        return last_used, size, recorded[1] if len(recorded) > 1 else ""
 
     def _remove_entry(self, hex_digest: str) -> bool:
         """Evict one entry unless it is pinned; whether it was evicted."""
@@ -190,6 +214,11 @@ class SnapshotCache:
     def _clean_leftovers(self) -> None:
         for name in os.listdir(self._trash):  # an evictor killed while deleting
             cas.remove_tree(self._trash / name)
+        if _BOOT:  # entries of an earlier boot were not synced: a crash may have torn them
+            stale = [n for n in os.listdir(self._data) if _HEX.fullmatch(n) and self._pinned(n)[2] != _BOOT]
+            dropped = sum(self._remove_entry(n) for n in stale)
+            if dropped:
+                log.info("dropped %d snapshot(s) cached before this boot from %s", dropped, self.directory)
         names = os.listdir(self._tmp) + os.listdir(self._pins) + os.listdir(self._locks)
         for hex_digest in {n.partition(".")[0] for n in names if _HEX.fullmatch(n.partition(".")[0])}:
             removed = self._tidy(hex_digest)
@@ -247,9 +276,12 @@ def _rename_unless_there(temp: Path, final: Path) -> None:
 
 
 def _seal(path: Path) -> int:
-    """Make a downloaded entry read-only and durable; its size in bytes."""
+    """Make a downloaded entry read-only (and durable, where no boot id says what a crash
+    may have torn); its size in bytes."""
     if not path.is_dir():
-        path.chmod(0o444)  # its data was fsynced as it was written
+        path.chmod(0o444)
+        if not _BOOT:
+            os.sync()
         return path.stat().st_size
     size = 0
     for directory, _, files in os.walk(path):
@@ -260,7 +292,8 @@ def _seal(path: Path) -> int:
                 os.chmod(file, 0o555 if status.st_mode & 0o100 else 0o444)
             size += status.st_size
         os.chmod(directory, 0o555)
-    os.sync()  # one flush for the whole tree: an fsync per file costs a journal commit each
+    if not _BOOT:
+        os.sync()  # one flush for the whole tree: an fsync per file costs a journal commit each
     return size
 
 

@@ -73,16 +73,18 @@ def get_snapshot(store: Store, digest: str, dest: str | os.PathLike[str]) -> Sna
     """Write snapshot ``digest`` at ``dest``, which must not exist: the file, or the directory
     extracted safely (``archive.unpack``). ``SnapshotNotFound`` if the store has no such blob,
     ``HashMismatch`` if its bytes do not hash to ``digest``; on any error nothing is left at
-    ``dest``. The caller makes ``dest`` visible to others only after this returns. Errors of
+    ``dest``. Nothing is fsynced: the caller makes ``dest`` visible to others only after this
+    returns, and judges what a crash of the machine may have torn (the cache). Errors of
     the local disk at ``dest`` stay ``OSError``, errno and all, for the caller to judge (the
     cache turns ENOSPC into ``CacheFull``)."""
     digest = parse_digest(digest)
     blob = layout.cas_path(digest)
     target = Path(dest)
     created = False
+    reader: HashingReader | None = None
     try:
         with store.open_read(blob) as raw:
-            reader = HashingReader(raw)
+            reader = HashingReader(raw, beside=True)  # hashed while the bytes are written out
             kind = HEADERS.get(header := reader.read_exactly(HEADER_SIZE))
             if kind is None:
                 _verify(reader, digest, drain=True)
@@ -96,6 +98,9 @@ def get_snapshot(store: Store, digest: str, dest: str | os.PathLike[str]) -> Sna
         if created:
             remove_tree(target)
         raise
+    finally:
+        if reader is not None:
+            reader.close()
     return Snapshot(digest, reader.size, kind)
 
 
@@ -165,11 +170,9 @@ def _upload(store: Store, snapshot: Snapshot, source: Reader) -> None:
 
 def _materialise(reader: HashingReader, kind: Kind, target: Path, digest: str) -> None:
     if kind == "file":
-        with open(target, "xb") as f:
+        with open(target, "xb") as f:  # not fsynced: the cache re-fetches what a crash may have torn
             while chunk := reader.read(CHUNK_SIZE):
                 f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
         return
     target.mkdir()
     try:

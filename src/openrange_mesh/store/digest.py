@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 from ..errors import InvalidDigest
@@ -39,18 +40,47 @@ def hex_of(digest: str) -> str:
 
 class HashingReader:
     """Reads through ``source``, hashing and counting every byte that passes. ``read()`` with no
-    size returns one chunk, never the whole stream."""
+    size returns one chunk, never the whole stream.
 
-    def __init__(self, source: Reader) -> None:
+    ``beside=True`` hashes each chunk in a thread of its own while the caller writes it out
+    (hashlib lets go of the GIL for a large update): a cache fill then takes as long as the
+    slower of hashing and copying, not both (sha256 here ~1.2-1.6 GB/s, a page-cache copy
+    ~3 GB/s). One chunk is hashed at a time, in order: memory stays two chunks. The thread
+    starts with the second chunk (a small file's one chunk is not worth a thread); ``close()``
+    (or ``digest``) ends it."""
+
+    def __init__(self, source: Reader, *, beside: bool = False) -> None:
         self._source = source
         self._hash = hashlib.sha256()
         self.size = 0
+        self._beside = beside
+        self._thread: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None  # the chunk being hashed beside
 
     def read(self, size: int = -1, /) -> bytes:
         data = self._source.read(CHUNK_SIZE if size is None or size < 0 else size)
-        self._hash.update(data)
+        if not data:
+            return data
+        if self._beside and self.size:  # only the first chunk, hashed here, comes before any beside
+            self._wait()
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+            self._pending = self._thread.submit(self._hash.update, data)
+        else:
+            self._hash.update(data)
         self.size += len(data)
         return data
+
+    def close(self) -> None:
+        self._wait()
+        if self._thread is not None:
+            self._thread.shutdown()
+            self._thread = None
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def read_exactly(self, size: int) -> bytes:
         """``size`` bytes, fewer only at the end of the stream."""
@@ -67,6 +97,7 @@ class HashingReader:
 
     @property
     def digest(self) -> str:
+        self.close()
         return f"{ALGORITHM}:{self._hash.hexdigest()}"
 
 

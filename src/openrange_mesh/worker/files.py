@@ -124,8 +124,11 @@ class Outputs:
             raise EpisodeFault(str(exc)) from exc
         try:
             with path.open("rb") as raw:
-                reader = HashingReader(raw)
-                store.put_stream(target, reader, create_only=False)
+                reader = HashingReader(raw, beside=True)  # hashed while the store takes the bytes
+                try:
+                    store.put_stream(target, reader, create_only=False)
+                finally:
+                    reader.close()
         except OSError as exc:
             raise EpisodeFault(f"artifact {name}: {exc.strerror or exc}") from exc
         except StoreError as exc:
