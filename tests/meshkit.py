@@ -57,6 +57,7 @@ RECORD_RUN = (
     "line = (line + '\\n').encode()\n"
     "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT)\n"
     "os.write(fd, line)\n"
+    "sys.stdout.write('step\\n' * int(sys.argv[3]))\n"  # log events: past 14, more than a record holds
 )
 
 
@@ -664,12 +665,15 @@ class Mesh:
 
     # --- episodes ------------------------------------------------------------------------
 
-    def command_specs(self, count: int, seconds: float | Sequence[float] = 0.3, **spec: Any) -> list[dict[str, Any]]:
-        """Command episodes that sleep, then record their execution; each gets a fresh seed."""
+    def command_specs(
+        self, count: int, seconds: float | Sequence[float] = 0.3, *, lines: int = 0, **spec: Any
+    ) -> list[dict[str, Any]]:
+        """Command episodes that sleep, then record their execution and print ``lines`` lines
+        (log events; past 14 they go to the store, not the record); each gets a fresh seed."""
         durations = [seconds] * count if isinstance(seconds, int | float) else list(seconds)
         specs = []
         for duration in durations:
-            argv = [sys.executable, "-S", "-c", RECORD_RUN, str(self.runs_path), f"{duration:g}"]
+            argv = [sys.executable, "-S", "-c", RECORD_RUN, str(self.runs_path), f"{duration:g}", str(lines)]
             specs.append({"runtime": "command", "params": {"argv": argv}, "seed": self._next_seed, **spec})
             self._next_seed += 1
         return specs
@@ -682,8 +686,10 @@ class Mesh:
                 self.seeds[episode_id] = int(spec["seed"])
         return ids
 
-    def submit_commands(self, count: int, seconds: float | Sequence[float] = 0.3, **spec: Any) -> list[str]:
-        return self.submit(self.command_specs(count, seconds, **spec))
+    def submit_commands(
+        self, count: int, seconds: float | Sequence[float] = 0.3, *, lines: int = 0, **spec: Any
+    ) -> list[str]:
+        return self.submit(self.command_specs(count, seconds, lines=lines, **spec))
 
     def submit_sleeps(self, count: int, seconds: float = 0.2, mode: str = "ok", **spec: Any) -> list[str]:
         return self.submit([{"runtime": "sleep", "params": {"seconds": seconds, "mode": mode}, **spec}] * count)

@@ -60,7 +60,7 @@ def test_a_host_whose_store_breaks_drains_itself_and_loses_nothing(make_mesh: Ma
     mount = mesh.store.parent / "mount-h3"
     mount.symlink_to(mesh.store)
     mesh.start_agent("h3", store=str(mount))
-    ids = mesh.submit_commands(40, 0.3)
+    ids = mesh.submit_commands(40, 0.3, lines=20)  # events enough to need the store, not the record
     wait_until(lambda: mesh.running_on("h3"), 20, interval=0.02, what="h3 to run episodes")
     mount.unlink()
     mount.write_text("the mount is gone")  # every path under it now fails (not a directory)
@@ -132,7 +132,7 @@ def test_events_the_store_refused_are_said_not_stored_in_the_result() -> None:
             pool = WorkerPool(1, f"s3://{bucket}/store?endpoint_url={s3.endpoint_url}", on_fault=faults.append)
             pool.start()
             try:
-                spec = EpisodeSpec(runtime="sleep", params={"seconds": 0, "events": 2})
+                spec = EpisodeSpec(runtime="sleep", params={"seconds": 0, "events": 20})  # more than a record holds
                 pool.dispatch([WorkItem("kept", 1, spec)])
                 (kept,) = results(pool, 1)
                 s3.reset()  # the bucket is gone: the worker's next write is refused
