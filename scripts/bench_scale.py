@@ -27,12 +27,21 @@ Per N, on a fresh namespace, the agents started together (ttl 5, capacity 4 by d
   history wrote its record final exactly once (scalekit.check_exactly_once). A failure stops
   the benchmark.
 
-Then etcd's load at 1,000 hosts, per code, from a least-squares line over the N measured (two
-N at least): idle requests, events and bytes per second at N = 1000; busy, the per-episode
-figures at N = 1000 times the episodes per second 1,000 hosts run (1000 x capacity / seconds).
+**Simulated hosts** (``--simulate 200,500``): the same, with N hosts shared out over
+``--sim-processes`` (4) scripts/scalesim.py processes, each host a real ``Agent`` whose
+episodes a ``SimulatedPool`` ends on its own loop (no worker processes), ``--sim-episodes``
+(1,000) per run; a kill takes a quarter of the processes. etcd's figures are a fleet's; the
+agents' CPU, latency, makespan and lease timing are those of hosts that share a GIL by the
+hundred, and results reach commits sooner than a worker's (no events written first), so more
+commits ride with claims. Only a tree whose ``Agent`` takes ``make_pool`` can be simulated.
 
-    python scripts/bench_scale.py --quick                        # 2 and 4 agents, < 2 minutes
-    python scripts/bench_scale.py --agents 8,24,48 --json scale.json
+Then etcd's load at 1,000 hosts, per code (and per mode), from a least-squares line over the N
+measured (two N at least): idle requests, events and bytes per second at N = 1000; busy, the
+per-episode figures at N = 1000 times the episodes per second 1,000 hosts run (1000 x capacity
+/ seconds).
+
+    python scripts/bench_scale.py --quick        # 2 and 4 agents, 16 simulated hosts: ~2 minutes
+    python scripts/bench_scale.py --agents 8,24,48 --simulate 200,500 --json scale.json
     python scripts/bench_scale.py --agents 8,24,48 --baseline-src /path/to/other/tree/src --json scale.json
 """
 
@@ -47,7 +56,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +79,19 @@ class Options:
     idle: float
 
 
-def measure(src: str, agents: int, opts: Options, server: EtcdServer, work: Path) -> dict[str, Any]:
+def measure(src: str, agents: int, opts: Options, server: EtcdServer, work: Path, per_process: int) -> dict[str, Any]:
     """Every figure of one code at one N, on a namespace of its own."""
     namespace = f"scale-{agents}-{int(time.time() * 1000)}"
-    fleet = Fleet(src, server.endpoint, namespace, agents, capacity=opts.capacity, ttl=opts.ttl, work=work)
+    fleet = Fleet(
+        src,
+        server.endpoint,
+        namespace,
+        agents,
+        capacity=opts.capacity,
+        ttl=opts.ttl,
+        work=work,
+        per_process=per_process,
+    )
     try:
         with MeshClient(server.url, namespace=namespace, consumer="bench") as client:
             _wait_joined(fleet, client, agents)
@@ -82,9 +100,9 @@ def measure(src: str, agents: int, opts: Options, server: EtcdServer, work: Path
             time.sleep(3.0 + opts.ttl / 4)  # the leader's first sweep done, the warm-up's commits settled
             idle = _idle(fleet, server, opts.idle)
             at_start = fleet.lease()
-            run = _run(client, fleet, server, opts, kill=0)
+            run = _run(client, fleet, server, opts, victims=[])
             after_run = fleet.lease()
-            kill = _run(client, fleet, server, opts, kill=max(1, agents // 4))
+            kill = _run(client, fleet, server, opts, victims=fleet.quarter())
             at_end = fleet.lease()
     finally:
         fleet.stop()
@@ -132,13 +150,12 @@ def _agent_figures(fleet: Fleet, before: dict[str, float], after: dict[str, floa
     }
 
 
-def _run(client: MeshClient, fleet: Fleet, server: EtcdServer, opts: Options, kill: int) -> dict[str, Any]:
-    """``opts.episodes`` episodes submitted at once, ``kill`` agents killed -9 halfway through
-    the ideal makespan; the figures of the run and its invariants checked."""
+def _run(client: MeshClient, fleet: Fleet, server: EtcdServer, opts: Options, victims: list[str]) -> dict[str, Any]:
+    """``opts.episodes`` episodes submitted at once, ``victims`` killed -9 halfway through the
+    ideal makespan; the figures of the run and its invariants checked."""
     live = fleet.live
     slots = len(live) * opts.capacity
     work = opts.episodes * opts.seconds
-    victims = live[len(live) - kill :] if kill else []
     first = client.registry.get(b"/")[1] + 1
     before, cpu = EtcdSample.take(server.endpoint, server.pid), fleet.cpu()
     start = time.time()
@@ -210,9 +227,9 @@ Column = tuple[str, int, Callable[[dict[str, Any]], str]]  # header, width, the 
 
 def table(title: str, columns: list[Column], rows: list[tuple[str, dict[str, Any]]]) -> None:
     print(f"\n{title}")
-    print(f"{'code':<9}{'N':>4}" + "".join(f"{h:>{w}}" for h, w, _ in columns))
+    print(f"{'code':<12}{'N':>5}" + "".join(f"{h:>{w}}" for h, w, _ in columns))
     for code, r in rows:
-        print(f"{code:<9}{r['agents']:>4}" + "".join(f"{cell(r):>{w}}" for _, w, cell in columns))
+        print(f"{code:<12}{r['agents']:>5}" + "".join(f"{cell(r):>{w}}" for _, w, cell in columns))
 
 
 def _latency(run: dict[str, Any]) -> str:
@@ -225,6 +242,7 @@ def _bound(delay: float | None) -> str:
 
 def _busy_columns(phase: str) -> list[Column]:
     return [
+        ("episodes", 10, lambda r: str(r[phase]["episodes"])),
         ("etcd req", 10, lambda r: f"{r[phase]['per_episode']['requests']:.2f}"),
         ("events", 9, lambda r: f"{r[phase]['per_episode']['events']:.2f}"),
         ("KB", 7, lambda r: f"{r[phase]['per_episode']['bytes'] / 1e3:.2f}"),
@@ -250,7 +268,7 @@ def report(results: dict[str, list[dict[str, Any]]], extrapolated: dict[str, Any
     table(f"idle, per second ({opts.idle:g} s)", idle, rows)
     for phase, title in (("run", "run"), ("kill", "after kill -9 of a quarter")):
         busy = _busy_columns(phase)
-        table(f"{title}: {opts.episodes} x sleep {opts.seconds:g} s, capacity {opts.capacity}, per episode", busy, rows)
+        table(f"{title}: sleep {opts.seconds:g} s episodes, capacity {opts.capacity}; per episode", busy, rows)
     lease: list[Column] = [
         ("lost at start", 15, lambda r: f"{r['lease']['lost_at_start']:.0f}"),
         ("worst at start", 16, lambda r: _bound(r["lease"]["worst_delay_at_start_s"])),
@@ -273,42 +291,54 @@ def report(results: dict[str, list[dict[str, Any]]], extrapolated: dict[str, Any
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--agents", default="8,24,48", help="fleet sizes, comma-separated")
+    parser.add_argument("--agents", default="8,24,48", help="fleet sizes, comma-separated ('': none)")
+    parser.add_argument("--simulate", default="", help="simulated fleet sizes, comma-separated (e.g. 200,500)")
+    parser.add_argument("--sim-processes", type=int, default=4, help="processes the simulated hosts share")
+    parser.add_argument("--sim-episodes", type=int, default=1000, help="episodes per simulated run")
     parser.add_argument("--capacity", type=int, default=4, help="workers per agent")
     parser.add_argument("--ttl", type=int, default=5, help="the agents' lease ttl (loop_wait = ttl / 8)")
     parser.add_argument("--episodes", type=int, default=5000, help="episodes per run")
     parser.add_argument("--seconds", type=float, default=2.0, help="each episode's length (the sleep runtime)")
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of the idle measurement")
     parser.add_argument("--baseline-src", help="another tree's src/ to run side by side")
-    parser.add_argument("--quick", action="store_true", help="2 and 4 agents, 1000 episodes of 0.1 s, 10 s idle")
+    parser.add_argument("--quick", action="store_true", help="2 and 4 agents and 16 simulated, 1000 x 0.1 s, 10 s idle")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
-    sizes = [2, 4] if args.quick else [int(n) for n in args.agents.split(",")]
-    opts = Options(
-        capacity=args.capacity,
-        ttl=args.ttl,
-        episodes=1000 if args.quick else args.episodes,
-        seconds=0.1 if args.quick else args.seconds,
-        idle=10.0 if args.quick else args.idle,
-    )
+    if args.quick:
+        args.agents, args.simulate, args.sim_episodes = "2,4", "16", 1000
+        args.episodes, args.seconds, args.idle = 1000, 0.1, 10.0
+    opts = Options(args.capacity, args.ttl, args.episodes, args.seconds, args.idle)
     codes = [("this", HERE)] + ([("baseline", args.baseline_src)] if args.baseline_src else [])
-    results: dict[str, list[dict[str, Any]]] = {code: [] for code, _ in codes}
+    plan: list[tuple[str, str, int, int, Options]] = []  # label, src, N, hosts per process, options
+    for index, n in enumerate(int(n) for n in args.agents.split(",") if n):
+        plan += [(code, src, n, 1, opts) for code, src in codes[:: 1 if index % 2 else -1]]  # alternating order
+    for n in (int(n) for n in args.simulate.split(",") if n):
+        sim = replace(opts, episodes=args.sim_episodes)
+        plan += [(f"{c} sim", s, n, -(-n // args.sim_processes), sim) for c, s in codes if _simulates(s)]
+    results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         work = Path(tmp)
         server = start_etcd(work / "etcd")
         try:
-            for index, agents in enumerate(sizes):
-                for code, src in codes[:: 1 if index % 2 else -1]:  # baseline first at the first N
-                    print(f"{code}: {agents} agents ...", flush=True)
-                    results[code].append(measure(src, agents, opts, server, work))
+            for label, src, n, per_process, options in plan:
+                print(f"{label}: {n} hosts ...", flush=True)
+                results.setdefault(label, []).append(measure(src, n, options, server, work, per_process))
         finally:
             server.stop()
-    extrapolated = {code: extrapolate(runs, opts) for code, runs in results.items()}
+    extrapolated = {label: extrapolate(runs, opts) for label, runs in results.items()}
     report(results, extrapolated, opts)
     if args.json:
-        figures = {"options": vars(opts), "agents": sizes, "results": results, "extrapolated": extrapolated}
+        figures = {"options": vars(args), "results": results, "extrapolated": extrapolated}
         Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
     return 0
+
+
+def _simulates(src: str) -> bool:
+    """Whether that tree's Agent takes a pool (``make_pool``), as scripts/scalesim.py needs."""
+    if "make_pool" in (Path(src) / "openrange_mesh" / "agent" / "agent.py").read_text():
+        return True
+    print(f"{src}: its Agent takes no make_pool, no simulated run of it", flush=True)
+    return False
 
 
 if __name__ == "__main__":

@@ -7,14 +7,16 @@ counters, ``/proc``, the agents' ``/metrics``, and the figures drawn from commit
   watcher that receives it; events a watcher's filter drops are not counted), bytes sent to
   clients (``etcd_network_client_grpc_sent_bytes_total``: answers and watch messages, as gRPC
   hands them to the gateway) and etcd's CPU seconds (``/proc``).
-* ``Fleet``: N ``openrange-agent`` processes running a given tree's code, each serving its
-  ``/metrics`` on a port of its own; ``LeaseFigures`` is what one scrape says of its lease.
+* ``Fleet``: N hosts running a given tree's code: ``openrange-agent`` processes, or simulated
+  hosts by the hundred in a few scripts/scalesim.py processes; each host serves its
+  ``/metrics``, and ``LeaseFigures`` is what one scrape says of its lease.
 * ``claim_latencies``, ``check_exactly_once``: figures and invariants from the records.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 import math
 import os
 import re
@@ -24,7 +26,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,63 +119,113 @@ class LeaseFigures:
 
 
 class Fleet:
-    """``count`` agents running the code in ``src`` on one namespace, started together."""
+    """``count`` hosts running the code in ``src`` on one namespace, started together: each an
+    ``openrange-agent`` process, or with ``per_process`` > 1 that many simulated hosts in each
+    scripts/scalesim.py process. Per-host CPU and RSS are their process's shared out; a kill
+    takes whole processes."""
 
     def __init__(
-        self, src: str, endpoint: str, namespace: str, count: int, *, capacity: int, ttl: int, work: Path
+        self,
+        src: str,
+        endpoint: str,
+        namespace: str,
+        count: int,
+        *,
+        capacity: int,
+        ttl: int,
+        work: Path,
+        per_process: int = 1,
     ) -> None:
         env = {**os.environ, "PYTHONPATH": src}
         self.hosts = [f"scale-{i}" for i in range(count)]
-        self.ports = {h: free_port() for h in self.hosts}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        for host in self.hosts:
-            argv = [sys.executable, "-c", AGENT_MAIN, "--etcd", endpoint, "--namespace", namespace]
-            argv += ["--host-id", host, "--capacity", str(capacity), "--ttl", str(ttl), "--store", str(work / "store")]
-            argv += ["--metrics-port", str(self.ports[host]), "--no-dashboard", "--log-level", "WARNING"]
-            # The leader's run report (one scan of every record, per mesh, every 10 minutes)
-            # does not grow with the fleet; on, it would land in one measurement at random.
-            argv += ["--report-interval", "0"]
-            log = (work / f"{namespace}-{host}.log").open("wb")
-            self.procs[host] = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.groups = [self.hosts[i : i + per_process] for i in range(0, count, per_process)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._ports: dict[str, int] = {}
+        self._port_files: list[Path] = []
+        for index, group in enumerate(self.groups):
+            common = ["--namespace", namespace, "--capacity", str(capacity), "--ttl", str(ttl)]
+            common += ["--store", str(work / "store")]
+            if per_process == 1:
+                self._ports[group[0]] = free_port()
+                argv = [sys.executable, "-c", AGENT_MAIN, "--etcd", endpoint, "--host-id", group[0], *common]
+                argv += ["--metrics-port", str(self._ports[group[0]]), "--no-dashboard", "--log-level", "WARNING"]
+                # The leader's run report (one scan of every record, per mesh, every 10 minutes)
+                # does not grow with the fleet; on, it would land in one measurement at random.
+                argv += ["--report-interval", "0"]
+            else:
+                self._port_files.append(work / f"{namespace}-{index}.ports")
+                argv = [sys.executable, str(Path(__file__).parent / "scalesim.py"), "--etcd", endpoint, *common]
+                argv += ["--hosts", ",".join(group), "--ports", str(self._port_files[-1])]
+            log = (work / f"{namespace}-{index}.log").open("wb")
+            self.procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
         self.killed: dict[str, float] = {}  # host -> wall-clock time of its kill -9
 
     @property
     def live(self) -> list[str]:
         return [h for h in self.hosts if h not in self.killed]
 
+    def quarter(self) -> list[str]:
+        """The hosts of the last quarter of the processes (at least one)."""
+        return [h for group in self.groups[len(self.groups) - max(1, len(self.groups) // 4) :] for h in group]
+
     def check_running(self) -> None:
-        exited = {h: p.returncode for h, p in self.procs.items() if h not in self.killed and p.poll() is not None}
+        exited = [p.args for p in self._alive() if p.poll() is not None]
         if exited:
-            raise RuntimeError(f"agents exited: {exited}")
+            raise RuntimeError(f"{len(exited)} processes of the fleet exited; the first: {exited[0]!r}")
 
     def cpu(self) -> dict[str, float]:
-        return {h: cpu_seconds(self.procs[h].pid) for h in self.live}
+        return self._shared(cpu_seconds)
 
     def rss(self) -> dict[str, float]:
-        return {h: rss_mib(self.procs[h].pid) for h in self.live}
+        return self._shared(rss_mib)
 
     def lease(self) -> dict[str, LeaseFigures]:
         out = {}
-        for host in self.live:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[host]}/metrics", timeout=10) as answer:
-                out[host] = LeaseFigures.parse(answer.read().decode())
+        for host, port in self.ports().items():
+            if host not in self.killed:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+                    out[host] = LeaseFigures.parse(answer.read().decode())
         return out
 
+    def ports(self) -> dict[str, int]:
+        """Each host's /metrics port (simulated hosts': once their process wrote them)."""
+        for path in self._port_files:
+            deadline = time.monotonic() + 120
+            while not path.exists():
+                self.check_running()
+                assert time.monotonic() < deadline, f"no ports in {path} after 120 s"
+                time.sleep(0.2)
+            self._ports.update(json.loads(path.read_text()))
+        self._port_files.clear()
+        return self._ports
+
     def kill(self, hosts: Iterable[str]) -> None:
-        for host in hosts:
-            self.procs[host].send_signal(signal.SIGKILL)
-            self.killed[host] = time.time()
+        for group, proc in zip(self.groups, self.procs, strict=True):
+            if set(group) & set(hosts):
+                proc.send_signal(signal.SIGKILL)
+                self.killed.update((h, time.time()) for h in group)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
+        for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
+        for proc in self.procs:
             try:
-                proc.wait(30)
+                proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def _alive(self) -> list[subprocess.Popen[bytes]]:
+        return [p for g, p in zip(self.groups, self.procs, strict=True) if g[0] not in self.killed]
+
+    def _shared(self, per_process: Callable[[int], float]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for group, proc in zip(self.groups, self.procs, strict=True):
+            if group[0] not in self.killed:
+                share = per_process(proc.pid) / len(group)
+                out.update((h, share) for h in group)
+        return out
 
 
 def claim_latencies(
