@@ -190,10 +190,10 @@ class Fleet:
     def ports(self) -> dict[str, int]:
         """Each host's /metrics port (simulated hosts': once their process wrote them)."""
         for path in self._port_files:
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 600
             while not path.exists():
                 self.check_running()
-                assert time.monotonic() < deadline, f"no ports in {path} after 120 s"
+                assert time.monotonic() < deadline, f"no ports in {path} after 600 s"
                 time.sleep(0.2)
             self._ports.update(json.loads(path.read_text()))
         self._port_files.clear()

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = [threading.Thread(target=a.run, name=f"agent-{a.host}", daemon=True) for a in agents]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600
     while not stopping.is_set() and any(a.metrics_port is None for a in agents):
         if time.monotonic() > deadline or not all(t.is_alive() for t in threads):
             print("agents did not start", file=sys.stderr)
