@@ -171,7 +171,7 @@ def _run(client: MeshClient, fleet: Fleet, server: EtcdServer, opts: Options, vi
     makespan = time.time() - start
     after, cpu_after = EtcdSample.take(server.endpoint, server.pid), fleet.cpu()
     given_back = check_exactly_once(client.registry, client.keys, records, first, client.registry.get(b"/")[1])
-    kill_at = min((fleet.killed[h] for h in victims), default=math.inf) - start
+    kill_at = min((fleet.killed.get(h, math.inf) for h in victims), default=math.inf) - start
     ideal = work / slots
     if work > slots * kill_at:  # the full fleet until the kill, the survivors after it
         ideal = kill_at + (work - slots * kill_at) / (slots - len(victims) * opts.capacity)
