@@ -1,13 +1,16 @@
-"""The whole ``Agent`` built in this process on ``memory://`` (its workers are real processes):
-episodes go through its loop to their commits, each exactly once, and a drain hands back what
-still runs. No dashboard, no etcd, a store in the test's directory: a few seconds, most of them
-starting workers."""
+"""The whole ``Agent`` built in this process on ``memory://`` (its workers are real processes, or
+none with a simulated pool): episodes go through its loop to their commits, each exactly once,
+and a drain hands back what still runs. No dashboard, no etcd, a store in the test's directory:
+a few seconds, most of them starting workers."""
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from pathlib import Path
+
+import pytest
 
 from openrange_mesh.agent.agent import Agent
 from openrange_mesh.client.client import MeshClient
@@ -17,6 +20,7 @@ from openrange_mesh.model import State
 from openrange_mesh.registry import open_registry
 
 from .helpers import wait_until
+from .simpool import SimulatedPool
 
 SHORT = {"runtime": "sleep", "params": {"seconds": 0.01}}
 
@@ -53,6 +57,40 @@ def test_an_agent_in_this_process_commits_every_episode_once_and_hands_back_at_a
         assert record.state is State.PENDING and record.history[-1].outcome == "released"
         assert record.history[-1].error == "released by draining host h1"
         assert registry.get(keys.host("h1"))[0] is None  # its lease went with it
+    finally:
+        agent.stop()
+        thread.join(30)
+        client.close()
+        registry.close()
+        registry.close()
+
+
+def children() -> list[str]:
+    return [c for task in Path("/proc/self/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_an_agent_with_a_simulated_pool_commits_every_episode_once_and_starts_no_process(tmp_path: Path) -> None:
+    """``make_pool``: the agent's loop, claims and commits as ever, its episodes ended by a pool
+    in its own process (scripts/scalesim.py runs hundreds of agents so)."""
+    url, namespace = f"memory://{uuid.uuid4().hex[:12]}", f"t{uuid.uuid4().hex[:10]}"
+    store = str(tmp_path / "store")
+    settings = Settings(registry=url, namespace=namespace, host_id="h1", capacity=3, store=store, dashboard=False)
+    agent = Agent(settings.with_timing(4), make_pool=SimulatedPool.make)
+    before = children()
+    thread = threading.Thread(target=agent.run, name="agent", daemon=True)
+    thread.start()
+    registry = open_registry(url)
+    client = MeshClient(registry, namespace=namespace)
+    try:
+        start = time.monotonic()
+        records = client.wait(client.submit([{"runtime": "sleep", "params": {"seconds": 0.2}}] * 6), timeout=30)
+        assert time.monotonic() - start >= 0.4  # two rounds of three slots
+        assert [r.state for r in records] == [State.SUCCEEDED] * 6
+        assert all(len(r.history) == 1 and r.history[0].host == "h1" for r in records), records
+        finished = agent.metrics.registry.get_sample_value
+        assert finished("openrange_episodes_finished_total", {"outcome": "succeeded"}) == 6
+        assert children() == before
     finally:
         agent.stop()
         thread.join(30)

@@ -1,5 +1,6 @@
 """The agent's metrics in-process: the metrics object on made-up records, the registry observer
-on the memory backend, and /metrics served over HTTP. No agent, no etcd: milliseconds."""
+and the lease keeper on the memory backend, and /metrics served over HTTP. No agent, no etcd:
+milliseconds, but for the keeper held up for a second on purpose."""
 
 from __future__ import annotations
 
@@ -7,18 +8,22 @@ import platform
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from openrange_mesh import __version__
+from openrange_mesh.agent.lease import LeaseKeeper
 from openrange_mesh.agent.metrics import Metrics, stop_serving
 from openrange_mesh.config import Settings
 from openrange_mesh.errors import Compacted, ConfigError, LeaseLost, RegistryError, TlsError, Unavailable
 from openrange_mesh.model import Attempt, EpisodeRecord, EpisodeSpec, State
 from openrange_mesh.registry import open_registry
 from openrange_mesh.registry.base import error_kind
+
+from .helpers import wait_until
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float:
@@ -113,6 +118,35 @@ def test_the_registry_tells_its_observer_of_each_request() -> None:
     assert value(metrics, "openrange_etcd_watch_reconnects_total") == 1
     assert value(metrics, errors, operation="watch", kind="unavailable") == 1
     registry.close()
+
+
+def test_a_refresh_held_up_by_a_busy_process_is_counted_late() -> None:
+    """The keeper's thread wakes on time but must wait for the GIL: here behind a pure-Python
+    loop that keeps it up to 0.3 s at a time once asked (the switch interval), as GIL-heavy work
+    in a busy agent does for 5 ms at a time, again and again. Its delay is observed."""
+    metrics = Metrics("h1")
+    registry = open_registry("memory://")
+    keeper = LeaseKeeper(registry, 5, interval=0.02, metrics=metrics)
+    keeper.start()
+    count, on_time = "openrange_lease_keepalive_delay_seconds_count", "openrange_lease_keepalive_delay_seconds_bucket"
+    try:
+        wait_until(lambda: value(metrics, count) >= 2, 5, interval=0.01, what="two refreshes")
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(0.3)
+        try:
+            busy_until = time.monotonic() + 0.7
+            while time.monotonic() < busy_until:  # holds the GIL: no call here releases it
+                pass
+        finally:
+            sys.setswitchinterval(switch)
+        seen = value(metrics, count)
+        wait_until(lambda: value(metrics, count) > seen, 5, interval=0.01, what="a refresh after the busy loop")
+        late = value(metrics, count) - value(metrics, on_time, le="0.1")
+        assert late >= 1, "no refresh was seen late behind the busy loop"
+        assert value(metrics, "openrange_leases_lost_total") == 0
+    finally:
+        keeper.stop()
+        registry.close()
 
 
 def test_served_over_http() -> None:

@@ -29,7 +29,7 @@ from ..dashboard.process import DashboardProcess
 from ..errors import RegistryError
 from ..keys import Keys
 from ..registry import Registry, open_registry
-from ..worker.pool import WorkerPool
+from ..worker.pool import Pool, WorkerPool
 from .collector import Collector
 from .health import Health
 from .lease import LeaseKeeper
@@ -39,13 +39,23 @@ from .waker import Waker
 
 log = logging.getLogger(__name__)
 
+# Builds an agent's pool from its settings, its loop's waker (the pool's ``wait`` returns when
+# it is set) and where infrastructure faults go.
+MakePool = Callable[[Settings, Waker, Callable[[str], None]], Pool]
+
+
+def worker_pool(settings: Settings, waker: Waker, on_fault: Callable[[str], None]) -> Pool:
+    """The agent's own: ``settings.capacity`` worker processes."""
+    cache = (settings.cache_dir, settings.cache_size)
+    return WorkerPool(settings.capacity, settings.store, waker=waker, on_fault=on_fault, cache=cache)
+
 
 class Agent:
     """Its own state: whether it drains and until when, whether etcd is out, whether to stop.
     The loop thread runs it; ``drain`` and ``stop`` may come from any thread or a signal
     handler (each sets a flag and wakes the loop)."""
 
-    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
+    def __init__(self, settings: Settings, registry: Registry | None = None, make_pool: MakePool = worker_pool) -> None:
         self.host = settings.host_id
         self.metrics = Metrics(self.host)
         self.registry = registry or open_registry(settings.registry, retry_timeout=settings.retry_timeout)
@@ -60,13 +70,7 @@ class Agent:
         )
         self._waker = Waker()
         self.health = Health()
-        self.pool = WorkerPool(
-            settings.capacity,
-            settings.store,
-            waker=self._waker,
-            on_fault=lambda why: self.parts.selfcheck.fault(why),
-            cache=(settings.cache_dir, settings.cache_size),
-        )
+        self.pool = make_pool(settings, self._waker, lambda why: self.parts.selfcheck.fault(why))
         self.dashboard = (
             DashboardProcess(DashboardConfig.of(settings), settings.dashboard_url) if settings.dashboard else None
         )

@@ -28,7 +28,7 @@ from ..ledger.queue import QueueEntry, decode_entry
 from ..model import EpisodeRecord, State
 from ..registry import Registry
 from ..worker.child import WorkItem
-from ..worker.pool import WorkerPool
+from ..worker.pool import Pool
 from .holdings import Holdings
 from .host_record import HostRecord
 from .lease import LeaseKeeper
@@ -53,7 +53,7 @@ class Claimer:
         keys: Keys,
         ledger: Ledger,
         lease: LeaseKeeper,
-        pool: WorkerPool,
+        pool: Pool,
         *,
         owned: OwnedQueue,
         peers: Peers,

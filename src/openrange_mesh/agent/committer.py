@@ -19,7 +19,7 @@ from ..ledger.claims import Settlement
 from ..ledger.ledger import Ledger
 from ..model import EpisodeRecord
 from ..registry import Registry
-from ..worker.pool import WorkerPool
+from ..worker.pool import Pool
 from .claimer import Candidate, Claimer, summary
 from .holdings import Holdings
 from .metrics import Metrics
@@ -34,7 +34,7 @@ class Committer:
         self,
         claimer: Claimer,
         holdings: Holdings,
-        pool: WorkerPool,
+        pool: Pool,
         ledger: Ledger,
         metrics: Metrics,
         *,

@@ -132,8 +132,13 @@ class LeaseKeeper:
                 log.warning("could not revoke lease %x: %s", lease, exc)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
+            due = time.monotonic() + self.interval
+            if self._stop.wait(self.interval):
+                return
             if self._lease:
+                if self.metrics is not None:  # how late this thread got to run: a busy host's lease is at risk
+                    self.metrics.keepalive_delay.observe(max(time.monotonic() - due, 0.0))
                 self.refresh()
 
     def _renewed(self, lease: int, sent: float) -> None:

@@ -123,6 +123,13 @@ class Metrics:
             buckets=REQUEST_BUCKETS,
             registry=r,
         )
+        self.keepalive_delay = Histogram(
+            "openrange_lease_keepalive_delay_seconds",
+            "How late the lease keeper sent each scheduled refresh of this host's lease: from when it "
+            "was due to when its thread ran (a busy process's threads wait for the GIL).",
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
         self.lease_refresh_failures = Counter(
             "openrange_lease_refresh_failures_total", "Refreshes of this host's lease etcd did not answer.", registry=r
         )

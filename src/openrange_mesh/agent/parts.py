@@ -17,7 +17,7 @@ from ..keys import Keys
 from ..ledger.catalog import Catalog
 from ..ledger.ledger import Ledger
 from ..registry import Registry
-from ..worker.pool import WorkerPool
+from ..worker.pool import Pool
 from .claimer import Claimer
 from .committer import Committer
 from .health import Health
@@ -58,7 +58,7 @@ def assemble(
     registry: Registry,
     *,
     lease: LeaseKeeper,
-    pool: WorkerPool,
+    pool: Pool,
     health: Health,
     metrics: Metrics,
     draining: Callable[[], bool],

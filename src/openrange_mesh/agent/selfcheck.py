@@ -16,7 +16,7 @@ from collections.abc import Callable
 from ..errors import StoreError
 from ..store import Store, open_store
 from ..store.probe import probe
-from ..worker.pool import WorkerPool
+from ..worker.pool import Pool
 from .health import Health
 from .host_record import HostRecord
 from .metrics import Metrics
@@ -29,7 +29,7 @@ class SelfCheck:
         self,
         store_url: str,
         health: Health,
-        pool: WorkerPool,
+        pool: Pool,
         host_record: HostRecord,
         metrics: Metrics,
         wake: Callable[[], None],

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from ..worker.pool import WorkerPool
+from ..worker.pool import Pool
 from .holdings import Holdings
 from .inbox import Inbox
 
@@ -20,7 +20,7 @@ KILL_GRACE = 5.0  # seconds past a timeout before the agent kills a worker that 
 
 
 class Stopper:
-    def __init__(self, pool: WorkerPool, holdings: Holdings, inbox: Inbox) -> None:
+    def __init__(self, pool: Pool, holdings: Holdings, inbox: Inbox) -> None:
         self.pool = pool
         self.holdings = holdings
         self.inbox = inbox

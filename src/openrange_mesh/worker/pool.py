@@ -36,7 +36,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, Protocol
 
 from . import files, reaper
 from .child import Done, WorkItem, worker_main
@@ -87,6 +87,42 @@ class Activity:
     episode_id: str
     started_at: float
     progress_at: float
+
+
+class Pool(Protocol):
+    """What the agent's parts use of its workers. ``WorkerPool`` is the agent's; whoever builds
+    an ``Agent`` may hand it another (``make_pool``): scripts/scalesim.py completes episodes in
+    the agent's own process, to run hundreds of agents' registry traffic on one machine. One
+    thread (the agent's loop) calls it. ``results`` holds what finished, for the loop to take."""
+
+    size: int
+    results: queue.SimpleQueue[Done]
+
+    def start(self) -> None: ...
+
+    def wait(self, timeout: float) -> bool:
+        """Up to ``timeout`` for news; True: the loop should run now (see ``WorkerPool.wait``)."""
+        ...
+
+    def idle(self) -> int: ...
+
+    def started(self) -> int: ...
+
+    def ahead(self) -> int: ...
+
+    def running(self) -> dict[str, Activity]: ...
+
+    def dispatch(self, items: list[WorkItem]) -> None: ...
+
+    def cancel(self, episode_id: str) -> bool: ...
+
+    def kill(self, episode_id: str, reason: str) -> bool: ...
+
+    def reset(self) -> None: ...
+
+    def abandon(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class WorkerPool:
