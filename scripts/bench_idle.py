@@ -48,6 +48,7 @@ def idle_rate(
     namespace = f"idle-{int(time.time() * 1000)}"
     env = {**os.environ, "PYTHONPATH": src}
     procs = []
+    granted = requests_by_method(endpoint).get("LeaseGrant", 0.0)
     for i in range(agents):
         argv = [sys.executable, "-c", "from openrange_mesh.cli.agent import main; main()", "--etcd", endpoint]
         argv += ["--namespace", namespace, "--host-id", f"idle-{i}", "--capacity", "1", "--ttl", str(ttl)]
@@ -56,7 +57,13 @@ def idle_rate(
         log = (work / f"{namespace}-{i}.log").open("wb")
         procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
     try:
-        time.sleep(settle)  # joined, elected, the first sweep done
+        # Every agent joined (its lease granted: with dashboards, 2N processes start on the
+        # machine's cores and the last join can come seconds late), then elected, the first
+        # sweep done.
+        deadline = time.monotonic() + 120
+        while requests_by_method(endpoint).get("LeaseGrant", 0.0) - granted < agents and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(settle)
         before = requests_by_method(endpoint)
         time.sleep(seconds)
         after = requests_by_method(endpoint)

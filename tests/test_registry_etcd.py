@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import re
 import socket
 import subprocess
 import sys
@@ -366,3 +368,65 @@ def test_tls_with_client_certificates(tmp_path: Path, prefix: bytes, opened: lis
         assert time.monotonic() - started < 1.0
     finally:
         server.stop()
+
+
+# -- proof of life shared between processes
+
+
+def _answered_in_child(answers: object, url: str, out: object) -> None:
+    """A spawned process's registry on the shared table: what it sees, then one request of its own."""
+    registry = open_registry(url, answers=answers)
+    seen = registry.answered_at(0)  # type: ignore[attr-defined]
+    registry.get(b"/shared/k")
+    out.put(seen)  # type: ignore[attr-defined]
+    registry.close()
+
+
+def _ranges_served(etcd: EtcdServer) -> float:
+    """Range requests etcd has served so far, from its own /metrics (a watch's probe is one)."""
+    with urllib.request.urlopen(f"http://{etcd.endpoint}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.search(r'^grpc_server_started_total\{grpc_method="Range",[^}]*\} ([0-9.e+]+)$', text, re.M)
+    return float(found[1]) if found else 0.0
+
+
+def test_a_quiet_watch_sharing_anothers_answers_sends_etcd_nothing(
+    etcd: EtcdServer, prefix: bytes, opened: list[Registry]
+) -> None:
+    """The dashboard child's registry shares its agent's table of etcd's answers: while the
+    agent's keepalives are answered, the child's quiet watch does not probe; a registry of its
+    own would (a Range every 0.25 s here). In another process the table is the same memory,
+    both ways."""
+    agent = open_(opened, etcd.url, retry_timeout=0.5)  # a quiet watch probes every 0.25 s
+    table = agent.share_answers()
+    lease = agent.grant(5)
+
+    def ranges_while_quiet(registry: Registry) -> float:
+        watch = registry.watch(prefix, 1)
+        try:
+            time.sleep(0.3)  # the stream open
+            before = _ranges_served(etcd)
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                agent.refresh(lease)  # the agent's keepalive (LeaseKeepAlive, not a Range)
+                time.sleep(0.1)
+            return _ranges_served(etcd) - before
+        finally:
+            watch.cancel()
+
+    child = open_registry(etcd.url, retry_timeout=0.5, answers=table)
+    opened.append(child)
+    assert ranges_while_quiet(child) == 0
+    assert ranges_while_quiet(open_(opened, etcd.url, retry_timeout=0.5)) >= 3  # alone: it probes
+
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    before = time.monotonic()
+    agent.get(prefix + b"k")
+    process = context.Process(target=_answered_in_child, args=(table, etcd.url, out))
+    process.start()
+    seen = out.get(timeout=30)
+    process.join(30)
+    assert seen >= before  # the agent's answer, seen by the child
+    assert agent.answered_at(0) > seen  # type: ignore[attr-defined]  # the child's, seen by the agent
+    agent.revoke(lease)

@@ -72,7 +72,9 @@ class Agent:
         self.health = Health()
         self.pool = make_pool(settings, self._waker, lambda why: self.parts.selfcheck.fault(why))
         self.dashboard = (
-            DashboardProcess(DashboardConfig.of(settings), settings.dashboard_url) if settings.dashboard else None
+            DashboardProcess(DashboardConfig.of(settings), settings.dashboard_url, self.registry.share_answers())
+            if settings.dashboard
+            else None
         )
         self._endpoints = MetricsEndpoints(self.metrics, settings.metrics_port)
         self._stop = threading.Event()

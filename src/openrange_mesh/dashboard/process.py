@@ -7,7 +7,9 @@ whether it leads, which its loop sets, and until when its lease surely lives
 moves on each refresh. The child serves only while both say so: a deposed leader stops serving
 at once, whatever its child's own watch has seen yet, and so does one that is stopped
 (SIGSTOP) or whose loop hangs, the moment its lease may have expired. The child dies with the
-agent (PR_SET_PDEATHSIG), so a killed leader's dashboard goes with it.
+agent (PR_SET_PDEATHSIG), so a killed leader's dashboard goes with it. Its registry shares the
+agent's table of when etcd last answered (``Registry.share_answers``): the agent's keepalive
+proves the endpoint alive to the child's quiet watches, so an idle child sends etcd nothing.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ _CONTEXT = multiprocessing.get_context("spawn")  # a clean process: the agent's 
 class DashboardProcess:
     """Threads: the agent's loop only."""
 
-    def __init__(self, config: DashboardConfig, advertise: str = "") -> None:
+    def __init__(self, config: DashboardConfig, advertise: str = "", answers: Any = None) -> None:
         self.config = config
         self.advertise = advertise
+        self.answers = answers  # the agent's registry's table of etcd's answers (Registry.share_answers)
         self.url = ""
         self.serving = Serving(_CONTEXT.RawValue("b", 0), _CONTEXT.RawValue("d", 0.0))
         self._process: BaseProcess | None = None
@@ -45,7 +48,7 @@ class DashboardProcess:
 
         receive, send = _CONTEXT.Pipe(duplex=False)
         self._process = _CONTEXT.Process(
-            target=main, args=(self.config, send, self.serving), name="dashboard", daemon=True
+            target=main, args=(self.config, send, self.serving, self.answers), name="dashboard", daemon=True
         )
         self._process.start()
         send.close()

@@ -25,8 +25,9 @@ from .state import State
 log = logging.getLogger(__name__)
 
 
-def main(config: DashboardConfig, conn: Connection, serving: Any) -> None:
-    """The child's entry point: bind, say the port, serve until the agent goes."""
+def main(config: DashboardConfig, conn: Connection, serving: Any, answers: Any = None) -> None:
+    """The child's entry point: bind, say the port, serve until the agent goes. ``answers``:
+    the agent's registry's table of etcd's answers, shared (process.py)."""
     die_with_parent()
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
@@ -38,7 +39,7 @@ def main(config: DashboardConfig, conn: Connection, serving: Any) -> None:
         return
     conn.send(sock.getsockname()[1])
     conn.close()
-    registry = open_registry(config.registry)
+    registry = open_registry(config.registry, answers=answers)
     store = _store(config.store)
     state = State(config, serving, registry, store)
     state.start()

@@ -11,6 +11,7 @@ so ``memory://`` never imports etcd3gw.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from ..errors import ConfigError
 from .base import (
@@ -70,10 +71,12 @@ _BACKENDS: dict[str, tuple[str, str]] = {
 }
 
 
-def open_registry(url: str, *, retry_timeout: float = 10.0, observer: Observer | None = None) -> Registry:
+def open_registry(
+    url: str, *, retry_timeout: float = 10.0, observer: Observer | None = None, answers: Any = None
+) -> Registry:
     """Open the registry named by ``url``. ``retry_timeout`` bounds how long one call keeps
     retrying an unavailable backend before raising ``Unavailable``; ``observer`` is told of
-    every request (base.py)."""
+    every request (base.py); ``answers``: another process's ``share_answers()`` table."""
     # The first item's scheme decides: an endpoint list repeats it (http://a:2379,http://b:2379).
     scheme, sep, _ = url.split(",", 1)[0].strip().partition("://")
     scheme = scheme if sep else ""
@@ -82,5 +85,6 @@ def open_registry(url: str, *, retry_timeout: float = 10.0, observer: Observer |
         raise ConfigError(f"unknown registry URL {url.split('@')[-1]!r}: expected one of {known}, or host:port")
     module_name, class_name = _BACKENDS[scheme]
     cls = getattr(importlib.import_module(module_name), class_name)
-    registry: Registry = cls(url, retry_timeout=retry_timeout, observer=observer)
+    shared = {"answers": answers} if answers is not None else {}
+    registry: Registry = cls(url, retry_timeout=retry_timeout, observer=observer, **shared)
     return registry

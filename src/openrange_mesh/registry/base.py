@@ -31,7 +31,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..errors import Compacted, LeaseLost, RegistryError, TlsError, Unavailable
 
@@ -202,6 +202,14 @@ class Registry(Protocol):
 
     def watch(self, prefix: bytes, start_revision: int, *, prev_kv: bool = False, puts_only: bool = False) -> Watch:
         """Watch every key under ``prefix`` from ``start_revision`` (see module docstring)."""
+        ...
+
+    def share_answers(self) -> Any:
+        """A table, in memory another process of this host can map, of when each endpoint last
+        answered this registry (None where there is nothing to share: memory://). A registry
+        opened with it (``open_registry(answers=...)``) reads and writes the same table, so
+        one process's lease keepalive proves the endpoint alive to the other's quiet watches
+        (the dashboard child's), which then send etcd nothing."""
         ...
 
     def close(self) -> None:

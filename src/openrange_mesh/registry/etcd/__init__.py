@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing
 import re
 import ssl
 import threading
@@ -79,7 +80,9 @@ __all__ = ["MAX_REQUEST_BYTES", "Access", "EtcdRegistry", "EtcdWatch", "parse_ur
 
 
 class EtcdRegistry:
-    def __init__(self, url: str, *, retry_timeout: float = 10.0, observer: Observer | None = None) -> None:
+    def __init__(
+        self, url: str, *, retry_timeout: float = 10.0, observer: Observer | None = None, answers: Any = None
+    ) -> None:
         self.observer = observer
         self._target = parse_url(url)
         self.url = self._target.url
@@ -94,8 +97,10 @@ class EtcdRegistry:
         self._in_outage = False
         # endpoint index -> monotonic time it last answered a request: proof of life that the
         # watches' probers use instead of probing themselves (an agent's lease keepalive makes
-        # its idle watches cost etcd nothing)
-        self._answered: dict[int, float] = {}
+        # its idle watches cost etcd nothing); shared with another process (``share_answers``),
+        # whose table it takes if it has as many endpoints (CLOCK_MONOTONIC is the machine's)
+        count = len(self._target.endpoints)
+        self._answered: Any = answers if answers is not None and len(answers) == count else [0.0] * count
         self._watches: set[EtcdWatch] = set()
         self._closed = False
 
@@ -135,11 +140,20 @@ class EtcdRegistry:
         log.log(level, "etcd: %s; %s", reason, nxt)
 
     def answered_at(self, index: int) -> float:
-        """When endpoint ``index`` last answered a request of this registry (monotonic; 0: never)."""
-        return self._answered.get(index, 0.0)
+        """When endpoint ``index`` last answered a request of this registry, or of one sharing
+        its table (monotonic; 0: never)."""
+        return float(self._answered[index])
+
+    def share_answers(self) -> Any:
+        with self._lock:
+            if not isinstance(self._answered, list):
+                return self._answered
+            shared = multiprocessing.get_context("spawn").RawArray("d", self._answered)
+            self._answered = shared
+            return shared
 
     def _recovered(self, index: int) -> None:
-        self._answered[index] = time.monotonic()  # one dict store: cheaper than a lock, and a race only ages it
+        self._answered[index] = time.monotonic()  # one store: cheaper than a lock, and a race only ages it
         if self._in_outage:
             self._in_outage = False
             log.info("etcd answers again at %s", self._where(index))

@@ -167,6 +167,9 @@ class MemoryRegistry:
         with store.lock:
             store.compact(revision)
 
+    def share_answers(self) -> None:
+        return None  # one process's registry: no endpoint to vouch for
+
     def close(self) -> None:
         self._is_closed = True
         for watch in list(self._watches):
