@@ -5,16 +5,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from openrange_mesh.errors import EpisodeNotFound, SpecError
 from openrange_mesh.ledger.catalog import Catalog
-from openrange_mesh.model import State
-from openrange_mesh.registry import Registry
+from openrange_mesh.ledger.homes import MAX_OWN_KEYS
+from openrange_mesh.model import EpisodeRecord, State
+from openrange_mesh.registry import Registry, open_registry
 from openrange_mesh.service import EpisodeService
 from openrange_mesh.store import open_store
 from openrange_mesh.store.events import read_events
+from openrange_mesh.writebehind import FLUSH_AT
 
 from .helpers import wait_until
 
@@ -103,3 +106,118 @@ def test_a_service_serves_the_dashboard_of_its_own_episodes() -> None:
         assert wait_until(lambda: listed() == [report.id], 10, what="the episode listed")
         record = httpx.get(f"{url}/api/episodes/{report.id}", timeout=10).json()["record"]
         assert record["state"] == "succeeded"
+
+
+# -- a registry only this service reads: records written behind (writebehind.py)
+
+SLEEPER = {"runtime": "sleep", "params": {"seconds": 60}}
+
+
+@pytest.fixture
+def private() -> Iterator[EpisodeService]:
+    """A service on a memory:// registry it opened itself: nobody else can read it."""
+    svc = EpisodeService("memory://", host_id="h1")
+    yield svc
+    svc.close()
+
+
+def shape(record: EpisodeRecord) -> dict[str, Any]:
+    """A record without what differs between two runs of the same specs: ids and claim names,
+    times, and fencing tokens (a private registry has no claim keys to take them from)."""
+    wire = record.to_wire()
+    for name in ("id", "claim", "created_at", "started_at", "finished_at"):
+        wire[name] = name in wire
+    wire["history"] = [
+        {**a, "started_at": True, "finished_at": "finished_at" in a, "batch": "batch" in a, "token": None}
+        for a in wire.get("history", [])
+    ]
+    return wire
+
+
+def test_a_private_service_reads_running_then_final(private: EpisodeService) -> None:
+    episode_id = private.start(SLEEPER)
+    running = private.get(episode_id)
+    assert running.state is State.RUNNING and running.owner == "h1" and running.attempt == 1
+    assert running.claim == f"{episode_id}.1" and running.started_at is not None
+    assert [(a.n, a.host, a.finished_at) for a in running.history] == [(1, "h1", None)]
+    assert private.list(State.RUNNING) == [running]
+    report = private.stop(episode_id)
+    assert report.committed and report.state is State.CANCELLED
+    assert private.get(episode_id) == report.record and report.record.claim is None
+    assert private.list(State.RUNNING) == [] and private.list(State.CANCELLED) == [report.record]
+    ran = private.run({**CARTPOLE, "seed": 3})
+    assert ran.state is State.SUCCEEDED and private.get(ran.id) == ran.record
+    assert ran.record.history[0].token is None  # no claim key, no fencing token
+
+
+def test_a_private_service_records_failures(private: EpisodeService) -> None:
+    failed = private.run({"runtime": "sleep", "params": {"mode": "fail"}})
+    hung = private.run({"runtime": "sleep", "params": {"mode": "hang"}, "timeout": 0.2}, slice_seconds=0.05)
+    assert private.get(failed.id) == failed.record and failed.state is State.FAILED
+    assert private.get(hung.id) == hung.record and "timed out" in (hung.record.error or "")
+    assert {r.id for r in private.list(State.FAILED)} == {failed.id, hung.id}
+
+
+def test_a_private_service_reads_as_one_that_writes_through(private: EpisodeService) -> None:
+    """More episodes than one start txn and one written batch hold, some failing, labelled:
+    every read shows what the same service writing at each transition shows."""
+    count = FLUSH_AT + MAX_OWN_KEYS + 7
+    specs = [
+        {
+            "runtime": "sleep",
+            "params": {"mode": "fail" if i % 7 == 0 else "ok", "result": {"i": i}},
+            "labels": {"odd": str(i % 2)},
+        }
+        for i in range(count)
+    ]
+    with EpisodeService(f"memory://{uuid.uuid4().hex}", host_id="h1") as through:  # named: others may read it
+        expected = through.run_many(specs)
+        seen = [shape(r) for r in through.list()]
+        odd = [shape(r) for r in through.list(labels={"odd": "1"})]
+    reports = private.run_many(specs)
+    assert [shape(r.record) for r in reports] == [shape(r.record) for r in expected]
+    assert [shape(r) for r in private.list()] == seen
+    assert [shape(r) for r in private.list(labels={"odd": "1"})] == odd
+    assert len(private.list(State.FAILED, hosts=frozenset({"h1"}))) == len(range(0, count, 7))
+    assert [private.get(r.id) for r in reports] == [r.record for r in reports]
+    batches = {r.record.history[0].batch for r in reports}
+    assert len(batches) == -(-count // MAX_OWN_KEYS)  # one claim per start of up to MAX_OWN_KEYS
+
+
+def test_a_private_service_records_what_close_cancelled() -> None:
+    svc = EpisodeService("memory://")
+    stopped, left = svc.start(SLEEPER), svc.start(SLEEPER)
+    svc.stop(stopped)
+    svc.close()
+    assert svc.get(left).state is State.CANCELLED and "before reaching a terminal" in (svc.get(left).error or "")
+    assert svc.get(stopped).state is State.CANCELLED
+
+
+def test_a_service_on_a_registry_others_hold_writes_at_once(registry: Registry) -> None:
+    """Given a registry object, or a memory:// name another opener shares, every record is
+    visible to a second reader at once, as it always was."""
+    name = f"memory://{uuid.uuid4().hex}"
+    given = EpisodeService(registry, namespace=f"s{uuid.uuid4().hex[:10]}", host_id="h1", ttl=2)
+    named = EpisodeService(name, host_id="h1")
+    second = open_registry(name)
+    try:
+        for reader, svc in [(registry, given), (second, named)]:
+            episode_id = svc.start(SLEEPER)
+            assert Catalog(reader, svc.keys).get(episode_id).state is State.RUNNING
+            report = svc.stop(episode_id)
+            assert Catalog(reader, svc.keys).get(episode_id) == report.record
+            assert report.record.history[0].token is not None  # fenced under a claim key
+    finally:
+        given.close()
+        named.close()
+        second.close()
+
+
+def test_handing_out_the_registry_ends_write_behind(private: EpisodeService) -> None:
+    kept = private.start(SLEEPER)
+    catalog = Catalog(private.registry, private.keys)
+    assert catalog.get(kept).state is State.RUNNING
+    later = private.start(SLEEPER)
+    assert catalog.get(later).state is State.RUNNING  # no read through the service needed
+    assert private.stop(kept).record == catalog.get(kept)
+    assert private.stop(later).record == catalog.get(later)

@@ -7,6 +7,8 @@ record is visible to ``openrange-mesh ls``, and its claims are fenced like an ag
 
 Handles are process-local by nature (a live environment, a subprocess), so the dict stays; what
 moved behind the registry seam is the record of each episode: state, attempts, owner, result.
+While nobody but this service can read its registry (a ``memory://`` it opened, no dashboard),
+records are written behind (writebehind.py): a plain dict's speed, the same records on read.
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ from .ledger.ledger import Ledger
 from .ledger.records import finish_attempt
 from .model import EpisodeRecord, EpisodeSpec, State
 from .registry import Registry, open_registry
+from .registry.memory import MemoryRegistry
 from .runtimes import Handle, load_runtime
 from .specs import check_spec
 from .store import Store, open_store
 from .store.cache import SnapshotCache
 from .store.events import encode_events
 from .store.layout import events_path, result_path
+from .writebehind import WriteBehind
 
 if TYPE_CHECKING:
     from .dashboard.inprocess import InProcessDashboard
@@ -71,15 +75,20 @@ class EpisodeReport:
         return self.record.result
 
 
-@dataclass
+@dataclass(slots=True)
 class _ClaimState:
-    """One claim shared by the episodes started together; the last commit releases it."""
+    """One claim shared by the episodes started together; the last commit releases it. None:
+    they were started while the registry was private, under no claim key (writebehind.py)."""
 
-    claim: Claim
+    claim: Claim | None
     open: set[str]
 
+    @property
+    def token(self) -> int | None:
+        return self.claim.token if self.claim is not None else None
 
-@dataclass
+
+@dataclass(slots=True)
 class _RunningEpisode:
     record: EpisodeRecord
     claim: _ClaimState
@@ -102,16 +111,25 @@ class EpisodeService:
     ) -> None:
         """``dashboard``: serve the dashboard for these episodes (True: on 127.0.0.1, a free
         port; or "host:port"); its URL is ``dashboard_url``."""
-        self.registry = open_registry(registry) if isinstance(registry, str) else registry
+        self._registry = open_registry(registry) if isinstance(registry, str) else registry
         self._owns_registry = isinstance(registry, str)
         self.host_id = host_id or default_host_id()
         self.keys = Keys(namespace)
-        self.ledger = Ledger(self.registry, self.keys)
-        self.catalog = Catalog(self.registry, self.keys)
-        self.ids = IdAllocator(self.registry, self.keys, self.host_id)
+        self._ledger = Ledger(self._registry, self.keys)
+        self._catalog = Catalog(self._registry, self.keys)
+        self.ids = IdAllocator(self._registry, self.keys, self.host_id)
+        # Private: an unnamed memory:// store this service opened (a named one, or a registry
+        # handed in, others may hold) that no dashboard of ours reads from its own thread.
+        private = (
+            self._owns_registry
+            and not dashboard
+            and isinstance(self._registry, MemoryRegistry)
+            and self._registry.is_private
+        )
+        self._behind = WriteBehind(self._registry, self.keys, private=private)
         self.store = open_store(store) if isinstance(store, str) else store
         self._cache: SnapshotCache | None = None  # the host's snapshot cache, on first use
-        self._lease = LeaseKeeper(self.registry, ttl)
+        self._lease = LeaseKeeper(self._registry, ttl)
         self._running: dict[str, _RunningEpisode] = {}
         self._lock = threading.Lock()
         self._dashboard: InProcessDashboard | None = None
@@ -120,8 +138,26 @@ class EpisodeService:
             from .dashboard.inprocess import InProcessDashboard  # its server stack only when asked
 
             bind = dashboard if isinstance(dashboard, str) else "127.0.0.1:0"
-            self._dashboard = InProcessDashboard(self.registry, namespace, self.host_id, self.store, bind)
+            self._dashboard = InProcessDashboard(self._registry, namespace, self.host_id, self.store, bind)
             self.dashboard_url = self._dashboard.start()
+
+    # Handing out the registry, or what reads it, ends write-behind: its holder may read it any
+    # time, not only through this service.
+
+    @property
+    def registry(self) -> Registry:
+        self._behind.share()
+        return self._registry
+
+    @property
+    def ledger(self) -> Ledger:
+        self._behind.share()
+        return self._ledger
+
+    @property
+    def catalog(self) -> Catalog:
+        self._behind.share()
+        return self._catalog
 
     # --- lifecycle of episodes ----------------------------------------------------------------
 
@@ -148,7 +184,7 @@ class EpisodeService:
                 EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.host_id)
                 for i, s in zip(self.ids.next_ids(len(checked)), checked, strict=True)
             ]
-            claim, running = self.ledger.start(self.host_id, self._lease.ensure(), records)
+            claim, running = self._start_records(records)
         except BaseException:
             for handle in handles:
                 handle.stop()
@@ -159,6 +195,14 @@ class EpisodeService:
             for record, handle in zip(running, handles, strict=True):
                 self._running[record.id] = _RunningEpisode(record, shared, handle, started)
         return [r.id for r in running]
+
+    def _start_records(self, records: Sequence[EpisodeRecord]) -> tuple[Claim | None, builtins.list[EpisodeRecord]]:
+        """Running records of fresh ones: kept behind while the registry is private, else
+        written through the ledger under a claim of ours."""
+        kept = self._behind.start(records, self.host_id)
+        if kept is not None:
+            return None, kept
+        return self._ledger.start(self.host_id, self._lease.ensure(), records)
 
     def surface(self, episode_id: str) -> dict[str, Any]:
         """The IO surface a harness connects to (spaces, a pid, an address...)."""
@@ -244,11 +288,13 @@ class EpisodeService:
     # --- reading ---------------------------------------------------------------------------
 
     def get(self, episode_id: str) -> EpisodeRecord:
-        return self.catalog.get(episode_id)
+        self._behind.flush()
+        return self._catalog.get(episode_id)
 
     def list(self, state: State | str | None = None, **filters: Any) -> builtins.list[EpisodeRecord]:
         where = EpisodeFilter(states=frozenset({State(state)}) if state else frozenset(), **filters)
-        return [record for record, _ in self.catalog.episodes(where)]
+        self._behind.flush()
+        return [record for record, _ in self._catalog.episodes(where)]
 
     def running_ids(self) -> builtins.list[str]:
         with self._lock:
@@ -260,11 +306,12 @@ class EpisodeService:
             ids = list(self._running)
         if ids:
             self.stop_many(dict.fromkeys(ids))
+        self._behind.flush()
         self._lease.stop()
         if self._dashboard is not None:
             self._dashboard.stop()
         if self._owns_registry:
-            self.registry.close()
+            self._registry.close()
 
     def __enter__(self) -> EpisodeService:
         return self
@@ -299,7 +346,7 @@ class EpisodeService:
             state, error = State.CANCELLED, "stopped before reaching a terminal state"
         else:
             state, error = (State.SUCCEEDED, None) if outcome.succeeded else (State.FAILED, outcome.error)
-        final = finish_attempt(running.record, state, time.time(), error, dict(result), token=running.claim.claim.token)
+        final = finish_attempt(running.record, state, time.time(), error, dict(result), token=running.claim.token)
         self._save_artifacts(final, running.events)
         return final
 
@@ -314,7 +361,10 @@ class EpisodeService:
             with self._lock:
                 last = shared.open <= ids
                 shared.open -= ids
-            if self.ledger.commit(shared.claim, records, last=last):
+            if shared.claim is None:  # kept behind: nobody could have taken them over
+                self._behind.finish(records)
+                committed |= ids
+            elif self._ledger.commit(shared.claim, records, last=last):
                 committed |= ids
             else:
                 log.warning("%d episodes were taken over before they finished here; not committed", len(ids))
@@ -333,7 +383,7 @@ class EpisodeService:
             return None
         if self.store is None:
             raise ConfigError(f"spec references snapshot {spec.snapshot!r} but the service has no store")
-        digest = snapshots.resolve(self.registry, self.keys, self.store, spec.snapshot)
+        digest = snapshots.resolve(self._registry, self.keys, self.store, spec.snapshot)
         if self._cache is None:
             self._cache = SnapshotCache(self.store, default_cache_dir(), DEFAULT_CACHE_SIZE)
         return self._cache.get_bytes(digest)
