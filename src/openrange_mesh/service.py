@@ -175,26 +175,26 @@ class EpisodeService:
         handles: builtins.list[Handle] = []
         try:
             for spec in checked:
-                handles.append(
-                    load_runtime(spec.runtime).realize(spec.params, seed=spec.seed, snapshot=self._snapshot(spec))
-                )
-                handles[-1].reset()
+                handle = load_runtime(spec.runtime).realize(spec.params, seed=spec.seed, snapshot=self._snapshot(spec))
+                handles.append(handle)
+                handle.reset()
+            ids = self.ids.next_ids(len(checked))
             now = time.time()
             records = [
                 EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.host_id)
-                for i, s in zip(self.ids.next_ids(len(checked)), checked, strict=True)
+                for i, s in zip(ids, checked, strict=True)
             ]
             claim, running = self._start_records(records)
         except BaseException:
             for handle in handles:
                 handle.stop()
             raise
-        shared = _ClaimState(claim, {r.id for r in running})
+        shared = _ClaimState(claim, set(ids))
         started = time.monotonic()
         with self._lock:
             for record, handle in zip(running, handles, strict=True):
                 self._running[record.id] = _RunningEpisode(record, shared, handle, started)
-        return [r.id for r in running]
+        return ids
 
     def _start_records(self, records: Sequence[EpisodeRecord]) -> tuple[Claim | None, builtins.list[EpisodeRecord]]:
         """Running records of fresh ones: kept behind while the registry is private, else
@@ -232,22 +232,23 @@ class EpisodeService:
     def stop_many(self, errors: Mapping[str, str | None]) -> builtins.list[EpisodeReport]:
         """Stop episodes and commit their outcomes, one txn per claim they share."""
         with self._lock:
-            missing = [i for i in errors if i not in self._running]
-            if missing:
-                raise EpisodeNotFound(missing[0])
+            if not errors.keys() <= self._running.keys():
+                raise EpisodeNotFound(next(i for i in errors if i not in self._running))
             stopping = [self._running.pop(i) for i in errors]
-        finals = {}
-        for running in stopping:
+        finals: builtins.list[EpisodeRecord] = []
+        for running, error in zip(stopping, errors.values(), strict=True):
             with running.lock:
-                finals[running.record.id] = self._final(running, errors[running.record.id])
-        committed = self._commit(finals, stopping)
-        return [EpisodeReport(finals[r.record.id], r.events, r.record.id in committed) for r in stopping]
+                finals.append(self._final(running, error))
+        fenced = self._commit(stopping, finals)
+        return [
+            EpisodeReport(final, r.events, id(r.claim) not in fenced) for r, final in zip(stopping, finals, strict=True)
+        ]
 
     # --- whole runs ------------------------------------------------------------------------
 
     def run(self, spec: SpecLike, *, slice_seconds: float = 0.5) -> EpisodeReport:
         """Run one autonomous episode to its terminal state (or its spec's timeout)."""
-        return self.run_many([spec], slice_seconds=slice_seconds)[0]
+        return self._run_batch([check_spec(spec)], None, slice_seconds)[0]
 
     def run_many(
         self,
@@ -264,16 +265,24 @@ class EpisodeService:
         pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="episode") if parallel > 1 else None
         try:
             for first in range(0, len(checked), MAX_OWN_KEYS):
-                ids = self._start_checked(checked[first : first + MAX_OWN_KEYS])
-                drive = partial(self._drive, slice_seconds=slice_seconds)
-                errors = list(pool.map(drive, ids)) if pool else [drive(i) for i in ids]
-                reports += self.stop_many(dict(zip(ids, errors, strict=True)))
+                reports += self._run_batch(checked[first : first + MAX_OWN_KEYS], pool, slice_seconds)
         finally:
             if pool is not None:
                 pool.shutdown()
         return reports
 
-    def _drive(self, episode_id: str, *, slice_seconds: float) -> str | None:
+    def _run_batch(
+        self, checked: Sequence[EpisodeSpec], pool: ThreadPoolExecutor | None, slice_seconds: float
+    ) -> builtins.list[EpisodeReport]:
+        """Start up to MAX_OWN_KEYS episodes, drive them to terminal (on ``pool``, if any), stop them."""
+        ids = self._start_checked(checked)
+        if pool is None:
+            errors = [self._drive(i, slice_seconds) for i in ids]
+        else:
+            errors = list(pool.map(partial(self._drive, slice_seconds=slice_seconds), ids))
+        return self.stop_many(dict(zip(ids, errors, strict=True)))
+
+    def _drive(self, episode_id: str, slice_seconds: float) -> str | None:
         """Advance to terminal; the error that ends it early (a timeout), else None."""
         running = self._get(episode_id)
         timeout = running.record.spec.timeout
@@ -350,25 +359,25 @@ class EpisodeService:
         self._save_artifacts(final, running.events)
         return final
 
-    def _commit(self, finals: Mapping[str, EpisodeRecord], stopping: Sequence[_RunningEpisode]) -> set[str]:
-        """Commit finals grouped by claim; the ids whose commit landed."""
+    def _commit(self, stopping: Sequence[_RunningEpisode], finals: Sequence[EpisodeRecord]) -> set[int]:
+        """Commit finals, one txn per claim they share; the claims (``id()`` of their state)
+        whose commit was fenced off."""
         by_claim: dict[int, tuple[_ClaimState, builtins.list[EpisodeRecord]]] = {}
-        for running in stopping:
-            by_claim.setdefault(id(running.claim), (running.claim, []))[1].append(finals[running.record.id])
-        committed: set[str] = set()
-        for shared, records in by_claim.values():
+        for running, final in zip(stopping, finals, strict=True):
+            by_claim.setdefault(id(running.claim), (running.claim, []))[1].append(final)
+        fenced: set[int] = set()
+        for key, (shared, records) in by_claim.items():
+            if shared.claim is None:  # kept behind: nobody could have taken them over
+                self._behind.finish(records)
+                continue
             ids = {r.id for r in records}
             with self._lock:
                 last = shared.open <= ids
                 shared.open -= ids
-            if shared.claim is None:  # kept behind: nobody could have taken them over
-                self._behind.finish(records)
-                committed |= ids
-            elif self._ledger.commit(shared.claim, records, last=last):
-                committed |= ids
-            else:
+            if not self._ledger.commit(shared.claim, records, last=last):
                 log.warning("%d episodes were taken over before they finished here; not committed", len(ids))
-        return committed
+                fenced.add(key)
+        return fenced
 
     def _save_artifacts(self, record: EpisodeRecord, events: Sequence[dict[str, Any]]) -> None:
         if self.store is None:
