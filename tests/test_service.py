@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +14,10 @@ from openrange_mesh.errors import EpisodeNotFound, SpecError
 from openrange_mesh.ledger.catalog import Catalog
 from openrange_mesh.ledger.homes import MAX_OWN_KEYS
 from openrange_mesh.model import EpisodeRecord, State
-from openrange_mesh.registry import Registry, open_registry
+from openrange_mesh.registry import MAX_TXN_OPS, Registry, open_registry
 from openrange_mesh.service import EpisodeService
 from openrange_mesh.store import open_store
 from openrange_mesh.store.events import read_events
-from openrange_mesh.writebehind import FLUSH_AT
 
 from .helpers import wait_until
 
@@ -146,8 +146,9 @@ def test_a_private_service_reads_running_then_final(private: EpisodeService) -> 
     assert private.get(episode_id) == report.record and report.record.claim is None
     assert private.list(State.RUNNING) == [] and private.list(State.CANCELLED) == [report.record]
     ran = private.run({**CARTPOLE, "seed": 3})
-    assert ran.state is State.SUCCEEDED and private.get(ran.id) == ran.record
-    assert ran.record.history[0].token is None  # no claim key, no fencing token
+    record = ran.record  # built by the report first, this time
+    assert ran.state is State.SUCCEEDED and ran.result == record.result and private.get(ran.id) == record
+    assert record.history[0].token is None  # no claim key, no fencing token
 
 
 def test_a_private_service_records_failures(private: EpisodeService) -> None:
@@ -159,9 +160,9 @@ def test_a_private_service_records_failures(private: EpisodeService) -> None:
 
 
 def test_a_private_service_reads_as_one_that_writes_through(private: EpisodeService) -> None:
-    """More episodes than one start txn and one written batch hold, some failing, labelled:
-    every read shows what the same service writing at each transition shows."""
-    count = FLUSH_AT + MAX_OWN_KEYS + 7
+    """More episodes than one start or one written txn holds, some failing, labelled: every
+    read shows what the same service writing at each transition shows."""
+    count = MAX_TXN_OPS + 9
     specs = [
         {
             "runtime": "sleep",
@@ -182,6 +183,59 @@ def test_a_private_service_reads_as_one_that_writes_through(private: EpisodeServ
     assert [private.get(r.id) for r in reports] == [r.record for r in reports]
     batches = {r.record.history[0].batch for r in reports}
     assert len(batches) == -(-count // MAX_OWN_KEYS)  # one claim per start of up to MAX_OWN_KEYS
+
+
+@pytest.mark.parametrize("result", ["fine", "intkey", "deep"])
+def test_a_result_that_is_not_plain_json_fares_as_it_would_written_through(
+    private: EpisodeService, result: str
+) -> None:
+    """Plain JSON always encodes, so it may wait for a read; anything else is encoded as its
+    episode stops: an int key is stored and skipped by readers as corrupt, a result too deep
+    for msgpack fails the stop, on both paths alike; and reads go on."""
+    spec = {"runtime": "tests.odd_runtimes:odd", "params": {"result": result}}
+
+    def fate(svc: EpisodeService) -> tuple[str, str]:
+        episode_id = svc.start(spec)
+        svc.advance(episode_id)
+        try:
+            stopped = svc.stop(episode_id).state.value
+        except ValueError as exc:
+            stopped = f"raised {exc}"
+        try:
+            read = svc.get(episode_id).state.value
+        except EpisodeNotFound:
+            read = "not found"
+        assert svc.get(svc.run(SLEEPER | {"params": {}}).id).state is State.SUCCEEDED
+        return stopped, read
+
+    with EpisodeService(f"memory://{uuid.uuid4().hex}", host_id="h1") as through:
+        assert fate(private) == fate(through)
+
+
+def test_a_reader_never_sees_an_episode_go_back(private: EpisodeService) -> None:
+    """A thread reading while others run episodes sees each running, then final, never the
+    reverse (whoever writes what is kept holds its lock while writing)."""
+    seen: dict[str, list[State]] = {}
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            for record in private.list():
+                states = seen.setdefault(record.id, [])
+                if not states or states[-1] is not record.state:
+                    states.append(record.state)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        reports = private.run_many([{"runtime": "sleep", "params": {"seconds": 0.005}}] * 130, parallel=4)
+    finally:
+        done.set()
+        reader.join()
+    assert [r.state for r in reports] == [State.SUCCEEDED] * 130
+    assert seen and all(
+        states in ([State.RUNNING, State.SUCCEEDED], [State.SUCCEEDED], [State.RUNNING]) for states in seen.values()
+    )
 
 
 def test_a_private_service_records_what_close_cancelled() -> None:

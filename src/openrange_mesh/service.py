@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,74 +23,67 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from .agent.lease import LeaseKeeper
 from .client import snapshots
 from .config import DEFAULT_CACHE_SIZE, default_cache_dir, default_host_id
 from .errors import ConfigError, EpisodeNotFound, SpecError
-from .ids import IdAllocator
 from .keys import Keys
 from .ledger.catalog import Catalog, EpisodeFilter
-from .ledger.claims import Claim
 from .ledger.homes import MAX_OWN_KEYS
 from .ledger.ledger import Ledger
-from .ledger.records import finish_attempt
 from .model import EpisodeRecord, EpisodeSpec, State
 from .registry import Registry, open_registry
 from .registry.memory import MemoryRegistry
 from .runtimes import Handle, load_runtime
+from .service_records import Batch, ServiceRecords
 from .specs import check_spec
 from .store import Store, open_store
 from .store.cache import SnapshotCache
 from .store.events import encode_events
 from .store.layout import events_path, result_path
-from .writebehind import WriteBehind
+from .writebehind import Kept
 
 if TYPE_CHECKING:
     from .dashboard.inprocess import InProcessDashboard
 
-log = logging.getLogger(__name__)
-
 SpecLike = EpisodeSpec | Mapping[str, Any]
 
 
-@dataclass(frozen=True)
 class EpisodeReport:
-    """What ``stop`` and ``run`` return: the committed record plus what the handle produced."""
+    """What ``stop`` and ``run`` return: the committed record plus what the handle produced.
+    A record kept behind (writebehind.py) is built when ``record`` is first read."""
 
-    record: EpisodeRecord
-    events: list[dict[str, Any]]
-    committed: bool  # False if a peer had already taken the episode over (fenced)
+    __slots__ = ("_final", "committed", "events")
+
+    def __init__(self, final: EpisodeRecord | Kept, events: list[dict[str, Any]], committed: bool) -> None:
+        self._final = final
+        self.events = events
+        self.committed = committed  # False if a peer had already taken the episode over (fenced)
+
+    @property
+    def record(self) -> EpisodeRecord:
+        return self._final.record() if isinstance(self._final, Kept) else self._final
 
     @property
     def id(self) -> str:
-        return self.record.id
+        return self._final.id
 
     @property
     def state(self) -> State:
-        return self.record.state
+        return self._final.state
 
     @property
     def result(self) -> Mapping[str, Any] | None:
-        return self.record.result
+        return self._final.result
+
+    def __repr__(self) -> str:
+        return f"EpisodeReport({self.id!r}, {self.state.value}, committed={self.committed})"
 
 
-@dataclass(slots=True)
-class _ClaimState:
-    """One claim shared by the episodes started together; the last commit releases it. None:
-    they were started while the registry was private, under no claim key (writebehind.py)."""
-
-    claim: Claim | None
-    open: set[str]
-
-    @property
-    def token(self) -> int | None:
-        return self.claim.token if self.claim is not None else None
-
-
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _RunningEpisode:
-    record: EpisodeRecord
-    claim: _ClaimState
+    fresh: EpisodeRecord  # as it was before it started: its id and spec
+    index: int  # its place among the episodes started with it
+    batch: Batch  # what they started under
     handle: Handle
     started: float
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -115,9 +107,7 @@ class EpisodeService:
         self._owns_registry = isinstance(registry, str)
         self.host_id = host_id or default_host_id()
         self.keys = Keys(namespace)
-        self._ledger = Ledger(self._registry, self.keys)
         self._catalog = Catalog(self._registry, self.keys)
-        self.ids = IdAllocator(self._registry, self.keys, self.host_id)
         # Private: an unnamed memory:// store this service opened (a named one, or a registry
         # handed in, others may hold) that no dashboard of ours reads from its own thread.
         private = (
@@ -126,10 +116,10 @@ class EpisodeService:
             and isinstance(self._registry, MemoryRegistry)
             and self._registry.is_private
         )
-        self._behind = WriteBehind(self._registry, self.keys, private=private)
+        self._records = ServiceRecords(self._registry, self.keys, self.host_id, ttl, private=private)
+        self.ids = self._records.ids
         self.store = open_store(store) if isinstance(store, str) else store
         self._cache: SnapshotCache | None = None  # the host's snapshot cache, on first use
-        self._lease = LeaseKeeper(self._registry, ttl)
         self._running: dict[str, _RunningEpisode] = {}
         self._lock = threading.Lock()
         self._dashboard: InProcessDashboard | None = None
@@ -146,30 +136,30 @@ class EpisodeService:
 
     @property
     def registry(self) -> Registry:
-        self._behind.share()
+        self._records.share()
         return self._registry
 
     @property
     def ledger(self) -> Ledger:
-        self._behind.share()
-        return self._ledger
+        self._records.share()
+        return self._records.ledger
 
     @property
     def catalog(self) -> Catalog:
-        self._behind.share()
+        self._records.share()
         return self._catalog
 
     # --- lifecycle of episodes ----------------------------------------------------------------
 
     def start(self, spec: SpecLike) -> str:
         """Realise and reset an episode; return its id. The record is ``running`` from here."""
-        return self.start_many([spec])[0]
+        return self._start([check_spec(spec)])[0].fresh.id
 
     def start_many(self, specs: Sequence[SpecLike]) -> builtins.list[str]:
         """Realise and reset up to ``MAX_OWN_KEYS`` episodes, recorded as running in one txn."""
-        return self._start_checked([check_spec(s) for s in specs])
+        return [running.fresh.id for running in self._start([check_spec(s) for s in specs])]
 
-    def _start_checked(self, checked: Sequence[EpisodeSpec]) -> builtins.list[str]:
+    def _start(self, checked: Sequence[EpisodeSpec]) -> builtins.list[_RunningEpisode]:
         if len(checked) > MAX_OWN_KEYS:
             raise SpecError("specs", f"start at most {MAX_OWN_KEYS} episodes at once (run_many takes any number)")
         handles: builtins.list[Handle] = []
@@ -178,31 +168,18 @@ class EpisodeService:
                 handle = load_runtime(spec.runtime).realize(spec.params, seed=spec.seed, snapshot=self._snapshot(spec))
                 handles.append(handle)
                 handle.reset()
-            ids = self.ids.next_ids(len(checked))
-            now = time.time()
-            records = [
-                EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.host_id)
-                for i, s in zip(ids, checked, strict=True)
-            ]
-            claim, running = self._start_records(records)
+            fresh, batch = self._records.start(checked, time.time())
         except BaseException:
             for handle in handles:
                 handle.stop()
             raise
-        shared = _ClaimState(claim, set(ids))
         started = time.monotonic()
+        episodes: builtins.list[_RunningEpisode] = []
         with self._lock:
-            for record, handle in zip(running, handles, strict=True):
-                self._running[record.id] = _RunningEpisode(record, shared, handle, started)
-        return ids
-
-    def _start_records(self, records: Sequence[EpisodeRecord]) -> tuple[Claim | None, builtins.list[EpisodeRecord]]:
-        """Running records of fresh ones: kept behind while the registry is private, else
-        written through the ledger under a claim of ours."""
-        kept = self._behind.start(records, self.host_id)
-        if kept is not None:
-            return None, kept
-        return self._ledger.start(self.host_id, self._lease.ensure(), records)
+            for index, (record, handle) in enumerate(zip(fresh, handles, strict=True)):
+                episodes.append(_RunningEpisode(record, index, batch, handle, started))
+                self._running[record.id] = episodes[-1]
+        return episodes
 
     def surface(self, episode_id: str) -> dict[str, Any]:
         """The IO surface a harness connects to (spaces, a pid, an address...)."""
@@ -234,21 +211,23 @@ class EpisodeService:
         with self._lock:
             if not errors.keys() <= self._running.keys():
                 raise EpisodeNotFound(next(i for i in errors if i not in self._running))
-            stopping = [self._running.pop(i) for i in errors]
-        finals: builtins.list[EpisodeRecord] = []
+            stopping = list(map(self._running.pop, errors))
+        ended: builtins.list[tuple[Batch, EpisodeRecord | Kept]] = []
         for running, error in zip(stopping, errors.values(), strict=True):
             with running.lock:
-                finals.append(self._final(running, error))
-        fenced = self._commit(stopping, finals)
-        return [
-            EpisodeReport(final, r.events, id(r.claim) not in fenced) for r, final in zip(stopping, finals, strict=True)
-        ]
+                ended.append((running.batch, self._final(running, error)))
+        fenced = self._records.commit(ended)
+        reports: builtins.list[EpisodeReport] = []
+        for running, (batch, final) in zip(stopping, ended, strict=True):
+            reports.append(EpisodeReport(final, running.events, id(batch) not in fenced))
+        return reports
 
     # --- whole runs ------------------------------------------------------------------------
 
     def run(self, spec: SpecLike, *, slice_seconds: float = 0.5) -> EpisodeReport:
         """Run one autonomous episode to its terminal state (or its spec's timeout)."""
-        return self._run_batch([check_spec(spec)], None, slice_seconds)[0]
+        (running,) = self._start([check_spec(spec)])
+        return self.stop_many({running.fresh.id: self._drive(running, slice_seconds)})[0]
 
     def run_many(
         self,
@@ -275,17 +254,16 @@ class EpisodeService:
         self, checked: Sequence[EpisodeSpec], pool: ThreadPoolExecutor | None, slice_seconds: float
     ) -> builtins.list[EpisodeReport]:
         """Start up to MAX_OWN_KEYS episodes, drive them to terminal (on ``pool``, if any), stop them."""
-        ids = self._start_checked(checked)
+        started = self._start(checked)
         if pool is None:
-            errors = [self._drive(i, slice_seconds) for i in ids]
+            errors = [self._drive(running, slice_seconds) for running in started]
         else:
-            errors = list(pool.map(partial(self._drive, slice_seconds=slice_seconds), ids))
-        return self.stop_many(dict(zip(ids, errors, strict=True)))
+            errors = list(pool.map(partial(self._drive, slice_seconds=slice_seconds), started))
+        return self.stop_many({running.fresh.id: error for running, error in zip(started, errors, strict=True)})
 
-    def _drive(self, episode_id: str, slice_seconds: float) -> str | None:
+    def _drive(self, running: _RunningEpisode, slice_seconds: float) -> str | None:
         """Advance to terminal; the error that ends it early (a timeout), else None."""
-        running = self._get(episode_id)
-        timeout = running.record.spec.timeout
+        timeout = running.fresh.spec.timeout
         handle = running.handle
         while handle.terminal() is None:
             if timeout is not None and time.monotonic() - running.started > timeout:
@@ -297,12 +275,12 @@ class EpisodeService:
     # --- reading ---------------------------------------------------------------------------
 
     def get(self, episode_id: str) -> EpisodeRecord:
-        self._behind.flush()
+        self._records.flush()
         return self._catalog.get(episode_id)
 
     def list(self, state: State | str | None = None, **filters: Any) -> builtins.list[EpisodeRecord]:
         where = EpisodeFilter(states=frozenset({State(state)}) if state else frozenset(), **filters)
-        self._behind.flush()
+        self._records.flush()
         return [record for record, _ in self._catalog.episodes(where)]
 
     def running_ids(self) -> builtins.list[str]:
@@ -315,8 +293,7 @@ class EpisodeService:
             ids = list(self._running)
         if ids:
             self.stop_many(dict.fromkeys(ids))
-        self._behind.flush()
-        self._lease.stop()
+        self._records.close()
         if self._dashboard is not None:
             self._dashboard.stop()
         if self._owns_registry:
@@ -341,7 +318,8 @@ class EpisodeService:
         running.events.extend(new)
         return new
 
-    def _final(self, running: _RunningEpisode, error: str | None) -> EpisodeRecord:
+    def _final(self, running: _RunningEpisode, error: str | None) -> EpisodeRecord | Kept:
+        """Its final record (built when first read, if kept behind), its events stored."""
         handle = running.handle
         try:
             outcome = handle.terminal()
@@ -355,33 +333,13 @@ class EpisodeService:
             state, error = State.CANCELLED, "stopped before reaching a terminal state"
         else:
             state, error = (State.SUCCEEDED, None) if outcome.succeeded else (State.FAILED, outcome.error)
-        final = finish_attempt(running.record, state, time.time(), error, dict(result), token=running.claim.token)
-        self._save_artifacts(final, running.events)
+        final = self._records.end(running.batch, running.index, state, time.time(), error, dict(result))
+        if self.store is not None:
+            self._save_artifacts(final.record() if isinstance(final, Kept) else final, running.events)
         return final
 
-    def _commit(self, stopping: Sequence[_RunningEpisode], finals: Sequence[EpisodeRecord]) -> set[int]:
-        """Commit finals, one txn per claim they share; the claims (``id()`` of their state)
-        whose commit was fenced off."""
-        by_claim: dict[int, tuple[_ClaimState, builtins.list[EpisodeRecord]]] = {}
-        for running, final in zip(stopping, finals, strict=True):
-            by_claim.setdefault(id(running.claim), (running.claim, []))[1].append(final)
-        fenced: set[int] = set()
-        for key, (shared, records) in by_claim.items():
-            if shared.claim is None:  # kept behind: nobody could have taken them over
-                self._behind.finish(records)
-                continue
-            ids = {r.id for r in records}
-            with self._lock:
-                last = shared.open <= ids
-                shared.open -= ids
-            if not self._ledger.commit(shared.claim, records, last=last):
-                log.warning("%d episodes were taken over before they finished here; not committed", len(ids))
-                fenced.add(key)
-        return fenced
-
     def _save_artifacts(self, record: EpisodeRecord, events: Sequence[dict[str, Any]]) -> None:
-        if self.store is None:
-            return
+        assert self.store is not None
         self.store.put_bytes(events_path(record.id, record.attempt, 0), encode_events(list(events)))
         self.store.put_bytes(result_path(record.id, record.attempt), json.dumps(dict(record.result or {})).encode())
 

@@ -1,13 +1,16 @@
 """Write-behind of EpisodeService's records while nobody else can read its registry.
 
 A ``memory://`` registry the service opened itself (an unnamed store, and no dashboard reading
-it from another thread) has one reader: the service. A record nobody reads need not be encoded
-and written at each transition, which is most of what a service costs over a plain dict. So
-while the registry is private, the records of the episodes it starts are kept here and written
-in batched txns: whenever they fill one, and before any read through the service. A read sees
-what writing at each transition would have shown: an episode started and not stopped reads as
-running, a stopped one as its final record. The records themselves are the ledger's (its pure
-transitions, ledger/records.py): only when they are written differs.
+it from another thread) has one reader: the service. A record nobody reads need not be built,
+encoded or written, and doing all three at each transition was most of what the service cost
+over a plain dict. So while the registry is private, the service keeps what its episodes'
+records are made of (fresh records, when they started and under which claim id, how each
+ended), and the records are built by the ledger's pure transitions (``start_together``,
+``finish_attempt``) when first needed: a read through the service, which writes everything
+kept first in batched txns, or a report's ``record``. A read sees what writing at each
+transition would have shown: an episode started and not stopped reads as running, a stopped
+one as its final record. What is kept costs no more memory than the registry's copy would, and
+the first read after many unread episodes pays for them all (~10 us each).
 
 Kept episodes hold no claim key and no lease (nobody could take one over, so nothing needs
 fencing); their attempts record no fencing token. Once the registry is handed out
@@ -19,58 +22,99 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from .keys import Keys
-from .ledger.records import start_together
+from .ledger.records import finish_attempt, start_together
 from .ledger.txns import put_chunks
-from .model import EpisodeRecord
-from .registry import MAX_TXN_OPS, Put, Registry
+from .model import EpisodeRecord, State
+from .registry import Put, Registry
+from .specs import is_plain_json
 
-# Final records kept until they fill one txn: holding more saves nothing per record (the txn's
-# own cost is spread already) and would make the next read pay for more at once.
-FLUSH_AT = MAX_TXN_OPS
+
+class KeptStart:
+    """Fresh records started together, by whom and when; their running records, built once
+    when first needed. Any thread may build them: two threads build equal records."""
+
+    __slots__ = ("_host", "_now", "_running", "ended", "fresh")
+
+    def __init__(self, fresh: Sequence[EpisodeRecord], host: str, now: float) -> None:
+        self.fresh = fresh
+        self._host = host
+        self._now = now
+        self._running: list[EpisodeRecord] | None = None
+        self.ended: set[int] = set()  # indexes of those a Kept ended (WriteBehind's lock)
+
+    def running(self) -> list[EpisodeRecord]:
+        if self._running is None:
+            self._running = start_together(self.fresh, self._host, self._now)[1]
+        return self._running
+
+
+class Kept:
+    """How a kept episode ended; its final record, built once when first needed. Has the
+    ``id``, ``state`` and ``result`` that record will have."""
+
+    __slots__ = ("_error", "_now", "_record", "id", "index", "result", "start", "state")
+
+    def __init__(
+        self, start: KeptStart, index: int, state: State, now: float, error: str | None, result: dict[str, Any]
+    ) -> None:
+        self.start = start
+        self.index = index
+        self.id = start.fresh[index].id
+        self.state = state
+        self.result = result
+        self._now = now
+        self._error = error
+        self._record: EpisodeRecord | None = None
+
+    def record(self) -> EpisodeRecord:
+        if self._record is None:
+            running = self.start.running()[self.index]
+            self._record = finish_attempt(running, self.state, self._now, self._error, self.result)
+        return self._record
 
 
 class WriteBehind:
-    """Threads: any thread that calls the service. ``_lock`` guards ``_running``, ``_finished``
-    and ``_private``, and is held while they are written: two writers could otherwise put an
-    episode's running record after its final one."""
+    """Threads: any thread that calls the service. ``_lock`` guards ``_started``,
+    ``_finished``, ``_private`` and each kept start's ``ended``, and is held while they are
+    written: two writers could otherwise put an episode's running record after its final one."""
 
     def __init__(self, registry: Registry, keys: Keys, *, private: bool) -> None:
         self._registry = registry
         self._keys = keys
         self._lock = threading.Lock()
         self._private = private
-        self._running: dict[str, EpisodeRecord] = {}  # started here and not written yet
-        self._finished: list[Put] = []  # final records, encoded, not written yet
+        self._started: list[KeptStart] = []  # running records not written yet
+        self._finished: list[Kept | Put] = []  # final records not written yet (a Put: encoded)
 
-    def start(self, records: Sequence[EpisodeRecord], host: str) -> list[EpisodeRecord] | None:
-        """Start fresh records under one claim (``start_together``), kept here: the running
-        records; None when the registry is not private (the caller writes through the ledger)."""
+    def start(self, fresh: Sequence[EpisodeRecord], host: str) -> KeptStart | None:
+        """Keep fresh records started together; None when the registry is not private (the
+        caller starts them through the ledger)."""
         if not self._private:  # read unlocked: a shared registry never becomes private again
             return None
-        _, running = start_together(records, host, time.time())
+        kept = KeptStart(fresh, host, time.time())
         with self._lock:
             if not self._private:
                 return None
-            for record in running:
-                self._running[record.id] = record
-        return running
+            self._started.append(kept)
+        return kept
 
-    def finish(self, finals: Sequence[EpisodeRecord]) -> None:
-        """Final records of episodes ``start`` kept. Encoded now, so that a record that does not
-        encode fails the stop that made it, as a commit through the ledger would."""
-        puts = [Put(self._keys.episode(r.id), r.to_bytes()) for r in finals]
+    def finish(self, kept: Kept) -> None:
+        """How an episode ``start`` kept ended. Plain JSON always encodes; a result that is not
+        is encoded now, so that one msgpack refuses fails the stop that made it, as a commit
+        through the ledger would."""
+        final = kept if is_plain_json(kept.result) else self._put(kept.record())
         with self._lock:
-            for record in finals:
-                self._running.pop(record.id, None)
-            self._finished += puts
-            if len(self._finished) >= FLUSH_AT or not self._private:
+            kept.start.ended.add(kept.index)
+            self._finished.append(final)
+            if not self._private:
                 self._write_locked()
 
     def flush(self) -> None:
         """Write everything kept (the service calls this before every read)."""
-        if self._running or self._finished:  # read unlocked: a caller's own writes are seen
+        if self._started or self._finished:  # read unlocked: a caller's own changes are seen
             with self._lock:
                 self._write_locked()
 
@@ -81,8 +125,17 @@ class WriteBehind:
             self._private = False
 
     def _write_locked(self) -> None:
-        puts = [Put(self._keys.episode(i), r.to_bytes()) for i, r in self._running.items()] + self._finished
+        puts = [
+            self._put(record)
+            for start in self._started
+            for index, record in enumerate(start.running())
+            if index not in start.ended
+        ]
+        puts += [final if isinstance(final, Put) else self._put(final.record()) for final in self._finished]
         for chunk in put_chunks(puts):
             self._registry.txn([], chunk)
-        self._running.clear()  # written as running: their final records come through finish
+        self._started = []  # written as running: how they end comes through finish
         self._finished = []
+
+    def _put(self, record: EpisodeRecord) -> Put:
+        return Put(self._keys.episode(record.id), record.to_bytes())
