@@ -60,7 +60,7 @@ class IdAllocator:
         self._lock = threading.Lock()
         self._revision = self._seq = 0
         self._block_seq: dict[int, int] = {}  # block size: its next free block
-        self._id_parts = ("", "")  # an id's text before and after its seq, for this revision
+        self._id_template = ""  # format_id's text for this revision, the seq left to format
         self._adopt_locked(0)
 
     def next_ids(self, count: int) -> list[str]:
@@ -71,10 +71,9 @@ class IdAllocator:
                     self._adopt_locked(self._incarnate())
                 first = self._seq
                 self._seq = min(first + count - len(ids), GROUP_BASE)
-                # format_id's text, its fixed parts formatted once per revision: the single-host
+                # format_id's text from a template made once per revision: the single-host
                 # service takes one id per run()
-                head, tail = self._id_parts
-                ids += [f"{head}{seq:04x}{tail}" for seq in range(first, self._seq)]
+                ids += map(self._id_template.format, range(first, self._seq))
         return ids
 
     def next_group(self, size: int) -> tuple[str, list[str]]:
@@ -100,7 +99,7 @@ class IdAllocator:
     def _adopt_locked(self, revision: int) -> None:
         self._revision = revision
         self._seq = 0
-        self._id_parts = (f"{revision:010x}-", f"-{self._host}")
+        self._id_template = f"{revision:010x}-{{:04x}}-{self._host}"  # host ids hold no braces (check_name)
         self._block_seq = {align: first for align, (first, _) in _BLOCKS.items()}
 
     def _incarnate(self) -> int:

@@ -165,7 +165,8 @@ class EpisodeService:
         handles: builtins.list[Handle] = []
         try:
             for spec in checked:
-                handle = load_runtime(spec.runtime).realize(spec.params, seed=spec.seed, snapshot=self._snapshot(spec))
+                snapshot = self._snapshot(spec) if spec.snapshot is not None else None
+                handle = load_runtime(spec.runtime).realize(spec.params, seed=spec.seed, snapshot=snapshot)
                 handles.append(handle)
                 handle.reset()
             fresh, batch = self._records.start(checked, time.time())
@@ -324,7 +325,7 @@ class EpisodeService:
         try:
             outcome = handle.terminal()
             result = handle.collect()
-            self._drain_events(running)
+            running.events += handle.poll_events()
         finally:
             handle.stop()
         if error is not None:
@@ -343,11 +344,10 @@ class EpisodeService:
         self.store.put_bytes(events_path(record.id, record.attempt, 0), encode_events(list(events)))
         self.store.put_bytes(result_path(record.id, record.attempt), json.dumps(dict(record.result or {})).encode())
 
-    def _snapshot(self, spec: EpisodeSpec) -> bytes | None:
+    def _snapshot(self, spec: EpisodeSpec) -> bytes:
         """The spec's snapshot (a name or a digest) through this host's cache: a service is a
         runtime that takes bytes; the mesh's workers hand runtimes a path (worker/files.py)."""
-        if spec.snapshot is None:
-            return None
+        assert spec.snapshot is not None
         if self.store is None:
             raise ConfigError(f"spec references snapshot {spec.snapshot!r} but the service has no store")
         digest = snapshots.resolve(self._registry, self.keys, self.store, spec.snapshot)

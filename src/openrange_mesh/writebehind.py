@@ -36,14 +36,13 @@ class KeptStart:
     """Fresh records started together, by whom and when; their running records, built once
     when first needed. Any thread may build them: two threads build equal records."""
 
-    __slots__ = ("_host", "_now", "_running", "ended", "fresh")
+    __slots__ = ("_host", "_now", "_running", "fresh")
 
     def __init__(self, fresh: Sequence[EpisodeRecord], host: str, now: float) -> None:
         self.fresh = fresh
         self._host = host
         self._now = now
         self._running: list[EpisodeRecord] | None = None
-        self.ended: set[int] = set()  # indexes of those a Kept ended (WriteBehind's lock)
 
     def running(self) -> list[EpisodeRecord]:
         if self._running is None:
@@ -78,16 +77,19 @@ class Kept:
 
 class WriteBehind:
     """Threads: any thread that calls the service. ``_lock`` guards ``_started``,
-    ``_finished``, ``_private`` and each kept start's ``ended``, and is held while they are
-    written: two writers could otherwise put an episode's running record after its final one."""
+    ``_finished``, ``_encoded`` and ``_private``, and is held while they are written: two
+    writers could otherwise put an episode's running record after its final one."""
 
     def __init__(self, registry: Registry, keys: Keys, *, private: bool) -> None:
         self._registry = registry
         self._keys = keys
         self._lock = threading.Lock()
         self._private = private
-        self._started: list[KeptStart] = []  # running records not written yet
-        self._finished: list[Kept | Put] = []  # final records not written yet (a Put: encoded)
+        # Not written yet: starts (their episodes' running records, but for those that ended
+        # since: both lists are written and emptied together) and ends (final records).
+        self._started: list[KeptStart] = []
+        self._finished: list[Kept] = []
+        self._encoded: dict[str, bytes] = {}  # final records encoded as their episode ended
 
     def start(self, fresh: Sequence[EpisodeRecord], host: str) -> KeptStart | None:
         """Keep fresh records started together; None when the registry is not private (the
@@ -105,10 +107,11 @@ class WriteBehind:
         """How an episode ``start`` kept ended. Plain JSON always encodes; a result that is not
         is encoded now, so that one msgpack refuses fails the stop that made it, as a commit
         through the ledger would."""
-        final = kept if is_plain_json(kept.result) else self._put(kept.record())
+        encoded = None if is_plain_json(kept.result) else kept.record().to_bytes()
         with self._lock:
-            kept.start.ended.add(kept.index)
-            self._finished.append(final)
+            self._finished.append(kept)
+            if encoded is not None:
+                self._encoded[kept.id] = encoded
             if not self._private:
                 self._write_locked()
 
@@ -125,17 +128,11 @@ class WriteBehind:
             self._private = False
 
     def _write_locked(self) -> None:
-        puts = [
-            self._put(record)
-            for start in self._started
-            for index, record in enumerate(start.running())
-            if index not in start.ended
-        ]
-        puts += [final if isinstance(final, Put) else self._put(final.record()) for final in self._finished]
-        for chunk in put_chunks(puts):
+        ended = {kept.id for kept in self._finished}
+        values = [(r.id, r.to_bytes()) for start in self._started for r in start.running() if r.id not in ended]
+        values += [(k.id, self._encoded.get(k.id) or k.record().to_bytes()) for k in self._finished]
+        for chunk in put_chunks(Put(self._keys.episode(i), value) for i, value in values):
             self._registry.txn([], chunk)
         self._started = []  # written as running: how they end comes through finish
         self._finished = []
-
-    def _put(self, record: EpisodeRecord) -> Put:
-        return Put(self._keys.episode(record.id), record.to_bytes())
+        self._encoded = {}
