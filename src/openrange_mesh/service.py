@@ -81,7 +81,8 @@ class EpisodeReport:
 
 @dataclass(slots=True, eq=False)
 class _RunningEpisode:
-    fresh: EpisodeRecord  # as it was before it started: its id and spec
+    id: str
+    spec: EpisodeSpec
     index: int  # its place among the episodes started with it
     batch: Batch  # what they started under
     handle: Handle
@@ -153,11 +154,11 @@ class EpisodeService:
 
     def start(self, spec: SpecLike) -> str:
         """Realise and reset an episode; return its id. The record is ``running`` from here."""
-        return self._start([check_spec(spec)])[0].fresh.id
+        return self._start([check_spec(spec)])[0].id
 
     def start_many(self, specs: Sequence[SpecLike]) -> builtins.list[str]:
         """Realise and reset up to ``MAX_OWN_KEYS`` episodes, recorded as running in one txn."""
-        return [running.fresh.id for running in self._start([check_spec(s) for s in specs])]
+        return [running.id for running in self._start([check_spec(s) for s in specs])]
 
     def _start(self, checked: Sequence[EpisodeSpec]) -> builtins.list[_RunningEpisode]:
         if len(checked) > MAX_OWN_KEYS:
@@ -169,7 +170,7 @@ class EpisodeService:
                 handle = load_runtime(spec.runtime).realize(spec.params, seed=spec.seed, snapshot=snapshot)
                 handles.append(handle)
                 handle.reset()
-            fresh, batch = self._records.start(checked, time.time())
+            ids, batch = self._records.start(checked, time.time())
         except BaseException:
             for handle in handles:
                 handle.stop()
@@ -177,9 +178,9 @@ class EpisodeService:
         started = time.monotonic()
         episodes: builtins.list[_RunningEpisode] = []
         with self._lock:
-            for index, (record, handle) in enumerate(zip(fresh, handles, strict=True)):
-                episodes.append(_RunningEpisode(record, index, batch, handle, started))
-                self._running[record.id] = episodes[-1]
+            for index, (episode_id, spec, handle) in enumerate(zip(ids, checked, handles, strict=True)):
+                episodes.append(_RunningEpisode(episode_id, spec, index, batch, handle, started))
+                self._running[episode_id] = episodes[-1]
         return episodes
 
     def surface(self, episode_id: str) -> dict[str, Any]:
@@ -228,7 +229,7 @@ class EpisodeService:
     def run(self, spec: SpecLike, *, slice_seconds: float = 0.5) -> EpisodeReport:
         """Run one autonomous episode to its terminal state (or its spec's timeout)."""
         (running,) = self._start([check_spec(spec)])
-        return self.stop_many({running.fresh.id: self._drive(running, slice_seconds)})[0]
+        return self.stop_many({running.id: self._drive(running, slice_seconds)})[0]
 
     def run_many(
         self,
@@ -260,11 +261,11 @@ class EpisodeService:
             errors = [self._drive(running, slice_seconds) for running in started]
         else:
             errors = list(pool.map(partial(self._drive, slice_seconds=slice_seconds), started))
-        return self.stop_many({running.fresh.id: error for running, error in zip(started, errors, strict=True)})
+        return self.stop_many({running.id: error for running, error in zip(started, errors, strict=True)})
 
     def _drive(self, running: _RunningEpisode, slice_seconds: float) -> str | None:
         """Advance to terminal; the error that ends it early (a timeout), else None."""
-        timeout = running.fresh.spec.timeout
+        timeout = running.spec.timeout
         handle = running.handle
         while handle.terminal() is None:
             if timeout is not None and time.monotonic() - running.started > timeout:

@@ -21,7 +21,7 @@ from .ids import IdAllocator
 from .keys import Keys
 from .ledger.claims import Claim
 from .ledger.ledger import Ledger
-from .ledger.records import finish_attempt
+from .ledger.records import created, finish_attempt
 from .model import EpisodeRecord, EpisodeSpec, State
 from .registry import Registry
 from .writebehind import Kept, KeptStart, WriteBehind
@@ -54,17 +54,16 @@ class ServiceRecords:
         self._lease = LeaseKeeper(registry, ttl)
         self._lock = threading.Lock()
 
-    def start(self, specs: Sequence[EpisodeSpec], now: float) -> tuple[list[EpisodeRecord], Batch]:
-        """New episodes' fresh records, started together: kept behind while the registry is
-        private, else written through the ledger as running under a claim of ours."""
-        fresh = []
-        for episode_id, spec in zip(self.ids.next_ids(len(specs)), specs, strict=True):
-            fresh.append(EpisodeRecord(id=episode_id, spec=spec, created_at=now, submitter=self.host))
-        kept = self._behind.start(fresh, self.host)
+    def start(self, specs: Sequence[EpisodeSpec], now: float) -> tuple[list[str], Batch]:
+        """New episodes' ids, started together: kept behind while the registry is private,
+        else written through the ledger as running under a claim of ours."""
+        ids = self.ids.next_ids(len(specs))
+        kept = self._behind.start(ids, specs, self.host, now)
         if kept is not None:
-            return fresh, kept
+            return ids, kept
+        fresh = created(ids, specs, now, self.host)
         claim, running = self.ledger.start(self.host, self._lease.ensure(), fresh)
-        return fresh, Claimed(claim, running, set(claim.episode_ids))
+        return ids, Claimed(claim, running, set(claim.episode_ids))
 
     def end(
         self, batch: Batch, index: int, state: State, now: float, error: str | None, result: dict[str, Any]

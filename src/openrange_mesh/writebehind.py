@@ -4,7 +4,7 @@ A ``memory://`` registry the service opened itself (an unnamed store, and no das
 it from another thread) has one reader: the service. A record nobody reads need not be built,
 encoded or written, and doing all three at each transition was most of what the service cost
 over a plain dict. So while the registry is private, the service keeps what its episodes'
-records are made of (fresh records, when they started and under which claim id, how each
+records are made of (ids and specs, when they started and under which claim id, how each
 ended), and the records are built by the ledger's pure transitions (``start_together``,
 ``finish_attempt``) when first needed: a read through the service, which writes everything
 kept first in batched txns, or a report's ``record``. A read sees what writing at each
@@ -20,33 +20,34 @@ fencing); their attempts record no fencing token. Once the registry is handed ou
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from .keys import Keys
-from .ledger.records import finish_attempt, start_together
+from .ledger.records import created, finish_attempt, start_together
 from .ledger.txns import put_chunks
-from .model import EpisodeRecord, State
+from .model import EpisodeRecord, EpisodeSpec, State
 from .registry import Put, Registry
 from .specs import is_plain_json
 
 
 class KeptStart:
-    """Fresh records started together, by whom and when; their running records, built once
-    when first needed. Any thread may build them: two threads build equal records."""
+    """New episodes created and started together, by whom and when; their running records,
+    built once when first needed. Any thread may build them: two threads build equal records."""
 
-    __slots__ = ("_host", "_now", "_running", "fresh")
+    __slots__ = ("_host", "_now", "_running", "_specs", "ids")
 
-    def __init__(self, fresh: Sequence[EpisodeRecord], host: str, now: float) -> None:
-        self.fresh = fresh
+    def __init__(self, ids: Sequence[str], specs: Sequence[EpisodeSpec], host: str, now: float) -> None:
+        self.ids = ids
+        self._specs = specs
         self._host = host
         self._now = now
         self._running: list[EpisodeRecord] | None = None
 
     def running(self) -> list[EpisodeRecord]:
         if self._running is None:
-            self._running = start_together(self.fresh, self._host, self._now)[1]
+            fresh = created(self.ids, self._specs, self._now, self._host)
+            self._running = start_together(fresh, self._host, self._now)[1]
         return self._running
 
 
@@ -61,7 +62,7 @@ class Kept:
     ) -> None:
         self.start = start
         self.index = index
-        self.id = start.fresh[index].id
+        self.id = start.ids[index]
         self.state = state
         self.result = result
         self._now = now
@@ -91,12 +92,12 @@ class WriteBehind:
         self._finished: list[Kept] = []
         self._encoded: dict[str, bytes] = {}  # final records encoded as their episode ended
 
-    def start(self, fresh: Sequence[EpisodeRecord], host: str) -> KeptStart | None:
-        """Keep fresh records started together; None when the registry is not private (the
+    def start(self, ids: Sequence[str], specs: Sequence[EpisodeSpec], host: str, now: float) -> KeptStart | None:
+        """Keep new episodes started together; None when the registry is not private (the
         caller starts them through the ledger)."""
         if not self._private:  # read unlocked: a shared registry never becomes private again
             return None
-        kept = KeptStart(fresh, host, time.time())
+        kept = KeptStart(ids, specs, host, now)
         with self._lock:
             if not self._private:
                 return None

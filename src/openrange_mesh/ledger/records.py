@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..model import Attempt, EpisodeRecord, State, unpack
+from ..model import Attempt, EpisodeRecord, EpisodeSpec, State, unpack
 from ..registry import KeyValue
 
 
@@ -32,6 +32,11 @@ def start_attempt(record: EpisodeRecord, host: str, claim_id: str, now: float, b
         error=None,
         history=(*record.history, Attempt(record.attempt, host, now, batch=batch)),
     )
+
+
+def created(ids: Sequence[str], specs: Sequence[EpisodeSpec], now: float, submitter: str) -> list[EpisodeRecord]:
+    """Records of new episodes, not yet pending nor started."""
+    return [EpisodeRecord(id=i, spec=s, created_at=now, submitter=submitter) for i, s in zip(ids, specs, strict=True)]
 
 
 def start_together(records: Sequence[EpisodeRecord], host: str, now: float) -> tuple[str, list[EpisodeRecord]]:
