@@ -6,13 +6,16 @@ checks) to terminal, one at a time. The service is measured twice: ``run_many`` 
 started and stopped in batches, the way to run many) and ``run`` in a loop (C: one at a time).
 The baseline (A) is the service as it was before the registry seam: running episodes in a
 ``dict[str, _RunningEpisode]`` with uuid4 ids and no records. Each side is timed from its
-construction to the end of its ``close``, so records the service writes behind, after the
-last episode, are counted. A round runs A B C C B A, so that drift on a shared machine hits
-every side alike; each ratio is the median over rounds of that round's ratio (its two runs of
-a side against its two of the baseline).
+construction to the end of its ``close``. On its private registry the service builds and
+writes records only when something reads them (writebehind.py); what the first read after a
+run costs is measured apart (``first_read_us_per_episode``: one ``get`` once the clock
+stopped, which writes every record first). A round runs A B C C B A, so that drift on a shared
+machine hits every side alike; each ratio is the median over rounds of that round's ratio
+(its two runs of a side against its two of the baseline). ``baseline_spread`` is how far
+apart a round's two baseline runs were (median over rounds): the noise a ratio carries.
 
-    python scripts/bench_single_host.py            # 1000 episodes x 7 rounds
-    python scripts/bench_single_host.py --quick    # under 30 s
+    python scripts/bench_single_host.py            # 1000 episodes x 11 rounds
+    python scripts/bench_single_host.py --quick    # 500 x 11, under 30 s
     python scripts/bench_single_host.py --json out.json
 """
 
@@ -80,36 +83,46 @@ def time_baseline(items: list[EpisodeSpec]) -> float:
     return time.perf_counter() - start
 
 
-def time_service(items: list[EpisodeSpec]) -> float:
+def time_service(items: list[EpisodeSpec], reads: list[float]) -> float:
     """``run_many``: how a user runs a thousand episodes."""
     start = time.perf_counter()
     with EpisodeService("memory://") as service:
         reports = service.run_many(items)
     elapsed = time.perf_counter() - start
-    check(service, reports, len(items))
+    reads.append(check(service, reports, len(items)))
     return elapsed
 
 
-def time_service_one_by_one(items: list[EpisodeSpec]) -> float:
+def time_service_one_by_one(items: list[EpisodeSpec], reads: list[float]) -> float:
     """``run`` in a loop."""
     start = time.perf_counter()
     with EpisodeService("memory://") as service:
         reports = [service.run(spec) for spec in items]
     elapsed = time.perf_counter() - start
-    check(service, reports, len(items))
+    reads.append(check(service, reports, len(items)))
     return elapsed
 
 
-def check(service: EpisodeService, reports: list[EpisodeReport], count: int) -> None:
-    """Every episode succeeded, and its record says so (read once the clock stopped)."""
+def check(service: EpisodeService, reports: list[EpisodeReport], count: int) -> float:
+    """Every episode succeeded, and its record says so (read once the clock stopped); the
+    seconds the first read took."""
     assert len(reports) == count and all(r.state is State.SUCCEEDED for r in reports)
+    start = time.perf_counter()
+    assert service.get(reports[-1].id).state is State.SUCCEEDED
+    first_read = time.perf_counter() - start
     assert len(service.list("succeeded")) == count
+    return first_read
 
 
 def ratio(side: list[float], base: list[float]) -> float:
     """The median over rounds of a side's time against the baseline's (two runs each a round)."""
     pairs = zip(side[::2], side[1::2], base[::2], base[1::2], strict=True)
     return statistics.median((s1 + s2) / (b1 + b2) for s1, s2, b1, b2 in pairs)
+
+
+def spread(base: list[float]) -> float:
+    """The median over rounds of how far apart its two baseline runs were (1.0: not at all)."""
+    return statistics.median(max(b1, b2) / min(b1, b2) for b1, b2 in zip(base[::2], base[1::2], strict=True))
 
 
 def registry_op_costs(n: int = 20_000) -> dict[str, float]:
@@ -136,15 +149,18 @@ def registry_op_costs(n: int = 20_000) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="fewer episodes and rounds (< 30 s)")
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--quick", action="store_true", help="500 episodes a run (< 30 s)")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     args = parser.parse_args(argv)
     if args.quick:
-        args.episodes, args.rounds = min(args.episodes, 1000), 3
+        # Many short rounds rather than a few long ones: this machine's speed drifts over
+        # seconds, and a round's two baseline runs bracket its others more tightly.
+        args.episodes = min(args.episodes, 500)
     items = specs(args.episodes)
+    reads: list[float] = []
     time_baseline(items[:50])  # warm imports and gymnasium's registry on both paths
-    time_service(items[:50])
+    time_service(items[:50], [])
     base: list[float] = []
     mesh: list[float] = []
     single: list[float] = []
@@ -152,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _ in range(args.rounds):
             base.append(time_baseline(items))
-            mesh.append(time_service(items))
-            single.append(time_service_one_by_one(items))
-            single.append(time_service_one_by_one(items))
-            mesh.append(time_service(items))
+            mesh.append(time_service(items, reads))
+            single.append(time_service_one_by_one(items, reads))
+            single.append(time_service_one_by_one(items, reads))
+            mesh.append(time_service(items, reads))
             base.append(time_baseline(items))
     finally:
         gc.enable()
@@ -170,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         "overhead_ratio": ratio(mesh, base),
         "one_by_one_us_per_episode": single_s / args.episodes * 1e6,
         "overhead_ratio_one_by_one": ratio(single, base),
+        "baseline_spread": spread(base),
+        "first_read_us_per_episode": statistics.median(reads) / args.episodes * 1e6,
         **ops,
     }
     print(f"{'figure':<28}{'value':>12}")
