@@ -185,13 +185,11 @@ def test_a_private_service_reads_as_one_that_writes_through(private: EpisodeServ
     assert len(batches) == -(-count // MAX_OWN_KEYS)  # one claim per start of up to MAX_OWN_KEYS
 
 
-@pytest.mark.parametrize("result", ["fine", "intkey", "deep"])
-def test_a_result_that_is_not_plain_json_fares_as_it_would_written_through(
-    private: EpisodeService, result: str
-) -> None:
-    """Plain JSON always encodes, so it may wait for a read; anything else is encoded as its
-    episode stops: an int key is stored and skipped by readers as corrupt, a result too deep
-    for msgpack fails the stop, on both paths alike; and reads go on."""
+@pytest.mark.parametrize("result", ["fine", "intkey", "deep", "surrogate"])
+def test_an_odd_result_fares_as_it_would_written_through(private: EpisodeService, result: str) -> None:
+    """What a runtime gives is encoded as its episode stops, though its record waits for a
+    read: an int key is stored and skipped by readers as corrupt, a result too deep for msgpack
+    or a str UTF-8 cannot hold fails the stop, on both paths alike; and reads go on."""
     spec = {"runtime": "tests.odd_runtimes:odd", "params": {"result": result}}
 
     def fate(svc: EpisodeService) -> tuple[str, str]:

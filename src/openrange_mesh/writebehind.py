@@ -9,8 +9,8 @@ ended), and the records are built by the ledger's pure transitions (``start_toge
 ``finish_attempt``) when first needed: a read through the service, which writes everything
 kept first in batched txns, or a report's ``record``. A read sees what writing at each
 transition would have shown: an episode started and not stopped reads as running, a stopped
-one as its final record. What is kept costs no more memory than the registry's copy would, and
-the first read after many unread episodes pays for them all (~10 us each).
+one as its final record. What is kept is smaller than the records it stands for, and the first
+read after many unread episodes pays for them all (~25 us each: built, encoded and written).
 
 Kept episodes hold no claim key and no lease (nobody could take one over, so nothing needs
 fencing); their attempts record no fencing token. Once the registry is handed out
@@ -26,9 +26,8 @@ from typing import Any
 from .keys import Keys
 from .ledger.records import created, finish_attempt, start_together
 from .ledger.txns import put_chunks
-from .model import EpisodeRecord, EpisodeSpec, State
+from .model import EpisodeRecord, EpisodeSpec, State, pack
 from .registry import Put, Registry
-from .specs import is_plain_json
 
 
 class KeptStart:
@@ -55,7 +54,7 @@ class Kept:
     """How a kept episode ended; its final record, built once when first needed. Has the
     ``id``, ``state`` and ``result`` that record will have."""
 
-    __slots__ = ("_error", "_now", "_record", "id", "index", "result", "start", "state")
+    __slots__ = ("_now", "_record", "error", "id", "index", "result", "start", "state")
 
     def __init__(
         self, start: KeptStart, index: int, state: State, now: float, error: str | None, result: dict[str, Any]
@@ -66,20 +65,20 @@ class Kept:
         self.state = state
         self.result = result
         self._now = now
-        self._error = error
+        self.error = error
         self._record: EpisodeRecord | None = None
 
     def record(self) -> EpisodeRecord:
         if self._record is None:
             running = self.start.running()[self.index]
-            self._record = finish_attempt(running, self.state, self._now, self._error, self.result)
+            self._record = finish_attempt(running, self.state, self._now, self.error, self.result)
         return self._record
 
 
 class WriteBehind:
     """Threads: any thread that calls the service. ``_lock`` guards ``_started``,
-    ``_finished``, ``_encoded`` and ``_private``, and is held while they are written: two
-    writers could otherwise put an episode's running record after its final one."""
+    ``_finished`` and ``_private``, and is held while they are written: two writers could
+    otherwise put an episode's running record after its final one."""
 
     def __init__(self, registry: Registry, keys: Keys, *, private: bool) -> None:
         self._registry = registry
@@ -90,7 +89,6 @@ class WriteBehind:
         # since: both lists are written and emptied together) and ends (final records).
         self._started: list[KeptStart] = []
         self._finished: list[Kept] = []
-        self._encoded: dict[str, bytes] = {}  # final records encoded as their episode ended
 
     def start(self, ids: Sequence[str], specs: Sequence[EpisodeSpec], host: str, now: float) -> KeptStart | None:
         """Keep new episodes started together; None when the registry is not private (the
@@ -105,14 +103,13 @@ class WriteBehind:
         return kept
 
     def finish(self, kept: Kept) -> None:
-        """How an episode ``start`` kept ended. Plain JSON always encodes; a result that is not
-        is encoded now, so that one msgpack refuses fails the stop that made it, as a commit
-        through the ledger would."""
-        encoded = None if is_plain_json(kept.result) else kept.record().to_bytes()
+        """How an episode ``start`` kept ended. What its runtime gave (result and error: the
+        rest of a record is ours, and encodes) is encoded now, at the depth its record holds
+        it, as a commit through the ledger would: what msgpack refuses fails the stop that made
+        it, never a later read."""
+        pack([kept.result, kept.error])
         with self._lock:
             self._finished.append(kept)
-            if encoded is not None:
-                self._encoded[kept.id] = encoded
             if not self._private:
                 self._write_locked()
 
@@ -131,9 +128,8 @@ class WriteBehind:
     def _write_locked(self) -> None:
         ended = {kept.id for kept in self._finished}
         values = [(r.id, r.to_bytes()) for start in self._started for r in start.running() if r.id not in ended]
-        values += [(k.id, self._encoded.get(k.id) or k.record().to_bytes()) for k in self._finished]
+        values += [(k.id, k.record().to_bytes()) for k in self._finished]
         for chunk in put_chunks(Put(self._keys.episode(i), value) for i, value in values):
             self._registry.txn([], chunk)
         self._started = []  # written as running: how they end comes through finish
         self._finished = []
-        self._encoded = {}
