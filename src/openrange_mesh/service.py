@@ -81,6 +81,9 @@ class EpisodeReport:
 
 @dataclass(slots=True, eq=False)
 class _RunningEpisode:
+    """A live episode. Its handle and ``events`` are used under ``lock``: the thread driving
+    it and callers of advance, observe and stop may differ."""
+
     id: str
     spec: EpisodeSpec
     index: int  # its place among the episodes started with it
@@ -92,6 +95,10 @@ class _RunningEpisode:
 
 
 class EpisodeService:
+    """Threads: any number of callers, and ``run_many``'s pool when ``parallel`` > 1. ``_lock``
+    guards ``_running`` (the live episodes by id); each episode's own lock its handle; the
+    records keep their own locks (service_records.py, writebehind.py)."""
+
     def __init__(
         self,
         registry: Registry | str = "memory://",

@@ -76,12 +76,15 @@ class ServiceRecords:
     def commit(self, ended: Sequence[tuple[Batch, EpisodeRecord | Kept]]) -> set[int]:
         """Commit final records, one txn per claim they share; the claims (``id()`` of their
         batch) whose commit was fenced off: a peer took those episodes over."""
+        kept: list[Kept] = []  # nobody could have taken these over
         by_claim: dict[int, tuple[Claimed, list[EpisodeRecord]]] = {}
         for batch, final in ended:
-            if isinstance(final, Kept):  # nobody could have taken it over
-                self._behind.finish(final)
+            if isinstance(final, Kept):
+                kept.append(final)
             elif isinstance(batch, Claimed):
                 by_claim.setdefault(id(batch), (batch, []))[1].append(final)
+        if kept:
+            self._behind.finish(kept)
         fenced: set[int] = set()
         for key, (claimed, finals) in by_claim.items():
             ids = {r.id for r in finals}

@@ -102,14 +102,15 @@ class WriteBehind:
             self._started.append(kept)
         return kept
 
-    def finish(self, kept: Kept) -> None:
-        """How an episode ``start`` kept ended. What its runtime gave (result and error: the
-        rest of a record is ours, and encodes) is encoded now, at the depth its record holds
-        it, as a commit through the ledger would: what msgpack refuses fails the stop that made
-        it, never a later read."""
-        pack([kept.result, kept.error])
+    def finish(self, ended: Sequence[Kept]) -> None:
+        """How episodes ``start`` kept ended, all or none. What their runtimes gave (result and
+        error: the rest of a record is ours, and encodes) is encoded now, at the depth a record
+        holds it, as a commit through the ledger would: what msgpack refuses fails the stop
+        that made it, never a later read."""
+        for kept in ended:
+            pack([kept.result, kept.error])
         with self._lock:
-            self._finished.append(kept)
+            self._finished += ended
             if not self._private:
                 self._write_locked()
 
