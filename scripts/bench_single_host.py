@@ -14,8 +14,8 @@ machine hits every side alike; each ratio is the median over rounds of that roun
 (its two runs of a side against its two of the baseline). ``baseline_spread`` is how far
 apart a round's two baseline runs were (median over rounds): the noise a ratio carries.
 
-    python scripts/bench_single_host.py            # 1000 episodes x 11 rounds
-    python scripts/bench_single_host.py --quick    # 500 x 11, under 30 s
+    python scripts/bench_single_host.py            # 1000 episodes a run x 11 rounds
+    python scripts/bench_single_host.py --quick    # 100 x 50, under 30 s
     python scripts/bench_single_host.py --json out.json
 """
 
@@ -150,13 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=11)
-    parser.add_argument("--quick", action="store_true", help="500 episodes a run (< 30 s)")
+    parser.add_argument("--quick", action="store_true", help="100 episodes a run, 50 rounds (< 30 s)")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     args = parser.parse_args(argv)
     if args.quick:
-        # Many short rounds rather than a few long ones: this machine's speed drifts over
-        # seconds, and a round's two baseline runs bracket its others more tightly.
-        args.episodes = min(args.episodes, 500)
+        # Many short rounds rather than a few long ones: a shared machine's speed drifts
+        # within a second, and a round's two baseline runs bracket its others more tightly.
+        # (A service's construction and close cost ~25 us, a quarter of a us per episode here.)
+        args.episodes, args.rounds = min(args.episodes, 100), 50
     items = specs(args.episodes)
     reads: list[float] = []
     time_baseline(items[:50])  # warm imports and gymnasium's registry on both paths
