@@ -10,7 +10,7 @@ ended), and the records are built by the ledger's pure transitions (``start_toge
 kept first in batched txns, or a report's ``record``. A read sees what writing at each
 transition would have shown: an episode started and not stopped reads as running, a stopped
 one as its final record. What is kept is smaller than the records it stands for, and the first
-read after many unread episodes pays for them all (~25 us each: built, encoded and written).
+read after many unread episodes pays for them all (~20 us each: built, encoded and written).
 
 Kept episodes hold no claim key and no lease (nobody could take one over, so nothing needs
 fencing); their attempts record no fencing token. Once the registry is handed out
