@@ -2,15 +2,20 @@
 """Single-host overhead: EpisodeService on memory:// versus a plain-dict baseline, one run.
 
 Both sides run the same CartPole-v1 episodes (same seeds, same runtime handles, same spec
-checks) to terminal, one at a time. The service is measured twice: ``run_many`` (records
-started and committed in batches, the way to run many episodes) and ``run`` in a loop (two
-registry txns per episode). The baseline is the service as it was before the registry
-seam: running episodes in a ``dict[str, _RunningEpisode]`` with uuid4 ids and no records.
-Rounds alternate A/B so drift on a shared machine hits both sides alike; each ratio is the
-median over rounds of that round's ratio (adjacent runs, so slow drift cancels).
+checks) to terminal, one at a time. The service is measured twice: ``run_many`` (B: episodes
+started and stopped in batches, the way to run many) and ``run`` in a loop (C: one at a time).
+The baseline (A) is the service as it was before the registry seam: running episodes in a
+``dict[str, _RunningEpisode]`` with uuid4 ids and no records. Each side is timed from its
+construction to the end of its ``close``. On its private registry the service builds and
+writes records only when something reads them (writebehind.py); what the first read after a
+run costs is measured apart (``first_read_us_per_episode``: one ``get`` once the clock
+stopped, which writes every record first). A round runs A B C C B A, so that drift on a shared
+machine hits every side alike; each ratio is the median over rounds of that round's ratio
+(its two runs of a side against its two of the baseline). ``baseline_spread`` is how far
+apart a round's two baseline runs were (median over rounds): the noise a ratio carries.
 
-    python scripts/bench_single_host.py            # 1000 episodes x 7 rounds
-    python scripts/bench_single_host.py --quick    # under 30 s
+    python scripts/bench_single_host.py            # 1000 episodes a run x 11 rounds
+    python scripts/bench_single_host.py --quick    # 100 x 50, under 30 s
     python scripts/bench_single_host.py --json out.json
 """
 
@@ -27,10 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openrange_mesh.keys import Keys
-from openrange_mesh.model import EpisodeSpec
+from openrange_mesh.model import EpisodeSpec, State
 from openrange_mesh.registry import Compare, Get, Put, open_registry
 from openrange_mesh.runtimes import Handle, load_runtime
-from openrange_mesh.service import EpisodeService
+from openrange_mesh.service import EpisodeReport, EpisodeService
 from openrange_mesh.specs import check_spec
 
 
@@ -71,32 +76,53 @@ def specs(n: int) -> list[EpisodeSpec]:
 
 
 def time_baseline(items: list[EpisodeSpec]) -> float:
-    service = DictEpisodeService()
     start = time.perf_counter()
+    service = DictEpisodeService()
     for spec in items:
         service.run(spec)
     return time.perf_counter() - start
 
 
-def time_service(items: list[EpisodeSpec]) -> float:
-    """``run_many``: how a user runs a thousand episodes (records written in batches)."""
+def time_service(items: list[EpisodeSpec], reads: list[float]) -> float:
+    """``run_many``: how a user runs a thousand episodes."""
+    start = time.perf_counter()
     with EpisodeService("memory://") as service:
-        start = time.perf_counter()
-        service.run_many(items)
-        elapsed = time.perf_counter() - start
-        assert len(service.list("succeeded")) == len(items)
+        reports = service.run_many(items)
+    elapsed = time.perf_counter() - start
+    reads.append(check(service, reports, len(items)))
     return elapsed
 
 
-def time_service_one_by_one(items: list[EpisodeSpec]) -> float:
-    """``run`` in a loop: two registry txns per episode."""
+def time_service_one_by_one(items: list[EpisodeSpec], reads: list[float]) -> float:
+    """``run`` in a loop."""
+    start = time.perf_counter()
     with EpisodeService("memory://") as service:
-        start = time.perf_counter()
-        for spec in items:
-            service.run(spec)
-        elapsed = time.perf_counter() - start
-        assert len(service.list("succeeded")) == len(items)
+        reports = [service.run(spec) for spec in items]
+    elapsed = time.perf_counter() - start
+    reads.append(check(service, reports, len(items)))
     return elapsed
+
+
+def check(service: EpisodeService, reports: list[EpisodeReport], count: int) -> float:
+    """Every episode succeeded, and its record says so (read once the clock stopped); the
+    seconds the first read took."""
+    assert len(reports) == count and all(r.state is State.SUCCEEDED for r in reports)
+    start = time.perf_counter()
+    assert service.get(reports[-1].id).state is State.SUCCEEDED
+    first_read = time.perf_counter() - start
+    assert len(service.list("succeeded")) == count
+    return first_read
+
+
+def ratio(side: list[float], base: list[float]) -> float:
+    """The median over rounds of a side's time against the baseline's (two runs each a round)."""
+    pairs = zip(side[::2], side[1::2], base[::2], base[1::2], strict=True)
+    return statistics.median((s1 + s2) / (b1 + b2) for s1, s2, b1, b2 in pairs)
+
+
+def spread(base: list[float]) -> float:
+    """The median over rounds of how far apart its two baseline runs were (1.0: not at all)."""
+    return statistics.median(max(b1, b2) / min(b1, b2) for b1, b2 in zip(base[::2], base[1::2], strict=True))
 
 
 def registry_op_costs(n: int = 20_000) -> dict[str, float]:
@@ -123,15 +149,19 @@ def registry_op_costs(n: int = 20_000) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="fewer episodes and rounds (< 30 s)")
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--quick", action="store_true", help="100 episodes a run, 50 rounds (< 30 s)")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     args = parser.parse_args(argv)
     if args.quick:
-        args.episodes, args.rounds = min(args.episodes, 1000), 3
+        # Many short rounds rather than a few long ones: a shared machine's speed drifts
+        # within a second, and a round's two baseline runs bracket its others more tightly.
+        # (A service's construction and close cost ~25 us, a quarter of a us per episode here.)
+        args.episodes, args.rounds = min(args.episodes, 100), 50
     items = specs(args.episodes)
+    reads: list[float] = []
     time_baseline(items[:50])  # warm imports and gymnasium's registry on both paths
-    time_service(items[:50])
+    time_service(items[:50], [])
     base: list[float] = []
     mesh: list[float] = []
     single: list[float] = []
@@ -139,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _ in range(args.rounds):
             base.append(time_baseline(items))
-            mesh.append(time_service(items))
-            single.append(time_service_one_by_one(items))
+            mesh.append(time_service(items, reads))
+            single.append(time_service_one_by_one(items, reads))
+            single.append(time_service_one_by_one(items, reads))
+            mesh.append(time_service(items, reads))
+            base.append(time_baseline(items))
     finally:
         gc.enable()
     base_s, mesh_s, single_s = statistics.median(base), statistics.median(mesh), statistics.median(single)
@@ -151,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_us_per_episode": base_s / args.episodes * 1e6,
         "service_us_per_episode": mesh_s / args.episodes * 1e6,
         "overhead_us_per_episode": (mesh_s - base_s) / args.episodes * 1e6,
-        "overhead_ratio": statistics.median(m / b for m, b in zip(mesh, base, strict=True)),
+        "overhead_ratio": ratio(mesh, base),
         "one_by_one_us_per_episode": single_s / args.episodes * 1e6,
-        "overhead_ratio_one_by_one": statistics.median(m / b for m, b in zip(single, base, strict=True)),
+        "overhead_ratio_one_by_one": ratio(single, base),
+        "baseline_spread": spread(base),
+        "first_read_us_per_episode": statistics.median(reads) / args.episodes * 1e6,
         **ops,
     }
     print(f"{'figure':<28}{'value':>12}")

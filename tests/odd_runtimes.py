@@ -47,7 +47,8 @@ class _Odd:
 
 class OddData:
     """params: ``result`` one of "deep" (2000 levels: too deep to pickle), "packdeep" (600: too
-    deep for msgpack), "intkey", "fine"; ``events`` "deep" or "fine"."""
+    deep for msgpack), "intkey", "surrogate" (a str UTF-8 cannot hold), "fine"; ``events``
+    "deep" or "fine"."""
 
     name = "odd"
 
@@ -59,6 +60,7 @@ class OddData:
             "deep": {"x": nested(2000)},
             "packdeep": {"x": nested(600)},
             "intkey": {"x": {1: "one"}},
+            "surrogate": {"x": "\ud800"},
             "fine": {"ok": True},
         }
         event = {"type": "odd", "x": nested(5000)} if params.get("events") == "deep" else {"type": "fine"}

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from openrange_mesh.errors import EpisodeNotFound, SpecError
 from openrange_mesh.ledger.catalog import Catalog
-from openrange_mesh.model import State
-from openrange_mesh.registry import Registry
+from openrange_mesh.ledger.homes import MAX_OWN_KEYS
+from openrange_mesh.model import EpisodeRecord, State
+from openrange_mesh.registry import MAX_TXN_OPS, Registry, open_registry
 from openrange_mesh.service import EpisodeService
 from openrange_mesh.store import open_store
 from openrange_mesh.store.events import read_events
@@ -103,3 +106,170 @@ def test_a_service_serves_the_dashboard_of_its_own_episodes() -> None:
         assert wait_until(lambda: listed() == [report.id], 10, what="the episode listed")
         record = httpx.get(f"{url}/api/episodes/{report.id}", timeout=10).json()["record"]
         assert record["state"] == "succeeded"
+
+
+# -- a registry only this service reads: records written behind (writebehind.py)
+
+SLEEPER = {"runtime": "sleep", "params": {"seconds": 60}}
+
+
+@pytest.fixture
+def private() -> Iterator[EpisodeService]:
+    """A service on a memory:// registry it opened itself: nobody else can read it."""
+    svc = EpisodeService("memory://", host_id="h1")
+    yield svc
+    svc.close()
+
+
+def shape(record: EpisodeRecord) -> dict[str, Any]:
+    """A record without what differs between two runs of the same specs: ids and claim names,
+    times, and fencing tokens (a private registry has no claim keys to take them from)."""
+    wire = record.to_wire()
+    for name in ("id", "claim", "created_at", "started_at", "finished_at"):
+        wire[name] = name in wire
+    wire["history"] = [
+        {**a, "started_at": True, "finished_at": "finished_at" in a, "batch": "batch" in a, "token": None}
+        for a in wire.get("history", [])
+    ]
+    return wire
+
+
+def test_a_private_service_reads_running_then_final(private: EpisodeService) -> None:
+    episode_id = private.start(SLEEPER)
+    running = private.get(episode_id)
+    assert running.state is State.RUNNING and running.owner == "h1" and running.attempt == 1
+    assert running.claim == f"{episode_id}.1" and running.started_at is not None
+    assert [(a.n, a.host, a.finished_at) for a in running.history] == [(1, "h1", None)]
+    assert private.list(State.RUNNING) == [running]
+    report = private.stop(episode_id)
+    assert report.committed and report.state is State.CANCELLED
+    assert private.get(episode_id) == report.record and report.record.claim is None
+    assert private.list(State.RUNNING) == [] and private.list(State.CANCELLED) == [report.record]
+    ran = private.run({**CARTPOLE, "seed": 3})
+    record = ran.record  # built by the report first, this time
+    assert ran.state is State.SUCCEEDED and ran.result == record.result and private.get(ran.id) == record
+    assert record.history[0].token is None  # no claim key, no fencing token
+
+
+def test_a_private_service_records_failures(private: EpisodeService) -> None:
+    failed = private.run({"runtime": "sleep", "params": {"mode": "fail"}})
+    hung = private.run({"runtime": "sleep", "params": {"mode": "hang"}, "timeout": 0.2}, slice_seconds=0.05)
+    assert private.get(failed.id) == failed.record and failed.state is State.FAILED
+    assert private.get(hung.id) == hung.record and "timed out" in (hung.record.error or "")
+    assert {r.id for r in private.list(State.FAILED)} == {failed.id, hung.id}
+
+
+def test_a_private_service_reads_as_one_that_writes_through(private: EpisodeService) -> None:
+    """More episodes than one start or one written txn holds, some failing, labelled: every
+    read shows what the same service writing at each transition shows."""
+    count = MAX_TXN_OPS + 9
+    specs = [
+        {
+            "runtime": "sleep",
+            "params": {"mode": "fail" if i % 7 == 0 else "ok", "result": {"i": i}},
+            "labels": {"odd": str(i % 2)},
+        }
+        for i in range(count)
+    ]
+    with EpisodeService(f"memory://{uuid.uuid4().hex}", host_id="h1") as through:  # named: others may read it
+        expected = through.run_many(specs)
+        seen = [shape(r) for r in through.list()]
+        odd = [shape(r) for r in through.list(labels={"odd": "1"})]
+    reports = private.run_many(specs)
+    assert [shape(r.record) for r in reports] == [shape(r.record) for r in expected]
+    assert [shape(r) for r in private.list()] == seen
+    assert [shape(r) for r in private.list(labels={"odd": "1"})] == odd
+    assert len(private.list(State.FAILED, hosts=frozenset({"h1"}))) == len(range(0, count, 7))
+    assert [private.get(r.id) for r in reports] == [r.record for r in reports]
+    batches = {r.record.history[0].batch for r in reports}
+    assert len(batches) == -(-count // MAX_OWN_KEYS)  # one claim per start of up to MAX_OWN_KEYS
+
+
+@pytest.mark.parametrize("result", ["fine", "intkey", "deep", "surrogate"])
+def test_an_odd_result_fares_as_it_would_written_through(private: EpisodeService, result: str) -> None:
+    """What a runtime gives is encoded as its episode stops, though its record waits for a
+    read: an int key is stored and skipped by readers as corrupt, a result too deep for msgpack
+    or a str UTF-8 cannot hold fails the stop, on both paths alike; and reads go on."""
+    spec = {"runtime": "tests.odd_runtimes:odd", "params": {"result": result}}
+
+    def fate(svc: EpisodeService) -> tuple[str, str]:
+        episode_id = svc.start(spec)
+        svc.advance(episode_id)
+        try:
+            stopped = svc.stop(episode_id).state.value
+        except ValueError as exc:
+            stopped = f"raised {exc}"
+        try:
+            read = svc.get(episode_id).state.value
+        except EpisodeNotFound:
+            read = "not found"
+        assert svc.get(svc.run(SLEEPER | {"params": {}}).id).state is State.SUCCEEDED
+        return stopped, read
+
+    with EpisodeService(f"memory://{uuid.uuid4().hex}", host_id="h1") as through:
+        assert fate(private) == fate(through)
+
+
+def test_a_reader_never_sees_an_episode_go_back(private: EpisodeService) -> None:
+    """A thread reading while others run episodes sees each running, then final, never the
+    reverse (whoever writes what is kept holds its lock while writing)."""
+    seen: dict[str, list[State]] = {}
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            for record in private.list():
+                states = seen.setdefault(record.id, [])
+                if not states or states[-1] is not record.state:
+                    states.append(record.state)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        reports = private.run_many([{"runtime": "sleep", "params": {"seconds": 0.005}}] * 130, parallel=4)
+    finally:
+        done.set()
+        reader.join()
+    assert [r.state for r in reports] == [State.SUCCEEDED] * 130
+    assert seen and all(
+        states in ([State.RUNNING, State.SUCCEEDED], [State.SUCCEEDED], [State.RUNNING]) for states in seen.values()
+    )
+
+
+def test_a_private_service_records_what_close_cancelled() -> None:
+    svc = EpisodeService("memory://")
+    stopped, left = svc.start(SLEEPER), svc.start(SLEEPER)
+    svc.stop(stopped)
+    svc.close()
+    assert svc.get(left).state is State.CANCELLED and "before reaching a terminal" in (svc.get(left).error or "")
+    assert svc.get(stopped).state is State.CANCELLED
+
+
+def test_a_service_on_a_registry_others_hold_writes_at_once(registry: Registry) -> None:
+    """Given a registry object, or a memory:// name another opener shares, every record is
+    visible to a second reader at once, as it always was."""
+    name = f"memory://{uuid.uuid4().hex}"
+    given = EpisodeService(registry, namespace=f"s{uuid.uuid4().hex[:10]}", host_id="h1", ttl=2)
+    named = EpisodeService(name, host_id="h1")
+    second = open_registry(name)
+    try:
+        for reader, svc in [(registry, given), (second, named)]:
+            episode_id = svc.start(SLEEPER)
+            assert Catalog(reader, svc.keys).get(episode_id).state is State.RUNNING
+            report = svc.stop(episode_id)
+            assert Catalog(reader, svc.keys).get(episode_id) == report.record
+            assert report.record.history[0].token is not None  # fenced under a claim key
+    finally:
+        given.close()
+        named.close()
+        second.close()
+
+
+def test_handing_out_the_registry_ends_write_behind(private: EpisodeService) -> None:
+    kept = private.start(SLEEPER)
+    catalog = Catalog(private.registry, private.keys)
+    assert catalog.get(kept).state is State.RUNNING
+    later = private.start(SLEEPER)
+    assert catalog.get(later).state is State.RUNNING  # no read through the service needed
+    assert private.stop(kept).record == catalog.get(kept)
+    assert private.stop(later).record == catalog.get(later)

@@ -60,6 +60,7 @@ class IdAllocator:
         self._lock = threading.Lock()
         self._revision = self._seq = 0
         self._block_seq: dict[int, int] = {}  # block size: its next free block
+        self._id_template = ""  # format_id's text for this revision, the seq left to format
         self._adopt_locked(0)
 
     def next_ids(self, count: int) -> list[str]:
@@ -68,9 +69,11 @@ class IdAllocator:
             while len(ids) < count:
                 if self._revision == 0 or self._seq >= GROUP_BASE:
                     self._adopt_locked(self._incarnate())
-                take = min(count - len(ids), GROUP_BASE - self._seq)
-                ids.extend(format_id(self._revision, s, self._host) for s in range(self._seq, self._seq + take))
-                self._seq += take
+                first = self._seq
+                self._seq = min(first + count - len(ids), GROUP_BASE)
+                # format_id's text from a template made once per revision: the single-host
+                # service takes one id per run()
+                ids += map(self._id_template.format, range(first, self._seq))
         return ids
 
     def next_group(self, size: int) -> tuple[str, list[str]]:
@@ -96,6 +99,7 @@ class IdAllocator:
     def _adopt_locked(self, revision: int) -> None:
         self._revision = revision
         self._seq = 0
+        self._id_template = f"{revision:010x}-{{:04x}}-{self._host}"  # host ids hold no braces (check_name)
         self._block_seq = {align: first for align, (first, _) in _BLOCKS.items()}
 
     def _incarnate(self) -> int:

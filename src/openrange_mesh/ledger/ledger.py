@@ -44,7 +44,7 @@ from .queue import (
     entry_put,
     rewrite_ops,
 )
-from .records import claim_episode_ids, held_by, requeued, start_attempt
+from .records import claim_episode_ids, held_by, requeued, start_attempt, start_together
 from .txns import PART_OPS, Enqueued, requests, txn_chunks
 
 log = logging.getLogger(__name__)
@@ -149,10 +149,7 @@ class Ledger:
 
     def start(self, host: str, lease: int, records: Sequence[EpisodeRecord]) -> tuple[Claim, list[EpisodeRecord]]:
         """Create records already running under a claim of ``host`` (no queue round trip)."""
-        now = self.clock()
-        claim_id = f"{records[0].id}.{records[0].attempt}"
-        batch = claim_id if len(records) > 1 else None
-        running = [start_attempt(r, host, claim_id, now, batch) for r in records]
+        claim_id, running = start_together(records, host, self.clock())
         ops: list[Op] = [Put(self.keys.episode(r.id), r.to_bytes()) for r in running]
         ids = tuple(r.id for r in records)
         ops.append(Put(self.keys.claim(host, claim_id), pack(list(ids)), lease=lease))

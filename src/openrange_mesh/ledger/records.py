@@ -3,9 +3,10 @@ released. The ledger writes what they return; nothing here talks to etcd."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from ..model import Attempt, EpisodeRecord, State, unpack
+from ..model import Attempt, EpisodeRecord, EpisodeSpec, State, unpack
 from ..registry import KeyValue
 
 
@@ -31,6 +32,20 @@ def start_attempt(record: EpisodeRecord, host: str, claim_id: str, now: float, b
         error=None,
         history=(*record.history, Attempt(record.attempt, host, now, batch=batch)),
     )
+
+
+def created(ids: Sequence[str], specs: Sequence[EpisodeSpec], now: float, submitter: str) -> list[EpisodeRecord]:
+    """Records of new episodes, not yet pending nor started."""
+    return [EpisodeRecord(id=i, spec=s, created_at=now, submitter=submitter) for i, s in zip(ids, specs, strict=True)]
+
+
+def start_together(records: Sequence[EpisodeRecord], host: str, now: float) -> tuple[str, list[EpisodeRecord]]:
+    """Fresh records started at once by ``host`` under one claim (the single-host service's
+    start): the claim's id (its first episode's id and attempt) and the running records, in
+    one batch if they are several."""
+    claim_id = f"{records[0].id}.{records[0].attempt}"
+    batch = claim_id if len(records) > 1 else None
+    return claim_id, [start_attempt(r, host, claim_id, now, batch) for r in records]
 
 
 def finish_attempt(

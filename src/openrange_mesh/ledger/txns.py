@@ -1,5 +1,6 @@
 """Packing the ledger's writes into txns etcd accepts (within ``registry.MAX_TXN_OPS`` ops and
-``MAX_TXN_BYTES`` per request): a submission's groups, and a settlement's nested parts."""
+``MAX_TXN_BYTES`` per request): a submission's groups, a settlement's nested parts, and plain
+puts of records written behind (writebehind.py)."""
 
 from __future__ import annotations
 
@@ -91,3 +92,19 @@ def requests(parts: Sequence[Txn], extra: int) -> list[list[Txn]]:
             widest = width
             written = keys
     return requests
+
+
+def put_chunks(puts: Iterable[Put]) -> Iterator[list[Put]]:
+    """Puts packed in order into txns etcd accepts: at most ``MAX_TXN_OPS`` each, and at most
+    ``MAX_TXN_BYTES`` of keys and values, but for a bigger put, which goes alone."""
+    chunk: list[Put] = []
+    nbytes = 0
+    for put in puts:
+        size = len(put.key) + len(put.value)
+        if chunk and (len(chunk) == MAX_TXN_OPS or nbytes + size > MAX_TXN_BYTES):
+            yield chunk
+            chunk, nbytes = [], 0
+        chunk.append(put)
+        nbytes += size
+    if chunk:
+        yield chunk

@@ -85,10 +85,6 @@ def fields_of(raw: Mapping[str, Any], names: frozenset[str], types: Mapping[str,
     return fields
 
 
-def compact(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if v is not None}
-
-
 def _plain(value: Any) -> Any:
     """msgpack's fallback: other mappings (MappingProxy, user types) become dicts, other
     sequences lists. Anything else does not serialize."""

@@ -62,7 +62,10 @@ class MemoryRegistry:
             raise ConfigError(f"not a memory registry URL: {url!r}")
         self.url = url
         self.retry_timeout = retry_timeout  # nothing to retry in-process
-        self._store = _open_store(parts.netloc + parts.path, history_limit)
+        name = parts.netloc + parts.path
+        # No other opener can reach an unnamed store: only whoever holds this object reads it.
+        self.is_private = not name
+        self._store = _open_store(name, history_limit)
         self._watches: set[_MemoryWatch] = set()
         self._is_closed = False
 
