@@ -142,6 +142,7 @@ class Fleet:
         self.procs: list[subprocess.Popen[bytes]] = []
         self._ports: dict[str, int] = {}
         self._port_files: list[Path] = []
+        self._logs: list[Path] = []  # each process's output, by its index in ``procs``
         for index, group in enumerate(self.groups):
             common = ["--namespace", namespace, "--capacity", str(capacity), "--ttl", str(ttl)]
             common += ["--store", str(work / "store")]
@@ -156,8 +157,9 @@ class Fleet:
                 self._port_files.append(work / f"{namespace}-{index}.ports")
                 argv = [sys.executable, str(Path(__file__).parent / "scalesim.py"), "--etcd", endpoint, *common]
                 argv += ["--hosts", ",".join(group), "--ports", str(self._port_files[-1])]
-            log = (work / f"{namespace}-{index}.log").open("wb")
-            self.procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+            self._logs.append(work / f"{namespace}-{index}.log")
+            with self._logs[-1].open("wb") as log:
+                self.procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
         self.killed: dict[str, float] = {}  # host -> wall-clock time of its kill -9
 
     @property
@@ -169,9 +171,11 @@ class Fleet:
         return [h for group in self.groups[len(self.groups) - max(1, len(self.groups) // 4) :] for h in group]
 
     def check_running(self) -> None:
-        exited = [p.args for p in self._alive() if p.poll() is not None]
+        exited = [p for p in self._alive() if p.poll() is not None]
         if exited:
-            raise RuntimeError(f"{len(exited)} processes of the fleet exited; the first: {exited[0]!r}")
+            lines = self._logs[self.procs.index(exited[0])].read_text(errors="replace").strip().splitlines()
+            said = lines[-1] if lines else "(nothing)"
+            raise RuntimeError(f"{len(exited)} processes of the fleet exited; the first said: {said}")
 
     def cpu(self) -> dict[str, float]:
         return self._shared(cpu_seconds)
@@ -275,6 +279,9 @@ def check_exactly_once(registry: Registry, keys: Keys, records: Sequence[Episode
         assert record.owner == record.history[-1].host, facts
         again += len(outcomes) - 1
     finals: Counter[str] = Counter()
+    # A watch's batches carry the revisions of its own prefix: read up to the last write under
+    # it, not to ``last`` itself (a host record written after would never come).
+    last = min(last, max((kv.mod_revision for kv in registry.range(keys.episodes()).kvs), default=first))
     watch = registry.watch(keys.episodes(), first, puts_only=True)
     try:
         deadline = time.monotonic() + 120
