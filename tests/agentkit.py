@@ -23,6 +23,7 @@ from openrange_mesh.ledger import owners
 from openrange_mesh.ledger.catalog import Catalog
 from openrange_mesh.ledger.claims import Claim
 from openrange_mesh.ledger.ledger import Ledger
+from openrange_mesh.ledger.placement import HostsPlacement
 from openrange_mesh.model import EpisodeRecord, EpisodeSpec, HostInfo
 from openrange_mesh.registry import Event, Put, Registry, open_registry
 from openrange_mesh.worker.pool import WorkerPool
@@ -64,6 +65,7 @@ class Host:
         self.holdings, self.inbox, self.peers, self.owned = parts.holdings, parts.inbox, parts.peers, parts.owned
         self.host_record, self.leadership, self.watcher = parts.host_record, parts.leadership, parts.watcher
         self.claimer, self.committer, self.orphans = parts.claimer, parts.committer, parts.orphans
+        self.placement, self.mover = parts.watcher.placement, parts.mover
 
     def wake(self) -> None:
         self.woken += 1
@@ -76,7 +78,9 @@ class Host:
     def see(self, since: int) -> None:
         """Hand the watcher every control and queue event after ``since``, as its threads would."""
         self.watcher.on_control_events(events(self.registry, self.keys.control(), since, prev_kv=True))
-        self.watcher.on_queue_events(events(self.registry, self.keys.queue(), since, puts_only=True))
+        self.watcher.on_queue_events(events(self.registry, self.keys.mailbox(self.name), since, puts_only=True))
+        if self.leadership.is_leader:  # and its mover's watch of the whole queue
+            self.mover.found(e.kv for e in events(self.registry, self.keys.queue(), since, puts_only=True))
 
     def relist_if_asked(self) -> None:
         """One poll of the queue watch: it re-lists (``load_queue``) if the watcher asked it to."""
@@ -108,7 +112,8 @@ class Mesh:
     def __init__(self) -> None:
         self.registry = open_registry(f"memory://{uuid.uuid4().hex[:12]}")
         self.keys = Keys(f"t{uuid.uuid4().hex[:10]}")
-        self.ledger = Ledger(self.registry, self.keys)
+        # placed as a client places them: by the host records as they are now
+        self.ledger = Ledger(self.registry, self.keys, place=HostsPlacement(self.registry, self.keys, max_age=0))
         self.hosts: list[Host] = []
 
     def host(self, name: str, capacity: int = 4) -> Host:
@@ -141,10 +146,14 @@ class Mesh:
     def owned_by(self, host: str, weights: Mapping[str, float]) -> list[str]:
         return [name for name in self.queue() if owners.owner(name, weights) == host]
 
-    def record(self, name: str, capacity: int, *, running: int = 0, lease: int | None = None) -> int:
+    def mailbox(self, host: str) -> list[str]:
+        """The names of the entries in ``host``'s mailbox, oldest first."""
+        return [entry.name for entry in self.ledger.queue() if entry.owner == host]
+
+    def record(self, name: str, capacity: int, *, backlog: bool = False, lease: int | None = None) -> int:
         """A peer's host record written as the test says (a made-up peer); returns its lease."""
         lease = lease or self.registry.grant(TTL)
-        info = HostInfo(id=name, capacity=capacity, running=running)
+        info = HostInfo(id=name, capacity=capacity, backlog=backlog)
         self.registry.txn([], [Put(self.keys.host(name), info.to_bytes(), lease)])
         return lease
 

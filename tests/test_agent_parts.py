@@ -12,8 +12,11 @@ from collections.abc import Iterator
 import pytest
 
 from openrange_mesh.agent.claimer import CANDIDATE_WINDOW, STEAL_INTERVAL
+from openrange_mesh.agent.host_record import HOST_REFRESH
 from openrange_mesh.agent.inbox import DeadHost
-from openrange_mesh.model import State, pack
+from openrange_mesh.ledger.ledger import Ledger
+from openrange_mesh.ledger.placement import UNOWNED
+from openrange_mesh.model import EpisodeRecord, EpisodeSpec, HostInfo, State, pack
 from openrange_mesh.registry import Put
 
 from .agentkit import Host, Mesh, counting
@@ -27,60 +30,71 @@ def mesh() -> Iterator[Mesh]:
     made.close()
 
 
-# --- ownership --------------------------------------------------------------------------------
+# --- mailboxes --------------------------------------------------------------------------------
 
 
-def test_each_host_keeps_the_entries_it_owns_oldest_first(mesh: Mesh) -> None:
+def test_each_host_keeps_the_entries_of_its_own_mailbox_oldest_first(mesh: Mesh) -> None:
     h1, h2 = mesh.host("h1", 4), mesh.host("h2", 2)
     h1.join()
     since = mesh.revision()
     h2.join()
-    mesh.submit(60)
+    mesh.submit(60)  # placed as a client places them, by the host records' weights
     h1.see(since)
     h2.see(since)
     weights = {"h1": 4, "h2": 2}
-    assert h1.own() == mesh.owned_by("h1", weights) and h2.own() == mesh.owned_by("h2", weights)
+    assert h1.own() == mesh.owned_by("h1", weights) == mesh.mailbox("h1")
+    assert h2.own() == mesh.owned_by("h2", weights) == mesh.mailbox("h2")
     assert len(h1.own()) > len(h2.own()) > 0
     assert sorted(h1.own() + h2.own()) == sorted(mesh.queue())  # every entry has exactly one keeper
 
 
-def test_a_newcomer_takes_its_share_without_a_relist(mesh: Mesh) -> None:
+def test_a_newcomer_gets_a_share_of_new_entries_and_takes_none_of_the_old(mesh: Mesh) -> None:
     h1 = mesh.host("h1")
     h1.join()
     since = mesh.revision()
-    mesh.submit(40)
+    old = mesh.submit(40, prefix="a")
     h1.see(since)
     assert h1.own() == mesh.queue()
     since = mesh.revision()
-    mesh.host("h2").join()
+    h2 = mesh.host("h2")
+    h2.join()
+    new = mesh.submit(40, prefix="b")
     h1.see(since)
-    mine = mesh.owned_by("h1", {"h1": 4, "h2": 4})
-    assert h1.own() == mine and 0 < len(mine) < 40
-    h1.relist_if_asked()
-    assert h1.own() == mine  # nothing to re-list: a newcomer only takes entries
+    h2.see(since)
+    assert set(h1.own()) >= {f"{i}.1" for i in old}  # nothing moved: thieves take a backlog
+    theirs = [name for name in mesh.owned_by("h2", {"h1": 4, "h2": 4}) if name.startswith("b")]
+    assert h2.own() == mesh.mailbox("h2") == theirs and 0 < len(theirs) < len(new)
 
 
-def test_a_host_that_leaves_gives_its_entries_back_and_its_claims_to_requeue(mesh: Mesh) -> None:
+def test_the_leader_moves_a_departed_hosts_mailbox_and_requeues_its_claims(mesh: Mesh) -> None:
     h1, h2 = mesh.host("h1"), mesh.host("h2")
     h1.join()
+    assert (h1.leadership.step() or "").startswith("elected leader")
     since = mesh.revision()
     h2.join()
     mesh.submit(40)
     h1.see(since)
-    assert h1.own() == mesh.owned_by("h1", {"h1": 4, "h2": 4})
+    theirs = mesh.mailbox("h2")
+    assert theirs and h1.own() == mesh.mailbox("h1")
     since = mesh.revision()
     lease = h2.lease.lease
     mesh.registry.revoke(lease)  # what its expiry does: its host key goes
     h1.see(since)
     assert h1.inbox.next_dead_host() == DeadHost("h2", lease, mesh.revision())
     assert h1.inbox.next_dead_host() is None
-    h1.relist_if_asked()  # the watcher asked for a re-list: h2's entries are ours now
-    assert h1.own() == mesh.queue()
+    since = mesh.revision()
+    assert h1.mover.step() == f"moved {len(theirs)} queue entries out of mailboxes nobody empties"
+    h1.see(since)
+    assert sorted(h1.own()) == mesh.queue() == mesh.mailbox("h1")
+    assert h1.count("openrange_queue_moves_total") == len(theirs)
+    records = mesh.ledger.read([i for e in mesh.ledger.queue() for i in e.ids])
+    assert {v.record.queue for v in records.values()} == {f"h1/{e}" for e in mesh.queue()}  # a cancel finds them
 
 
-def test_a_draining_host_owns_nothing_and_its_peers_take_its_share(mesh: Mesh) -> None:
+def test_a_draining_hosts_mailbox_is_moved_and_new_entries_pass_it_by(mesh: Mesh) -> None:
     h1, h2 = mesh.host("h1"), mesh.host("h2")
     h1.join()
+    h1.leadership.step()
     h2.join()
     since = mesh.revision()
     mesh.submit(40)
@@ -91,29 +105,61 @@ def test_a_draining_host_owns_nothing_and_its_peers_take_its_share(mesh: Mesh) -
     h2.draining = True  # as Agent.drain: say so in the record on the next pass
     h2.host_record.changed()
     h2.host_record.step()
-    for host in (h1, h2):
-        host.see(since)
-        host.relist_if_asked()
-    assert h1.own() == mesh.queue() and h2.own() == []
+    h1.see(since)
+    h1.mover.step()
+    mesh.submit(10, prefix="f")
+    assert mesh.mailbox("h2") == [] and mesh.mailbox("h1") == mesh.queue() and len(mesh.queue()) == 50
 
 
-def test_before_its_record_is_seen_a_host_owns_by_its_own_weight(mesh: Mesh) -> None:
-    """A host whose own record is gone (its lease lost, not yet registered again) judges entries
-    with the weight it would publish: none while it drains."""
-    mesh.submit(20)
+def test_entries_a_stale_writer_puts_in_a_departed_mailbox_are_moved(mesh: Mesh) -> None:
+    """A writer that has not yet seen a host leave places entries in its mailbox after the
+    leader moved it: the leader's watch of every queue put finds them."""
+    h1, h2 = mesh.host("h1"), mesh.host("h2")
+    h1.join()
+    h1.leadership.step()
+    h2.join()
+    since = mesh.revision()
+    mesh.registry.revoke(h2.lease.lease)
+    h1.see(since)
+    assert h1.mover.step() is None  # its mailbox was empty
+    stale = Ledger(mesh.registry, mesh.keys, place=lambda name: "h2")
+    since = mesh.revision()
+    stale.submit([EpisodeRecord(id=f"s{i}", spec=EpisodeSpec(runtime="sleep"), created_at=0) for i in range(3)])
+    h1.see(since)
+    assert h1.mover.step() == "moved 3 queue entries out of mailboxes nobody empties"
+    assert mesh.mailbox("h1") == mesh.queue() == ["s0.1", "s1.1", "s2.1"]
+
+
+def test_a_new_leader_moves_entries_written_while_no_host_took_work_and_flat_ones(mesh: Mesh) -> None:
+    mesh.submit(5)  # no host yet: the unowned mailbox
+    record = EpisodeRecord(id="old0", spec=EpisodeSpec(runtime="sleep"), created_at=0, queue="old0.1")
+    flat = [Put(mesh.keys.episode("old0"), record.to_bytes()), Put(mesh.keys.queued("old0.1"), pack(["old0"]))]
+    mesh.registry.txn([], flat)  # as an agent before mailboxes wrote it
+    assert {e.owner for e in mesh.ledger.queue()} == {UNOWNED, ""}
     h1 = mesh.host("h1")
-    h1.watcher.join()  # no record of its own: it owns by capacity
-    assert h1.own() == mesh.queue()
+    h1.join()
+    assert h1.mover.step() is None  # not the leader
+    h1.leadership.step()
+    h1.mover.list_all(mesh.revision())  # what its watch thread does on taking office
+    assert h1.mover.step() == "moved 6 queue entries out of mailboxes nobody empties"
+    assert mesh.mailbox("h1") == mesh.queue() and len(mesh.queue()) == 6
+
+
+def test_before_its_record_is_seen_a_host_places_by_its_own_weight(mesh: Mesh) -> None:
+    """A host whose own record is gone (its lease lost, not yet registered again) places entries
+    with the weight it would publish: none while it drains."""
+    h1 = mesh.host("h1")
+    h1.watcher.join()  # no record of its own: it places by capacity
+    assert h1.placement("e1.1") == "h1" and h1.placement.takes_work("h1")
     h1.draining = True
-    h1.watcher.join()
-    assert h1.own() == []
+    assert h1.placement("e1.1") == UNOWNED and not h1.placement.takes_work("h1")
 
 
 def test_a_corrupt_entry_is_not_kept(mesh: Mesh) -> None:
     h1 = mesh.host("h1")
     h1.join()
     since = mesh.revision()
-    mesh.registry.txn([], [Put(mesh.keys.queued("0-junk.1"), b"\xc1 not msgpack")])
+    mesh.registry.txn([], [Put(mesh.keys.queued("h1/0-junk.1"), b"\xc1 not msgpack")])
     mesh.submit(3)
     h1.see(since)
     assert h1.own() == [name for name in mesh.queue() if "junk" not in name] and len(h1.own()) == 3
@@ -131,81 +177,116 @@ def beside_a_peer(mesh: Mesh, capacity: int = 8) -> tuple[Host, int, int]:
     return h1, lease, mesh.revision()
 
 
-def test_no_steal_read_without_a_sign_of_a_backlog(mesh: Mesh) -> None:
+def test_a_dry_mailbox_reads_once_then_waits_for_a_sign(mesh: Mesh) -> None:
     h1, _, since = beside_a_peer(mesh)
-    mesh.submit(6)  # fewer than h2's free workers: its own workers take them
     h1.see(since)
     ranges = counting(mesh.registry, "range")
-    mine = h1.own()
-    got = h1.claimer.candidates(len(mine) + 2)
-    assert [entry.name for entry, _ in got] == mine
-    assert h1.peers.steal_wanted and ranges() == 0 and h1.claimer.steal_at() is None
+    assert h1.claimer.candidates(2) == [] and ranges() == 2  # ran dry: one look at peers' mailboxes, around
+    assert h1.claimer.steal_at() is None  # it found nothing, and no sign since
+    assert h1.claimer.candidates(2) == [] and ranges() == 2  # idle: no more reads
 
 
-def test_more_arrivals_than_free_workers_is_a_sign_and_the_read_takes_peers_entries(mesh: Mesh) -> None:
+def test_a_thief_whose_own_entries_run_out_takes_a_peers_oldest(mesh: Mesh) -> None:
     h1, _, since = beside_a_peer(mesh, capacity=2)
-    h1.peers.want_steal(True)  # a pass left workers idle
+    h1.claimer.candidates(1)  # it had wanted work before: no transition left to make
     mesh.submit(30)
-    woken = h1.woken
     h1.see(since)
-    assert h1.woken > woken  # a sign, and it wants to steal: the loop runs now
     ranges = counting(mesh.registry, "range")
     mine = h1.own()
+    assert 0 < len(mine) < 30
     read_at = time.monotonic()
+    time.sleep(STEAL_INTERVAL)
     got = [entry.name for entry, _ in h1.claimer.candidates(len(mine) + 3)]
     assert ranges() == 1
     assert got[: len(mine)] == mine and len(got) == len(mine) + 3
-    stolen = got[len(mine) :]  # of the oldest 8 per wanted entry, by h1's ranking
-    assert not set(stolen) & set(mine) and set(stolen) <= set(mesh.queue()[: CANDIDATE_WINDOW * 3])
+    stolen = got[len(mine) :]  # of the oldest 8 per wanted entry of h2's mailbox, by h1's ranking
+    assert not set(stolen) & set(mine) and set(stolen) <= set(mesh.mailbox("h2")[: CANDIDATE_WINDOW * 3])
     next_read = h1.claimer.steal_at()
-    assert next_read is not None and next_read >= read_at + STEAL_INTERVAL  # not again at once
+    assert next_read is None or next_read >= read_at + STEAL_INTERVAL  # not again at once
 
 
-def test_a_full_record_is_a_sign_and_wakes_a_host_that_wants_to_steal(mesh: Mesh) -> None:
+def test_a_backlog_in_a_record_is_a_sign_and_wakes_a_host_that_wants_to_steal(mesh: Mesh) -> None:
     h1, lease, since = beside_a_peer(mesh)
     h1.see(since)
+    h1.claimer.candidates(1)  # ran dry: its one read found nothing
     assert h1.claimer.steal_at() is None
-    h1.peers.want_steal(True)
     since = mesh.revision()
-    mesh.record("h2", 8, running=8, lease=lease)
+    mesh.record("h2", 8, backlog=True, lease=lease)
     woken = h1.woken
     h1.see(since)
     assert h1.woken == woken + 1 and h1.peers.backlog_at == mesh.revision()
     assert h1.claimer.steal_at() is not None
 
 
-def test_a_read_that_finds_nothing_waits_for_a_newer_sign(mesh: Mesh) -> None:
-    h1, lease, since = beside_a_peer(mesh)
-    mesh.record("h2", 8, running=8, lease=lease)
-    h1.see(since)
-    ranges = counting(mesh.registry, "range")
-    assert h1.claimer.candidates(2) == [] and ranges() == 1  # the queue is empty
-    assert h1.claimer.steal_at() is None  # no sign since that read
+def test_a_steal_read_starts_at_a_backlogged_peers_mailbox_and_wraps_around(mesh: Mesh) -> None:
+    h1 = mesh.host("h1", 1)
+    mesh.record("a", 8)
+    h1.join()
     since = mesh.revision()
-    mesh.submit(12)
+    mesh.submit(40)  # a's and h1's
+    mesh.record("z", 8, backlog=True)  # a backlog, says its record, and its mailbox (the last) is empty
     h1.see(since)
-    assert h1.claimer.steal_at() is not None
+
+    def stolen() -> list[str]:
+        own = h1.own()
+        return [entry.name for entry, _ in h1.claimer.candidates(len(own) + 2) if entry.name not in own]
+
+    got = wait_until(stolen, timeout=2, interval=STEAL_INTERVAL / 2)
+    assert len(got) == 2 and set(got) <= set(mesh.mailbox("a"))  # from z's on, around to a's
 
 
 def test_a_steal_read_pages_past_entries_nobody_can_claim(mesh: Mesh) -> None:
-    """Corrupt entries, and entries whose records are gone, sort first: a thief's read must not
-    stop at them, and passes over those it found unclaimable until they change."""
-    junk = [Put(mesh.keys.queued(f"0-junk{n:02}.1"), b"\xc1 not msgpack") for n in range(12)]
-    gone = [Put(mesh.keys.queued(f"0-gone{n:02}.1"), pack(["0-gone"])) for n in range(12)]
+    """Corrupt entries, and entries whose records are gone, sort first in a peer's mailbox: a
+    thief's read must not stop at them, and passes over those it found unclaimable until they
+    change."""
+    junk = [Put(mesh.keys.queued(f"h2/0-junk{n:02}.1"), b"\xc1 not msgpack") for n in range(12)]
+    gone = [Put(mesh.keys.queued(f"h2/0-gone{n:02}.1"), pack(["0-gone"])) for n in range(12)]
     mesh.registry.txn([], [*junk, *gone])
     h1, _, since = beside_a_peer(mesh, capacity=1)
     mesh.submit(8)
-    h1.see(since)  # h2 owns most, with one free worker: a backlog
-    real = [name for name in mesh.queue() if name.startswith("e") and name not in h1.own()]
+    h1.see(since)
+    real = [name for name in mesh.mailbox("h2") if name.startswith("e")]
 
-    def steal() -> list[str]:  # one more than h1 has of its own (some of its own are gone too)
+    def steal() -> list[str]:  # one more than h1 has of its own
         own = h1.own()
         return [entry.name for entry, _ in h1.claimer.candidates(len(own) + 1) if entry.name not in own]
 
     # 8 a page: an entry whose records are gone is found by a read and dropped by the claim
-    # check, once each; undecodable ones are passed within the read
-    stolen = wait_until(steal, timeout=30 * STEAL_INTERVAL + 2, interval=STEAL_INTERVAL / 2)
-    assert len(stolen) == 1 and stolen[0] in real
+    # check, once each; undecodable ones are passed within the read. A record saying h2 has a
+    # backlog is the sign that brings each next read after the first.
+    mesh.record("h2", 1, backlog=True)
+
+    def stolen() -> list[str]:
+        got = steal()
+        if not got:
+            mesh.record("h2", 1, backlog=True)  # a newer sign
+        return got
+
+    found = wait_until(stolen, timeout=30 * STEAL_INTERVAL + 2, interval=STEAL_INTERVAL / 2)
+    assert len(found) == 1 and found[0] in real
+
+
+def test_a_host_record_is_rewritten_when_a_backlog_comes_or_goes_not_as_episodes_run(mesh: Mesh) -> None:
+    """Every peer's control watch receives each write of a host record: a running count that
+    changes with every episode would grow their events with the fleet."""
+    h1 = mesh.host("h1")  # its pool is never started: no idle worker
+    h1.join()
+    since = mesh.revision()
+    ids = mesh.submit(2)
+    h1.see(since)
+
+    def written() -> list[HostInfo]:
+        return [HostInfo.from_bytes(op.value) for op in h1.host_record.refresh()]
+
+    (info,) = wait_until(written, timeout=HOST_REFRESH + 2, interval=0.05)
+    assert info.backlog  # two entries, no idle worker
+    h1.hold([ids[0]])  # one runs now; the other still waits
+    h1.owned.done_with(e for e in h1.owned.head(10) if e.ids == (ids[0],))
+    time.sleep(HOST_REFRESH + 0.1)
+    assert written() == []  # a running count alone is no reason to write
+    h1.owned.done_with(h1.owned.head(10))  # the backlog is gone
+    (info,) = written()
+    assert not info.backlog and info.running == 1
 
 
 # --- what the watch hands the loop ------------------------------------------------------------

@@ -212,7 +212,7 @@ def test_an_entry_carries_the_records_written_with_it_until_rewritten(registry: 
 def test_an_entry_whose_carried_values_are_bad_is_still_claimable(registry: Registry, ledger: Ledger) -> None:
     ids = batch(ledger, 3)
     (entry,) = ledger.queue()
-    registry.txn([], [Put(ledger.keys.queued(entry.name), pack({"ids": list(entry.ids), "with": "not bytes"}))])
+    registry.txn([], [Put(ledger.keys.queued(entry.path), pack({"ids": list(entry.ids), "with": "not bytes"}))])
     (damaged,) = ledger.queue()
     assert damaged.ids == entry.ids and damaged.values == () and homes.embedded(ledger.keys, damaged) is None
     assert ledger.claim("h1", registry.grant(5), damaged, ledger.read(ids)) is not None  # read, then claimed

@@ -292,7 +292,9 @@ def test_many_instant_episodes_under_contention_all_finish(make_mesh: MakeMesh, 
         return found if len(found) == len(set(names.values())) else None
 
     files = wait_until(written, 5, what="the shared event files")
-    assert len(files) < len(names) / 5, len(files)
+    # how many episodes a file holds depends on how soon each worker's next episode comes: 72
+    # to 95 files for these 400 on a loaded 2-core machine, before mailboxes and after
+    assert len(files) < len(names) / 3, len(files)
     for episode_id, name in names.items():
         events = read_events(store, episode_id, 1, shared=name)
         assert [e["type"] for e in events] == ["reset", *["tick"] * 20, "terminal"], (episode_id, events)
@@ -439,9 +441,8 @@ def test_idle_agent_takes_work_that_a_full_one_owns(make_mesh: MakeMesh, etcd: E
     mesh.start_agent("h1", capacity=1)
     (long,) = mesh.submit_commands(1, 30.0)
     wait_running_on(mesh, "h1")
-    wait_until(lambda: (i := mesh.host_info("h1")) is not None and i.running == 1, 10, what="h1's record to say full")
     mesh.start_agent("h2", capacity=1)
-    short = mesh.submit_commands(12, 0.05)  # about half of them h1's: h2 steals those
+    short = mesh.submit_commands(12, 0.05)  # about half of them in h1's mailbox: h2 steals those
     records = mesh.wait_finished(short, timeout=20)
     assert ran_on(records) == {("h2", 1)}
     assert mesh.records([long])[long].state is State.RUNNING
@@ -452,11 +453,11 @@ def test_idle_agent_takes_work_that_a_full_one_owns(make_mesh: MakeMesh, etcd: E
 
 
 def test_stealing_looks_past_queue_entries_nobody_can_claim(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
-    """Corrupt entries, and entries whose records are gone, sort first in the queue: a thief's
-    read of the oldest entries must not stop at them."""
+    """Corrupt entries, and entries whose records are gone, sort first in a peer's mailbox: a
+    thief's read of its oldest entries must not stop at them."""
     mesh = make_mesh(etcd.url)
-    junk = [Put(mesh.keys.queued(f"0-junk{n:02}.1"), b"\xc1 not msgpack") for n in range(12)]
-    gone = [Put(mesh.keys.queued(f"0-gone{n:02}.1"), pack(["0-gone"])) for n in range(12)]
+    junk = [Put(mesh.keys.queued(f"h1/0-junk{n:02}.1"), b"\xc1 not msgpack") for n in range(12)]
+    gone = [Put(mesh.keys.queued(f"h1/0-gone{n:02}.1"), pack(["0-gone"])) for n in range(12)]
     mesh.registry.txn([], [*junk, *gone])
     mesh.start_agent("h1", capacity=1)
     (long,) = mesh.submit_commands(1, 30.0)

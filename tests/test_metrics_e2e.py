@@ -138,7 +138,7 @@ def test_a_commit_refused_by_its_fencing_compare_is_counted(etcd: EtcdServer, tm
     client = MeshClient(registry, namespace=settings.namespace)
     keys = Keys(settings.namespace)
     try:
-        (episode,) = client.submit([{"runtime": "sleep", "params": {"seconds": 1.5}}])
+        (episode,) = client.submit([{"runtime": "sleep", "params": {"seconds": 3.0}}])  # outlasts a slow poll
         first = wait_until(lambda: (r := client.get(episode)).state is State.RUNNING and r, 15, what="a claim")
         assert first.claim is not None
         registry.txn([], [Delete(keys.claim("h1", first.claim))])  # what its lease's expiry would do

@@ -1,9 +1,10 @@
 """Every etcd key path, each built by a one-line method. No key is formatted anywhere else.
 
 All keys live under ``/openrange/<namespace>/`` so several meshes (tenants, experiments) can
-share one etcd. Keys are UTF-8 bytes (etcd3gw would encode str as latin-1). Agents watch
-``queue/`` (without previous values: a queue entry is a whole record) and ``ctl/`` (cancels,
-hosts, leader; with previous values, for the lease of a deleted host key). Records change three
+share one etcd. Keys are UTF-8 bytes (etcd3gw would encode str as latin-1). Agents watch their
+own mailbox ``queue/<host>/`` (without previous values: a queue entry is a whole record; the
+leader watches all of ``queue/``) and ``ctl/`` (cancels, hosts, leader; with previous values,
+for the lease of a deleted host key). Records change three
 times per episode and agents never need those events, so they live outside both; so do claims,
 two events per episode for every agent: a dead host's claims are read when its host key goes
 (agent/agent.py, ``_step_orphans``).
@@ -54,8 +55,11 @@ class Keys:
     def queue(self) -> bytes:
         return self.root + b"queue/"
 
-    def queued(self, entry: str) -> bytes:
-        return self.queue() + entry.encode()
+    def mailbox(self, owner: str) -> bytes:  # the entries one host owns (ledger/placement.py)
+        return self.queue() + owner.encode() + b"/"
+
+    def queued(self, path: str) -> bytes:  # path: "<owner>/<entry name>" (QueueEntry.path)
+        return self.queue() + path.encode()
 
     def claims(self) -> bytes:
         return self.root + b"claims/"

@@ -111,6 +111,7 @@ class Agent:
             parts.claimer.step,
             parts.host_record.step,
             parts.leadership.step,
+            parts.mover.step,
         ]
 
     # --- public ------------------------------------------------------------------------------
@@ -164,6 +165,7 @@ class Agent:
             raise
         self.pool.start()
         self.parts.watcher.start()
+        self.parts.mover.start()
         collector = self._collector()
         collector.start()
         try:
@@ -257,6 +259,7 @@ class Agent:
     def _shutdown(self) -> None:
         self._stop.set()
         self.parts.watcher.close()  # its threads must be gone before the registry closes under them
+        self.parts.mover.close()
         self.pool.close()
         if self.dashboard is not None:
             self.dashboard.serving.lead(False)

@@ -1,19 +1,21 @@
 """Claiming: ``Claimer`` picks queue entries for idle workers, claims them, steals from busy
 peers and adopts claims whose answer was lost.
 
-Candidates come from the entries we own (agent/owned.py), oldest first: no peer wants them, so
-claims do not collide. Workers left idle with none of ours steal: a read of the oldest entries in
-etcd, made only after a sign that a peer has a backlog (agent/peers.py) newer than the last read
-that found nothing to take, and at most every ``STEAL_INTERVAL``. A claim won is held
-(agent/holdings.py) and its episodes go to the workers.
+Candidates come from the entries of our mailbox (agent/owned.py), oldest first: no peer wants
+them, so claims do not collide. Workers left idle with none of ours steal: a read of peers'
+mailboxes, made when ours runs dry and after a sign that a peer has a backlog (agent/peers.py)
+newer than the last read that found nothing to take, at most every ``STEAL_INTERVAL``. A claim
+won is held (agent/holdings.py) and its episodes go to the workers.
 
 Threads: the loop thread only, so no lock. Owns what only its own reads decide: when it last
-stole and at what revision it found nothing, the records entries carry (decoded once per version
-of an entry), and the entries a claim could not take (passed over until they change).
+stole and at what revision it found nothing, whether our mailbox ran dry since, the records
+entries carry (decoded once per version of an entry), and the entries a claim could not take
+(passed over until they change).
 """
 
 from __future__ import annotations
 
+import random
 import time
 import zlib
 from collections.abc import Callable
@@ -78,6 +80,7 @@ class Claimer:
         self._wake = wake
         self._stolen_at = 0.0  # monotonic time of the last steal read
         self._looked_at = 0  # revision at which a steal read last found nothing to take
+        self._dry = False  # our mailbox ran dry since the last steal read
         self._carried: dict[str, tuple[int, dict[str, Versioned] | None]] = {}  # name -> (revision, its records)
         self._unclaimable: dict[bytes, int] = {}  # queue key -> revision of an entry a claim cannot take
 
@@ -128,7 +131,8 @@ class Claimer:
         entries = self.owned.head(CANDIDATE_WINDOW * (free + ahead))
         chosen = entries[:free] + [e for e in entries[free:] if len(e.ids) > 1][:ahead]
         wanted = len(entries) < free
-        self.peers.want_steal(wanted)
+        # ran dry: ours just ran out (we had some, too few), or we have just come to want more
+        self._dry |= self.peers.want_steal(wanted) or (wanted and bool(entries))
         if wanted and self._steal_due():
             chosen += self._steal(free - len(entries), {e.name for e in entries})
         carried = {e.name: self._embedded(e) for e in chosen}
@@ -148,7 +152,7 @@ class Claimer:
         # the rest; a steal read passes over them too.
         self.owned.done_with(unclaimable)
         for entry in unclaimable:
-            self._note_unclaimable(self.keys.queued(entry.name), entry.mod_revision)
+            self._note_unclaimable(self.keys.queued(entry.path), entry.mod_revision)
         return out
 
     def took(self, candidates: list[Candidate], won: list[Won]) -> list[str]:
@@ -167,9 +171,9 @@ class Claimer:
         return claimed
 
     def steal_at(self) -> float | None:
-        """When a steal read is due (monotonic), if one may be: a sign that a peer has a
-        backlog came after the last read that found nothing to take."""
-        if self.peers.backlog_at <= self._looked_at:
+        """When a steal read is due (monotonic), if one may be: our mailbox ran dry, or a sign
+        that a peer has a backlog came after the last read that found nothing to take."""
+        if not self._dry and self.peers.backlog_at <= self._looked_at:
             return None
         return self._stolen_at + STEAL_INTERVAL
 
@@ -178,32 +182,50 @@ class Claimer:
         return due is not None and time.monotonic() >= due
 
     def _steal(self, count: int, ours: set[str]) -> list[QueueEntry]:
-        """Up to ``count`` entries of busy peers, read from etcd (we do not keep theirs): the
-        oldest ``CANDIDATE_WINDOW x count``, ranked by a hash of (us, entry) so that peers
-        stealing at once want different ones. Entries found unclaimable before (records gone,
-        undecodable) are passed over until they change, and read past: up to ``STEAL_PAGES``
-        pages while a page holds nothing else."""
+        """Up to ``count`` entries of peers' mailboxes, read from etcd (theirs never reach
+        us): the first ``CANDIDATE_WINDOW x count`` from the mailbox of a peer with a backlog
+        on (any peer's if none has one; on into the next mailboxes, then around from the first), ranked by a
+        hash of (us, entry) so that peers stealing at once want different ones. Entries found
+        unclaimable before (records gone, undecodable) are passed over until they change, and
+        read past: up to ``STEAL_PAGES`` pages while a page holds nothing else."""
         self._stolen_at = time.monotonic()
+        self._dry = False
         found: list[QueueEntry] = []
-        start, revision, limit = None, 0, CANDIDATE_WINDOW * count
+        limit = CANDIDATE_WINDOW * count
+        start: bytes | None = self._steal_start()
+        revision, wrapped = 0, start is None
         for _ in range(STEAL_PAGES):  # more pages only past entries nobody can claim
             listing = self.registry.range(self.keys.queue(), start=start, revision=revision or None, limit=limit)
             revision = listing.revision
             for kv in listing.kvs:
-                if self._unclaimable.get(kv.key) == kv.mod_revision:
+                if self._unclaimable.get(kv.key) == kv.mod_revision or kv.key.startswith(self._own):
                     continue
                 entry = decode_entry(self.keys, kv)
                 if entry is None:
                     self._note_unclaimable(kv.key, kv.mod_revision)
-                elif entry.name not in ours:
+                elif entry.name not in ours and all(e.path != entry.path for e in found):
                     found.append(entry)
-            if found or len(listing.kvs) < limit:
+            if found or (len(listing.kvs) < limit and wrapped):
                 break
-            start = listing.kvs[-1].key + b"\0"
+            if len(listing.kvs) < limit:  # the last mailboxes held too few: around from the first
+                start, wrapped = None, True
+            else:
+                start = listing.kvs[-1].key + b"\0"
         if not found:  # until a sign newer than this listing
             self._looked_at = max(self._looked_at, revision)
         found.sort(key=lambda e: zlib.crc32(f"{self.host}/{e.name}".encode()))
         return found[:count]
+
+    def _steal_start(self) -> bytes | None:
+        """The mailbox a steal read starts at: that of a peer with a backlog, else any peer's
+        (None: from the first). At random, so that thieves spread over their victims."""
+        busy, rest = self.peers.peers()
+        chosen = busy or rest
+        return self.keys.mailbox(random.choice(chosen)) if chosen else None
+
+    @property
+    def _own(self) -> bytes:
+        return self.keys.mailbox(self.host)
 
     def _note_unclaimable(self, key: bytes, revision: int) -> None:
         if len(self._unclaimable) >= CARRIED_CACHE:

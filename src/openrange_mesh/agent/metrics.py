@@ -101,6 +101,11 @@ class Metrics:
         self.requeues = Counter(
             "openrange_requeues_total", "Episodes of dead hosts' claims this host put back.", registry=r
         )
+        self.moves = Counter(
+            "openrange_queue_moves_total",
+            "Queue entries this host (as the leader) moved out of mailboxes nobody empties.",
+            registry=r,
+        )
         self.faults = Counter(
             "openrange_infrastructure_faults_total",
             "Infrastructure failures of this host: a worker that could not start, a store that failed.",

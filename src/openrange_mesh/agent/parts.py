@@ -16,6 +16,7 @@ from ..dashboard.process import Serving
 from ..keys import Keys
 from ..ledger.catalog import Catalog
 from ..ledger.ledger import Ledger
+from ..ledger.placement import Placement
 from ..registry import Registry
 from ..worker.pool import Pool
 from .claimer import Claimer
@@ -27,6 +28,7 @@ from .inbox import Inbox
 from .leadership import Leadership
 from .lease import LeaseKeeper
 from .metrics import Metrics
+from .mover import Mover
 from .orphans import Orphans
 from .owned import OwnedQueue
 from .peers import Peers
@@ -50,6 +52,7 @@ class Parts:
     orphans: Orphans
     stopper: Stopper
     selfcheck: SelfCheck
+    mover: Mover
     watcher: Watcher
 
 
@@ -70,19 +73,21 @@ def assemble(
     ``wake``: run the loop now; ``url``: its dashboard's ("" without one); ``serving``: the
     dashboard's cell that says whether it may serve (None without one)."""
     host, keys = settings.host_id, Keys(settings.namespace)
-    ledger, catalog = Ledger(registry, keys), Catalog(registry, keys)
 
     def takes_no_work() -> bool:  # draining, asked to or sick (agent/health.py)
         return draining() or health.is_sick
 
+    placement = Placement(host, own_weight=lambda: 0 if takes_no_work() else settings.capacity)
+    ledger, catalog = Ledger(registry, keys, place=placement), Catalog(registry, keys)
     holdings, inbox, peers = Holdings(), Inbox(), Peers(host)
-    owned = OwnedQueue(host, keys, own_weight=lambda: 0 if takes_no_work() else settings.capacity)
+    owned = OwnedQueue(host, keys)
     host_record = HostRecord(
         settings,
         registry,
         keys,
         lease,
         running=lambda: holdings.running,
+        backlog=lambda: len(owned) > pool.idle(),
         takes_no_work=takes_no_work,
         reason=lambda: health.reason,
         url=url,
@@ -116,6 +121,7 @@ def assemble(
         takes_no_work=takes_no_work,
         wake=wake,
     )
+    mover = Mover(registry, keys, catalog, ledger, placement, leadership, wake=wake, on_moved=metrics.moves.inc)
     committer = Committer(
         claimer, holdings, pool, ledger, metrics, host=host, registry=registry, keys=keys, draining=draining
     )
@@ -131,5 +137,17 @@ def assemble(
         Orphans(registry, keys, ledger, inbox, leadership, metrics),
         Stopper(pool, holdings, inbox),
         SelfCheck(settings.store, health, pool, host_record, metrics, wake),
-        Watcher(registry, keys, catalog, owned=owned, peers=peers, inbox=inbox, leadership=leadership, wake=wake),
+        mover,
+        Watcher(
+            registry,
+            keys,
+            catalog,
+            owned=owned,
+            placement=placement,
+            peers=peers,
+            inbox=inbox,
+            leadership=leadership,
+            mover=mover,
+            wake=wake,
+        ),
     )

@@ -31,6 +31,7 @@ from ..ledger import homes
 from ..ledger.catalog import Catalog, EpisodeFilter
 from ..ledger.homes import Versioned
 from ..ledger.ledger import Ledger
+from ..ledger.placement import HostsPlacement
 from ..ledger.queue import batch_runs
 from ..ledger.retention import collect_garbage
 from ..model import EpisodeRecord, EpisodeSpec, State, decode_finished, decode_or_none, decode_records, is_live
@@ -63,7 +64,7 @@ class MeshClient:
         self._owns_registry = isinstance(registry, str)
         self.keys = Keys(namespace)
         self.consumer = consumer or default_host_id()
-        self.ledger = Ledger(self.registry, self.keys)
+        self.ledger = Ledger(self.registry, self.keys, place=HostsPlacement(self.registry, self.keys))
         self.catalog = Catalog(self.registry, self.keys)
         self.ids = IdAllocator(self.registry, self.keys, default_host_id())
         self.max_in_flight = max_in_flight
@@ -97,9 +98,10 @@ class MeshClient:
     def _submit_chunk(self, specs: Sequence[EpisodeSpec]) -> list[str]:
         now = time.time()
         runs = self._new_ids(specs)
-        # each record names the queue entry the ledger will list it in (queue.named), so that
-        # it need not copy every record to say so
-        named = [(i, f"{run[0]}.1") for run in runs for i in run]
+        # each record names the queue entry the ledger will list it in (queue.named), in the
+        # mailbox of its owner, so that the ledger need not copy every record to say so
+        paths = [f"{self.ledger.place(name)}/{name}" for name in (f"{run[0]}.1" for run in runs)]
+        named = [(i, path) for run, path in zip(runs, paths, strict=True) for i in run]
         records = [
             EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.consumer, queue=q)
             for (i, q), s in zip(named, specs, strict=True)

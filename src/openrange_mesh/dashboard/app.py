@@ -132,9 +132,15 @@ def hosts_json(state: State) -> dict[str, Any]:
     seat = state.view.leader()
     leader_host = seat.host if seat else None
     beats = state.view.heartbeats()
+    index = state.index
+    running = index.running() if index is not None else {}  # records say it; host records lag
     return {
         "revision": revision,
-        "hosts": [{**host_summary(h, leader_host), "heartbeat_age_s": beats.get(h.id)} for h in live],
+        "hosts": [
+            {**host_summary(h, leader_host), "running": running.get(h.id, h.running if index is None else 0)}
+            | {"heartbeat_age_s": beats.get(h.id)}
+            for h in live
+        ],
         "left": [{"id": host, "left_at": at} for host, at in sorted(left.items(), key=lambda item: -item[1])],
     }
 

@@ -161,6 +161,12 @@ class EpisodeIndex:
         with self._lock:
             return len(self._ids)
 
+    def running(self) -> dict[str, int]:
+        """Episodes running per host, from their records (host records no longer say: their
+        running count is as of their last write, agent/host_record.py)."""
+        with self._lock:
+            return dict(self._tally.running)
+
     # --- following -------------------------------------------------------------------------
 
     def _run(self) -> None:

@@ -8,7 +8,7 @@ duplicate. Events:
   its id's revision, in the order of their last changes (a deleted one: ``{"id", "deleted"}``).
   A page shows an episode's present, not its path: a no-op episode is claimed and finished
   within one poll, and sending each of its three changes to every page tripled the bytes;
-* ``hosts``: the ``/api/hosts`` answer, when hosts or the leader changed;
+* ``hosts``: the ``/api/hosts`` answer, when hosts, the leader or a host's running count changed;
 * ``reset``: the changes after the client's revision are no longer kept: list again.
 
 The stream ends when this agent stops leading; the page reconnects and is redirected.
@@ -44,7 +44,7 @@ async def stream(request: Request, state: State, hosts: Callable[[State], dict[s
 
     async def messages() -> Any:
         nonlocal revision
-        hosts_seen = -1
+        hosts_seen: tuple[int, dict[str, int]] = (-1, {})
         yield {"event": "hello", "id": str(revision), "data": json.dumps({"revision": revision})}
         while state.serving and state.index is index and not await request.is_disconnected():
             changes, kept = index.changes_since(revision)
@@ -55,9 +55,10 @@ async def stream(request: Request, state: State, hosts: Callable[[State], dict[s
             if changes:  # one message for all of them: its id is the last one's revision
                 revision = changes[-1][0]
                 yield {"event": "episodes", "id": str(revision), "data": _message(changes)}
-            if state.view.changed() != hosts_seen:  # built (lease reads and all) only on a change
+            seen = (state.view.changed(), index.running())
+            if seen != hosts_seen:  # built (lease reads and all) only on a change
                 listing = await asyncio.to_thread(hosts, state)
-                hosts_seen = listing["revision"]
+                hosts_seen = seen
                 yield {"event": "hosts", "data": json.dumps(listing)}
             await asyncio.sleep(POLL)
 

@@ -7,7 +7,7 @@ the revision of the first, so 100k records list in bounded memory and show one m
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import EpisodeNotFound
 from ..ids import home_id
@@ -15,6 +15,7 @@ from ..keys import Keys
 from ..model import EpisodeRecord, HostInfo, State, decode_or_none, decode_records
 from ..registry import KeyValue, Registry
 from . import homes
+from .records import claim_episode_ids
 
 PAGE_SIZE = 500
 
@@ -73,10 +74,21 @@ class Catalog:
         return [host for host, _ in self.host_leases()]
 
     def host_leases(self) -> list[tuple[HostInfo, int]]:
-        """Live hosts with the lease their record is bound to."""
+        """Live hosts with the lease their record is bound to, each with the episodes its
+        live claims hold as its running count (a record's own count is as of its last write:
+        agent/host_record.py)."""
         result = self.registry.range(self.keys.hosts())
+        running = self.running_by_host(result.revision)
         hosts = ((decode_or_none(HostInfo.from_bytes, kv.value, kv.key), kv.lease) for kv in result.kvs)
-        return [(h, lease) for h, lease in hosts if h is not None]
+        return [(replace(h, running=running.get(h.id, 0)), lease) for h, lease in hosts if h is not None]
+
+    def running_by_host(self, revision: int | None = None) -> dict[str, int]:
+        """Episodes each host's live claims list (a batch's members until its last commit)."""
+        counts: dict[str, int] = {}
+        for kv, _ in self.scan(self.keys.claims(), revision):
+            host = self.keys.name_of(kv.key, self.keys.claims()).partition("/")[0]
+            counts[host] = counts.get(host, 0) + len(claim_episode_ids(kv))
+        return counts
 
     def heartbeats(self) -> list[tuple[HostInfo, int | None]]:
         """Live hosts with the seconds since their agent last refreshed its lease (from the

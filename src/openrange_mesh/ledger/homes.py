@@ -37,6 +37,7 @@ from ..model import (
     wire_members,
 )
 from ..registry import MAX_TXN_OPS, Compare, Delete, Get, KeyValue, Op, Put, Registry
+from .placement import Place, unowned
 from .queue import QueueEntry, entry_ops, entry_put, groups, named
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ def embedded(keys: Keys, entry: QueueEntry) -> dict[str, Versioned] | None:
         return None
     out: dict[str, Versioned] = {}
     for value in entry.values:
-        decoded = decode_or_none(decode_value, value, keys.queued(entry.name))
+        decoded = decode_or_none(decode_value, value, keys.queued(entry.path))
         if decoded is None:
             return None
         records, grouped = decoded
@@ -211,12 +212,18 @@ class Rewrite:
                 home.mod_revision = revision
 
 
-def rewrite(keys: Keys, changes: Sequence[tuple[EpisodeRecord, Home | None]], *, claim_ends: bool = False) -> Rewrite:
+def rewrite(
+    keys: Keys,
+    changes: Sequence[tuple[EpisodeRecord, Home | None]],
+    *,
+    claim_ends: bool = False,
+    place: Place = unowned,
+) -> Rewrite:
     """Write records that changed. A group member is replaced in its group; one that goes back
     to pending moves out to a key of its own, unless the claim that held it ends in this txn
     (``claim_ends``): then nothing else holds the group, and its pending members stay home,
     listed by one new queue entry carrying the group's value. Records of their own keep their
-    keys. Pending records get queue entries."""
+    keys. Pending records get queue entries, in the mailboxes ``place`` picks."""
     replaced: dict[bytes, dict[str, EpisodeRecord | None]] = {}
     by_key: dict[bytes, Home] = {}
     moving: list[EpisodeRecord] = []  # pending, written under keys of their own
@@ -236,7 +243,7 @@ def rewrite(keys: Keys, changes: Sequence[tuple[EpisodeRecord, Home | None]], *,
         replaced.setdefault(home.key, {})[record.id] = None if moves else record
     for key, changed in replaced.items():
         pending = [r for r in changed.values() if r is not None and r.state is State.PENDING]
-        staying[key] = [named(group) for group in groups(pending)]
+        staying[key] = [named(group, place) for group in groups(pending)]
         changed.update((r.id, r) for group in staying[key] for r in group)
     members: dict[bytes, list[EpisodeRecord]] = {}
     for key, changed in replaced.items():
@@ -246,7 +253,7 @@ def rewrite(keys: Keys, changes: Sequence[tuple[EpisodeRecord, Home | None]], *,
         ops.append(Put(key, value) if value is not None else Delete(key))
         ops += [entry_put(keys, group, [value]) for group in staying[key] if value is not None]
     for group in claimable(keys, moving):
-        ops += entry_ops(keys, named(group))
+        ops += entry_ops(keys, named(group, place))
     return Rewrite(ops, members)
 
 

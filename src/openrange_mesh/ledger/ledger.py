@@ -14,6 +14,8 @@ Every transition is one txn whose compares make it safe to race:
 * requeue  running   -> pending (attempt + 1), lost (attempts spent), cancelled (cancel asked)
                                    compare: claim key absent, records unchanged since read
 * cancel   pending   -> cancelled  compare: queue key present, record unchanged
+* move     pending   -> pending    compare: queue key and records unchanged (the leader moves an
+                                   entry out of a mailbox nobody empties, agent/mover.py)
 
 The fencing token of a claim is the create_revision of its claim key
 (``claims/<host>/<claim id>``, bound to the owner's lease): the revision of the claim txn. Lease
@@ -37,6 +39,7 @@ from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry, Txn
 from . import homes
 from .claims import Claim, Settlement
 from .homes import Home, Versioned, rewrite
+from .placement import Place, unowned
 from .queue import (
     QueueEntry,
     decode_entry,
@@ -51,10 +54,13 @@ log = logging.getLogger(__name__)
 
 
 class Ledger:
-    def __init__(self, registry: Registry, keys: Keys, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, registry: Registry, keys: Keys, clock: Callable[[], float] = time.time, place: Place = unowned
+    ) -> None:
         self.registry = registry
         self.keys = keys
         self.clock = clock
+        self.place = place  # the mailbox each queue entry we write goes to (ledger/placement.py)
 
     # --- submit ---------------------------------------------------------------------------
 
@@ -66,7 +72,7 @@ class Ledger:
         is encoded and sent."""
         existing: dict[str, str] = {}
         first = last = 0
-        for chunk in txn_chunks(self.keys, homes.claimable(self.keys, records)):
+        for chunk in txn_chunks(self.keys, homes.claimable(self.keys, records), self.place):
             taken, written = self._submit_chunk(chunk)
             existing.update(taken)
             first, last = first or written, written or last
@@ -98,13 +104,14 @@ class Ledger:
                     taken[self.keys.name_of(kv.key, self.keys.idempotency(""))] = kv.value.decode()
             # the groups without the records whose keys were taken, named and encoded afresh
             kept = ([r for r in g.records if r.spec.idempotency_key not in taken] for g in todo)
-            todo = [Enqueued.of(self.keys, g) for g in kept if g]
+            todo = [Enqueued.of(self.keys, g, self.place) for g in kept if g]
         return taken, 0
 
     def queue(self, limit: int = 0) -> list[QueueEntry]:
-        """The queue's entries, oldest first (agents keep theirs from a watch instead)."""
+        """The queue's entries (the first ``limit`` in key order: by mailbox), oldest first
+        (agents keep theirs from a watch instead)."""
         kvs = self.registry.range(self.keys.queue(), limit=limit).kvs
-        return [e for e in (decode_entry(self.keys, kv) for kv in kvs) if e is not None]
+        return sorted((e for e in (decode_entry(self.keys, kv) for kv in kvs) if e is not None), key=lambda e: e.name)
 
     # --- claim / start --------------------------------------------------------------------
 
@@ -134,9 +141,9 @@ class Ledger:
         batch = claim_id if len(current) > 1 else None
         running = [start_attempt(v.record, host, claim_id, now, batch) for v in current]
         change = rewrite(self.keys, [(r, v.home) for r, v in zip(running, current, strict=True)])
-        compares = [Compare(self.keys.queued(entry.name), "mod", "==", entry.mod_revision)]
+        compares = [Compare(self.keys.queued(entry.path), "mod", "==", entry.mod_revision)]
         compares += homes.compares(self.keys, current)
-        ops: list[Op] = [Delete(self.keys.queued(entry.name)), *change.ops]
+        ops: list[Op] = [Delete(self.keys.queued(entry.path)), *change.ops]
         ids = tuple(r.id for r in running)
         ops.append(Put(self.keys.claim(host, claim_id), pack(list(ids)), lease=lease))
         groups_read = {v.home.key: v.home for v in current if v.home is not None}
@@ -292,7 +299,7 @@ class Ledger:
             if record.id in markers:
                 ops.append(Delete(self.keys.cancel(record.id)))
         compares += [Compare(h.key, "mod", "==", h.mod_revision) for h in touched.values()]
-        change = rewrite(self.keys, changes, claim_ends=last)
+        change = rewrite(self.keys, changes, claim_ends=last, place=self.place)
         ops += change.ops
         if last:
             ops.append(Delete(self.keys.claim(claim.host, claim.claim_id)))
@@ -353,7 +360,7 @@ class Ledger:
         changes = [
             (requeued(v.record, now, reason, cancel=v.record.id in cancelled, token=token), v.home) for v in mine
         ]
-        ops += rewrite(self.keys, changes, claim_ends=True).ops
+        ops += rewrite(self.keys, changes, claim_ends=True, place=self.place).ops
         if not self.registry.txn(compares, ops).succeeded:
             return []  # a peer got there first, or the claim came back: both fine
         return [v.record.id for v in mine]
@@ -369,7 +376,7 @@ class Ledger:
         cancelled = record.replace(state=State.CANCELLED, finished_at=self.clock(), error="cancelled", queue=None)
         result = self.registry.txn(
             [
-                Compare(self.keys.queued(entry.name), "mod", "==", entry.mod_revision),
+                Compare(self.keys.queued(entry.path), "mod", "==", entry.mod_revision),
                 *homes.compares(self.keys, [versioned]),
             ],
             [
@@ -378,6 +385,24 @@ class Ledger:
             ],
         )
         return result.succeeded
+
+    def move(self, entry: QueueEntry) -> bool:
+        """Move an entry to the mailbox ``place`` picks now, its pending records naming the new
+        path (so a cancel finds it), all in one txn. False: it changed meanwhile (claimed,
+        stolen, cancelled from, moved): whoever changed it has it; or ``place`` picks the
+        mailbox it is in."""
+        target = self.place(entry.name)
+        if target == entry.owner:
+            return False
+        current = self.read(entry.ids)
+        pending = [current[i] for i in entry.ids if i in current and current[i].record.state is State.PENDING]
+        compares = [Compare(self.keys.queued(entry.path), "mod", "==", entry.mod_revision)]
+        ops: list[Op] = [Delete(self.keys.queued(entry.path))]
+        if pending:  # else the entry only goes: nothing of it is claimable
+            compares += homes.compares(self.keys, pending)
+            changes = [(v.record, v.home) for v in pending]
+            ops += rewrite(self.keys, changes, claim_ends=True, place=lambda _: target).ops
+        return self.registry.txn(compares, ops).succeeded
 
     def request_cancel(self, episode_id: str) -> None:
         """Ask the owner of a running episode to stop it; the owner commits ``cancelled``."""

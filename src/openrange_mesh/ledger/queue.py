@@ -1,11 +1,13 @@
 """The queue of pending episodes: one entry per claimable group.
 
-An entry (``queue/<name>``) lists the ids of pending episodes that one claim takes together: a
-single episode, or up to ``batch`` consecutive episodes of one submission that asked for
-batching. Grouping happens when episodes are enqueued (submitted, requeued, retried), so an
-agent claims an entry as a whole: one queue delete per group, and one small watch event per
-group for every agent, instead of one per episode. Records name their entry (``record.queue``)
-while pending, so a cancel can take one episode out of its group.
+An entry (``queue/<owner>/<name>``: in its owner's mailbox, ledger/placement.py) lists the
+ids of pending episodes that one claim takes together: a single episode, or up to ``batch``
+consecutive episodes of one submission that asked for batching. Grouping happens when
+episodes are enqueued (submitted, requeued, retried), so an agent claims an entry as a whole:
+one queue delete per group, and one small watch event per group for its owner, instead of one
+per episode. Records name their entry's path
+(``record.queue``: "<owner>/<name>") while pending, so a cancel can take one episode out of its
+group.
 
 An entry written in the txn that writes its records also carries their values (``with``):
 their mod_revision is then the entry's own, so an agent claims it without reading them (one
@@ -23,16 +25,23 @@ from ..errors import CorruptRecord
 from ..keys import Keys
 from ..model import EpisodeRecord, pack, unpack
 from ..registry import Delete, KeyValue, Op, Put
+from .placement import Place
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class QueueEntry:
-    name: str
+    name: str  # the claim id its claim will have
     ids: tuple[str, ...]
     mod_revision: int
     values: tuple[bytes, ...] = ()  # the records' values as written with the entry, if they were
+    owner: str = ""  # whose mailbox holds it ("": a flat key of an older agent, queue/<name>)
+
+    @property
+    def path(self) -> str:
+        """Its key below ``queue/`` (Keys.queued)."""
+        return f"{self.owner}/{self.name}" if self.owner else self.name
 
     def without(self, episode_id: str) -> tuple[str, ...]:
         return tuple(i for i in self.ids if i != episode_id)
@@ -71,10 +80,12 @@ def entry_name(group: Sequence[EpisodeRecord]) -> str:
     return f"{group[0].id}.{group[0].attempt}"
 
 
-def named(group: Sequence[EpisodeRecord]) -> list[EpisodeRecord]:
-    """The group's records, each naming the entry that lists it."""
+def named(group: Sequence[EpisodeRecord], place: Place) -> list[EpisodeRecord]:
+    """The group's records, each naming the path of the entry that lists it: in the mailbox
+    ``place`` picks for it."""
     name = entry_name(group)
-    return [r if r.queue == name else r.replace(queue=name) for r in group]
+    path = f"{place(name)}/{name}"
+    return [r if r.queue == path else r.replace(queue=path) for r in group]
 
 
 def entry_ops(keys: Keys, group: Sequence[EpisodeRecord], encoded: Sequence[bytes] | None = None) -> list[Op]:
@@ -99,24 +110,24 @@ def carried_bytes(values: Sequence[bytes]) -> int:
 
 
 def entry_put(keys: Keys, group: Sequence[EpisodeRecord], values: Sequence[bytes] = ()) -> Put:
-    """The queue entry listing a named group, with the values of its records written in the
-    same txn (or none)."""
+    """The queue entry listing a named group (at the path its records name), with the values
+    of its records written in the same txn (or none)."""
     entry: dict[str, object] = {"ids": [r.id for r in group]}
     if values and carried_bytes(values):
         entry["with"] = list(values)
-    return Put(keys.queued(entry_name(group)), pack(entry))
+    return Put(keys.queued(group[0].queue or entry_name(group)), pack(entry))
 
 
 def rewrite_ops(keys: Keys, entry: QueueEntry, remaining: tuple[str, ...]) -> list[Op]:
     """The entry without some of its ids (deleted once none remain); its name stays."""
     if not remaining:
-        return [Delete(keys.queued(entry.name))]
-    return [Put(keys.queued(entry.name), pack({"ids": list(remaining)}))]
+        return [Delete(keys.queued(entry.path))]
+    return [Put(keys.queued(entry.path), pack({"ids": list(remaining)}))]
 
 
 def decode_entry(keys: Keys, kv: KeyValue) -> QueueEntry | None:
     """An entry as the registry holds it; a corrupt one is logged and skipped."""
-    name = keys.name_of(kv.key, keys.queue())
+    owner, _, name = keys.name_of(kv.key, keys.queue()).rpartition("/")
     try:
         entry = unpack(kv.value, name)
         ids = entry.get("ids") if isinstance(entry, dict) else entry  # a list: ids only (older agents)
@@ -129,4 +140,4 @@ def decode_entry(keys: Keys, kv: KeyValue) -> QueueEntry | None:
     if not isinstance(values, list) or not all(isinstance(v, bytes) for v in values):
         log.warning("queue entry %s carries values that are not byte strings; its records will be read", name)
         values = []  # the ids are what matters: the claimer reads the records instead
-    return QueueEntry(name, tuple(ids), kv.mod_revision, tuple(values))
+    return QueueEntry(name, tuple(ids), kv.mod_revision, tuple(values), owner)

@@ -11,6 +11,7 @@ from ..keys import Keys
 from ..model import EpisodeRecord, encode_group
 from ..registry import MAX_REQUEST_BYTES, MAX_TXN_OPS, Delete, Put, Txn
 from .homes import group_key
+from .placement import Place
 from .queue import carried_bytes, named
 
 MAX_TXN_BYTES = MAX_REQUEST_BYTES * 2 // 3  # headroom for base64 and JSON on the way to etcd
@@ -29,8 +30,8 @@ class Enqueued:
     values: list[bytes]
 
     @classmethod
-    def of(cls, keys: Keys, group: Sequence[EpisodeRecord]) -> Enqueued:
-        records = named(group)
+    def of(cls, keys: Keys, group: Sequence[EpisodeRecord], place: Place) -> Enqueued:
+        records = named(group, place)
         home = group_key(keys, records)
         values = [encode_group(records)] if home is not None else [r.to_bytes() for r in records]
         return cls(records, home, values)
@@ -47,7 +48,7 @@ class Enqueued:
 FIRST_TXN_RECORDS = 64  # records in a submission's first txn; each next txn may hold twice as many
 
 
-def txn_chunks(keys: Keys, groups: Iterable[Sequence[EpisodeRecord]]) -> Iterator[list[Enqueued]]:
+def txn_chunks(keys: Keys, groups: Iterable[Sequence[EpisodeRecord]], place: Place) -> Iterator[list[Enqueued]]:
     """Whole groups packed into txns within etcd's limits (``MAX_TXN_OPS`` ops: a record or a
     group record, the idempotency keys, one entry per group; ``MAX_TXN_BYTES`` of values),
     and within a record count that starts at ``FIRST_TXN_RECORDS`` and doubles, encoded as
@@ -57,7 +58,7 @@ def txn_chunks(keys: Keys, groups: Iterable[Sequence[EpisodeRecord]]) -> Iterato
     ops = nbytes = count = 0
     limit = FIRST_TXN_RECORDS
     for records in groups:
-        group = Enqueued.of(keys, records)
+        group = Enqueued.of(keys, records, place)
         over = ops + group.ops > MAX_TXN_OPS or nbytes + group.size > MAX_TXN_BYTES or count + len(records) > limit
         if chunk and over:
             yield chunk

@@ -15,7 +15,8 @@ class HostInfo:
 
     id: str
     capacity: int
-    running: int = 0
+    running: int = 0  # as of the record's last write, which a running count alone does not cause
+    backlog: bool = False  # its mailbox holds more than its idle workers take: thieves welcome
     address: str | None = None  # the machine it runs on (hostname)
     labels: Mapping[str, str] = field(default_factory=dict)
     version: str = ""
@@ -33,7 +34,7 @@ class HostInfo:
 
     @property
     def full(self) -> bool:
-        """Running as many episodes as it has workers (as of its last record)."""
+        """Running as many episodes as it has workers (as of its last record: see ``running``)."""
         return self.running >= self.capacity
 
     def to_bytes(self) -> bytes:
@@ -56,6 +57,7 @@ _HOST_TYPES: dict[str, tuple[type, ...]] = {
     "id": (str,),
     "capacity": (int,),
     "running": (int,),
+    "backlog": (bool,),
     "address": OPT_STR,
     "labels": (dict,),
     "version": (str,),

@@ -1,0 +1,112 @@
+"""Where a queue entry is written: the mailbox of its owner (design/queue.md, "Mailboxes").
+
+An entry lives under ``queue/<owner>/<name>``, its owner chosen by whoever writes it (a client
+submitting, an agent requeueing or retrying, the leader moving it) by weighted rendezvous
+hashing over the live hosts' weights as the writer knows them (ledger/owners.py). Each agent
+watches its own mailbox only, so a queue put reaches its owner and no one else (and the
+leader, who moves what lands in a mailbox nobody empties: agent/mover.py). A writer whose view
+is stale may pick a host that just left or stopped taking work; with no host to pick it writes
+to ``UNOWNED``. Either way the leader moves the entry, so a stale view costs a move, never an
+entry.
+
+``Placement`` holds the weights an agent knows from its control watch; ``HostsPlacement`` reads
+them from etcd for a client (at most once per ``max_age``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from ..errors import CorruptRecord
+from ..keys import Keys
+from ..model import HostInfo
+from ..registry import Registry
+from . import owners
+
+UNOWNED = "~"  # the mailbox of entries written while no host took work ('~' starts no host id)
+
+Place = Callable[[str], str]  # an entry's name -> the mailbox (host id or UNOWNED) to write it to
+
+
+def unowned(name: str) -> str:
+    """Placement without a view of the hosts (tests, tools): the leader moves these."""
+    return UNOWNED
+
+
+class Placement:
+    """Live hosts' weights as their records say (0: takes no work), and the owner of an entry
+    among them. The control-watch thread writes weights; any thread places. ``_lock`` guards
+    ``_weights``."""
+
+    def __init__(self, host: str = "", own_weight: Callable[[], float] = lambda: 0.0) -> None:
+        self.host = host  # ours, weighed by ``own_weight`` until our record is seen
+        self._own_weight = own_weight
+        self._lock = threading.Lock()
+        self._weights: dict[str, float] = {}
+
+    def __call__(self, name: str) -> str:
+        """The mailbox for entry ``name``."""
+        with self._lock:
+            return owners.owner(name, self._with_us()) or UNOWNED
+
+    def takes_work(self, host: str) -> bool:
+        """Whether ``host`` is live with a weight: a mailbox someone empties."""
+        with self._lock:
+            return self._with_us().get(host, 0) > 0
+
+    def weigh(self, host: str, weight: float) -> bool:
+        """A host's weight from its record. True: it is new, or its weight changed."""
+        with self._lock:
+            known = self._weights.get(host)
+            self._weights[host] = weight
+            return known != weight
+
+    def unweigh(self, host: str) -> None:
+        """A host left."""
+        with self._lock:
+            self._weights.pop(host, None)
+
+    def load(self, weights: Mapping[str, float]) -> None:
+        """Every live host's weight, as listed."""
+        with self._lock:
+            self._weights = dict(weights)
+
+    def _with_us(self) -> Mapping[str, float]:
+        if not self.host or self.host in self._weights:
+            return self._weights
+        return {**self._weights, self.host: self._own_weight()}
+
+
+class HostsPlacement:
+    """A client's placement: the live hosts' weights read from etcd, again once ``max_age``
+    has passed (a stale view only costs the leader a move). Threads: any; ``_lock`` guards the
+    cached view."""
+
+    def __init__(self, registry: Registry, keys: Keys, max_age: float = 1.0) -> None:
+        self.registry = registry
+        self.keys = keys
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._placement = Placement()
+        self._read_at = -max_age
+
+    def __call__(self, name: str) -> str:
+        with self._lock:
+            if time.monotonic() - self._read_at >= self.max_age:
+                self._placement.load(read_weights(self.registry, self.keys))
+                self._read_at = time.monotonic()
+            return self._placement(name)
+
+
+def read_weights(registry: Registry, keys: Keys) -> dict[str, float]:
+    """Each live host's weight (0 for a record that does not decode: it takes no work)."""
+    weights: dict[str, float] = {}
+    for kv in registry.range(keys.hosts()).kvs:
+        host = keys.name_of(kv.key, keys.hosts())
+        try:
+            weights[host] = HostInfo.from_bytes(kv.value, host).weight
+        except CorruptRecord:
+            weights[host] = 0
+    return weights
