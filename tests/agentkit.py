@@ -150,12 +150,16 @@ class Mesh:
         """The names of the entries in ``host``'s mailbox, oldest first."""
         return [entry.name for entry in self.ledger.queue() if entry.owner == host]
 
-    def record(self, name: str, capacity: int, *, backlog: bool = False, lease: int | None = None) -> int:
+    def record(self, name: str, capacity: int, *, lease: int | None = None) -> int:
         """A peer's host record written as the test says (a made-up peer); returns its lease."""
         lease = lease or self.registry.grant(TTL)
-        info = HostInfo(id=name, capacity=capacity, backlog=backlog)
+        info = HostInfo(id=name, capacity=capacity)
         self.registry.txn([], [Put(self.keys.host(name), info.to_bytes(), lease)])
         return lease
+
+    def mark(self) -> None:
+        """A client's submission marker (what MeshClient.submit writes with its first txn)."""
+        self.registry.txn([], [Put(self.keys.queued_marker(), b"client")])
 
     def close(self) -> None:
         for host in self.hosts:

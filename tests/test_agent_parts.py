@@ -12,7 +12,6 @@ from collections.abc import Iterator
 import pytest
 
 from openrange_mesh.agent.claimer import CANDIDATE_WINDOW, STEAL_INTERVAL
-from openrange_mesh.agent.host_record import HOST_REFRESH
 from openrange_mesh.agent.inbox import DeadHost
 from openrange_mesh.ledger.ledger import Ledger
 from openrange_mesh.ledger.placement import UNOWNED
@@ -205,26 +204,28 @@ def test_a_thief_whose_own_entries_run_out_takes_a_peers_oldest(mesh: Mesh) -> N
     assert next_read is None or next_read >= read_at + STEAL_INTERVAL  # not again at once
 
 
-def test_a_backlog_in_a_record_is_a_sign_and_wakes_a_host_that_wants_to_steal(mesh: Mesh) -> None:
-    h1, lease, since = beside_a_peer(mesh)
+def test_a_submission_marker_is_a_sign_and_wakes_a_host_that_wants_to_steal(mesh: Mesh) -> None:
+    """A submission that gave a host no share of it: the client's marker tells it to look."""
+    h1, _, since = beside_a_peer(mesh)
     h1.see(since)
     h1.claimer.candidates(1)  # ran dry: its one read found nothing
     assert h1.claimer.steal_at() is None
     since = mesh.revision()
-    mesh.record("h2", 8, backlog=True, lease=lease)
+    mesh.mark()
     woken = h1.woken
     h1.see(since)
     assert h1.woken == woken + 1 and h1.peers.backlog_at == mesh.revision()
-    assert h1.claimer.steal_at() is not None
+    due = h1.claimer.steal_at()  # owners claim first: the read looks at what they left
+    assert due is not None and due >= h1.peers.sign_at + STEAL_INTERVAL
 
 
-def test_a_steal_read_starts_at_a_backlogged_peers_mailbox_and_wraps_around(mesh: Mesh) -> None:
+def test_a_steal_read_starts_at_a_peers_mailbox_and_wraps_around(mesh: Mesh) -> None:
     h1 = mesh.host("h1", 1)
     mesh.record("a", 8)
     h1.join()
     since = mesh.revision()
     mesh.submit(40)  # a's and h1's
-    mesh.record("z", 8, backlog=True)  # a backlog, says its record, and its mailbox (the last) is empty
+    mesh.record("z", 8)  # its mailbox (the last) is empty
     h1.see(since)
 
     def stolen() -> list[str]:
@@ -232,7 +233,7 @@ def test_a_steal_read_starts_at_a_backlogged_peers_mailbox_and_wraps_around(mesh
         return [entry.name for entry, _ in h1.claimer.candidates(len(own) + 2) if entry.name not in own]
 
     got = wait_until(stolen, timeout=2, interval=STEAL_INTERVAL / 2)
-    assert len(got) == 2 and set(got) <= set(mesh.mailbox("a"))  # from z's on, around to a's
+    assert len(got) == 2 and set(got) <= set(mesh.mailbox("a"))  # from a's, or from z's on around to a's
 
 
 def test_a_steal_read_pages_past_entries_nobody_can_claim(mesh: Mesh) -> None:
@@ -252,41 +253,32 @@ def test_a_steal_read_pages_past_entries_nobody_can_claim(mesh: Mesh) -> None:
         return [entry.name for entry, _ in h1.claimer.candidates(len(own) + 1) if entry.name not in own]
 
     # 8 a page: an entry whose records are gone is found by a read and dropped by the claim
-    # check, once each; undecodable ones are passed within the read. A record saying h2 has a
-    # backlog is the sign that brings each next read after the first.
-    mesh.record("h2", 1, backlog=True)
-
+    # check, once each; undecodable ones are passed within the read. A submission marker is the
+    # sign that brings each next read after the first.
     def stolen() -> list[str]:
         got = steal()
         if not got:
-            mesh.record("h2", 1, backlog=True)  # a newer sign
+            mesh.mark()  # a newer sign
+            h1.see(mesh.revision() - 1)
         return got
 
     found = wait_until(stolen, timeout=30 * STEAL_INTERVAL + 2, interval=STEAL_INTERVAL / 2)
     assert len(found) == 1 and found[0] in real
 
 
-def test_a_host_record_is_rewritten_when_a_backlog_comes_or_goes_not_as_episodes_run(mesh: Mesh) -> None:
+def test_a_host_record_is_written_when_peers_must_see_a_change_not_as_episodes_run(mesh: Mesh) -> None:
     """Every peer's control watch receives each write of a host record: a running count that
-    changes with every episode would grow their events with the fleet."""
-    h1 = mesh.host("h1")  # its pool is never started: no idle worker
+    changed with every episode would grow their events with the fleet."""
+    h1 = mesh.host("h1")
     h1.join()
-    since = mesh.revision()
-    ids = mesh.submit(2)
-    h1.see(since)
-
-    def written() -> list[HostInfo]:
-        return [HostInfo.from_bytes(op.value) for op in h1.host_record.refresh()]
-
-    (info,) = wait_until(written, timeout=HOST_REFRESH + 2, interval=0.05)
-    assert info.backlog  # two entries, no idle worker
-    h1.hold([ids[0]])  # one runs now; the other still waits
-    h1.owned.done_with(e for e in h1.owned.head(10) if e.ids == (ids[0],))
-    time.sleep(HOST_REFRESH + 0.1)
-    assert written() == []  # a running count alone is no reason to write
-    h1.owned.done_with(h1.owned.head(10))  # the backlog is gone
-    (info,) = written()
-    assert not info.backlog and info.running == 1
+    (episode,) = mesh.submit(1)
+    h1.hold([episode])
+    assert h1.host_record.refresh() == []  # running one more is no reason to write
+    h1.draining = True
+    h1.host_record.changed()
+    (op,) = h1.host_record.refresh()
+    info = HostInfo.from_bytes(op.value)
+    assert info.draining and info.running == 1 and h1.host_record.refresh() == []
 
 
 # --- what the watch hands the loop ------------------------------------------------------------

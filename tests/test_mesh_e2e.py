@@ -472,25 +472,26 @@ def test_stealing_looks_past_queue_entries_nobody_can_claim(make_mesh: MakeMesh,
     mesh.check_clean()
 
 
-def test_what_a_stopped_agent_owned_goes_to_its_peers_once_its_lease_expires(
+def test_what_a_stopped_agent_owned_is_taken_by_a_peer_that_has_nothing_to_do(
     make_mesh: MakeMesh, etcd: EtcdServer
 ) -> None:
-    """A stopped agent with workers to spare is not stolen from: its share waits for its lease,
-    then its peers re-list the queue and take it."""
+    """A stopped agent with workers to spare claims nothing from its mailbox: a peer whose own
+    mailbox runs dry (or that got no share, and sees the client's submission marker) reads it and
+    takes its share, before its lease expires; the stopped agent, resumed, claims nothing
+    twice."""
     mesh = make_mesh(etcd.url)
     h1 = mesh.start_agent("h1", capacity=12)  # weight 12 against 2: it owns ~6 of every 7 entries
     mesh.start_agent("h2")
     h1.pause()
     stopped = time.time()
-    ids = mesh.submit_commands(10, 0.05)  # fewer than h1's free workers: no sign of a backlog
+    ids = mesh.submit_commands(10, 0.05)
     records = mesh.wait_finished(ids, timeout=TTL + REAPER + 10 * SLACK)
     assert ran_on(records) == {("h2", 1)}
     finished = sorted((r.finished_at or 0) - stopped for r in records.values())
-    assert finished[-1] > TTL / 2, f"nothing waited for h1's lease: {finished}"
     assert finished[-1] < TTL + REAPER + 3 * SLACK, finished
-    h1.resume()  # finds its lease gone, rejoins, and claims nothing twice
+    h1.resume()  # finds its lease gone or not, claims nothing twice, and runs what comes next
     mesh.check_exactly_once(records)
-    wait_until(lambda: (i := mesh.host_info("h1")) is not None and i.pid == h1.pid, 10, what="h1 to rejoin")
+    wait_until(lambda: (i := mesh.host_info("h1")) is not None and i.pid == h1.pid, 10, what="h1 to be live")
     again = mesh.submit_commands(12, 0.05)
     mesh.check_exactly_once(mesh.wait_finished(again, timeout=20))
     mesh.check_clean()

@@ -85,6 +85,9 @@ class Keys:
     def leader(self) -> bytes:
         return self.control() + b"leader"
 
+    def queued_marker(self) -> bytes:  # a client queued work (agent/peers.py: a sign for thieves)
+        return self.control() + b"queued"
+
     def snapshots(self) -> bytes:  # snapshot names (aliases), each -> a digest (client/snapshots.py)
         return self.root + b"snapshots/"
 

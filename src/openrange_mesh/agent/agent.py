@@ -80,7 +80,7 @@ class Agent:
         self._stop = threading.Event()
         self._draining = False
         self._drain_deadline = 0.0
-        self._outage = False
+        self._outage: float | None = None  # monotonic time a pass first met a registry error
         self.parts = assemble(
             settings,
             self.registry,
@@ -201,15 +201,18 @@ class Agent:
                 if line:
                     log.info("%s", line)
         except RegistryError as exc:
-            if not self._outage:
+            if self._outage is None:
                 log.exception("registry trouble; episodes keep running, results wait for etcd")
-                self._outage = True
+                self._outage = time.monotonic()
             else:
                 log.warning("registry still unavailable: %s", exc)
             return
-        if self._outage:
+        # A pass that asked etcd nothing proves nothing: the outage ends once etcd has answered
+        # a lease refresh sent after it began (an idle pass used to end it, and the next
+        # failure logged its traceback again)
+        if self._outage is not None and self.lease.expires_at - self.settings.ttl > self._outage:
             log.info("registry reachable again")
-            self._outage = False
+            self._outage = None
 
     def _idle(self, timeout: float) -> None:
         """Wait until a pass is due: a wake-up (a watch event, a signal), news from a worker that

@@ -3,7 +3,7 @@ peers and adopts claims whose answer was lost.
 
 Candidates come from the entries of our mailbox (agent/owned.py), oldest first: no peer wants
 them, so claims do not collide. Workers left idle with none of ours steal: a read of peers'
-mailboxes, made when ours runs dry and after a sign that a peer has a backlog (agent/peers.py)
+mailboxes, made when ours runs dry and after a sign that work was queued (agent/peers.py)
 newer than the last read that found nothing to take, at most every ``STEAL_INTERVAL``. A claim
 won is held (agent/holdings.py) and its episodes go to the workers.
 
@@ -172,10 +172,14 @@ class Claimer:
 
     def steal_at(self) -> float | None:
         """When a steal read is due (monotonic), if one may be: our mailbox ran dry, or a sign
-        that a peer has a backlog came after the last read that found nothing to take."""
-        if not self._dry and self.peers.backlog_at <= self._looked_at:
+        that work was queued came after the last read that found nothing to take. Not sooner
+        than ``STEAL_INTERVAL`` after the sign: owners claim what they can first, and the read
+        finds what is left."""
+        if self._dry:
+            return self._stolen_at + STEAL_INTERVAL
+        if self.peers.backlog_at <= self._looked_at:
             return None
-        return self._stolen_at + STEAL_INTERVAL
+        return max(self._stolen_at, self.peers.sign_at) + STEAL_INTERVAL
 
     def _steal_due(self) -> bool:
         due = self.steal_at()
@@ -183,11 +187,11 @@ class Claimer:
 
     def _steal(self, count: int, ours: set[str]) -> list[QueueEntry]:
         """Up to ``count`` entries of peers' mailboxes, read from etcd (theirs never reach
-        us): the first ``CANDIDATE_WINDOW x count`` from the mailbox of a peer with a backlog
-        on (any peer's if none has one; on into the next mailboxes, then around from the first), ranked by a
-        hash of (us, entry) so that peers stealing at once want different ones. Entries found
-        unclaimable before (records gone, undecodable) are passed over until they change, and
-        read past: up to ``STEAL_PAGES`` pages while a page holds nothing else."""
+        us): the first ``CANDIDATE_WINDOW x count`` from a peer's mailbox on (on into the next
+        mailboxes, then around from the first), ranked by a hash of (us, entry) so that peers
+        stealing at once want different ones. Entries found unclaimable before (records gone,
+        undecodable) are passed over until they change, and read past: up to ``STEAL_PAGES``
+        pages while a page holds nothing else."""
         self._stolen_at = time.monotonic()
         self._dry = False
         found: list[QueueEntry] = []
@@ -217,11 +221,10 @@ class Claimer:
         return found[:count]
 
     def _steal_start(self) -> bytes | None:
-        """The mailbox a steal read starts at: that of a peer with a backlog, else any peer's
-        (None: from the first). At random, so that thieves spread over their victims."""
-        busy, rest = self.peers.peers()
-        chosen = busy or rest
-        return self.keys.mailbox(random.choice(chosen)) if chosen else None
+        """The mailbox a steal read starts at: a peer's (None: from the first), at random, so
+        that thieves spread over their victims."""
+        peers = self.peers.peers()
+        return self.keys.mailbox(random.choice(peers)) if peers else None
 
     @property
     def _own(self) -> bytes:

@@ -1,17 +1,16 @@
 """This host's record under its lease: ``HostRecord`` joins the mesh and keeps the record
 current; what to do about a key already there (a crashed predecessor, a live twin).
 
-The record says what peers need to know: capacity, whether it takes work (its weight in queue
-ownership, ledger/owners.py) and whether it has a backlog (their sign to steal). Every peer's
-control watch (and every dashboard's) receives each write, so the record is rewritten only when
-one of those changes, not as its running count does: a backlog that comes or goes at most
-every ``HOST_REFRESH``, riding on a claim or commit txn the agent makes anyway (``refresh``) or
-alone (``step``); a change peers must see at once (a drain, a host that falls sick or heals) is
-marked with ``changed`` and written on the next pass. The running count in the record is as of
-its last write; ``hosts`` and the dashboard count claims instead (ledger/catalog.py).
+The record says what peers need to know: capacity and whether it takes work (its weight in
+queue ownership, ledger/owners.py). Every peer's control watch (and every dashboard's) receives
+each write, so it is written when one of those changes, not as episodes run: at join, and when
+it drains, falls sick or heals (``changed``), on the next pass, riding on a claim or commit txn
+the agent makes anyway (``refresh``) or alone (``step``). The running count in the record is
+as of its last write; ``hosts`` and the dashboard count claims and records instead
+(ledger/catalog.py, dashboard/index.py).
 
 Threads: the loop thread; ``changed`` may also come from a signal handler or another thread
-(``drain``): it is one tuple assignment.
+(``drain``): it is one bool assignment.
 """
 
 from __future__ import annotations
@@ -34,12 +33,6 @@ from .lease import LeaseKeeper
 log = logging.getLogger(__name__)
 
 _ADDRESS = socket.gethostname()  # where an operator finds this agent (no HTTP endpoint yet)
-# A backlog that comes or goes is written at most this often. Rewriting the record in every claim
-# and commit txn cost a key write and an event on every agent's control watch per episode; once
-# a second per busy host still grew every agent's events with the fleet (issue 15).
-HOST_REFRESH = 1.0
-
-
 @functools.cache
 def machine_id() -> str:
     """The boot id: a restarted agent on the same running machine sees the same value."""
@@ -59,7 +52,6 @@ class HostRecord:
         lease: LeaseKeeper,
         *,
         running: Callable[[], int],
-        backlog: Callable[[], bool],
         takes_no_work: Callable[[], bool],
         reason: Callable[[], str | None],
         url: Callable[[], str],
@@ -70,12 +62,11 @@ class HostRecord:
         self.keys = keys
         self.lease = lease
         self._running = running  # episodes held
-        self._backlog = backlog  # entries of ours beyond what our idle workers take
         self._takes_no_work = takes_no_work  # draining, asked to or sick (agent/health.py)
         self._reason = reason  # why it is sick
         self._url = url  # its dashboard's ("" without one)
         self._started_at = time.time()
-        self._written: tuple[bool | None, float] = (False, 0.0)  # backlog in the record (None: rewrite), when
+        self._due = False  # peers must see a change: write the record on the next pass
 
     def retire_predecessor(self) -> None:
         """A host key with our id under another lease is either our crashed predecessor (same
@@ -106,7 +97,7 @@ class HostRecord:
         lease = self.lease.start()
         key = self.keys.host(self.host)
         result = self.registry.txn([Compare(key, "create", "==", 0)], [Put(key, self.info().to_bytes(), lease)])
-        self._written = (self._backlog(), time.monotonic())
+        self._due = False
         if not result.succeeded:
             self.lease.stop()
             raise ConfigError(f"host id {self.host!r} was taken while joining: pick another --host-id")
@@ -116,7 +107,6 @@ class HostRecord:
             id=self.host,
             capacity=self.settings.capacity,
             running=self._running(),
-            backlog=self._backlog(),
             labels=dict(self.settings.labels),
             version=__version__,
             started_at=self._started_at,
@@ -130,17 +120,14 @@ class HostRecord:
 
     def changed(self) -> None:
         """Peers must see the record now (it drains, falls sick or heals): on the next pass."""
-        self._written = (None, 0.0)
+        self._due = True
 
     def refresh(self) -> list[Put]:
-        """The record, if its backlog came or went and the last write is HOST_REFRESH old (or
-        ``changed`` asked): an op to ride on a txn the agent makes anyway (or alone, ``step``)."""
-        written, written_at = self._written
-        backlog = self._backlog()
-        now = time.monotonic()
-        if written == backlog or now - written_at < HOST_REFRESH:
+        """The record, if ``changed`` asked: an op to ride on a txn the agent makes anyway (or
+        alone, ``step``)."""
+        if not self._due:
             return []
-        self._written = (backlog, now)
+        self._due = False
         return [Put(self.keys.host(self.host), self.info().to_bytes(), self.lease.lease)]
 
     def step(self) -> str | None:

@@ -87,7 +87,6 @@ def assemble(
         keys,
         lease,
         running=lambda: holdings.running,
-        backlog=lambda: len(owned) > pool.idle(),
         takes_no_work=takes_no_work,
         reason=lambda: health.reason,
         url=url,

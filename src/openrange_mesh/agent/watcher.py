@@ -6,10 +6,11 @@ the loop.
   us; ours leave our queue when we claim them, or when a claim of one fails (a peer stole it, a
   cancel took it, the leader moved it).
 * The control watch (``ctl/``, with each deletion's previous value) follows host records (their
-  weights decide where entries are written: ledger/placement.py; their backlogs, stealing),
-  cancel markers and dead hosts (for the loop: agent/inbox.py), and the leader key
-  (agent/leadership.py). A host that leaves or stops taking work leaves a mailbox nobody
-  empties: the leader's to move (agent/mover.py). No peer looks at the queue then.
+  weights decide where entries are written: ledger/placement.py), clients' submission markers
+  (a sign for thieves: agent/peers.py), cancel markers and dead hosts (for the loop:
+  agent/inbox.py), and the leader key (agent/leadership.py). A host that leaves or stops
+  taking work leaves a mailbox nobody empties: the leader's to move (agent/mover.py). No peer
+  looks at the queue then.
 
 A watch that fell behind compaction re-lists what it derived: hosts, or our mailbox.
 
@@ -101,7 +102,7 @@ class Watcher:
         hosts = self.registry.range(self.keys.hosts(), revision=revision)
         records = [(self.keys.name_of(kv.key, self.keys.hosts()), decode_host(kv.value)) for kv in hosts.kvs]
         self.placement.load({host: info.weight if info else 0 for host, info in records})
-        self.peers.load(records, hosts.revision)
+        self.peers.load(host for host, _ in records)
         return hosts.revision if revision is None else revision
 
     def load_queue(self, revision: int) -> None:
@@ -136,6 +137,8 @@ class Watcher:
                 wake |= self._on_host(keys.name_of(key, keys.hosts()), event)
             elif key == keys.leader():
                 wake |= self.leadership.on_event(event)
+            elif key == keys.queued_marker() and event.type == "put":
+                wake |= self.peers.work_queued(event.kv.mod_revision)
         if wake:
             self._wake()
 
@@ -146,7 +149,8 @@ class Watcher:
             weight = info.weight if info is not None else 0
             if self.placement.weigh(host, weight) and not weight:
                 self.mover.orphaned(host)  # it stopped taking work: its mailbox is the leader's to move
-            return self.peers.on_record(host, info, event.kv.mod_revision)
+            self.peers.joined(host)
+            return False
         self.placement.unweigh(host)
         self.peers.forget(host)
         self.mover.orphaned(host)

@@ -64,28 +64,29 @@ class Ledger:
 
     # --- submit ---------------------------------------------------------------------------
 
-    def submit(self, records: Sequence[EpisodeRecord]) -> tuple[dict[str, str], int, int]:
+    def submit(self, records: Sequence[EpisodeRecord], extra: Sequence[Op] = ()) -> tuple[dict[str, str], int, int]:
         """Write pending records with their queue entries, in txns within etcd's limits.
         Returns ({idempotency key: existing id} for keys already taken, whose records were not
         written; the first and the last txn's revision, 0 if none wrote). Txns start small and
         double, each encoded just before it is sent: agents start on the first while the rest
-        is encoded and sent."""
+        is encoded and sent. ``extra`` ops ride on the first txn."""
         existing: dict[str, str] = {}
         first = last = 0
-        for chunk in txn_chunks(self.keys, homes.claimable(self.keys, records), self.place):
-            taken, written = self._submit_chunk(chunk)
+        for chunk in txn_chunks(self.keys, homes.claimable(self.keys, records), self.place, len(extra)):
+            taken, written = self._submit_chunk(chunk, extra)
+            extra = ()
             existing.update(taken)
             first, last = first or written, written or last
         return existing, first, last
 
-    def _submit_chunk(self, chunk: Sequence[Enqueued]) -> tuple[dict[str, str], int]:
+    def _submit_chunk(self, chunk: Sequence[Enqueued], extra: Sequence[Op]) -> tuple[dict[str, str], int]:
         taken: dict[str, str] = {}
         todo = list(chunk)
         while todo:
             idem = [
                 self.keys.idempotency(r.spec.idempotency_key) for g in todo for r in g.records if r.spec.idempotency_key
             ]
-            ops: list[Op] = []
+            ops: list[Op] = list(extra)
             for group in todo:
                 if group.home is not None:  # one key for the batch's records
                     ops += [Put(group.home, group.values[0]), entry_put(self.keys, group.records, group.values)]

@@ -48,14 +48,16 @@ class Enqueued:
 FIRST_TXN_RECORDS = 64  # records in a submission's first txn; each next txn may hold twice as many
 
 
-def txn_chunks(keys: Keys, groups: Iterable[Sequence[EpisodeRecord]], place: Place) -> Iterator[list[Enqueued]]:
+def txn_chunks(
+    keys: Keys, groups: Iterable[Sequence[EpisodeRecord]], place: Place, reserved: int = 0
+) -> Iterator[list[Enqueued]]:
     """Whole groups packed into txns within etcd's limits (``MAX_TXN_OPS`` ops: a record or a
     group record, the idempotency keys, one entry per group; ``MAX_TXN_BYTES`` of values),
     and within a record count that starts at ``FIRST_TXN_RECORDS`` and doubles, encoded as
     they are packed: 10000 CartPole specs take ~0.1 s to encode, a worker's idle time if all
-    of it came before the first txn."""
+    of it came before the first txn. ``reserved``: ops the first txn holds besides."""
     chunk: list[Enqueued] = []
-    ops = nbytes = count = 0
+    ops, nbytes, count = reserved, 0, 0
     limit = FIRST_TXN_RECORDS
     for records in groups:
         group = Enqueued.of(keys, records, place)

@@ -16,7 +16,6 @@ class HostInfo:
     id: str
     capacity: int
     running: int = 0  # as of the record's last write, which a running count alone does not cause
-    backlog: bool = False  # its mailbox holds more than its idle workers take: thieves welcome
     address: str | None = None  # the machine it runs on (hostname)
     labels: Mapping[str, str] = field(default_factory=dict)
     version: str = ""
@@ -57,7 +56,6 @@ _HOST_TYPES: dict[str, tuple[type, ...]] = {
     "id": (str,),
     "capacity": (int,),
     "running": (int,),
-    "backlog": (bool,),
     "address": OPT_STR,
     "labels": (dict,),
     "version": (str,),
