@@ -180,7 +180,7 @@ def test_an_s3_read_is_one_get_however_large(s3_server: S3Server, s3_bucket: str
     assert requests(s3_server, "GET", s3_key(url, "blob")) == 1
 
 
-@pytest.mark.parametrize("sizes", [[3, CHUNK_SIZE, CHUNK_SIZE, 7, CHUNK_SIZE], [CHUNK_SIZE] * 5, [10]])
+@pytest.mark.parametrize("sizes", [[3, CHUNK_SIZE, CHUNK_SIZE, 7, CHUNK_SIZE], [CHUNK_SIZE] * 5, [10], [1, 2, 3] * 40])
 def test_hashing_beside_the_copy_digests_every_byte_in_order(sizes: list[int]) -> None:
     """A fill hashes chunks in a thread of its own while it writes them out: the digest must be
     that of the bytes in order, whatever the reads' sizes, and the thread gone after ``digest``."""
