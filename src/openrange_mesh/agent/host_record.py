@@ -33,6 +33,8 @@ from .lease import LeaseKeeper
 log = logging.getLogger(__name__)
 
 _ADDRESS = socket.gethostname()  # where an operator finds this agent (no HTTP endpoint yet)
+
+
 @functools.cache
 def machine_id() -> str:
     """The boot id: a restarted agent on the same running machine sees the same value."""
