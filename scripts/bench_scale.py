@@ -217,9 +217,13 @@ def extrapolate(results: list[dict[str, Any]], opts: Options) -> dict[str, Any] 
     for what in ("requests", "events", "bytes"):
         a, b = fit(ns, [r["idle"]["per_s"][what] for r in results])
         out[f"idle_{what}_per_s"] = a + b * HOSTS
-        a, b = fit(ns, [r["run"]["per_episode"][what] for r in results])
-        out[f"busy_{what}_per_episode"] = a + b * HOSTS
-        out[f"busy_{what}_per_s"] = (a + b * HOSTS) * rate
+        measured = [r["run"]["per_episode"][what] for r in results]
+        a, b = fit(ns, measured)
+        # a cost per episode that does not grow with N stays what the largest fleet measured
+        # (a line falling through the noise would promise less, even below zero)
+        per_episode = a + b * HOSTS if b > 0 else measured[ns.index(max(ns))]
+        out[f"busy_{what}_per_episode"] = per_episode
+        out[f"busy_{what}_per_s"] = per_episode * rate
     return out
 
 
