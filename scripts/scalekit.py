@@ -19,8 +19,10 @@ import heapq
 import json
 import math
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,7 +34,6 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from openrange_mesh.cli.local_mesh import free_port
 from openrange_mesh.keys import Keys
 from openrange_mesh.model import EpisodeRecord, State, decode_records, is_live
 from openrange_mesh.registry import Registry
@@ -58,6 +59,25 @@ def rss_mib(pid: int) -> float:
 
 
 @dataclass(frozen=True)
+def listening_port(taken: set[int]) -> int:
+    """A port for an agent's /metrics, free now and below the kernel's ephemeral range: a port
+    the kernel hands out (``free_port``) was taken, one run in a few at 48 agents, by one of
+    the fleet's own outgoing connections between choosing it and the agent binding it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port in taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 class EtcdSample:
     at: float  # monotonic
     requests: dict[str, float]  # by gRPC method
@@ -147,7 +167,7 @@ class Fleet:
             common = ["--namespace", namespace, "--capacity", str(capacity), "--ttl", str(ttl)]
             common += ["--store", str(work / "store")]
             if per_process == 1:
-                self._ports[group[0]] = free_port()
+                self._ports[group[0]] = listening_port(set(self._ports.values()))
                 argv = [sys.executable, "-c", AGENT_MAIN, "--etcd", endpoint, "--host-id", group[0], *common]
                 argv += ["--metrics-port", str(self._ports[group[0]]), "--no-dashboard", "--log-level", "WARNING"]
                 # The leader's run report (one scan of every record, per mesh, every 10 minutes)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from openrange_mesh.agent.claimer import CANDIDATE_WINDOW, STEAL_INTERVAL
+from openrange_mesh.agent.claimer import CANDIDATE_WINDOW, DRY_PAUSE, STEAL_INTERVAL
 from openrange_mesh.agent.inbox import DeadHost
 from openrange_mesh.ledger.ledger import Ledger
 from openrange_mesh.ledger.placement import UNOWNED
@@ -185,10 +185,33 @@ def test_a_dry_mailbox_reads_once_then_waits_for_a_sign(mesh: Mesh) -> None:
     assert h1.claimer.candidates(2) == [] and ranges() == 2  # idle: no more reads
 
 
+def test_a_trickle_of_single_entries_costs_at_most_a_fruitless_read_a_second(mesh: Mesh) -> None:
+    """A mesh with workers to spare, fed one entry at a time: each entry leaves its owner with
+    too few of its own, but a read that found nothing keeps the next ones quiet for a while."""
+    h1 = mesh.host("h1")
+    h1.join()
+    h1.claimer.candidates(2)  # the first look, at joining: nothing
+    ranges = counting(mesh.registry, "range")
+
+    def trickle(prefix: str) -> list[str]:
+        since = mesh.revision()
+        mesh.submit(1, prefix=prefix)
+        h1.see(since)
+        got = [entry for entry, _ in h1.claimer.candidates(2)]
+        h1.owned.done_with(got)  # as a claim answered does
+        return [entry.name for entry in got]
+
+    # each submission reads the host records once (placement); the rest would be steal reads
+    assert trickle("a") == ["a00000.1"] and trickle("b") == ["b00000.1"] and ranges() == 2
+    time.sleep(DRY_PAUSE)
+    assert trickle("c") == ["c00000.1"] and ranges() == 4  # a second later: one look again
+
+
 def test_a_thief_whose_own_entries_run_out_takes_a_peers_oldest(mesh: Mesh) -> None:
     h1, _, since = beside_a_peer(mesh, capacity=2)
     h1.claimer.candidates(1)  # it had wanted work before: no transition left to make
     mesh.submit(30)
+    mesh.mark()  # as the client does with its submission
     h1.see(since)
     ranges = counting(mesh.registry, "range")
     mine = h1.own()

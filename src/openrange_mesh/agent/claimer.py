@@ -41,6 +41,9 @@ from .peers import Peers
 CANDIDATE_WINDOW = 8  # entries per wanted claim a host looks at (see ``candidates``, ``_steal``)
 CARRIED_CACHE = 256  # decoded entries kept (see ``_embedded``)
 STEAL_INTERVAL = 0.05  # seconds between steal reads of an agent with idle workers
+# After a read that found nothing, a mailbox that runs dry again waits this long to read: a
+# trickle of single entries to a mesh with workers to spare would otherwise cost a read each.
+DRY_PAUSE = 1.0
 STEAL_PAGES = 4  # pages a steal read goes through past entries nobody can claim (corrupt, records gone)
 
 Candidate = tuple[QueueEntry, dict[str, Versioned]]  # an entry and its records, for a claim txn
@@ -81,6 +84,7 @@ class Claimer:
         self._stolen_at = 0.0  # monotonic time of the last steal read
         self._looked_at = 0  # revision at which a steal read last found nothing to take
         self._dry = False  # our mailbox ran dry since the last steal read
+        self._found_nothing_at = -DRY_PAUSE  # monotonic time of the last read that found nothing
         self._carried: dict[str, tuple[int, dict[str, Versioned] | None]] = {}  # name -> (revision, its records)
         self._unclaimable: dict[bytes, int] = {}  # queue key -> revision of an entry a claim cannot take
 
@@ -171,15 +175,16 @@ class Claimer:
         return claimed
 
     def steal_at(self) -> float | None:
-        """When a steal read is due (monotonic), if one may be: our mailbox ran dry, or a sign
-        that work was queued came after the last read that found nothing to take. Not sooner
-        than ``STEAL_INTERVAL`` after the sign: owners claim what they can first, and the read
-        finds what is left."""
+        """When a steal read is due (monotonic), if one may be: our mailbox ran dry (not within
+        ``DRY_PAUSE`` of a read that found nothing), or a sign that work was queued came after
+        the last read that found nothing to take (not sooner than ``STEAL_INTERVAL`` after the
+        sign: owners claim what they can first, and the read finds what is left)."""
+        due: list[float] = []
         if self._dry:
-            return self._stolen_at + STEAL_INTERVAL
-        if self.peers.backlog_at <= self._looked_at:
-            return None
-        return max(self._stolen_at, self.peers.sign_at) + STEAL_INTERVAL
+            due.append(max(self._stolen_at + STEAL_INTERVAL, self._found_nothing_at + DRY_PAUSE))
+        if self.peers.backlog_at > self._looked_at:
+            due.append(max(self._stolen_at, self.peers.sign_at) + STEAL_INTERVAL)
+        return min(due) if due else None
 
     def _steal_due(self) -> bool:
         due = self.steal_at()
@@ -217,6 +222,7 @@ class Claimer:
                 start = listing.kvs[-1].key + b"\0"
         if not found:  # until a sign newer than this listing
             self._looked_at = max(self._looked_at, revision)
+            self._found_nothing_at = self._stolen_at
         found.sort(key=lambda e: zlib.crc32(f"{self.host}/{e.name}".encode()))
         return found[:count]
 
