@@ -59,25 +59,6 @@ def rss_mib(pid: int) -> float:
 
 
 @dataclass(frozen=True)
-def listening_port(taken: set[int]) -> int:
-    """A port for an agent's /metrics, free now and below the kernel's ephemeral range: a port
-    the kernel hands out (``free_port``) was taken, one run in a few at 48 agents, by one of
-    the fleet's own outgoing connections between choosing it and the agent binding it."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(1000):
-        port = rng.randrange(max(1024, low - 12000), low)
-        if port in taken:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port below the ephemeral range")
-
-
 class EtcdSample:
     at: float  # monotonic
     requests: dict[str, float]  # by gRPC method
@@ -106,6 +87,25 @@ class EtcdSample:
             "bytes": (self.sent_bytes - before.sent_bytes) / per,
             "cpu_s": (self.cpu - before.cpu) / per,
         }
+
+
+def listening_port(taken: set[int]) -> int:
+    """A port for an agent's /metrics, free now and below the kernel's ephemeral range: a port
+    the kernel hands out (``free_port``) was taken, one run in a few at 48 agents, by one of
+    the fleet's own outgoing connections between choosing it and the agent binding it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port in taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @dataclass(frozen=True)
