@@ -33,7 +33,7 @@ from ..keys import Keys
 from ..ledger.catalog import Catalog
 from ..ledger.ledger import Ledger
 from ..ledger.placement import UNOWNED, Placement
-from ..ledger.queue import QueueEntry, decode_entry
+from ..ledger.queue import QueueEntry, decode_entry, owner_and_name
 from ..registry import KeyValue, Registry
 from ..registry.follow import Follower
 from .leadership import Leadership
@@ -136,7 +136,7 @@ class Mover:
         many were kept."""
         kept = 0
         for kv in kvs:
-            owner = self.keys.name_of(kv.key, self.keys.queue()).rpartition("/")[0]
+            owner, _ = owner_and_name(self.keys, kv.key)
             if owner and self.placement.takes_work(owner):
                 continue
             entry = decode_entry(self.keys, kv)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from itertools import islice
 
 from ..keys import Keys
-from ..ledger.queue import QueueEntry, decode_entry
+from ..ledger.queue import QueueEntry, decode_entry, owner_and_name
 from ..registry import KeyValue
 
 
@@ -41,7 +41,7 @@ class OwnedQueue:
             for kv in puts:
                 entry = decode_entry(self.keys, kv)
                 if entry is None:
-                    self._entries.pop(self.keys.name_of(kv.key, self.keys.queue()).rpartition("/")[2], None)
+                    self._entries.pop(owner_and_name(self.keys, kv.key)[1], None)
                     continue
                 self._entries[entry.name] = entry
                 kept = True

@@ -125,9 +125,15 @@ def rewrite_ops(keys: Keys, entry: QueueEntry, remaining: tuple[str, ...]) -> li
     return [Put(keys.queued(entry.path), pack({"ids": list(remaining)}))]
 
 
+def owner_and_name(keys: Keys, key: bytes) -> tuple[str, str]:
+    """Whose mailbox a queue key is in ("" for an older agent's flat key) and the entry's name."""
+    owner, _, name = keys.name_of(key, keys.queue()).rpartition("/")
+    return owner, name
+
+
 def decode_entry(keys: Keys, kv: KeyValue) -> QueueEntry | None:
     """An entry as the registry holds it; a corrupt one is logged and skipped."""
-    owner, _, name = keys.name_of(kv.key, keys.queue()).rpartition("/")
+    owner, name = owner_and_name(keys, kv.key)
     try:
         entry = unpack(kv.value, name)
         ids = entry.get("ids") if isinstance(entry, dict) else entry  # a list: ids only (older agents)
