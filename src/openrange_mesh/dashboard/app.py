@@ -137,8 +137,11 @@ def hosts_json(state: State) -> dict[str, Any]:
     return {
         "revision": revision,
         "hosts": [
-            {**host_summary(h, leader_host), "running": running.get(h.id, h.running if index is None else 0)}
-            | {"heartbeat_age_s": beats.get(h.id)}
+            {
+                **host_summary(h, leader_host),
+                "running": running.get(h.id, h.running if index is None else 0),
+                "heartbeat_age_s": beats.get(h.id),
+            }
             for h in live
         ],
         "left": [{"id": host, "left_at": at} for host, at in sorted(left.items(), key=lambda item: -item[1])],
