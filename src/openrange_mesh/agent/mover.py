@@ -32,7 +32,7 @@ from ..errors import RegistryError
 from ..keys import Keys
 from ..ledger.catalog import Catalog
 from ..ledger.ledger import Ledger
-from ..ledger.placement import UNOWNED, Placement
+from ..ledger.placement import Placement
 from ..ledger.queue import QueueEntry, decode_entry, owner_and_name
 from ..registry import KeyValue, Registry
 from ..registry.follow import Follower
@@ -108,21 +108,19 @@ class Mover:
         return f"moved {moved} queue entries out of mailboxes nobody empties" if moved else None
 
     def _move(self) -> tuple[int, int]:
+        """Up to ``MOVES_PER_PASS`` moves; (how many moved, how many are left to move)."""
+        if not self.placement.anyone():
+            return 0, 0  # no host takes work: entries wait where they are
         with self._lock:
-            todo = list(self._found.items())
+            todo = list(self._found.items())[:MOVES_PER_PASS]
         moved = 0
-        for key, entry in todo[:MOVES_PER_PASS]:
-            if self.placement.takes_work(entry.owner) or self.placement(entry.name) == UNOWNED:
-                if self.placement.takes_work(entry.owner):  # its host came back: it empties it
-                    self._forget(key, entry)
-                continue  # no host takes work: it waits where it is
-            if self.ledger.move(entry):
-                moved += 1
+        for key, entry in todo:
+            if not self.placement.takes_work(entry.owner):  # else its host came back and empties it
+                moved += self.ledger.move(entry)
             self._forget(key, entry)  # moved, or changed by whoever has it now
         self._on_moved(moved)
         with self._lock:
-            waiting = sum(1 for e in self._found.values() if self.placement(e.name) != UNOWNED)
-        return moved, waiting
+            return moved, len(self._found)
 
     def _forget(self, key: bytes, entry: QueueEntry) -> None:
         with self._lock:

@@ -56,6 +56,11 @@ class Placement:
         with self._lock:
             return self._with_us().get(host, 0) > 0
 
+    def anyone(self) -> bool:
+        """Whether any live host takes work (else every entry is placed ``UNOWNED``)."""
+        with self._lock:
+            return any(weight > 0 for weight in self._with_us().values())
+
     def weigh(self, host: str, weight: float) -> bool:
         """A host's weight from its record. True: it is new, or its weight changed."""
         with self._lock:
