@@ -16,10 +16,13 @@ Per N, on a fresh namespace, the agents started together (ttl 5, capacity 4 by d
   key one: every queue put reaches every agent today), claim latency beyond queueing p50/p99
   (scalekit.claim_latencies: from the committed records' timestamps, the time between an
   episode being ready on a host with a free slot and its claim), and makespan (submit to the
-  last result in the client's hands) over the ideal (episode work / slots);
+  last result in the client's hands) over the ideal: the best schedule of equal, indivisible
+  episodes on the slots, ceil(episodes / slots) rounds of ``--seconds`` (episode work / slots
+  would ask 5,000 episodes on 192 slots to finish in 26.04 rounds, when 27 are the least);
 * **kill**: the same after kill -9 of a quarter of the agents (at least one) halfway through
-  the ideal makespan; the ideal then counts the lost slots (the work the full fleet could do
-  until the kill, the rest on the survivors), not the detection time nor the work redone;
+  the ideal makespan; the ideal then counts the lost slots (every slot's whole rounds until the
+  kill, the rest in rounds on the survivors: the episodes the victims were running are run
+  again), not the time it takes to notice the kill;
 * **lease**: leases lost (``openrange_leases_lost_total``) and the worst keepalive delay (the
   highest bucket of ``openrange_lease_keepalive_delay_seconds`` that gained an observation: an
   upper bound) from the start through the idle period, and over both runs;
@@ -29,12 +32,14 @@ Per N, on a fresh namespace, the agents started together (ttl 5, capacity 4 by d
   is 1.
 
 **Simulated hosts** (``--simulate 200,500``): the same, with N hosts shared out over
-``--sim-processes`` (4) scripts/scalesim.py processes, each host a real ``Agent`` whose
-episodes a ``SimulatedPool`` ends on its own loop (no worker processes), ``--sim-episodes``
-(1,000) per run; a kill takes a quarter of the processes. etcd's figures are a fleet's; the
-agents' CPU, latency, makespan and lease timing are those of hosts that share a GIL by the
-hundred, and results reach commits sooner than a worker's (no events written first), so more
-commits ride with claims. Only a tree whose ``Agent`` takes ``make_pool`` can be simulated.
+``--sim-processes`` scripts/scalesim.py processes (one per 32 hosts), each host a real
+``Agent`` whose episodes a ``SimulatedPool`` ends on its own loop (no worker processes),
+``--sim-episodes`` (1,000) per run, ``--sim-ttl`` their ttl; they join 8 a second (each join
+is an event for every host already there), and a kill takes a quarter of the processes.
+etcd's figures are a fleet's; the agents' CPU, latency, makespan and lease timing are those of
+hosts that share a GIL by the dozen and two cores by the hundred (500 need a ttl of ~30 here),
+and results reach commits sooner than a worker's (no events written first), so more commits
+ride with claims. Only a tree whose ``Agent`` takes ``make_pool`` can be simulated.
 
 Then etcd's load at 1,000 hosts, per code (and per mode), from a least-squares line over the N
 measured (two N at least): idle requests, events and bytes per second at N = 1000; busy, the
@@ -65,10 +70,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.etcdkit import EtcdServer, start_etcd
 
 from openrange_mesh.client.client import MeshClient
+from openrange_mesh.errors import RegistryError
 from scalekit import EtcdSample, Fleet, LeaseFigures, check_exactly_once, claim_latencies, fit, percentile
 
 HERE = str(Path(__file__).resolve().parent.parent / "src")
 HOSTS = 1000  # the fleet the load is extrapolated to
+# Simulated hosts a process holds by default (~10 threads each): 500 hosts in 8 processes at
+# ttl 20 lost leases on this machine (a process's threads starved its own refreshes), in 16
+# processes at ttl 30 none did.
+SIM_PER_PROCESS = 32
 
 
 @dataclass(frozen=True)
@@ -105,11 +115,14 @@ def measure(src: str, agents: int, opts: Options, server: EtcdServer, work: Path
             after_run = fleet.lease()
             kill = _run(client, fleet, server, opts, victims=fleet.quarter())
             at_end = fleet.lease()
+    except Exception:
+        print("\n".join(fleet.said()), flush=True)
+        raise
     finally:
         fleet.stop()
     # both runs: the survivors' counts since the idle period, the killed agents' until the kill run
     busy = [(at_end.get(h) or after_run[h]).since(at_start[h]) for h in at_start]
-    return {"agents": agents, "idle": idle, "run": run, "kill": kill, "lease": _lease(at_start, busy)}
+    return {"agents": agents, "ttl": opts.ttl, "idle": idle, "run": run, "kill": kill, "lease": _lease(at_start, busy)}
 
 
 def _wait_joined(fleet: Fleet, client: MeshClient, agents: int) -> None:
@@ -160,11 +173,13 @@ def _run(client: MeshClient, fleet: Fleet, server: EtcdServer, opts: Options, vi
     first = client.registry.get(b"/")[1] + 1
     before, cpu = EtcdSample.take(server.endpoint, server.pid), fleet.cpu()
     start = time.time()
-    timer = threading.Timer(work / slots / 2, fleet.kill, (victims,))
+    halfway = ideal_makespan(opts.episodes, opts.seconds, slots, math.inf, 0) / 2
+    timer = threading.Timer(halfway, fleet.kill, (victims,))
     if victims:
         timer.start()
     try:
         ids = client.submit([_spec(opts.seconds)] * opts.episodes)
+        submitted = time.time() - start
         records = client.wait(ids, timeout=max(600.0, 10 * work / slots))
     finally:
         timer.cancel()
@@ -172,9 +187,7 @@ def _run(client: MeshClient, fleet: Fleet, server: EtcdServer, opts: Options, vi
     after, cpu_after = EtcdSample.take(server.endpoint, server.pid), fleet.cpu()
     given_back = check_exactly_once(client.registry, client.keys, records, first, client.registry.get(b"/")[1])
     kill_at = min((fleet.killed.get(h, math.inf) for h in victims), default=math.inf) - start
-    ideal = work / slots
-    if work > slots * kill_at:  # the full fleet until the kill, the survivors after it
-        ideal = kill_at + (work - slots * kill_at) / (slots - len(victims) * opts.capacity)
+    ideal = ideal_makespan(opts.episodes, opts.seconds, slots, kill_at, len(victims) * opts.capacity)
     latencies = claim_latencies(records, start, opts.seconds, {h: opts.capacity for h in live})
     return {
         "episodes": opts.episodes,
@@ -185,11 +198,24 @@ def _run(client: MeshClient, fleet: Fleet, server: EtcdServer, opts: Options, vi
         "claim_latency_p50_s": percentile(latencies, 0.5),
         "claim_latency_p99_s": percentile(latencies, 0.99),
         "makespan_s": makespan,
+        "submit_s": submitted,  # submit() returned: the last record written
+        "last_start_s": max(a.started_at for r in records for a in r.history) - start,
         "ideal_s": ideal,
         "makespan_over_ideal": makespan / ideal,
         "attempts_given_back": given_back,
         **_agent_figures(fleet, cpu, cpu_after, after.at - before.at),
     }
+
+
+def ideal_makespan(episodes: int, seconds: float, slots: int, kill_at: float, lost: int) -> float:
+    """The least makespan of ``episodes`` equal episodes on ``slots`` slots, ``lost`` of them
+    gone at ``kill_at`` (inf: none): whole rounds on every slot until the kill (a victim's
+    unfinished episode is run again), then rounds on the survivors."""
+    rounds = math.ceil(episodes / slots)
+    if seconds <= 0 or kill_at >= rounds * seconds:
+        return rounds * seconds
+    done = math.floor(kill_at / seconds)
+    return (done + math.ceil((episodes - slots * done) / (slots - lost))) * seconds
 
 
 def _lease(at_start: dict[str, LeaseFigures], busy: list[tuple[float, float | None]]) -> dict[str, Any]:
@@ -275,12 +301,13 @@ def report(results: dict[str, list[dict[str, Any]]], extrapolated: dict[str, Any
         busy = _busy_columns(phase)
         table(f"{title}: sleep {opts.seconds:g} s episodes, capacity {opts.capacity}; per episode", busy, rows)
     lease: list[Column] = [
+        ("ttl", 5, lambda r: str(r["ttl"])),
         ("lost at start", 15, lambda r: f"{r['lease']['lost_at_start']:.0f}"),
         ("worst at start", 16, lambda r: _bound(r["lease"]["worst_delay_at_start_s"])),
         ("lost in runs", 14, lambda r: f"{r['lease']['lost_busy']:.0f}"),
         ("worst in runs", 15, lambda r: _bound(r["lease"]["worst_delay_busy_s"])),
     ]
-    table(f"lease (ttl {opts.ttl}): leases lost, the worst keepalive delay", lease, rows)
+    table("lease: leases lost, the worst keepalive delay", lease, rows)
     for code, e in extrapolated.items():
         if e is None:
             print(f"\n{code}: one N measured, nothing to extrapolate from")
@@ -298,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", default="8,24,48", help="fleet sizes, comma-separated ('': none)")
     parser.add_argument("--simulate", default="", help="simulated fleet sizes, comma-separated (e.g. 200,500)")
-    parser.add_argument("--sim-processes", type=int, default=4, help="processes the simulated hosts share")
+    parser.add_argument("--sim-processes", type=int, help="processes the simulated hosts share (default: 1 per 32)")
     parser.add_argument("--sim-episodes", type=int, default=1000, help="episodes per simulated run")
+    parser.add_argument("--sim-ttl", type=int, help="the simulated hosts' ttl (default --ttl): 500 on 2 cores need ~30")
     parser.add_argument("--capacity", type=int, default=4, help="workers per agent")
     parser.add_argument("--ttl", type=int, default=5, help="the agents' lease ttl (loop_wait = ttl / 8)")
     parser.add_argument("--episodes", type=int, default=5000, help="episodes per run")
@@ -318,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     for index, n in enumerate(int(n) for n in args.agents.split(",") if n):
         plan += [(code, src, n, 1, opts) for code, src in codes[:: 1 if index % 2 else -1]]  # alternating order
     for n in (int(n) for n in args.simulate.split(",") if n):
-        sim = replace(opts, episodes=args.sim_episodes)
-        plan += [(f"{c} sim", s, n, -(-n // args.sim_processes), sim) for c, s in codes if _simulates(s)]
+        sim = replace(opts, episodes=args.sim_episodes, ttl=args.sim_ttl or opts.ttl)
+        per_process = -(-n // args.sim_processes) if args.sim_processes else SIM_PER_PROCESS
+        plan += [(f"{c} sim", s, n, per_process, sim) for c, s in codes if _simulates(s)]
     results: dict[str, list[dict[str, Any]]] = {}
     failures: list[str] = []  # a broken invariant or a run that did not finish: the others go on
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
@@ -330,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label}: {n} hosts ...", flush=True)
                 try:
                     results.setdefault(label, []).append(measure(src, n, options, server, work, per_process))
-                except (AssertionError, RuntimeError, TimeoutError) as exc:
+                except (AssertionError, RuntimeError, OSError, RegistryError) as exc:  # OSError: a host's /metrics
                     failures.append(f"{label}, {n} hosts: {type(exc).__name__}: {exc}")
                     print(failures[-1], flush=True)
         finally:

@@ -141,8 +141,8 @@ class LeaseFigures:
 class Fleet:
     """``count`` hosts running the code in ``src`` on one namespace, started together: each an
     ``openrange-agent`` process, or with ``per_process`` > 1 that many simulated hosts in each
-    scripts/scalesim.py process. Per-host CPU and RSS are their process's shared out; a kill
-    takes whole processes."""
+    scripts/scalesim.py process, the simulated hosts joining ``join_rate`` a second in all.
+    Per-host CPU and RSS are their process's shared out; a kill takes whole processes."""
 
     def __init__(
         self,
@@ -155,6 +155,7 @@ class Fleet:
         ttl: int,
         work: Path,
         per_process: int = 1,
+        join_rate: float = 8.0,
     ) -> None:
         env = {**os.environ, "PYTHONPATH": src}
         self.hosts = [f"scale-{i}" for i in range(count)]
@@ -177,6 +178,7 @@ class Fleet:
                 self._port_files.append(work / f"{namespace}-{index}.ports")
                 argv = [sys.executable, str(Path(__file__).parent / "scalesim.py"), "--etcd", endpoint, *common]
                 argv += ["--hosts", ",".join(group), "--ports", str(self._port_files[-1])]
+                argv += ["--start-every", str(-(-count // per_process) / join_rate)]  # the fleet's rate
             self._logs.append(work / f"{namespace}-{index}.log")
             with self._logs[-1].open("wb") as log:
                 self.procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
@@ -196,6 +198,14 @@ class Fleet:
             lines = self._logs[self.procs.index(exited[0])].read_text(errors="replace").strip().splitlines()
             said = lines[-1] if lines else "(nothing)"
             raise RuntimeError(f"{len(exited)} processes of the fleet exited; the first said: {said}")
+
+    def said(self, lines: int = 3) -> list[str]:
+        """The last lines each process of the fleet wrote (warnings and worse), for a failed run."""
+        out = []
+        for group, log in zip(self.groups, self._logs, strict=True):
+            text = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+            out += [f"{group[0]}..: {line}" for line in text[-lines:]]
+        return out
 
     def cpu(self) -> dict[str, float]:
         return self._shared(cpu_seconds)

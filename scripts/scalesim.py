@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttl", type=int, default=5)
     parser.add_argument("--store", required=True)
     parser.add_argument("--ports", required=True, metavar="PATH")
+    parser.add_argument("--start-every", type=float, default=0.25, help="seconds between two agents' starts")
     args = parser.parse_args(argv)
     if "make_pool" not in inspect.signature(Agent).parameters:
         print("this tree's Agent takes no make_pool: it cannot be simulated", file=sys.stderr)
@@ -53,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     agents = [Agent(_settings(args, host), make_pool=SimulatedPool.make) for host in args.hosts.split(",")]
     threads = [threading.Thread(target=a.run, name=f"agent-{a.host}", daemon=True) for a in agents]
+    # One at a time: each join is an event for every agent already there (N^2 / 2 in all), which
+    # a fleet's etcd sends in seconds and its hosts each decode on a core of their own; hundreds
+    # joining in one instant on 2 shared cores starve etcd and their own lease refreshes instead.
     for thread in threads:
         thread.start()
+        stopping.wait(args.start_every)
     deadline = time.monotonic() + 600
     while not stopping.is_set() and any(a.metrics_port is None for a in agents):
         if time.monotonic() > deadline or not all(t.is_alive() for t in threads):
