@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from openrange_mesh.agent.health import Health
 from openrange_mesh.agent.lease import LeaseKeeper
@@ -19,7 +19,6 @@ from openrange_mesh.agent.parts import assemble
 from openrange_mesh.config import Settings
 from openrange_mesh.ids import IdAllocator
 from openrange_mesh.keys import Keys
-from openrange_mesh.ledger import owners
 from openrange_mesh.ledger.catalog import Catalog
 from openrange_mesh.ledger.claims import Claim
 from openrange_mesh.ledger.ledger import Ledger
@@ -142,9 +141,6 @@ class Mesh:
     def queue(self) -> list[str]:
         """Every queue entry's name, oldest first."""
         return [entry.name for entry in self.ledger.queue()]
-
-    def owned_by(self, host: str, weights: Mapping[str, float]) -> list[str]:
-        return [name for name in self.queue() if owners.owner(name, weights) == host]
 
     def mailbox(self, host: str) -> list[str]:
         """The names of the entries in ``host``'s mailbox, oldest first."""

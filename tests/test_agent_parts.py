@@ -37,13 +37,11 @@ def test_each_host_keeps_the_entries_of_its_own_mailbox_oldest_first(mesh: Mesh)
     h1.join()
     since = mesh.revision()
     h2.join()
-    mesh.submit(60)  # placed as a client places them, by the host records' weights
+    mesh.submit(60)  # dealt as a client deals them, by the host records' weights (4 and 2)
     h1.see(since)
     h2.see(since)
-    weights = {"h1": 4, "h2": 2}
-    assert h1.own() == mesh.owned_by("h1", weights) == mesh.mailbox("h1")
-    assert h2.own() == mesh.owned_by("h2", weights) == mesh.mailbox("h2")
-    assert len(h1.own()) > len(h2.own()) > 0
+    assert h1.own() == mesh.mailbox("h1") and len(h1.own()) == 40
+    assert h2.own() == mesh.mailbox("h2") and len(h2.own()) == 20
     assert sorted(h1.own() + h2.own()) == sorted(mesh.queue())  # every entry has exactly one keeper
 
 
@@ -61,8 +59,8 @@ def test_a_newcomer_gets_a_share_of_new_entries_and_takes_none_of_the_old(mesh: 
     h1.see(since)
     h2.see(since)
     assert set(h1.own()) >= {f"{i}.1" for i in old}  # nothing moved: thieves take a backlog
-    theirs = [name for name in mesh.owned_by("h2", {"h1": 4, "h2": 4}) if name.startswith("b")]
-    assert h2.own() == mesh.mailbox("h2") == theirs and 0 < len(theirs) < len(new)
+    assert h2.own() == mesh.mailbox("h2")  # half of the new ones, none of the old
+    assert len(h2.own()) == len(new) // 2 and all(name.startswith("b") for name in h2.own())
 
 
 def test_the_leader_moves_a_departed_hosts_mailbox_and_requeues_its_claims(mesh: Mesh) -> None:

@@ -1,13 +1,11 @@
-"""Which live host owns a queue entry: weighted rendezvous hashing over the hosts' capacities.
-
-Every agent sees every queue put (design/README.md, "Keyspace") but keeps only the entries it owns, so peers never
-race for one entry and agents need no delete events to learn what peers took (their watch
-leaves deletes out: two events per episode per agent that etcd no longer sends). Each host's
+"""Which live host's mailbox an agent or the leader writes a queue entry to: weighted
+rendezvous hashing over the hosts' capacities (ledger/placement.py; a client deals its runs
+instead). Any writer computes the same owner from the same weights, with no state. Each host's
 score for an entry is ``weight / -ln(u)``, ``u`` a uniform hash of (host, entry) in (0, 1);
 the highest score owns it. A host owns a share of the entries proportional to its weight (its
 capacity; 0 while it drains), and the owner in a set of hosts stays the owner in every subset
-that contains it: a host joining takes entries from the others and gives none, so a newcomer
-only makes peers drop entries, while a host leaving makes peers look at the queue again.
+that contains it: the entries the leader moves out of a departed host's mailbox land where
+they would have gone had it never been there, and no other entry moves.
 """
 
 from __future__ import annotations

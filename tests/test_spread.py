@@ -1,0 +1,55 @@
+"""A client's placement (ledger/placement.py ``Spread``): a run dealt over the hosts in
+proportion to their weights, each host within one entry of its share."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from openrange_mesh.ledger.placement import UNOWNED, Spread
+
+
+def dealt(spread: Spread, count: int) -> Counter[str]:
+    return Counter(spread(f"e{i}") for i in range(count))
+
+
+def test_a_run_that_fills_every_slot_gives_each_host_exactly_its_share() -> None:
+    spread = Spread()
+    spread.load({f"h{i}": 4 for i in range(48)})
+    assert set(dealt(spread, 960).values()) == {20}  # rendezvous hashing gave 10 to 30
+
+
+def test_shares_follow_weights_within_one_entry_at_every_length() -> None:
+    weights = {"a": 8, "b": 4, "c": 2, "d": 2}
+    for count in (1, 7, 16, 101, 1000):
+        spread = Spread()
+        spread.load(weights)
+        counts = dealt(spread, count)
+        for host, weight in weights.items():
+            assert abs(counts[host] - count * weight / 16) <= 1, (count, host, counts)
+
+
+def test_hosts_without_weight_get_nothing_and_no_host_means_unowned() -> None:
+    spread = Spread()
+    spread.load({"a": 2, "draining": 0})
+    assert set(dealt(spread, 10)) == {"a"}
+    spread.load({"a": 0})
+    assert spread("e") == UNOWNED
+
+
+def test_a_newcomer_gets_its_share_of_what_follows_not_of_what_it_missed() -> None:
+    spread = Spread()
+    spread.load({"a": 1, "b": 1})
+    dealt(spread, 100)
+    spread.load({"a": 1, "b": 1, "new": 1})
+    assert set(dealt(spread, 30).values()) == {10}
+
+
+def test_clients_start_at_different_hosts() -> None:
+    """Ties are broken in an order drawn per client, so many small submissions from many
+    clients do not all land on one host."""
+    firsts = set()
+    for _ in range(40):
+        spread = Spread()
+        spread.load({f"h{i}": 1 for i in range(8)})
+        firsts.add(spread("e"))
+    assert len(firsts) > 3
