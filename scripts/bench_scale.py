@@ -32,7 +32,7 @@ Per N, on a fresh namespace, the agents started together (ttl 5, capacity 4 by d
   is 1.
 
 **Simulated hosts** (``--simulate 200,500``): the same, with N hosts shared out over
-``--sim-processes`` scripts/scalesim.py processes (one per 32 hosts), each host a real
+``--sim-processes`` scripts/scalesim.py processes (one per 32 hosts, 4 at least), each host a real
 ``Agent`` whose episodes a ``SimulatedPool`` ends on its own loop (no worker processes),
 ``--sim-episodes`` (1,000) per run, ``--sim-ttl`` their ttl; they join 8 a second (each join
 is an event for every host already there), and a kill takes a quarter of the processes.
@@ -325,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", default="8,24,48", help="fleet sizes, comma-separated ('': none)")
     parser.add_argument("--simulate", default="", help="simulated fleet sizes, comma-separated (e.g. 200,500)")
-    parser.add_argument("--sim-processes", type=int, help="processes the simulated hosts share (default: 1 per 32)")
+    parser.add_argument(
+        "--sim-processes", type=int, help="processes the simulated hosts share (default: 1 per 32, at least 4)"
+    )
     parser.add_argument("--sim-episodes", type=int, default=1000, help="episodes per simulated run")
     parser.add_argument("--sim-ttl", type=int, help="the simulated hosts' ttl (default --ttl): 500 on 2 cores need ~30")
     parser.add_argument("--capacity", type=int, default=4, help="workers per agent")
@@ -347,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         plan += [(code, src, n, 1, opts) for code, src in codes[:: 1 if index % 2 else -1]]  # alternating order
     for n in (int(n) for n in args.simulate.split(",") if n):
         sim = replace(opts, episodes=args.sim_episodes, ttl=args.sim_ttl or opts.ttl)
-        per_process = -(-n // args.sim_processes) if args.sim_processes else SIM_PER_PROCESS
+        # at least 4 processes by default: the kill takes a quarter of them, not the fleet
+        per_process = -(-n // args.sim_processes) if args.sim_processes else min(SIM_PER_PROCESS, -(-n // 4))
         plan += [(f"{c} sim", s, n, per_process, sim) for c, s in codes if _simulates(s)]
     results: dict[str, list[dict[str, Any]]] = {}
     failures: list[str] = []  # a broken invariant or a run that did not finish: the others go on

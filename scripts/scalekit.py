@@ -189,7 +189,10 @@ class Fleet:
         return [h for h in self.hosts if h not in self.killed]
 
     def quarter(self) -> list[str]:
-        """The hosts of the last quarter of the processes (at least one)."""
+        """The hosts of the last quarter of the processes (at least one; none of a fleet of one
+        process, whose kill would leave no host to finish the run)."""
+        if len(self.groups) < 2:
+            return []
         return [h for group in self.groups[len(self.groups) - max(1, len(self.groups) // 4) :] for h in group]
 
     def check_running(self) -> None:
