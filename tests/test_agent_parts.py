@@ -13,12 +13,13 @@ import pytest
 
 from openrange_mesh.agent.claimer import CANDIDATE_WINDOW, DRY_PAUSE, STEAL_INTERVAL
 from openrange_mesh.agent.inbox import DeadHost
+from openrange_mesh.ledger import owners
 from openrange_mesh.ledger.ledger import Ledger
 from openrange_mesh.ledger.placement import UNOWNED
 from openrange_mesh.model import EpisodeRecord, EpisodeSpec, HostInfo, State, pack
 from openrange_mesh.registry import Put
 
-from .agentkit import Host, Mesh, counting
+from .agentkit import Host, Mesh, counting, events
 from .helpers import wait_until
 
 
@@ -77,7 +78,7 @@ def test_the_leader_moves_a_departed_hosts_mailbox_and_requeues_its_claims(mesh:
     lease = h2.lease.lease
     mesh.registry.revoke(lease)  # what its expiry does: its host key goes
     h1.see(since)
-    assert h1.inbox.next_dead_host() == DeadHost("h2", lease, mesh.revision())
+    assert h1.inbox.next_dead_host() == DeadHost("h2", lease, mesh.revision(), "h1")
     assert h1.inbox.next_dead_host() is None
     since = mesh.revision()
     assert h1.mover.step() == f"moved {len(theirs)} queue entries out of mailboxes nobody empties"
@@ -339,6 +340,56 @@ def test_the_claims_of_a_dead_host_are_requeued_from_the_revision_before(mesh: M
     assert record.state is State.PENDING and record.history[-1].outcome == "retried"
     assert record.history[-1].error == "host h2 lost its lease"
     assert h1.orphans.step() is None and h1.count("openrange_requeues_total") == 1
+
+
+def dead_among_four(mesh: Mesh) -> tuple[list[Host], str, list[str]]:
+    """h1 (the leader), h2, h3 and h4 live, having seen a fifth host hold two claims and lose its
+    lease; the fifth is named so that its heir is not the leader. Returns the live hosts, the
+    heir and the two episodes."""
+    live = ["h1", "h2", "h3", "h4"]
+    dead_name = next(n for n in (f"d{i}" for i in range(100)) if owners.heir(n, live) != "h1")
+    hosts = [mesh.host(name) for name in live]
+    since = mesh.revision()
+    for host in hosts:
+        host.join()
+    assert (hosts[0].leadership.step() or "").startswith("elected leader")
+    dead = mesh.host(dead_name)
+    dead.join()
+    episodes = mesh.submit(2)
+    for episode in episodes:
+        dead.hold([episode])
+    mesh.registry.revoke(dead.lease.lease)
+    for host in hosts:
+        host.see(since)
+    return hosts, str(owners.heir(dead_name, live)), episodes
+
+
+def test_a_dead_hosts_claims_are_put_back_by_its_heir_and_the_leader_alone(mesh: Mesh) -> None:
+    """Issue 15: a departure costs O(its share), done once. Every agent names the same heir;
+    the others read nothing; the heir puts the claims back and leaves a marker for thieves (the
+    episodes may have gone to a host that died with it); the leader's compares then fail."""
+    hosts, heir, episodes = dead_among_four(mesh)
+    dead = [host.inbox.next_dead_host() for host in hosts]
+    assert {d.heir for d in dead if d is not None} == {heir} and None not in dead
+    for host, found in zip(hosts, dead, strict=True):
+        host.inbox.host_died(found)  # put back for the step
+    requests = counting(mesh.registry, "range")
+    others = [h for h in hosts if h.name not in (heir, "h1")]
+    assert [h.orphans.step() for h in others] == [None, None] and requests() == 0
+    since = mesh.revision()
+    assert next(h for h in hosts if h.name == heir).orphans.step() == "requeued 2 episodes of dead hosts"
+    marker = events(mesh.registry, mesh.keys.queued_marker(), since)
+    assert [e.kv.value for e in marker] == [heir.encode()]
+    assert hosts[0].orphans.step() is None and requests() == 2  # the heir's read, the leader's
+    outcomes = [(v.record.state, v.record.history[-1].outcome) for v in mesh.ledger.read(episodes).values()]
+    assert outcomes == [(State.PENDING, "retried")] * 2
+
+
+def test_the_leader_puts_back_what_a_dead_heir_did_not(mesh: Mesh) -> None:
+    hosts, heir, episodes = dead_among_four(mesh)
+    assert hosts[0].orphans.step() == "requeued 2 episodes of dead hosts"
+    assert next(h for h in hosts if h.name == heir).orphans.step() is None  # its compares fail
+    assert all(v.record.state is State.PENDING for v in mesh.ledger.read(episodes).values())
 
 
 def test_a_dead_host_whose_revision_is_compacted_is_left_to_the_sweep(mesh: Mesh) -> None:

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class DeadHost:
     """A host key deleted, as the watch saw it: its lease is gone, and with it, at the same
-    revision, every claim key of that host. Its claims are read at the revision before."""
+    revision, every claim key of that host. Its claims are read at the revision before, and
+    put back by its ``heir`` (and the leader: agent/orphans.py)."""
 
     host: str
     lease: int
     revision: int  # of the deletion
+    heir: str | None  # ledger/owners.heir over the hosts live at that revision, this one included
 
 
 class Inbox:

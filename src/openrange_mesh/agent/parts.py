@@ -133,7 +133,7 @@ def assemble(
         leadership,
         claimer,
         committer,
-        Orphans(registry, keys, ledger, inbox, leadership, metrics),
+        Orphans(host, registry, keys, ledger, inbox, leadership, metrics),
         Stopper(pool, holdings, inbox),
         SelfCheck(settings.store, health, pool, host_record, metrics, wake),
         mover,

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 
 from ..keys import Keys
+from ..ledger import owners
 from ..ledger.catalog import Catalog
 from ..ledger.placement import Placement
 from ..ledger.queue import QueueEntry, decode_entry
@@ -155,7 +156,8 @@ class Watcher:
         self.peers.forget(host)
         self.mover.orphaned(host)
         if event.prev is not None:
-            self.inbox.host_died(DeadHost(host, event.prev.lease, event.kv.mod_revision))
+            live = [self.peers.host, *self.peers.peers()]  # every agent's list at this revision
+            self.inbox.host_died(DeadHost(host, event.prev.lease, event.kv.mod_revision, owners.heir(host, live)))
         return True
 
     def _control_relisted(self, revision: int) -> None:

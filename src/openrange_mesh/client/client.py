@@ -32,10 +32,10 @@ from ..ledger.catalog import Catalog, EpisodeFilter
 from ..ledger.homes import Versioned
 from ..ledger.ledger import Ledger
 from ..ledger.placement import HostsPlacement
-from ..ledger.queue import batch_runs
+from ..ledger.queue import QueuedMarker, batch_runs
 from ..ledger.retention import collect_garbage
 from ..model import EpisodeRecord, EpisodeSpec, State, decode_finished, decode_or_none, decode_records, is_live
-from ..registry import MAX_TXN_OPS, Op, Put, Registry, open_registry
+from ..registry import MAX_TXN_OPS, Registry, open_registry
 from ..registry.follow import Follower
 from ..specs import check_spec
 from ..store import Store, open_store
@@ -46,8 +46,6 @@ from .artifacts import Artifact
 from .submission import as_list, one_per_key, pin_snapshots, with_batch
 
 SpecLike = EpisodeSpec | Mapping[str, Any]
-# A submission marker (ctl/queued) reaches every agent: at most one per client this often.
-MARKER_EVERY = 1.0
 REPLAY_WINDOW = 10.0  # seconds: as_completed watches episodes submitted this recently from their submission
 
 
@@ -74,7 +72,7 @@ class MeshClient:
         # episodes submitted here and not yet seen finished: id -> (revision before its
         # record was written, monotonic time of the submission)
         self._in_flight: dict[str, tuple[int, float]] = {}
-        self._marked_at = -MARKER_EVERY  # monotonic time of our last submission marker
+        self._marker = QueuedMarker(self.keys, self.consumer)  # idle agents with no share steal after it
 
     # --- submitting ----------------------------------------------------------------------
 
@@ -109,22 +107,13 @@ class MeshClient:
             EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.consumer, queue=q)
             for (i, q), s in zip(named, specs, strict=True)
         ]
-        existing, first, last = self.ledger.submit(records, self._marker())
+        existing, first, last = self.ledger.submit(records, self._marker.ops())
         if last:
             self.ids.adopt(last)
         ids = [existing.get(r.spec.idempotency_key or "", r.id) for r in records]
         written = (first - 1, time.monotonic())
         self._in_flight.update((i, written) for i, r in zip(ids, records, strict=True) if i == r.id)
         return ids
-
-    def _marker(self) -> list[Op]:
-        """The submission marker, at most once per ``MARKER_EVERY``: idle agents that got no
-        share of a submission learn of it and steal (agent/peers.py)."""
-        now = time.monotonic()
-        if now - self._marked_at < MARKER_EVERY:
-            return []
-        self._marked_at = now
-        return [Put(self.keys.queued_marker(), self.consumer.encode())]
 
     def _new_ids(self, specs: Sequence[EpisodeSpec]) -> list[list[str]]:
         """Ids for the specs, in the groups the queue will form of them: each batch takes one id

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 _MASK = (1 << 64) - 1
 
@@ -31,6 +31,14 @@ def owner(name: str, weights: Mapping[str, float]) -> str | None:
         if best is None or candidate > best:
             best = candidate
     return None if best is None else best[1]
+
+
+def heir(dead: str, live: Iterable[str]) -> str | None:
+    """The host of ``live`` that puts back the claims of host ``dead`` (agent/orphans.py): one
+    of them, the same for every agent that knows the same live hosts (those at the revision
+    that deleted ``dead``'s key), so a departure costs one agent its share instead of every
+    peer a read and a losing txn per claim. None if none is live."""
+    return owner(f"heir-of/{dead}", dict.fromkeys(live, 1.0))
 
 
 @functools.lru_cache(maxsize=4096)

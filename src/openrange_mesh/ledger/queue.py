@@ -18,6 +18,7 @@ ids only, and the claiming agent reads the records.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,26 @@ from ..registry import Delete, KeyValue, Op, Put
 from .placement import Place
 
 log = logging.getLogger(__name__)
+
+# A sign that work was queued (ctl/queued) reaches every agent: a writer sends one this often at most.
+MARKER_EVERY = 1.0
+
+
+class QueuedMarker:
+    """A writer's sign for idle agents that it queued work they got no share of (agent/peers.py:
+    they steal after it): a client's submissions, an heir's requeues. Threads: its writer's."""
+
+    def __init__(self, keys: Keys, writer: str) -> None:
+        self._op = Put(keys.queued_marker(), writer.encode())
+        self._sent_at = -MARKER_EVERY  # monotonic
+
+    def ops(self) -> list[Op]:
+        """The marker's put, unless one went less than ``MARKER_EVERY`` ago."""
+        now = time.monotonic()
+        if now - self._sent_at < MARKER_EVERY:
+            return []
+        self._sent_at = now
+        return [self._op]
 
 
 @dataclass(frozen=True, slots=True)
