@@ -173,9 +173,12 @@ class EtcdServer:
         """SIGKILL, then reap: a crash."""
         _no_control("kill")
 
-    def restart(self) -> None:
-        """Start again on the same ports and data, and wait until healthy."""
+    def restart(self, *, wait: bool = True) -> None:
+        """Start again on the same ports and data, and (``wait``) wait until healthy."""
         _no_control("restart")
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT) -> None:
+        _no_control("wait for")
 
     def stop(self) -> None:
         """Terminate, wait and delete the data (not the log). Idempotent. An external etcd is left running."""
@@ -339,10 +342,11 @@ class LocalEtcd(EtcdServer):
         if self._proc is not None:
             self._proc.wait()
 
-    def restart(self) -> None:
+    def restart(self, *, wait: bool = True) -> None:
         self._terminate()
         self.launch()
-        self.wait_healthy()
+        if wait:
+            self.wait_healthy()
 
     def stop(self) -> None:
         """Terminate, and delete the data (its WAL preallocates 128 MB); the log stays for post-mortems."""
@@ -412,13 +416,14 @@ class DockerEtcd(EtcdServer):
     def kill(self) -> None:
         self._container.get_wrapped_container().kill()
 
-    def restart(self) -> None:
+    def restart(self, *, wait: bool = True) -> None:
         wrapped = self._container.get_wrapped_container()
         wrapped.reload()
         if wrapped.status == "paused":
             wrapped.unpause()
         wrapped.restart(timeout=10)
-        self.wait_healthy()
+        if wait:
+            self.wait_healthy()
 
     def stop(self) -> None:
         if self in _live:
@@ -448,6 +453,19 @@ class EtcdCluster:
                     if candidate.status()["header"]["member_id"] == status["leader"]:
                         return candidate
         raise RuntimeError("no etcd member knows a leader")
+
+    def kill(self) -> None:
+        """Every member SIGKILLed: the whole registry crashes."""
+        for member in self.members:
+            member.kill()
+
+    def restart(self) -> None:
+        """Every member started again on its ports and data. All are launched before any is
+        waited for: a member alone has no quorum, so it is not healthy."""
+        for member in self.members:
+            member.restart(wait=False)
+        for member in self.members:
+            member.wait_healthy()
 
     def stop(self) -> None:
         for member in self.members:

