@@ -49,6 +49,7 @@ per-episode figures at N = 1000 times the episodes per second 1,000 hosts run (1
     python scripts/bench_scale.py --quick        # 2 and 4 agents, 16 simulated hosts: ~2 minutes
     python scripts/bench_scale.py --agents 8,24,48 --simulate 200,500 --json scale.json
     python scripts/bench_scale.py --agents 8,24,48 --baseline-src /path/to/other/tree/src --json scale.json
+    python scripts/bench_scale.py --agents 48 --episodes 960 --json scale.json --timelines   # every attempt
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ from tests.etcdkit import EtcdServer, start_etcd
 
 from openrange_mesh.client.client import MeshClient
 from openrange_mesh.errors import RegistryError
+from openrange_mesh.model import EpisodeRecord
 from scalekit import EtcdSample, Fleet, LeaseFigures, check_exactly_once, claim_latencies, fit, percentile
 
 HERE = str(Path(__file__).resolve().parent.parent / "src")
@@ -88,6 +90,7 @@ class Options:
     episodes: int
     seconds: float
     idle: float
+    timelines: bool = False  # keep every attempt's host, start and end in the results
 
 
 def measure(src: str, agents: int, opts: Options, server: EtcdServer, work: Path, per_process: int) -> dict[str, Any]:
@@ -204,7 +207,20 @@ def _run(client: MeshClient, fleet: Fleet, server: EtcdServer, opts: Options, vi
         "makespan_over_ideal": makespan / ideal,
         "attempts_given_back": given_back,
         **_agent_figures(fleet, cpu, cpu_after, after.at - before.at),
+        **({"timeline": timeline(records, start)} if opts.timelines else {}),
     }
+
+
+def timeline(records: list[EpisodeRecord], start: float) -> list[tuple[str, str, float, float | None, str | None]]:
+    """Every attempt of the run as (episode, host, start, end, outcome), times in seconds from
+    the submission, by start: where a round's transitions or a kill's requeues went (design/
+    performance.md, "Scale")."""
+    attempts = [
+        (r.id, a.host, a.started_at - start, a.finished_at and a.finished_at - start, a.outcome)
+        for r in records
+        for a in r.history
+    ]
+    return sorted(attempts, key=lambda a: a[2])
 
 
 def ideal_makespan(episodes: int, seconds: float, slots: int, kill_at: float, lost: int) -> float:
@@ -338,11 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-src", help="another tree's src/ to run side by side")
     parser.add_argument("--quick", action="store_true", help="2 and 4 agents and 16 simulated, 1000 x 0.1 s, 10 s idle")
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--timelines", action="store_true", help="with --json: every attempt's host, start and end")
     args = parser.parse_args(argv)
     if args.quick:
         args.agents, args.simulate, args.sim_episodes = "2,4", "16", 1000
         args.episodes, args.seconds, args.idle = 1000, 0.1, 10.0
-    opts = Options(args.capacity, args.ttl, args.episodes, args.seconds, args.idle)
+    opts = Options(args.capacity, args.ttl, args.episodes, args.seconds, args.idle, args.timelines)
     codes = [("this", HERE)] + ([("baseline", args.baseline_src)] if args.baseline_src else [])
     plan: list[tuple[str, str, int, int, Options]] = []  # label, src, N, hosts per process, options
     for index, n in enumerate(int(n) for n in args.agents.split(",") if n):
