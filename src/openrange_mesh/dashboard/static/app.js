@@ -78,7 +78,8 @@ class Overview {
   }
 
   on(kind, data) {
-    if (kind === "hosts") renderHosts(this.hostsBox, data);
+    if (kind === "hello") this.list.since(data?.revision);
+    else if (kind === "hosts") renderHosts(this.hostsBox, data);
     else if (kind === "summary") {
       this.pushedAt = Date.now();
       this.charts.update(data);
@@ -108,7 +109,8 @@ class Episode {
   }
 
   on(kind, data) {
-    if (kind === "episode") this.episode.update(data);
+    if (kind === "hello") this.episode.since(data?.revision);
+    else if (kind === "episode") this.episode.update(data);
   }
 
   destroy() {

@@ -17,6 +17,7 @@ export class EpisodesView {
     this.hosts = hosts;       // () => known host ids, for the host filter's suggestions
     this.rows = new Map();    // id -> tr of the shown page
     this.changed = new Set(); // ids matching the filter, not on this page, changed since it loaded
+    this.streamFrom = -1;     // the revision the stream's changes start after (since())
     this.form = this.buildForm();
     this.head = h("div", {class: "list-head"});
     this.body = h("div", {class: "list-body"});
@@ -52,6 +53,7 @@ export class EpisodesView {
       return;
     }
     if (seq !== this.seq) return;
+    if (Number.isInteger(data.revision) && data.revision < this.streamFrom) return this.load(); // see since()
     this.shown = data;
     this.renderHead();
     this.renderRows(data.episodes || []);
@@ -61,6 +63,16 @@ export class EpisodesView {
   destroy() {
     clearTimeout(this.retry);
     this.seq = (this.seq || 0) + 1; // a load under way renders nothing
+  }
+
+  // The stream sends what changes after `revision` (its hello). The list is another request:
+  // one read at an older revision lacks what changed in between (a run submitted as the tab
+  // opened, never shown while nothing of it changes), so it is read again. A list asked for
+  // after the hello is never older: the leader's index only moves on.
+  since(revision) {
+    if (!Number.isInteger(revision)) return;
+    this.streamFrom = revision;
+    if (this.shown && Number.isInteger(this.shown.revision) && this.shown.revision < revision) this.load();
   }
 
   renderHead() {
