@@ -109,8 +109,7 @@ class Episode {
   }
 
   on(kind, data) {
-    if (kind === "hello") this.episode.since(data?.revision);
-    else if (kind === "episode") this.episode.update(data);
+    if (kind === "episode") this.episode.update(data);
   }
 
   destroy() {
