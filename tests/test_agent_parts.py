@@ -17,7 +17,7 @@ from openrange_mesh.ledger import owners
 from openrange_mesh.ledger.ledger import Ledger
 from openrange_mesh.ledger.placement import UNOWNED
 from openrange_mesh.model import EpisodeRecord, EpisodeSpec, HostInfo, State, pack
-from openrange_mesh.registry import Put
+from openrange_mesh.registry import Delete, Put
 
 from .agentkit import Host, Mesh, counting, events
 from .helpers import wait_until
@@ -398,4 +398,19 @@ def test_a_dead_host_whose_revision_is_compacted_is_left_to_the_sweep(mesh: Mesh
     mesh.registry.compact(mesh.revision())  # type: ignore[attr-defined]
     assert h1.orphans.step() is None and h1.leadership.sweep_due
     assert h1.leadership.step() == "sweep requeued 1 orphaned episodes"
-    assert mesh.ledger.read([episode])[episode].record.state is State.PENDING
+    record = mesh.ledger.read([episode])[episode].record
+    assert record.state is State.PENDING
+    assert record.history[-1].error == "host h2 lost its lease"  # as the orphans step says it: its key is gone
+
+
+def test_the_sweep_says_a_claim_vanished_when_its_host_lives(mesh: Mesh) -> None:
+    h1, h2 = mesh.host("h1"), mesh.host("h2")
+    h1.join()
+    assert (h1.leadership.step() or "").startswith("elected leader")
+    h2.join()
+    (episode,) = mesh.submit(1)
+    claim, _ = h2.hold([episode])
+    mesh.registry.txn([], [Delete(mesh.keys.claim("h2", claim.claim_id))])  # gone, its host still here
+    h1.leadership.sweep_soon()
+    assert h1.leadership.step() == "sweep requeued 1 orphaned episodes"
+    assert mesh.ledger.read([episode])[episode].record.history[-1].error == "claim of host h2 vanished"

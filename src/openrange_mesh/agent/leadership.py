@@ -169,14 +169,18 @@ def _unholdable(kv: KeyValue) -> str | None:
 
 def sweep(registry: Registry, keys: Keys, catalog: Catalog, ledger: Ledger) -> int:
     """Requeue running episodes whose claim key is gone, reading claims and records at one
-    revision (a claim txn writes both, so a consistent view never shows a false orphan)."""
+    revision (a claim txn writes both, so a consistent view never shows a false orphan). The
+    reason says what the orphans step would have said when the owner's key is gone too: a new
+    leader's first sweep often comes before the dead host's heir gets to it."""
     claims = registry.range(keys.claims())
     present = {keys.name_of(kv.key, keys.claims()) for kv in claims.kvs}
+    live = {keys.name_of(kv.key, keys.hosts()) for kv in registry.range(keys.hosts(), revision=claims.revision).kvs}
     orphans: dict[tuple[str, str], list[str]] = defaultdict(list)
     for record, _ in catalog.episodes(lambda r: r.state is State.RUNNING, revision=claims.revision):
         if f"{record.owner}/{record.claim}" not in present and record.owner and record.claim:
             orphans[(record.owner, record.claim)].append(record.id)
     requeued = 0
     for (host, claim_id), ids in orphans.items():
-        requeued += len(ledger.requeue(host, claim_id, ids, f"claim of host {host} vanished"))
+        reason = f"claim of host {host} vanished" if host in live else f"host {host} lost its lease"
+        requeued += len(ledger.requeue(host, claim_id, ids, reason))
     return requeued
