@@ -228,6 +228,34 @@ def test_a_run_submitted_as_the_tab_opens_is_listed(page: Page, mesh: Mesh) -> N
     assert len(served) >= 2  # the stale list, then a list read again
 
 
+def test_an_episode_page_read_before_the_stream_starts_is_read_again(page: Page, mesh: Mesh) -> None:
+    """The same join on an episode's page: its record read while pending, the stream started
+    after it began to run (and after one more change, so the stream's start is surely past the
+    claim); nothing of it changes for a minute, so only a second read shows it."""
+    url = start(mesh, 1).url  # two workers: the third of three waits
+    first, _, waiting = mesh.submit_sleeps(3, 60)
+    until(lambda: mesh.records([first])[first].state is State.RUNNING, "the first running")
+    stale = page.request.get(f"{url}/api/episodes/{waiting}")
+    assert stale.ok and stale.json()["record"]["state"] == "pending"
+    mesh.client.cancel([first])  # its worker takes the third
+    until(lambda: mesh.records([waiting])[waiting].state is State.RUNNING, "the third running")
+    (later,) = mesh.submit_sleeps(1, 60)  # a change after the third's, so the stream starts past it
+    until(lambda: page.request.get(f"{url}/api/episodes/{later}").ok, "indexed")
+    served: list[str] = []
+
+    def first_read_stale(route: Route) -> None:
+        served.append(route.request.url)
+        if len(served) == 1:
+            route.fulfill(response=stale)
+        else:
+            route.continue_()
+
+    page.route(re.compile(rf"/api/episodes/{waiting}$"), first_read_stale)
+    page.goto(f"{url}/episodes/{waiting}")
+    until(lambda: "running" in text_of(page, ".episode-head"), "the page showing it running")
+    assert len(served) >= 2
+
+
 def test_a_tab_follows_the_leader_when_it_is_killed(page: Page, mesh: Mesh) -> None:
     old = start(mesh, 3)
     (episode,) = mesh.submit_sleeps(1, 0.05)

@@ -109,7 +109,8 @@ class Episode {
   }
 
   on(kind, data) {
-    if (kind === "episode") this.episode.update(data);
+    if (kind === "hello") this.episode.since(data?.revision);
+    else if (kind === "episode") this.episode.update(data);
   }
 
   destroy() {

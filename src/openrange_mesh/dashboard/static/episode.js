@@ -15,6 +15,7 @@ export class EpisodeView {
     this.id = id;
     this.say = say;
     this.notFound = notFound;
+    this.streamFrom = -1; // the revision the stream's changes start after (since())
     this.head = h("div", {class: "episode-head"});
     this.fields = h("section");
     this.attempts = h("section");
@@ -39,6 +40,7 @@ export class EpisodeView {
       return;
     }
     if (this.gone) return;
+    if (Number.isInteger(data.revision) && data.revision < this.streamFrom) return this.load(); // see since()
     const first = !this.record;
     this.record = data.record;
     this.revision = data.revision;
@@ -47,6 +49,13 @@ export class EpisodeView {
       this.events = new EventsViewer(this.eventsBox, this.id);
     }
     this.render();
+  }
+
+  // As the list's (episodes.js): a record read before the stream's start misses what changed since.
+  since(revision) {
+    if (!Number.isInteger(revision)) return;
+    this.streamFrom = revision;
+    if (this.record && Number.isInteger(this.revision) && this.revision < revision) this.load();
   }
 
   update(summary) {
