@@ -138,6 +138,9 @@ def test_a_commit_refused_by_its_fencing_compare_is_counted(etcd: EtcdServer, tm
     client = MeshClient(registry, namespace=settings.namespace)
     keys = Keys(settings.namespace)
     try:
+        # Elected first: a new leader sweeps at once, and a sweep between the test's delete of the
+        # claim key and its requeue would put the episode back itself (it did once in CI).
+        wait_until(lambda: registry.get(keys.leader())[0] is not None, 15, what="the agent elected")
         (episode,) = client.submit([{"runtime": "sleep", "params": {"seconds": 3.0}}])  # outlasts a slow poll
         first = wait_until(lambda: (r := client.get(episode)).state is State.RUNNING and r, 15, what="a claim")
         assert first.claim is not None
