@@ -28,7 +28,7 @@ from .helpers import wait_until
 from .meshkit import Mesh
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page, Route
+    from playwright.sync_api import APIResponse, Browser, Page, Route
 
 TTL = 2
 TOKEN = "p4ge-t0ken"
@@ -213,16 +213,7 @@ def test_a_run_submitted_as_the_tab_opens_is_listed(page: Page, mesh: Mesh) -> N
     late = mesh.submit_sleeps(3, 60, labels={"kind": "late"})
     until(lambda: mesh.records(late)[late[0]].state is State.RUNNING, "the first one running")
     until(lambda: page.request.get(f"{url}/api/episodes?label=kind=late").json()["total"] == 3, "indexed")
-    served: list[str] = []
-
-    def first_list_stale(route: Route) -> None:
-        served.append(route.request.url)
-        if len(served) == 1:
-            route.fulfill(response=stale)
-        else:
-            route.continue_()
-
-    page.route(re.compile(r"/api/episodes\?"), first_list_stale)
+    served = serve_stale_once(page, re.compile(r"/api/episodes\?"), stale)
     page.goto(f"{url}/?label=kind=late")
     until(lambda: page.locator("table.episodes tbody tr").count() == 3, "the three listed")
     assert len(served) >= 2  # the stale list, then a list read again
@@ -241,19 +232,26 @@ def test_an_episode_page_read_before_the_stream_starts_is_read_again(page: Page,
     until(lambda: mesh.records([waiting])[waiting].state is State.RUNNING, "the third running")
     (later,) = mesh.submit_sleeps(1, 60)  # a change after the third's, so the stream starts past it
     until(lambda: page.request.get(f"{url}/api/episodes/{later}").ok, "indexed")
+    served = serve_stale_once(page, re.compile(rf"/api/episodes/{waiting}$"), stale)
+    page.goto(f"{url}/episodes/{waiting}")
+    until(lambda: "running" in text_of(page, ".episode-head"), "the page showing it running")
+    assert len(served) >= 2
+
+
+def serve_stale_once(page: Page, url: re.Pattern[str], stale: APIResponse) -> list[str]:
+    """The page's first request to ``url`` answered with ``stale`` (read earlier), the rest
+    passed on; returns the requests' urls as they come."""
     served: list[str] = []
 
-    def first_read_stale(route: Route) -> None:
+    def answer(route: Route) -> None:
         served.append(route.request.url)
         if len(served) == 1:
             route.fulfill(response=stale)
         else:
             route.continue_()
 
-    page.route(re.compile(rf"/api/episodes/{waiting}$"), first_read_stale)
-    page.goto(f"{url}/episodes/{waiting}")
-    until(lambda: "running" in text_of(page, ".episode-head"), "the page showing it running")
-    assert len(served) >= 2
+    page.route(url, answer)
+    return served
 
 
 def test_a_tab_follows_the_leader_when_it_is_killed(page: Page, mesh: Mesh) -> None:
