@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..errors import CorruptRecord
-from .wire import NUM, OPT_STR, SCHEMA, fields_of, pack, unpack_map
+from .wire import NUM, OPT_STR, SCHEMA, Fields, pack, unpack_map
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,7 @@ class HostInfo:
     @classmethod
     def from_bytes(cls, data: bytes, key: str = "?") -> HostInfo:
         try:
-            return cls(**fields_of(unpack_map(data, key), _HOST_NAMES, _HOST_TYPES))
+            return cls(**_HOST_READ.of(unpack_map(data, key)))
         except (TypeError, ValueError, AttributeError) as exc:
             raise CorruptRecord(key, str(exc)) from exc
 
@@ -66,3 +66,4 @@ _HOST_TYPES: dict[str, tuple[type, ...]] = {
     "reason": OPT_STR,
     "url": OPT_STR,
 }
+_HOST_READ = Fields(_HOST_NAMES, _HOST_TYPES)

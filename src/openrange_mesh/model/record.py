@@ -11,8 +11,8 @@ from operator import attrgetter
 from typing import Any
 
 from ..errors import CorruptRecord
-from .spec import SPEC_NAMES, SPEC_TYPES, EpisodeSpec
-from .wire import NUM, OPT_NUM, OPT_STR, SCHEMA, fields_of, pack, unpack, unpack_map
+from .spec import SPEC_FIELDS, EpisodeSpec
+from .wire import NUM, OPT_NUM, OPT_STR, SCHEMA, Fields, pack, unpack, unpack_map
 
 
 class State(StrEnum):
@@ -132,12 +132,12 @@ class EpisodeRecord:
     @classmethod
     def from_wire(cls, raw: Mapping[str, Any], key: str = "?") -> EpisodeRecord:
         try:
-            spec_fields = fields_of(raw.get("spec") or {}, SPEC_NAMES, SPEC_TYPES)
+            spec_fields = SPEC_FIELDS.of(raw.get("spec") or {})
             spec = EpisodeSpec(**spec_fields)
             # what it decoded from is its wire form: a record is re-encoded once or twice per read
             object.__setattr__(spec, "_wire", spec_fields)
-            history = tuple(Attempt(**fields_of(a, _ATTEMPT_NAMES, _ATTEMPT_TYPES)) for a in raw.get("history") or ())
-            fields = fields_of(raw, _RECORD_NAMES, _RECORD_TYPES)
+            history = tuple(Attempt(**_ATTEMPT_READ.of(a)) for a in raw.get("history") or ())
+            fields = _RECORD_READ.of(raw)
             fields.update(spec=spec, history=history, state=State(raw.get("state", "pending")))
             return cls(**fields)
         except (TypeError, ValueError, AttributeError) as exc:  # wrongly typed fields, whatever the depth
@@ -272,6 +272,8 @@ _RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "acked_at": OPT_NUM,
     "queue": OPT_STR,
 }
+_ATTEMPT_READ = Fields(_ATTEMPT_NAMES, _ATTEMPT_TYPES)
+_RECORD_READ = Fields(_RECORD_NAMES, _RECORD_TYPES)
 
 
 _FINISHED = frozenset(s.value for s in State if s.is_terminal)

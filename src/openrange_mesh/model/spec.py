@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import SpecError
-from .wire import OPT_NUM, OPT_STR, pack
+from .wire import OPT_NUM, OPT_STR, Fields, pack
 
 # etcd rejects requests over 1.5 MiB (--max-request-bytes). A spec is stored inside its record and
 # several records share one submission txn, so a spec gets a third of that; bigger inputs belong
@@ -136,6 +136,7 @@ SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "labels": (dict,),
     "batch": (int,),
 }
+SPEC_FIELDS = Fields(SPEC_NAMES, SPEC_TYPES)  # what a record's spec map is read with
 
 
 def _pack_spec(spec: EpisodeSpec) -> bytes:
