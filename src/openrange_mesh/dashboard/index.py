@@ -10,12 +10,15 @@ Changes are also appended to a bounded log, ``(revision, summary)``, which the l
 reads from a client's last revision; a client further behind than the log gets a reset. And
 they feed a ``Tally`` (``/api/summary``), which takes back what a changed episode was before:
 the index keeps each key's last value as etcd sent it (msgpack, a group record compressed:
-~30 MB at 100k episodes) and decodes it when the key changes. Asking etcd for previous values
+~30 MB at 100k episodes) and decodes it when the key changes, unless it still holds that value
+decoded (``Recent``: the records of the keys written last, up to ``RECENT_RECORDS``): a batch's
+group record is rewritten at its claim and its commits, and decoding its members twice per
+rewrite was most of the dashboard's CPU per short episode. Asking etcd for previous values
 instead (``prev_kv``) doubled what etcd encodes and sends this watcher per write, and etcd's
 CPU is what bounds the mesh (performance.md): the no-op mesh ran ~10% slower with it.
 
 Threads: the follow thread writes; request handlers read. ``_lock`` guards every field but
-``_values``, which only the follow thread touches.
+``_values`` and ``_recent``, which only the follow thread touches.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import bisect
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +43,9 @@ log = logging.getLogger(__name__)
 
 CHANGES_KEPT = 20_000  # changes the live stream can resume from
 COALESCE = 0.5  # seconds of watch events applied together, each key's last only (``_coalesced``)
+# Records kept decoded for the keys written last (``Recent``): ~1.5 KB each, so ~15 MB at most;
+# enough for every batch in flight on a few dozen hosts, which are the ones rewritten next.
+RECENT_RECORDS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +100,9 @@ class Summary:
 
 
 class EpisodeIndex:
-    def __init__(self, registry: Registry, keys: Keys) -> None:
+    def __init__(
+        self, registry: Registry, keys: Keys, *, recent_records: int = RECENT_RECORDS, coalesce: float = COALESCE
+    ) -> None:
         self.registry = registry
         self.keys = keys
         self.revision = 0
@@ -104,6 +113,8 @@ class EpisodeIndex:
         self._members: dict[bytes, tuple[str, ...]] = {}  # key -> the episodes it holds
         self._home: dict[str, bytes] = {}  # episode -> the key that holds it now
         self._values: dict[bytes, bytes] = {}  # key -> its value as last seen (follow thread only)
+        self._recent = Recent(recent_records)  # some of those values decoded (follow thread only)
+        self._coalesce = coalesce
         self._changes: list[tuple[int, Summary | str]] = []  # in revision order; str: a deleted id
         self._forgotten = 0  # changes up to this revision are no longer kept
         self._lock = threading.Lock()
@@ -185,7 +196,7 @@ class EpisodeIndex:
         revision order: a short episode is written three times within milliseconds, and the
         page needs where it ended up, not each step (decoding every version cost the mesh's
         2-core machine ~10% of its no-op throughput). Pages and the stream lag by as much."""
-        deadline = time.monotonic() + COALESCE
+        deadline = time.monotonic() + self._coalesce
         while (left := deadline - time.monotonic()) > 0 and not self._stop.is_set():
             events += self._follower.poll(left)
         last = {event.kv.key: event for event in events}
@@ -213,6 +224,7 @@ class EpisodeIndex:
         with self._lock:
             self._by_id, self._members, self._home, self._tally = by_id, members, home, tally
             self._values = values
+            self._recent = Recent(self._recent.limit)
             self._ids = sorted(by_id)
             self._changes, self._forgotten = [], at  # a listing: what happened before is unknown
             self.revision = at
@@ -225,11 +237,16 @@ class EpisodeIndex:
         now = time.time()
         decoded = []
         for event in events:
+            key = event.kv.key
             found = self._decode(event.kv) if event.type == "put" else []
-            last = self._values.pop(event.kv.key, None)  # the follow thread's alone: no lock
+            last = self._values.pop(key, None)  # the follow thread's alone: no lock
+            last_records = self._recent.pop(key)
+            if last_records is None and last is not None:
+                last_records = self._decode_value(key, last)
             if event.type == "put":
-                self._values[event.kv.key] = event.kv.value
-            before = {r.id: r for r in self._decode_value(event.kv.key, last)} if last is not None else {}
+                self._values[key] = event.kv.value
+                self._recent.put(key, found)
+            before = {r.id: r for r in last_records} if last_records else {}
             decoded.append((event, found, before))
         with self._lock:
             for event, found, before in decoded:
@@ -284,3 +301,30 @@ class EpisodeIndex:
     @staticmethod
     def _decode_value(key: bytes, value: bytes) -> list[EpisodeRecord]:
         return decode_or_none(decode_records, value, key) or []
+
+
+class Recent:
+    """The decoded records of the keys written last, at most ``limit`` records in all, the
+    oldest written dropped first. Records are values (never mutated), so the index may share
+    them. One thread: the index's follow thread."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._records: OrderedDict[bytes, list[EpisodeRecord]] = OrderedDict()
+        self._count = 0
+
+    def pop(self, key: bytes) -> list[EpisodeRecord] | None:
+        records = self._records.pop(key, None)
+        if records is not None:
+            self._count -= len(records)
+        return records
+
+    def put(self, key: bytes, records: list[EpisodeRecord]) -> None:
+        self.pop(key)
+        if len(records) > self.limit:
+            return
+        self._records[key] = records
+        self._count += len(records)
+        while self._count > self.limit:
+            _, dropped = self._records.popitem(last=False)
+            self._count -= len(dropped)
