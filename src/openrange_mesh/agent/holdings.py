@@ -22,8 +22,12 @@ from ..model import EpisodeRecord, State
 from ..worker.child import Done
 
 # A batch's results are committed together when the batch ends, or once the oldest uncommitted
-# one has waited this long: one txn per batch instead of one per finished episode.
-COMMIT_LINGER = 0.05
+# one has waited this long: one txn per batch instead of one per finished episode. Each partial
+# commit rewrites the whole group record, which the client and the dashboard then decode whole:
+# at 50 ms a 250-episode CartPole batch (~0.1 s) took 2-3 commits, at 0.5 s it takes one, and
+# the agent's, the client's and etcd's CPU per episode fell by a fifth to a third
+# (design/performance.md). The price: a long batch's results show up to this much later.
+COMMIT_LINGER = 0.5
 
 _DONE_STATES = {"succeeded": State.SUCCEEDED, "failed": State.FAILED, "cancelled": State.CANCELLED}
 
