@@ -13,6 +13,9 @@
   without us: ``multiprocessing.Pool(2)`` (default chunking) mapping a plain gymnasium loop
   (random actions, no project code) over the same seeds; and, when ``ray`` is importable, Ray
   running the same loop ``--batch`` episodes per task on two CPUs;
+* CPU microseconds per CartPole episode of each kind of process over those runs (``/proc``,
+  cpukit.py): the mesh's workers, agents, dashboards, client and etcd, the Pool's workers and
+  parent: where the mesh's cost beyond the plain loop goes;
 * the runtime wrapper's own cost: the same episodes through ``load_runtime("gymnasium")``
   against the plain loop, in one process (A B B A).
 
@@ -41,6 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,7 @@ import etcd3gw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.etcdkit import start_etcd
 
+from cpukit import cpu_delta, tree_cpu
 from openrange_mesh.client.client import MeshClient
 from openrange_mesh.model import State
 from openrange_mesh.registry import open_registry
@@ -283,23 +288,39 @@ def detection(url: str, work: Path) -> float:
         group.stop()
 
 
-def mesh_cartpole(url: str, work: Path, episodes: int, batch: int, run: int = 0) -> float:
+def mesh_cartpole(url: str, etcd_pid: int, work: Path, episodes: int, batch: int, run: int = 0) -> Timed:
     namespace = f"cartpole-{run}"
     group = Agents(url, namespace, 2, 1, work / "store", work)
+    roots = {"agent": [p.pid for p in group.procs.values()], "etcd": [etcd_pid]}
     try:
         with MeshClient(url, namespace=namespace, consumer="bench") as client:
             group.wait_joined(client)
             # warm both workers' imports with 20 episodes, as the Pool's are before it is timed
             client.wait(client.submit(_cartpole_specs(20), batch=5), timeout=120)
             specs = _cartpole_specs(episodes)
-            start = time.perf_counter()
+            start, cpu, own = time.perf_counter(), tree_cpu(roots), time.process_time()
             ids = client.submit(specs, batch=batch)
             records = client.wait(ids, timeout=600)
             elapsed = time.perf_counter() - start
+            spent = {**cpu_delta(cpu, tree_cpu(roots)), "client": time.process_time() - own}
         assert all(r.state is State.SUCCEEDED for r in records)
-        return episodes / elapsed
+        return Timed(episodes / elapsed, {kind: s / episodes * 1e6 for kind, s in spent.items()})
     finally:
         group.stop()
+
+
+@dataclass(frozen=True)
+class Timed:
+    """Episodes per second, and CPU microseconds per episode by kind of process."""
+
+    per_s: float
+    cpu_us: dict[str, float]
+
+
+def mean_cpu(runs: list[Timed]) -> dict[str, float]:
+    kinds = sorted({kind for run in runs for kind in run.cpu_us})
+    means = {kind: statistics.mean(run.cpu_us.get(kind, 0.0) for run in runs) for kind in kinds}
+    return {**means, "total": sum(means.values())}
 
 
 def _cartpole_specs(count: int) -> list[dict[str, Any]]:
@@ -336,12 +357,15 @@ def wrapped_cartpole(seed: int) -> float:
     return float(result["return"])
 
 
-def pool_cartpole(episodes: int) -> float:
+def pool_cartpole(episodes: int) -> Timed:
     with multiprocessing.Pool(2) as pool:
         pool.map(plain_cartpole, range(20))  # warm the workers' imports, as mesh_cartpole warms its workers
-        start = time.perf_counter()
+        roots = {"workers": [p.pid for p in pool._pool]}  # type: ignore[attr-defined]  # its worker processes
+        start, cpu, own = time.perf_counter(), tree_cpu(roots), time.process_time()
         pool.map(plain_cartpole, range(episodes))
-        return episodes / (time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        spent = {**cpu_delta(cpu, tree_cpu(roots)), "client": time.process_time() - own}
+        return Timed(episodes / elapsed, {kind: s / episodes * 1e6 for kind, s in spent.items()})
 
 
 def _plain_chunk(seeds: list[int]) -> float:
@@ -406,9 +430,10 @@ def main(argv: list[str] | None = None) -> int:
             second = mesh_noop(server.url, work, noop_n, args.agents, args.capacity, run=1)
             meshes = [noop["episodes_per_s"], second["episodes_per_s"]]
             detect_s = detection(server.url, work)
-            pools = [pool_cartpole(cart_n)]
-            carts = [mesh_cartpole(server.url, work, cart_n, args.batch, run) for run in range(2)]
-            pools.append(pool_cartpole(cart_n))
+            pool_runs = [pool_cartpole(cart_n)]
+            cart_runs = [mesh_cartpole(server.url, server.pid, work, cart_n, args.batch, run) for run in range(2)]
+            pool_runs.append(pool_cartpole(cart_n))
+            pools, carts = [r.per_s for r in pool_runs], [r.per_s for r in cart_runs]
         finally:
             server.stop()
     rays = [r for r in (ray_cartpole(cart_n, args.batch), ray_cartpole(cart_n, args.batch)) if r is not None]
@@ -428,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         "cartpole_ratio_vs_pool": cart_eps / pool_eps,
         "cartpole_ray_episodes_per_s": ray_eps,
         "cartpole_ray_vs_pool": ray_eps / pool_eps if ray_eps else None,
+        # CPU per episode of each kind of process over the timed runs (cpukit.py): where the
+        # mesh's cost beyond the plain loop goes
+        "cartpole_cpu_us_per_episode": {"mesh": mean_cpu(cart_runs), "pool": mean_cpu(pool_runs)},
         "runtime_wrapper_us_per_episode": wrapper["wrapper_us"],
         "plain_loop_us_per_episode": wrapper["plain_us"],
         "agents": args.agents,
@@ -437,7 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"{'figure':<34}{'value':>12}")
     for name, value in figures.items():
-        if isinstance(value, dict):
+        if name == "cartpole_cpu_us_per_episode":
+            for side, kinds in value.items():
+                print(f"{'cartpole CPU us/episode ' + side:<34}" + " ".join(f"{k} {v:.0f}" for k, v in kinds.items()))
+        elif isinstance(value, dict):
             for part, runs in value.items():
                 print(f"{name + ' ' + part:<34}{' '.join(f'{r:.0f}' for r in runs):>12}")
         elif value is None:
