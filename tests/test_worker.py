@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from openrange_mesh.model import EpisodeSpec
 from openrange_mesh.store import open_store
 from openrange_mesh.store.events import read_events
 from openrange_mesh.worker.child import Done, WorkItem
-from openrange_mesh.worker.mailbox import SHARED_LINGER
+from openrange_mesh.worker.mailbox import RESULT_FLUSH, SHARED_LINGER, SHORT_RESULTS_LINGER, Outbox
 from openrange_mesh.worker.pool import WorkerPool
 from openrange_mesh.worker.sinks import INLINE_COUNT
 
@@ -129,3 +130,28 @@ def test_an_episodes_odd_data_fails_it_and_no_worker(tmp_path: Path) -> None:
     kept = read_events(store, "events", 1, shared=events.events)
     assert [e["type"] for e in kept] == ["fine"], kept  # the deep one dropped, its neighbour kept
     assert workers == 1  # the same worker ran them all: none died
+
+
+def test_short_results_wait_together_and_a_long_episodes_result_goes_at_once() -> None:
+    """A batch's short results leave the worker together, at most SHORT_RESULTS_LINGER after
+    the oldest started (each sending writes an events chunk and wakes the agent); an episode
+    that ran RESULT_FLUSH or more goes at once, with the results waiting before it."""
+    ours, theirs = multiprocessing.Pipe()
+    outbox = Outbox(ours)
+    now = time.monotonic()
+    outbox.add(1, "a", now - 0.001, held=False)
+    outbox.add(2, "b", now - 0.002, held=False)
+    assert not outbox.stale()
+    outbox.add(3, "c", now - RESULT_FLUSH - 0.01, held=False)
+    assert outbox.stale()
+    outbox.send(False)
+    assert theirs.recv() == ("done", [(1, "a"), (2, "b"), (3, "c")], False)
+    assert not outbox.stale()  # nothing ready
+
+    started = time.monotonic()
+    outbox.add(4, "d", started, held=False)
+    while not outbox.stale():
+        time.sleep(0.005)
+    assert time.monotonic() - started >= SHORT_RESULTS_LINGER
+    outbox.send(True)
+    assert theirs.recv() == ("done", [(4, "d")], True)

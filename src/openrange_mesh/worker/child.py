@@ -17,8 +17,9 @@ Protocol, all tuples over one ``multiprocessing`` connection:
 
 What runs now is not a message: the worker writes it into a small shared-memory slot (slot.py)
 that the agent reads when it checks timeouts. A batch's results are sent together when the
-group ends, or once the oldest one's episode started ``RESULT_FLUSH`` ago: one message, one
-wake-up of the agent, per few dozen short episodes instead of two per episode (on two busy
+group ends, at once after an episode that ran ``RESULT_FLUSH`` or more, or once the oldest
+one's episode started ``SHORT_RESULTS_LINGER`` ago (mailbox.py): one message, one
+wake-up of the agent, per many short episodes instead of two per episode (on two busy
 cores each wake-up costs the worker a context switch).
 
 Events reach the store before the results that name them reach the agent (sinks.py): a batch's

@@ -14,11 +14,15 @@ from ..store.events import NOT_STORED
 # How often a worker looks for cancels and queued batches while it runs a batch, at most: each
 # look is a poll() syscall, and a batch's episodes may be shorter than a millisecond.
 POLL_EVERY = 0.005
-# A batch's results wait at most this long in the worker (the agent commits a batch's results
-# when it ends or once they have waited agent's COMMIT_LINGER); a long episode's slices check it
-# too, so the results before it do not wait for it. An episode that ran this long is reported at
-# once: a worker that crashes loses at most this much finished work.
+# An episode that ran this long is reported at once, with the results waiting before it: a
+# worker that crashes loses at most this much of a long episode's work.
 RESULT_FLUSH = 0.02
+# Shorter episodes' results wait together at most this long (a long episode's slices check it
+# too, so the results before it do not wait for it). Each sending writes the batch's events
+# chunk first (a file: sinks.py) and wakes the agent, which commits a batch only when it ends or
+# after agent/holdings.py COMMIT_LINGER anyway: at 20 ms a CartPole worker wrote a file and a
+# message per ~60 episodes. A crash loses at most this much of short episodes' work.
+SHORT_RESULTS_LINGER = 0.25
 # Results whose events wait in the file of short episodes are sent once it is written: when the
 # oldest has waited this long, or the worker has had no work for SHARED_LINGER. The bound on
 # how late a short episode's commit comes, against one file per this many seconds per worker.
@@ -70,7 +74,8 @@ class Inbox:
 
 class Outbox:
     """Results not yet sent. ``ready`` ones (their events in the store) go when their group
-    ends, or once the oldest one's episode started ``RESULT_FLUSH`` ago; ``held`` ones, whose
+    ends, as soon as one of them ran ``RESULT_FLUSH`` or more, or once the oldest one's episode
+    started ``SHORT_RESULTS_LINGER`` ago; ``held`` ones, whose
     events wait in the file of short episodes, go right after that file is written
     (``release``), so the agent never commits a record naming a file that is not there."""
 
@@ -78,6 +83,7 @@ class Outbox:
         self.conn = conn
         self.ready: list[tuple[int, Any]] = []
         self.oldest = 0.0
+        self.urgent = False  # a ready result's episode ran RESULT_FLUSH or more
         self.held: list[tuple[int, Any]] = []
         self.held_since = 0.0
 
@@ -87,12 +93,14 @@ class Outbox:
                 self.held_since = time.monotonic()
             self.held.append((seq, done))
             return
+        now = time.monotonic()
         if not self.ready:
-            self.oldest = started  # so a long episode's result is due at once
+            self.oldest = started
+        self.urgent |= now - started >= RESULT_FLUSH
         self.ready.append((seq, done))
 
     def stale(self) -> bool:
-        return bool(self.ready) and time.monotonic() - self.oldest >= RESULT_FLUSH
+        return bool(self.ready) and (self.urgent or time.monotonic() - self.oldest >= SHORT_RESULTS_LINGER)
 
     def held_due(self) -> bool:
         return bool(self.held) and time.monotonic() - self.held_since >= SHORT_FLUSH
@@ -106,7 +114,7 @@ class Outbox:
         claim for it in the txn that commits them)."""
         if self.ready or end:
             self.conn.send(("done", self.ready, end))
-            self.ready = []
+            self.ready, self.urgent = [], False
 
     def release(self, written: bool) -> None:
         """The file of short episodes was written (or refused): send the results it held."""
