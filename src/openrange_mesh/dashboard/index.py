@@ -11,9 +11,10 @@ reads from a client's last revision; a client further behind than the log gets a
 they feed a ``Tally`` (``/api/summary``), which takes back what a changed episode was before:
 the index keeps each key's last value as etcd sent it (msgpack, a group record compressed:
 ~30 MB at 100k episodes) and decodes it when the key changes, unless it still holds that value
-decoded (``Recent``: the records of the keys written last, up to ``RECENT_RECORDS``): a batch's
-group record is rewritten at its claim and its commits, and decoding its members twice per
-rewrite was most of the dashboard's CPU per short episode. Asking etcd for previous values
+decoded: ``Recent`` keeps the records of values with a running episode (what a commit rewrites
+next), up to ``RECENT_RECORDS``, so a commit decodes its group once, not twice. Pending values
+are not kept (a deep queue would push out what is running), nor finished ones (rarely written
+again). Asking etcd for previous values
 instead (``prev_kv``) doubled what etcd encodes and sends this watcher per write, and etcd's
 CPU is what bounds the mesh (performance.md): the no-op mesh ran ~10% slower with it.
 
@@ -34,7 +35,7 @@ from typing import Any
 
 from ..keys import Keys
 from ..ledger.catalog import Catalog
-from ..model import EpisodeRecord, decode_or_none, decode_records
+from ..model import EpisodeRecord, State, decode_or_none, decode_records
 from ..registry import Event, KeyValue, Registry
 from ..registry.follow import Follower
 from .tally import Tally
@@ -43,8 +44,8 @@ log = logging.getLogger(__name__)
 
 CHANGES_KEPT = 20_000  # changes the live stream can resume from
 COALESCE = 0.5  # seconds of watch events applied together, each key's last only (``_coalesced``)
-# Records kept decoded for the keys written last (``Recent``): ~1.5 KB each, so ~15 MB at most;
-# enough for every batch in flight on a few dozen hosts, which are the ones rewritten next.
+# Records kept decoded for values with a running episode (``Recent``): ~1.5 KB each, so ~15 MB
+# at most; enough for every batch in flight on a few dozen hosts, which commits rewrite next.
 RECENT_RECORDS = 10_000
 
 
@@ -245,7 +246,8 @@ class EpisodeIndex:
                 last_records = self._decode_value(key, last)
             if event.type == "put":
                 self._values[key] = event.kv.value
-                self._recent.put(key, found)
+                if any(r.state is State.RUNNING for r in found):  # what a commit rewrites next
+                    self._recent.put(key, found)
             before = {r.id: r for r in last_records} if last_records else {}
             decoded.append((event, found, before))
         with self._lock:
