@@ -116,7 +116,7 @@ def _print_new(store: Store, record: EpisodeRecord, attempt: int, seen: set[str]
 def sources(record: EpisodeRecord, attempt: int) -> tuple[str | None, str | None, list[Any] | None]:
     """Where an attempt's events are when not in its own chunks: (the batch claim it ran in,
     the shared file of a short attempt, the events its record holds)."""
-    found = next((a for a in record.history if a.n == attempt), None)
+    found = record.tried(attempt)
     return (found.batch, found.events, found.inline_events) if found is not None else (None, None, None)
 
 

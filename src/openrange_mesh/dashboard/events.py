@@ -59,7 +59,7 @@ async def _events(store: Store, record: EpisodeRecord, attempt: int) -> list[dic
         _closed.move_to_end(key)
         return _closed[key]
     events = await asyncio.to_thread(_read, store, record, attempt)
-    tried = next((a for a in record.history if a.n == attempt), None)
+    tried = record.tried(attempt)
     if tried is not None and tried.finished_at is not None:
         _closed[key] = events  # its events reached the store before its record closed it
         while len(_closed) > KEPT:
@@ -68,7 +68,7 @@ async def _events(store: Store, record: EpisodeRecord, attempt: int) -> list[dic
 
 
 def _read(store: Store, record: EpisodeRecord, attempt: int) -> list[dict[str, Any]]:
-    tried = next((a for a in record.history if a.n == attempt), None)
+    tried = record.tried(attempt)
     if tried is None:
         return read_events(store, record.id, attempt)
     return read_events(store, record.id, attempt, batch=tried.batch, shared=tried.events, inline=tried.inline_events)

@@ -143,6 +143,10 @@ class EpisodeRecord:
         except (TypeError, ValueError, AttributeError) as exc:  # wrongly typed fields, whatever the depth
             raise CorruptRecord(key, str(exc)) from exc
 
+    def tried(self, n: int) -> Attempt | None:
+        """Attempt ``n`` as its history holds it, if it was made."""
+        return next((a for a in self.history if a.n == n), None)
+
     def replace(self, **changes: Any) -> EpisodeRecord:
         # Positional, from one attrgetter: a third cheaper than a dict of every field, and the
         # single-host hot path replaces a record twice per episode.
