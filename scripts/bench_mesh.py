@@ -416,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=250, help="episodes per claim for CartPole")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
-    noop_n, cart_n = (1000, 2000) if args.quick else (2000, 10000)
+    # quick CartPole runs of 20 batches: 8 (2000 episodes) mostly measured the first batch's start
+    noop_n, cart_n = (1000, 5000) if args.quick else (2000, 10000)
     with tempfile.TemporaryDirectory(prefix="bench-mesh-") as tmp:
         work = Path(tmp)
         server = start_etcd(work / "etcd")
