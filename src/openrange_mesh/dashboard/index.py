@@ -306,9 +306,9 @@ class EpisodeIndex:
 
 
 class Recent:
-    """The decoded records of the keys written last, at most ``limit`` records in all, the
-    oldest written dropped first. Records are values (never mutated), so the index may share
-    them. One thread: the index's follow thread."""
+    """Decoded values by key (the index puts those with a running episode), at most ``limit``
+    records in all, the oldest put dropped first. Records are values (never mutated), so the
+    index may share them. One thread: the index's follow thread."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
