@@ -21,12 +21,17 @@ from pathlib import Path
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far (its own threads, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime: fields 14 and 15 of stat
+
+
 def _cpu(pid: int) -> float | None:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
+        return cpu_seconds(pid)
+    except OSError:  # it exited
         return None
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime: its threads, not its children
 
 
 def _children(pid: int) -> list[int]:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from cpukit import cpu_seconds
 from openrange_mesh.keys import Keys
 from openrange_mesh.model import EpisodeRecord, State, decode_records, is_live
 from openrange_mesh.registry import Registry
@@ -41,14 +42,7 @@ from openrange_mesh.registry import Registry
 _STARTED = re.compile(r'^grpc_server_started_total\{grpc_method="(?P<method>\w+)",[^}]*\} (?P<n>\S+)$', re.M)
 _EVENTS = re.compile(r"^etcd_debugging_mvcc_events_total (\S+)$", re.M)
 _SENT = re.compile(r"^etcd_network_client_grpc_sent_bytes_total (\S+)$", re.M)
-_TICK = os.sysconf("SC_CLK_TCK")
 AGENT_MAIN = "from openrange_mesh.cli.agent import main; main()"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process so far (its own threads, not its children)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime: fields 14 and 15 of stat
 
 
 def rss_mib(pid: int) -> float:
