@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from itertools import islice
+from itertools import count, islice
 from pathlib import Path
 
 import pytest
@@ -268,6 +268,51 @@ def test_claim_whose_answer_was_lost_is_adopted(lossy_proxy: LossyProxy, make_me
     assert claimed and all(records[i].owner == "h2" and records[i].attempt == 1 for i in claimed), (
         "h2 did not run the claims it won"
     )
+    mesh.check_clean()
+
+
+def test_a_lost_settle_answer_is_adopted_before_new_claims_take_its_worker(
+    lossy_proxy: LossyProxy, make_mesh: MakeMesh, etcd: EtcdServer
+) -> None:
+    """The lost answer is a settle's: a commit and the claim for the worker it freed. The next
+    passes' commits must not pair new claims onto that worker ahead of the claim etcd holds,
+    or its episode waits, running on no worker, until the queue drains."""
+    mesh = make_mesh(etcd.url)
+    settles = txn_puts_under(mesh.keys.host_claims("h2"))
+    seen = count(1)
+    # one worker: its first claim is the claim step's, every later one rides a commit
+    lossy_proxy.lose_answer_once(lambda path, body: settles(path, body) and next(seen) == 3)
+    mesh.wait_joined(mesh.start_agent("h2", capacity=1, registry=lossy_proxy.endpoint, wait=False))
+    ids = mesh.submit_commands(16, 0.3)
+    wait_until(lambda: lossy_proxy.lost, timeout=20, what="a settle's answer to be lost")
+    records = mesh.wait_finished(ids, timeout=60)
+    claimed = claimed_in(lossy_proxy.lost[0], mesh.keys.host_claims("h2"))
+    assert claimed and all(records[i].owner == "h2" and records[i].attempt == 1 for i in claimed)
+    others = sorted(r.finished_at or 0.0 for i, r in records.items() if i not in claimed)
+    # adopted at once: it finished while most of the queue still waited, not after it drained
+    assert all((records[i].finished_at or 0.0) < others[-4] for i in claimed), (claimed, others)
+    mesh.check_exactly_once(records)
+    mesh.check_clean()
+
+
+def test_a_lost_look_ahead_claim_is_adopted_while_the_worker_runs_a_batch(
+    lossy_proxy: LossyProxy, make_mesh: MakeMesh, etcd: EtcdServer
+) -> None:
+    """The lost answer is a look-ahead claim's: a batch claimed to queue behind the one the only
+    worker runs. The next claim step finds it with no worker idle; it must queue it behind the
+    running batch (or look again later), not call the question settled: the batch would stay
+    running on no worker for as long as h2 lives."""
+    mesh = make_mesh(etcd.url)
+    claims = txn_puts_under(mesh.keys.host_claims("h2"))
+    seen = count(1)
+    lossy_proxy.lose_answer_once(lambda path, body: claims(path, body) and next(seen) == 2)
+    mesh.wait_joined(mesh.start_agent("h2", capacity=1, registry=lossy_proxy.endpoint, wait=False))
+    ids = mesh.submit_commands(20, 0.3, batch=5)
+    wait_until(lambda: lossy_proxy.lost, timeout=20, what="a look-ahead claim's answer to be lost")
+    records = mesh.wait_finished(ids, timeout=40)  # not stuck while h2 lives
+    claimed = claimed_in(lossy_proxy.lost[0], mesh.keys.host_claims("h2"))
+    assert claimed and all(records[i].owner == "h2" and records[i].attempt == 1 for i in claimed)
+    mesh.check_exactly_once(records)
     mesh.check_clean()
 
 

@@ -118,10 +118,13 @@ class Claimer:
 
     def pairable(self, freed: int) -> list[Candidate]:
         """Entries to claim in the same txns as the commits that free ``freed`` workers: one
-        round trip per episode instead of two, in the steady state of a busy mesh."""
+        round trip per episode instead of two, in the steady state of a busy mesh. None while
+        a claim's answer was lost: etcd may hold claims of ours for these workers, and new
+        claims here, pass after pass, would keep every worker busy and those episodes running
+        on no worker until the queue drained (the claim step adopts them first)."""
         spare = min(freed, self.pool.idle())
         ahead = min(freed - spare, self.pool.ahead())
-        if spare + ahead == 0 or self._takes_no_work() or not self.lease.is_alive:
+        if spare + ahead == 0 or self._takes_no_work() or not self.lease.is_alive or self.holdings.claims_unsure:
             return []
         return self.candidates(spare, ahead)
 
@@ -257,18 +260,29 @@ class Claimer:
     def _adopt(self) -> list[str]:
         """After a claim txn that got no answer: hold the claims of ours that etcd has and we
         do not know, or their episodes would stay running (on no worker) as long as our lease.
-        The pass that lost the answer left a worker idle for it."""
+        The pass that lost the answer left a worker idle (or a look-ahead slot free) for it;
+        until a claim found has a worker, the question stays open. (It used to be closed
+        whatever was found, and a lost look-ahead claim, found while every worker ran a batch,
+        stayed running on no worker as long as the agent lived.)"""
         prefix = self.keys.host_claims(self.host)
         adopted: list[str] = []
+        waiting = False  # a claim of ours that no worker could take yet
         for kv in self.registry.range(prefix).kvs:
             claim_id = self.keys.name_of(kv.key, prefix)
-            if kv.lease != self.lease.lease or self.holdings.holds(claim_id) or not self.pool.idle():
+            if kv.lease != self.lease.lease or self.holdings.holds(claim_id):
                 continue
             found = self.ledger.adopt(kv)
-            if found is not None:
-                self._hold(*found)
-                adopted += found[0].episode_ids
-        self.holdings.claims_checked()
+            if found is None:
+                continue
+            # a batch may queue behind the one a worker runs (a lost look-ahead claim); a
+            # single episode needs an idle worker
+            if not (self.pool.idle() or (len(found[1]) > 1 and self.pool.ahead())):
+                waiting = True
+                continue
+            self._hold(*found)
+            adopted += found[0].episode_ids
+        if not waiting:  # else look again when a worker frees (pairable claims none meanwhile)
+            self.holdings.claims_checked()
         return adopted
 
     def _hold(self, claim: Claim, running: list[EpisodeRecord]) -> None:
