@@ -8,7 +8,7 @@ from pathlib import Path
 
 from openrange_mesh.model import EpisodeSpec
 from openrange_mesh.store import open_store
-from openrange_mesh.store.events import read_events
+from openrange_mesh.store.events import FLUSH_SECONDS, read_events
 from openrange_mesh.worker.child import Done, WorkItem
 from openrange_mesh.worker.mailbox import RESULT_FLUSH, SHARED_LINGER, SHORT_RESULTS_LINGER, Outbox
 from openrange_mesh.worker.pool import WorkerPool
@@ -155,3 +155,20 @@ def test_short_results_wait_together_and_a_long_episodes_result_goes_at_once() -
     assert time.monotonic() - started >= SHORT_RESULTS_LINGER
     outbox.send(True)
     assert theirs.recv() == ("done", [(4, "d")], True)
+
+
+def test_a_long_episode_with_a_few_events_keeps_them_in_its_result(tmp_path: Path) -> None:
+    """An episode that ran past the first chunk's time but wrote no chunk (its reset and its
+    terminal event only) keeps them in its record: no file, two directories and a rename for
+    two events as it ends."""
+    store_url = str(tmp_path / "store")
+    pool = WorkerPool(1, store_url)
+    pool.start()
+    try:
+        pool.dispatch([WorkItem("quiet", 1, EpisodeSpec(runtime="sleep", params={"seconds": FLUSH_SECONDS + 0.2}))])
+        (done,) = results(pool, 1)
+    finally:
+        pool.close()
+    assert done.kind == "succeeded" and done.events is None
+    assert [e["type"] for e in done.inline_events or []] == ["reset", "terminal"]
+    assert open_store(store_url).list("episodes/") == []

@@ -153,6 +153,8 @@ def _run(
             if spec.progress_timeout is not None and now - last_progress > spec.progress_timeout:
                 return _finish(handle, events, item, "timeout", f"no progress for {spec.progress_timeout:g} s")
             handle.advance(SLICE_SECONDS)
+            if handle.terminal() is not None:
+                continue  # its last events go with its end (_finish), where they may ride in its record
             new = handle.poll_events()
             if new:
                 events.add(new)
@@ -175,11 +177,11 @@ def _run(
 
 def _finish(handle: Any, events: Single | Tagged, item: WorkItem, kind: str, error: str | None) -> Done:
     try:
-        events.add(handle.poll_events())
+        last = handle.poll_events()
         result = dict(handle.collect())
     finally:
         _safe_stop(handle)
-    where, inline = events.finish()
+    where, inline = events.finish(last)
     if not is_plain_json(result):  # the episode's own fault: it must not crash this worker or the commit
         kind, error, result = "failed", _not_plain(result), {}
     return Done(item.episode_id, item.attempt, kind, error, result, where, inline_events=inline)

@@ -4,9 +4,11 @@
   ``FLUSH_SECONDS``, and the rest when it ends (``Chunks``).
 * A batch's episodes share chunks (``batches/<claim id>/``, events tagged with episode and
   attempt): written before any of their results leaves the worker (``Chunks`` again).
-* A single episode that ends before its first chunk is due, with a log of a few small events
-  (``INLINE_EVENTS``: a reset and a terminal event), keeps them in its record: its result
-  leaves at once, and the agent commits it in the txn that claims the freed worker's next.
+* A single episode that ends with none of its events written yet, and a log of a few small
+  events (``INLINE_EVENTS``: a reset and a terminal event), keeps them in its record, however
+  long it ran: its result leaves at once, and the agent commits it in the txn that claims the
+  freed worker's next. (A long one's terminal event would otherwise write a two-event file,
+  in two new directories, as it ends: on NFS or S3 that costs more than the record's bytes.)
 * Any other that ends before its first chunk is due hands its events to the worker's
   file of short episodes (``ShortEvents``, ``shared/<name>.jsonl``), written for many at once:
   two directories and a file per short episode cost more than a short episode (70-300 us of
@@ -90,19 +92,21 @@ class Single:
     def add(self, events: list[dict[str, Any]]) -> None:
         self.chunks.add(events)
 
-    def finish(self) -> Finished:
-        """The episode ended: where its events are (``Done.events``, ``Done.inline_events``).
-        Few enough to ride in its record: themselves. Else the short episodes' file it joined
-        (not yet written), None for its own chunks, ``NOT_STORED`` if one was refused."""
+    def finish(self, last: list[dict[str, Any]]) -> Finished:
+        """The episode ended, ``last`` its final events: where its events are (``Done.events``,
+        ``Done.inline_events``). None written yet and few enough to ride in its record:
+        themselves. Else, if it ended before its first chunk was due, the short episodes' file
+        it joined (not yet written); None for its own chunks, ``NOT_STORED`` if one was refused."""
         chunks = self.chunks
-        if chunks.chunk == 0 and chunks.buffer:
-            if (inline := _inline(chunks.buffer)) is not None:
-                chunks.buffer = []
-                return None, inline
-            if self.short is not None:
-                name = self.short.take(chunks.item, chunks.buffer)
-                chunks.buffer = []
-                return name, None
+        events = chunks.buffer + last
+        if chunks.chunk == 0 and events and (inline := _inline(events)) is not None:
+            chunks.buffer = []
+            return None, inline
+        chunks.add(last)  # a chunk is written here if it ran past the first one's time
+        if chunks.chunk == 0 and chunks.buffer and self.short is not None:
+            name = self.short.take(chunks.item, chunks.buffer)
+            chunks.buffer = []
+            return name, None
         chunks.flush()
         return (NOT_STORED if chunks.lost else None), None
 
@@ -117,7 +121,8 @@ class Tagged:
     def add(self, events: list[dict[str, Any]]) -> None:
         self.shared.add(events, self.item)
 
-    def finish(self) -> Finished:
+    def finish(self, last: list[dict[str, Any]]) -> Finished:
+        self.add(last)
         return None, None  # the batch's chunks: the attempt names its claim; written before results leave
 
 
