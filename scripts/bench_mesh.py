@@ -55,7 +55,7 @@ from tests.etcdkit import start_etcd
 
 from cpukit import cpu_delta, tree_cpu
 from openrange_mesh.client.client import MeshClient
-from openrange_mesh.model import State
+from openrange_mesh.model import EpisodeRecord, State
 from openrange_mesh.registry import open_registry
 from openrange_mesh.runtimes import load_runtime
 
@@ -298,13 +298,12 @@ def mesh_cartpole(url: str, etcd_pid: int, work: Path, episodes: int, batch: int
             # warm both workers' imports with 20 episodes, as the Pool's are before it is timed
             client.wait(client.submit(_cartpole_specs(20), batch=5), timeout=120)
             specs = _cartpole_specs(episodes)
-            start, cpu, own = time.perf_counter(), tree_cpu(roots), time.process_time()
-            ids = client.submit(specs, batch=batch)
-            records = client.wait(ids, timeout=600)
-            elapsed = time.perf_counter() - start
-            spent = {**cpu_delta(cpu, tree_cpu(roots)), "client": time.process_time() - own}
+            records: list[EpisodeRecord] = []
+            result = timed(
+                roots, episodes, lambda: records.extend(client.wait(client.submit(specs, batch=batch), timeout=600))
+            )
         assert all(r.state is State.SUCCEEDED for r in records)
-        return Timed(episodes / elapsed, {kind: s / episodes * 1e6 for kind, s in spent.items()})
+        return result
     finally:
         group.stop()
 
@@ -315,6 +314,16 @@ class Timed:
 
     per_s: float
     cpu_us: dict[str, float]
+
+
+def timed(roots: dict[str, list[int]], episodes: int, run: Callable[[], object]) -> Timed:
+    """``run()``'s episodes per second, and CPU per episode of each kind of process under
+    ``roots`` (cpukit.py) and of this one ("client")."""
+    start, cpu, own = time.perf_counter(), tree_cpu(roots), time.process_time()
+    run()
+    elapsed = time.perf_counter() - start
+    spent = {**cpu_delta(cpu, tree_cpu(roots)), "client": time.process_time() - own}
+    return Timed(episodes / elapsed, {kind: s / episodes * 1e6 for kind, s in spent.items()})
 
 
 def mean_cpu(runs: list[Timed]) -> dict[str, float]:
@@ -361,11 +370,7 @@ def pool_cartpole(episodes: int) -> Timed:
     with multiprocessing.Pool(2) as pool:
         pool.map(plain_cartpole, range(20))  # warm the workers' imports, as mesh_cartpole warms its workers
         roots = {"workers": [p.pid for p in pool._pool]}  # type: ignore[attr-defined]  # its worker processes
-        start, cpu, own = time.perf_counter(), tree_cpu(roots), time.process_time()
-        pool.map(plain_cartpole, range(episodes))
-        elapsed = time.perf_counter() - start
-        spent = {**cpu_delta(cpu, tree_cpu(roots)), "client": time.process_time() - own}
-        return Timed(episodes / elapsed, {kind: s / episodes * 1e6 for kind, s in spent.items()})
+        return timed(roots, episodes, lambda: pool.map(plain_cartpole, range(episodes)))
 
 
 def _plain_chunk(seeds: list[int]) -> float:
