@@ -271,6 +271,9 @@ class Claimer:
             claim_id = self.keys.name_of(kv.key, prefix)
             if kv.lease != self.lease.lease or self.holdings.holds(claim_id):
                 continue
+            if not (self.pool.idle() or self.pool.ahead()):  # no worker at all: no read either
+                waiting = True
+                continue
             found = self.ledger.adopt(kv)
             if found is None:
                 continue
