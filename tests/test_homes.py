@@ -16,7 +16,7 @@ from openrange_mesh.ledger.homes import MAX_OWN_KEYS
 from openrange_mesh.ledger.ledger import Ledger
 from openrange_mesh.ledger.records import finish_attempt, give_back
 from openrange_mesh.ledger.retention import collect_garbage
-from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State, pack
+from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State, pack, unpack
 from openrange_mesh.registry import Put, Registry
 
 from .helpers import current_revision, take, wait_until
@@ -159,6 +159,26 @@ def test_collect_takes_a_group_once_every_member_may_go(registry: Registry, ledg
         assert collect_garbage(registry, ledger.keys, retention=0) == 0  # one member unacked
         client.ack(ids[2:])
         assert collect_garbage(registry, ledger.keys, retention=0) == 3
+    assert keys_under(registry, ledger.keys.episodes()) == []
+
+
+def test_collect_takes_a_group_written_before_headers_said_finished(registry: Registry, ledger: Ledger) -> None:
+    ids = batch(ledger, 3, idempotency_key=None)
+    claim, running = take(ledger, "h1", registry.grant(5), ids)
+    assert ledger.commit(claim, [finish_attempt(r, State.SUCCEEDED, time.time(), None) for r in running], last=True)
+    from openrange_mesh.client.client import MeshClient
+
+    with MeshClient(registry, namespace=ledger.keys.namespace) as client:
+        client.ack(ids)
+    (key,) = keys_under(registry, ledger.keys.episodes())
+    kv, _ = registry.get(key)
+    assert kv is not None
+    header = unpack(kv.value)
+    assert header["state"] == "finished" and "acked_at" in header
+    # as an older agent wrote it: "mixed", no "acked_at"; the members still say they may go
+    registry.txn([], [Put(key, pack({"state": "mixed", "v": header["v"], "group": header["group"]}))])
+    assert collect_garbage(registry, ledger.keys, retention=3600) == 0  # acked too recently
+    assert collect_garbage(registry, ledger.keys, retention=0) == 3
     assert keys_under(registry, ledger.keys.episodes()) == []
 
 

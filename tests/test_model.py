@@ -23,11 +23,14 @@ from openrange_mesh.model import (
     EpisodeSpec,
     HostInfo,
     State,
+    acked_by,
     decode_finished,
+    decode_in_states,
     decode_or_none,
     encode_group,
     is_live,
     pack,
+    unpack,
 )
 from openrange_mesh.registry import Put, Registry
 from openrange_mesh.specs import check_spec
@@ -263,6 +266,49 @@ def test_is_live_agrees_with_decoding(state: State) -> None:
     )
     assert is_live(record.to_bytes()) is not state.is_terminal  # whatever the params/result hold
     assert not is_live(b"\x81\xa5state\xa7pending"[:4])
+
+
+def test_a_group_header_says_finished_and_acked_and_readers_skip_by_it() -> None:
+    spec = EpisodeSpec(runtime="sleep")
+    states = [State.SUCCEEDED, State.RUNNING, State.PENDING, State.FAILED]
+    members = [EpisodeRecord(id=f"m{i}", spec=spec, state=s) for i, s in enumerate(states)]
+    mixed = encode_group(members)
+    assert unpack(mixed)["state"] == "mixed"
+    assert [r.id for r in decode_in_states(mixed, "k", frozenset({State.RUNNING}))] == ["m1"]
+    live = frozenset({State.PENDING, State.RUNNING})
+    assert decode_in_states(mixed, "k", live) == members[1:3]
+    assert not acked_by(mixed, "k", cutoff=1e12)
+
+    done = [m.replace(state=State.SUCCEEDED, acked_at=None) for m in members]
+    finished = encode_group(done)
+    assert unpack(finished)["state"] == "finished" and "acked_at" not in unpack(finished)
+    assert not is_live(finished) and not acked_by(finished, "k", cutoff=1e12)
+    assert decode_in_states(finished, "k", frozenset({State.SUCCEEDED})) == done
+    acked = encode_group([m.replace(acked_at=100.0 + i) for i, m in enumerate(done)])
+    assert unpack(acked)["acked_at"] == 103.0
+    assert acked_by(acked, "k", cutoff=103.0) and not acked_by(acked, "k", cutoff=102.9)
+    # the header alone rules a finished group out: its members are not even read
+    only_header = pack({"state": "finished", "v": SCHEMA, GROUP_FIELD: b"not zlib"})
+    assert decode_in_states(only_header, "k", frozenset({State.RUNNING})) == []
+    assert not acked_by(only_header, "k", cutoff=1e12)
+    with pytest.raises(CorruptRecord):
+        decode_in_states(only_header, "k", frozenset({State.SUCCEEDED}))
+
+    # a group written before headers said "finished": its members answer
+    old = pack({"state": "mixed", "v": SCHEMA, GROUP_FIELD: zlib.compress(pack([m.to_wire() for m in done]))})
+    assert decode_in_states(old, "k", frozenset({State.SUCCEEDED})) == done
+    old_acked = [m.replace(acked_at=5.0).to_wire() for m in done]
+    value = pack({"state": "mixed", "v": SCHEMA, GROUP_FIELD: zlib.compress(pack(old_acked))})
+    assert acked_by(value, "k", cutoff=5.0) and not acked_by(value, "k", cutoff=4.0)
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_a_single_record_is_decoded_only_in_the_states_asked_for(state: State) -> None:
+    record = EpisodeRecord(id="x", spec=EpisodeSpec(runtime="sleep"), state=state, acked_at=7.0)
+    assert decode_in_states(record.to_bytes(), "k", frozenset({state})) == [record]
+    assert decode_in_states(record.to_bytes(), "k", frozenset(set(State) - {state})) == []
+    assert acked_by(record.to_bytes(), "k", cutoff=7.0) is state.is_terminal
+    assert not acked_by(record.replace(acked_at=None).to_bytes(), "k", cutoff=1e12)
 
 
 def test_decode_finished_decodes_only_the_finished_members_asked_for() -> None:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from ..dashboard.process import Serving
 from ..errors import MeshError
 from ..keys import Keys
-from ..ledger.catalog import Catalog
+from ..ledger.catalog import Catalog, EpisodeFilter
 from ..ledger.ledger import Ledger
 from ..ledger.retention import collect_garbage
 from ..model import State
@@ -176,7 +176,7 @@ def sweep(registry: Registry, keys: Keys, catalog: Catalog, ledger: Ledger) -> i
     present = {keys.name_of(kv.key, keys.claims()) for kv in claims.kvs}
     live = {keys.name_of(kv.key, keys.hosts()) for kv in registry.range(keys.hosts(), revision=claims.revision).kvs}
     orphans: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for record, _ in catalog.episodes(lambda r: r.state is State.RUNNING, revision=claims.revision):
+    for record, _ in catalog.episodes(EpisodeFilter(states=frozenset({State.RUNNING})), revision=claims.revision):
         if f"{record.owner}/{record.claim}" not in present and record.owner and record.claim:
             orphans[(record.owner, record.claim)].append(record.id)
     requeued = 0

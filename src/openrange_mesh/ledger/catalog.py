@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from ..errors import EpisodeNotFound
 from ..ids import home_id
 from ..keys import Keys
-from ..model import EpisodeRecord, HostInfo, State, decode_or_none, decode_records
+from ..model import EpisodeRecord, HostInfo, State, decode_in_states, decode_or_none, decode_records
 from ..registry import KeyValue, Registry
 from . import homes
 from .records import claim_episode_ids
@@ -63,10 +64,13 @@ class Catalog:
     ) -> Iterator[tuple[EpisodeRecord, int]]:
         """Yield (record, mod_revision) in id order (a batch's group record lists its members
         where its key sorts, just before their ids), all read at one revision (the first page's,
-        unless ``revision`` is given). ``after``: resume past that episode id."""
+        unless ``revision`` is given). ``after``: resume past that episode id. An
+        ``EpisodeFilter`` with states decodes only the records in them (``decode_in_states``)."""
         start = home_id(after) or after if after else None  # the rest of its group comes first
+        states = where.states if isinstance(where, EpisodeFilter) else None
+        decode = partial(decode_in_states, states=states) if states else decode_records
         for kv, _ in self.scan(self.keys.episodes(), revision, page_size, start, inclusive=start != after):
-            for record in decode_or_none(decode_records, kv.value, kv.key) or ():
+            for record in decode_or_none(decode, kv.value, kv.key) or ():
                 if (after is None or record.id > after) and (where is None or where(record)):
                     yield record, kv.mod_revision
 

@@ -4,9 +4,10 @@ sweep and by ``openrange-mesh gc`` (client) when there is none."""
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from ..keys import Keys
-from ..model import EpisodeRecord, decode_or_none, decode_records
+from ..model import EpisodeRecord, acked_by, decode_or_none, decode_records
 from ..registry import MAX_TXN_OPS, Compare, Delete, KeyValue, Op, Registry
 from .catalog import Catalog
 
@@ -15,11 +16,15 @@ def collect_garbage(registry: Registry, keys: Keys, retention: float, now: float
     """Delete acked finished records older than ``retention`` seconds, with their idempotency
     and cancel keys, streaming the listing (bounded memory), as many per txn as etcd allows. A
     batch's group record goes once all its members may go. Each delete compares its key is
-    unchanged. Returns how many records went."""
+    unchanged. Returns how many records went. Values are judged before they are decoded
+    (``acked_by``: a group's header): a mesh keeps a week of records by default, and every
+    sweep reads them all."""
     cutoff = (time.time() if now is None else now) - retention
     batch: list[tuple[KeyValue, list[EpisodeRecord]]] = []
     ops = removed = 0
     for kv, _ in Catalog(registry, keys).scan(keys.episodes(), None):
+        if not decode_or_none(partial(acked_by, cutoff=cutoff), kv.value, kv.key):
+            continue
         records = decode_or_none(decode_records, kv.value, kv.key)
         if not records or not all(
             r.state.is_terminal and r.acked_at is not None and r.acked_at <= cutoff for r in records
