@@ -4,18 +4,23 @@ current equals one fresh listing, whether the last value of a key is still decod
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
 import pytest
 
+from openrange_mesh.dashboard.answers import wait_index
+from openrange_mesh.dashboard.config import DashboardConfig
 from openrange_mesh.dashboard.index import EpisodeIndex, Recent
+from openrange_mesh.dashboard.state import State
 from openrange_mesh.keys import Keys
 from openrange_mesh.model import EpisodeRecord
 from openrange_mesh.model.record import encode_group
 from openrange_mesh.registry import Registry
 from openrange_mesh.registry.base import Put
 
+from .helpers import wait_until
 from .tallykit import lives
 
 NOW = 1_800_000_000.0
@@ -86,3 +91,40 @@ def test_recent_keeps_the_keys_written_last_within_its_bound() -> None:
     assert recent.pop(b"d") is None
     c = recent.pop(b"c")
     assert c is not None and len(c) == 4
+
+
+class Serving:
+    """What the agent's shared cell says: whether it leads."""
+
+    def __init__(self) -> None:
+        self.leads = True
+
+    def __bool__(self) -> bool:
+        return self.leads
+
+
+def test_the_index_is_built_when_asked_kept_while_asked_and_dropped_after(registry: Registry, keys: Keys) -> None:
+    members = [life[-1] for life in lives(seed=5, count=WIDTH, t0=NOW - 60, spread=30)]
+    registry.txn([], [Put(keys.episode("0000000001-0000-g"), encode_group(members))])
+    config = DashboardConfig("", keys.namespace, "h1", "", "127.0.0.1", 0, index_keep=1.0)
+    serving = Serving()
+    state = State(config, serving, registry, None)
+    state.start()
+    try:
+        time.sleep(0.5)  # a few of the serving thread's looks: nobody asked, so nothing is followed
+        assert state.index is None
+        index = asyncio.run(wait_index(state))
+        assert index.count() == WIDTH
+        until = time.monotonic() + 2 * config.index_keep
+        while time.monotonic() < until:  # asked more often than index_keep: the same index goes on
+            state.want_index()
+            time.sleep(0.1)
+        assert state.index is index
+        wait_until(lambda: state.index is None, timeout=5)  # nobody asked for index_keep: dropped
+        again = asyncio.run(wait_index(state))
+        assert again is not index and again.count() == WIDTH and comparable(again) == comparable(index)
+        serving.leads = False  # deposed: dropped, however recently asked
+        state.want_index()
+        wait_until(lambda: state.index is None, timeout=5)
+    finally:
+        state.stop()

@@ -19,12 +19,15 @@ def error(status: int, message: str) -> JSONResponse:
 
 
 async def wait_index(state: State) -> EpisodeIndex:
-    """The index, once a new leader's first listing is done (503 past ``INDEX_WAIT``)."""
+    """The index, once its first listing is done (503 past ``INDEX_WAIT``): a new leader's, or
+    one built for this request after nobody asked for a while (config.py ``INDEX_KEEP``)."""
+    state.want_index()
     index = state.index
     deadline = time.monotonic() + INDEX_WAIT
     while index is None or not index.ready.is_set():
         if time.monotonic() >= deadline:
             raise HTTPException(503, "the leader is still listing the episodes: try again shortly")
         await asyncio.sleep(0.05)
+        state.want_index()  # the watcher may have dropped it between our ask and its look
         index = state.index
     return index

@@ -149,6 +149,7 @@ def hosts_json(state: State) -> dict[str, Any]:
 
 
 async def hosts(request: Request, state: State) -> Response:
+    await wait_index(state)  # the running counts come from it
     return JSONResponse(await asyncio.to_thread(hosts_json, state))  # it may read leases
 
 

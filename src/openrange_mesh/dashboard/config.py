@@ -6,6 +6,12 @@ from dataclasses import dataclass, field
 
 from ..config import Settings
 
+# Seconds the leader keeps its episode index after the last request that needed it (an open
+# page's stream asks four times a second): following every record costs the leader's host a
+# share of a core, which nobody should pay for a dashboard nobody looks at (design/dashboard.md,
+# "What the leader's child keeps").
+INDEX_KEEP = 600.0
+
 
 @dataclass(frozen=True)
 class DashboardConfig:
@@ -21,6 +27,7 @@ class DashboardConfig:
     metrics_port: int | None = None  # the agent's own metrics on loopback, proxied at /metrics
     log_level: str = "INFO"
     report_interval: float = 0.0  # seconds between reports written to the store while leading; 0: none
+    index_keep: float = INDEX_KEEP
 
     @classmethod
     def of(cls, settings: Settings, metrics_port: int | None = None) -> DashboardConfig:

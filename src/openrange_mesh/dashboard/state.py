@@ -4,7 +4,9 @@ of the mesh, and the episode index while this agent leads."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from typing import Any
 
 from ..keys import Keys
@@ -19,11 +21,13 @@ log = logging.getLogger(__name__)
 
 
 class State:
-    """What the app's handlers share. ``index`` exists while this agent leads.
+    """What the app's handlers share. ``index`` exists while this agent leads and someone has
+    asked for it within ``config.index_keep`` seconds (``want_index``).
 
-    Threads: uvicorn's event loop runs the handlers; ``watch_serving`` (a thread) starts and
-    stops the index as the agent's ``serving`` flag changes; the view and the index have
-    threads of their own."""
+    Threads: uvicorn's event loop runs the handlers, which call ``want_index`` (it writes
+    ``_asked_at``, one float); ``watch_serving`` (a thread) is the only writer of ``index``: it
+    starts and stops it as the agent's ``serving`` flag and the asks say; the view and the index
+    have threads of their own."""
 
     def __init__(self, config: DashboardConfig, serving: Any, registry: Registry, store: Store | None) -> None:
         self.config = config
@@ -35,6 +39,8 @@ class State:
         self.index: EpisodeIndex | None = None
         self.standalone_url: str | None = None  # one process's own dashboard: it leads itself
         self._stop = threading.Event()
+        self._asked = threading.Event()  # wakes ``_watch_serving`` when a request wants the index
+        self._asked_at = -math.inf  # time.monotonic() of the last request that wanted it
 
     @property
     def serving(self) -> bool:
@@ -48,20 +54,32 @@ class State:
 
     def stop(self) -> None:
         self._stop.set()
+        self._asked.set()
         self.view.stop()
         if self.index is not None:
             self.index.stop()
 
+    def want_index(self) -> None:
+        """A request needs the index: keep it, or have it built now (``answers.wait_index``
+        then waits for its first listing)."""
+        self._asked_at = time.monotonic()
+        if self.index is None:
+            self._asked.set()
+
     def _watch_serving(self) -> None:
-        """The index follows leadership, checked every 0.2 s: a new leader's page needs it
-        within a second; a deposed one's memory goes back."""
-        while not self._stop.wait(0.2):
-            if self.serving and self.index is None:
-                log.info("leading: indexing episodes")
+        """The index follows leadership and the asks, checked every 0.2 s and at once when a
+        request wants an index there is not: a deposed leader's memory goes back, and so does
+        an idle one's."""
+        while not self._stop.is_set():
+            self._asked.wait(0.2)
+            self._asked.clear()
+            wanted = time.monotonic() - self._asked_at < self.config.index_keep
+            if self.serving and wanted and self.index is None and not self._stop.is_set():
+                log.info("leading and asked: indexing episodes")
                 self.index = EpisodeIndex(self.registry, self.keys)
                 self.index.start()
-            elif not self.serving and self.index is not None:
-                log.info("no longer leading: index dropped")
+            elif self.index is not None and not (self.serving and wanted):
+                log.info("index dropped: %s", "no longer leading" if not self.serving else "nobody asked for a while")
                 index, self.index = self.index, None
                 index.stop()
 

@@ -47,6 +47,7 @@ async def stream(request: Request, state: State, hosts: Callable[[State], dict[s
         hosts_seen: tuple[int, dict[str, int]] = (-1, {})
         yield {"event": "hello", "id": str(revision), "data": json.dumps({"revision": revision})}
         while state.serving and state.index is index and not await request.is_disconnected():
+            state.want_index()  # an open page keeps the index
             changes, kept = index.changes_since(revision)
             if not kept:
                 revision = index.revision
