@@ -528,6 +528,29 @@ def test_show_and_logs(agents: Agents) -> None:
     assert unknown.exit_code == 1 and error_lines(unknown) == ["openrange-mesh: no episode '0000000000-0000-nope'"]
 
 
+def test_logs_of_events_in_the_record_need_no_store(mesh: Cli, registry: Registry) -> None:
+    now = time.time()
+    events = [{"t": now - 2, "type": "reset"}, {"t": now - 1, "type": "terminal", "ok": True}]
+    inline = EpisodeRecord(
+        "0000000001-0000-t",
+        EpisodeSpec("sleep"),
+        state=State.SUCCEEDED,
+        created_at=now - 3,
+        started_at=now - 2,
+        finished_at=now - 1,
+        history=(Attempt(1, "h1", now - 2, now - 1, "succeeded", inline_events=events),),
+    )
+    chunked = inline.replace(id="0000000001-0001-t", history=(Attempt(1, "h1", now - 2, now - 1, "succeeded"),))
+    put_records(registry, mesh.namespace, inline, chunked)
+    # no agent ever recorded a store for this mesh, and none is given
+    lines = mesh.ok("logs", inline.id).stdout.splitlines()
+    assert [line.split()[2] for line in lines] == ["reset", "terminal"]
+    assert mesh.ok("logs", "-f", inline.id).stdout.splitlines() == lines
+    assert [json.loads(line) for line in mesh.ok("logs", inline.id, "-o", "json").stdout.splitlines()] == events
+    needs = mesh("logs", chunked.id)  # its events are in chunks: only a store has them
+    assert needs.exit_code == 2 and "no store" in needs.stderr
+
+
 def test_logs_follow_returns_when_the_episode_ends(agents: Agents) -> None:
     episode = agents.cli.ok("submit", "--runtime", "sleep", "-p", "seconds=2.5", "-p", "events=3").stdout.strip()
     started = time.monotonic()

@@ -44,8 +44,7 @@ def command(mesh: Mesh, episode_id: str, follow: bool, attempt: int | None, stor
     """
     catalog = mesh.catalog()
     record = get_record(catalog, episode_id)
-    store = mesh.store(store_url)
-    assert store is not None  # required
+    store = Lazy(mesh, store_url)
     if not follow:
         batch, shared, inline = sources(record, attempt or record.attempt)
         which = attempt or record.attempt if batch or shared or inline is not None else attempt
@@ -53,7 +52,10 @@ def command(mesh: Mesh, episode_id: str, follow: bool, attempt: int | None, stor
             raise click.ClickException(
                 f"the events of {printable(episode_id)} attempt {which} were not stored: its host's store refused them"
             )
-        events = read_events(store, episode_id, which, batch=batch, shared=shared, inline=inline)
+        if inline is not None:  # in the record: a mesh without a store has these too
+            events = inline_events(inline)
+        else:
+            events = read_events(store.get(), episode_id, which, batch=batch, shared=shared)
         for event in events:
             click.echo(render(event, output))
         if not events:
@@ -65,7 +67,21 @@ def command(mesh: Mesh, episode_id: str, follow: bool, attempt: int | None, stor
         _follow(catalog, store, record, attempt, output)
 
 
-def _follow(catalog: Catalog, store: Store, record: EpisodeRecord, pinned: int | None, output: str) -> None:
+class Lazy:
+    """The store, found (and required) only once an attempt's events are not in its record."""
+
+    def __init__(self, mesh: Mesh, url: str | None) -> None:
+        self._mesh, self._url = mesh, url
+        self._store: Store | None = None
+
+    def get(self) -> Store:
+        if self._store is None:
+            self._store = self._mesh.store(self._url)
+            assert self._store is not None  # required: it raised otherwise
+        return self._store
+
+
+def _follow(catalog: Catalog, store: Lazy, record: EpisodeRecord, pinned: int | None, output: str) -> None:
     current = pinned or record.attempt
     seen: set[str] = set()
     while True:
@@ -80,7 +96,7 @@ def _follow(catalog: Catalog, store: Store, record: EpisodeRecord, pinned: int |
         time.sleep(POLL_SECONDS)
 
 
-def _print_new(store: Store, record: EpisodeRecord, attempt: int, seen: set[str], output: str) -> None:
+def _print_new(lazy: Lazy, record: EpisodeRecord, attempt: int, seen: set[str], output: str) -> None:
     batch, shared, inline = sources(record, attempt)
     if inline is not None:  # a short attempt whose events its record holds
         if INLINE not in seen:
@@ -88,6 +104,7 @@ def _print_new(store: Store, record: EpisodeRecord, attempt: int, seen: set[str]
             for event in inline_events(inline):
                 click.echo(render(event, output))
         return
+    store = lazy.get()
     if shared == NOT_STORED:
         if NOT_STORED not in seen:
             seen.add(NOT_STORED)
