@@ -104,3 +104,26 @@ class Files:
 
 
 files = Files()
+
+
+class Picky:
+    """Refuses params holding ``"refuse": true`` or ``seconds`` 2, and notes every params it
+    was asked about; runs nothing."""
+
+    name = "picky"
+
+    def __init__(self) -> None:
+        self.asked: list[dict[str, Any]] = []
+
+    def validate(self, params: Mapping[str, Any]) -> None:
+        from openrange_mesh.errors import SpecError
+
+        self.asked.append(dict(params))
+        if params.get("refuse") is True or params.get("seconds") == 2:
+            raise SpecError("params", "picky refuses these")
+
+    def realize(self, params: Mapping[str, Any], *, seed: int | None, snapshot: bytes | None = None) -> _Odd:
+        return _Odd({}, [])
+
+
+picky = Picky()

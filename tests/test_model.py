@@ -33,7 +33,7 @@ from openrange_mesh.model import (
     unpack,
 )
 from openrange_mesh.registry import Put, Registry
-from openrange_mesh.specs import check_spec
+from openrange_mesh.specs import check_spec, check_specs
 from openrange_mesh.store import open_store
 from openrange_mesh.store.digest import parse_digest
 from openrange_mesh.store.events import read_events
@@ -51,6 +51,25 @@ def nested(depth: int) -> dict[str, object]:
     for _ in range(depth):
         value = {"a": value}
     return value
+
+
+def test_check_specs_asks_the_runtime_once_per_distinct_params() -> None:
+    from tests.odd_runtimes import picky
+
+    picky.asked.clear()
+    name = "tests.odd_runtimes:picky"
+    specs = [{"runtime": name, "params": {"n": i % 3}, "seed": i} for i in range(30)]
+    assert [s.seed for s in check_specs(specs)] == list(range(30))
+    assert sorted(a["n"] for a in picky.asked) == [0, 1, 2]
+    with pytest.raises(SpecError, match="picky refuses"):  # one bad params among many good ones
+        check_specs([*specs, {"runtime": name, "params": {"n": 1, "refuse": True}}])
+    # the same params under another runtime are that runtime's to judge
+    with pytest.raises(SpecError, match="picky refuses"):
+        check_specs([{"runtime": "sleep", "params": {"seconds": 2}}, {"runtime": name, "params": {"seconds": 2}}])
+    # a tuple and a list reach workers alike (packed): judged once
+    picky.asked.clear()
+    check_specs([{"runtime": name, "params": {"xs": [1, 2]}}, {"runtime": name, "params": {"xs": (1, 2)}}])
+    assert len(picky.asked) == 1
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ from .registry import Registry, open_registry
 from .registry.memory import MemoryRegistry
 from .runtimes import Handle, load_runtime
 from .service_records import Batch, ServiceRecords
-from .specs import check_spec
+from .specs import check_spec, check_specs
 from .store import Store, open_store
 from .store.cache import SnapshotCache
 from .store.events import encode_events
@@ -165,7 +165,7 @@ class EpisodeService:
 
     def start_many(self, specs: Sequence[SpecLike]) -> builtins.list[str]:
         """Realise and reset up to ``MAX_OWN_KEYS`` episodes, recorded as running in one txn."""
-        return [running.id for running in self._start([check_spec(s) for s in specs])]
+        return [running.id for running in self._start(check_specs(specs))]
 
     def _start(self, checked: Sequence[EpisodeSpec]) -> builtins.list[_RunningEpisode]:
         if len(checked) > MAX_OWN_KEYS:
@@ -265,7 +265,7 @@ class EpisodeService:
         """Run episodes to terminal, ``parallel`` at a time; reports in input order. Episodes
         are started and committed in batches of up to MAX_OWN_KEYS (one txn each way), the same
         batching rule as the mesh, so short episodes pay little for their records."""
-        checked = [check_spec(s) for s in specs]  # reject a bad spec before running any
+        checked = check_specs(specs)  # reject a bad spec before running any
         reports: builtins.list[EpisodeReport] = []
         pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="episode") if parallel > 1 else None
         try:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import SpecError
-from .model import EpisodeSpec
+from .model import EpisodeSpec, pack
 from .runtimes import load_runtime
 
 # How deep params may nest. Far deeper than any real config, and far below what would fail later:
@@ -15,10 +15,11 @@ from .runtimes import load_runtime
 MAX_PARAMS_DEPTH = 64
 
 
-def check_spec(spec: EpisodeSpec | Mapping[str, Any]) -> EpisodeSpec:
+def check_spec(spec: EpisodeSpec | Mapping[str, Any], *, accepted: set[tuple[str, bytes]] | None = None) -> EpisodeSpec:
     """A spec, or a mapping of spec fields, checked in full: fields, size, that its params are
     JSON values, that its snapshot ref is one the store takes, that the runtime exists, and that
-    the runtime accepts its params. Raises SpecError (UnknownRuntime) naming the culprit."""
+    the runtime accepts its params. Raises SpecError (UnknownRuntime) naming the culprit.
+    ``accepted``: (runtime, packed params) its runtime already took, shared by ``check_specs``."""
     if isinstance(spec, Mapping):
         spec = EpisodeSpec.from_dict(spec)  # checks its fields
     elif isinstance(spec, EpisodeSpec):
@@ -28,8 +29,23 @@ def check_spec(spec: EpisodeSpec | Mapping[str, Any]) -> EpisodeSpec:
     check_json("params", spec.params)
     if spec.snapshot is not None:
         _check_snapshot(spec.snapshot)
-    load_runtime(spec.runtime).validate(spec.params)
+    if accepted is None:
+        load_runtime(spec.runtime).validate(spec.params)
+        return spec
+    # params as workers will see them: what packs alike (a tuple and a list) reaches them alike
+    seen = (spec.runtime, pack(spec.params))
+    if seen not in accepted:
+        load_runtime(spec.runtime).validate(spec.params)
+        accepted.add(seen)
     return spec
+
+
+def check_specs(specs: Iterable[EpisodeSpec | Mapping[str, Any]]) -> list[EpisodeSpec]:
+    """``check_spec`` of each, the runtime asked about each distinct params once: a submission
+    of N episodes of one environment repeats one params map N times, and a runtime's check
+    (gymnasium's: ~6 us) was a third of checking a spec."""
+    accepted: set[tuple[str, bytes]] = set()
+    return [check_spec(spec, accepted=accepted) for spec in specs]
 
 
 def check_json(name: str, value: object) -> None:

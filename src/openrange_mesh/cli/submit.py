@@ -9,7 +9,7 @@ import click
 
 from ..errors import MeshError, SpecError
 from ..model import MAX_BATCH, EpisodeSpec
-from ..specs import MAX_PARAMS_DEPTH, check_spec
+from ..specs import MAX_PARAMS_DEPTH, check_spec, check_specs
 from .common import Mesh, dump_json, json_or_string, output_option, parse_pairs, pass_mesh
 from .safe import printable
 
@@ -116,7 +116,7 @@ def specs_from_flags(
     fields.update({k: v for k, v in options.items() if v is not None})
     if idempotency_key:
         fields["idempotency_key"] = idempotency_key
-    return [check_spec({**fields, "seed": None if seed is None else seed + i}) for i in range(count)]
+    return check_specs({**fields, "seed": None if seed is None else seed + i} for i in range(count))
 
 
 def read_spec_file(stream: IO[bytes]) -> list[EpisodeSpec]:

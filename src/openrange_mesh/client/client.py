@@ -37,7 +37,7 @@ from ..ledger.retention import collect_garbage
 from ..model import EpisodeRecord, EpisodeSpec, State, decode_finished, decode_or_none, decode_records, is_live
 from ..registry import MAX_TXN_OPS, Registry, open_registry
 from ..registry.follow import Follower
-from ..specs import check_spec
+from ..specs import check_specs
 from ..store import Store, open_store
 from ..store.cas import Snapshot
 from ..store.digest import Reader
@@ -85,7 +85,7 @@ class MeshClient:
         items = as_list(specs)
         if batch is not None:  # before the check, so that each spec is checked once
             items = [with_batch(s, batch) for s in items]
-        unique, stands_for = one_per_key([check_spec(s) for s in items])
+        unique, stands_for = one_per_key(check_specs(items))
         if any(s.snapshot is not None for s in unique):
             unique = pin_snapshots(unique, lambda ref: snapshots.resolve(self.registry, self.keys, self.store, ref))
         out: list[str] = []
