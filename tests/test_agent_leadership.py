@@ -12,6 +12,7 @@ import pytest
 
 from openrange_mesh.agent.leadership import Leadership
 from openrange_mesh.dashboard.process import Serving
+from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State
 from openrange_mesh.model.seat import Seat, read_seat
 from openrange_mesh.registry import Delete, Put
 
@@ -129,3 +130,29 @@ def test_the_dashboard_serves_while_its_host_leads(mesh: Mesh) -> None:
             leadership.on_event(event)
     leadership.step()
     assert leadership.leader == "h2" and not leadership.is_leader and not serving
+
+
+def test_the_leader_collects_with_a_sweep_at_most_every_tenth_of_the_retention(mesh: Mesh) -> None:
+    h1 = mesh.host("h1")
+    h1.join()
+    leadership = Leadership(
+        *("h1", mesh.registry, mesh.keys, h1.lease, h1.catalog, h1.ledger, h1.metrics),
+        ttl=5,
+        retention=3600,
+        draining=lambda: False,
+        url=lambda: "",
+    )
+    assert leadership.collect_interval == 300  # a tenth of an hour; a sweep every 50 s
+
+    def acked(episode_id: str) -> None:
+        then = time.time() - 7200
+        record = EpisodeRecord(episode_id, EpisodeSpec("sleep"), State.SUCCEEDED, created_at=then, acked_at=then)
+        mesh.registry.txn([], [Put(mesh.keys.episode(episode_id), record.to_bytes())])
+
+    acked("0000000001-0000-t")
+    line = leadership.step()
+    assert leadership.is_leader and line is not None and "collected 1 acked records" in line
+    acked("0000000001-0001-t")
+    leadership.sweep_soon()
+    assert leadership.step() is None  # swept, but retention waits for its own interval
+    assert mesh.registry.get(mesh.keys.episode("0000000001-0001-t"))[0] is not None

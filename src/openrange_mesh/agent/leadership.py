@@ -69,10 +69,17 @@ class Leadership:
         self._term: tuple[str, int] | None = None  # the last leader seen, and its key's create_revision
         self.sweep_due = True
         self._next_sweep = 0.0
+        self._next_collect = 0.0
 
     @property
     def sweep_interval(self) -> float:
         return max(10.0 * self.ttl, 20.0)
+
+    @property
+    def collect_interval(self) -> float:
+        """Retention runs with a sweep, at most every tenth of the retention up to 5 minutes:
+        it reads every value too, and a record kept a week may go a few minutes late."""
+        return max(self.sweep_interval, min(self.retention / 10, 300.0))
 
     def sweep_soon(self) -> None:
         """Sweep on the next pass, leader or not: claims may have been orphaned unseen (a
@@ -113,7 +120,10 @@ class Leadership:
             if requeued:
                 line = f"{line + '; ' if line else ''}sweep requeued {requeued} orphaned episodes"
             retention = self.retention
-            removed = collect_garbage(self.registry, self.keys, retention) if self.is_leader and retention else 0
+            removed = 0
+            if self.is_leader and retention and time.monotonic() >= self._next_collect:
+                removed = collect_garbage(self.registry, self.keys, retention)
+                self._next_collect = time.monotonic() + self.collect_interval
             if removed:
                 line = f"{line + '; ' if line else ''}collected {removed} acked records older than {retention:g} s"
         return line
