@@ -250,6 +250,8 @@ def test_ls_watch_follows_changes_and_ctrl_c_exits_0(etcd: EtcdServer, registry:
     process = subprocess.Popen(
         [
             sys.executable,
+            "-X",
+            "faulthandler",  # SIGABRT dumps every thread's stack: what a hang was doing
             "-m",
             "openrange_mesh.cli.main",
             "--etcd",
@@ -277,7 +279,13 @@ def test_ls_watch_follows_changes_and_ctrl_c_exits_0(etcd: EtcdServer, registry:
             batch = client.submit([{"runtime": "sleep"}] * 3, batch=3)
         assert [json.loads(process.stdout.readline())["id"] for _ in batch] == batch
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10) == 0
+        try:
+            code = process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # seen once in CI (session 13), not reproduced since
+            process.send_signal(signal.SIGABRT)
+            _, stderr = process.communicate(timeout=10)
+            pytest.fail(f"ls --watch still ran 10 s after SIGINT; its threads:\n{stderr[-6000:]}")
+        assert code == 0
     finally:
         process.kill()
         process.wait()
