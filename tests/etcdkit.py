@@ -17,11 +17,13 @@ stopped at interpreter exit, and on Linux a child etcd dies with the test proces
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import datetime
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -196,6 +198,30 @@ class EtcdServer:
         payload = {"revision": revision, "physical": True}
         _post_json(f"{self.client_url}/v3/kv/compaction", payload, context=self._context())
 
+    def free_space(self, prefix: bytes) -> None:
+        """What an operator does for a full etcd (its NOSPACE alarm): delete what filled it (the
+        keys under ``prefix``: a plain delete, which a full etcd accepts, where it refuses any
+        txn that is not read-only), compact the history at the current revision, defragment and
+        disarm the alarms."""
+        end = prefix[:-1] + bytes([prefix[-1] + 1])
+        deleting = {"key": base64.b64encode(prefix).decode(), "range_end": base64.b64encode(end).decode()}
+        _post_json(f"{self.client_url}/v3/kv/deleterange", deleting, context=self._context())
+        revision = int(self.status()["header"]["revision"])
+        self.compact(revision)
+        _post_json(f"{self.client_url}/v3/maintenance/defragment", {}, timeout=30.0, context=self._context())
+        listed = _post_json(f"{self.client_url}/v3/maintenance/alarm", {"action": "GET"}, context=self._context())
+        for alarm in listed.get("alarms") or []:
+            disarm = {"action": "DEACTIVATE", "memberID": alarm["memberID"], "alarm": alarm["alarm"]}
+            _post_json(f"{self.client_url}/v3/maintenance/alarm", disarm, context=self._context())
+
+    def requests_served(self, method: str) -> float:
+        """Requests of one gRPC method (``Txn``, ``Range``) etcd has served, from its /metrics
+        (each JSON gateway request is one)."""
+        with urllib.request.urlopen(f"{self.client_url}/metrics", timeout=10, context=self._context()) as response:
+            text = response.read().decode()
+        found = re.search(rf'^grpc_server_started_total\{{grpc_method="{method}",[^}}]*\}} ([0-9.e+]+)$', text, re.M)
+        return float(found[1]) if found else 0.0
+
     def revoke_all_leases(self) -> None:
         """Revoke every lease etcd holds (and so delete their keys) now. For a test that counts
         revisions on the shared session etcd: an earlier test's lease (a killed agent's, a claim
@@ -237,9 +263,10 @@ def _flags(
     peer: str,
     tls: TlsFiles | None,
     listen: Sequence[str] = (),
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """etcd flags for ``member``: it listens on ``host`` (and for clients on ``listen`` too);
-    ``peer.format(name)`` is a member's peer host."""
+    ``peer.format(name)`` is a member's peer host; ``extra``: more flags (a space quota)."""
     initial = ",".join(f"{m.name}=http://{peer.format(m.name)}:{m.peer_port}" for m in cluster)
     scheme = "https" if tls else "http"
     clients = ",".join(f"{scheme}://{h}:{member.client_port}" for h in (host, *listen))
@@ -258,6 +285,7 @@ def _flags(
         f"--initial-cluster-token={token}",
         "--initial-cluster-state=new",
         *FAST_FLAGS,
+        *extra,
     ]
 
 
@@ -273,6 +301,7 @@ class LocalEtcd(EtcdServer):
         root: Path,
         tls: TlsFiles | None = None,
         listen: Sequence[str] = (),
+        extra: Sequence[str] = (),
     ) -> None:
         super().__init__("127.0.0.1", member.client_port, tls=tls)
         self.name = member.name
@@ -281,7 +310,7 @@ class LocalEtcd(EtcdServer):
         self.log_path = root / "etcd.log"
         root.mkdir(parents=True, exist_ok=True)
         data = str(root / "data")
-        self._argv = [binary, *_flags(member, cluster, token, data, "127.0.0.1", "127.0.0.1", tls, listen)]
+        self._argv = [binary, *_flags(member, cluster, token, data, "127.0.0.1", "127.0.0.1", tls, listen, extra)]
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -497,15 +526,19 @@ def _docker_answers() -> bool:
         return False
 
 
-def _start(data_dir: Path, count: int, tls: TlsFiles | None = None, listen: Sequence[str] = ()) -> list[EtcdServer]:
+def _start(
+    data_dir: Path, count: int, tls: TlsFiles | None = None, listen: Sequence[str] = (), flags: Sequence[str] = ()
+) -> list[EtcdServer]:
     external = _external()
-    if external is not None and tls is None and not listen:
+    if external is not None and tls is None and not listen and not flags:
         return external
     binary = find_binary()
     if tls is not None and binary is None:
         _no_control("start", why="a TLS etcd needs a local etcd binary")
     if listen and binary is None:
         _no_control("start", why="an etcd listening on a namespace's address needs a local etcd binary")
+    if flags and binary is None:
+        _no_control("start", why=f"an etcd started with {' '.join(flags)} needs a local etcd binary")
     if binary is None and not _docker_answers():
         pytest.fail(HOW_TO_GET_ETCD, pytrace=False)
     for attempt in range(3):  # free_port() races other processes; a lost race shows in the log
@@ -513,7 +546,8 @@ def _start(data_dir: Path, count: int, tls: TlsFiles | None = None, listen: Sequ
         token = uuid.uuid4().hex[:12]
         if binary is not None:
             servers: list[LocalEtcd] | list[DockerEtcd] = [
-                LocalEtcd(binary, m, members, token, data_dir / f"{m.name}-{attempt}", tls, listen) for m in members
+                LocalEtcd(binary, m, members, token, data_dir / f"{m.name}-{attempt}", tls, listen, flags)
+                for m in members
             ]
         else:
             servers = _docker_servers(members, token)
@@ -540,10 +574,13 @@ def _docker_servers(members: list[_Member], token: str) -> list[DockerEtcd]:
     return [DockerEtcd(image, m, members, token, network) for m in members]
 
 
-def start_etcd(data_dir: Path, *, tls: TlsFiles | None = None, listen: Sequence[str] = ()) -> EtcdServer:
+def start_etcd(
+    data_dir: Path, *, tls: TlsFiles | None = None, listen: Sequence[str] = (), flags: Sequence[str] = ()
+) -> EtcdServer:
     """One healthy single-member etcd (see the module docstring for where it comes from); it also
-    serves clients on the addresses in ``listen``, at the same port."""
-    return _start(data_dir, 1, tls, listen)[0]
+    serves clients on the addresses in ``listen``, at the same port; ``flags``: more of etcd's
+    own (a local binary then, not ``ETCD_ENDPOINTS``)."""
+    return _start(data_dir, 1, tls, listen, flags)[0]
 
 
 def start_cluster(data_dir: Path, members: int = 3) -> EtcdCluster:

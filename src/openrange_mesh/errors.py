@@ -110,6 +110,19 @@ class TooLarge(RegistryError):
         super().__init__(f"{what} is {size} bytes, over the {limit}-byte limit")
 
 
+class RegistryFull(RegistryError):
+    """etcd refuses writes: its database reached its space quota (the NOSPACE alarm). Reads,
+    deletes and lease keepalives still work; nothing writes until an operator frees space."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(
+            f"etcd is out of space and refused to {what} (mvcc: database space exceeded): compact its history, "
+            "defragment it and disarm its NOSPACE alarm (etcdctl compact, defrag, alarm disarm); "
+            "running episodes go on and their results wait"
+        )
+
+
 class StoreError(MeshError):
     """Shared storage failed."""
 

@@ -39,6 +39,9 @@ from .waker import Waker
 
 log = logging.getLogger(__name__)
 
+BACKOFF_MIN = 0.05  # seconds before the pass after a failed one; doubling up to loop_wait
+OUTAGE_LOG_EVERY = 10.0  # seconds between "still unavailable" lines while etcd keeps refusing
+
 # Builds an agent's pool from its settings, its loop's waker (the pool's ``wait`` returns when
 # it is set) and where infrastructure faults go.
 MakePool = Callable[[Settings, Waker, Callable[[str], None]], Pool]
@@ -81,6 +84,8 @@ class Agent:
         self._draining = False
         self._drain_deadline = 0.0
         self._outage: float | None = None  # monotonic time a pass first met a registry error
+        self._backoff = 0.0  # seconds the loop waits at least before the pass after a failed one
+        self._said_at = -OUTAGE_LOG_EVERY  # monotonic time "still unavailable" was last logged
         self.parts = assemble(
             settings,
             self.registry,
@@ -175,7 +180,7 @@ class Agent:
                     self.parts.committer.hand_back()
                     self.leadership.last_report(self.parts.selfcheck.store, self.settings.report_interval)
                     break
-                self._idle(self._wait_time())
+                self._idle(self._wait_time(), self._backoff)
         finally:
             collector.stop()
             self._shutdown()
@@ -201,12 +206,18 @@ class Agent:
                 if line:
                     log.info("%s", line)
         except RegistryError as exc:
+            # Not asked again at once: a refusal comes back in a millisecond (a full etcd), and a
+            # pass a millisecond later, woken by the results it could not commit, asked again
+            self._backoff = min(max(2 * self._backoff, BACKOFF_MIN), self.settings.loop_wait)
+            now = time.monotonic()
             if self._outage is None:
                 log.exception("registry trouble; episodes keep running, results wait for etcd")
-                self._outage = time.monotonic()
-            else:
+                self._outage = self._said_at = now
+            elif now - self._said_at >= OUTAGE_LOG_EVERY:
                 log.warning("registry still unavailable: %s", exc)
+                self._said_at = now
             return
+        self._backoff = 0.0
         # A pass that asked etcd nothing proves nothing: the outage ends once etcd has answered
         # a lease refresh sent after it began (an idle pass used to end it, and the next
         # failure logged its traceback again)
@@ -214,13 +225,21 @@ class Agent:
             log.info("registry reachable again")
             self._outage = None
 
-    def _idle(self, timeout: float) -> None:
+    def _idle(self, timeout: float, floor: float = 0.0) -> None:
         """Wait until a pass is due: a wake-up (a watch event, a signal), news from a worker that
-        asks for one, or ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while not self.pool.wait(deadline - time.monotonic()):
-            if time.monotonic() >= deadline:
+        asks for one, or ``timeout``; but not before ``floor`` seconds unless stopping (workers'
+        news is still read meanwhile: what it asked for, the next pass does)."""
+        now = time.monotonic()
+        earliest, deadline = now + floor, now + max(timeout, floor)
+        while True:
+            woken = self.pool.wait(deadline - time.monotonic())
+            now = time.monotonic()
+            if woken and (now >= earliest or self._stop.is_set()):
+                break
+            if now >= deadline:
                 return
+            if woken:
+                self._waker.clear()
         self._waker.clear()
 
     def _wait_time(self) -> float:

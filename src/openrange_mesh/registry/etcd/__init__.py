@@ -41,7 +41,7 @@ from typing import Any
 from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Etcd3Exception
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
-from ...errors import Compacted, LeaseLost, RegistryError, TooLarge
+from ...errors import Compacted, LeaseLost, RegistryError, RegistryFull, TooLarge
 from ..base import (
     MAX_REQUEST_BYTES,
     Compare,
@@ -298,6 +298,8 @@ class EtcdRegistry:
             return TooLarge(ctx.what, size, limit)
         if "requested lease not found" in lowered:
             return LeaseLost(ctx.lease)
+        if "database space exceeded" in lowered:
+            return RegistryFull(ctx.what)
         if "required revision has been compacted" in lowered:
             return Compacted(ctx.revision, self._oldest_revision())
         user = self._target.user
