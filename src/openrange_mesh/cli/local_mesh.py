@@ -172,6 +172,9 @@ class LocalMesh:
                 f"--initial-cluster=local=http://127.0.0.1:{peer}",
                 "--log-level=warn",
                 "--unsafe-no-fsync",  # a throwaway etcd in a temp dir: durability buys nothing here
+                # a local mesh left running for days keeps its history, and so its disk, bounded
+                "--auto-compaction-mode=periodic",
+                "--auto-compaction-retention=1h",
             ],
         )
         deadline = time.monotonic() + ETCD_START_TIMEOUT
