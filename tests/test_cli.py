@@ -266,6 +266,9 @@ def test_ls_watch_follows_changes_and_ctrl_c_exits_0(etcd: EtcdServer, registry:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a test run started in the background (`cmd &` in a script) has
+        # SIGINT ignored, children inherit that, and Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert process.stdout is not None
@@ -281,7 +284,7 @@ def test_ls_watch_follows_changes_and_ctrl_c_exits_0(etcd: EtcdServer, registry:
         process.send_signal(signal.SIGINT)
         try:
             code = process.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # seen once in CI (session 13), not reproduced since
+        except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGABRT)
             _, stderr = process.communicate(timeout=10)
             pytest.fail(f"ls --watch still ran 10 s after SIGINT; its threads:\n{stderr[-6000:]}")
