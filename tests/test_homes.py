@@ -10,7 +10,7 @@ import pytest
 from openrange_mesh.ids import IdAllocator, home_id
 from openrange_mesh.keys import Keys
 from openrange_mesh.ledger import homes
-from openrange_mesh.ledger.catalog import Catalog
+from openrange_mesh.ledger.catalog import Catalog, EpisodeFilter
 from openrange_mesh.ledger.claims import Settlement
 from openrange_mesh.ledger.homes import MAX_OWN_KEYS
 from openrange_mesh.ledger.ledger import Ledger
@@ -146,6 +146,29 @@ def test_settle_commits_one_group_and_claims_another_in_one_txn(registry: Regist
     oks, won = ledger.settle([done], [(entry, ledger.read(second))], host="h1", lease=lease)
     assert oks == [True] and won[0] is not None and current_revision(registry) == before + 1
     assert states(ledger, first) == [State.SUCCEEDED] * 5 and states(ledger, second) == [State.RUNNING] * 5
+
+
+def test_a_listing_by_state_finds_the_members_in_it_whatever_the_group_says(registry: Registry, ledger: Ledger) -> None:
+    first, second, third = batch(ledger, 4), batch(ledger, 3), batch(ledger, 2)
+    lease = registry.grant(5)
+    claim, running = take(ledger, "h1", lease, first)
+    now = time.time()
+    partial = [finish_attempt(r, State.SUCCEEDED, now, None) for r in running[:2]]
+    assert ledger.commit(claim, partial, last=False)  # "mixed": two finished, two running
+    claim, running = take(ledger, "h1", lease, second)
+    assert ledger.commit(claim, [finish_attempt(r, State.FAILED, now, "x") for r in running], last=True)  # "finished"
+    catalog = Catalog(registry, ledger.keys)
+
+    def listed(*wanted: State) -> list[str]:
+        return [r.id for r, _ in catalog.episodes(EpisodeFilter(states=frozenset(wanted)))]
+
+    assert listed(State.RUNNING) == first[2:]
+    assert listed(State.SUCCEEDED) == first[:2]
+    assert listed(State.FAILED) == second
+    assert listed(State.PENDING) == third
+    assert listed(State.RUNNING, State.PENDING) == first[2:] + third
+    everything = [r.id for r, _ in catalog.episodes()]
+    assert sorted(listed(*State)) == sorted(everything) == sorted(first + second + third)
 
 
 def test_collect_takes_a_group_once_every_member_may_go(registry: Registry, ledger: Ledger) -> None:
