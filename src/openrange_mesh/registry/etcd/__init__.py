@@ -31,17 +31,16 @@ import contextlib
 import json
 import logging
 import multiprocessing
-import re
 import ssl
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from etcd3gw.exceptions import ConnectionFailedError, ConnectionTimeoutError, Etcd3Exception
+from etcd3gw.exceptions import Etcd3Exception
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
-from ...errors import Compacted, LeaseLost, RegistryError, RegistryFull, TooLarge
+from ...errors import LeaseLost, RegistryError
 from ..base import (
     MAX_REQUEST_BYTES,
     Compare,
@@ -55,15 +54,13 @@ from ..base import (
     error_kind,
 )
 from ._causes import timed_out
+from ._refusals import refusal
 from ._transport import (
     _MIN_ATTEMPT,
-    _NOT_APPLIED,
-    _UNAVAILABLE,
     _as_broken,
     _Broken,
     _Client,
     _Ctx,
-    _error_message,
     _GatewayError,
     _InvalidToken,
     _stream_session,
@@ -288,35 +285,9 @@ class EtcdRegistry:
                 maybe_applied=not broken.never_sent,
                 timed_out=timed_out(broken.cause) if isinstance(broken.cause, BaseException) else False,
             )
-        message = _error_message(exc)
-        lowered = message.lower()
-        if "request is too large" in lowered:
-            return TooLarge(ctx.what, ctx.size, MAX_REQUEST_BYTES)
-        if "larger than max" in lowered:  # gRPC's own limit: "... larger than max (3072010 vs. 2097152)"
-            numbers = [int(n) for n in re.findall(r"\d+", message)]
-            size, limit = numbers[-2:] if len(numbers) >= 2 else (ctx.size, MAX_REQUEST_BYTES)
-            return TooLarge(ctx.what, size, limit)
-        if "requested lease not found" in lowered:
-            return LeaseLost(ctx.lease)
-        if "database space exceeded" in lowered:
-            return RegistryFull(ctx.what)
-        if "required revision has been compacted" in lowered:
-            return Compacted(ctx.revision, self._oldest_revision())
-        user = self._target.user
-        if user is not None and ("invalid auth token" in lowered or "user name is empty" in lowered):
-            return _InvalidToken(message)  # expired, or auth was enabled after we last authenticated
-        if user is None and ("user name is empty" in lowered or "permission denied" in lowered):
-            return RegistryError(f"etcd at {self.endpoints} requires authentication: add user:password@ to the URL")
-        if "authentication failed" in lowered:
-            return RegistryError(f"etcd authentication failed for user {user!r}: wrong user name or password")
-        if "permission denied" in lowered:
-            return RegistryError(f"etcd user {user!r} may not {ctx.what}: permission denied")
-        if isinstance(exc, ConnectionFailedError | ConnectionTimeoutError) or any(s in lowered for s in _UNAVAILABLE):
-            applied = not any(s in lowered for s in _NOT_APPLIED)
-            return _Unreachable(
-                self.endpoints, where, f"{where}: {message}", maybe_applied=applied, timed_out="timed out" in lowered
-            )
-        return RegistryError(f"etcd refused {ctx.what}: {message}")
+        return refusal(
+            exc, ctx, endpoints=self.endpoints, where=where, user=self._target.user, oldest=self._oldest_revision
+        )
 
     def _oldest_revision(self) -> int:
         """The compaction revision, learnt from a watch at revision 1 (etcd reports it nowhere else)."""
