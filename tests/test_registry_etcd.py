@@ -245,6 +245,10 @@ def test_threads_write_at_once_and_again_after_a_restart(
             list(pool.map(writer, range(4)))  # re-raises the first failure
 
     write_all(b"before")
+    # A single member of etcd before 3.5.5 (the wheel's is 3.5.1) answers a write before its WAL
+    # holds it (etcd#14370): killed at once, it lost one of the 80 in a CI run. What this test
+    # is about is the writes after the restart; the ones before get time to reach the WAL.
+    time.sleep(0.5)
     own_etcd.kill()
     own_etcd.restart()
     write_all(b"after")
