@@ -57,6 +57,12 @@ def test_every_agent_says_who_leads_and_followers_redirect(make_mesh: MakeMesh, 
         else:  # the same path and query at the leader
             assert hosts.status_code == 307 and hosts.headers["location"] == f"{leader.url}/api/hosts?x=1&y=2"
 
+    # nobody has asked for the episode index yet: the hosts' running counts come from the claims
+    mesh.submit_sleeps(3, 5.0)
+    wait_until(lambda: sum(len(mesh.running_on(h)) for h in urls) == 3, 20, what="three episodes running")
+    counts = {h["id"]: h["running"] for h in get(f"{leader.url}/api/hosts").json()["hosts"]}
+    assert counts == {h: len(mesh.running_on(h)) for h in urls} and sum(counts.values()) == 3
+
 
 def test_episodes_page_at_one_revision_and_errors_are_one_line(make_mesh: MakeMesh, etcd: EtcdServer) -> None:
     mesh = make_mesh(etcd.url)

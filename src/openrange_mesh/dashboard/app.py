@@ -133,13 +133,16 @@ def hosts_json(state: State) -> dict[str, Any]:
     leader_host = seat.host if seat else None
     beats = state.view.heartbeats()
     index = state.index
-    running = index.running() if index is not None else {}  # records say it; host records lag
+    # Running counts from the records the index follows, or, with no index (nobody looked for a
+    # while: a monitor polling this alone must not keep one), from the live claims; host records
+    # lag (their count is as of their last write)
+    running = index.running() if index is not None else Catalog(state.registry, state.keys).running_by_host()
     return {
         "revision": revision,
         "hosts": [
             {
                 **host_summary(h, leader_host),
-                "running": running.get(h.id, h.running if index is None else 0),
+                "running": running.get(h.id, 0),
                 "heartbeat_age_s": beats.get(h.id),
             }
             for h in live
@@ -149,8 +152,7 @@ def hosts_json(state: State) -> dict[str, Any]:
 
 
 async def hosts(request: Request, state: State) -> Response:
-    await wait_index(state)  # the running counts come from it
-    return JSONResponse(await asyncio.to_thread(hosts_json, state))  # it may read leases
+    return JSONResponse(await asyncio.to_thread(hosts_json, state))  # it may read leases and claims
 
 
 async def episodes(request: Request, state: State) -> Response:
