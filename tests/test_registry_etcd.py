@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import re
 import socket
 import subprocess
 import sys
@@ -386,14 +385,6 @@ def _answered_in_child(answers: object, url: str, out: object) -> None:
     registry.close()
 
 
-def _ranges_served(etcd: EtcdServer) -> float:
-    """Range requests etcd has served so far, from its own /metrics (a watch's probe is one)."""
-    with urllib.request.urlopen(f"http://{etcd.endpoint}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    found = re.search(r'^grpc_server_started_total\{grpc_method="Range",[^}]*\} ([0-9.e+]+)$', text, re.M)
-    return float(found[1]) if found else 0.0
-
-
 def test_a_quiet_watch_sharing_anothers_answers_sends_etcd_nothing(
     etcd: EtcdServer, prefix: bytes, opened: list[Registry]
 ) -> None:
@@ -409,12 +400,12 @@ def test_a_quiet_watch_sharing_anothers_answers_sends_etcd_nothing(
         watch = registry.watch(prefix, agent.get(prefix)[1] + 1)  # from now: revision 1 may be compacted
         try:
             time.sleep(0.3)  # the stream open
-            before = _ranges_served(etcd)
+            before = etcd.requests_served("Range")
             deadline = time.monotonic() + 1.5
             while time.monotonic() < deadline:
                 agent.refresh(lease)  # the agent's keepalive (LeaseKeepAlive, not a Range)
                 time.sleep(0.1)
-            return _ranges_served(etcd) - before
+            return etcd.requests_served("Range") - before
         finally:
             watch.cancel()
 
