@@ -9,7 +9,8 @@
 * etcd writes (revisions) per episode lifecycle, read off etcd's revision counter;
 * failure detection: kill -9 an agent running an episode; seconds until a peer has put it back,
   against the ttl;
-* CartPole-v1 episodes/s through a 2-agent mesh (batched claims) against what a user writes
+* CartPole-v1 episodes/s through a 2-agent mesh (batched claims; ``--events`` sets what the
+  store keeps of their events, all by default) against what a user writes
   without us: ``multiprocessing.Pool(2)`` (default chunking) mapping a plain gymnasium loop
   (random actions, no project code) over the same seeds; and, when ``ray`` is importable, Ray
   running the same loop ``--batch`` episodes per task on two CPUs;
@@ -55,7 +56,7 @@ from tests.etcdkit import start_etcd
 
 from cpukit import cpu_delta, tree_cpu
 from openrange_mesh.client.client import MeshClient
-from openrange_mesh.model import EpisodeRecord, State
+from openrange_mesh.model import EVENT_LEVELS, EpisodeRecord, State
 from openrange_mesh.registry import open_registry
 from openrange_mesh.runtimes import load_runtime
 
@@ -288,7 +289,9 @@ def detection(url: str, work: Path) -> float:
         group.stop()
 
 
-def mesh_cartpole(url: str, etcd_pid: int, work: Path, episodes: int, batch: int, run: int = 0) -> Timed:
+def mesh_cartpole(
+    url: str, etcd_pid: int, work: Path, episodes: int, batch: int, run: int = 0, events: str = "all"
+) -> Timed:
     namespace = f"cartpole-{run}"
     group = Agents(url, namespace, 2, 1, work / "store", work)
     roots = {"agent": [p.pid for p in group.procs.values()], "etcd": [etcd_pid]}
@@ -297,7 +300,7 @@ def mesh_cartpole(url: str, etcd_pid: int, work: Path, episodes: int, batch: int
             group.wait_joined(client)
             # warm both workers' imports with 20 episodes, as the Pool's are before it is timed
             client.wait(client.submit(_cartpole_specs(20), batch=5), timeout=120)
-            specs = _cartpole_specs(episodes)
+            specs = [{**spec, "events": events} for spec in _cartpole_specs(episodes)]
             records: list[EpisodeRecord] = []
             result = timed(
                 roots, episodes, lambda: records.extend(client.wait(client.submit(specs, batch=batch), timeout=600))
@@ -419,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     # A CartPole episode is ~0.2 ms: a claim of 250 spreads the per-batch costs (a claim and a
     # commit request, watch events, agent passes: ~3 ms) to ~12 us an episode.
     parser.add_argument("--batch", type=int, default=250, help="episodes per claim for CartPole")
+    parser.add_argument(
+        "--events", choices=EVENT_LEVELS, default="all", help="the CartPole specs' events level (what the store keeps)"
+    )
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
     # quick CartPole runs of 20 batches: 8 (2000 episodes) mostly measured the first batch's start
@@ -437,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
             meshes = [noop["episodes_per_s"], second["episodes_per_s"]]
             detect_s = detection(server.url, work)
             pool_runs = [pool_cartpole(cart_n)]
-            cart_runs = [mesh_cartpole(server.url, server.pid, work, cart_n, args.batch, run) for run in range(2)]
+            cart_runs = [
+                mesh_cartpole(server.url, server.pid, work, cart_n, args.batch, run, args.events) for run in range(2)
+            ]
             pool_runs.append(pool_cartpole(cart_n))
             pools, carts = [r.per_s for r in pool_runs], [r.per_s for r in cart_runs]
         finally:
@@ -467,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         "agents": args.agents,
         "capacity": args.capacity,
         "cartpole_batch": args.batch,
+        "cartpole_events": args.events,
         "runs": {"mesh": meshes, "floor": floors, "cartpole_mesh": carts, "cartpole_pool": pools, "cartpole_ray": rays},
     }
     print(f"{'figure':<34}{'value':>12}")

@@ -626,6 +626,23 @@ def test_logs_and_show_of_batched_episodes(agents: Agents) -> None:
     assert shown["history"][0]["batch"] and shown["artifacts"][0]["batch_events"].endswith("/")
 
 
+def test_logs_of_episodes_that_keep_fewer_events(agents: Agents) -> None:
+    """``--events summary`` keeps a batch's reset and terminal events; ``--events none`` keeps
+    none, and logs says so (not an error: the spec asked for it), following or not."""
+    run = ("submit", "--runtime", "sleep", "-p", "seconds=0.05", "-p", "events=3", "--count", "2", "--batch", "2")
+    summary = agents.cli.ok(*run, "--events", "summary").stdout.split()
+    none = agents.cli.ok(*run, "--events", "none").stdout.split()
+    agents.cli.ok("wait", *summary, *none)
+    lines = agents.cli.ok("logs", summary[1]).stdout.splitlines()
+    assert [line.split()[2] for line in lines] == ["reset", "terminal"]
+    for follow in ([], ["-f"]):
+        quiet = agents.cli.ok("logs", *follow, none[0])
+        assert quiet.stdout == "" and "were not kept: its spec has events='none'" in quiet.stderr
+    shown = json.loads(agents.cli.ok("show", none[1], "-o", "json").stdout)
+    assert shown["history"][0]["events"] == "(not kept)" and "batch_events" not in shown["artifacts"][0]
+    assert "events: not kept: its spec has events='none'" in agents.cli.ok("show", none[1]).stdout
+
+
 def test_show_counts_only_attempts_the_episode_spent(mesh: Cli, registry: Registry) -> None:
     """Attempts the infrastructure ended (outcome "released") do not count against max_attempts,
     and show says so instead of "attempt 3 of 2"."""

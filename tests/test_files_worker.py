@@ -4,15 +4,19 @@ path, or bytes for runtimes that take bytes), its artifacts uploaded under its c
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 import tempfile
 from pathlib import Path
+
+import pytest
 
 from openrange_mesh.model import EpisodeSpec
 from openrange_mesh.store import open_store
 from openrange_mesh.store.cas import put_snapshot
 from openrange_mesh.store.layout import artifact_path
 from openrange_mesh.worker.child import Done, WorkItem
-from openrange_mesh.worker.files import MAX_ARTIFACTS
+from openrange_mesh.worker.files import MAX_ARTIFACTS, Outputs
 from openrange_mesh.worker.pool import WorkerPool
 
 from .helpers import wait_until
@@ -59,6 +63,31 @@ def test_artifacts_are_uploaded_under_the_claims_token_and_listed(tmp_path: Path
         assert listed[name]["size"] == len(data)
         assert listed[name]["sha256"] == "sha256:" + hashlib.sha256(data).hexdigest()
     assert set(Path(tempfile.gettempdir()).glob("openrange-artifacts-*")) <= before, "gone with the worker"
+
+
+@pytest.mark.parametrize("watch", [True, False], ids=["inotify", "scan"])
+def test_outputs_find_what_an_episode_left_however_it_got_there(tmp_path: Path, watch: bool) -> None:
+    """Files written in a new subdirectory, renamed in from elsewhere, or linked in are
+    uploaded; a quiet episode finds nothing; what it left is gone before the next one."""
+    store = open_store(str(tmp_path / "store"))
+    outputs = Outputs(watch=watch)
+    assert (outputs._watch is not None) == (watch and sys.platform.startswith("linux"))
+    try:
+        assert outputs.upload(store, "e", 1, 7) == []
+        (outputs.directory / "deep" / "er").mkdir(parents=True)
+        (outputs.directory / "deep" / "er" / "a.txt").write_text("a")
+        assert [a["name"] for a in outputs.upload(store, "e", 1, 7)] == ["deep/er/a.txt"]
+        assert outputs.upload(store, "e", 2, 7) == [] and list(outputs.directory.iterdir()) == []
+        (tmp_path / "made-elsewhere.txt").write_text("b")
+        (tmp_path / "made-elsewhere.txt").rename(outputs.directory / "moved.txt")
+        assert [a["name"] for a in outputs.upload(store, "e", 3, 7)] == ["moved.txt"]
+        (tmp_path / "linked.txt").write_text("c")
+        os.link(tmp_path / "linked.txt", outputs.directory / "linked.txt")
+        assert [a["name"] for a in outputs.upload(store, "e", 4, 7)] == ["linked.txt"]
+        assert outputs.upload(store, "e", 5, 7) == []
+    finally:
+        outputs.close()
+    assert store.get_bytes(artifact_path("e", 3, 7, "moved.txt")) == b"b"
 
 
 def test_too_many_artifacts_fail_the_episode_with_the_reason(tmp_path: Path) -> None:

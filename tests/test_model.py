@@ -36,7 +36,7 @@ from openrange_mesh.registry import Put, Registry
 from openrange_mesh.specs import check_spec, check_specs
 from openrange_mesh.store import open_store
 from openrange_mesh.store.digest import parse_digest
-from openrange_mesh.store.events import read_events
+from openrange_mesh.store.events import kept, read_events
 
 CARTPOLE = {"runtime": "gymnasium", "params": {"env": "CartPole-v1"}}
 
@@ -86,6 +86,8 @@ def test_check_specs_asks_the_runtime_once_per_distinct_params() -> None:
         ({**CARTPOLE, "params": {"env": "CartPole-v1", "blob": "x" * 600_000}}, "params", "over the"),
         ({**CARTPOLE, "on_timeout": "sometimes"}, "on_timeout", "'fail' or 'retry'"),
         ({**CARTPOLE, "batch": 251}, "batch", "from 1 to 250"),
+        ({**CARTPOLE, "events": "some"}, "events", "'all', 'summary', 'none'"),
+        ({**CARTPOLE, "events": ["none"]}, "events", "not ['none']"),
         ({**CARTPOLE, "colour": "red"}, "colour", "unknown field"),
         ({"params": {}}, "runtime", "missing"),
         ({"runtime": "gymnasium", "params": {}}, "params.env", ""),
@@ -151,6 +153,16 @@ def test_record_round_trip() -> None:
         created_at=0.5,
     )
     assert EpisodeRecord.from_bytes(record.to_bytes()) == record
+
+
+def test_a_specs_events_level_survives_a_record_and_all_is_left_off_the_wire() -> None:
+    summary = check_spec({**CARTPOLE, "events": "summary"})
+    assert EpisodeRecord.from_bytes(EpisodeRecord("e", summary).to_bytes()).spec.events == "summary"
+    assert "events" not in check_spec(CARTPOLE).wire() and check_spec(CARTPOLE).events == "all"
+    # a level this version does not know (a newer writer's) keeps every event
+    events = [{"type": "reset"}, {"type": "step"}, {"type": "terminal"}]
+    assert kept(events, "later") == events and kept(events, "summary") == [events[0], events[2]]
+    assert kept(events, "none") == []
 
 
 def test_events_a_record_holds_are_read_as_maps_only() -> None:

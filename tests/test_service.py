@@ -83,6 +83,22 @@ def test_events_and_results_go_to_the_store(registry: Registry, tmp_path: Path) 
     assert [e["type"] for e in events] == [e["type"] for e in report.events]
 
 
+def test_the_events_a_service_keeps_are_those_its_spec_asks(registry: Registry, tmp_path: Path) -> None:
+    """The report and the store hold what ``events`` keeps; ``advance`` hands back every event."""
+    store = open_store(str(tmp_path / "store"))
+    ticking = {"runtime": "sleep", "params": {"seconds": 0, "events": 3}}
+    with EpisodeService(registry, namespace=f"s{uuid.uuid4().hex[:10]}", store=store) as svc:
+        summary, nothing = svc.run_many([{**ticking, "events": "summary"}, {**ticking, "events": "none"}])
+        driven = svc.start({**ticking, "events": "none"})
+        seen = svc.advance(driven, 0.1)
+        quiet = svc.stop(driven)
+    assert [e["type"] for e in summary.events] == ["reset", "terminal"]
+    assert [e["type"] for e in read_events(store, summary.id, 1)] == ["reset", "terminal"]
+    assert nothing.events == [] == quiet.events and read_events(store, nothing.id, 1) == []
+    assert [e["type"] for e in seen] == ["reset", "tick", "tick", "tick", "terminal"]
+    assert store.list(f"episodes/{nothing.id}/attempt-1/") == [f"episodes/{nothing.id}/attempt-1/result.json"]
+
+
 def test_close_cancels_what_still_runs(registry: Registry) -> None:
     svc = EpisodeService(registry, namespace=f"s{uuid.uuid4().hex[:10]}")
     episode_id = svc.start({"runtime": "sleep", "params": {"seconds": 60}})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from openrange_mesh.model import EpisodeSpec
 from openrange_mesh.store import open_store
-from openrange_mesh.store.events import FLUSH_SECONDS, read_events
+from openrange_mesh.store.events import FLUSH_SECONDS, NOT_KEPT, read_events
 from openrange_mesh.worker.child import Done, WorkItem
 from openrange_mesh.worker.mailbox import RESULT_FLUSH, SHARED_LINGER, SHORT_RESULTS_LINGER, Outbox
 from openrange_mesh.worker.pool import WorkerPool
@@ -172,3 +172,40 @@ def test_a_long_episode_with_a_few_events_keeps_them_in_its_result(tmp_path: Pat
     assert done.kind == "succeeded" and done.events is None
     assert [e["type"] for e in done.inline_events or []] == ["reset", "terminal"]
     assert open_store(store_url).list("episodes/") == []
+
+
+def test_events_are_kept_at_the_level_the_spec_asks(tmp_path: Path) -> None:
+    """``events="none"`` stores nothing and says so (NOT_KEPT); ``"summary"`` keeps the reset
+    and the terminal event; ``"all"`` every tick, alone or in a batch. A progress watchdog
+    still sees every event: ticks 0.3 s apart keep a 0.6 s watchdog quiet with none kept."""
+    store_url = str(tmp_path / "store")
+    pool = WorkerPool(1, store_url)
+    pool.start()
+
+    def spec(level: str, **params: float) -> EpisodeSpec:
+        return EpisodeSpec(runtime="sleep", params={"seconds": 0, "events": 20, **params}, events=level)
+
+    watched = EpisodeSpec(
+        runtime="sleep", params={"seconds": 1.5, "events": 5}, events="none", progress_timeout=0.6, batch=2
+    )
+    batch = [WorkItem(f"b-{level}", 1, spec(level), batch="claim-1") for level in ("none", "summary", "all")]
+    try:
+        pool.dispatch([WorkItem("s-none", 1, spec("none"))])
+        single_none = results(pool, 1)
+        pool.dispatch([WorkItem("s-summary", 1, spec("summary"))])
+        single_summary = results(pool, 1)
+        pool.dispatch([*batch, WorkItem("b-watched", 1, watched, batch="claim-1")])
+        grouped = results(pool, 4)
+    finally:
+        pool.close()
+    done = {d.episode_id: d for d in [*single_none, *single_summary, *grouped]}
+    assert {d.kind for d in done.values()} == {"succeeded"}, done
+    store = open_store(store_url)
+    for name in ("s-none", "b-none", "b-watched"):
+        assert done[name].events == NOT_KEPT and done[name].inline_events is None
+        assert read_events(store, name, 1, batch="claim-1", shared=done[name].events) == []
+    single = read_events(store, "s-summary", 1, shared=done["s-summary"].events, inline=done["s-summary"].inline_events)
+    assert [e["type"] for e in single] == ["reset", "terminal"]
+    types = {n: [e["type"] for e in read_events(store, n, 1, batch="claim-1")] for n in ("b-summary", "b-all")}
+    assert types == {"b-summary": ["reset", "terminal"], "b-all": ["reset", *["tick"] * 20, "terminal"]}
+    assert store.list("shared/") == [] and store.list("episodes/") == []  # nothing for what kept none

@@ -38,7 +38,7 @@ from .service_records import Batch, ServiceRecords
 from .specs import check_spec, check_specs
 from .store import Store, open_store
 from .store.cache import SnapshotCache
-from .store.events import encode_events
+from .store.events import encode_events, kept
 from .store.layout import events_path, result_path
 from .writebehind import Kept
 
@@ -341,7 +341,7 @@ class EpisodeService:
 
     def _drain_events(self, running: _RunningEpisode) -> builtins.list[dict[str, Any]]:
         new = running.handle.poll_events()
-        running.events.extend(new)
+        running.events += kept(new, running.spec.events)  # what its report and the store keep
         return new
 
     def _final(self, running: _RunningEpisode, error: str | None) -> EpisodeRecord | Kept:
@@ -350,7 +350,7 @@ class EpisodeService:
         try:
             outcome = handle.terminal()
             result = handle.collect()
-            running.events += handle.poll_events()
+            running.events += kept(handle.poll_events(), running.spec.events)
         finally:
             handle.stop()
         if error is not None:
@@ -366,7 +366,8 @@ class EpisodeService:
 
     def _save_artifacts(self, record: EpisodeRecord, events: Sequence[dict[str, Any]]) -> None:
         assert self.store is not None
-        self.store.put_bytes(events_path(record.id, record.attempt, 0), encode_events(list(events)))
+        if record.spec.events != "none":
+            self.store.put_bytes(events_path(record.id, record.attempt, 0), encode_events(list(events)))
         self.store.put_bytes(result_path(record.id, record.attempt), json.dumps(dict(record.result or {})).encode())
 
     def _snapshot(self, spec: EpisodeSpec) -> bytes:

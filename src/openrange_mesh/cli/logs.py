@@ -12,13 +12,14 @@ from ..client.client import get_record
 from ..ledger.catalog import Catalog
 from ..model import EpisodeRecord
 from ..store import Store
-from ..store.events import NOT_STORED, decode_events, inline_events, read_events, tagged_for
+from ..store.events import NOT_KEPT, NOT_STORED, decode_events, inline_events, read_events, tagged_for
 from ..store.layout import attempt_prefix, batch_prefix, parse_events_path, shared_events_path
 from .common import Mesh, compact_json, output_option, pass_mesh, stamp, store_option
 from .safe import printable
 
 POLL_SECONDS = 0.5
 INLINE = "(in the record)"  # what _print_new's ``seen`` holds once it printed a record's events
+NOT_KEPT_WHY = "its spec has events='none'"
 
 
 @click.command("logs", short_help="Print an episode's events from the store (-f follows).")
@@ -52,6 +53,9 @@ def command(mesh: Mesh, episode_id: str, follow: bool, attempt: int | None, stor
             raise click.ClickException(
                 f"the events of {printable(episode_id)} attempt {which} were not stored: its host's store refused them"
             )
+        if shared == NOT_KEPT:  # not an error: the spec asked for none
+            click.echo(f"the events of {printable(episode_id)} attempt {which} were not kept: {NOT_KEPT_WHY}", err=True)
+            return
         if inline is not None:  # in the record: a mesh without a store has these too
             events = inline_events(inline)
         else:
@@ -103,6 +107,11 @@ def _print_new(lazy: Lazy, record: EpisodeRecord, attempt: int, seen: set[str], 
             seen.add(INLINE)
             for event in inline_events(inline):
                 click.echo(render(event, output))
+        return
+    if shared == NOT_KEPT:
+        if NOT_KEPT not in seen:
+            seen.add(NOT_KEPT)
+            click.echo(f"(attempt {attempt}: its events were not kept: {NOT_KEPT_WHY})", err=True)
         return
     store = lazy.get()
     if shared == NOT_STORED:

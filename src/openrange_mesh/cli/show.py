@@ -15,6 +15,7 @@ from ..ledger.records import spent_attempts
 from ..model import EpisodeRecord
 from ..model.views import detail
 from ..store import Store
+from ..store.events import NOT_KEPT, NOT_STORED
 from ..store.layout import attempt_prefix, batch_prefix, shared_events_path
 from .common import (
     Mesh,
@@ -65,6 +66,12 @@ def command(mesh: Mesh, episode_id: str, store_url: str | None, output: str) -> 
     _print(out_console(), record, artifacts)
 
 
+_NO_FILE = {NOT_STORED: "not stored: its host's store refused them", NOT_KEPT: "not kept: its spec has events='none'"}
+
+
+_WHERE_EVENTS = (("batch_events", "its batch's events"), ("shared_events", "its events"), ("events", "events"))
+
+
 def attempt_files(store: Store, record: EpisodeRecord) -> list[dict[str, Any]]:
     """For every attempt: where its directory is, and the objects in it."""
     out = []
@@ -75,10 +82,12 @@ def attempt_files(store: Store, record: EpisodeRecord) -> list[dict[str, Any]]:
         batch, shared, inline = sources(record, n)
         if inline is not None:  # a short attempt: its record holds its events
             item["events_in_record"] = len(inline)
-        if batch is not None:  # its events are in the batch's shared chunks
-            item["batch_events"] = store.location(batch_prefix(batch))
-        if shared is not None:  # a short attempt: its events are in its worker's shared file
+        if shared in _NO_FILE:  # its record says why there are none; no location to name
+            item["events"] = _NO_FILE[shared]
+        elif shared is not None:  # a short attempt: its events are in its worker's shared file
             item["shared_events"] = store.location(shared_events_path(shared))
+        elif batch is not None:  # its events are in the batch's shared chunks
+            item["batch_events"] = store.location(batch_prefix(batch))
         out.append(item)
     return out
 
@@ -133,7 +142,7 @@ def _print(console: Console, record: EpisodeRecord, artifacts: list[dict[str, An
         for item in artifacts:
             listing = f"{len(item['files'])} files" if item["files"] else "nothing stored"
             console.print(f"  attempt {item['attempt']}: {printable(item['location'])} ({listing})")
-            for key, what in (("batch_events", "its batch's events"), ("shared_events", "its events")):
+            for key, what in _WHERE_EVENTS:
                 if key in item:
                     console.print(f"    {what}: {printable(item[key])}")
 

@@ -8,7 +8,7 @@ from typing import IO, Any
 import click
 
 from ..errors import MeshError, SpecError
-from ..model import MAX_BATCH, EpisodeSpec
+from ..model import EVENT_LEVELS, MAX_BATCH, EpisodeSpec
 from ..specs import MAX_PARAMS_DEPTH, check_spec, check_specs
 from .common import Mesh, dump_json, json_or_string, output_option, parse_pairs, pass_mesh
 from .safe import printable
@@ -26,6 +26,7 @@ SPEC_FLAGS = (
     "snapshot",
     "idempotency_key",
     "labels",
+    "events",
 )
 
 
@@ -59,6 +60,11 @@ SPEC_FLAGS = (
     "--batch",
     type=click.IntRange(min=1, max=MAX_BATCH),
     help="Let one claim take up to B episodes of this submission.",
+)
+@click.option(
+    "--events",
+    type=click.Choice(EVENT_LEVELS),
+    help="What the store keeps of each attempt's events: all (default), summary (reset and terminal), none.",
 )
 @click.option(
     "-f",

@@ -30,7 +30,7 @@ from ..keys import Keys
 from ..model import EpisodeRecord, State
 from ..registry import Registry
 from ..store import Store
-from ..store.events import NOT_STORED
+from ..store.events import names_file
 from ..store.layout import parse_cas_path
 from .catalog import Catalog
 
@@ -56,7 +56,7 @@ class Needed:
         self.episodes.add(record.id)
         self.tokens[record.id] = {a.token for a in record.history if a.token is not None}
         self.batches.update(a.batch for a in record.history if a.batch)
-        self.shared.update(a.events for a in record.history if a.events and a.events != NOT_STORED)
+        self.shared.update(a.events for a in record.history if names_file(a.events))
         if record.state in (State.PENDING, State.RUNNING) and record.spec.snapshot:
             self.snapshots.add(record.spec.snapshot)
 

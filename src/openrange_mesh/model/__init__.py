@@ -22,10 +22,11 @@ from .record import (
     is_live,
     wire_members,
 )
-from .spec import MAX_ATTEMPTS, MAX_BATCH, MAX_LABELS, MAX_SPEC_BYTES, EpisodeSpec
+from .spec import EVENT_LEVELS, MAX_ATTEMPTS, MAX_BATCH, MAX_LABELS, MAX_SPEC_BYTES, EpisodeSpec
 from .wire import SCHEMA, decode_or_none, pack, unpack
 
 __all__ = [
+    "EVENT_LEVELS",
     "GROUP_FIELD",
     "MAX_ATTEMPTS",
     "MAX_BATCH",

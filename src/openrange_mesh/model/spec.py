@@ -20,6 +20,9 @@ MAX_ATTEMPTS = 100
 # Episodes one claim may take: a batch's records share one key (ids.MAX_GROUP members at most),
 # so a claim or commit costs a few ops whatever its size.
 MAX_BATCH = 250
+# What an attempt's events are kept at (``EpisodeSpec.events``): every event its runtime emits,
+# only its "reset" and "terminal" events, or none (its result and times are in its record).
+EVENT_LEVELS = ("all", "summary", "none")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_./-]{0,62})$")
 
 
@@ -28,7 +31,9 @@ class EpisodeSpec:
     """What to run. ``timeout`` is wall-clock seconds per attempt; ``progress_timeout`` is the
     no-progress watchdog (seconds without an event); ``on_timeout`` is "fail" or "retry".
     ``batch`` lets one claim take up to that many episodes of the same submission (short
-    episodes); 1 keeps per-episode claims (design/README.md, "Batching")."""
+    episodes); 1 keeps per-episode claims (design/README.md, "Batching"). ``events`` is what
+    the store keeps of each attempt's events (``EVENT_LEVELS``); a worker sees them all, so
+    ``progress_timeout`` works at every level."""
 
     runtime: str
     params: Mapping[str, Any] = field(default_factory=dict)
@@ -41,6 +46,7 @@ class EpisodeSpec:
     idempotency_key: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     batch: int = 1
+    events: str = "all"
     # The compacted dict every record encoding of this spec uses, built once (the hot path
     # encodes the same spec two or three times per episode). Not a field of the spec.
     _wire: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
@@ -65,6 +71,8 @@ class EpisodeSpec:
         _check_optional_str("idempotency_key", self.idempotency_key, 256)
         if not _is_int(self.batch) or not 1 <= self.batch <= MAX_BATCH:
             raise SpecError("batch", f"must be an integer from 1 to {MAX_BATCH}, not {self.batch!r}")
+        if self.events not in EVENT_LEVELS:
+            raise SpecError("events", f"must be one of {', '.join(map(repr, EVENT_LEVELS))}, not {self.events!r}")
         _check_labels(self.labels)
         size = len(_pack_spec(self))
         if size > MAX_SPEC_BYTES:
@@ -103,6 +111,7 @@ class EpisodeSpec:
             "idempotency_key": self.idempotency_key,
             "labels": self.labels,
             "batch": self.batch,
+            "events": self.events,
         }
 
     @classmethod
@@ -135,6 +144,7 @@ SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "idempotency_key": OPT_STR,
     "labels": (dict,),
     "batch": (int,),
+    "events": (str,),
 }
 SPEC_FIELDS = Fields(SPEC_NAMES, SPEC_TYPES)  # what a record's spec map is read with
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import ArtifactNotFound
 from . import layout
@@ -22,12 +22,30 @@ FLUSH_SECONDS = 1.0
 # What an attempt's ``events`` says when its host's store refused some of its events: they are
 # not coming (``logs`` says so), rather than a name of a file that was never written.
 NOT_STORED = "(not stored)"
+# What it says when its spec kept none (``events="none"``): there never were any to store.
+NOT_KEPT = "(not kept)"
+# The events a spec's ``events="summary"`` keeps: the two every runtime emits, its start and end
+SUMMARY_TYPES = frozenset({"reset", "terminal"})
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def encode_events(events: list[JsonObject]) -> bytes:
     """One compact JSON object per line, each line ending in a newline."""
     return "".join(_ENCODER.encode(e) + "\n" for e in events).encode()
+
+
+def kept(events: list[JsonObject], level: str) -> list[JsonObject]:
+    """What a spec's ``events`` level keeps of ``events``. A level this version does not know
+    (a newer writer's, a corrupt record's) keeps them all: losing events is the worse mistake."""
+    if level == "summary":
+        return [event for event in events if event.get("type") in SUMMARY_TYPES]
+    return [] if level == "none" else events
+
+
+def names_file(events: str | None) -> TypeGuard[str]:
+    """Whether an attempt's ``events`` names a shared file (not None, ``NOT_STORED`` or
+    ``NOT_KEPT``)."""
+    return events is not None and events not in (NOT_STORED, NOT_KEPT)
 
 
 def decode_events(data: bytes, source: str = "") -> list[JsonObject]:
@@ -77,11 +95,12 @@ def read_events(
     ``batch`` names the claim when the attempt ran in a batch (``Attempt.batch``): its events
     are in the batch's shared chunks, tagged with the episode and attempt. ``shared`` names the
     file a short attempt's events went to (``Attempt.events``), tagged alike: written before the
-    attempt's record names it (``NOT_STORED``: refused by the store; no events). ``inline``:
+    attempt's record names it (``NOT_STORED``: refused by the store; ``NOT_KEPT``: its spec
+    kept none; no events either way). ``inline``:
     the events its record holds (``Attempt.inline_events``), where the store has none."""
     if inline is not None:
         return inline_events(inline)
-    if shared == NOT_STORED:
+    if shared in (NOT_STORED, NOT_KEPT):
         return []
     if shared is not None:
         path = layout.shared_events_path(shared)

@@ -52,10 +52,10 @@ from ..runtimes import load_runtime
 from ..specs import check_json, is_plain_json
 from ..store import Store, open_store
 from ..store.cache import SnapshotCache
-from ..store.events import NOT_STORED
+from ..store.events import names_file
 from . import files, reaper
 from .mailbox import SHARED_LINGER, Inbox, Outbox
-from .sinks import Chunks, ShortEvents, Single, Tagged
+from .sinks import DROPPED, Chunks, ShortEvents, Single, Sink, Summary, Tagged
 from .slot import Slot
 
 log = logging.getLogger(__name__)
@@ -106,18 +106,20 @@ def run_item(
     store: Store | None,
     is_cancelled: Callable[[], bool],
     on_progress: Callable[[], None],
-    events: Single | Tagged | None = None,
+    events: Sink,
     cache: SnapshotCache | None = None,
     outputs: files.Outputs | None = None,
 ) -> Done:
     """Run one episode to its end, from its snapshot, and upload what it wrote; every failure
     becomes a Done, never an exception: the episode's own fails it, the host's releases it."""
-    events = events if events is not None else Single(store, item, None, None)
     own = outputs is None  # a worker passes its own, made once
     outputs = outputs or files.Outputs()
     try:
-        with files.snapshot(item.spec.snapshot, cache) as local, files.snapshot_env(local):
-            done = _run(item, local, is_cancelled, on_progress, events)
+        if item.spec.snapshot is None:  # most episodes: nothing to pin, no environment to set
+            done = _run(item, None, is_cancelled, on_progress, events)
+        else:
+            with files.snapshot(item.spec.snapshot, cache) as local, files.snapshot_env(local):
+                done = _run(item, local, is_cancelled, on_progress, events)
         uploaded = outputs.upload(store, item.episode_id, item.attempt, item.token)
         return replace(done, artifacts=uploaded) if uploaded else done
     except files.EpisodeFault as exc:
@@ -134,7 +136,7 @@ def _run(
     local: Path | None,
     is_cancelled: Callable[[], bool],
     on_progress: Callable[[], None],
-    events: Single | Tagged,
+    events: Sink,
 ) -> Done:
     spec = item.spec
     started = time.monotonic()
@@ -175,7 +177,7 @@ def _run(
         raise
 
 
-def _finish(handle: Any, events: Single | Tagged, item: WorkItem, kind: str, error: str | None) -> Done:
+def _finish(handle: Any, events: Sink, item: WorkItem, kind: str, error: str | None) -> Done:
     try:
         last = handle.poll_events()
         result = dict(handle.collect())
@@ -279,12 +281,19 @@ class Sinks:
     cache: SnapshotCache | None  # the host's snapshots
     outputs: files.Outputs  # this worker's artifacts directory
 
-    def of(self, item: WorkItem, batch: Chunks | None) -> Single | Tagged:
+    def of(self, item: WorkItem, batch: Chunks | None) -> Sink:
         """Where an episode's events go: its batch's shared chunks, or its own chunks unless
-        it ends before the first is due (then the worker's file of short episodes)."""
+        it ends before the first is due (then the worker's file of short episodes); only
+        those its spec keeps (``EpisodeSpec.events``)."""
+        level = item.spec.events
+        if level == "none":
+            return DROPPED
+        sink: Single | Tagged
         if batch is not None and item.batch is not None:
-            return Tagged(batch, item)
-        return Single(self.store, item, self.short, self.report)
+            sink = Tagged(batch, item)
+        else:
+            sink = Single(self.store, item, self.short, self.report)
+        return Summary(sink) if level == "summary" else sink
 
 
 def _run_group(
@@ -328,7 +337,7 @@ def _run_group(
             reaper.kill_leftovers()  # before its result: no process of an ended episode lives on
             slot.clear()
         inbox.cancelled.discard(item.episode_id)
-        outbox.add(seq, done, started, held=done.events is not None and done.events != NOT_STORED)
+        outbox.add(seq, done, started, held=names_file(done.events))
         if index < len(group) - 1:
             if outbox.stale():
                 send(False)

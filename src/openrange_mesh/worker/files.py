@@ -29,6 +29,7 @@ from ..store import Store
 from ..store.cache import SnapshotCache
 from ..store.digest import HashingReader, parse_digest
 from ..store.layout import artifact_path
+from .dirwatch import DirWatch
 
 SNAPSHOT_ENV, ARTIFACTS_ENV = "OPENRANGE_SNAPSHOT", "OPENRANGE_ARTIFACTS"
 MAX_ARTIFACTS = 256  # files an attempt may leave: their list lives in its etcd record
@@ -91,16 +92,20 @@ def _takes_path(runtime: Any) -> bool:
 class Outputs:
     """The worker's artifacts directory (``OPENRANGE_ARTIFACTS``): one for all its episodes, made
     at its start, emptied after each episode that left something. A directory made and removed
-    per episode cost more than a CartPole episode; an empty one is found with one ``scandir``."""
+    per episode cost more than a CartPole episode; one that stayed empty is told by one poll of
+    an inotify descriptor (dirwatch.py; else by a ``scandir``). ``watch=False``: always scan."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, watch: bool = True) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix=f"openrange-artifacts-{os.getpid()}-"))
         os.environ[ARTIFACTS_ENV] = str(self.directory)  # for this worker's life: its runtimes inherit it
+        self._watch = DirWatch.open(self.directory) if watch else None
 
     def upload(self, store: Store | None, episode_id: str, attempt: int, token: int | None) -> list[dict[str, Any]]:
         """Every regular file the episode left, streamed to the store under ``token``; their
         list. Raises EpisodeFault (too many files) or HostFault (the store refused one). The
         directory is empty afterwards, whatever happened."""
+        if self._watch is not None and not self._watch.created():
+            return []
         with os.scandir(self.directory) as entries:
             if next(entries, None) is None:
                 return []
@@ -145,6 +150,8 @@ class Outputs:
                         os.unlink(entry.path)
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

@@ -16,6 +16,10 @@
   written (child.py's outbox), so the agent never commits a record naming a file that is not
   there yet.
 
+An episode whose spec keeps fewer events (``events="summary"`` or ``"none"``) has its sink
+filtered (``Summary``) or replaced (``Dropped``): what it does not keep is never tagged,
+encoded or written, and a record that kept none says so (``NOT_KEPT``).
+
 Events are diagnostics: a store that refuses them fails no episode (results are in etcd), but
 the agent hears of it (agent/health.py), and the attempt's record says its events were not
 stored (``NOT_STORED``) rather than pointing at a file that will not come.
@@ -26,12 +30,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import StoreError
 from ..specs import is_plain_json
 from ..store import Store
-from ..store.events import FLUSH_SECONDS, NOT_STORED, encode_events
+from ..store.events import FLUSH_SECONDS, NOT_KEPT, NOT_STORED, encode_events, kept
 from ..store.layout import batch_events_path, events_path, shared_events_path
 
 log = logging.getLogger(__name__)
@@ -124,6 +128,43 @@ class Tagged:
     def finish(self, last: list[dict[str, Any]]) -> Finished:
         self.add(last)
         return None, None  # the batch's chunks: the attempt names its claim; written before results leave
+
+
+class Sink(Protocol):
+    """Where one episode's events go while it runs (``add``), and where they are once it ended
+    (``finish``, given its last events)."""
+
+    def add(self, events: list[dict[str, Any]]) -> None: ...
+
+    def finish(self, last: list[dict[str, Any]]) -> Finished: ...
+
+
+class Summary:
+    """An episode whose spec keeps its "reset" and "terminal" events only."""
+
+    def __init__(self, inner: Single | Tagged) -> None:
+        self.inner = inner
+
+    def add(self, events: list[dict[str, Any]]) -> None:
+        events = kept(events, "summary")
+        if events:
+            self.inner.add(events)
+
+    def finish(self, last: list[dict[str, Any]]) -> Finished:
+        return self.inner.finish(kept(last, "summary"))
+
+
+class Dropped:
+    """An episode whose spec keeps no events: its record says so."""
+
+    def add(self, events: list[dict[str, Any]]) -> None:
+        pass
+
+    def finish(self, last: list[dict[str, Any]]) -> Finished:
+        return NOT_KEPT, None
+
+
+DROPPED = Dropped()  # it holds nothing: one for every episode
 
 
 class ShortEvents:
