@@ -4,7 +4,9 @@ across processes, URL parsing) follows the contract suite."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import multiprocessing
 import os
 import subprocess
@@ -27,6 +29,7 @@ from openrange_mesh.store.layout import (
     parse_events_path,
     result_path,
 )
+from openrange_mesh.worker.sinks import write_events
 
 from .s3kit import S3Server, free_port
 
@@ -260,6 +263,23 @@ def test_decode_events_is_tolerant(caplog: pytest.LogCaptureFixture) -> None:
     assert "skipped 3 corrupt event line(s) in chunk-0, first at 4" in caplog.text
     assert decode_events(b"") == []
     assert decode_events(encode_events([{"x": "a\nb"}])) == [{"x": "a\nb"}]
+
+
+def test_events_encode_as_json_did_and_one_that_does_not_is_dropped_alone(tmp_path: Path) -> None:
+    """numpy's scalars and float subclasses are written as their values, keys that are not
+    strings as strings (json's rules), a float that is not finite as null (json wrote NaN, which
+    no JSON reader takes); an event with a value JSON has not is dropped, its neighbours kept."""
+    import numpy as np
+
+    class Reward(float):
+        pass
+
+    odd = {"r": np.float64(1.5), "n": np.int64(3), "f": Reward(2.0), 7: "key", "nan": math.nan, "obs": np.zeros(2)}
+    assert json.loads(encode_events([odd])) == {"r": 1.5, "n": 3, "f": 2.0, "7": "key", "nan": None, "obs": [0, 0]}
+    store = open_store(str(tmp_path / "store"))
+    events = [{"type": "a"}, {"type": "b", "big": 2**70, "x": object()}, {"type": "c"}]
+    assert write_events(store, "shared/x.jsonl", events, None)
+    assert [e["type"] for e in decode_events(store.get_bytes("shared/x.jsonl"))] == ["a", "c"]
 
 
 # -- S3 specifics ---------------------------------------------------------------------------

@@ -6,6 +6,8 @@ import json
 import logging
 from typing import Any, TypeGuard
 
+import orjson
+
 from ..errors import ArtifactNotFound
 from . import layout
 from .base import Store
@@ -15,7 +17,6 @@ log = logging.getLogger(__name__)
 JsonObject = dict[str, Any]
 
 
-# One encoder: json.dumps with options builds a new one per call, ~3 us, more than a CartPole step's event.
 # A running attempt's events reach the store at most this long after they were emitted (the
 # workers flush their buffers this often, worker/child.py); readers that follow wait as long.
 FLUSH_SECONDS = 1.0
@@ -24,14 +25,27 @@ FLUSH_SECONDS = 1.0
 NOT_STORED = "(not stored)"
 # What it says when its spec kept none (``events="none"``): there never were any to store.
 NOT_KEPT = "(not kept)"
+# orjson: ~0.4 us an event against json's ~3 (a CartPole episode's two events cost its worker
+# ~3% with json). Keys that are not strings are written as strings, as json did; a float that
+# is not finite is written null (json wrote NaN, which is not JSON); numpy's scalars and arrays
+# and other floats' subclasses are written as their values.
+_LINE = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 # The events a spec's ``events="summary"`` keeps: the two every runtime emits, its start and end
 SUMMARY_TYPES = frozenset({"reset", "terminal"})
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def encode_events(events: list[JsonObject]) -> bytes:
-    """One compact JSON object per line, each line ending in a newline."""
-    return "".join(_ENCODER.encode(e) + "\n" for e in events).encode()
+    """One compact JSON object per line, each line ending in a newline. Raises TypeError
+    (``orjson.JSONEncodeError``) for an event that does not encode: a type JSON has not, an
+    integer past 64 bits, nesting deeper than 254."""
+    return b"".join(orjson.dumps(e, default=_as_float, option=_LINE) for e in events)
+
+
+def _as_float(value: Any) -> float:
+    """orjson's fallback: a subclass of float (which json wrote as a float) as its value."""
+    if isinstance(value, float):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON data")
 
 
 def kept(events: list[JsonObject], level: str) -> list[JsonObject]:

@@ -207,7 +207,17 @@ def _inline(events: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     records are msgpack; an event that is not plain JSON is dropped on the file's path)."""
     if len(events) > INLINE_COUNT or not is_plain_json(events):
         return None
-    return events if len(encode_events(events)) <= INLINE_EVENTS else None
+    try:
+        return events if len(encode_events(events)) <= INLINE_EVENTS else None
+    except TypeError:  # plain, but not JSON's (an integer past 64 bits)
+        return None
+
+
+def _encoded(event: dict[str, Any]) -> bytes | None:
+    try:
+        return encode_events([event])
+    except TypeError:
+        return None
 
 
 def write_events(store: Store, path: str, events: list[dict[str, Any]], report: Report | None) -> bool:
@@ -215,10 +225,10 @@ def write_events(store: Store, path: str, events: list[dict[str, Any]], report: 
     episode's own (dropped alone); a store that refuses the write is the host's (reported)."""
     try:
         data = encode_events(events)
-    except (RecursionError, ValueError, TypeError):
-        kept = [event for event in events if is_plain_json(event)]
-        log.warning("dropping %d events that are not plain JSON data", len(events) - len(kept))
-        data = encode_events(kept)
+    except TypeError:  # one by one: only those that do not encode are dropped
+        lines = [line for line in map(_encoded, events) if line is not None]
+        log.warning("dropping %d events that are not plain JSON data", len(events) - len(lines))
+        data = b"".join(lines)
     try:
         store.put_bytes(path, data, durable=False)
     except StoreError as exc:
