@@ -112,7 +112,7 @@ def test_the_dashboard_serves_while_its_host_leads(mesh: Mesh) -> None:
     serving = Serving(multiprocessing.RawValue("b", 0), multiprocessing.RawValue("d", 0.0))
     serving.lease_lives_until(time.monotonic() + 30)  # the lease keeper's half of the cell
     leadership = Leadership(
-        *("h1", mesh.registry, mesh.keys, h1.lease, h1.catalog, h1.ledger, h1.metrics),
+        *("h1", mesh.registry, mesh.keys, h1.lease, h1.ledger, h1.metrics),
         ttl=30,
         retention=0,
         draining=lambda: False,
@@ -136,7 +136,7 @@ def test_the_leader_collects_with_a_sweep_at_most_every_tenth_of_the_retention(m
     h1 = mesh.host("h1")
     h1.join()
     leadership = Leadership(
-        *("h1", mesh.registry, mesh.keys, h1.lease, h1.catalog, h1.ledger, h1.metrics),
+        *("h1", mesh.registry, mesh.keys, h1.lease, h1.ledger, h1.metrics),
         ttl=5,
         retention=3600,
         draining=lambda: False,

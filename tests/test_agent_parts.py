@@ -13,6 +13,7 @@ import pytest
 
 from openrange_mesh.agent.claimer import CANDIDATE_WINDOW, DRY_PAUSE, STEAL_INTERVAL
 from openrange_mesh.agent.inbox import DeadHost
+from openrange_mesh.agent.sweeper import SLICE_EVERY, Sweeper
 from openrange_mesh.ledger import owners
 from openrange_mesh.ledger.ledger import Ledger
 from openrange_mesh.ledger.placement import UNOWNED
@@ -401,6 +402,38 @@ def test_a_dead_host_whose_revision_is_compacted_is_left_to_the_sweep(mesh: Mesh
     record = mesh.ledger.read([episode])[episode].record
     assert record.state is State.PENDING
     assert record.history[-1].error == "host h2 lost its lease"  # as the orphans step says it: its key is gone
+
+
+def test_a_periodic_sweep_reads_a_slice_of_the_namespace_per_pass(mesh: Mesh) -> None:
+    """The leader's cycle reads ``slice_keys`` values a pass, at most every SLICE_EVERY, at
+    the revision it started at (a new one past a compaction): a batch's members go back with
+    their group, a live claim's episode stays, and an orphan made after the cycle started
+    waits for the next cycle."""
+    h2 = mesh.host("h2")
+    h2.join()
+    batch = mesh.submit_batch(5)  # its group's key sorts first
+    singles = mesh.submit(25)
+    live = mesh.submit(1, prefix="f")
+    claims = [h2.hold(batch)[0], *(h2.hold([e])[0] for e in singles)]
+    h2.hold(live)
+    mesh.registry.txn([], [Delete(mesh.keys.claim("h2", c.claim_id)) for c in claims])
+    sweeper = Sweeper(mesh.registry, mesh.keys, mesh.ledger, slice_keys=10)
+    sweeper.start()
+    (late,) = mesh.submit(1, prefix="z")
+    late_claim, _ = h2.hold([late])
+    mesh.registry.txn([], [Delete(mesh.keys.claim("h2", late_claim.claim_id))])
+    first = sweeper.step(now=0.0).requeued
+    assert sweeper.step(now=SLICE_EVERY / 2).requeued == 0  # not due yet
+    rest = [sweeper.step(now=SLICE_EVERY * n).requeued for n in (1, 2, 3)]
+    assert (first, rest, sweeper.running) == (14, [10, 6, 0], False)  # 5 + 9 singles, 10, the last 6
+    states = {i: v.record.state for i, v in mesh.ledger.read([*batch, *singles, *live, late]).items()}
+    assert {states[i] for i in [*batch, *singles]} == {State.PENDING}
+    assert states[live[0]] is State.RUNNING and states[late] is State.RUNNING
+    sweeper.start()
+    mesh.submit(1, prefix="y")  # a revision past the cycle's, compacted away
+    mesh.registry.compact(mesh.revision())  # type: ignore[attr-defined]
+    assert sweeper.finish().requeued == 1  # read past the compaction, at a new revision
+    assert mesh.ledger.read([late])[late].record.state is State.PENDING
 
 
 def test_the_sweep_says_a_claim_vanished_when_its_host_lives(mesh: Mesh) -> None:

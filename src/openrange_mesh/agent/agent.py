@@ -243,9 +243,11 @@ class Agent:
         self._waker.clear()
 
     def _wait_time(self) -> float:
-        """Until the next commit falls due, or a steal read may be made (with idle workers)."""
+        """Until the next commit falls due, a steal read may be made (with idle workers), or the
+        leader's sweep has its next slice due."""
         steal_at = self.parts.claimer.steal_at() if self.parts.peers.steal_wanted and self.pool.idle() else None
-        due = [t for t in (self.parts.holdings.next_commit_at(), steal_at) if t is not None]
+        slice_at = self.parts.leadership.next_slice_at()
+        due = [t for t in (self.parts.holdings.next_commit_at(), steal_at, slice_at) if t is not None]
         if not due:
             return self.settings.loop_wait
         return max(0.0, min(self.settings.loop_wait, min(due) - time.monotonic()))

@@ -3,8 +3,9 @@
 The leader is the agent whose lease holds the ``leader`` key (created only if absent). It is not
 a controller: claims, commits and requeues never wait for it. It runs the reconcile sweep (the
 safety net for requeues whose trigger event nobody saw, e.g. when every agent was down when a
-lease expired), collects acked finished records older than ``--retention``, and is where the
-dashboard's URL is published.
+lease expired) and collects acked finished records older than ``--retention``, both a slice of
+the namespace per pass (sweeper.py), and is where the dashboard's URL is published. Any agent
+sweeps whole at once when it joins, is elected, or its watch missed events (``sweep_due``).
 
 Threads: the control-watch thread calls ``on_event``; the loop calls ``step`` and
 ``sweep_soon`` (and the watch thread ``sweep_soon`` after a re-list). No lock: each field is
@@ -16,21 +17,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable
 
 from ..dashboard.process import Serving
 from ..errors import MeshError
 from ..keys import Keys
-from ..ledger.catalog import Catalog, EpisodeFilter
 from ..ledger.ledger import Ledger
-from ..ledger.retention import collect_garbage
-from ..model import State
 from ..model.seat import Seat, read_seat
 from ..registry import Compare, Event, KeyValue, Put, Registry
 from ..store import Store
 from .lease import LeaseKeeper
 from .metrics import Metrics
+from .sweeper import Sweeper, Swept, sweep
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +40,6 @@ class Leadership:
         registry: Registry,
         keys: Keys,
         lease: LeaseKeeper,
-        catalog: Catalog,
         ledger: Ledger,
         metrics: Metrics,
         *,
@@ -56,8 +53,8 @@ class Leadership:
         self.registry = registry
         self.keys = keys
         self.lease = lease
-        self.catalog = catalog
         self.ledger = ledger
+        self.sweeper = Sweeper(registry, keys, ledger)  # the periodic cycle, a slice per pass
         self.metrics = metrics
         self.ttl = ttl
         self.retention = retention  # acked records older than this go (0: none)
@@ -77,8 +74,8 @@ class Leadership:
 
     @property
     def collect_interval(self) -> float:
-        """Retention runs with a sweep, at most every tenth of the retention up to 5 minutes:
-        it reads every value too, and a record kept a week may go a few minutes late."""
+        """Retention runs with a sweep's cycle, at most every tenth of the retention up to 5
+        minutes: it reads every value too, and a record kept a week may go a few minutes late."""
         return max(self.sweep_interval, min(self.retention / 10, 300.0))
 
     def sweep_soon(self) -> None:
@@ -112,21 +109,41 @@ class Leadership:
             line = self._campaign()
         if self._serving is not None:  # and the lease keeper says until when (dashboard/process.py)
             self._serving.lead(self.is_leader)
-        if self.sweep_due or (self.is_leader and time.monotonic() >= self._next_sweep):
-            requeued = sweep(self.registry, self.keys, self.catalog, self.ledger)
-            self.metrics.requeues.inc(requeued)
+        swept = Swept()
+        if self.sweep_due:  # whole, at once
+            swept = Swept(sweep(self.registry, self.keys, self.ledger))
             self.sweep_due = False
             self._next_sweep = time.monotonic() + self.sweep_interval
-            if requeued:
-                line = f"{line + '; ' if line else ''}sweep requeued {requeued} orphaned episodes"
-            retention = self.retention
-            removed = 0
-            if self.is_leader and retention and time.monotonic() >= self._next_collect:
-                removed = collect_garbage(self.registry, self.keys, retention)
-                self._next_collect = time.monotonic() + self.collect_interval
-            if removed:
-                line = f"{line + '; ' if line else ''}collected {removed} acked records older than {retention:g} s"
-        return line
+        if self.is_leader:
+            self._start_cycle()
+            more = self.sweeper.step()
+            swept = Swept(swept.requeued + more.requeued, more.removed)
+        else:
+            self.sweeper.stop()
+        self.metrics.requeues.inc(swept.requeued)
+        said = [line] if line else []
+        if swept.requeued:
+            said.append(f"sweep requeued {swept.requeued} orphaned episodes")
+        if swept.removed:
+            said.append(f"collected {swept.removed} acked records older than {self.retention:g} s")
+        return "; ".join(said) or None
+
+    def next_slice_at(self) -> float | None:
+        """When the loop should wake for the sweep's next slice (monotonic), if a cycle runs."""
+        return self.sweeper.next_slice_at() if self.is_leader else None
+
+    def _start_cycle(self) -> None:
+        """A periodic cycle every ``sweep_interval`` (or as soon as the last one ended, if it
+        took longer), collecting too every ``collect_interval`` (a cycle starts for that even
+        right after a whole sweep: the one an election makes collects nothing)."""
+        now = time.monotonic()
+        collect = bool(self.retention) and now >= self._next_collect
+        if self.sweeper.running or (now < self._next_sweep and not collect):
+            return
+        self.sweeper.start(time.time() - self.retention if collect else None)
+        self._next_sweep = now + self.sweep_interval
+        if collect:
+            self._next_collect = now + self.collect_interval
 
     def last_report(self, store: Store | None, interval: float) -> None:
         """At a drain, a leader leaves the run report in the store (dashboard/report.py), as
@@ -175,22 +192,3 @@ def _unholdable(kv: KeyValue) -> str | None:
     if kv.lease == 0:
         return "had no lease"
     return None
-
-
-def sweep(registry: Registry, keys: Keys, catalog: Catalog, ledger: Ledger) -> int:
-    """Requeue running episodes whose claim key is gone, reading claims and records at one
-    revision (a claim txn writes both, so a consistent view never shows a false orphan). The
-    reason says what the orphans step would have said when the owner's key is gone too: a new
-    leader's first sweep often comes before the dead host's heir gets to it."""
-    claims = registry.range(keys.claims())
-    present = {keys.name_of(kv.key, keys.claims()) for kv in claims.kvs}
-    live = {keys.name_of(kv.key, keys.hosts()) for kv in registry.range(keys.hosts(), revision=claims.revision).kvs}
-    orphans: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for record, _ in catalog.episodes(EpisodeFilter(states=frozenset({State.RUNNING})), revision=claims.revision):
-        if f"{record.owner}/{record.claim}" not in present and record.owner and record.claim:
-            orphans[(record.owner, record.claim)].append(record.id)
-    requeued = 0
-    for (host, claim_id), ids in orphans.items():
-        reason = f"claim of host {host} vanished" if host in live else f"host {host} lost its lease"
-        requeued += len(ledger.requeue(host, claim_id, ids, reason))
-    return requeued

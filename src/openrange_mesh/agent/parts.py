@@ -96,7 +96,6 @@ def assemble(
         registry,
         keys,
         lease,
-        catalog,
         ledger,
         metrics,
         ttl=settings.ttl,

@@ -1,9 +1,11 @@
-"""Retention: acked finished records older than ``--retention`` are deleted, by the leader on its
-sweep and by ``openrange-mesh gc`` (client) when there is none."""
+"""Retention: acked finished records older than ``--retention`` are deleted, by the leader a
+slice at a time with its sweep (agent/sweeper.py) and by ``openrange-mesh gc`` (client) when
+there is none."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from functools import partial
 
 from ..keys import Keys
@@ -20,9 +22,15 @@ def collect_garbage(registry: Registry, keys: Keys, retention: float, now: float
     (``acked_by``: a group's header): a mesh keeps a week of records by default, and every
     sweep reads them all."""
     cutoff = (time.time() if now is None else now) - retention
+    return collect(registry, keys, (kv for kv, _ in Catalog(registry, keys).scan(keys.episodes(), None)), cutoff)
+
+
+def collect(registry: Registry, keys: Keys, kvs: Iterable[KeyValue], cutoff: float) -> int:
+    """``collect_garbage`` over the values ``kvs`` (records' keys and values, read at any
+    revision: each delete compares its key unchanged), those acked at or before ``cutoff``."""
     batch: list[tuple[KeyValue, list[EpisodeRecord]]] = []
     ops = removed = 0
-    for kv, _ in Catalog(registry, keys).scan(keys.episodes(), None):
+    for kv in kvs:
         if not decode_or_none(partial(acked_by, cutoff=cutoff), kv.value, kv.key):
             continue
         records = decode_or_none(decode_records, kv.value, kv.key)
