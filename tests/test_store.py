@@ -267,15 +267,17 @@ def test_decode_events_is_tolerant(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_events_encode_as_json_did_and_one_that_does_not_is_dropped_alone(tmp_path: Path) -> None:
     """numpy's scalars and float subclasses are written as their values, keys that are not
-    strings as strings (json's rules), a float that is not finite as null (json wrote NaN, which
-    no JSON reader takes); an event with a value JSON has not is dropped, its neighbours kept."""
+    strings as strings (json's rules), a float that is not finite as its name (json wrote NaN,
+    which no JSON parser but Python's takes); an event with a value JSON has not is dropped,
+    its neighbours kept."""
     import numpy as np
 
     class Reward(float):
         pass
 
+    assert json.loads(encode_events([{"deep": [{"x": -math.inf}]}])) == {"deep": [{"x": "-inf"}]}
     odd = {"r": np.float64(1.5), "n": np.int64(3), "f": Reward(2.0), 7: "key", "nan": math.nan, "obs": np.zeros(2)}
-    assert json.loads(encode_events([odd])) == {"r": 1.5, "n": 3, "f": 2.0, "7": "key", "nan": None, "obs": [0, 0]}
+    assert json.loads(encode_events([odd])) == {"r": 1.5, "n": 3, "f": 2.0, "7": "key", "nan": "nan", "obs": [0, 0]}
     store = open_store(str(tmp_path / "store"))
     events = [{"type": "a"}, {"type": "b", "big": 2**70, "x": object()}, {"type": "c"}]
     assert write_events(store, "shared/x.jsonl", events, None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -40,6 +39,7 @@ from ..errors import ConfigError
 from ..keys import Keys
 from ..ledger.catalog import Catalog
 from ..registry import Registry, open_registry
+from ..specs import named_floats
 from ..store import Store
 from .safe import printable, safe_json
 
@@ -226,19 +226,7 @@ def _dumps(value: Any, **layout: Any) -> str:
     try:
         return json.dumps(value, ensure_ascii=False, allow_nan=False, default=_jsonable, **layout)
     except ValueError:  # NaN or an infinity (an episode's result or event): JSON has no such numbers
-        return json.dumps(_finite(value), ensure_ascii=False, allow_nan=False, default=_jsonable, **layout)
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with each NaN or infinity as its name, a string (JSON's parsers reject the bare
-    ``NaN`` that json.dumps writes by default: ``jq`` would fail on the whole listing)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # "nan", "inf", "-inf"
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+        return json.dumps(named_floats(value), ensure_ascii=False, allow_nan=False, default=_jsonable, **layout)
 
 
 def _jsonable(value: Any) -> Any:

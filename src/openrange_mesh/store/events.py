@@ -9,6 +9,7 @@ from typing import Any, TypeGuard
 import orjson
 
 from ..errors import ArtifactNotFound
+from ..specs import has_odd_floats, named_floats
 from . import layout
 from .base import Store
 
@@ -26,9 +27,10 @@ NOT_STORED = "(not stored)"
 # What it says when its spec kept none (``events="none"``): there never were any to store.
 NOT_KEPT = "(not kept)"
 # orjson: ~0.4 us an event against json's ~3 (a CartPole episode's two events cost its worker
-# ~3% with json). Keys that are not strings are written as strings, as json did; a float that
-# is not finite is written null (json wrote NaN, which is not JSON); numpy's scalars and arrays
-# and other floats' subclasses are written as their values.
+# ~3% with json). Keys that are not strings are written as strings, as json did; numpy's
+# scalars and arrays and other floats' subclasses as their values; a float that is not finite
+# as its name, "nan", "inf" or "-inf" (json wrote NaN, which no JSON parser but Python's takes;
+# orjson would write null), as the CLI says them.
 _LINE = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 # The events a spec's ``events="summary"`` keeps: the two every runtime emits, its start and end
 SUMMARY_TYPES = frozenset({"reset", "terminal"})
@@ -38,7 +40,9 @@ def encode_events(events: list[JsonObject]) -> bytes:
     """One compact JSON object per line, each line ending in a newline. Raises TypeError
     (``orjson.JSONEncodeError``) for an event that does not encode: a type JSON has not, an
     integer past 64 bits, nesting deeper than 254."""
-    return b"".join(orjson.dumps(e, default=_as_float, option=_LINE) for e in events)
+    return b"".join(
+        orjson.dumps(named_floats(e) if has_odd_floats(e) else e, default=_as_float, option=_LINE) for e in events
+    )
 
 
 def _as_float(value: Any) -> float:
