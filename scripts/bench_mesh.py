@@ -425,7 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     # commit request, watch events, agent passes: ~3 ms) to ~12 us an episode.
     parser.add_argument("--batch", type=int, default=250, help="episodes per claim for CartPole")
     parser.add_argument(
-        "--events", choices=("all", "summary", "none"), default="all", help="the CartPole specs' events level (what the store keeps)"
+        "--events",
+        choices=("all", "summary", "none"),
+        default="all",
+        help="the CartPole specs' events level (what the store keeps)",
     )
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
