@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -68,7 +69,8 @@ def test_artifacts_are_uploaded_under_the_claims_token_and_listed(tmp_path: Path
 @pytest.mark.parametrize("watch", [True, False], ids=["inotify", "scan"])
 def test_outputs_find_what_an_episode_left_however_it_got_there(tmp_path: Path, watch: bool) -> None:
     """Files written in a new subdirectory, renamed in from elsewhere, or linked in are
-    uploaded; a quiet episode finds nothing; what it left is gone before the next one."""
+    uploaded; a quiet episode finds nothing; what it left is gone before the next one; a
+    directory removed, or moved away and made again, by an episode is made (and watched) again."""
     store = open_store(str(tmp_path / "store"))
     outputs = Outputs(watch=watch)
     assert (outputs._watch is not None) == (watch and sys.platform.startswith("linux"))
@@ -85,6 +87,16 @@ def test_outputs_find_what_an_episode_left_however_it_got_there(tmp_path: Path, 
         os.link(tmp_path / "linked.txt", outputs.directory / "linked.txt")
         assert [a["name"] for a in outputs.upload(store, "e", 4, 7)] == ["linked.txt"]
         assert outputs.upload(store, "e", 5, 7) == []
+        shutil.rmtree(outputs.directory)  # an episode that removes the directory takes no worker down
+        assert outputs.upload(store, "e", 6, 7) == [] and outputs.directory.is_dir()
+        (outputs.directory / "after.txt").write_text("d")
+        assert [a["name"] for a in outputs.upload(store, "e", 7, 7)] == ["after.txt"]
+        outputs.directory.rename(tmp_path / "moved-away")  # and one that moves it and makes another
+        outputs.directory.mkdir()
+        (outputs.directory / "new.txt").write_text("e")
+        assert [a["name"] for a in outputs.upload(store, "e", 8, 7)] == ["new.txt"]
+        (outputs.directory / "later.txt").write_text("f")  # seen by the watch made again
+        assert [a["name"] for a in outputs.upload(store, "e", 9, 7)] == ["later.txt"]
     finally:
         outputs.close()
     assert store.get_bytes(artifact_path("e", 3, 7, "moved.txt")) == b"b"

@@ -20,20 +20,25 @@ import ctypes.util
 import logging
 import os
 import select
+import struct
 import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_IN_CREATE, _IN_MOVED_TO = 0x100, 0x80
+_IN_CREATE, _IN_MOVED_TO, _IN_MOVE_SELF, _IN_IGNORED = 0x100, 0x80, 0x800, 0x8000
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then len bytes of name)
 _IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
 
 
 class DirWatch:
-    """``created()``: whether an entry appeared in the directory since the last call."""
+    """``created()``: whether an entry appeared in the directory since the last call. ``gone``:
+    the directory was removed or moved away (the watch follows the inode, not the path), so
+    nothing made at the path again would be seen: the caller opens a new watch."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self.gone = False
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
 
@@ -49,7 +54,7 @@ class DirWatch:
         if fd < 0:  # EMFILE: the user's inotify instances are all taken
             log.debug("no inotify for %s: %s", directory, os.strerror(ctypes.get_errno()))
             return None
-        if libc.inotify_add_watch(fd, os.fsencode(directory), _IN_CREATE | _IN_MOVED_TO) < 0:
+        if libc.inotify_add_watch(fd, os.fsencode(directory), _IN_CREATE | _IN_MOVED_TO | _IN_MOVE_SELF) < 0:
             log.debug("cannot watch %s: %s", directory, os.strerror(ctypes.get_errno()))
             os.close(fd)
             return None
@@ -59,10 +64,22 @@ class DirWatch:
         if not self._poll.poll(0):
             return False
         with contextlib.suppress(BlockingIOError):  # drain: the next look starts from nothing
-            while os.read(self._fd, 65536):
-                pass
+            while data := os.read(self._fd, 65536):
+                self.gone |= _ends_watch(data)
         return True
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self._fd)
+
+
+def _ends_watch(data: bytes) -> bool:
+    """Whether events say the directory left its path: moved away, or removed (the kernel then
+    ends the watch: IN_IGNORED)."""
+    offset = 0
+    while offset + _EVENT.size <= len(data):
+        _, mask, _, length = _EVENT.unpack_from(data, offset)
+        if mask & (_IN_MOVE_SELF | _IN_IGNORED):
+            return True
+        offset += _EVENT.size + length
+    return False

@@ -103,12 +103,15 @@ class Outputs:
     def upload(self, store: Store | None, episode_id: str, attempt: int, token: int | None) -> list[dict[str, Any]]:
         """Every regular file the episode left, streamed to the store under ``token``; their
         list. Raises EpisodeFault (too many files) or HostFault (the store refused one). The
-        directory is empty afterwards, whatever happened."""
+        directory is empty afterwards, whatever happened (made again if the episode removed it)."""
         if self._watch is not None and not self._watch.created():
             return []
-        with os.scandir(self.directory) as entries:
-            if next(entries, None) is None:
-                return []
+        try:
+            with os.scandir(self.directory) as entries:
+                if next(entries, None) is None and (self._watch is None or not self._watch.gone):
+                    return []  # the common case: nothing left, and the watch still on it
+        except FileNotFoundError:
+            pass  # the episode removed the directory: it is made again below
         try:
             files = sorted(p for p in self.directory.rglob("*") if p.is_file() and not p.is_symlink())
             if not files:
@@ -119,7 +122,7 @@ class Outputs:
                 raise EpisodeFault(f"wrote {len(files)} artifacts, more than {MAX_ARTIFACTS}: pack them into one (tar)")
             return [self._put(store, path, episode_id, attempt, token) for path in files]
         finally:
-            self._empty()
+            self._reset()
 
     def _put(self, store: Store, path: Path, episode_id: str, attempt: int, token: int) -> dict[str, Any]:
         name = path.relative_to(self.directory).as_posix()
@@ -139,6 +142,16 @@ class Outputs:
         except StoreError as exc:
             raise HostFault(f"its host's store refused artifact {name}: {exc}") from exc
         return {"name": name, "size": reader.size, "sha256": reader.digest}
+
+    def _reset(self) -> None:
+        """The directory emptied for the next episode; made again, and watched again, if the
+        episode removed or moved it (it must not take the worker down)."""
+        with contextlib.suppress(FileNotFoundError):
+            self._empty()
+        self.directory.mkdir(exist_ok=True)
+        if self._watch is not None and self._watch.gone:  # it watched the directory that went
+            self._watch.close()
+            self._watch = DirWatch.open(self.directory)
 
     def _empty(self) -> None:
         with os.scandir(self.directory) as entries:
