@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from openrange_mesh.errors import RegistryFull
-from openrange_mesh.registry import Delete, Put, Registry, open_registry
+from openrange_mesh.registry import Put, Registry, open_registry
 
 from .etcdkit import EtcdServer, start_etcd
 from .helpers import wait_until
@@ -53,7 +53,7 @@ def test_a_full_etcd_is_waited_out_and_nothing_is_lost_or_committed_twice(
 
     filler = open_registry(small_etcd.url)
     try:
-        written = fill(filler)
+        assert fill(filler), "etcd took no value at all"
         with pytest.raises(RegistryFull, match="etcd is out of space") as refused:
             mesh.client.submit([{"runtime": "sleep"}])
         assert "\n" not in str(refused.value) and "alarm disarm" in str(refused.value)
@@ -66,8 +66,8 @@ def test_a_full_etcd_is_waited_out_and_nothing_is_lost_or_committed_twice(
         assert asked < 80, f"{asked:.0f} txns in 4 s while etcd refused them all"
         assert all(agent.is_running() for agent in mesh.agents.values())
 
-        with pytest.raises(RegistryFull):  # a full etcd takes no txn that writes, deletes included
-            filler.txn([], [Delete(key) for key in written])
+        # What an operator does. (A txn that only deletes was refused too in every run here but
+        # one, in a CI run: etcd's own behaviour, not something the mesh counts on either way.)
         small_etcd.free_space(b"/filler/")
     finally:
         filler.close()

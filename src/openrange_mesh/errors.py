@@ -112,8 +112,9 @@ class TooLarge(RegistryError):
 
 class RegistryFull(RegistryError):
     """etcd refuses writes: its database reached its space quota (the NOSPACE alarm). Reads and
-    lease keepalives still work; every txn that writes is refused, a delete-only one too (a plain
-    delete, ``etcdctl del``, is not). Nothing is written until an operator frees space."""
+    lease keepalives still work; every txn that puts is refused, and a delete-only one was too in
+    every run but one (a plain delete, ``etcdctl del``, is not). Nothing is written until an
+    operator frees space."""
 
     def __init__(self, what: str) -> None:
         self.what = what
