@@ -4,8 +4,9 @@ The leader is the agent whose lease holds the ``leader`` key (created only if ab
 a controller: claims, commits and requeues never wait for it. It runs the reconcile sweep (the
 safety net for requeues whose trigger event nobody saw, e.g. when every agent was down when a
 lease expired) and collects acked finished records older than ``--retention``, both a slice of
-the namespace per pass (sweeper.py), and is where the dashboard's URL is published. Any agent
-sweeps whole at once when it joins, is elected, or its watch missed events (``sweep_due``).
+the namespace per pass (sweeper.py), and is where the dashboard's URL is published. An agent
+sweeps whole at once when it is elected or its watch missed events (``sweep_due``); one that
+joins leaves it to the leader (a fleet's start had every agent read the whole namespace).
 
 Threads: the control-watch thread calls ``on_event``; the loop calls ``step`` and
 ``sweep_soon`` (and the watch thread ``sweep_soon`` after a re-list). No lock: each field is
@@ -64,7 +65,7 @@ class Leadership:
         self.is_leader = False
         self.leader: str | None = None  # None: unknown or vacant
         self._term: tuple[str, int] | None = None  # the last leader seen, and its key's create_revision
-        self.sweep_due = True
+        self.sweep_due = False  # a joining agent leaves the sweep to the leader (elected: whole)
         self._next_sweep = 0.0
         self._next_collect = 0.0
 
