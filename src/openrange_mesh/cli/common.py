@@ -36,10 +36,10 @@ from ..config import (
     registry_url,
 )
 from ..errors import ConfigError
+from ..jsonfloats import named_floats
 from ..keys import Keys
 from ..ledger.catalog import Catalog
 from ..registry import Registry, open_registry
-from ..specs import named_floats
 from ..store import Store
 from .safe import printable, safe_json
 

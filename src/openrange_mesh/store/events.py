@@ -9,7 +9,7 @@ from typing import Any, TypeGuard
 import orjson
 
 from ..errors import ArtifactNotFound
-from ..specs import has_odd_floats, named_floats
+from ..jsonfloats import has_odd_floats, named_floats
 from . import layout
 from .base import Store
 
