@@ -48,9 +48,9 @@ def test_every_agent_says_who_leads_and_followers_redirect(make_mesh: MakeMesh, 
     assert result.exit_code == 0 and result.output.strip() == leader.url, result.output
     urls = {h: info.url for h in mesh.agents if (info := mesh.host_info(h)) is not None and info.url}
     assert len(urls) == 3
-    for host, url in urls.items():
-        said = get(f"{url}/api/leader").json()
-        assert said == {"host": leader.host, "url": leader.url, "term": leader.term}, (host, said)
+    seated = {"host": leader.host, "url": leader.url, "term": leader.term}
+    for host, url in urls.items():  # a follower's dashboard hears of the seat from its own watch
+        wait_until(lambda url=url: get(f"{url}/api/leader").json() == seated, 10, what=f"{host} to name {leader.host}")
         hosts = get(f"{url}/api/hosts?x=1&y=2")
         if host == leader.host:
             assert hosts.status_code == 200 and {h["id"] for h in hosts.json()["hosts"]} == set(urls)
