@@ -28,7 +28,7 @@ from .common import (
     stamp,
     store_option,
 )
-from .logs import sources
+from .logs import NOT_KEPT_WHY, sources
 from .records import STATE_STYLES, duration_of, state_style, timeline
 from .safe import printable
 from .table import StreamTable
@@ -66,7 +66,7 @@ def command(mesh: Mesh, episode_id: str, store_url: str | None, output: str) -> 
     _print(out_console(), record, artifacts)
 
 
-_NO_FILE = {NOT_STORED: "not stored: its host's store refused them", NOT_KEPT: "not kept: its spec has events='none'"}
+_NO_FILE = {NOT_STORED: "not stored: its host's store refused them", NOT_KEPT: f"not kept: {NOT_KEPT_WHY}"}
 
 
 _WHERE_EVENTS = (("batch_events", "its batch's events"), ("shared_events", "its events"), ("events", "events"))
