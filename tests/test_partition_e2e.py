@@ -6,7 +6,6 @@ failed instead under ``CI=true``."""
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,8 +56,8 @@ def test_partitioned_agent_is_fenced_off_and_rejoins(netns: Netns, ns_etcd: Etcd
     """h2, inside the namespace, is cut off for 4 x ttl while it runs episodes. Its peers requeue
     them within ttl + ~1 s of the cut; whatever h2 finished meanwhile is never committed (its
     results may have been computed twice, but each episode is committed once); after the heal h2
-    rejoins under a new lease, as the same process, and takes part in the next run. Each of its
-    parts logs the outage's traceback at most once (the rule: once, then a line per pass)."""
+    rejoins under a new lease, as the same process, and takes part in the next run. It says the
+    outage in lines, with no traceback: an unreachable etcd is not a bug."""
     inner = f"etcd://{netns.host_ip}:{ns_etcd.client_port}"
     agents = [
         mesh.start_agent("h1", wait=False),
@@ -99,8 +98,7 @@ def test_partitioned_agent_is_fenced_off_and_rejoins(netns: Netns, ns_etcd: Etcd
     print(f"h2 logged {len(during)} records with tracebacks ({printed} tracebacks) in the {CUT:g} s cut:")
     for head, chain in during:
         print(f"  {head}\n      {' <- '.join(reversed(chain))}")
-    sources = Counter(" ".join(head.split()[3:7]) for head, _ in during)  # the logger, and what it says
-    assert all(n == 1 for n in sources.values()), f"a part of h2 logged the outage's traceback again: {sources}"
+    assert not during, "h2 logged the outage with a traceback"
 
     # It rejoins under a new lease, as the same process.
     wait_until(

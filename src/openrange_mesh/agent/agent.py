@@ -211,7 +211,9 @@ class Agent:
             self._backoff = min(max(2 * self._backoff, BACKOFF_MIN), self.settings.loop_wait)
             now = time.monotonic()
             if self._outage is None:
-                log.exception("registry trouble; episodes keep running, results wait for etcd")
+                # One line: an outage is the weather, not a bug (its traceback at --log-level debug)
+                log.warning("registry unavailable: %s; episodes keep running, results wait for etcd", exc)
+                log.debug("the registry error", exc_info=True)
                 self._outage = self._said_at = now
             elif now - self._said_at >= OUTAGE_LOG_EVERY:
                 log.warning("registry still unavailable: %s", exc)
