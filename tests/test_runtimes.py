@@ -192,6 +192,19 @@ def test_max_steps_truncates() -> None:
     assert result == {"return": 5.0, "steps": 5, "terminated": False, "truncated": True}
 
 
+def test_realize_reuses_a_parse_only_for_the_same_params() -> None:
+    """Realize keeps the params it parsed last (a batch's episodes share theirs); params that
+    differ, even as 1 differs from True or 1.0, are parsed afresh."""
+    lean = {**CARTPOLE, "policy": "tests.policies:lean_with_pole"}
+    for steps in (3, 3, 7):
+        assert run("gymnasium", {**lean, "max_steps": steps}, 2)[2]["steps"] == steps
+    runtime = load_runtime("gymnasium")
+    for odd in (True, 3.0):
+        with pytest.raises(SpecError):
+            runtime.realize({**lean, "max_steps": odd}, seed=2)
+    assert run("gymnasium", {**lean, "max_steps": 3}, 2)[2]["steps"] == 3
+
+
 def test_a_policy_that_raises_fails_the_episode() -> None:
     outcome, events, _ = run("gymnasium", {**CARTPOLE, "policy": "tests.policies:explode"}, seed=1)
     assert outcome == Outcome(False, "ValueError: policy exploded")
