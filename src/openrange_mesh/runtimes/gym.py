@@ -9,12 +9,12 @@ seed; or ``"pkg.mod:callable"``, called as ``policy(observation, action_space) -
 Per-episode cost is kept near gymnasium's own: env specs and policies are resolved once per
 process, the params last parsed are kept for the next episode that has the same, the random
 policy samples its space directly, gymnasium's passive env checker runs on the first env of
-each id only, and an env is
-made once per process and kept between episodes (``reset(seed=...)`` starts each afresh, as a
-user's rollout worker keeps its env): making a CartPole env costs more than running an episode
-of it. An episode that raised closes its env instead: its state is not trusted again.
-A checkpoint is the pickled env, wrappers included (so TimeLimit's count survives), plus our
-counters; envs that do not pickle (a render window, a simulator handle) raise RuntimeFailure.
+each id only, and an env is made once per process and kept between episodes
+(``reset(seed=...)`` starts each afresh, as a user's rollout worker keeps its env): making a
+CartPole env costs more than running an episode of it. An episode that raised closes its env
+instead: its state is not trusted again. A checkpoint is the pickled env, wrappers included (so
+TimeLimit's count survives), plus our counters; envs that do not pickle (a render window, a
+simulator handle) raise RuntimeFailure.
 """
 
 from __future__ import annotations
@@ -147,8 +147,9 @@ def _parsed(params: Mapping[str, Any]) -> GymParams:
         key = orjson.dumps(params)
     except TypeError:  # not JSON data: parse_params says what is wrong with it
         return parse_params(params)
-    if _last_parsed is not None and _last_parsed[0] == key:
-        return _last_parsed[1]
+    last = _last_parsed  # read once: a single-host service realizes from many threads
+    if last is not None and last[0] == key:
+        return last[1]
     p = parse_params(params)
     _last_parsed = (key, p)
     return p
