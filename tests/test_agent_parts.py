@@ -227,6 +227,29 @@ def test_a_thief_whose_own_entries_run_out_takes_a_peers_oldest(mesh: Mesh) -> N
     assert next_read is None or next_read >= read_at + STEAL_INTERVAL  # not again at once
 
 
+def test_a_thief_that_lost_the_race_for_what_it_stole_looks_again(mesh: Mesh) -> None:
+    """A steal read found an entry, but another thief's claim took it first: the thief reads
+    again after STEAL_INTERVAL, not at the next sign that work was queued (it had waited for
+    one with a worker idle while a dead host's mailbox still held a round of entries)."""
+    mesh.record("h2", 8)
+    mesh.submit(30)  # all h2's: nobody else was there
+    h1 = mesh.host("h1", 1)
+    h1.join()
+    candidates = h1.claimer.candidates(1)  # ran dry (it never had any): a steal read at once
+    (stolen,) = [entry for entry, _ in candidates]
+    rival = mesh.host("h3", 1)
+    rival.join()
+    rival.hold(list(stolen.ids))  # its claim lands first
+    _, won = h1.claimer.settle([], candidates)
+    h1.claimer.took(candidates, won)
+    assert won == [None]
+    due = h1.claimer.steal_at()
+    assert due is not None and due <= time.monotonic() + STEAL_INTERVAL
+    time.sleep(STEAL_INTERVAL)
+    again = [entry.name for entry, _ in h1.claimer.candidates(1)]
+    assert len(again) == 1 and again[0] in mesh.mailbox("h2") and again[0] != stolen.name
+
+
 def test_a_submission_marker_is_a_sign_and_wakes_a_host_that_wants_to_steal(mesh: Mesh) -> None:
     """A submission that gave a host no share of it: the client's marker tells it to look."""
     h1, _, since = beside_a_peer(mesh)

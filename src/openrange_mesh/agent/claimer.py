@@ -3,9 +3,10 @@ peers and adopts claims whose answer was lost.
 
 Candidates come from the entries of our mailbox (agent/owned.py), oldest first: no peer wants
 them, so claims do not collide. Workers left idle with none of ours steal: a read of peers'
-mailboxes, made when ours runs dry and after a sign that work was queued (agent/peers.py)
-newer than the last read that found nothing to take, at most every ``STEAL_INTERVAL``. A claim
-won is held (agent/holdings.py) and its episodes go to the workers.
+mailboxes, made when ours runs dry, after a sign that work was queued (agent/peers.py) newer
+than the last read that found nothing to take, and again when another thief claimed first
+what a read found, at most every ``STEAL_INTERVAL``. A claim won is held (agent/holdings.py)
+and its episodes go to the workers.
 
 Threads: the loop thread only, so no lock. Owns what only its own reads decide: when it last
 stole and at what revision it found nothing, whether our mailbox ran dry since, the records
@@ -171,6 +172,9 @@ class Claimer:
         for (entry, _records), claim in zip(candidates, won, strict=True):
             if claim is None:
                 self.metrics.claims["lost"].inc()
+                # what we stole went to another thief first: read again after STEAL_INTERVAL,
+                # not at the next sign (the rest of a dead host's mailbox may wait for none)
+                self._dry |= entry.name not in ours
                 continue
             self.metrics.claims["won" if entry.name in ours else "stolen"].inc()
             self._hold(*claim)
@@ -178,8 +182,9 @@ class Claimer:
         return claimed
 
     def steal_at(self) -> float | None:
-        """When a steal read is due (monotonic), if one may be: our mailbox ran dry (not within
-        ``DRY_PAUSE`` of a read that found nothing), or a sign that work was queued came after
+        """When a steal read is due (monotonic), if one may be: our mailbox ran dry, or another
+        thief claimed first what our last read found (not within ``DRY_PAUSE`` of a read that
+        found nothing), or a sign that work was queued came after
         the last read that found nothing to take (not sooner than ``STEAL_INTERVAL`` after the
         sign: owners claim what they can first, and the read finds what is left)."""
         due: list[float] = []
