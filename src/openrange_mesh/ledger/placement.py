@@ -13,7 +13,8 @@ entry.
 them from etcd for a client (at most once per ``max_age``) and spreads its entries instead of
 hashing them (``Spread``): a client writes whole runs at once, and a run whose episodes fill
 every slot a whole number of times finishes on time only if every host gets its share exactly
-(hashing gave 48 equal hosts 10 to 30 of 960 entries; the tail waited a round for thieves).
+(hashing gave 48 equal hosts 10 to 30 of 960 entries; the tail waited a round for thieves);
+dealt in runs of a host's capacity, its workers start with one claim and end with one commit.
 """
 
 from __future__ import annotations
@@ -90,17 +91,21 @@ class Placement:
 
 
 class Spread:
-    """Entries dealt over hosts in proportion to their weights, each to the host furthest
-    behind its share (stride scheduling: a host's pass grows by 1 / weight per entry, the
-    lowest pass takes the next one), so any n entries give each host its share within one.
-    Ties go in an order drawn per instance, so that clients start at different hosts. Not
-    thread-safe: its owner locks."""
+    """Entries dealt over hosts in proportion to their weights, in runs of a host's weight (its
+    capacity: as many entries as it has workers, so that one claim starts them all and their
+    results end in one commit), each run to the host furthest behind its share (stride
+    scheduling: a host's pass grows by 1 per run of ``weight`` entries, the lowest pass takes
+    the next run), so any n entries give each host its share within one run. Ties go in an
+    order drawn per instance, so that clients start at different hosts. Not thread-safe: its
+    owner locks."""
 
     def __init__(self) -> None:
         self._weights: dict[str, float] = {}
         self._heap: list[tuple[float, float, str]] = []  # (pass, tie, host), hosts with a weight
         self._ties: dict[str, float] = {}
         self._rng = random.Random()
+        self._host = ""  # the host of the run being dealt, and the entries that run has left
+        self._left = 0
 
     def load(self, weights: Mapping[str, float]) -> None:
         """The live hosts' weights. A host keeps its pass; a newcomer starts level with the
@@ -112,12 +117,19 @@ class Spread:
             self._ties.setdefault(host, self._rng.random())
         self._heap = [(passes.get(h, floor), self._ties[h], h) for h in self._weights]
         heapq.heapify(self._heap)
+        if self._host not in self._weights:
+            self._left = 0
 
     def __call__(self, name: str) -> str:
+        if self._left > 0:
+            self._left -= 1
+            return self._host
         if not self._heap:
             return UNOWNED
         done, tie, host = self._heap[0]
-        heapq.heapreplace(self._heap, (done + 1.0 / self._weights[host], tie, host))
+        run = max(1, int(self._weights[host]))
+        heapq.heapreplace(self._heap, (done + run / self._weights[host], tie, host))
+        self._host, self._left = host, run - 1
         return host
 
 
