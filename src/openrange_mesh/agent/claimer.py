@@ -184,9 +184,9 @@ class Claimer:
     def steal_at(self) -> float | None:
         """When a steal read is due (monotonic), if one may be: our mailbox ran dry, or another
         thief claimed first what our last read found (not within ``DRY_PAUSE`` of a read that
-        found nothing), or a sign that work was queued came after
-        the last read that found nothing to take (not sooner than ``STEAL_INTERVAL`` after the
-        sign: owners claim what they can first, and the read finds what is left)."""
+        found nothing), or a sign that work was queued came after the last read that found
+        nothing to take (not sooner than ``STEAL_INTERVAL`` after the sign: owners claim what
+        they can first, and the read finds what is left)."""
         due: list[float] = []
         if self._dry:
             due.append(max(self._stolen_at + STEAL_INTERVAL, self._found_nothing_at + DRY_PAUSE))
