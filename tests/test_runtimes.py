@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import pickle
@@ -194,7 +195,7 @@ def test_max_steps_truncates() -> None:
 
 def test_realize_reuses_a_parse_only_for_the_same_params() -> None:
     """Realize keeps the params it parsed last (a batch's episodes share theirs); params that
-    differ, even as 1 differs from True or 1.0, are parsed afresh."""
+    differ, even as 1 differs from True or 1.0 and None from NaN, are parsed afresh."""
     lean = {**CARTPOLE, "policy": "tests.policies:lean_with_pole"}
     for steps in (3, 3, 7):
         assert run("gymnasium", {**lean, "max_steps": steps}, 2)[2]["steps"] == steps
@@ -203,6 +204,9 @@ def test_realize_reuses_a_parse_only_for_the_same_params() -> None:
         with pytest.raises(SpecError):
             runtime.realize({**lean, "max_steps": odd}, seed=2)
     assert run("gymnasium", {**lean, "max_steps": 3}, 2)[2]["steps"] == 3
+    runtime.realize({**lean, "max_steps": None}, seed=2).stop()
+    with pytest.raises(SpecError):
+        runtime.realize({**lean, "max_steps": math.nan}, seed=2)
 
 
 def test_a_policy_that_raises_fails_the_episode() -> None:
