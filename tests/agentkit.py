@@ -154,7 +154,7 @@ class Mesh:
         return lease
 
     def mark(self) -> None:
-        """A client's submission marker (what MeshClient.submit writes with its first txn)."""
+        """A client's submission marker (what MeshClient.submit writes with its last txn)."""
         self.registry.txn([], [Put(self.keys.queued_marker(), b"client")])
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -14,7 +15,7 @@ from openrange_mesh.client.client import MeshClient
 from openrange_mesh.errors import CorruptRecord, EpisodeNotFound, SpecError
 from openrange_mesh.ids import home_id
 from openrange_mesh.ledger.records import finish_attempt
-from openrange_mesh.model import State
+from openrange_mesh.model import HostInfo, State
 from openrange_mesh.registry import Put, Registry
 
 from .helpers import wait_until
@@ -54,6 +55,22 @@ def test_submit_checks_everything_first(client: MeshClient) -> None:
     ids = client.submit([SLEEP] * 3)
     assert len(set(ids)) == 3 and ids == sorted(ids)
     assert [r.state for r in client.list()] == [State.PENDING] * 3
+
+
+def test_a_submission_deals_whole_runs_in_each_txn_and_marks_its_last(client: MeshClient, registry: Registry) -> None:
+    """Issue 15: a host's run of its capacity comes in one txn (one claim fills its workers),
+    and the queued marker comes with the last txn: idle hosts steal once every host's share is
+    in, not from the hosts the first txn reached while their own shares are on the way."""
+    keys = client.keys
+    for i in range(12):
+        registry.txn([], [Put(keys.host(f"p{i:02d}"), HostInfo(id=f"p{i:02d}", capacity=4).to_bytes())])
+    client.submit([SLEEP] * 100)
+    entries = registry.range(keys.queue()).kvs
+    txns = sorted({kv.mod_revision for kv in entries})
+    assert len(entries) == 100 and len(txns) == 2  # 64 entries, then 36
+    assert [kv.mod_revision for kv in registry.range(keys.queued_marker()).kvs] == txns[-1:]
+    runs = Counter((keys.name_of(kv.key, keys.queue()).split("/")[0], kv.mod_revision) for kv in entries)
+    assert set(runs.values()) <= {4, 8}, runs  # a host's runs, whole in the txn that has them
 
 
 def test_idempotency_key_returns_the_existing_episode(client: MeshClient) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 
+from openrange_mesh.ids import IdAllocator
 from openrange_mesh.keys import Keys
 from openrange_mesh.ledger.catalog import Catalog, EpisodeFilter
 from openrange_mesh.ledger.claims import Settlement
@@ -48,6 +50,29 @@ def test_idempotency_key_returns_the_existing_episode(ledger: Ledger) -> None:
     taken, _, _ = ledger.submit(again)
     assert taken == {"k1": "e00000"}
     assert "g00000" not in ledger.read(["g00000"])
+
+
+def test_what_rides_on_a_full_last_txn_goes_with_its_last_group_or_alone(registry: Registry, ledger: Ledger) -> None:
+    """A client's queued marker rides on a submission's last txn (ledger.submit's ``after``).
+    A last txn at etcd's limit (64 entries and their 64 records: 128 ops) leaves its last group
+    to carry it; a lone group at the limit (a batch of 126 under idempotency keys, one group
+    record and one entry) leaves it to a txn of its own."""
+    marker = ledger.keys.queued_marker()
+    ledger.submit(records(64), after=[Put(marker, b"cl")])
+    per_txn = Counter(kv.mod_revision for kv in registry.range(ledger.keys.queue()).kvs)
+    (mark,) = registry.range(marker).kvs
+    assert sorted(per_txn.values()) == [1, 63] and per_txn[mark.mod_revision] == 1
+
+    _, ids = IdAllocator(registry, ledger.keys, "cl").next_group(126)
+    batch = [EpisodeSpec(runtime="sleep", batch=126, idempotency_key=f"k{i}") for i in range(126)]
+    before = current_revision(registry)
+    ledger.submit(
+        [EpisodeRecord(id=i, spec=s, created_at=time.time()) for i, s in zip(ids, batch, strict=True)],
+        after=[Put(marker, b"cl")],
+    )
+    (entry,) = [kv for kv in registry.range(ledger.keys.queue()).kvs if kv.mod_revision > before]
+    (mark,) = registry.range(marker).kvs
+    assert mark.mod_revision == entry.mod_revision + 1 == current_revision(registry)
 
 
 def test_only_one_claim_wins(registry: Registry, ledger: Ledger) -> None:

@@ -72,7 +72,7 @@ class MeshClient:
         # episodes submitted here and not yet seen finished: id -> (revision before its
         # record was written, monotonic time of the submission)
         self._in_flight: dict[str, tuple[int, float]] = {}
-        self._marker = QueuedMarker(self.keys, self.consumer)  # idle agents with no share steal after it
+        self._marker = QueuedMarker(self.keys, self.consumer)  # idle agents steal after it: on the last txn
 
     # --- submitting ----------------------------------------------------------------------
 
@@ -107,7 +107,7 @@ class MeshClient:
             EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.consumer, queue=q)
             for (i, q), s in zip(named, specs, strict=True)
         ]
-        existing, first, last = self.ledger.submit(records, self._marker.ops())
+        existing, first, last = self.ledger.submit(records, after=self._marker.ops())
         if last:
             self.ids.adopt(last)
         ids = [existing.get(r.spec.idempotency_key or "", r.id) for r in records]

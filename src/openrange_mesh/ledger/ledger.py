@@ -48,7 +48,7 @@ from .queue import (
     rewrite_ops,
 )
 from .records import claim_episode_ids, held_by, requeued, start_attempt, start_together
-from .txns import PART_OPS, Enqueued, requests, txn_chunks
+from .txns import PART_OPS, Enqueued, closing, requests, txn_chunks
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +64,27 @@ class Ledger:
 
     # --- submit ---------------------------------------------------------------------------
 
-    def submit(self, records: Sequence[EpisodeRecord], extra: Sequence[Op] = ()) -> tuple[dict[str, str], int, int]:
+    def submit(self, records: Sequence[EpisodeRecord], after: Sequence[Op] = ()) -> tuple[dict[str, str], int, int]:
         """Write pending records with their queue entries, in txns within etcd's limits.
         Returns ({idempotency key: existing id} for keys already taken, whose records were not
         written; the first and the last txn's revision, 0 if none wrote). Txns start small and
-        double, each encoded just before it is sent: agents start on the first while the rest
-        is encoded and sent. ``extra`` ops ride on the first txn."""
+        double, each encoded while the one before is sent: agents start on the first while the
+        rest is encoded and sent. ``after`` ops ride on the last txn (a client's queued marker:
+        idle hosts steal once every host's share is in, not from the hosts the first txn
+        reached while their own shares are on the way)."""
         existing: dict[str, str] = {}
         first = last = 0
-        for chunk in txn_chunks(self.keys, homes.claimable(self.keys, records), self.place, len(extra)):
-            taken, written = self._submit_chunk(chunk, extra)
-            extra = ()
+        chunks = txn_chunks(self.keys, homes.claimable(self.keys, records), self.place)
+        for chunk, final in closing(chunks, len(after)):
+            taken, written = self._submit_chunk(chunk, after if final else ())
             existing.update(taken)
             first, last = first or written, written or last
         return existing, first, last
 
     def _submit_chunk(self, chunk: Sequence[Enqueued], extra: Sequence[Op]) -> tuple[dict[str, str], int]:
         taken: dict[str, str] = {}
+        if not chunk:  # what rides on the last txn, which had no room for it
+            return taken, self.registry.txn([], list(extra)).revision if extra else 0
         todo = list(chunk)
         while todo:
             idem = [

@@ -48,16 +48,16 @@ class Enqueued:
 FIRST_TXN_RECORDS = 64  # records in a submission's first txn; each next txn may hold twice as many
 
 
-def txn_chunks(
-    keys: Keys, groups: Iterable[Sequence[EpisodeRecord]], place: Place, reserved: int = 0
-) -> Iterator[list[Enqueued]]:
+def txn_chunks(keys: Keys, groups: Iterable[Sequence[EpisodeRecord]], place: Place) -> Iterator[list[Enqueued]]:
     """Whole groups packed into txns within etcd's limits (``MAX_TXN_OPS`` ops: a record or a
     group record, the idempotency keys, one entry per group; ``MAX_TXN_BYTES`` of values),
     and within a record count that starts at ``FIRST_TXN_RECORDS`` and doubles, encoded as
     they are packed: 10000 CartPole specs take ~0.1 s to encode, a worker's idle time if all
-    of it came before the first txn. ``reserved``: ops the first txn holds besides."""
+    of it came before the first txn. Nothing else shares a txn but the last's ``closing`` ops,
+    so a txn of single entries holds whole runs of a host's capacity when it is a power of two
+    (64 entries: 16 hosts of 4 workers, each claiming its run at once)."""
     chunk: list[Enqueued] = []
-    ops, nbytes, count = reserved, 0, 0
+    ops, nbytes, count = 0, 0, 0
     limit = FIRST_TXN_RECORDS
     for records in groups:
         group = Enqueued.of(keys, records, place)
@@ -69,6 +69,22 @@ def txn_chunks(
         ops, nbytes, count = ops + group.ops, nbytes + group.size, count + len(records)
     if chunk:
         yield chunk
+
+
+def closing(chunks: Iterator[list[Enqueued]], room: int) -> Iterator[tuple[list[Enqueued], bool]]:
+    """``chunks``, each with whether it is the last, which leaves ``room`` ops for what rides on
+    it (its last group goes in a txn of its own if it would not; an empty last chunk: nothing
+    but what rides). Looks one chunk ahead: a chunk is sent once the next is encoded."""
+    chunk = next(chunks, None)
+    while chunk is not None:
+        following = next(chunks, None)
+        if following is not None or sum(g.ops for g in chunk) + room <= MAX_TXN_OPS:
+            yield chunk, following is None
+        else:
+            alone = chunk[-1:] if len(chunk) > 1 else []
+            yield chunk[: len(chunk) - len(alone)], False
+            yield alone, True
+        chunk = following
 
 
 def requests(parts: Sequence[Txn], extra: int) -> list[list[Txn]]:
