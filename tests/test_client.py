@@ -57,18 +57,23 @@ def test_submit_checks_everything_first(client: MeshClient) -> None:
     assert [r.state for r in client.list()] == [State.PENDING] * 3
 
 
-def test_a_submission_deals_whole_runs_in_each_txn_and_marks_its_last(client: MeshClient, registry: Registry) -> None:
-    """Issue 15: a host's run of its capacity comes in one txn (one claim fills its workers),
-    and the queued marker comes with the last txn: idle hosts steal once every host's share is
-    in, not from the hosts the first txn reached while their own shares are on the way."""
+@pytest.mark.parametrize("hosts", [12, 40])
+def test_a_submission_deals_whole_runs_in_each_txn_and_marks_its_last_if_a_host_got_none(
+    client: MeshClient, registry: Registry, hosts: int
+) -> None:
+    """Issue 15: a host's run of its capacity comes in one txn (one claim fills its workers).
+    The queued marker, a sign for every agent, is written only when a host got no share (100
+    entries in runs of 4 reach 12 hosts, not 40), and then with the last txn: idle hosts steal
+    once every share is in, not from the hosts the first txn reached."""
     keys = client.keys
-    for i in range(12):
+    for i in range(hosts):
         registry.txn([], [Put(keys.host(f"p{i:02d}"), HostInfo(id=f"p{i:02d}", capacity=4).to_bytes())])
     client.submit([SLEEP] * 100)
     entries = registry.range(keys.queue()).kvs
     txns = sorted({kv.mod_revision for kv in entries})
     assert len(entries) == 100 and len(txns) == 2  # 64 entries, then 36
-    assert [kv.mod_revision for kv in registry.range(keys.queued_marker()).kvs] == txns[-1:]
+    marked = [kv.mod_revision for kv in registry.range(keys.queued_marker()).kvs]
+    assert marked == ([] if hosts == 12 else txns[-1:])
     runs = Counter((keys.name_of(kv.key, keys.queue()).split("/")[0], kv.mod_revision) for kv in entries)
     assert set(runs.values()) <= {4, 8}, runs  # a host's runs, whole in the txn that has them
 

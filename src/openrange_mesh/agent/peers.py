@@ -4,11 +4,12 @@ Each host claims the entries of its own mailbox (agent/owned.py); a host with id
 none of its own takes a busy peer's (agent/claimer.py: a steal read of peers' mailboxes). A read
 costs a range request, so it is made only when our own mailbox runs dry (the claimer sees that),
 and after a sign that work was queued elsewhere: a client's submission marker (``ctl/queued``,
-written at most once a second per client, riding on its submit txn). Entries of peers no longer
-reach us (each goes to its owner alone), and host records are no longer rewritten as their
-hosts get busy (each write reaches every agent), so the marker is the one sign: it matters when
-a submission gave us no share at all, and costs each agent an event per client per second at
-most, whatever the number of episodes. Peers keeps the live hosts (where a steal read may
+written with its submission's last txn when the submission left a host without a share, at
+most once a second per client). Entries of peers no longer reach us (each goes to its owner
+alone), and host records are no longer rewritten as their hosts get busy (each write reaches
+every agent), so the marker is the one sign: it matters when a submission gave us no share at
+all, and costs each agent an event per client per second at most, whatever the number of
+episodes, and none for a submission that gave every host a share. Peers keeps the live hosts (where a steal read may
 start), the revision and time of the latest sign, and whether the loop wants to steal, so that a
 sign wakes the loop only when it has idle workers.
 

@@ -64,7 +64,8 @@ class MeshClient:
         self._owns_registry = isinstance(registry, str)
         self.keys = Keys(namespace)
         self.consumer = consumer or default_host_id()
-        self.ledger = Ledger(self.registry, self.keys, place=HostsPlacement(self.registry, self.keys))
+        self._placement = HostsPlacement(self.registry, self.keys)
+        self.ledger = Ledger(self.registry, self.keys, place=self._placement)
         self.catalog = Catalog(self.registry, self.keys)
         self.ids = IdAllocator(self.registry, self.keys, default_host_id())
         self.max_in_flight = max_in_flight
@@ -72,7 +73,7 @@ class MeshClient:
         # episodes submitted here and not yet seen finished: id -> (revision before its
         # record was written, monotonic time of the submission)
         self._in_flight: dict[str, tuple[int, float]] = {}
-        self._marker = QueuedMarker(self.keys, self.consumer)  # idle agents steal after it: on the last txn
+        self._marker = QueuedMarker(self.keys, self.consumer)  # for idle hosts a submission gave no share
 
     # --- submitting ----------------------------------------------------------------------
 
@@ -107,7 +108,8 @@ class MeshClient:
             EpisodeRecord(id=i, spec=s, created_at=now, submitter=self.consumer, queue=q)
             for (i, q), s in zip(named, specs, strict=True)
         ]
-        existing, first, last = self.ledger.submit(records, after=self._marker.ops())
+        missed = self._placement.missed({path.split("/", 1)[0] for path in paths})
+        existing, first, last = self.ledger.submit(records, after=self._marker.ops() if missed else [])
         if last:
             self.ids.adopt(last)
         ids = [existing.get(r.spec.idempotency_key or "", r.id) for r in records]

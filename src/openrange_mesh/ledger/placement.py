@@ -23,7 +23,7 @@ import heapq
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from ..errors import CorruptRecord
 from ..keys import Keys
@@ -120,6 +120,10 @@ class Spread:
         if self._host not in self._weights:
             self._left = 0
 
+    def hosts(self) -> Collection[str]:
+        """The hosts entries are dealt to: those with a weight."""
+        return self._weights.keys()
+
     def __call__(self, name: str) -> str:
         if self._left > 0:
             self._left -= 1
@@ -152,6 +156,14 @@ class HostsPlacement:
                 self._spread.load(read_weights(self.registry, self.keys))
                 self._read_at = time.monotonic()
             return self._spread(name)
+
+    def missed(self, owners: Collection[str]) -> bool:
+        """Whether a submission whose entries went to ``owners`` left a host that takes work
+        (in our view) without a share, or wrote to ``UNOWNED``: only then do idle hosts need a
+        client's queued marker to steal (agent/peers.py). A host with a share steals once its
+        own mailbox runs dry, and one that joined since our view on its first pass."""
+        with self._lock:
+            return UNOWNED in owners or any(host not in owners for host in self._spread.hosts())
 
 
 def read_weights(registry: Registry, keys: Keys) -> dict[str, float]:
