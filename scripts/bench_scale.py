@@ -62,6 +62,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -183,7 +184,10 @@ def _run(client: MeshClient, fleet: Fleet, server: EtcdServer, opts: Options, vi
     try:
         ids = client.submit([_spec(opts.seconds)] * opts.episodes)
         submitted = time.time() - start
-        records = client.wait(ids, timeout=max(600.0, 10 * work / slots))
+        try:
+            records = client.wait(ids, timeout=max(600.0, 10 * work / slots))
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; {stuck(client, ids)}") from exc
     finally:
         timer.cancel()
     makespan = time.time() - start
@@ -209,6 +213,29 @@ def _run(client: MeshClient, fleet: Fleet, server: EtcdServer, opts: Options, vi
         **_agent_figures(fleet, cpu, cpu_after, after.at - before.at),
         **({"timeline": timeline(records, start)} if opts.timelines else {}),
     }
+
+
+def stuck(client: MeshClient, ids: list[str]) -> str:
+    """Where the unfinished of ``ids`` are: pending in whose mailbox (a live host's or not, its
+    entry there or not), running on whom (a live claim or none)."""
+    live = {h.id for h in client.catalog.hosts()}
+    entries = {i: e.owner for e in client.ledger.queue() for i in e.ids}
+    claims = client.registry.range(client.keys.claims()).kvs
+    claimed = {client.keys.name_of(kv.key, client.keys.claims()).split("/")[0] for kv in claims}
+    where: Counter[str] = Counter()
+    for versioned in client.ledger.read(ids).values():
+        record = versioned.record
+        if record.state.is_terminal:
+            continue
+        if record.state.value == "pending":
+            owner = entries.get(record.id)
+            place = "no entry" if owner is None else "a live host's" if owner in live else f"mailbox {owner}, not live"
+            where[f"pending ({place})"] += 1
+        else:
+            host = record.history[-1].host if record.history else "?"
+            place = "no live host" if host not in live else "a claim of its host" if host in claimed else "no claim"
+            where[f"{record.state.value} ({place})"] += 1
+    return ", ".join(f"{n} {what}" for what, n in where.most_common()) or "none unfinished now"
 
 
 def timeline(records: list[EpisodeRecord], start: float) -> list[tuple[str, str, float, float | None, str | None]]:
