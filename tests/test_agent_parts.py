@@ -17,6 +17,7 @@ from openrange_mesh.agent.sweeper import SLICE_EVERY, Sweeper
 from openrange_mesh.ledger import owners
 from openrange_mesh.ledger.ledger import Ledger
 from openrange_mesh.ledger.placement import UNOWNED
+from openrange_mesh.ledger.queue import QueueEntry
 from openrange_mesh.model import EpisodeRecord, EpisodeSpec, HostInfo, State, pack
 from openrange_mesh.registry import Delete, Put
 
@@ -248,6 +249,31 @@ def test_a_thief_that_lost_the_race_for_what_it_stole_looks_again(mesh: Mesh) ->
     time.sleep(STEAL_INTERVAL)
     again = [entry.name for entry, _ in h1.claimer.candidates(1)]
     assert len(again) == 1 and again[0] in mesh.mailbox("h2") and again[0] != stolen.name
+
+
+def test_a_thief_whose_read_found_what_nobody_can_claim_reads_on_past_it(mesh: Mesh) -> None:
+    """A steal read found only a peer's entry whose records are gone: with no sign coming (a
+    client writes none when every host got a share), the thief reads again STEAL_INTERVAL
+    later, past it, and finds what came since; a read that finds nothing ends it."""
+    mesh.record("h2", 8)
+    mesh.registry.txn([], [Put(mesh.keys.queued("h2/0-gone.1"), pack(["0-gone"]))])
+    h1 = mesh.host("h1", 1)
+    h1.join()
+    assert h1.claimer.candidates(1) == []  # ran dry: its read found one, not claimable
+
+    def read() -> list[QueueEntry]:
+        due = h1.claimer.steal_at()
+        assert due is not None and due <= time.monotonic() + STEAL_INTERVAL
+        wait_until(lambda: time.monotonic() >= due, timeout=2, what="the next steal read")
+        return [entry for entry, _ in h1.claimer.candidates(1)]
+
+    Ledger(mesh.registry, mesh.keys, place=lambda _: "h2").submit(
+        [EpisodeRecord(id="e00000", spec=EpisodeSpec(runtime="sleep"), created_at=time.time())]
+    )
+    (found,) = read()
+    assert found.ids == ("e00000",)
+    mesh.registry.txn([], [Delete(mesh.keys.queued(found.path))])  # another thief took it
+    assert read() == [] and h1.claimer.steal_at() is None
 
 
 def test_a_submission_marker_is_a_sign_and_wakes_a_host_that_wants_to_steal(mesh: Mesh) -> None:

@@ -84,7 +84,7 @@ class Claimer:
         self._wake = wake
         self._stolen_at = 0.0  # monotonic time of the last steal read
         self._looked_at = 0  # revision at which a steal read last found nothing to take
-        self._dry = False  # our mailbox ran dry since the last steal read
+        self._dry = False  # our mailbox ran dry since the last steal read, or that read found something
         self._found_nothing_at = -DRY_PAUSE  # monotonic time of the last read that found nothing
         self._carried: dict[str, tuple[int, dict[str, Versioned] | None]] = {}  # name -> (revision, its records)
         self._unclaimable: dict[bytes, int] = {}  # queue key -> revision of an entry a claim cannot take
@@ -172,9 +172,6 @@ class Claimer:
         for (entry, _records), claim in zip(candidates, won, strict=True):
             if claim is None:
                 self.metrics.claims["lost"].inc()
-                # what we stole went to another thief first: read again after STEAL_INTERVAL,
-                # not at the next sign (the rest of a dead host's mailbox may wait for none)
-                self._dry |= entry.name not in ours
                 continue
             self.metrics.claims["won" if entry.name in ours else "stolen"].inc()
             self._hold(*claim)
@@ -182,9 +179,9 @@ class Claimer:
         return claimed
 
     def steal_at(self) -> float | None:
-        """When a steal read is due (monotonic), if one may be: our mailbox ran dry, or another
-        thief claimed first what our last read found (not within ``DRY_PAUSE`` of a read that
-        found nothing), or a sign that work was queued came after the last read that found
+        """When a steal read is due (monotonic), if one may be: our mailbox ran dry, or our last
+        read found something (``STEAL_INTERVAL`` after it, not within ``DRY_PAUSE`` of a read
+        that found nothing), or a sign that work was queued came after the last read that found
         nothing to take (not sooner than ``STEAL_INTERVAL`` after the sign: owners claim what
         they can first, and the read finds what is left)."""
         due: list[float] = []
@@ -206,7 +203,6 @@ class Claimer:
         undecodable) are passed over until they change, and read past: up to ``STEAL_PAGES``
         pages while a page holds nothing else."""
         self._stolen_at = time.monotonic()
-        self._dry = False
         found: list[QueueEntry] = []
         limit = CANDIDATE_WINDOW * count
         start: bytes | None = self._steal_start()
@@ -228,6 +224,13 @@ class Claimer:
                 start, wrapped = None, True
             else:
                 start = listing.kvs[-1].key + b"\0"
+        # A read that found something is followed by another, STEAL_INTERVAL later, whenever
+        # workers are idle with nothing of ours, until one finds nothing: what it found may
+        # go to another thief first, have no records left, or be one of many (the rest of a
+        # dead host's mailbox). No sign need come: a thief had waited for one with a worker
+        # idle beside a dead host's full mailbox, or after its first theft, stopped at peers'
+        # entries whose records were gone.
+        self._dry = bool(found)
         if not found:  # until a sign newer than this listing
             self._looked_at = max(self._looked_at, revision)
             self._found_nothing_at = self._stolen_at
