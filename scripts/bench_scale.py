@@ -73,7 +73,7 @@ from tests.etcdkit import EtcdServer, start_etcd
 
 from openrange_mesh.client.client import MeshClient
 from openrange_mesh.errors import RegistryError
-from openrange_mesh.model import EpisodeRecord
+from openrange_mesh.model import EpisodeRecord, State
 from scalekit import EtcdSample, Fleet, LeaseFigures, check_exactly_once, claim_latencies, fit, percentile
 
 HERE = str(Path(__file__).resolve().parent.parent / "src")
@@ -227,7 +227,7 @@ def stuck(client: MeshClient, ids: list[str]) -> str:
         record = versioned.record
         if record.state.is_terminal:
             continue
-        if record.state.value == "pending":
+        if record.state is State.PENDING:
             owner = entries.get(record.id)
             place = "no entry" if owner is None else "a live host's" if owner in live else f"mailbox {owner}, not live"
             where[f"pending ({place})"] += 1

@@ -9,9 +9,9 @@ most once a second per client). Entries of peers no longer reach us (each goes t
 alone), and host records are no longer rewritten as their hosts get busy (each write reaches
 every agent), so the marker is the one sign: it matters when a submission gave us no share at
 all, and costs each agent an event per client per second at most, whatever the number of
-episodes, and none for a submission that gave every host a share. Peers keeps the live hosts (where a steal read may
-start), the revision and time of the latest sign, and whether the loop wants to steal, so that a
-sign wakes the loop only when it has idle workers.
+episodes, and none for a submission that gave every host a share. Peers keeps the live hosts
+(where a steal read may start), the revision and time of the latest sign, and whether the loop
+wants to steal, so that a sign wakes the loop only when it has idle workers.
 
 Threads: the control-watch thread writes hosts and signs; the loop says whether it wants to
 steal and reads the rest (agent/watcher.py, agent/claimer.py). ``_lock`` guards every field.

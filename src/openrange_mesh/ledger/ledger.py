@@ -75,7 +75,8 @@ class Ledger:
         existing: dict[str, str] = {}
         first = last = 0
         chunks = txn_chunks(self.keys, homes.claimable(self.keys, records), self.place)
-        for chunk, final in closing(chunks, len(after)):
+        # only what rides on the last txn needs to know it: a look ahead delays the first
+        for chunk, final in closing(chunks, len(after)) if after else ((c, False) for c in chunks):
             taken, written = self._submit_chunk(chunk, after if final else ())
             existing.update(taken)
             first, last = first or written, written or last
