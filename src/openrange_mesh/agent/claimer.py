@@ -4,8 +4,8 @@ peers and adopts claims whose answer was lost.
 Candidates come from the entries of our mailbox (agent/owned.py), oldest first: no peer wants
 them, so claims do not collide. Workers left idle with none of ours steal: a read of peers'
 mailboxes, made when ours runs dry, after a sign that work was queued (agent/peers.py) newer
-than the last read that found nothing to take, and again when another thief claimed first
-what a read found, at most every ``STEAL_INTERVAL``. A claim won is held (agent/holdings.py)
+than the last read that found nothing to take, and again after a read that found something
+(until one finds nothing), at most every ``STEAL_INTERVAL``. A claim won is held (agent/holdings.py)
 and its episodes go to the workers.
 
 Threads: the loop thread only, so no lock. Owns what only its own reads decide: when it last
