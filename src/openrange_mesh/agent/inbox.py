@@ -21,7 +21,7 @@ class DeadHost:
     host: str
     lease: int
     revision: int  # of the deletion
-    heir: str | None  # ledger/owners.heir over the hosts live at that revision, this one included
+    heir: str | None  # ledger/owners.Ring.heir over the hosts live at that revision, this one included
 
 
 class Inbox:

@@ -24,7 +24,6 @@ import threading
 from collections.abc import Callable
 
 from ..keys import Keys
-from ..ledger import owners
 from ..ledger.catalog import Catalog
 from ..ledger.placement import Placement
 from ..ledger.queue import QueueEntry, decode_entry
@@ -155,9 +154,8 @@ class Watcher:
         self.placement.unweigh(host)
         self.peers.forget(host)
         self.mover.orphaned(host)
-        if event.prev is not None:
-            live = [self.peers.host, *self.peers.peers()]  # every agent's list at this revision
-            self.inbox.host_died(DeadHost(host, event.prev.lease, event.kv.mod_revision, owners.heir(host, live)))
+        if event.prev is not None:  # its heir among the hosts live at this revision, as every agent sees them
+            self.inbox.host_died(DeadHost(host, event.prev.lease, event.kv.mod_revision, self.peers.heir(host)))
         return True
 
     def _control_relisted(self, revision: int) -> None:
