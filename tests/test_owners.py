@@ -71,7 +71,7 @@ def test_a_ring_kept_by_joins_and_departures_names_the_heir_a_fresh_one_would() 
     assert all(ring.heir(dead) == heir(dead, live) for dead in [*HOSTS, "elsewhere"])
 
 
-def test_a_heir_stays_the_heir_when_other_hosts_leave() -> None:
+def test_an_heir_stays_the_heir_when_other_hosts_leave() -> None:
     """A death in the same wave as another's does not move the other's heir, unless it was
     that heir: agents that see the deaths in one order or another agree."""
     for dead in HOSTS[:30]:

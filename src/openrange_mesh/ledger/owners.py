@@ -70,12 +70,12 @@ class Ring:
         one agent its share instead of every peer a read and a losing txn per claim; and the
         dead of one wave go to many heirs, as their points fall apart. None if none is live."""
         points = self._points
-        at = bisect.bisect_right(points, (_host_hash(dead), dead))
-        for step in range(len(points)):
-            host = points[(at + step) % len(points)][1]
-            if host != dead:
-                return host
-        return None
+        if not points:
+            return None
+        # past its own point if it is still on the ring: the host found is another, unless
+        # it was the only one
+        host = points[bisect.bisect_right(points, (_host_hash(dead), dead)) % len(points)][1]
+        return None if host == dead else host
 
 
 @functools.lru_cache(maxsize=4096)
