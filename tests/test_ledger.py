@@ -75,6 +75,19 @@ def test_what_rides_on_a_full_last_txn_goes_with_its_last_group_or_alone(registr
     assert mark.mod_revision == entry.mod_revision + 1 == current_revision(registry)
 
 
+def test_what_rides_on_the_last_txn_goes_when_every_record_of_it_was_there(registry: Registry, ledger: Ledger) -> None:
+    """A retried submission whose records all exist already (their idempotency keys taken)
+    writes no record, and its queued marker still goes: idle hosts steal after it."""
+    marker = ledger.keys.queued_marker()
+    ledger.submit(records(1, prefix="k", idempotency_key="k"))
+    assert registry.range(marker).kvs == []
+    before = current_revision(registry)
+    taken, first, last = ledger.submit(records(1, prefix="r", idempotency_key="k"), after=[Put(marker, b"cl")])
+    assert taken == {"k": "k00000"} and "r00000" not in ledger.read(["r00000"])
+    (mark,) = registry.range(marker).kvs
+    assert mark.value == b"cl" and mark.mod_revision == current_revision(registry) == before + 1 == first == last
+
+
 def test_only_one_claim_wins(registry: Registry, ledger: Ledger) -> None:
     ledger.submit(records(1))
     (entry,) = ledger.queue()

@@ -84,8 +84,6 @@ class Ledger:
 
     def _submit_chunk(self, chunk: Sequence[Enqueued], extra: Sequence[Op]) -> tuple[dict[str, str], int]:
         taken: dict[str, str] = {}
-        if not chunk:  # what rides on the last txn, which had no room for it
-            return taken, self.registry.txn([], list(extra)).revision if extra else 0
         todo = list(chunk)
         while todo:
             idem = [
@@ -111,7 +109,10 @@ class Ledger:
             # the groups without the records whose keys were taken, named and encoded afresh
             kept = ([r for r in g.records if r.spec.idempotency_key not in taken] for g in todo)
             todo = [Enqueued.of(self.keys, g, self.place) for g in kept if g]
-        return taken, 0
+        # nothing of the chunk to write (the last txn had no room for ``extra``, or every record's
+        # idempotency key was taken, as when a client retries a submission that died before its
+        # last txn): what rides on it still goes
+        return taken, self.registry.txn([], list(extra)).revision if extra else 0
 
     def queue(self, limit: int = 0) -> list[QueueEntry]:
         """The queue's entries (the first ``limit`` in key order: by mailbox), oldest first
