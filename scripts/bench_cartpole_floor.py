@@ -7,11 +7,12 @@ agents on etcd, a worker each) doing only what a batch must cost, in one run, A 
 
 * **pool**: ``multiprocessing.Pool(2)`` mapping the plain gymnasium loop (bench_mesh.py's
   baseline);
-* **floor**: a client puts batches of ``--batch`` seeds in a queue in etcd (64 to a txn) and
-  watches for their results; two agent processes each claim a batch (a txn that compares the
-  queue key and puts a claim key), hand it to their own worker process (one more batch
-  queued behind it, as the mesh's look-ahead), and commit its returns as one value (a txn that
-  compares the claim key): no ids, records, attempts, events or checks per episode;
+* **floor**: a client deals batches of ``--batch`` seeds to two mailboxes in etcd (64 to a
+  txn) and watches for their results; two agent processes each claim the batches of their
+  mailbox (a range read, then a txn that compares the queue key and puts a claim key), hand
+  each to their own worker process (one more batch queued behind it, as the mesh's
+  look-ahead), and commit its returns as one value (a txn that compares the claim key): no
+  ids, records, attempts, events or checks per episode;
 * **floor + records**: the same, but the workers run the episodes through our gymnasium
   runtime and the client builds an ``EpisodeRecord`` per episode from each batch's columns:
   the least a design that hands its caller a record per episode costs.
@@ -54,6 +55,11 @@ def _b64(text: str | bytes) -> str:
     return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
 
 
+def _end(prefix: str) -> str:
+    """The end of the key range of ``prefix`` (its last character's successor)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
 def _worker(conn: Connection, records: bool) -> None:
     """Run each batch of seeds sent, send back (returns, started, finished); None stops it."""
     run = wrapped_cartpole if records else plain_cartpole
@@ -64,10 +70,10 @@ def _worker(conn: Connection, records: bool) -> None:
 
 
 class _Agent:
-    """One agent of the floor: claims queued batches, one running and one queued on its worker,
-    commits each batch's returns as one value while its claim key stands. Agent ``index``
-    tries the batches numbered ``index`` mod 2 first, as the mesh's mailboxes deal each host
-    its share: the two seldom race for one batch."""
+    """One agent of the floor: claims the batches of its mailbox (the client deals batch ``i``
+    to agent ``i`` mod 2, as the mesh's mailboxes deal each host its share), one running and
+    one queued on its worker, and commits each batch's returns as one value while its claim
+    key stands."""
 
     def __init__(self, client: Any, prefix: str, index: int, worker: Connection) -> None:
         self.client, self.prefix, self.index, self.worker = client, prefix, index, worker
@@ -87,9 +93,12 @@ class _Agent:
                 time.sleep(0.005)
 
     def _claim(self, wanted: int) -> list[tuple[str, list[int]]]:
+        """Up to ``wanted`` batches of our mailbox, the oldest first: one range read, one txn each."""
+        if wanted <= 0:
+            return []
+        mailbox = f"{self.prefix}/q/{self.name}/"
         won: list[tuple[str, list[int]]] = []
-        queued = self.client.get_prefix(f"{self.prefix}/q/") if wanted > 0 else []
-        for value, meta in sorted(queued, key=lambda kv: int(kv[1]["key"].rsplit(b"/", 1)[1]) % 2 != self.index):
+        for value, meta in self.client.get(mailbox, metadata=True, range_end=_end(mailbox), limit=wanted):
             key = meta["key"].decode()
             batch = key.rsplit("/", 1)[1]
             answer = self.client.transaction(
@@ -105,8 +114,6 @@ class _Agent:
             )
             if answer.get("succeeded"):
                 won.append((batch, msgpack.unpackb(value)))
-                if len(won) == wanted:
-                    break
         return won
 
     def _commit(self, batch: str, returns: list[float], started: float, finished: float) -> None:
@@ -170,7 +177,12 @@ def _submit_and_collect(
     batches = [seeds[i : i + batch] for i in range(0, len(seeds), batch)]
     for low in range(0, len(batches), SUBMIT_TXN):
         ops = [
-            {"request_put": {"key": _b64(f"{prefix}/q/{first + i:07d}"), "value": _b64(msgpack.packb(batches[i]))}}
+            {
+                "request_put": {
+                    "key": _b64(f"{prefix}/q/a{i % 2}/{first + i:07d}"),
+                    "value": _b64(msgpack.packb(batches[i])),
+                }
+            }
             for i in range(low, min(low + SUBMIT_TXN, len(batches)))
         ]
         client.transaction({"compare": [], "success": ops})
