@@ -4,10 +4,13 @@ path, or bytes for runtimes that take bytes), its artifacts uploaded under its c
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from openrange_mesh.store import open_store
 from openrange_mesh.store.cas import put_snapshot
 from openrange_mesh.store.layout import artifact_path
 from openrange_mesh.worker.child import Done, WorkItem
-from openrange_mesh.worker.files import MAX_ARTIFACTS, Outputs
+from openrange_mesh.worker.files import ARTIFACTS_ENV, MAX_ARTIFACTS, EpisodeFault, Outputs
 from openrange_mesh.worker.pool import WorkerPool
 
 from .helpers import wait_until
@@ -100,6 +103,106 @@ def test_outputs_find_what_an_episode_left_however_it_got_there(tmp_path: Path, 
     finally:
         outputs.close()
     assert store.get_bytes(artifact_path("e", 3, 7, "moved.txt")) == b"b"
+
+
+@pytest.mark.parametrize("watch", [True, False], ids=["inotify", "scan"])
+def test_a_link_put_in_place_of_the_directory_is_never_followed(tmp_path: Path, watch: bool) -> None:
+    """An episode that swaps its artifacts directory for a link to a directory of its host
+    fails: nothing there is uploaded or removed, and the next episode gets a directory again."""
+    store = open_store(str(tmp_path / "store"))
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "precious.txt").write_text("keep")
+    (victim / "sub" / "more.txt").write_text("keep")
+    outputs = Outputs(watch=watch)
+    try:
+        outputs.directory.rmdir()
+        outputs.directory.symlink_to(victim)
+        with pytest.raises(EpisodeFault, match="replaced by a link or a file"):
+            outputs.upload(store, "e", 1, 7)
+        assert outputs.directory.is_dir() and not outputs.directory.is_symlink()
+        assert list(outputs.directory.iterdir()) == [] and os.environ[ARTIFACTS_ENV] == str(outputs.directory)
+        (outputs.directory / "mine.txt").write_text("m")
+        assert [a["name"] for a in outputs.upload(store, "e", 2, 7)] == ["mine.txt"]
+    finally:
+        outputs.close()
+    assert sorted(p.relative_to(victim).as_posix() for p in victim.rglob("*")) == [
+        "precious.txt",
+        "sub",
+        "sub/more.txt",
+    ]
+    assert [p for p in store.list("episodes/") if "precious" in p or "more" in p] == []
+
+
+CLOSED = textwrap.dedent(
+    """
+    import json, os, sys
+    from openrange_mesh.store import open_store
+    from openrange_mesh.worker.files import Outputs
+    store, outputs, seen = open_store(sys.argv[1]), Outputs(), []
+    d = outputs.directory
+    (d / "keep").mkdir()
+    (d / "keep" / "of-a.txt").write_text("a")
+    os.chmod(d / "keep", 0o500)  # episode A: a subdirectory it cannot empty,
+    (d / "a.txt").write_text("a")
+    os.chmod(d, 0o300)  # and a directory it cannot list
+    seen.append([x["name"] for x in outputs.upload(store, "A", 1, 1)])
+    (outputs.directory / "b.txt").write_text("b")  # episode B
+    seen.append([x["name"] for x in outputs.upload(store, "B", 1, 2)])
+    outputs.directory.rmdir()
+    outputs.directory.write_text("not a directory")  # episode C: a file in its place
+    try:
+        outputs.upload(store, "C", 1, 3)
+    except Exception as exc:
+        seen.append(f"{type(exc).__name__}: {exc}")
+    (outputs.directory / "d.txt").write_text("d")  # episode D
+    seen.append([x["name"] for x in outputs.upload(store, "D", 1, 4)])
+    outputs.close()
+    print(json.dumps(seen))
+    """
+)
+
+
+def test_an_episode_that_closes_or_replaces_its_directory_leaves_the_next_one_nothing(tmp_path: Path) -> None:
+    """What an episode does to its artifacts directory's permissions, or a file put in its
+    place, neither raises past the worker (an OSError there had ended it) nor hands this
+    episode's files to the next. Run without root's capabilities, which ignore permissions."""
+    drop = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv(1) to drop root's capabilities")
+        drop = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [*drop, sys.executable, "-c", CLOSED, str(tmp_path / "store")]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [
+        ["a.txt", "keep/of-a.txt"],
+        ["b.txt"],
+        "EpisodeFault: its artifacts directory was replaced by a link or a file: nothing was uploaded",
+        ["d.txt"],
+    ]
+
+
+def test_what_an_episode_left_running_writes_is_nobodys_artifact(tmp_path: Path) -> None:
+    """A command episode leaves a detached process writing into its artifacts directory: it
+    is stopped before the directory is read, so the next episode lists only its own files."""
+    daemon = "setsid sh -c 'while :; do echo tick >> $OPENRANGE_ARTIFACTS/daemon.log; done' &"  # makes it again at once
+    first = f'sh -c "{daemon} echo a > $OPENRANGE_ARTIFACTS/a.txt; sleep 0.1"'
+    second = "sh -c 'echo b > $OPENRANGE_ARTIFACTS/b.txt'"
+    pool = WorkerPool(1, str(tmp_path / "store"), cache=(str(tmp_path / "cache"), 2**30))
+    pool.start()
+    try:
+        pool.dispatch([WorkItem("e1", 1, EpisodeSpec(runtime="command", params={"cmd": first}), token=1)])
+        (one,) = results(pool, 1)
+        wait_until(lambda: pool.wait(0.05) or pool.idle() == 1, 10, what="the worker free")
+        pool.dispatch([WorkItem("e2", 1, EpisodeSpec(runtime="command", params={"cmd": second}), token=2)])
+        (two,) = results(pool, 1)
+    finally:
+        pool.close()
+    assert one.kind == two.kind == "succeeded", (one, two)
+    assert "a.txt" in {a["name"] for a in one.artifacts or []}
+    assert [a["name"] for a in two.artifacts or []] == ["b.txt"]
 
 
 def test_too_many_artifacts_fail_the_episode_with_the_reason(tmp_path: Path) -> None:

@@ -115,11 +115,16 @@ def run_item(
     own = outputs is None  # a worker passes its own, made once
     outputs = outputs or files.Outputs()
     try:
-        if item.spec.snapshot is None:  # most episodes: nothing to pin, no environment to set
-            done = _run(item, None, is_cancelled, on_progress, events)
-        else:
-            with files.snapshot(item.spec.snapshot, cache) as local, files.snapshot_env(local):
-                done = _run(item, local, is_cancelled, on_progress, events)
+        try:
+            if item.spec.snapshot is None:  # most episodes: nothing to pin, no environment to set
+                done = _run(item, None, is_cancelled, on_progress, events)
+            else:
+                with files.snapshot(item.spec.snapshot, cache) as local, files.snapshot_env(local):
+                    done = _run(item, local, is_cancelled, on_progress, events)
+        finally:
+            # before its files are read: a process it left running would write into this upload,
+            # or into the next episode's, and could swap a file for a pipe that blocks the read
+            reaper.kill_leftovers()
         uploaded = outputs.upload(store, item.episode_id, item.attempt, item.token)
         return replace(done, artifacts=uploaded) if uploaded else done
     except files.EpisodeFault as exc:
@@ -334,7 +339,6 @@ def _run_group(
             sink = sinks.of(item, batch)
             check_item = partial(check, item.episode_id)
             done = run_item(item, sinks.store, check_item, slot.progress, sink, sinks.cache, sinks.outputs)
-            reaper.kill_leftovers()  # before its result: no process of an ended episode lives on
             slot.clear()
         inbox.cancelled.discard(item.episode_id)
         outbox.add(seq, done, started, held=names_file(done.events))

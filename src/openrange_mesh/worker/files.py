@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,8 @@ from ..store.cache import SnapshotCache
 from ..store.digest import HashingReader, parse_digest
 from ..store.layout import artifact_path
 from .dirwatch import DirWatch
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_ENV, ARTIFACTS_ENV = "OPENRANGE_SNAPSHOT", "OPENRANGE_ARTIFACTS"
 MAX_ARTIFACTS = 256  # files an attempt may leave: their list lives in its etcd record
@@ -93,27 +97,28 @@ class Outputs:
     """The worker's artifacts directory (``OPENRANGE_ARTIFACTS``): one for all its episodes, made
     at its start, emptied after each episode that left something. A directory made and removed
     per episode cost more than a CartPole episode; one that stayed empty is told by one poll of
-    an inotify descriptor (dirwatch.py; else by a ``scandir``). ``watch=False``: always scan."""
+    an inotify descriptor (dirwatch.py; else by a ``scandir``). ``watch=False``: always scan.
+
+    An episode may do anything to the directory: remove it, close its permissions, put a file or
+    a link in its place. None of that may take the worker down, reach outside the directory (a
+    link in its place is never followed: the worker would upload, then empty, what it points
+    at) or leave this episode's files to the next one: what cannot be emptied is left behind
+    for a fresh directory. The caller stops the episode's processes first (child.run_item)."""
 
     def __init__(self, *, watch: bool = True) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix=f"openrange-artifacts-{os.getpid()}-"))
-        os.environ[ARTIFACTS_ENV] = str(self.directory)  # for this worker's life: its runtimes inherit it
+        self._abandoned: list[Path] = []  # directories an episode left that could not be emptied
+        self.directory = self._make()
         self._watch = DirWatch.open(self.directory) if watch else None
 
     def upload(self, store: Store | None, episode_id: str, attempt: int, token: int | None) -> list[dict[str, Any]]:
         """Every regular file the episode left, streamed to the store under ``token``; their
-        list. Raises EpisodeFault (too many files) or HostFault (the store refused one). The
-        directory is empty afterwards, whatever happened (made again if the episode removed it)."""
+        list. Raises EpisodeFault (too many files, a file or the directory it could not read,
+        the directory replaced) or HostFault (the store refused one). The directory is empty
+        afterwards, whatever happened."""
         if self._watch is not None and not self._watch.created():
             return []
         try:
-            with os.scandir(self.directory) as entries:
-                if next(entries, None) is None and (self._watch is None or not self._watch.gone):
-                    return []  # the common case: nothing left, and the watch still on it
-        except FileNotFoundError:
-            pass  # the episode removed the directory: it is made again below
-        try:
-            files = sorted(p for p in self.directory.rglob("*") if p.is_file() and not p.is_symlink())
+            files = self._left()
             if not files:
                 return []
             if store is None or token is None:
@@ -123,6 +128,23 @@ class Outputs:
             return [self._put(store, path, episode_id, attempt, token) for path in files]
         finally:
             self._reset()
+
+    def _left(self) -> list[Path]:
+        """The regular files in the directory (none if the episode removed it)."""
+        try:
+            mode = os.lstat(self.directory).st_mode
+        except FileNotFoundError:
+            return []  # removed: made again by _reset
+        if not stat.S_ISDIR(mode):
+            raise EpisodeFault("its artifacts directory was replaced by a link or a file: nothing was uploaded")
+        try:
+            _opened_up(self.directory)
+            with os.scandir(self.directory) as entries:
+                if next(entries, None) is None and (self._watch is None or not self._watch.gone):
+                    return []  # the common case: nothing left, and the watch still on it
+            return sorted(p for p in self.directory.rglob("*") if p.is_file() and not p.is_symlink())
+        except OSError as exc:
+            raise EpisodeFault(f"its artifacts directory could not be read: {exc.strerror or exc}") from exc
 
     def _put(self, store: Store, path: Path, episode_id: str, attempt: int, token: int) -> dict[str, Any]:
         name = path.relative_to(self.directory).as_posix()
@@ -144,28 +166,63 @@ class Outputs:
         return {"name": name, "size": reader.size, "sha256": reader.digest}
 
     def _reset(self) -> None:
-        """The directory emptied for the next episode; made again, and watched again, if the
-        episode removed or moved it (it must not take the worker down)."""
-        with contextlib.suppress(FileNotFoundError):
+        """The directory emptied for the next episode: made again if the episode removed it or
+        put something in its place, a fresh one if it cannot be emptied; watched again if the
+        watched one went."""
+        try:
             self._empty()
-        self.directory.mkdir(exist_ok=True)
+        except OSError as exc:
+            log.warning(
+                "an episode left its artifacts directory %s as it cannot be emptied (%s); a new one",
+                self.directory,
+                exc,
+            )
+            self._abandoned.append(self.directory)
+            self.directory = self._make()
         if self._watch is not None and self._watch.gone:  # it watched the directory that went
             self._watch.close()
             self._watch = DirWatch.open(self.directory)
 
     def _empty(self) -> None:
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
+        if self.directory.is_symlink() or (self.directory.exists() and not self.directory.is_dir()):
+            self.directory.unlink()  # never followed
+        elif self.directory.is_dir():
+            _opened_up(self.directory)
+            with os.scandir(self.directory) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
                         os.unlink(entry.path)
+        self.directory.mkdir(exist_ok=True)
+
+    @staticmethod
+    def _make() -> Path:
+        directory = Path(tempfile.mkdtemp(prefix=f"openrange-artifacts-{os.getpid()}-"))
+        os.environ[ARTIFACTS_ENV] = str(directory)  # for this worker's life: its runtimes inherit it
+        return directory
 
     def close(self) -> None:
         if self._watch is not None:
             self._watch.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        for directory in [*self._abandoned, self.directory]:
+            if directory.is_dir() and not directory.is_symlink():
+                with contextlib.suppress(OSError):
+                    _opened_up(directory)
+            shutil.rmtree(directory, ignore_errors=True)
+        if self.directory.is_symlink() or self.directory.is_file():
+            self.directory.unlink(missing_ok=True)
+
+
+def _opened_up(root: Path) -> None:
+    """Every directory under ``root`` (links not followed) readable, writable and searchable by
+    us: an episode may have closed some, and what it left must be listed, then removed."""
+    os.chmod(root, 0o700)
+    for directory, subdirectories, _ in os.walk(root):
+        for name in subdirectories:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o700)
 
 
 def remove_leftovers(pid: int) -> None:
