@@ -7,11 +7,12 @@ import time
 
 import pytest
 
+from openrange_mesh.client.client import MeshClient
 from openrange_mesh.ids import IdAllocator, home_id
 from openrange_mesh.keys import Keys
 from openrange_mesh.ledger import homes
 from openrange_mesh.ledger.catalog import Catalog, EpisodeFilter
-from openrange_mesh.ledger.claims import Settlement
+from openrange_mesh.ledger.claims import Claim, Settlement
 from openrange_mesh.ledger.homes import MAX_OWN_KEYS
 from openrange_mesh.ledger.ledger import Ledger
 from openrange_mesh.ledger.records import finish_attempt, give_back
@@ -302,6 +303,65 @@ def test_members_given_back_as_their_claim_ends_stay_home_under_one_entry(regist
     assert ledger.commit(again, [finish_attempt(r, State.SUCCEEDED, now, None) for r in rerun], last=True)
     assert states(ledger, ids) == [State.SUCCEEDED] * 250
     assert [ledger.read(ids)[i].record.attempt for i in (ids[0], ids[10])] == [1, 2]
+
+
+def claimed_as_an_agent_does(ledger: Ledger, host: str, lease: int) -> tuple[Claim, list[EpisodeRecord]] | None:
+    """Claim the one queue entry as agent/claimer.py does: with the records it carries, or
+    with records read if it carries none."""
+    (entry,) = ledger.queue()
+    carried = homes.embedded(ledger.keys, entry)
+    return ledger.claim(host, lease, entry, carried if carried is not None else ledger.read(list(entry.ids)))
+
+
+@pytest.mark.parametrize("ends", ["last commit", "requeue"])
+def test_a_member_left_pending_beside_finished_ones_is_claimable_after_they_are_acked(
+    registry: Registry, ledger: Ledger, ends: str
+) -> None:
+    """An ack rewrites the group while the stay-home entry waits, and no new version of the
+    entry comes: a claim with values the entry carried would lose on every try."""
+    ids = batch(ledger, 3)
+    lease = registry.grant(5)
+    claim, running = take(ledger, "h1", lease, ids)
+    now = time.time()
+    done = [finish_attempt(running[0], State.SUCCEEDED, now, None), finish_attempt(running[1], State.FAILED, now, "x")]
+    if ends == "last commit":  # a timeout with on_timeout="retry" as the claim ends
+        assert ledger.commit(claim, [*done, finish_attempt(running[2], State.PENDING, now, "timed out")], last=True)
+    else:  # the owner died after a partial commit: its heir puts the rest back
+        assert ledger.commit(claim, done, last=False)
+        registry.revoke(lease)
+        assert ledger.requeue("h1", claim.claim_id, ids, "host h1 lost its lease") == [ids[2]]
+    (entry,) = ledger.queue()
+    with MeshClient(registry, namespace=ledger.keys.namespace) as client:
+        assert client.ack(ids[:2]) == 2
+    assert ledger.queue() == [entry]  # unchanged: its owner's watch brings nothing
+    won = claimed_as_an_agent_does(ledger, "h2", registry.grant(5))
+    assert won is not None
+    again, (rerun,) = won
+    assert ledger.commit(again, [finish_attempt(rerun, State.SUCCEEDED, time.time(), None)], last=True)
+    found = ledger.read(ids)
+    assert [found[i].record.state for i in ids] == [State.SUCCEEDED, State.FAILED, State.SUCCEEDED]
+    assert [found[i].record.acked_at is not None for i in ids] == [True, True, False]
+
+
+def test_an_older_writers_entry_carrying_finished_members_is_claimed_with_the_group_read(
+    registry: Registry, ledger: Ledger
+) -> None:
+    """Entries written before stay-home entries of such groups stopped carrying values."""
+    ids = batch(ledger, 3)
+    claim, running = take(ledger, "h1", registry.grant(5), ids)
+    now = time.time()
+    finals = [finish_attempt(running[0], State.SUCCEEDED, now, None), give_back(running[1], now, "drain")]
+    assert ledger.commit(claim, [*finals, finish_attempt(running[2], State.FAILED, now, "x")], last=True)
+    (entry,) = ledger.queue()
+    group = ledger.keys.episode(home_id(ids[0]) or "")
+    kv, _ = registry.get(group)
+    assert kv is not None
+    carrying = pack({"ids": list(entry.ids), "with": [kv.value]})  # group and entry in one txn, as it was
+    registry.txn([], [Put(group, kv.value), Put(ledger.keys.queued(entry.path), carrying)])
+    with MeshClient(registry, namespace=ledger.keys.namespace) as client:
+        assert client.ack([ids[0]]) == 1
+    assert claimed_as_an_agent_does(ledger, "h2", registry.grant(5)) is not None
+    assert states(ledger, ids) == [State.SUCCEEDED, State.RUNNING, State.FAILED]
 
 
 def test_many_retries_while_the_claim_goes_on_move_out_in_claimable_entries(registry: Registry, ledger: Ledger) -> None:

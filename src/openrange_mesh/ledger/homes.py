@@ -8,9 +8,10 @@ is paid once per batch. Every member keeps its own id, state, attempts and resul
 Members stay home while they are pending, running or finished. One that goes back to pending
 while its claim goes on (a retry) moves out to a key of its own, in the txn that takes it out of
 the group; those that go back to pending as their claim ends (a requeue, the last commit of a
-claim) stay home, listed by one new queue entry. So a group is held by at most one claim or
-queue entry at a time, and a single owner writes it while that claim lives. Lookups read a
-member's group first, and its own key only if it is not there.
+claim) stay home, listed by one new queue entry (carrying the group's value only while no member
+finished: an ack may rewrite finished members while the entry waits). So a group is held by at
+most one claim or queue entry at a time, and a single owner writes it while that claim lives.
+Lookups read a member's group first, and its own key only if it is not there.
 
 Every write of a group compares the group key's mod_revision (optimistic concurrency with the
 other writers of its members: acks, cancels); fencing stays with the claim key's token, which
@@ -184,6 +185,8 @@ def embedded(keys: Keys, entry: QueueEntry) -> dict[str, Versioned] | None:
             home_name = home_id(records[0].id) if records else None
             if home_name is None:
                 return None  # no group record of ours: the claimer reads instead
+            if any(r.state.is_terminal for r in records):
+                return None  # an older writer's: an ack may have rewritten the group since (``rewrite``)
             home = Home(keys.episode(home_name), entry.mod_revision, records)
         out.update((r.id, Versioned(r, entry.mod_revision, home)) for r in records if r.id in entry.ids)
     return out
@@ -222,8 +225,10 @@ def rewrite(
     """Write records that changed. A group member is replaced in its group; one that goes back
     to pending moves out to a key of its own, unless the claim that held it ends in this txn
     (``claim_ends``): then nothing else holds the group, and its pending members stay home,
-    listed by one new queue entry carrying the group's value. Records of their own keep their
-    keys. Pending records get queue entries, in the mailboxes ``place`` picks."""
+    listed by one new queue entry carrying the group's value, unless some members finished: an
+    ack may rewrite those at any time, leaving the entry as it was and what it carried stale
+    for good, so the claimer reads the group. Records of their own keep their keys. Pending
+    records get queue entries, in the mailboxes ``place`` picks."""
     replaced: dict[bytes, dict[str, EpisodeRecord | None]] = {}
     by_key: dict[bytes, Home] = {}
     moving: list[EpisodeRecord] = []  # pending, written under keys of their own
@@ -251,7 +256,8 @@ def rewrite(
         members[key] = [r for r in kept if r is not None]
         value = encode_group(members[key]) if members[key] else None
         ops.append(Put(key, value) if value is not None else Delete(key))
-        ops += [entry_put(keys, group, [value]) for group in staying[key] if value is not None]
+        carried = [] if value is None or any(r.state.is_terminal for r in members[key]) else [value]
+        ops += [entry_put(keys, group, carried) for group in staying[key] if value is not None]
     for group in claimable(keys, moving):
         ops += entry_ops(keys, named(group, place))
     return Rewrite(ops, members)
