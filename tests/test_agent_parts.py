@@ -165,6 +165,86 @@ def test_a_corrupt_entry_is_not_kept(mesh: Mesh) -> None:
     assert h1.own() == [name for name in mesh.queue() if "junk" not in name] and len(h1.own()) == 3
 
 
+# --- look-ahead: a batch queued behind the one a worker runs ------------------------------------
+
+
+def entry_of(mesh: Mesh, prefix: str, count: int, *, seconds: float = 0.0, big: bool = False) -> list[str]:
+    """One queue entry of ``count`` episodes, each record under its own key (ids of no block);
+    ``big``: records too big for the entry to carry (the claimer reads them)."""
+    params: dict[str, object] = {"seconds": seconds, **({"pad": "x" * 40_000} if big else {})}
+    spec = EpisodeSpec(runtime="sleep", batch=count, params=params)
+    records = [EpisodeRecord(id=f"{prefix}{i:05d}", spec=spec, created_at=time.time()) for i in range(count)]
+    mesh.ledger.submit(records)
+    return [r.id for r in records]
+
+
+def test_a_look_ahead_slot_passes_over_a_batch_entry_with_one_episode_pending(mesh: Mesh) -> None:
+    """The claim of a batch entry with one record pending (here: one record malformed) takes
+    a single episode, which only an idle worker can take: a worker running a batch queues
+    the next batch behind it, and the single waits for an idle worker (it used to be claimed,
+    and its dispatch ended the agent's loop)."""
+    h1 = mesh.host("h1", 1)
+    since = mesh.revision()
+    h1.join()
+    h1.pool.start()
+    running = entry_of(mesh, "a", 2, seconds=60)
+    h1.see(since)
+    assert h1.claimer.step() == f"claimed {', '.join(running)}"
+    assert (h1.pool.idle(), h1.pool.ahead()) == (0, 1)
+    since = mesh.revision()
+    lone = entry_of(mesh, "b", 2, big=True)
+    mesh.registry.txn([], [Put(mesh.keys.episode(lone[1]), b"\xc1 not msgpack")])
+    behind = entry_of(mesh, "c", 2)
+    h1.see(since)
+    assert h1.claimer.step() is None and h1.own() == ["b00000.1", "c00000.1"]
+    assert h1.claimer.step() == f"claimed {', '.join(behind)}"  # the next batch, without a read of b's
+    assert h1.own() == ["b00000.1"] and mesh.ledger.read(lone)[lone[0]].record.state is State.PENDING
+    assert h1.holdings.running == 4 and (h1.pool.idle(), h1.pool.ahead()) == (0, 0)
+
+
+def test_entries_paired_with_commits_go_to_idle_workers_first(mesh: Mesh) -> None:
+    """Two claims end in one commit step, one worker idle and one running a batch with
+    nothing behind it: the single claimed for the idle worker goes there, the batch queues
+    behind the other's (the batch used to be dispatched first, to the idle worker, and the
+    single's dispatch then ended the agent's loop)."""
+    h1 = mesh.host("h1", 2)
+    since = mesh.revision()
+    h1.join()
+    h1.pool.start()
+    first = entry_of(mesh, "a", 1) + entry_of(mesh, "b", 2)
+    behind = entry_of(mesh, "c", 2, seconds=60)
+    h1.see(since)
+    assert h1.claimer.step() == f"claimed {', '.join(first)}"
+    assert h1.claimer.step() == f"claimed {', '.join(behind)}"  # behind b's batch
+    wait_until(lambda: [h1.pool.wait(0.05), h1.pool.results.qsize() == 3][-1], what="a and b done")
+    assert (h1.pool.idle(), h1.pool.ahead()) == (1, 1)
+    since = mesh.revision()
+    single, batch = entry_of(mesh, "s", 1), entry_of(mesh, "t", 2)
+    h1.see(since)
+    line = h1.committer.step()
+    assert line == f"committed 3 episodes; claimed {', '.join(single + batch)}"
+    assert (h1.pool.idle(), h1.pool.ahead(), h1.holdings.running) == (0, 0, 5)
+
+
+def test_a_claim_no_worker_can_take_is_released_not_dispatched(mesh: Mesh) -> None:
+    """A backstop: a claim won with no worker free for it (claims follow the pool's idle()
+    and ahead(), so none should be) goes back with its commit, spending no attempt; the loop
+    goes on (a dispatch raised, and ended it)."""
+    h1 = mesh.host("h1", 1)  # its pool is not started: no worker at all
+    since = mesh.revision()
+    h1.join()
+    (episode,) = mesh.submit(1)
+    h1.see(since)
+    (entry,) = mesh.ledger.queue()
+    records = mesh.ledger.read(list(entry.ids))
+    won = h1.ledger.claim("h1", h1.lease.lease, entry, records)
+    assert h1.claimer.took([(entry, records)], [won]) == [episode] and h1.woken
+    assert h1.committer.step() == "committed 1 episodes"
+    record = mesh.ledger.read([episode])[episode].record
+    assert record.state is State.PENDING and record.history[-1].outcome == "released"
+    assert not h1.holdings.has_claims and not mesh.registry.range(mesh.keys.claims()).kvs
+
+
 # --- stealing ---------------------------------------------------------------------------------
 
 

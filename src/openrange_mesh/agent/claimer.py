@@ -10,12 +10,14 @@ and its episodes go to the workers.
 
 Threads: the loop thread only, so no lock. Owns what only its own reads decide: when it last
 stole and at what revision it found nothing, whether our mailbox ran dry since, the records
-entries carry (decoded once per version of an entry), and the entries a claim could not take
-(passed over until they change).
+entries carry (decoded once per version of an entry), the entries a claim could not take
+(passed over until they change), and the batch entries with one episode pending (a single: not
+for a look-ahead slot until they change).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 import zlib
@@ -38,6 +40,8 @@ from .lease import LeaseKeeper
 from .metrics import Metrics
 from .owned import OwnedQueue
 from .peers import Peers
+
+log = logging.getLogger(__name__)
 
 CANDIDATE_WINDOW = 8  # entries per wanted claim a host looks at (see ``candidates``, ``_steal``)
 CARRIED_CACHE = 256  # decoded entries kept (see ``_embedded``)
@@ -88,6 +92,7 @@ class Claimer:
         self._found_nothing_at = -DRY_PAUSE  # monotonic time of the last read that found nothing
         self._carried: dict[str, tuple[int, dict[str, Versioned] | None]] = {}  # name -> (revision, its records)
         self._unclaimable: dict[bytes, int] = {}  # queue key -> revision of an entry a claim cannot take
+        self._lone: dict[str, int] = {}  # name -> revision of a batch entry with one episode pending
 
     def step(self) -> str | None:
         pool = self.pool
@@ -137,7 +142,9 @@ class Claimer:
         if free + ahead == 0:
             return []
         entries = self.owned.head(CANDIDATE_WINDOW * (free + ahead))
-        chosen = entries[:free] + [e for e in entries[free:] if len(e.ids) > 1][:ahead]
+        batches = [e for e in entries[free:] if len(e.ids) > 1 and self._lone.get(e.name) != e.mod_revision]
+        chosen = entries[:free] + batches[:ahead]
+        behind = {e.name for e in batches[:ahead]}  # for a worker that runs a batch: a batch only
         wanted = len(entries) < free
         # ran dry: ours just ran out (we had some, too few), or we have just come to want more
         self._dry |= self.peers.want_steal(wanted) or (wanted and bool(entries))
@@ -151,10 +158,15 @@ class Claimer:
         unclaimable: list[QueueEntry] = []
         for entry in chosen:
             listed = {i: records[i] for i in entry.ids if i in records}
-            if any(v.record.state is State.PENDING for v in listed.values()):
-                out.append((entry, listed))
-            else:
+            pending = sum(1 for v in listed.values() if v.record.state is State.PENDING)
+            if not pending:
                 unclaimable.append(entry)
+            elif entry.name in behind and pending == 1:
+                # its claim would take one episode (Ledger claims only the pending ones), which
+                # only an idle worker takes: an idle one claims it, oldest first
+                self._note_lone(entry)
+            else:
+                out.append((entry, listed))
         # Entries whose records are gone or do not decode: forget them (until the watch brings
         # a new version), or being oldest they would be chosen first on every pass and starve
         # the rest; a steal read passes over them too.
@@ -252,6 +264,11 @@ class Claimer:
             self._unclaimable.clear()  # forgetting only costs a look at them again
         self._unclaimable[key] = revision
 
+    def _note_lone(self, entry: QueueEntry) -> None:
+        if len(self._lone) >= CARRIED_CACHE:
+            self._lone.clear()  # forgetting only costs a read of it again
+        self._lone[entry.name] = entry.mod_revision
+
     def _embedded(self, entry: QueueEntry) -> dict[str, Versioned] | None:
         """The records an entry carries, decoded once per version of the entry: an entry may
         be a candidate in several passes, and decoding a 250-episode group costs ~2 ms."""
@@ -285,9 +302,7 @@ class Claimer:
             found = self.ledger.adopt(kv)
             if found is None:
                 continue
-            # a batch may queue behind the one a worker runs (a lost look-ahead claim); a
-            # single episode needs an idle worker
-            if not (self.pool.idle() or (len(found[1]) > 1 and self.pool.ahead())):
+            if not self._worker_for(len(found[1])):  # a lost look-ahead claim, every worker busy
                 waiting = True
                 continue
             self._hold(*found)
@@ -296,10 +311,23 @@ class Claimer:
             self.holdings.claims_checked()
         return adopted
 
+    def _worker_for(self, episodes: int) -> bool:
+        """Whether a worker takes a group of ``episodes`` now (pool.dispatch): an idle one, or
+        for a batch one that runs a batch with nothing behind it."""
+        return bool(self.pool.idle() or (episodes > 1 and self.pool.ahead()))
+
     def _hold(self, claim: Claim, running: list[EpisodeRecord]) -> None:
         self.holdings.hold(claim, running)
         for record in running:
             self.metrics.attempt_started(record)
+        if not self._worker_for(len(running)):
+            # Claims follow idle() and ahead(), so no claim should get here; one that does goes
+            # back to the queue with its next commit, spending no attempt, rather than end the
+            # loop (a single from a look-ahead slot once did, and its lease's end cost it one).
+            log.error("no worker can take claim %s (%d episodes): releasing it", claim.claim_id, len(running))
+            self.holdings.unrunnable(claim.claim_id, time.time(), f"no worker of host {self.host} was free for it")
+            self._wake()  # its commit is due at once
+            return
         # the token names where its artifacts go: a fenced-off owner's land where nothing reads them
         self.pool.dispatch([WorkItem(r.id, r.attempt, r.spec, r.history[-1].batch, claim.token) for r in running])
 

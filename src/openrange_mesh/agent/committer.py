@@ -140,11 +140,14 @@ def _txn_groups(settlements: list[Settlement], pairs: list[Candidate]) -> list[G
     """Pack settlements, and an entry to claim for each one that frees a worker, into settle
     calls of at most ``REQUEST_OPS`` ops of up to ~0.5 KB, which keeps a request well under
     etcd's 1.5 MiB (an entry's claim costs 3 and one per episode, as ``Settlement.size`` counts
-    a commit). ``Ledger.settle`` splits a call further where etcd's ops limit needs it."""
+    a commit). ``Ledger.settle`` splits a call further where etcd's ops limit needs it. The
+    entries keep their order, idle workers' first: a batch claimed for a look-ahead slot would
+    otherwise take the idle worker first (pool.dispatch), and a single claimed after it none."""
     groups: list[Group] = []
     budget = 0
+    queued = iter(pairs)
     for item in settlements:
-        entry = pairs.pop() if item.last and pairs else None
+        entry = next(queued, None) if item.last else None
         cost = item.size + (3 + len(entry[0].ids) if entry else 0)
         if not groups or budget + cost > REQUEST_OPS:
             groups.append(([], []))

@@ -105,6 +105,16 @@ class Holdings:
     def claims_checked(self) -> None:
         self._claims_unsure = False
 
+    def unrunnable(self, claim_id: str, now: float, reason: str) -> None:
+        """A claim held that no worker could take: its episodes are released (back to the
+        queue, no attempt spent) by its commit, due at once."""
+        held = self._held[claim_id]
+        if not held.finals:
+            held.first_final_at = time.monotonic()
+        for episode_id, record in held.records.items():
+            if episode_id not in held.finals:
+                held.finals[episode_id] = release(record, now, reason, held.claim.token)
+
     def cancel_forwarded(self, episode_ids: Iterable[str]) -> None:
         self._cancel_seen.update(episode_ids)
 
