@@ -84,6 +84,18 @@ def test_idempotency_key_returns_the_existing_episode(client: MeshClient) -> Non
     assert again == first and len(list(client.list())) == 1
 
 
+def test_a_batch_under_idempotency_keys_is_as_wide_as_one_txn_holds(client: MeshClient) -> None:
+    """126 keyed episodes in one batch fit one txn (their group, its entry and 126 keys); 127
+    would not, and are refused before anything is written, with the reason."""
+    specs = [{**SLEEP, "idempotency_key": f"k{i}"} for i in range(127)]
+    with pytest.raises(SpecError, match="at most 126 with an idempotency_key"):
+        client.submit(specs, batch=127)
+    assert list(client.list()) == []
+    ids = client.submit(specs[:126], batch=126)
+    assert len(set(ids)) == 126 and client.submit(specs[:126], batch=126) == ids
+    assert len({home_id(i) for i in ids}) == 1  # one group
+
+
 @pytest.mark.parametrize("batch", [None, 3])
 def test_one_key_twice_in_one_submission_is_one_episode(client: MeshClient, batch: int | None) -> None:
     """etcd refuses a txn that puts one key twice; so does the memory registry."""

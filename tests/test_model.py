@@ -86,6 +86,7 @@ def test_check_specs_asks_the_runtime_once_per_distinct_params() -> None:
         ({**CARTPOLE, "params": {"env": "CartPole-v1", "blob": "x" * 600_000}}, "params", "over the"),
         ({**CARTPOLE, "on_timeout": "sometimes"}, "on_timeout", "'fail' or 'retry'"),
         ({**CARTPOLE, "batch": 251}, "batch", "from 1 to 250"),
+        ({**CARTPOLE, "batch": 127, "idempotency_key": "k"}, "batch", "at most 126 with an idempotency_key"),
         ({**CARTPOLE, "events": "some"}, "events", "'all', 'summary', 'none'"),
         ({**CARTPOLE, "events": ["none"]}, "events", "not ['none']"),
         ({**CARTPOLE, "colour": "red"}, "colour", "unknown field"),

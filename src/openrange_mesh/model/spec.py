@@ -20,6 +20,9 @@ MAX_ATTEMPTS = 100
 # Episodes one claim may take: a batch's records share one key (ids.MAX_GROUP members at most),
 # so a claim or commit costs a few ops whatever its size.
 MAX_BATCH = 250
+# A batch of specs with idempotency keys is one group: its record, its queue entry and a key per
+# member in one txn of at most 128 ops (etcd's limit; ledger/txns.py)
+MAX_KEYED_BATCH = 126
 # What an attempt's events are kept at (``EpisodeSpec.events``): every event its runtime emits,
 # only its "reset" and "terminal" events, or none (its result and times are in its record).
 EVENT_LEVELS = ("all", "summary", "none")
@@ -71,6 +74,9 @@ class EpisodeSpec:
         _check_optional_str("idempotency_key", self.idempotency_key, 256)
         if not _is_int(self.batch) or not 1 <= self.batch <= MAX_BATCH:
             raise SpecError("batch", f"must be an integer from 1 to {MAX_BATCH}, not {self.batch!r}")
+        if self.idempotency_key is not None and self.batch > MAX_KEYED_BATCH:
+            why = "a batch's keys are written in one etcd txn, with its record and its queue entry"
+            raise SpecError("batch", f"at most {MAX_KEYED_BATCH} with an idempotency_key ({why}), not {self.batch}")
         if self.events not in EVENT_LEVELS:
             raise SpecError("events", f"must be one of {', '.join(map(repr, EVENT_LEVELS))}, not {self.events!r}")
         _check_labels(self.labels)
