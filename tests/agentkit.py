@@ -106,10 +106,10 @@ class Host:
 
 
 class Mesh:
-    """A namespace on a fresh ``memory://`` registry, and the hosts built on it."""
+    """A namespace on a fresh ``memory://`` registry (or on ``url``'s), and the hosts built on it."""
 
-    def __init__(self) -> None:
-        self.registry = open_registry(f"memory://{uuid.uuid4().hex[:12]}")
+    def __init__(self, url: str | None = None) -> None:
+        self.registry = open_registry(url or f"memory://{uuid.uuid4().hex[:12]}")
         self.keys = Keys(f"t{uuid.uuid4().hex[:10]}")
         # placed as a client places them: by the host records as they are now
         self.ledger = Ledger(self.registry, self.keys, place=HostsPlacement(self.registry, self.keys, max_age=0))

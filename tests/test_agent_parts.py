@@ -6,6 +6,7 @@ real processes."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 
@@ -14,6 +15,7 @@ import pytest
 from openrange_mesh.agent.claimer import CANDIDATE_WINDOW, DRY_PAUSE, STEAL_INTERVAL
 from openrange_mesh.agent.inbox import DeadHost
 from openrange_mesh.agent.sweeper import SLICE_EVERY, Sweeper
+from openrange_mesh.errors import RegistryError
 from openrange_mesh.ledger import owners
 from openrange_mesh.ledger.ledger import Ledger
 from openrange_mesh.ledger.placement import UNOWNED
@@ -22,7 +24,9 @@ from openrange_mesh.model import EpisodeRecord, EpisodeSpec, HostInfo, State, pa
 from openrange_mesh.registry import Delete, Put
 
 from .agentkit import Host, Mesh, counting, events
+from .etcdkit import EtcdServer
 from .helpers import wait_until
+from .meshkit import LossyProxy, txn_puts_under
 
 
 @pytest.fixture
@@ -513,6 +517,37 @@ def test_a_dead_hosts_claims_are_put_back_by_its_heir_and_the_leader_alone(mesh:
     assert hosts[0].orphans.step() is None and requests() == 2  # the heir's read, the leader's
     outcomes = [(v.record.state, v.record.history[-1].outcome) for v in mesh.ledger.read(episodes).values()]
     assert outcomes == [(State.PENDING, "retried")] * 2
+
+
+def test_an_heirs_marker_goes_when_a_requeue_of_its_step_lost_its_answer(etcd: EtcdServer) -> None:
+    """The second of a dead host's two requeues lands, and its answer is lost (a real etcd
+    behind a proxy): the step raises, and its retry finds both done. The marker that the first
+    one owed still goes, on the retry (it used to go only with requeues of the same step)."""
+    proxy = LossyProxy(etcd.host, etcd.client_port)
+    mesh = Mesh(f"etcd://{proxy.endpoint}")
+    try:
+        h1 = mesh.host("h1")
+        h1.join()
+        dead = mesh.host("d1")
+        dead.join()
+        episodes = mesh.submit(2)
+        for episode in episodes:
+            dead.hold([episode])
+        mesh.registry.revoke(dead.lease.lease)
+        h1.inbox.host_died(DeadHost("d1", dead.lease.lease, mesh.revision(), "h1"))  # as the watch says it
+        marked = mesh.revision()
+        seen = itertools.count(1)
+        proxy.lose_answer_once(lambda path, body: txn_puts_under(mesh.keys.queue())(path, body) and next(seen) == 2)
+        with pytest.raises(RegistryError):
+            h1.orphans.step()
+        assert proxy.lost and h1.orphans.step() == "queued marker for episodes requeued before"
+        mark, _ = mesh.registry.get(mesh.keys.queued_marker())
+        assert mark is not None and mark.value == b"h1" and mark.mod_revision > marked
+        assert all(v.record.state is State.PENDING for v in mesh.ledger.read(episodes).values())
+        assert h1.orphans.step() is None and h1.count("openrange_requeues_total") == 1  # the answer heard
+    finally:
+        mesh.close()
+        proxy.close()
 
 
 def test_the_leader_puts_back_what_a_dead_heir_did_not(mesh: Mesh) -> None:

@@ -13,8 +13,10 @@ The episodes go back where ``place`` puts them now, which may be the mailbox of 
 at the same time and whose key has not gone yet: a queued marker (the one a client writes with
 a submission) tells idle agents to steal them rather than wait for the leader to move them.
 
-Threads: the loop thread. Owns its marker's last time (ledger/queue.QueuedMarker); the dead
-hosts wait in the Inbox.
+Threads: the loop thread. Owns its marker's last time (ledger/queue.QueuedMarker) and whether
+a marker is owed (a requeue landed, and no marker went since: a later requeue of the same step
+that raised would have left none, and its retry finds its work done); the dead hosts wait in the
+Inbox.
 """
 
 from __future__ import annotations
@@ -49,9 +51,10 @@ class Orphans:
         self.leadership = leadership
         self.metrics = metrics
         self._marker = QueuedMarker(keys, host)
+        self._marker_owed = False  # a requeue landed and no marker went since
 
     def step(self) -> str | None:
-        requeued: list[str] = []
+        requeued = 0
         while (dead := self.inbox.next_dead_host()) is not None:
             if dead.heir != self.host and not self.leadership.is_leader:
                 continue  # its heir's, and the leader's
@@ -60,25 +63,35 @@ class Orphans:
             except RegistryError:
                 self.inbox.host_died(dead)  # idempotent: try again next pass, or nobody would
                 raise
-        if not requeued:
-            return None
-        self.metrics.requeues.inc(len(requeued))
+        marked = self._marker_owed and self._mark()
+        if requeued:
+            return f"requeued {requeued} episodes of dead hosts"
+        return "queued marker for episodes requeued before" if marked else None
+
+    def _mark(self) -> bool:
+        """Write the queued marker owed (unless one went within MARKER_EVERY: later, then)."""
         if marker := self._marker.ops():
             self.registry.txn([], marker)
-        return f"requeued {len(requeued)} episodes of dead hosts"
+            self._marker_owed = False
+        return not self._marker_owed
 
-    def _requeue_claims_of(self, dead: DeadHost) -> list[str]:
+    def _requeue_claims_of(self, dead: DeadHost) -> int:
         """Put back the episodes of a dead host's claims: its lease took its host key and its
-        claim keys in one revision, so they are read at the one before."""
+        claim keys in one revision, so they are read at the one before. Returns how many; each
+        requeue is counted, and owes a marker, as it lands (a later one may raise)."""
         try:
             claims = self.registry.range(self.keys.host_claims(dead.host), revision=dead.revision - 1)
         except Compacted:
             self.leadership.sweep_soon()  # that revision is gone: the sweep finds them
-            return []
-        requeued: list[str] = []
+            return 0
+        requeued = 0
         for kv in claims.kvs:
             if kv.lease == dead.lease:
                 claim_id = self.keys.name_of(kv.key, self.keys.host_claims(dead.host))
                 reason = f"host {dead.host} lost its lease"
-                requeued += self.ledger.requeue(dead.host, claim_id, claim_episode_ids(kv), reason, kv.create_revision)
+                ids = self.ledger.requeue(dead.host, claim_id, claim_episode_ids(kv), reason, kv.create_revision)
+                if ids:
+                    self.metrics.requeues.inc(len(ids))
+                    self._marker_owed = True
+                    requeued += len(ids)
         return requeued
