@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import pytest
+
 from openrange_mesh.ids import IdAllocator
 from openrange_mesh.keys import Keys
 from openrange_mesh.ledger.catalog import Catalog, EpisodeFilter
@@ -338,3 +340,21 @@ def test_a_settle_with_nothing_to_settle_still_writes_its_extra_ops(registry: Re
     assert ledger.settle([], [], extra=[Put(key, b"record")]) == ([], [])
     kv, _ = registry.get(key)
     assert kv is not None and kv.value == b"record"
+
+
+@pytest.mark.parametrize("n", [10, 40], ids=["narrow", "wide"])
+def test_a_fenced_settle_still_writes_its_extra_ops(registry: Registry, ledger: Ledger, n: int) -> None:
+    """The host record rides on a settle's request, not on a commit's compares: the agent
+    handed it over, so a fenced commit must not drop it. 40 retries of records under keys of
+    their own (3 ops each) are a commit too wide for one nested txn: its own txns, compared."""
+    ledger.submit(records(n, batch=n))
+    ids = [f"e{i:05d}" for i in range(n)]
+    lease = registry.grant(5)
+    claim, running = take(ledger, "h1", lease, ids)
+    registry.revoke(lease)  # the claim key goes: the owner is fenced off
+    retries = [finish_attempt(r, State.PENDING, time.time(), "flaky") for r in running]
+    key = ledger.keys.host("h1")
+    oks, _ = ledger.settle([Settlement(claim, retries, last=False)], extra=[Put(key, b"draining")])
+    assert oks == [False] and {v.record.state for v in ledger.read(ids).values()} == {State.RUNNING}
+    kv, _ = registry.get(key)
+    assert kv is not None and kv.value == b"draining"

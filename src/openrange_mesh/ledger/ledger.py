@@ -180,23 +180,20 @@ class Ledger:
         finals: Sequence[EpisodeRecord],
         *,
         last: bool,
-        extra: Sequence[Op] = (),
         cancelled: Iterable[str] = (),
     ) -> bool:
         """Fenced write of the outcomes of some of ``claim``'s episodes. ``last`` says these are
         the claim's final open episodes, so the claim key goes too. False: fenced off (the claim
-        expired, was requeued, or an episode changed under us): nothing was written. ``extra``
-        ops ride along (the owner's host record), costing no extra revision. ``cancelled``: ids
-        whose cancel marker the owner saw, deleted here (a marker that arrives too late to be
-        seen is deleted with its record by retention)."""
+        expired, was requeued, or an episode changed under us): nothing was written.
+        ``cancelled``: ids whose cancel marker the owner saw, deleted here (a marker that
+        arrives too late to be seen is deleted with its record by retention)."""
         markers = set(cancelled)
         for chunk, ends in self._chunks(claim, finals, last, markers):
             compares, ops, landed = self._commit_parts(claim, chunk, ends, markers)
-            result = self.registry.txn(compares, [*ops, *extra])
+            result = self.registry.txn(compares, ops)
             if not result.succeeded:
                 return False  # earlier chunks may have landed: the owner's resync finds out which
             landed(result.revision)
-            extra = ()
         return True
 
     def _chunks(
@@ -237,16 +234,15 @@ class Ledger:
         compares, so fencing is unchanged and one fenced claim or one lost claim race holds
         nothing else back. Returns (committed per settlement, the claim won per entry or None).
         Parts that together exceed etcd's ops limit go in as many requests as it takes
-        (``_requests``); a request etcd finds too large goes again one part per request."""
+        (``_requests``); a request etcd finds too large goes again one part per request.
+        ``extra`` ops (the owner's host record) go in the first request, outside every part's
+        compares, or alone: written whatever the compares say (the caller hands them over once)."""
         parts: list[Txn] = []
         landings: list[Callable[[int], None] | bool] = []  # per commit: what to do once it lands, or its outcome
         for item in commits:
             if len(self._chunks(item.claim, item.finals, item.last, set(item.cancelled))) > 1:
                 # too wide for one nested txn (a rare commit: many cancels or retries at once)
-                landings.append(
-                    self.commit(item.claim, item.finals, last=item.last, extra=extra, cancelled=item.cancelled)
-                )
-                extra = ()
+                landings.append(self.commit(item.claim, item.finals, last=item.last, cancelled=item.cancelled))
                 continue
             compares, ops, landed = self._commit_parts(item.claim, item.finals, item.last, item.cancelled)
             parts.append(Txn(compares, ops))
