@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 from pathlib import Path
 
 from openrange_mesh.model import EpisodeSpec
 from openrange_mesh.store import open_store
-from openrange_mesh.store.events import FLUSH_SECONDS, NOT_KEPT, read_events
+from openrange_mesh.store.events import FLUSH_SECONDS, NOT_KEPT, NOT_STORED, read_events
 from openrange_mesh.worker.child import Done, WorkItem
 from openrange_mesh.worker.mailbox import RESULT_FLUSH, SHARED_LINGER, SHORT_RESULTS_LINGER, Outbox
 from openrange_mesh.worker.pool import WorkerPool
@@ -209,3 +210,29 @@ def test_events_are_kept_at_the_level_the_spec_asks(tmp_path: Path) -> None:
     types = {n: [e["type"] for e in read_events(store, n, 1, batch="claim-1")] for n in ("b-summary", "b-all")}
     assert types == {"b-summary": ["reset", "terminal"], "b-all": ["reset", *["tick"] * 20, "terminal"]}
     assert store.list("shared/") == [] and store.list("episodes/") == []  # nothing for what kept none
+
+
+def test_a_batch_member_whose_first_events_were_refused_says_so_whenever_its_result_leaves(tmp_path: Path) -> None:
+    """A batch [A, B]: A ends at once, and its result leaves with the batch's first chunk (A's
+    events and B's first ones), which the store refuses. B's later chunks are written, and B's
+    result must still say its events were not stored: it had said "stored", its reset lost."""
+    store_url = str(tmp_path / "store")
+    blocked = Path(store_url) / "batches" / "claim-1"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the batch's folder goes: its chunks cannot be written")
+    quick = EpisodeSpec(runtime="sleep", params={"seconds": 0, "events": 2}, batch=2)
+    slow = EpisodeSpec(runtime="sleep", params={"seconds": 1.5, "events": 12}, batch=2)
+    pool = WorkerPool(1, store_url)
+    pool.start()
+    healed = threading.Timer(SHORT_RESULTS_LINGER + 0.35, blocked.unlink)  # after the first chunk, before B ends
+    try:
+        pool.dispatch([WorkItem("a", 1, quick, batch="claim-1"), WorkItem("b", 1, slow, batch="claim-1")])
+        healed.start()
+        done = {d.episode_id: d for d in results(pool, 2)}
+    finally:
+        healed.cancel()
+        pool.close()
+    assert {d.kind for d in done.values()} == {"succeeded"}, done
+    assert done["a"].events == done["b"].events == NOT_STORED
+    written = [e["type"] for e in read_events(open_store(store_url), "b", 1, batch="claim-1")]
+    assert "reset" not in written and written[-1] == "terminal"  # the later chunks did land

@@ -315,9 +315,8 @@ def _run_group(
     def send(end: bool) -> None:  # a batch's events reach the store before its results leave
         if batch is not None:
             batch.flush()
-            if batch.lost:
-                outbox.mark_not_stored()
-                batch.lost = False
+            if batch.lost_by:
+                outbox.mark_not_stored(batch.lost_by)
         outbox.send(end)
 
     def check(episode_id: str) -> bool:  # between a running episode's slices

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Container
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
@@ -105,9 +106,13 @@ class Outbox:
     def held_due(self) -> bool:
         return bool(self.held) and time.monotonic() - self.held_since >= SHORT_FLUSH
 
-    def mark_not_stored(self) -> None:
-        """The batch chunk with the ready results' events was refused: their records say so."""
-        self.ready = [(seq, replace(done, events=NOT_STORED)) for seq, done in self.ready]
+    def mark_not_stored(self, lost: Container[tuple[str, int]]) -> None:
+        """The ready results of the attempts (episode, attempt) whose events were in a refused
+        batch chunk: their records say so."""
+        self.ready = [
+            (seq, replace(done, events=NOT_STORED) if (done.episode_id, done.attempt) in lost else done)
+            for seq, done in self.ready
+        ]
 
     def send(self, end: bool) -> None:
         """The ready results, and whether the group ended (the worker is free: the agent may

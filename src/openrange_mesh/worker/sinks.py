@@ -63,6 +63,9 @@ class Chunks:
         self.chunk = 0
         self.flushed_at = time.monotonic()
         self.lost = False  # a chunk was refused: some of these events are not in the store
+        # a batch's: the attempts (episode, attempt) with events in a refused chunk, for the life
+        # of the batch, since a member's result may leave long after its first events were lost
+        self.lost_by: set[tuple[str, int]] = set()
 
     def add(self, events: list[dict[str, Any]], item: Any = None) -> None:
         if item is not None and item.batch is not None:
@@ -80,7 +83,10 @@ class Chunks:
             path = batch_events_path(item.batch, self.chunk)
         else:
             path = events_path(item.episode_id, item.attempt, self.chunk)
-        self.lost |= not write_events(self.store, path, self.buffer, self.report)
+        if not write_events(self.store, path, self.buffer, self.report):
+            self.lost = True
+            if item.batch is not None:
+                self.lost_by.update((e["episode"], e["attempt"]) for e in self.buffer)
         self.buffer = []
         self.chunk += 1
 
