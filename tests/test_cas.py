@@ -8,6 +8,7 @@ import io
 import os
 import re
 import tarfile
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -270,6 +271,8 @@ UNSAFE = {  # the members, and a pattern of the message
     "hard-link": ([member("f"), member("h", tarfile.LNKTYPE, link="f")], "'h' is a device, fifo or hard link"),
     "device": ([member("null", tarfile.CHRTYPE)], "'null' is a device, fifo or hard link"),
     "twice": ([member("f"), member("f", data=b"again")], "'f' appears twice"),
+    # tarfile makes x/ for x/y: a file x after it would fail as the host's disk, not the snapshot
+    "file-over-a-made-parent": ([member("x/y"), member("x")], "'x' appears twice"),
 }
 
 
@@ -290,12 +293,33 @@ def test_unsafe_archives_are_refused_and_leave_nothing(case: str, tmp_path: Path
 
 
 def test_an_archive_that_does_not_decode_says_so(tmp_path: Path) -> None:
+    """Every byte as stored, so the snapshot's own fault (its episode fails), not its host's."""
     store = open_store("memory://")
     blob = b"ORSNAP1D" + b"not zstd at all"
     store.put_bytes(cas_path(sha256(blob)), blob)
-    with pytest.raises(StoreError, match="is not a readable archive"):
+    with pytest.raises(UnsafeSnapshot, match="is not a readable archive"):
         get_snapshot(store, sha256(blob), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_extended_header_declaring_gigabytes_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """tarfile reads a PAX header whole: an 8 KB blob declaring 256 MiB took 500 MiB of RSS."""
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type, header.size = tarfile.XHDTYPE, 256 << 20
+    compressor = zstandard.ZstdCompressor().compressobj()
+    body = [compressor.compress(header.tobuf(format=tarfile.USTAR_FORMAT))]
+    body += [compressor.compress(bytes(1 << 20)) for _ in range(header.size >> 20)]
+    blob = b"ORSNAP1D" + b"".join(body) + compressor.flush()
+    store = open_store("memory://")
+    store.put_bytes(cas_path(sha256(blob)), blob)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnsafeSnapshot, match="an extended header of 268435456 bytes"):
+            get_snapshot(store, sha256(blob), tmp_path / "out")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(blob) < 64 * 1024 and peak < 16 << 20, (len(blob), peak)
 
 
 def test_snapshot_is_a_value() -> None:

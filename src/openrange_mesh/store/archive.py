@@ -38,6 +38,23 @@ EXEC_MODE = 0o755
 FILE_MODE = 0o644
 # zstandard types its streams as IO[bytes] but only calls write() and read() on them.
 _FILTER = getattr(tarfile, "data_filter", None)  # Python >= 3.11.4
+# An extended header (PAX, GNU long name) is read whole into memory by tarfile: a blob of a
+# few KB may declare gigabytes. Ours hold a name and a few fields.
+MAX_EXTENDED_HEADER = 1 << 20
+_EXTENDED = frozenset(
+    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+)
+
+
+class _Bounded(tarfile.TarInfo):
+    """A member header that refuses an extended header over ``MAX_EXTENDED_HEADER`` before
+    tarfile reads it (``_proc_member`` is where tarfile reads one, in every version we run)."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED and self.size > MAX_EXTENDED_HEADER:
+            raise tarfile.HeaderError(f"an extended header of {self.size} bytes (at most {MAX_EXTENDED_HEADER})")
+        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return member
 
 
 def pack(root: Path, sink: Writer) -> None:
@@ -67,7 +84,7 @@ def unpack(source: Reader, dest: Path, where: str) -> None:
     try:
         with (
             zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], source), closefd=False) as plain,
-            tarfile.open(fileobj=plain, mode="r|") as tar,
+            tarfile.open(fileobj=plain, mode="r|", tarinfo=_Bounded) as tar,
         ):
             for member in tar:
                 member_name = member.name
@@ -158,6 +175,8 @@ def _member_problem(member: tarfile.TarInfo, seen: dict[str, str]) -> str | None
     if member.issym() and (problem := _link_problem(name, member.linkname)):
         return problem
     seen[name] = "dir" if member.isdir() else "link" if member.issym() else "file"
+    for depth in range(1, len(parts)):  # tarfile makes a member's missing parents: they are taken
+        seen.setdefault("/".join(parts[:depth]), "dir")
     return None
 
 

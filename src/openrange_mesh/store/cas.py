@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..errors import ArtifactNotFound, HashMismatch, SnapshotNotFound, StoreError
+from ..errors import ArtifactNotFound, HashMismatch, SnapshotNotFound, StoreError, UnsafeSnapshot
 from . import archive, layout
 from .base import Store
 from .digest import CHUNK_SIZE, HashingReader, HashingWriter, Reader, Writer, parse_digest
@@ -185,8 +185,13 @@ def _materialise(reader: HashingReader, kind: Kind, target: Path, digest: str) -
         except HashMismatch as mismatch:
             raise mismatch from exc
         except StoreError:
-            pass  # the store failed while draining: the archive's error is the one to report
-        raise
+            raise exc from None  # the store failed while draining: the archive's error is the one to report
+        if isinstance(exc, UnsafeSnapshot):
+            raise
+        # every byte is the one stored: an archive that does not decode is the snapshot's own
+        # fault (its episode fails), not its host's, on every host alike
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        raise UnsafeSnapshot(digest, "(the archive)", f"is not a readable archive{cause}") from exc
 
 
 def _verify(reader: HashingReader, digest: str, *, drain: bool) -> None:
