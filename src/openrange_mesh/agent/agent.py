@@ -258,14 +258,19 @@ class Agent:
         """Past the local estimate the lease may have expired: ask etcd, and stop our episodes
         only if it says the lease is gone (lease.py). While etcd cannot answer, ``confirm``
         raises and the pass ends there: nothing is claimed or committed, episodes keep running
-        and their results wait."""
+        and their results wait. A rejoin whose host record did not land (its txn raised) is
+        tried again before anything else: until peers see our key, nothing is claimed."""
+        host_record = self.parts.host_record
         if self.lease.is_alive or self.lease.confirm():
-            return None
+            if host_record.is_registered:
+                return None
+            host_record.create()
+            return f"rejoined with lease {self.lease.lease:x}"
         lost = self.running
-        if self.parts.holdings.has_claims or self.pool.idle() < self.pool.size:  # once: a failed register repeats this
+        if self.parts.holdings.has_claims or self.pool.idle() < self.pool.size:  # once: a failed grant repeats this
             self.pool.reset()  # their results would be fenced: etcd deleted our claim keys
         self.parts.holdings.clear()
-        self.parts.host_record.register()
+        host_record.register()
         return f"lost lease, stopped {lost} episodes; rejoined with lease {self.lease.lease:x}"
 
     def _collector(self) -> Collector:

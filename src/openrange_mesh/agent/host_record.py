@@ -9,8 +9,13 @@ the agent makes anyway (``refresh``) or alone (``step``). The running count in t
 as of its last write; ``hosts`` and the dashboard count claims and records instead
 (ledger/catalog.py, dashboard/index.py).
 
+A record is created under each lease the agent is granted (``register``); a rejoin after a lost
+lease is pending until its txn lands (``is_registered``): an agent without its host key is
+invisible to its peers, and when it dies no delete event tells anyone to requeue its claims.
+
 Threads: the loop thread; ``changed`` may also come from a signal handler or another thread
-(``drain``): it is one bool assignment.
+(``drain``): it is one bool assignment. The lease the record was created under is written by
+the loop alone.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from ..config import Settings
 from ..errors import ConfigError
 from ..keys import Keys
 from ..model import HostInfo
-from ..registry import Compare, Put, Registry
+from ..registry import Compare, Get, Put, Registry
 from .lease import LeaseKeeper
 
 log = logging.getLogger(__name__)
@@ -69,6 +74,7 @@ class HostRecord:
         self._url = url  # its dashboard's ("" without one)
         self._started_at = time.time()
         self._due = False  # peers must see a change: write the record on the next pass
+        self._created_under = 0  # the lease our record was last created under (0: none yet)
 
     def retire_predecessor(self) -> None:
         """A host key with our id under another lease is either our crashed predecessor (same
@@ -94,15 +100,30 @@ class HostRecord:
                 )
             time.sleep(0.2)
 
+    @property
+    def is_registered(self) -> bool:
+        """Whether our record is there under the lease we hold: not after a lost lease until
+        the rejoin's record lands (``create``)."""
+        return self._created_under != 0 and self._created_under == self.lease.lease
+
     def register(self) -> None:
-        """A fresh lease, and the record under it (created: a key already there is a twin)."""
-        lease = self.lease.start()
-        key = self.keys.host(self.host)
-        result = self.registry.txn([Compare(key, "create", "==", 0)], [Put(key, self.info().to_bytes(), lease)])
+        """A fresh lease, and the record under it (``create``)."""
+        self.lease.start()
+        self.create()
+
+    def create(self) -> None:
+        """The record under the lease we hold, created: a key already there under another lease
+        is a twin. One already there under ours is ours: a txn of ours applied, and its answer
+        was lost."""
+        lease, key = self.lease.lease, self.keys.host(self.host)
+        result = self.registry.txn(
+            [Compare(key, "create", "==", 0)], [Put(key, self.info().to_bytes(), lease)], [Get(key)]
+        )
         self._due = False
-        if not result.succeeded:
+        if not result.succeeded and not any(kv.lease == lease for kv in result.responses[0]):
             self.lease.stop()
             raise ConfigError(f"host id {self.host!r} was taken while joining: pick another --host-id")
+        self._created_under = lease
 
     def info(self) -> HostInfo:
         return HostInfo(
