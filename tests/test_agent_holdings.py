@@ -12,8 +12,9 @@ from dataclasses import replace
 import pytest
 
 from openrange_mesh.agent.holdings import COMMIT_LINGER
+from openrange_mesh.client.client import MeshClient
 from openrange_mesh.ledger.homes import Home
-from openrange_mesh.ledger.records import finish_attempt
+from openrange_mesh.ledger.records import finish_attempt, spent_attempts
 from openrange_mesh.model import State
 from openrange_mesh.registry import Delete
 from openrange_mesh.worker.child import Done
@@ -160,6 +161,32 @@ def test_a_drain_hands_back_what_has_not_finished_in_one_commit_per_claim(mesh: 
     assert states(mesh, [*ids, single]) == [State.SUCCEEDED, State.PENDING, State.PENDING, State.PENDING]
     assert sorted(i for entry in mesh.ledger.queue() for i in entry.ids) == sorted([*ids[1:], single])
     assert mesh.registry.range(mesh.keys.claims()).kvs == [] and h1.holdings.running == 0
+
+
+def test_a_hand_back_refused_after_a_clients_ack_is_made_again_with_the_group_as_it_is(mesh: Mesh) -> None:
+    """h1 drains with a batch of three: member 0's result is committed, and the client acks it,
+    rewriting the group record. The hand-back compares the group as h1 last wrote it, and etcd
+    refuses it: h1 reads the group again and hands back the other two, no attempt spent (they
+    were left running, and h1's lease's end had its heir requeue them as lost)."""
+    h1 = mesh.host("h1", 1)  # one worker: the hand-back restarts the pool's workers
+    h1.join()
+    ids = mesh.submit_batch(3)
+    _, running = h1.hold(ids)
+    h1.pool.results.put(Done(ids[0], 1, "succeeded"))
+    h1.draining = True
+    assert h1.committer.step() == "committed 1 episodes"
+    client = MeshClient(mesh.registry, namespace=mesh.keys.namespace)
+    try:
+        assert client.ack([ids[0]]) == 1
+    finally:
+        client.close()
+    h1.committer.hand_back()
+    found = mesh.ledger.read(ids)
+    assert [found[i].record.state for i in ids] == [State.SUCCEEDED, State.PENDING, State.PENDING]
+    assert [found[i].record.history[-1].outcome for i in ids[1:]] == ["released"] * 2
+    assert all(spent_attempts(found[i].record) == spent_attempts(running[1]) for i in ids[1:])  # none spent
+    assert mesh.registry.range(mesh.keys.claims()).kvs == [] and not h1.holdings.has_claims
+    assert h1.count("openrange_stale_commits_total") == 1
 
 
 def test_a_lost_lease_lets_every_claim_go_and_any_doubt_with_it(mesh: Mesh, h1: Host) -> None:

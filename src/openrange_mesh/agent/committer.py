@@ -27,6 +27,7 @@ from .metrics import Metrics
 log = logging.getLogger(__name__)
 
 REQUEST_OPS = 1000  # ops of all the nested txns of one settle call (~0.5 KB each at most)
+HAND_BACK_TRIES = 3  # commits a drain's hand-back makes of a claim that etcd refuses while its key lives
 
 
 class Committer:
@@ -81,17 +82,36 @@ class Committer:
         return "; ".join(line for line in lines if line) or None
 
     def hand_back(self) -> None:
-        """End of a drain: stop what still runs and put it back in the queue in one txn per claim."""
+        """End of a drain: stop what still runs and put it back in the queue in one txn per claim.
+        A commit refused while our claim key lives (someone rewrote a group of ours: a client's
+        ack of a finished member) is resynced as ``step`` resyncs one, and made again with what
+        still runs under the claim, up to ``HAND_BACK_TRIES`` times: left to our lease's end, the
+        rest would be requeued as lost, an attempt spent for episodes a drain released."""
         if self.holdings.has_claims:
             self.pool.reset()
-        back = self.holdings.hand_back(time.time(), f"released by draining host {self.host}")
-        for item in back:
-            try:
-                landed = self.ledger.commit(item.claim, item.finals, last=True, cancelled=item.cancelled)
-                self._count_commit(landed, item.finals)
-            except RegistryError as exc:
-                log.warning("could not hand back claim %s (%s); its lease expiry will", item.claim.claim_id, exc)
-        log.info("drained: handed back %d claims", len(back))
+        reason = f"released by draining host {self.host}"
+        handed = 0
+        for _ in range(HAND_BACK_TRIES):
+            for item in self.holdings.hand_back(time.time(), reason):
+                claim_id = item.claim.claim_id
+                try:
+                    landed = self.ledger.commit(item.claim, item.finals, last=True, cancelled=item.cancelled)
+                    self._count_commit(landed, item.finals)
+                    if landed:
+                        self.holdings.settled(item)
+                        handed += 1
+                    else:
+                        self._resync(claim_id)  # taken over: dropped; else kept, its groups as they are now
+                except RegistryError as exc:
+                    log.warning("could not hand back claim %s (%s); its lease expiry will", claim_id, exc)
+                    self.holdings.drop(claim_id)  # not asked again: each try may wait retry_timeout
+        if self.holdings.has_claims:
+            log.warning(
+                "could not hand back %d episodes: refused %d times; their lease expiry will",
+                self.holdings.running,
+                HAND_BACK_TRIES,
+            )
+        log.info("drained: handed back %d claims", handed)
         self.holdings.clear()
 
     def _take_results(self) -> None:
