@@ -249,6 +249,35 @@ def test_a_claim_no_worker_can_take_is_released_not_dispatched(mesh: Mesh) -> No
     assert not h1.holdings.has_claims and not mesh.registry.range(mesh.keys.claims()).kvs
 
 
+def test_a_claim_whose_answer_was_lost_is_released_at_once_by_a_draining_host(etcd: EtcdServer) -> None:
+    """h1's claim txn lands and its answer is lost (a real etcd behind a proxy); then h1 drains.
+    Its claim step finds the claim under its lease and releases it, no attempt spent (it used to
+    return at once while draining: the drain ended with the claim unknown, and its lease's end
+    had the heir requeue an episode that never ran as lost)."""
+    proxy = LossyProxy(etcd.host, etcd.client_port)
+    mesh = Mesh(f"etcd://{proxy.endpoint}")
+    try:
+        h1 = mesh.host("h1", 1)
+        h1.join()
+        h1.pool.start()
+        (episode,) = mesh.submit(1)
+        h1.watcher.load_queue(mesh.revision())  # what its queue watch brings
+        proxy.lose_answer_once(txn_puts_under(mesh.keys.host_claims("h1")))
+        with pytest.raises(RegistryError):
+            h1.claimer.step()
+        assert proxy.lost and h1.holdings.claims_unsure and not h1.holdings.has_claims
+        h1.draining = True
+        assert h1.claimer.step() == f"released {episode} (their claim's answer was lost; we take no work)"
+        assert not h1.holdings.claims_unsure and h1.pool.idle() == 1 and h1.woken
+        assert h1.committer.step() == "committed 1 episodes"
+        record = mesh.ledger.read([episode])[episode].record
+        assert record.state is State.PENDING and record.history[-1].outcome == "released"
+        assert not h1.holdings.has_claims and not mesh.registry.range(mesh.keys.claims()).kvs
+    finally:
+        mesh.close()
+        proxy.close()
+
+
 # --- stealing ---------------------------------------------------------------------------------
 
 

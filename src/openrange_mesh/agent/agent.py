@@ -176,7 +176,7 @@ class Agent:
         try:
             while not self._stop.is_set():
                 self._pass()
-                if self._draining and (not self.parts.holdings.has_claims or time.monotonic() >= self._drain_deadline):
+                if self._draining and (not self._holds_anything() or time.monotonic() >= self._drain_deadline):
                     self.parts.committer.hand_back()
                     self.leadership.last_report(self.parts.selfcheck.store, self.settings.report_interval)
                     break
@@ -243,6 +243,12 @@ class Agent:
             if woken:
                 self._waker.clear()
         self._waker.clear()
+
+    def _holds_anything(self) -> bool:
+        """Claims held, or maybe held: a claim txn's answer was lost, and until the claim step
+        has looked (and released what it found), etcd may hold claims of ours we do not know."""
+        holdings = self.parts.holdings
+        return holdings.has_claims or holdings.claims_unsure
 
     def _wait_time(self) -> float:
         """Until the next commit falls due, a steal read may be made (with idle workers), or the

@@ -96,6 +96,11 @@ class Claimer:
 
     def step(self) -> str | None:
         pool = self.pool
+        if self._takes_no_work() and self.holdings.claims_unsure and self.lease.is_alive:
+            released = self._adopt()  # back to the queue: no worker takes work here now
+            return (
+                f"released {summary(released)} (their claim's answer was lost; we take no work)" if released else None
+            )
         if not (pool.idle() or pool.ahead()) or self._takes_no_work() or not self.lease.is_alive:
             self.peers.want_steal(False)
             return None
@@ -288,24 +293,28 @@ class Claimer:
         The pass that lost the answer left a worker idle (or a look-ahead slot free) for it;
         until a claim found has a worker, the question stays open. (It used to be closed
         whatever was found, and a lost look-ahead claim, found while every worker ran a batch,
-        stayed running on no worker as long as the agent lived.)"""
+        stayed running on no worker as long as the agent lived.) While we take no work
+        (draining, sick) the claims found are released at once: a drain would otherwise end
+        without them, and its lease's end cost each episode an attempt; a sick host kept them
+        running on no worker as long as it stayed sick."""
         prefix = self.keys.host_claims(self.host)
+        takes_work = not self._takes_no_work()
         adopted: list[str] = []
         waiting = False  # a claim of ours that no worker could take yet
         for kv in self.registry.range(prefix).kvs:
             claim_id = self.keys.name_of(kv.key, prefix)
             if kv.lease != self.lease.lease or self.holdings.holds(claim_id):
                 continue
-            if not (self.pool.idle() or self.pool.ahead()):  # no worker at all: no read either
+            if takes_work and not (self.pool.idle() or self.pool.ahead()):  # no worker at all: no read either
                 waiting = True
                 continue
             found = self.ledger.adopt(kv)
             if found is None:
                 continue
-            if not self._worker_for(len(found[1])):  # a lost look-ahead claim, every worker busy
+            if takes_work and not self._worker_for(len(found[1])):  # a lost look-ahead claim, every worker busy
                 waiting = True
                 continue
-            self._hold(*found)
+            self._hold(*found, takes_work=takes_work)
             adopted += found[0].episode_ids
         if not waiting:  # else look again when a worker frees (pairable claims none meanwhile)
             self.holdings.claims_checked()
@@ -316,20 +325,29 @@ class Claimer:
         for a batch one that runs a batch with nothing behind it."""
         return bool(self.pool.idle() or (episodes > 1 and self.pool.ahead()))
 
-    def _hold(self, claim: Claim, running: list[EpisodeRecord]) -> None:
+    def _hold(self, claim: Claim, running: list[EpisodeRecord], *, takes_work: bool = True) -> None:
+        """Hold a claim won or adopted and give it to a worker; ``takes_work`` False (a claim
+        adopted while we drain or are sick): release it instead."""
         self.holdings.hold(claim, running)
         for record in running:
             self.metrics.attempt_started(record)
+        if not takes_work:
+            self._release(claim, f"released by host {self.host}, which takes no work")
+            return
         if not self._worker_for(len(running)):
             # Claims follow idle() and ahead(), so no claim should get here; one that does goes
             # back to the queue with its next commit, spending no attempt, rather than end the
             # loop (a single from a look-ahead slot once did, and its lease's end cost it one).
             log.error("no worker can take claim %s (%d episodes): releasing it", claim.claim_id, len(running))
-            self.holdings.unrunnable(claim.claim_id, time.time(), f"no worker of host {self.host} was free for it")
-            self._wake()  # its commit is due at once
+            self._release(claim, f"no worker of host {self.host} was free for it")
             return
         # the token names where its artifacts go: a fenced-off owner's land where nothing reads them
         self.pool.dispatch([WorkItem(r.id, r.attempt, r.spec, r.history[-1].batch, claim.token) for r in running])
+
+    def _release(self, claim: Claim, reason: str) -> None:
+        """A claim held that goes back to the queue with its commit (no attempt spent), due at once."""
+        self.holdings.unrunnable(claim.claim_id, time.time(), reason)
+        self._wake()
 
 
 def summary(ids: list[str]) -> str:

@@ -106,8 +106,8 @@ class Holdings:
         self._claims_unsure = False
 
     def unrunnable(self, claim_id: str, now: float, reason: str) -> None:
-        """A claim held that no worker could take: its episodes are released (back to the
-        queue, no attempt spent) by its commit, due at once."""
+        """A claim held that no worker could take, or will (we take no work): its episodes are
+        released (back to the queue, no attempt spent) by its commit, due at once."""
         held = self._held[claim_id]
         if not held.finals:
             held.first_final_at = time.monotonic()
