@@ -12,20 +12,29 @@ from collections.abc import Iterator
 
 import pytest
 
-from openrange_mesh.agent.claimer import CANDIDATE_WINDOW, DRY_PAUSE, STEAL_INTERVAL
+from openrange_mesh.agent.claimer import (
+    CANDIDATE_WINDOW,
+    DRY_PAUSE,
+    STEAL_INTERVAL,
+    STOOD_PAUSE,
+    STOOD_TRIES,
+    Candidate,
+)
 from openrange_mesh.agent.inbox import DeadHost
 from openrange_mesh.agent.sweeper import SLICE_EVERY, Sweeper
+from openrange_mesh.client.client import MeshClient
 from openrange_mesh.errors import RegistryError
 from openrange_mesh.ledger import owners
 from openrange_mesh.ledger.ledger import Ledger
 from openrange_mesh.ledger.placement import UNOWNED
 from openrange_mesh.ledger.queue import QueueEntry
+from openrange_mesh.ledger.records import finish_attempt
 from openrange_mesh.model import EpisodeRecord, EpisodeSpec, HostInfo, State, pack
 from openrange_mesh.registry import Delete, Put
 
-from .agentkit import Host, Mesh, counting, events
+from .agentkit import TTL, Host, Mesh, counting, events
 from .etcdkit import EtcdServer
-from .helpers import wait_until
+from .helpers import take, wait_until
 from .meshkit import LossyProxy, txn_puts_under
 
 
@@ -276,6 +285,72 @@ def test_a_claim_whose_answer_was_lost_is_released_at_once_by_a_draining_host(et
     finally:
         mesh.close()
         proxy.close()
+
+
+def left_pending_beside_finished(mesh: Mesh, width: int) -> list[str]:
+    """A batch of ``width`` whose claim (by a host now gone) ended with a commit that finished
+    all members but the last, which went back to pending (a timeout with on_timeout="retry"):
+    it stays in the group, listed by one new entry that carries no value (an ack may rewrite
+    the finished members at any time)."""
+    ids = mesh.submit_batch(width)
+    claim, running = take(mesh.ledger, "h0", mesh.registry.grant(TTL), ids)
+    now = time.time()
+    finals = [finish_attempt(r, State.SUCCEEDED, now, None) for r in running[:-1]]
+    assert mesh.ledger.commit(claim, [*finals, finish_attempt(running[-1], State.PENDING, now, "timed out")], last=True)
+    return ids
+
+
+def claim_racing_an_ack(h1: Host, mesh: Mesh, acked: str) -> list[Candidate]:
+    """h1's claim step, with a client's ack of the finished member ``acked`` landing between its
+    read of the group (``candidates``) and its claim txn."""
+    candidates = h1.claimer.candidates(1)
+    with MeshClient(mesh.registry, namespace=mesh.keys.namespace) as client:
+        assert client.ack([acked]) == 1
+    _, won = h1.claimer.settle([], candidates)  # every claim in one round trip, as the claim step makes them
+    assert h1.claimer.took(candidates, won) == []
+    return candidates
+
+
+def test_an_entry_whose_claim_lost_only_to_a_clients_ack_is_kept_and_claimed_next(registry_url: str) -> None:
+    """The ack rewrote the group, so the claim's group compare failed, though the entry did not
+    change: no watch event brings it back. h1 keeps it and claims it on its next step (it was
+    dropped as taken, and on a one-host mesh the member stayed pending as long as h1 lived)."""
+    mesh = Mesh(registry_url)
+    try:
+        h1 = mesh.host("h1", 1)
+        h1.join()
+        h1.pool.start()
+        ids = left_pending_beside_finished(mesh, 3)
+        h1.watcher.load_queue(mesh.revision())  # what its queue watch brings
+        (entry,) = mesh.ledger.queue()
+        assert h1.own() == [entry.name] and not entry.values  # h1 reads the group
+        (lost,) = claim_racing_an_ack(h1, mesh, ids[0])
+        assert lost[0] == entry and h1.own() == [entry.name]
+        assert h1.count("openrange_claims_total", result="lost") == 1
+        assert h1.claimer.step() == f"claimed {ids[2]}"
+        assert h1.own() == [] and h1.holdings.running == 1 and h1.count("openrange_claims_total", result="won") == 1
+        found = mesh.ledger.read(ids)
+        assert [found[i].record.state for i in ids] == [State.SUCCEEDED, State.SUCCEEDED, State.RUNNING]
+        assert found[ids[0]].record.acked_at is not None
+    finally:
+        mesh.close()
+
+
+def test_an_entry_that_keeps_losing_as_it_stood_is_tried_again_after_a_pause(mesh: Mesh) -> None:
+    """Each claim of the entry loses with its records read afresh: past STOOD_TRIES in a row it
+    waits out STOOD_PAUSE between tries instead of waking the loop into another at once."""
+    h1 = mesh.host("h1", 1)
+    h1.join()
+    h1.pool.start()
+    ids = left_pending_beside_finished(mesh, STOOD_TRIES + 1)
+    h1.watcher.load_queue(mesh.revision())
+    (entry,) = mesh.ledger.queue()
+    for acked in ids[:STOOD_TRIES]:
+        claim_racing_an_ack(h1, mesh, acked)
+    woken = h1.woken
+    assert h1.claimer.step() is None and h1.own() == [entry.name] and h1.woken == woken  # passed over
+    wait_until(lambda: h1.claimer.candidates(1), timeout=STOOD_PAUSE + 5, what="its pause over")
+    assert h1.claimer.step() == f"claimed {ids[-1]}"
 
 
 # --- stealing ---------------------------------------------------------------------------------

@@ -99,6 +99,25 @@ def test_only_one_claim_wins(registry: Registry, ledger: Ledger) -> None:
     assert ledger.claim("h2", lease, entry, seen) is None
 
 
+def test_a_claim_lost_to_its_records_alone_says_its_entry_stands(registry: Registry, ledger: Ledger) -> None:
+    """The claim txn's failure branch reads the entry: a claim that lost to a write of its
+    records since they were read (as an ack rewrites a group) returns the entry, which no watch
+    event brings back to its owner; one whose entry changed or went returns None."""
+    ledger.submit(records(2))
+    first, second = ledger.queue()
+    stale = {e.name: ledger.read(list(e.ids)) for e in (first, second)}
+    for entry in (first, second):  # the records written again, their entries left as they were
+        kv, _ = registry.get(ledger.keys.episode(entry.ids[0]))
+        assert kv is not None
+        registry.txn([], [Put(kv.key, kv.value)])
+    lease = registry.grant(5)
+    assert ledger.claim("h1", lease, first, stale[first.name]) == first
+    oks, won = ledger.settle([], [(second, stale[second.name])], host="h1", lease=lease)  # a nested txn alike
+    assert (oks, won) == ([], [second]) and ledger.queue() == [first, second]
+    assert ledger.claim("h1", lease, first, ledger.read(list(first.ids))) is not None  # read again: won
+    assert ledger.claim("h1", lease, first, stale[first.name]) is None  # the entry went
+
+
 def test_stale_owner_cannot_commit_after_its_lease_is_gone(registry: Registry, ledger: Ledger) -> None:
     ledger.submit(records(1))
     lease = registry.grant(5)

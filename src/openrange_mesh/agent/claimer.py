@@ -11,8 +11,9 @@ and its episodes go to the workers.
 Threads: the loop thread only, so no lock. Owns what only its own reads decide: when it last
 stole and at what revision it found nothing, whether our mailbox ran dry since, the records
 entries carry (decoded once per version of an entry), the entries a claim could not take
-(passed over until they change), and the batch entries with one episode pending (a single: not
-for a look-ahead slot until they change).
+(passed over until they change), the batch entries with one episode pending (a single: not
+for a look-ahead slot until they change), and the entries whose claim lost while they stood as
+they were (kept, and claimed again with their records read afresh).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..keys import Keys
 from ..ledger import homes
 from ..ledger.claims import Claim, Settlement
 from ..ledger.homes import Versioned
-from ..ledger.ledger import Ledger
+from ..ledger.ledger import Claimed, Ledger
 from ..ledger.queue import QueueEntry, decode_entry
 from ..model import EpisodeRecord, State
 from ..registry import Registry
@@ -50,9 +51,13 @@ STEAL_INTERVAL = 0.05  # seconds between steal reads of an agent with idle worke
 # trickle of single entries to a mesh with workers to spare would otherwise cost a read each.
 DRY_PAUSE = 1.0
 STEAL_PAGES = 4  # pages a steal read goes through past entries nobody can claim (corrupt, records gone)
+# Claims of one version of an entry that may lose in a row while it stands as it was before it
+# is passed over for STOOD_PAUSE between tries (see ``_paused``).
+STOOD_TRIES = 3
+STOOD_PAUSE = 1.0
 
 Candidate = tuple[QueueEntry, dict[str, Versioned]]  # an entry and its records, for a claim txn
-Won = tuple[Claim, list[EpisodeRecord]] | None  # a claim's outcome (None: lost)
+Won = Claimed  # a claim's outcome: won; lost while the entry stood as it was; None: lost
 
 
 class Claimer:
@@ -93,6 +98,8 @@ class Claimer:
         self._carried: dict[str, tuple[int, dict[str, Versioned] | None]] = {}  # name -> (revision, its records)
         self._unclaimable: dict[bytes, int] = {}  # queue key -> revision of an entry a claim cannot take
         self._lone: dict[str, int] = {}  # name -> revision of a batch entry with one episode pending
+        # name -> (revision, claims lost in a row while it stood as it was, monotonic time of the last)
+        self._stood: dict[str, tuple[int, int, float]] = {}
 
     def step(self) -> str | None:
         pool = self.pool
@@ -146,7 +153,7 @@ class Claimer:
         workers left idle steal from busy peers (``_steal``)."""
         if free + ahead == 0:
             return []
-        entries = self.owned.head(CANDIDATE_WINDOW * (free + ahead))
+        entries = [e for e in self.owned.head(CANDIDATE_WINDOW * (free + ahead)) if not self._paused(e)]
         batches = [e for e in entries[free:] if len(e.ids) > 1 and self._lone.get(e.name) != e.mod_revision]
         chosen = entries[:free] + batches[:ahead]
         behind = {e.name for e in batches[:ahead]}  # for a worker that runs a batch: a batch only
@@ -155,7 +162,8 @@ class Claimer:
         self._dry |= self.peers.want_steal(wanted) or (wanted and bool(entries))
         if wanted and self._steal_due():
             chosen += self._steal(free - len(entries), {e.name for e in entries})
-        carried = {e.name: self._embedded(e) for e in chosen}
+        # what an entry carries is not what its last claim lost to: read its records afresh
+        carried = {e.name: None if self._lost_as_it_stood(e) else self._embedded(e) for e in chosen}
         records = self.ledger.read([i for e in chosen if carried[e.name] is None for i in e.ids])
         for found in carried.values():
             records.update(found or {})
@@ -181,13 +189,22 @@ class Claimer:
         return out
 
     def took(self, candidates: list[Candidate], won: list[Won]) -> list[str]:
-        """Hold the claims won of ``candidates``; returns their episode ids. Every candidate is
-        done with, whatever the outcome: ours now, or a peer took it, or a cancel changed it (its
-        new version comes from the watch)."""
-        ours = self.owned.done_with(entry for entry, _ in candidates)  # the rest were stolen
+        """Hold the claims won of ``candidates``; returns their episode ids. A candidate is done
+        with, whatever the outcome (ours now, or a peer took it, or a cancel changed it: its
+        new version comes from the watch), but one whose claim lost while it stood as it was
+        (``Ledger.claim``): its records changed since read (a client's ack rewrote a finished
+        member of its group), and with the entry unchanged no watch event would bring it back,
+        so it stays for the next pass, which reads its records again. (It was dropped as taken,
+        and its members stayed pending as long as its owner lived.)"""
+        stood = {e.name for (e, _), claim in zip(candidates, won, strict=True) if isinstance(claim, QueueEntry)}
+        ours = self.owned.done_with(e for e, _ in candidates if e.name not in stood)  # the rest were stolen
         claimed: list[str] = []
         for (entry, _records), claim in zip(candidates, won, strict=True):
-            if claim is None:
+            if entry.name in stood:
+                self._note_stood(entry)
+            else:
+                self._stood.pop(entry.name, None)
+            if not isinstance(claim, tuple):
                 self.metrics.claims["lost"].inc()
                 continue
             self.metrics.claims["won" if entry.name in ours else "stolen"].inc()
@@ -273,6 +290,31 @@ class Claimer:
         if len(self._lone) >= CARRIED_CACHE:
             self._lone.clear()  # forgetting only costs a read of it again
         self._lone[entry.name] = entry.mod_revision
+
+    def _note_stood(self, entry: QueueEntry) -> None:
+        revision, lost, _ = self._stood.get(entry.name, (0, 0, 0.0))
+        lost = lost + 1 if revision == entry.mod_revision else 1
+        if lost == STOOD_TRIES:
+            log.warning(
+                "claims of queue entry %s lost %d times in a row while it stood as it was: trying it every %.0f s",
+                entry.name,
+                lost,
+                STOOD_PAUSE,
+            )
+        if len(self._stood) >= CARRIED_CACHE:
+            self._stood.clear()  # forgetting only costs a try with what it carries
+        self._stood[entry.name] = (entry.mod_revision, lost, time.monotonic())
+
+    def _lost_as_it_stood(self, entry: QueueEntry) -> bool:
+        return self._stood.get(entry.name, (0, 0, 0.0))[0] == entry.mod_revision
+
+    def _paused(self, entry: QueueEntry) -> bool:
+        """Whether an entry whose claims lost ``STOOD_TRIES`` times in a row while it stood as it
+        was waits out ``STOOD_PAUSE`` since the last: the loss came again with its records read
+        afresh, so something other than an ack's race makes it lose, and claiming it again at
+        once on every pass (each wakes the next while a worker is idle) would spin the loop."""
+        revision, lost, at = self._stood.get(entry.name, (0, 0, 0.0))
+        return revision == entry.mod_revision and lost >= STOOD_TRIES and time.monotonic() < at + STOOD_PAUSE
 
     def _embedded(self, entry: QueueEntry) -> dict[str, Versioned] | None:
         """The records an entry carries, decoded once per version of the entry: an entry may

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from ..errors import TooLarge
 from ..keys import Keys
 from ..model import EpisodeRecord, State, pack
-from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry, Txn
+from ..registry import Compare, Delete, Get, KeyValue, Op, Put, Registry, Txn, TxnResult
 from . import homes
 from .claims import Claim, Settlement
 from .homes import Home, Versioned, rewrite
@@ -51,6 +51,9 @@ from .records import claim_episode_ids, held_by, requeued, start_attempt, start_
 from .txns import PART_OPS, Enqueued, closing, requests, txn_chunks
 
 log = logging.getLogger(__name__)
+
+# A claim's outcome: won, the entry as it stood when the claim lost to its records, or None (``claim``)
+Claimed = tuple[Claim, list[EpisodeRecord]] | QueueEntry | None
 
 
 class Ledger:
@@ -124,20 +127,22 @@ class Ledger:
 
     def claim(
         self, host: str, lease: int, entry: QueueEntry, records: Mapping[str, Versioned], extra: Sequence[Op] = ()
-    ) -> tuple[Claim, list[EpisodeRecord]] | None:
+    ) -> Claimed:
         """Take a queue entry's pending episodes as one claim; return it with the running
         records as written. ``records`` are the entry's records as just read. None when the
-        entry changed (another host claimed it, or a cancel took an episode out of it)."""
+        entry changed (another host claimed it, or a cancel took an episode out of it); the
+        entry itself when it lost while the entry stood as it was (the failure branch reads
+        it): its records changed since read (an ack rewrote a finished member of their group),
+        which brings the entry's owner no watch event; a claim with them read again may win."""
         parts = self._claim_parts(host, lease, entry, records)
         if parts is None:
             return None
-        compares, ops, made = parts
-        result = self.registry.txn(compares, [*ops, *extra])
-        return made(result.revision) if result.succeeded else None
+        txn, made = parts
+        return made(self.registry.txn(txn.compares, [*txn.success, *extra], txn.failure))
 
     def _claim_parts(
         self, host: str, lease: int, entry: QueueEntry, records: Mapping[str, Versioned]
-    ) -> tuple[list[Compare], list[Op], Callable[[int], tuple[Claim, list[EpisodeRecord]]]] | None:
+    ) -> tuple[Txn, Callable[[TxnResult], Claimed]] | None:
         current = [records[i] for i in entry.ids if i in records and records[i].record.state is State.PENDING]
         if len(current) < len(entry.ids):
             log.warning("queue entry %s lists episodes that are not pending; claiming the rest", entry.name)
@@ -148,18 +153,21 @@ class Ledger:
         batch = claim_id if len(current) > 1 else None
         running = [start_attempt(v.record, host, claim_id, now, batch) for v in current]
         change = rewrite(self.keys, [(r, v.home) for r, v in zip(running, current, strict=True)])
-        compares = [Compare(self.keys.queued(entry.path), "mod", "==", entry.mod_revision)]
-        compares += homes.compares(self.keys, current)
-        ops: list[Op] = [Delete(self.keys.queued(entry.path)), *change.ops]
+        queued = self.keys.queued(entry.path)
+        compares = [Compare(queued, "mod", "==", entry.mod_revision), *homes.compares(self.keys, current)]
+        ops: list[Op] = [Delete(queued), *change.ops]
         ids = tuple(r.id for r in running)
         ops.append(Put(self.keys.claim(host, claim_id), pack(list(ids)), lease=lease))
         groups_read = {v.home.key: v.home for v in current if v.home is not None}
 
-        def made(revision: int) -> tuple[Claim, list[EpisodeRecord]]:
-            claimed = {key: Home(key, revision, change.homes[key]) for key in groups_read}
-            return Claim(host, claim_id, revision, lease, ids, claimed), running
+        def made(result: TxnResult) -> Claimed:
+            if not result.succeeded:  # lost: to a change of the entry, or of its records only
+                stood = any(kv.mod_revision == entry.mod_revision for kvs in result.responses for kv in kvs)
+                return entry if stood else None
+            claimed = {key: Home(key, result.revision, change.homes[key]) for key in groups_read}
+            return Claim(host, claim_id, result.revision, lease, ids, claimed), running
 
-        return compares, ops, made
+        return Txn(compares, ops, [Get(queued)]), made
 
     def start(self, host: str, lease: int, records: Sequence[EpisodeRecord]) -> tuple[Claim, list[EpisodeRecord]]:
         """Create records already running under a claim of ``host`` (no queue round trip)."""
@@ -228,11 +236,11 @@ class Ledger:
         host: str = "",
         lease: int = 0,
         extra: Sequence[Op] = (),
-    ) -> tuple[list[bool], list[tuple[Claim, list[EpisodeRecord]] | None]]:
+    ) -> tuple[list[bool], list[Claimed]]:
         """Commit several claims' results and take queue entries for the workers they free, in
         one round trip: each commit and each claim is a txn nested in one txn, with its own
         compares, so fencing is unchanged and one fenced claim or one lost claim race holds
-        nothing else back. Returns (committed per settlement, the claim won per entry or None).
+        nothing else back. Returns (committed per settlement, per entry what ``claim`` returns).
         Parts that together exceed etcd's ops limit go in as many requests as it takes
         (``_requests``); a request etcd finds too large goes again one part per request.
         ``extra`` ops (the owner's host record) go in the first request, outside every part's
@@ -247,13 +255,13 @@ class Ledger:
             compares, ops, landed = self._commit_parts(item.claim, item.finals, item.last, item.cancelled)
             parts.append(Txn(compares, ops))
             landings.append(landed)
-        makers: list[Callable[[int], tuple[Claim, list[EpisodeRecord]]] | None] = []
+        makers: list[Callable[[TxnResult], Claimed] | None] = []
         for entry, records in claims:
             claim_parts = self._claim_parts(host, lease, entry, records)
-            makers.append(claim_parts[2] if claim_parts else None)
+            makers.append(claim_parts[1] if claim_parts else None)
             if claim_parts:
-                parts.append(Txn(claim_parts[0], claim_parts[1]))
-        outcomes: list[tuple[bool, int]] = []  # per part: applied, at which revision
+                parts.append(claim_parts[0])
+        outcomes: list[TxnResult] = []  # per part
         # with no part, ``extra`` still goes (a host record the caller will not write again)
         for index, request in enumerate(requests(parts, len(extra)) or ([[]] if extra else [])):
             outcomes += self._send(request, extra if index == 0 else ())
@@ -263,24 +271,20 @@ class Ledger:
             if isinstance(landing, bool):
                 oks.append(landing)
                 continue
-            ok, revision = next(landed_at)
-            oks.append(ok)
-            if ok:
-                landing(revision)
-        won: list[tuple[Claim, list[EpisodeRecord]] | None] = []
-        for maker in makers:
-            took, revision = next(landed_at) if maker is not None else (False, 0)
-            won.append(maker(revision) if maker is not None and took else None)
-        return oks, won
+            outcome = next(landed_at)
+            oks.append(outcome.succeeded)
+            if outcome.succeeded:
+                landing(outcome.revision)
+        return oks, [maker(next(landed_at)) if maker is not None else None for maker in makers]
 
-    def _send(self, parts: Sequence[Txn], extra: Sequence[Op]) -> list[tuple[bool, int]]:
+    def _send(self, parts: Sequence[Txn], extra: Sequence[Op]) -> list[TxnResult]:
         try:
             result = self.registry.txn([], [*parts, *extra])
         except TooLarge:  # big specs: etcd's request limit, not the ops limit, binds first
             if len(parts) == 1:
                 raise
             return [outcome for i, part in enumerate(parts) for outcome in self._send([part], extra if i == 0 else ())]
-        return [(nested.succeeded, result.revision) for nested in result.nested[: len(parts)]]
+        return result.nested[: len(parts)]  # each at the request's revision
 
     def _commit_parts(
         self, claim: Claim, finals: Sequence[EpisodeRecord], last: bool, cancelled: Iterable[str]
