@@ -189,6 +189,21 @@ def test_backpressure_blocks_until_episodes_finish(registry: Registry, namespace
         assert submitted.wait(5)
 
 
+def test_backpressure_frees_the_room_of_episodes_collected_while_nobody_waited(
+    registry: Registry, namespace: str, compact: Callable[[int], None]
+) -> None:
+    """Episodes finished, acked and collected (retention) while this client never waited for
+    them, their history compacted: the next submit that needs room goes on. It had raised
+    EpisodeNotFound, and so had every submit after it."""
+    with MeshClient(registry, namespace=namespace, consumer="t", max_in_flight=2) as client:
+        ids = client.submit([SLEEP] * 2)
+        assert client.cancel(ids) == dict.fromkeys(ids, "cancelled")
+        assert client.ack(ids) == 2 and client.collect(0) == 2
+        compact(registry.get(b"/")[1])
+        (third,) = client.submit(SLEEP)
+        assert third not in ids and [r.id for r in client.list()] == [third]
+
+
 def test_restarted_consumer_gets_unacked_results_only(registry: Registry, namespace: str) -> None:
     with MeshClient(registry, namespace=namespace, consumer="ppo") as first:
         ids = first.submit([SLEEP] * 3)

@@ -134,15 +134,16 @@ class MeshClient:
 
     def _wait_for_room(self, wanted: int) -> None:
         """Block until ``wanted`` more episodes fit under ``max_in_flight``: one read of what is
-        in flight, then completions streamed from a watch (no polling)."""
-        excess = len(self._in_flight) + wanted - self.max_in_flight
-        if excess <= 0:
-            return
-        for record in self.as_completed(sorted(self._in_flight)):
-            self._in_flight.pop(record.id, None)
-            excess -= 1
-            if excess <= 0:
-                return
+        in flight, then completions streamed from a watch (no polling). An episode whose record
+        is gone (finished, acked and collected while nobody here waited for it) frees its room."""
+
+        def fits() -> bool:
+            return len(self._in_flight) + wanted <= self.max_in_flight
+
+        if not fits():
+            for _ in self._completions(sorted(self._in_flight), None, until=fits):
+                if fits():
+                    return
 
     # --- reading -------------------------------------------------------------------------
 
@@ -170,9 +171,23 @@ class MeshClient:
         then new ones as they finish, until ``timeout`` (forever if None). Streams from a watch
         that resumes from its last revision after a reconnect; if that revision was compacted
         meanwhile, what finished in the gap is read again."""
+        yield from self._completions(episode_ids, timeout)
+
+    def _completions(
+        self, episode_ids: Iterable[str] | None, timeout: float | None, until: Callable[[], bool] | None = None
+    ) -> Iterator[EpisodeRecord]:
+        """``as_completed``; with ``until``, an id with no record is forgotten (collected: it
+        finished), not an error, and the stream ends as soon as ``until()`` says."""
         deadline = None if timeout is None else time.monotonic() + timeout
         wanted = None if episode_ids is None else set(episode_ids)
         unseen, accept = self._accepts(wanted)
+
+        def gone(episode_id: str) -> None:
+            if until is None:
+                raise EpisodeNotFound(episode_id)
+            if wanted is not None:
+                wanted.discard(episode_id)
+            self._in_flight.pop(episode_id, None)
 
         def fresh(records: Iterable[EpisodeRecord]) -> Iterator[EpisodeRecord]:
             for record in records:
@@ -187,10 +202,10 @@ class MeshClient:
             revision = since  # all just submitted here: the watch brings everything since
         else:
             revision = self._revision_now()
-            yield from fresh(self._initial(None if wanted is None else wanted - recent, revision))
+            yield from fresh(self._initial(None if wanted is None else wanted - recent, revision, gone))
             if recent:
                 revision = since  # the rest were read at a later revision: repeats are skipped
-        if wanted is not None and not wanted:
+        if (wanted is not None and not wanted) or (until is not None and until()):
             return  # all finished already: no watch to open
         relisted: list[int] = []  # revisions the watch started again from, after compaction
         follower = Follower(self.registry, self.keys.episodes(), on_relist=relisted.append)
@@ -202,7 +217,7 @@ class MeshClient:
                     return
                 events = follower.poll(1.0 if remaining is None else min(1.0, remaining))
                 if relisted:  # the events of the gap are gone: read what they would have brought
-                    yield from fresh(self._initial(wanted, relisted.pop()))
+                    yield from fresh(self._initial(wanted, relisted.pop(), gone))
                     relisted.clear()
                 for event in events:
                     if event.type != "put" or is_live(event.kv.value):
@@ -339,17 +354,16 @@ class MeshClient:
     def _read(self, ids: Sequence[str]) -> dict[str, Versioned]:
         return self.ledger.read(ids)
 
-    def _initial(self, wanted: set[str] | None, revision: int) -> Iterator[EpisodeRecord]:
+    def _initial(self, wanted: set[str] | None, revision: int, gone: Callable[[str], None]) -> Iterator[EpisodeRecord]:
         """The records to start from, as of ``revision``: with ids, those of them that finished
-        (each must exist); without, this consumer's."""
+        (``gone`` is told of each that has no record); without, this consumer's."""
         if wanted is None:
             for record, _ in self.catalog.episodes(EpisodeFilter(submitter=self.consumer), revision=revision):
                 yield record
             return
         present, finished = homes.read_finished(self.registry, self.keys, sorted(wanted))
-        missing = sorted(wanted - present)
-        if missing:
-            raise EpisodeNotFound(missing[0])
+        for episode_id in sorted(wanted - present):
+            gone(episode_id)
         yield from finished.values()
 
     def _replayable(self, wanted: set[str] | None) -> tuple[int, set[str]]:
