@@ -11,12 +11,14 @@ from collections.abc import Iterator
 import pytest
 
 from openrange_mesh.agent.leadership import Leadership
+from openrange_mesh.agent.sweeper import SLICE_EVERY, Sweeper, Swept
 from openrange_mesh.dashboard.process import Serving
-from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State
+from openrange_mesh.model import EpisodeRecord, EpisodeSpec, State, encode_group
 from openrange_mesh.model.seat import Seat, read_seat
 from openrange_mesh.registry import Delete, Put
 
 from .agentkit import Host, Mesh, events
+from .etcdkit import EtcdServer
 
 
 @pytest.fixture
@@ -156,3 +158,38 @@ def test_the_leader_collects_with_a_sweep_at_most_every_tenth_of_the_retention(m
     leadership.sweep_soon()
     assert leadership.step() is None  # swept, but retention waits for its own interval
     assert mesh.registry.get(mesh.keys.episode("0000000001-0001-t"))[0] is not None
+
+
+def test_a_value_retention_cannot_collect_holds_back_neither_the_cycle_nor_the_rest(etcd: EtcdServer) -> None:
+    """etcd refuses the deletes of an acked group whose members' ids make its keys too many bytes
+    for one request (TooLarge: a real etcd; memory:// has no request size limit). The cycle goes
+    on past it: the acked record beside it in its slice goes, the orphan in the next slice is
+    requeued, and the group waits for the next cycle. (Its slice raised before it moved on, so
+    every later one raised again, and the periodic sweep never requeued anything again.)"""
+    mesh = Mesh(etcd.url)
+    try:
+        h2 = mesh.host("h2")
+        h2.join()
+        then = time.time() - 7200
+        huge = [f"0000000000-8{i:03x}-t{'x' * 900_000}" for i in (1, 2)]  # compressed, the group is small
+        members = [
+            EpisodeRecord(i, EpisodeSpec("sleep"), State.SUCCEEDED, created_at=then, acked_at=then) for i in huge
+        ]
+        single = EpisodeRecord(
+            "0000000001-0000-t", EpisodeSpec("sleep"), State.SUCCEEDED, created_at=then, acked_at=then
+        )
+        group = mesh.keys.episode("0000000000-8000-t")
+        mesh.registry.txn([], [Put(group, encode_group(members)), Put(mesh.keys.episode(single.id), single.to_bytes())])
+        (orphan,) = mesh.submit(1)  # sorts after both
+        claim, _ = h2.hold([orphan])
+        mesh.registry.txn([], [Delete(mesh.keys.claim("h2", claim.claim_id))])
+        sweeper = Sweeper(mesh.registry, mesh.keys, mesh.ledger, slice_keys=2)
+        sweeper.start(cutoff=time.time())
+        assert sweeper.step(now=0.0) == Swept(requeued=0, removed=1)  # the group refused, the single gone
+        assert sweeper.step(now=SLICE_EVERY) == Swept(requeued=1, removed=0) and not sweeper.running
+        assert mesh.ledger.read([orphan])[orphan].record.state is State.PENDING
+        assert mesh.registry.get(group)[0] is not None and mesh.registry.get(mesh.keys.episode(single.id))[0] is None
+        sweeper.start(cutoff=time.time())  # the next cycle tries the group again
+        assert sweeper.finish() == Swept() and mesh.registry.get(group)[0] is not None
+    finally:
+        mesh.close()

@@ -13,22 +13,31 @@ the cycle nominates at worst episodes that are left alone. A revision compacted 
 starts a new view where the cycle was. A sweep that must be whole at once (an agent that joined
 or was elected, a watch that missed events) runs all slices in one call (``sweep``).
 
+A value retention cannot collect (etcd refuses its deletes: ``_refused``) is logged once a cycle
+and left for the next; the slice's requeues and the cycle go on. Its slice raised before it
+moved on, so every later one read the same page and raised again, and since a cycle starts only
+when none runs, the periodic sweep never requeued an orphan again. An outage still ends the
+pass (``Agent._pass``), and the next pass goes on with the same slice.
+
 Threads: the loop only (``Leadership.step``), so no lock.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import partial
 
-from ..errors import Compacted
+from ..errors import Compacted, RegistryError, TooLarge
 from ..keys import Keys
 from ..ledger.ledger import Ledger
 from ..ledger.retention import collect
 from ..model import State, decode_in_states, decode_or_none
 from ..registry import KeyValue, Registry
+
+log = logging.getLogger(__name__)
 
 SLICE_KEYS = 1000  # values a periodic cycle reads per pass (~10 ms of a 2-core VM's CPU)
 SLICE_EVERY = 0.2  # seconds between two slices of a periodic cycle: at most ~5% of a core
@@ -59,6 +68,7 @@ class Sweeper:
         self._view: _View | None = None  # None: no cycle running
         self._start: bytes | None = None  # the key the cycle's next slice starts at
         self._cutoff: float | None = None  # while the cycle collects: acked before this go
+        self._refusals = 0  # values the cycle could not collect
         self._next_slice = 0.0  # monotonic
 
     @property
@@ -73,6 +83,7 @@ class Sweeper:
         """Begin a cycle from the namespace's first record; ``cutoff``: it also collects records
         acked at or before that time (``time.time()`` clock)."""
         self._view, self._start, self._cutoff = self._read_view(), None, cutoff
+        self._refusals = 0
         self._next_slice = 0.0
 
     def stop(self) -> None:
@@ -135,7 +146,33 @@ class Sweeper:
         return requeued
 
     def _collect(self, kvs: list[KeyValue]) -> int:
-        return collect(self.registry, self.keys, kvs, self._cutoff) if self._cutoff is not None and kvs else 0
+        if self._cutoff is None or not kvs:
+            return 0
+        try:
+            return collect(self.registry, self.keys, kvs, self._cutoff)
+        except RegistryError as exc:
+            if not _refused(exc):
+                raise
+        # one value at a time, so that one etcd refuses holds back none of the rest (those a
+        # txn of several deleted already fail their compares now, at a txn each)
+        removed = 0
+        for kv in kvs:
+            try:
+                removed += collect(self.registry, self.keys, [kv], self._cutoff)
+            except RegistryError as exc:
+                if not _refused(exc):
+                    raise
+                self._refusals += 1
+                if self._refusals == 1:
+                    log.warning("retention could not collect %r (%s): left for the next cycle", kv.key, exc)
+        return removed
+
+
+def _refused(exc: RegistryError) -> bool:
+    """Whether etcd refused a request for what it holds (too large; a bare ``RegistryError`` is
+    a refusal, errors.py: too many ops ...), which it will refuse again, and other requests
+    need not meet; not an outage, a full etcd or a lost lease, which every request meets."""
+    return type(exc) is RegistryError or isinstance(exc, TooLarge)
 
 
 def sweep(registry: Registry, keys: Keys, ledger: Ledger) -> int:
