@@ -177,6 +177,45 @@ def test_cluster_member_killed_mid_use(tmp_path: Path, prefix: bytes, opened: li
         cluster.stop()
 
 
+def test_a_watch_on_a_hung_member_moves_once_another_call_failed_over(
+    tmp_path: Path, prefix: bytes, opened: list[Registry]
+) -> None:
+    """An agent's keepalive leaves the hung member first: the watch's prober must not take the
+    next member's answers for its own member's, or the watch stays on the hung one, delivering
+    nothing until its 300 s socket backstop. Nor is the move an outage to the watch's reader."""
+    cluster = start_cluster(tmp_path)
+    first, second = cluster.members[:2]
+    try:
+        leader = cluster.leader()
+        if leader is first:  # a paused leader would add an election to what is measured
+            _gateway(leader, "maintenance/transfer-leadership", {"targetID": second.status()["header"]["member_id"]})
+        wait_until(lambda: cluster.leader() is not first, what="another member to lead")
+        # The keepalive fails over (0.3 s) well before the quiet watch looks stale (retry_timeout / 2).
+        retry_timeout = 2.0
+        registry = open_(opened, cluster.url + "?timeout=0.3", retry_timeout=retry_timeout)  # first member's
+        watch = registry.watch(prefix, registry.get(prefix)[1] + 1)
+        put(registry, prefix + b"a", b"before")
+        assert values(collect(watch, 1)) == [b"before"]
+        lease = registry.grant(10)
+        quiet_until = time.monotonic() + 1.5 * retry_timeout
+        while time.monotonic() < quiet_until:  # the keepalive's answers vouch for the quiet watch
+            time.sleep(0.2)
+            registry.refresh(lease)
+
+        first.pause()
+        try:
+            registry.refresh(lease)  # times out on the first member, answered by the second
+            started = time.monotonic()
+            put(open_(opened, f"etcd://{second.endpoint}", retry_timeout=2.0), prefix + b"b", b"after")
+            assert values(collect(watch, 1, timeout=8.0)) == [b"after"]
+            assert time.monotonic() - started < 2 * retry_timeout
+        finally:
+            first.resume()
+        watch.cancel()
+    finally:
+        cluster.stop()
+
+
 # -- outages of the one etcd
 
 

@@ -21,8 +21,9 @@ How it copes with failure:
 * A watch is a streaming POST to ``/v3/watch`` read by a daemon thread (etcd3gw's Watcher leaves executor
   threads behind and drops cancel responses). It resumes from the last seen revision + 1 after any
   break. A second thread probes the endpoint while the stream is quiet and breaks the stream when the
-  probe fails: a hung etcd (SIGSTOP, a stalled disk) looks exactly like a quiet one, and reconnecting
-  on every quiet spell would make etcd replay all history since the last event each time.
+  probe fails, or when calls have failed over to another endpoint (a probe would go there): a hung etcd
+  (SIGSTOP, a stalled disk) looks exactly like a quiet one, and reconnecting on every quiet spell
+  would make etcd replay all history since the last event each time.
 """
 
 from __future__ import annotations

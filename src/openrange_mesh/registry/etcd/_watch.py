@@ -220,6 +220,16 @@ class EtcdWatch(WatchIterMixin):
             contact = max(self._contact, registry.answered_at(self._index))
             if self._response is None or time.monotonic() - contact < every:
                 continue
+            if registry._current != self._index:
+                # A call failed on this stream's endpoint and the registry moved on: a probe would
+                # go to the registry's endpoint and prove nothing about this one (a hung member
+                # kept its watch silent until the backstop). Reconnect, to the registry's endpoint:
+                # one resume per failover, whose answers then vouch for the stream again. A move,
+                # not an outage: the reader reports one only if the new endpoint fails too.
+                log.debug("watch on %r: the registry left its endpoint, reconnecting", self._prefix)
+                self._contact = time.monotonic()
+                self._break_stream()
+                continue
             try:
                 registry._attempt("/kv/range", probe, _Ctx("probe"))
                 self._contact = time.monotonic()
