@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-from openrange_mesh.errors import Compacted, LeaseLost, RegistryError
+from openrange_mesh.errors import Compacted, LeaseLost, RegistryError, TooLarge
 from openrange_mesh.registry import (
+    MAX_REQUEST_BYTES,
     Compare,
     Delete,
     Event,
@@ -248,6 +249,33 @@ def test_ops_limit_counts_what_a_nested_txn_s_parents_left(registry: Registry, p
         with pytest.raises(RegistryError, match="too many operations"):
             registry.txn([], too_many)
     assert current_revision(registry) == before
+
+
+def test_a_request_over_etcd_s_byte_limit_is_too_large(registry: Registry, prefix: bytes) -> None:
+    """etcd's --max-request-bytes (1.5 MiB) bounds the request as encoded, not its keys and
+    values alone: 100 puts whose keys and values come to just under the limit are over it."""
+
+    def puts(count: int, payload: int, nested: bool = False) -> list[Op]:
+        """``count`` puts whose keys and values come to ``payload`` bytes, each in a nested
+        txn comparing its key if ``nested``."""
+        ops: list[Op] = []
+        for i in range(count):
+            key = prefix + b"%03d" % i
+            op = Put(key, b"x" * (payload // count - len(key)))
+            ops.append(Txn([Compare(key, "version", "==", 0)], [op]) if nested else op)
+        return ops
+
+    before = current_revision(registry)
+    for over in (
+        puts(1, MAX_REQUEST_BYTES),
+        puts(100, MAX_REQUEST_BYTES - 100),
+        puts(100, MAX_REQUEST_BYTES - 2000, nested=True),
+    ):
+        with pytest.raises(TooLarge) as refused:
+            registry.txn([], over)
+        assert refused.value.limit == MAX_REQUEST_BYTES
+    assert current_revision(registry) == before
+    assert registry.txn([], puts(100, MAX_REQUEST_BYTES - 4000)).succeeded  # what encoding adds: under 4 KB
 
 
 def _overlaps(k: bytes) -> dict[str, tuple[bool, list[Op]]]:

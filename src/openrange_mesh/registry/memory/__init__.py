@@ -15,10 +15,21 @@ from collections.abc import Callable, Sequence
 from typing import Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
-from ...errors import ConfigError, RegistryError
-from ..base import MAX_TXN_OPS, Compare, KeyValue, Observer, Op, RangeResult, Txn, TxnResult, error_kind
+from ...errors import ConfigError, RegistryError, TooLarge
+from ..base import (
+    MAX_REQUEST_BYTES,
+    MAX_TXN_OPS,
+    Compare,
+    KeyValue,
+    Observer,
+    Op,
+    RangeResult,
+    Txn,
+    TxnResult,
+    error_kind,
+)
 from ._store import _open_store
-from ._txn import _choose, _flatten, _holds, _results, check_keys, check_ops
+from ._txn import _choose, _flatten, _holds, _results, check_keys, check_ops, request_bytes
 from ._watch import _MemoryWatch
 
 __all__ = ["MemoryRegistry"]
@@ -132,6 +143,9 @@ class MemoryRegistry:
         for branch in (success, failure):
             if len(branch) > 1 or any(type(op) is Txn for op in branch):
                 check_keys(branch)
+        size = request_bytes(compares, success, failure)
+        if size > MAX_REQUEST_BYTES:
+            raise TooLarge("run a txn", size, MAX_REQUEST_BYTES)
         store = self._store
         with store.lock:
             store.expire()
