@@ -21,6 +21,7 @@ from openrange_mesh.agent.claimer import (
     Candidate,
 )
 from openrange_mesh.agent.inbox import DeadHost
+from openrange_mesh.agent.stopper import Stopper
 from openrange_mesh.agent.sweeper import SLICE_EVERY, Sweeper
 from openrange_mesh.client.client import MeshClient
 from openrange_mesh.errors import RegistryError
@@ -282,6 +283,36 @@ def test_a_claim_whose_answer_was_lost_is_released_at_once_by_a_draining_host(et
         record = mesh.ledger.read([episode])[episode].record
         assert record.state is State.PENDING and record.history[-1].outcome == "released"
         assert not h1.holdings.has_claims and not mesh.registry.range(mesh.keys.claims()).kvs
+    finally:
+        mesh.close()
+        proxy.close()
+
+
+def test_a_cancel_asked_before_a_claim_with_a_lost_answer_is_adopted_stops_its_episode(etcd: EtcdServer) -> None:
+    """h1's claim txn lands and its answer is lost; a client asks to cancel the episode, now
+    running under h1's claim, and h1's loop drops the marker's event (it does not know the claim
+    is its own). Adopting the claim reads its episodes' markers: the cancel reaches the worker
+    (the episode had run to its end, the cancel lost)."""
+    proxy = LossyProxy(etcd.host, etcd.client_port)
+    mesh = Mesh(f"etcd://{proxy.endpoint}")
+    try:
+        h1 = mesh.host("h1", 1)
+        h1.join()
+        h1.pool.start()
+        (episode,) = mesh.submit(1, seconds=60)
+        since = mesh.revision()
+        h1.watcher.load_queue(since)  # what its queue watch brings
+        proxy.lose_answer_once(txn_puts_under(mesh.keys.host_claims("h1")))
+        with pytest.raises(RegistryError):
+            h1.claimer.step()
+        mesh.ledger.request_cancel(episode)
+        h1.see(since)
+        stopper = Stopper(h1.pool, h1.holdings, h1.inbox)
+        assert stopper.step_cancels() is None  # not ours as far as h1 knows: dropped
+        assert h1.claimer.step() == f"adopted {episode} (their claim's answer was lost)"
+        assert stopper.step_cancels() == "cancelling 1 episodes"
+        wait_until(lambda: [h1.pool.wait(0.05), h1.pool.results.qsize() == 1][-1], 20, what="the episode stopped")
+        assert h1.pool.results.get().kind == "cancelled"
     finally:
         mesh.close()
         proxy.close()

@@ -37,6 +37,7 @@ from ..worker.child import WorkItem
 from ..worker.pool import Pool
 from .holdings import Holdings
 from .host_record import HostRecord
+from .inbox import Inbox
 from .lease import LeaseKeeper
 from .metrics import Metrics
 from .owned import OwnedQueue
@@ -77,6 +78,7 @@ class Claimer:
         metrics: Metrics,
         takes_no_work: Callable[[], bool],
         wake: Callable[[], None],
+        inbox: Inbox,
     ) -> None:
         self.host = host
         self.registry = registry
@@ -91,6 +93,7 @@ class Claimer:
         self.metrics = metrics
         self._takes_no_work = takes_no_work
         self._wake = wake
+        self.inbox = inbox  # cancels asked of claims we adopt (``_adopt``)
         self._stolen_at = 0.0  # monotonic time of the last steal read
         self._looked_at = 0  # revision at which a steal read last found nothing to take
         self._dry = False  # our mailbox ran dry since the last steal read, or that read found something
@@ -360,6 +363,10 @@ class Claimer:
             adopted += found[0].episode_ids
         if not waiting:  # else look again when a worker frees (pairable claims none meanwhile)
             self.holdings.claims_checked()
+        # A cancel asked while we did not know these were ours was dropped (Stopper forwards
+        # cancels of episodes we hold only), and its marker brings no second event: read them.
+        for episode_id in self.ledger.cancel_requested(adopted) if adopted else ():
+            self.inbox.cancel_requested(episode_id)
         return adopted
 
     def _worker_for(self, episodes: int) -> bool:

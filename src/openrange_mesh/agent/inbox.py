@@ -1,8 +1,9 @@
 """What the control watch hands the loop to act on: cancel markers seen, hosts that died.
 
-Threads: the control-watch thread adds (agent/watcher.py); the loop takes (agent/stopper.py,
-agent/orphans.py). ``_lock`` guards ``_cancels``; dead hosts go through a ``SimpleQueue``,
-which has a lock of its own.
+Threads: the control-watch thread adds (agent/watcher.py), and the loop adds the cancels of
+claims it adopts (agent/claimer.py); the loop takes (agent/stopper.py, agent/orphans.py).
+``_lock`` guards ``_cancels``; dead hosts go through a ``SimpleQueue``, which has a lock of
+its own.
 """
 
 from __future__ import annotations

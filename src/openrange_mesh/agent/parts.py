@@ -118,6 +118,7 @@ def assemble(
         metrics=metrics,
         takes_no_work=takes_no_work,
         wake=wake,
+        inbox=inbox,
     )
     mover = Mover(registry, keys, catalog, ledger, placement, leadership, wake=wake, on_moved=metrics.moves.inc)
     committer = Committer(

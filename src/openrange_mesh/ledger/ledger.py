@@ -357,7 +357,7 @@ class Ledger:
         ]
         if not mine:
             return []
-        cancelled = self._cancel_requested([v.record.id for v in mine])
+        cancelled = self.cancel_requested([v.record.id for v in mine])
         now = self.clock()
         compares = [Compare(claim_key, "create", "==", 0), *homes.compares(self.keys, mine)]
         # The claim is over: pending members stay in their group, one op for all of them.
@@ -415,6 +415,7 @@ class Ledger:
         """Ask the owner of a running episode to stop it; the owner commits ``cancelled``."""
         self.registry.txn([], [Put(self.keys.cancel(episode_id), b"")])
 
-    def _cancel_requested(self, episode_ids: Sequence[str]) -> set[str]:
+    def cancel_requested(self, episode_ids: Sequence[str]) -> set[str]:
+        """Those of ``episode_ids`` whose cancel markers are there."""
         kvs = homes.get_many(self.registry, [self.keys.cancel(i) for i in episode_ids])
         return {self.keys.name_of(kv.key, self.keys.cancels()) for kv in kvs}
