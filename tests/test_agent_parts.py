@@ -6,6 +6,7 @@ real processes."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Iterator
@@ -259,23 +260,36 @@ def test_a_claim_no_worker_can_take_is_released_not_dispatched(mesh: Mesh) -> No
     assert not h1.holdings.has_claims and not mesh.registry.range(mesh.keys.claims()).kvs
 
 
-def test_a_claim_whose_answer_was_lost_is_released_at_once_by_a_draining_host(etcd: EtcdServer) -> None:
-    """h1's claim txn lands and its answer is lost (a real etcd behind a proxy); then h1 drains.
-    Its claim step finds the claim under its lease and releases it, no attempt spent (it used to
-    return at once while draining: the drain ended with the claim unknown, and its lease's end
-    had the heir requeue an episode that never ran as lost)."""
+@contextlib.contextmanager
+def claim_answer_lost(etcd: EtcdServer, seconds: float = 0.0) -> Iterator[tuple[Mesh, Host, str, int]]:
+    """A mesh on a real etcd behind a proxy, and h1 (one started worker) whose claim txn of its
+    one episode (``seconds`` long) landed with its answer lost: (mesh, h1, the episode, the
+    revision before its claim)."""
     proxy = LossyProxy(etcd.host, etcd.client_port)
     mesh = Mesh(f"etcd://{proxy.endpoint}")
     try:
         h1 = mesh.host("h1", 1)
         h1.join()
         h1.pool.start()
-        (episode,) = mesh.submit(1)
-        h1.watcher.load_queue(mesh.revision())  # what its queue watch brings
+        (episode,) = mesh.submit(1, seconds=seconds)
+        since = mesh.revision()
+        h1.watcher.load_queue(since)  # what its queue watch brings
         proxy.lose_answer_once(txn_puts_under(mesh.keys.host_claims("h1")))
         with pytest.raises(RegistryError):
             h1.claimer.step()
         assert proxy.lost and h1.holdings.claims_unsure and not h1.holdings.has_claims
+        yield mesh, h1, episode, since
+    finally:
+        mesh.close()
+        proxy.close()
+
+
+def test_a_claim_whose_answer_was_lost_is_released_at_once_by_a_draining_host(etcd: EtcdServer) -> None:
+    """h1's claim txn lands and its answer is lost (a real etcd behind a proxy); then h1 drains.
+    Its claim step finds the claim under its lease and releases it, no attempt spent (it used to
+    return at once while draining: the drain ended with the claim unknown, and its lease's end
+    had the heir requeue an episode that never ran as lost)."""
+    with claim_answer_lost(etcd) as (mesh, h1, episode, _):
         h1.draining = True
         assert h1.claimer.step() == f"released {episode} (their claim's answer was lost; we take no work)"
         assert not h1.holdings.claims_unsure and h1.pool.idle() == 1 and h1.woken
@@ -283,9 +297,6 @@ def test_a_claim_whose_answer_was_lost_is_released_at_once_by_a_draining_host(et
         record = mesh.ledger.read([episode])[episode].record
         assert record.state is State.PENDING and record.history[-1].outcome == "released"
         assert not h1.holdings.has_claims and not mesh.registry.range(mesh.keys.claims()).kvs
-    finally:
-        mesh.close()
-        proxy.close()
 
 
 def test_a_cancel_asked_before_a_claim_with_a_lost_answer_is_adopted_stops_its_episode(etcd: EtcdServer) -> None:
@@ -293,18 +304,7 @@ def test_a_cancel_asked_before_a_claim_with_a_lost_answer_is_adopted_stops_its_e
     running under h1's claim, and h1's loop drops the marker's event (it does not know the claim
     is its own). Adopting the claim reads its episodes' markers: the cancel reaches the worker
     (the episode had run to its end, the cancel lost)."""
-    proxy = LossyProxy(etcd.host, etcd.client_port)
-    mesh = Mesh(f"etcd://{proxy.endpoint}")
-    try:
-        h1 = mesh.host("h1", 1)
-        h1.join()
-        h1.pool.start()
-        (episode,) = mesh.submit(1, seconds=60)
-        since = mesh.revision()
-        h1.watcher.load_queue(since)  # what its queue watch brings
-        proxy.lose_answer_once(txn_puts_under(mesh.keys.host_claims("h1")))
-        with pytest.raises(RegistryError):
-            h1.claimer.step()
+    with claim_answer_lost(etcd, seconds=60) as (mesh, h1, episode, since):
         mesh.ledger.request_cancel(episode)
         h1.see(since)
         stopper = Stopper(h1.pool, h1.holdings, h1.inbox)
@@ -313,9 +313,6 @@ def test_a_cancel_asked_before_a_claim_with_a_lost_answer_is_adopted_stops_its_e
         assert stopper.step_cancels() == "cancelling 1 episodes"
         wait_until(lambda: [h1.pool.wait(0.05), h1.pool.results.qsize() == 1][-1], 20, what="the episode stopped")
         assert h1.pool.results.get().kind == "cancelled"
-    finally:
-        mesh.close()
-        proxy.close()
 
 
 def left_pending_beside_finished(mesh: Mesh, width: int) -> list[str]:
