@@ -15,8 +15,7 @@ from openrange_mesh.dashboard.config import DashboardConfig
 from openrange_mesh.dashboard.index import EpisodeIndex, Recent
 from openrange_mesh.dashboard.state import State
 from openrange_mesh.keys import Keys
-from openrange_mesh.model import EpisodeRecord
-from openrange_mesh.model.record import encode_group
+from openrange_mesh.model import EpisodeRecord, encode_group
 from openrange_mesh.registry import Registry
 from openrange_mesh.registry.base import Put
 

@@ -1,17 +1,13 @@
 """The mesh's values and their wire form: specs, records and host records (design/README.md, "Keyspace").
 
-``spec``, ``record`` and ``host`` hold the values, each with its to_bytes/from_bytes;
+``spec``, ``record`` and ``host`` hold the values, each with its to_bytes/from_bytes; ``group``
+holds a batch's records as one value, in columns (``columns``);
 ``wire`` holds the msgpack codec they share. Import the names from here.
 """
 
 from __future__ import annotations
 
-from .host import HostInfo
-from .record import (
-    GROUP_FIELD,
-    Attempt,
-    EpisodeRecord,
-    State,
+from .group import (
     acked_by,
     decode_finished,
     decode_in_states,
@@ -19,9 +15,10 @@ from .record import (
     decode_value,
     encode_group,
     is_finished,
-    is_live,
     wire_members,
 )
+from .host import HostInfo
+from .record import GROUP_FIELD, Attempt, EpisodeRecord, State, is_live
 from .spec import EVENT_LEVELS, MAX_ATTEMPTS, MAX_BATCH, MAX_LABELS, MAX_SPEC_BYTES, EpisodeSpec
 from .wire import SCHEMA, decode_or_none, pack, unpack
 

@@ -1,11 +1,9 @@
-"""The registry's view of one episode (``EpisodeRecord``, its ``Attempt``s, its ``State``), and the
-group record that holds one batch's records under one key."""
+"""The registry's view of one episode (``EpisodeRecord``, its ``Attempt``s, its ``State``); the
+group record that holds one batch's records under one key is group.py's."""
 
 from __future__ import annotations
 
-import math
-import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from operator import attrgetter
@@ -13,7 +11,7 @@ from typing import Any
 
 from ..errors import CorruptRecord
 from .spec import SPEC_FIELDS, EpisodeSpec
-from .wire import NUM, OPT_NUM, OPT_STR, SCHEMA, Fields, pack, unpack, unpack_map
+from .wire import NUM, OPT_NUM, OPT_STR, SCHEMA, Fields, pack, unpack_map
 
 
 class State(StrEnum):
@@ -157,118 +155,9 @@ class EpisodeRecord:
         return EpisodeRecord(*values)
 
 
-# A group record: the records of one batch of one submission under one etcd key (ledger/homes.py).
+# A group record: the records of one batch of one submission under one etcd key (group.py,
+# ledger/homes.py).
 GROUP_FIELD = "group"
-
-
-# A group's header "state" once every member finished; "mixed" while some have and some not.
-FINISHED_GROUP = "finished"
-
-
-def encode_group(records: Sequence[EpisodeRecord]) -> bytes:
-    """One value for a batch's records. Its header says what readers that skip most values
-    need without the members: "state" (first, like a record's, for ``is_live``) is "pending"
-    or "running" while no member has finished, "finished" once all have, else "mixed"; a
-    finished group whose members were all acked holds the latest "acked_at" (retention.py)."""
-    states = {r.state for r in records}
-    if all(s.is_terminal for s in states):
-        state = FINISHED_GROUP
-    elif any(s.is_terminal for s in states):
-        state = "mixed"
-    else:
-        state = State.PENDING.value if states == {State.PENDING} else State.RUNNING.value
-    # Members repeat their field names, spec and host names: zlib takes a batch's value to a
-    # fraction, and etcd's JSON gateway costs ~0.04 us per byte every time it is written,
-    # read or watched. (Level 1: ~0.1 ms per 50 members; the gateway saves more than that.)
-    members = zlib.compress(pack([r.to_wire() for r in records]), 1)
-    header: dict[str, Any] = {"state": state, "v": SCHEMA, GROUP_FIELD: members}
-    acked = [r.acked_at for r in records]
-    if state == FINISHED_GROUP and None not in acked:
-        header["acked_at"] = max(a for a in acked if a is not None)
-    return pack(header)
-
-
-def decode_records(data: bytes, key: str = "?") -> list[EpisodeRecord]:
-    """The records a value holds: one record, or a group's members. A group member that does
-    not decode makes the whole value corrupt (its members are written together)."""
-    return decode_value(data, key)[0]
-
-
-def decode_value(data: bytes, key: str = "?") -> tuple[list[EpisodeRecord], bool]:
-    """``decode_records``, and whether the value is a group record."""
-    raw = unpack_map(data, key)
-    if GROUP_FIELD not in raw:
-        return [EpisodeRecord.from_wire(raw, key)], False
-    return [EpisodeRecord.from_wire(m, key) for m in _members(raw, key)], True
-
-
-def decode_finished(data: bytes, key: str, wanted: Callable[[str], bool]) -> list[EpisodeRecord]:
-    """The finished records in a value whose ids ``wanted`` accepts; only those are decoded
-    (and checked). A group record is rewritten each time some of its members finish, and a
-    watcher has had the others: building records is most of the cost of reading a group."""
-    return [
-        EpisodeRecord.from_wire(m, key)
-        for m in wire_members(data, key)
-        if is_finished(m) and isinstance(i := m.get("id"), str) and wanted(i)
-    ]
-
-
-def decode_in_states(data: bytes, key: str, states: frozenset[State]) -> list[EpisodeRecord]:
-    """The records in a value whose state is one of ``states``; only those are decoded. A
-    group's header rules out a finished group without its members, and a member's own state
-    the rest: the leader's sweep reads every value for the few running ones, and building
-    records is most of the cost of reading one."""
-    wanted = {s.value for s in states}
-    raw = unpack_map(data, key)
-    if GROUP_FIELD not in raw:
-        return [EpisodeRecord.from_wire(raw, key)] if raw.get("state", "pending") in wanted else []
-    if raw.get("state") == FINISHED_GROUP and wanted.isdisjoint(_FINISHED):
-        return []
-    return [EpisodeRecord.from_wire(m, key) for m in _members(raw, key) if m.get("state", "pending") in wanted]
-
-
-def acked_by(data: bytes, key: str, cutoff: float) -> bool:
-    """Whether every record in a value finished and was acked at or before ``cutoff`` (a
-    retention check, confirmed on the decoded records before anything is deleted). A group's
-    header answers for it; the members are read, not decoded, only where the header cannot:
-    a "mixed" group, which groups written before headers said "finished" may be."""
-    raw = unpack_map(data, key)
-    if GROUP_FIELD in raw:
-        if raw.get("state") == FINISHED_GROUP:
-            return _stamp(raw.get("acked_at")) <= cutoff
-        if raw.get("state") != "mixed":
-            return False
-        maps = _members(raw, key)
-    else:
-        maps = [raw]
-    return all(m.get("state") in _FINISHED and _stamp(m.get("acked_at")) <= cutoff for m in maps)
-
-
-def _stamp(value: Any) -> float:
-    """A time read off the wire; anything else is later than every cutoff."""
-    return float(value) if type(value) in (int, float) else math.inf
-
-
-def wire_members(data: bytes, key: str = "?") -> list[dict[str, Any]]:
-    """The maps a value holds, one record's or a group's members', not yet decoded."""
-    raw = unpack_map(data, key)
-    return _members(raw, key) if GROUP_FIELD in raw else [raw]
-
-
-def is_finished(member: Mapping[str, Any]) -> bool:
-    """Whether a record's map (``wire_members``) says its episode finished."""
-    return member.get("state") in _FINISHED
-
-
-def _members(raw: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
-    packed = raw.get(GROUP_FIELD)
-    try:
-        members = unpack(zlib.decompress(packed), key) if isinstance(packed, bytes) else None
-    except zlib.error as exc:
-        raise CorruptRecord(key, f"a group's members do not decompress ({exc})") from exc
-    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
-        raise CorruptRecord(key, "a group's members must be a list of maps")
-    return members
 
 
 _ATTEMPT_FIELDS = tuple(Attempt.__dataclass_fields__)
@@ -298,7 +187,7 @@ _WIRE_FIELDS = (
 _RECORD_NAMES = frozenset(_ALL_RECORD_FIELDS) - {"spec", "history", "state"}
 _ATTEMPT_NAMES = frozenset(_ATTEMPT_FIELDS)
 
-_ATTEMPT_TYPES: dict[str, tuple[type, ...]] = {
+ATTEMPT_TYPES: dict[str, tuple[type, ...]] = {
     "n": (int,),
     "host": (str,),
     "started_at": NUM,
@@ -311,7 +200,7 @@ _ATTEMPT_TYPES: dict[str, tuple[type, ...]] = {
     "artifacts": (list, type(None)),
     "inline_events": (list, type(None)),
 }
-_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "id": (str,),
     "attempt": (int,),
     "owner": OPT_STR,
@@ -325,11 +214,10 @@ _RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "acked_at": OPT_NUM,
     "queue": OPT_STR,
 }
-_ATTEMPT_READ = Fields(_ATTEMPT_NAMES, _ATTEMPT_TYPES)
-_RECORD_READ = Fields(_RECORD_NAMES, _RECORD_TYPES)
+_ATTEMPT_READ = Fields(_ATTEMPT_NAMES, ATTEMPT_TYPES)
+_RECORD_READ = Fields(_RECORD_NAMES, RECORD_TYPES)
 
 
-_FINISHED = frozenset(s.value for s in State if s.is_terminal)
 _LIVE_STATES = (pack("state") + pack(State.PENDING.value), pack("state") + pack(State.RUNNING.value))
 
 
