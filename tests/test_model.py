@@ -17,6 +17,7 @@ from openrange_mesh.ids import IdAllocator
 from openrange_mesh.keys import Keys
 from openrange_mesh.model import (
     GROUP_FIELD,
+    MAX_SPEC_BYTES,
     SCHEMA,
     Attempt,
     EpisodeRecord,
@@ -70,6 +71,30 @@ def test_check_specs_asks_the_runtime_once_per_distinct_params() -> None:
     picky.asked.clear()
     check_specs([{"runtime": name, "params": {"xs": [1, 2]}}, {"runtime": name, "params": {"xs": (1, 2)}}])
     assert len(picky.asked) == 1
+
+
+def test_specs_alike_but_for_their_seeds_are_each_still_checked() -> None:
+    """check_specs checks a mapping shaped like one it checked for its seed alone: nothing
+    that the full check refuses may pass that way."""
+    good = [{**CARTPOLE, "seed": i} for i in range(5)]
+    assert check_specs(good) == [check_spec(spec) for spec in good]
+    for seed in (-1, True, 2**63, "7"):
+        with pytest.raises(SpecError) as caught:
+            check_specs([*good, {**CARTPOLE, "seed": seed}])
+        assert caught.value.field == "seed"
+    # alike to a msgpack encoding that falls back to lists, not to the check
+    with pytest.raises(SpecError, match="not set"):
+        check_specs([sleep_result({"a": [1, 2]}), sleep_result({"a": {1, 2}})])
+    with pytest.raises(SpecError, match="not frozenset"):
+        check_specs([sleep_result({"a": [1, 2]}), sleep_result({"a": frozenset({1, 2})})])
+    kinds = check_specs([sleep_result({"a": 1}), sleep_result({"a": 1.0}), sleep_result({"a": True})])
+    assert [type(spec.params["result"]["a"]) for spec in kinds] == [int, float, bool]
+    # a spec with no room left for a seed's bytes: the one with a seed is measured again
+    blob = 500_000
+    overhead = len(pack(check_spec(sleep_result({"blob": "x" * blob})).wire())) - blob
+    full = sleep_result({"blob": "x" * (MAX_SPEC_BYTES - 4 - overhead)})
+    with pytest.raises(SpecError, match="over the"):
+        check_specs([full, {**full, "seed": 2**62}])
 
 
 @pytest.mark.parametrize(

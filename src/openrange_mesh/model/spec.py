@@ -63,8 +63,7 @@ class EpisodeSpec:
             raise SpecError("params", f"must be a mapping, not {type(self.params).__name__}")
         if self.snapshot is not None and not isinstance(self.snapshot, str):
             raise SpecError("snapshot", f"must be a string, not {type(self.snapshot).__name__}")
-        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
-            raise SpecError("seed", f"must be an integer in [0, 2**63), not {self.seed!r}")
+        check_seed(self.seed)
         _check_seconds("timeout", self.timeout)
         _check_seconds("progress_timeout", self.progress_timeout)
         if self.on_timeout not in ("fail", "retry"):
@@ -153,6 +152,12 @@ SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "events": (str,),
 }
 SPEC_FIELDS = Fields(SPEC_NAMES, SPEC_TYPES)  # what a record's spec map is read with
+
+
+def check_seed(seed: object) -> None:
+    """The rule for a spec's ``seed``: None, or an integer in [0, 2**63)."""
+    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):  # type: ignore[operator]
+        raise SpecError("seed", f"must be an integer in [0, 2**63), not {seed!r}")
 
 
 def _pack_spec(spec: EpisodeSpec) -> bytes:

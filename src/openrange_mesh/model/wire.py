@@ -50,6 +50,17 @@ def pack(value: Any) -> bytes:
 _packers = threading.local()
 
 
+def pack_exact(value: Any) -> bytes:
+    """``pack`` without its fallback for other mappings and sequences (a set would pack as a
+    list): what this encodes alike is alike to every check of a spec. TypeError for a value
+    msgpack has no type for."""
+    packer: msgpack.Packer | None = getattr(_packers, "exact", None)
+    if packer is None:
+        packer = _packers.exact = msgpack.Packer(use_bin_type=True)
+    data: bytes = packer.pack(value)
+    return data
+
+
 def unpack(data: bytes, key: str = "?") -> Any:
     try:
         return msgpack.unpackb(data, raw=False)
