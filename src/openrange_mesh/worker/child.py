@@ -63,7 +63,10 @@ log = logging.getLogger(__name__)
 SLICE_SECONDS = 0.25
 
 
-@dataclass(frozen=True, slots=True)
+# WorkItem and Done are values: never mutate one (``replace`` derives another). They are not
+# frozen because frozen dataclasses build ~5x slower (0.8 us against 0.16), and each episode
+# builds and unpickles one of each on either side of the pipe.
+@dataclass(slots=True)
 class WorkItem:
     episode_id: str
     attempt: int
@@ -76,7 +79,7 @@ class WorkItem:
         return WorkItem, (self.episode_id, self.attempt, self.spec, self.batch, self.token)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Done:
     episode_id: str
     attempt: int
