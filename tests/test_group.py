@@ -150,6 +150,9 @@ def _spoiled(change: str) -> dict[str, Any]:
         rec["same"]["history"] = 2
     elif change == "negative attempts":
         rec["each"]["history"] = [2, 2, -1]
+    elif change == "a trillion attempts":  # all alike: no list says how many there are
+        rec["same"]["history"] = 10**12
+        tried["same"].update((name, values[0]) for name, values in tried.pop("each").items())
     elif change == "table not a map":
         columns["tried"] = ["not", "a", "table"]
     elif change == "same not a map":
@@ -170,6 +173,7 @@ CHANGES = [
     "unknown state",
     "more attempts than listed",
     "negative attempts",
+    "a trillion attempts",
     "table not a map",
     "same not a map",
 ]
@@ -196,3 +200,13 @@ def test_columns_a_reader_does_not_know_are_ignored() -> None:
 
 def test_the_good_columns_the_corruption_tests_start_from_decode() -> None:
     assert decode_records(_with(_good())) == _batch(3)
+
+
+def test_a_mapping_a_writer_left_out_is_each_members_own() -> None:
+    """A default mapping (a writer that leaves defaults out) is built for each member, as a
+    member map's is: no two records, of one group or of two, share it."""
+    columns = _good()
+    del columns["spec"]["same"]["labels"], columns["spec"]["same"]["params"]
+    decoded = decode_records(_with(columns)) + decode_records(_with(columns))
+    maps = [r.spec.labels for r in decoded] + [r.spec.params for r in decoded]
+    assert all(m == {} for m in maps) and len({id(m) for m in maps}) == len(maps)

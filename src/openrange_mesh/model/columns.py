@@ -15,7 +15,7 @@ its default in every row (a None field is left out). Names a reader does not kno
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import CorruptRecord
@@ -26,6 +26,16 @@ Table = dict[str, dict[str, Any]]
 # the sign of zero, which _same_floats checks)
 _PLAIN = frozenset({str, int, bool, bytes, type(None)})
 NO_DEFAULT: Any = object()  # a field every row must hold
+
+
+class Fresh:
+    """A default built anew for each row (a mapping): rows of different tables never share a
+    mutable default."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
 
 
 def split(names: Sequence[str], columns: Sequence[Sequence[Any]]) -> Table:
@@ -102,7 +112,7 @@ class Reader:
                 default = self._defaults.get(name)
                 if default is NO_DEFAULT and rows:
                     raise CorruptRecord(key, f"field {name!r} is missing")
-                column = [default] * rows
+                column = [default.make() for _ in range(rows)] if isinstance(default, Fresh) else [default] * rows
             out.append(column)
         return out
 

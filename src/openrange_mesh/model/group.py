@@ -22,7 +22,7 @@ from operator import attrgetter
 from typing import Any
 
 from ..errors import CorruptRecord
-from .columns import NO_DEFAULT, Reader, split
+from .columns import NO_DEFAULT, Fresh, Reader, split
 from .record import ATTEMPT_TYPES, GROUP_FIELD, RECORD_TYPES, Attempt, EpisodeRecord, State
 from .spec import SPEC_TYPES, EpisodeSpec
 from .wire import NUM, SCHEMA, pack, unpack, unpack_map
@@ -30,6 +30,9 @@ from .wire import NUM, SCHEMA, pack, unpack, unpack_map
 # A group's header "state" once every member finished; "mixed" while some have and some not.
 FINISHED_GROUP = "finished"
 MAX_MEMBERS = 1024  # a columns value claiming more is corrupt (ids.py blocks hold at most 255)
+# Nor more attempts in all: a group of maps that held as many would be far past etcd's 1.5 MiB,
+# and a count is a list's length once its fields are read
+MAX_TRIED = 65536
 
 Select = Callable[[str, str], bool]  # (id, state) -> whether to build the member's record
 
@@ -182,8 +185,8 @@ def _from_columns(payload: dict[str, Any], key: str, select: Select | None = Non
         raise CorruptRecord(key, f"a group's member count must be an integer from 0 to {MAX_MEMBERS}, not {n!r}")
     rec = _RECORDS.columns(payload.get("rec", {}), n, key)
     counts = rec[_HISTORY_AT]
-    if any(c < 0 for c in counts):
-        raise CorruptRecord(key, "a member's count of attempts is negative")
+    if any(c < 0 for c in counts) or sum(counts) > MAX_TRIED:
+        raise CorruptRecord(key, f"a group's counts of attempts must be from 0 to {MAX_TRIED} in all")
     tried = _ATTEMPTS.columns(payload.get("tried", {}), sum(counts), key)
     specs = _SPECS.columns(payload.get("spec", {}), n, key)
     try:
@@ -207,7 +210,7 @@ def _defaults(cls: type) -> dict[str, Any]:
         if f.default is not MISSING:
             out[f.name] = f.default
         elif f.default_factory is not MISSING:
-            out[f.name] = f.default_factory()
+            out[f.name] = Fresh(f.default_factory)
         else:
             out[f.name] = NO_DEFAULT
     return out
