@@ -154,9 +154,9 @@ SPEC_TYPES: dict[str, tuple[type, ...]] = {
 SPEC_FIELDS = Fields(SPEC_NAMES, SPEC_TYPES)  # what a record's spec map is read with
 
 
-def check_seed(seed: object) -> None:
+def check_seed(seed: Any) -> None:
     """The rule for a spec's ``seed``: None, or an integer in [0, 2**63)."""
-    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):  # type: ignore[operator]
+    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):
         raise SpecError("seed", f"must be an integer in [0, 2**63), not {seed!r}")
 
 
