@@ -22,8 +22,8 @@ from ..errors import CorruptRecord
 from .wire import pack
 
 Table = dict[str, dict[str, Any]]
-# Scalars whose == says they are the same value once their types are the same (floats: but for
-# the sign of zero, which _same_floats checks)
+# Scalars whose == says they are the same value once their types are the same (floats too, but
+# for the sign of zero, which _same checks apart)
 _PLAIN = frozenset({str, int, bool, bytes, type(None)})
 NO_DEFAULT: Any = object()  # a field every row must hold
 
