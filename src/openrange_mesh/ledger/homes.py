@@ -20,11 +20,10 @@ commits compare as before (ledger.py).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
-from ..errors import CorruptRecord
 from ..ids import home_id
 from ..keys import Keys
 from ..model import (
@@ -34,14 +33,11 @@ from ..model import (
     decode_records,
     decode_value,
     encode_group,
-    is_finished,
-    wire_members,
+    finished_among,
 )
 from ..registry import MAX_TXN_OPS, Compare, Delete, Get, KeyValue, Op, Put, Registry
 from .placement import Place, unowned
 from .queue import QueueEntry, entry_ops, entry_put, groups, named
-
-log = logging.getLogger(__name__)
 
 # Records under keys of their own that one txn claims or commits together: a compare and a put
 # each, within etcd's ops per txn, with room for the claim's own keys (single-host runs,
@@ -96,7 +92,7 @@ def read_finished(
     done: dict[str, EpisodeRecord] = {}
 
     def scan(kvs: list[KeyValue]) -> Container[str]:
-        more, finished = _finished_in(keys, kvs, wanted)
+        more, finished = _finished_in(kvs, wanted)
         present.update(more)
         done.update(finished)
         return present
@@ -119,23 +115,14 @@ def _read_where_they_live(
         scan(get_many(registry, [keys.episode(i) for i in moved]))
 
 
-def _finished_in(keys: Keys, kvs: Iterable[KeyValue], wanted: set[str]) -> tuple[set[str], dict[str, EpisodeRecord]]:
+def _finished_in(kvs: Iterable[KeyValue], wanted: set[str]) -> tuple[set[str], dict[str, EpisodeRecord]]:
     present: set[str] = set()
     done: dict[str, EpisodeRecord] = {}
     for kv in kvs:
-        for member in decode_or_none(wire_members, kv.value, kv.key) or ():
-            episode_id = member.get("id")
-            if not isinstance(episode_id, str) or episode_id not in wanted:
-                continue
-            if not is_finished(member):
-                present.add(episode_id)
-                continue
-            try:
-                done[episode_id] = EpisodeRecord.from_wire(member, kv.key.decode(errors="replace"))
-            except CorruptRecord as exc:
-                log.warning("skipping %s", exc)
-                continue
-            present.add(episode_id)
+        found = decode_or_none(partial(finished_among, wanted=wanted), kv.value, kv.key)
+        if found is not None:
+            present.update(found[0])
+            done.update((r.id, r) for r in found[1])
     return present, done
 
 

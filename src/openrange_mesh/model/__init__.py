@@ -14,8 +14,7 @@ from .group import (
     decode_records,
     decode_value,
     encode_group,
-    is_finished,
-    wire_members,
+    finished_among,
 )
 from .host import HostInfo
 from .record import GROUP_FIELD, Attempt, EpisodeRecord, State, is_live
@@ -42,9 +41,8 @@ __all__ = [
     "decode_records",
     "decode_value",
     "encode_group",
-    "is_finished",
+    "finished_among",
     "is_live",
     "pack",
     "unpack",
-    "wire_members",
 ]

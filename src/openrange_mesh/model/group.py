@@ -13,9 +13,10 @@ columns holds a list of member maps instead; both are read.
 
 from __future__ import annotations
 
+import logging
 import math
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import MISSING, fields
 from itertools import accumulate
 from operator import attrgetter
@@ -26,6 +27,8 @@ from .columns import NO_DEFAULT, Fresh, Reader, split
 from .record import ATTEMPT_TYPES, GROUP_FIELD, RECORD_TYPES, Attempt, EpisodeRecord, State
 from .spec import SPEC_TYPES, EpisodeSpec
 from .wire import NUM, SCHEMA, pack, unpack, unpack_map
+
+log = logging.getLogger(__name__)
 
 # A group's header "state" once every member finished; "mixed" while some have and some not.
 FINISHED_GROUP = "finished"
@@ -105,7 +108,7 @@ def decode_finished(data: bytes, key: str, wanted: Callable[[str], bool]) -> lis
     return [
         EpisodeRecord.from_wire(m, key)
         for m in members
-        if is_finished(m) and isinstance(i := m.get("id"), str) and wanted(i)
+        if m.get("state") in _FINISHED and isinstance(i := m.get("id"), str) and wanted(i)
     ]
 
 
@@ -149,19 +152,36 @@ def _stamp(value: Any) -> float:
     return float(value) if type(value) in NUM else math.inf
 
 
-def wire_members(data: bytes, key: str = "?") -> list[dict[str, Any]]:
-    """The maps a value holds, one record's or a group's members', as a record's encoding
-    holds them (a group of columns is decoded, and checked, whole)."""
+def finished_among(data: bytes, key: str, wanted: Container[str]) -> tuple[list[str], list[EpisodeRecord]]:
+    """The ``wanted`` ids a value holds, and the records of those that finished, only those
+    built: a watcher's first read of thousands of running episodes builds none of theirs. A
+    finished member map that does not decode is in neither (logged); a group of columns is
+    checked whole."""
     raw = unpack_map(data, key)
-    if GROUP_FIELD not in raw:
-        return [raw]
-    members = _members(raw, key)
-    return [r.to_wire() for r in _from_columns(members, key)] if isinstance(members, dict) else members
+    members = _members(raw, key) if GROUP_FIELD in raw else [raw]
+    present: list[str] = []
+    if isinstance(members, dict):
 
+        def select(episode_id: str, state: str) -> bool:
+            if episode_id not in wanted:
+                return False
+            present.append(episode_id)
+            return state in _FINISHED
 
-def is_finished(member: Mapping[str, Any]) -> bool:
-    """Whether a record's map (``wire_members``) says its episode finished."""
-    return member.get("state") in _FINISHED
+        return present, _from_columns(members, key, select)
+    done: list[EpisodeRecord] = []
+    for member in members:
+        episode_id = member.get("id")
+        if not isinstance(episode_id, str) or episode_id not in wanted:
+            continue
+        if member.get("state") in _FINISHED:
+            try:
+                done.append(EpisodeRecord.from_wire(member, key))
+            except CorruptRecord as exc:
+                log.warning("skipping %s", exc)
+                continue
+        present.append(episode_id)
+    return present, done
 
 
 def _members(raw: Mapping[str, Any], key: str) -> list[dict[str, Any]] | dict[str, Any]:
