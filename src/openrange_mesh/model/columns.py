@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..errors import CorruptRecord
-from .wire import pack
+from .wire import pack, wrong_type
 
 Table = dict[str, dict[str, Any]]
 # Scalars whose == says they are the same value once their types are the same (floats too, but
@@ -122,7 +122,6 @@ class Reader:
             return
         allowed = self._types[name]
         for value in column:
-            # bool is an int to isinstance: a bool where a number belongs is wrong
-            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-                kinds = " or ".join(t.__name__ for t in allowed)
-                raise CorruptRecord(key, f"field {name!r} is {type(value).__name__}, not {kinds}")
+            problem = wrong_type(name, value, allowed)
+            if problem is not None:
+                raise CorruptRecord(key, problem)

@@ -107,10 +107,17 @@ class Fields:
         return fields
 
     def _check(self, name: str, value: Any) -> None:
-        allowed = self._types[name]
-        # bool is an int to isinstance: a bool where a number belongs is wrong
-        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-            raise TypeError(f"field {name!r} is {type(value).__name__}, not {' or '.join(t.__name__ for t in allowed)}")
+        problem = wrong_type(name, value, self._types[name])
+        if problem is not None:
+            raise TypeError(problem)
+
+
+def wrong_type(name: str, value: Any, allowed: tuple[type, ...]) -> str | None:
+    """What is wrong with ``value`` as field ``name``, if its type is not one ``allowed``."""
+    # bool is an int to isinstance: a bool where a number belongs is wrong
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        return f"field {name!r} is {type(value).__name__}, not {' or '.join(t.__name__ for t in allowed)}"
+    return None
 
 
 _UNKNOWN: Any = object()
