@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from openrange_mesh.worker.pool import WorkerPool
 from openrange_mesh.worker.sinks import INLINE_COUNT
 
 from .helpers import wait_until
+from .sim_env import ENV_ID
 
 
 def results(pool: WorkerPool, count: int, timeout: float = 30.0) -> list[Done]:
@@ -236,3 +238,35 @@ def test_a_batch_member_whose_first_events_were_refused_says_so_whenever_its_res
     assert done["a"].events == done["b"].events == NOT_STORED
     written = [e["type"] for e in read_events(open_store(store_url), "b", 1, batch="claim-1")]
     assert "reset" not in written and written[-1] == "terminal"  # the later chunks did land
+
+
+def _processes_running(argv: list[str]) -> list[int]:
+    found, wanted = [], [a.encode() for a in argv]
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().split(b"\0")[:-1] == wanted:
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def test_an_env_that_runs_a_simulator_process_works_episode_after_episode() -> None:
+    """The worker kills what an episode left running, and the gymnasium runtime keeps its env
+    for the next episode: an env whose simulator is such a process was broken for every
+    other episode (its reset found the simulator gone). Kept envs are closed before a sweep."""
+    seconds = 600 + os.getpid() % 1000 / 1000  # names this test's simulators
+    params = {"env": f"tests.sim_env:{ENV_ID}", "env_kwargs": {"seconds": seconds}}
+    spec = EpisodeSpec(runtime="gymnasium", params=params)
+    pool = WorkerPool(1, None)
+    pool.start()
+    got: list[Done] = []
+    try:
+        for n in range(4):  # one at a time, as an agent with one worker runs them
+            wait_until(lambda: pool.wait(0.05) or pool.idle() == 1, 20, what="the worker free")
+            pool.dispatch([WorkItem(f"e{n}", 1, spec)])
+            got += results(pool, 1)
+    finally:
+        pool.close()
+    assert [(d.kind, d.error) for d in got] == [("succeeded", None)] * 4
+    wait_until(lambda: not _processes_running(["sleep", str(seconds)]), 10, what="no simulator left running")

@@ -22,7 +22,16 @@ from ..errors import RuntimeFailure, SpecError, UnknownRuntime
 from ._params import import_object
 from .base import Handle, Outcome, Runtime, new_event
 
-__all__ = ["ENTRY_POINT_GROUP", "Handle", "Outcome", "Runtime", "known_runtimes", "load_runtime", "new_event"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Handle",
+    "Outcome",
+    "Runtime",
+    "known_runtimes",
+    "load_runtime",
+    "new_event",
+    "release_kept",
+]
 
 ENTRY_POINT_GROUP = "openrange_mesh.runtimes"
 
@@ -31,6 +40,17 @@ _BUILTINS: dict[str, str] = {
     "gymnasium": "openrange_mesh.runtimes.gym:GymnasiumRuntime",
     "sleep": "openrange_mesh.runtimes.sleep:SleepRuntime",
 }
+
+
+_loaded: list[Runtime] = []  # every runtime load_runtime made, for release_kept
+
+
+def release_kept() -> None:
+    """Ask every runtime loaded so far to close what it keeps between episodes (base.py)."""
+    for runtime in list(_loaded):
+        release = getattr(runtime, "release_kept", None)
+        if callable(release):
+            release()
 
 
 @functools.cache
@@ -49,7 +69,9 @@ def load_runtime(name: str) -> Runtime:
             target = entry_point.load()
         except Exception as exc:
             raise RuntimeFailure(f"runtime {name!r} ({entry_point.value}) does not load: {exc}") from exc
-    return _as_runtime(target, name)
+    runtime = _as_runtime(target, name)
+    _loaded.append(runtime)
+    return runtime
 
 
 def known_runtimes() -> list[str]:

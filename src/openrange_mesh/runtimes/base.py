@@ -37,6 +37,10 @@ Contract, for every runtime:
 * ``collect()`` is a small JSON-able summary (the return, the step count, an exit status...).
 * ``stop()`` is idempotent and releases everything, child processes included. It does not change
   ``terminal()``.
+* A runtime may keep state between episodes to start the next sooner (gymnasium keeps its envs)
+  if it offers ``release_kept()``, which closes that state. A worker calls it before it kills
+  the processes an episode left (worker/reaper.py): a kept env that runs a simulator process
+  is closed by its own ``close()`` then, rather than broken under it for the next episode.
 """
 
 from __future__ import annotations

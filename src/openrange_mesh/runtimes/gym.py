@@ -12,7 +12,9 @@ policy samples its space directly, gymnasium's passive env checker runs on the f
 each id only, and an env is made once per process and kept between episodes
 (``reset(seed=...)`` starts each afresh, as a user's rollout worker keeps its env): making a
 CartPole env costs more than running an episode of it. An episode that raised closes its env
-instead: its state is not trusted again. A checkpoint is the pickled env, wrappers included (so
+instead: its state is not trusted again, and a worker about to kill the processes an episode
+left closes every kept env first (``release_kept``): an env may run a simulator process, which
+that sweep would kill under it. A checkpoint is the pickled env, wrappers included (so
 TimeLimit's count survives), plus our counters; envs that do not pickle (a render window, a
 simulator handle) raise RuntimeFailure.
 """
@@ -128,6 +130,17 @@ class GymnasiumRuntime:
 
     def validate(self, params: Mapping[str, Any]) -> None:
         parse_params(params)
+
+    def release_kept(self) -> None:
+        """Close the envs kept between episodes: a worker is about to kill the processes its
+        episodes left, and a kept env's simulator process would die under it."""
+        kept = [env for envs in _idle.values() for env in envs]
+        _idle.clear()
+        for env in kept:
+            try:
+                env.close()
+            except Exception:  # closing is best effort: the sweep that follows kills what it left
+                log.warning("%s: closing a kept env failed", type(env).__name__, exc_info=True)
 
     def realize(self, params: Mapping[str, Any], *, seed: int | None, snapshot: bytes | None = None) -> GymnasiumHandle:
         p = _parsed(params)

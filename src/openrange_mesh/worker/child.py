@@ -48,7 +48,7 @@ from typing import Any
 from ..config import DEFAULT_CACHE_SIZE, default_cache_dir
 from ..errors import MeshError, SpecError
 from ..model import EpisodeSpec
-from ..runtimes import load_runtime
+from ..runtimes import load_runtime, release_kept
 from ..specs import check_json, is_plain_json
 from ..store import Store, open_store
 from ..store.cache import SnapshotCache
@@ -126,8 +126,12 @@ def run_item(
                     done = _run(item, local, is_cancelled, on_progress, events)
         finally:
             # before its files are read: a process it left running would write into this upload,
-            # or into the next episode's, and could swap a file for a pipe that blocks the read
-            reaper.kill_leftovers()
+            # or into the next episode's, and could swap a file for a pipe that blocks the read.
+            # What runtimes keep between episodes goes first: a kept env's simulator is one of
+            # those processes, and killed under it, the env would fail the next episode.
+            if reaper.has_children():
+                release_kept()
+                reaper.kill_leftovers()
         uploaded = outputs.upload(store, item.episode_id, item.attempt, item.token)
         return replace(done, artifacts=uploaded) if uploaded else done
     except files.EpisodeFault as exc:
