@@ -4,6 +4,7 @@ by tests that run them in real worker processes."""
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -127,3 +128,34 @@ class Picky:
 
 
 picky = Picky()
+
+
+class _Leaves(_Odd):
+    """Starts ``sleep <seconds>`` and leaves it running: the worker's sweep is to kill it."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__({}, [])
+        self.seconds = seconds
+
+    def advance(self, max_seconds: float) -> None:
+        subprocess.Popen(["sleep", str(self.seconds)], start_new_session=True)
+        self.done = True
+
+
+class KeepsBadly:
+    """params: ``seconds`` (the leftover process it starts, named for a test to find); its
+    ``release_kept`` raises, as a third party's might."""
+
+    name = "keeps-badly"
+
+    def validate(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def realize(self, params: Mapping[str, Any], *, seed: int | None, snapshot: bytes | None = None) -> _Leaves:
+        return _Leaves(float(params["seconds"]))
+
+    def release_kept(self) -> None:
+        raise RuntimeError("cannot release what it keeps")
+
+
+keeps_badly = KeepsBadly()

@@ -270,3 +270,20 @@ def test_an_env_that_runs_a_simulator_process_works_episode_after_episode() -> N
         pool.close()
     assert [(d.kind, d.error) for d in got] == [("succeeded", None)] * 4
     wait_until(lambda: not _processes_running(["sleep", str(seconds)]), 10, what="no simulator left running")
+
+
+def test_a_runtime_whose_release_of_what_it_keeps_raises_still_has_its_leftovers_swept() -> None:
+    seconds = 700 + os.getpid() % 1000 / 1000
+    spec = EpisodeSpec(runtime="tests.odd_runtimes:keeps_badly", params={"seconds": seconds})
+    pool = WorkerPool(1, None)
+    pool.start()
+    got: list[Done] = []
+    try:
+        for n in range(2):
+            wait_until(lambda: pool.wait(0.05) or pool.idle() == 1, 20, what="the worker free")
+            pool.dispatch([WorkItem(f"e{n}", 1, spec)])
+            got += results(pool, 1)
+            assert not _processes_running(["sleep", str(seconds)]), "swept before its result left"
+    finally:
+        pool.close()
+    assert [(d.kind, d.error) for d in got] == [("succeeded", None)] * 2

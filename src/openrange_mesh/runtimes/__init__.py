@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import logging
 from typing import Any, cast
 
 from ..errors import RuntimeFailure, SpecError, UnknownRuntime
@@ -35,6 +36,8 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "openrange_mesh.runtimes"
 
+log = logging.getLogger(__name__)
+
 _BUILTINS: dict[str, str] = {
     "command": "openrange_mesh.runtimes.command:CommandRuntime",
     "gymnasium": "openrange_mesh.runtimes.gym:GymnasiumRuntime",
@@ -46,11 +49,15 @@ _loaded: list[Runtime] = []  # every runtime load_runtime made, for release_kept
 
 
 def release_kept() -> None:
-    """Ask every runtime loaded so far to close what it keeps between episodes (base.py)."""
+    """Ask every runtime loaded so far to close what it keeps between episodes (base.py). One
+    that raises is logged: the sweep that follows must still run."""
     for runtime in list(_loaded):
         release = getattr(runtime, "release_kept", None)
         if callable(release):
-            release()
+            try:
+                release()
+            except Exception:
+                log.warning("runtime %s: release_kept failed", runtime.name, exc_info=True)
 
 
 @functools.cache
