@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from openrange_mesh.model import EpisodeSpec
@@ -240,6 +241,24 @@ def test_a_batch_member_whose_first_events_were_refused_says_so_whenever_its_res
     assert "reset" not in written and written[-1] == "terminal"  # the later chunks did land
 
 
+def one_at_a_time(spec: EpisodeSpec, count: int, each: Callable[[Done], None] | None = None) -> list[Done]:
+    """``count`` episodes of ``spec`` on one real worker, each once the one before reported,
+    as an agent with one worker runs single episodes; ``each`` sees each result as it comes."""
+    pool = WorkerPool(1, None)
+    pool.start()
+    got: list[Done] = []
+    try:
+        for n in range(count):
+            wait_until(lambda: pool.wait(0.05) or pool.idle() == 1, 20, what="the worker free")
+            pool.dispatch([WorkItem(f"e{n}", 1, spec)])
+            got += results(pool, 1)
+            if each is not None:
+                each(got[-1])
+    finally:
+        pool.close()
+    return got
+
+
 def _processes_running(argv: list[str]) -> list[int]:
     found, wanted = [], [a.encode() for a in argv]
     for entry in Path("/proc").iterdir():
@@ -257,17 +276,7 @@ def test_an_env_that_runs_a_simulator_process_works_episode_after_episode() -> N
     other episode (its reset found the simulator gone). Kept envs are closed before a sweep."""
     seconds = 600 + os.getpid() % 1000 / 1000  # names this test's simulators
     params = {"env": f"tests.sim_env:{ENV_ID}", "env_kwargs": {"seconds": seconds}}
-    spec = EpisodeSpec(runtime="gymnasium", params=params)
-    pool = WorkerPool(1, None)
-    pool.start()
-    got: list[Done] = []
-    try:
-        for n in range(4):  # one at a time, as an agent with one worker runs them
-            wait_until(lambda: pool.wait(0.05) or pool.idle() == 1, 20, what="the worker free")
-            pool.dispatch([WorkItem(f"e{n}", 1, spec)])
-            got += results(pool, 1)
-    finally:
-        pool.close()
+    got = one_at_a_time(EpisodeSpec(runtime="gymnasium", params=params), 4)
     assert [(d.kind, d.error) for d in got] == [("succeeded", None)] * 4
     wait_until(lambda: not _processes_running(["sleep", str(seconds)]), 10, what="no simulator left running")
 
@@ -275,15 +284,9 @@ def test_an_env_that_runs_a_simulator_process_works_episode_after_episode() -> N
 def test_a_runtime_whose_release_of_what_it_keeps_raises_still_has_its_leftovers_swept() -> None:
     seconds = 700 + os.getpid() % 1000 / 1000
     spec = EpisodeSpec(runtime="tests.odd_runtimes:keeps_badly", params={"seconds": seconds})
-    pool = WorkerPool(1, None)
-    pool.start()
-    got: list[Done] = []
-    try:
-        for n in range(2):
-            wait_until(lambda: pool.wait(0.05) or pool.idle() == 1, 20, what="the worker free")
-            pool.dispatch([WorkItem(f"e{n}", 1, spec)])
-            got += results(pool, 1)
-            assert not _processes_running(["sleep", str(seconds)]), "swept before its result left"
-    finally:
-        pool.close()
+
+    def swept(done: Done) -> None:
+        assert not _processes_running(["sleep", str(seconds)]), "swept before its result left"
+
+    got = one_at_a_time(spec, 2, swept)
     assert [(d.kind, d.error) for d in got] == [("succeeded", None)] * 2
