@@ -141,7 +141,9 @@ def acked_by(data: bytes, key: str, cutoff: float) -> bool:
         if raw.get("state") != "mixed":
             return False
         members = _members(raw, key)
-        maps = [r.to_wire() for r in _from_columns(members, key)] if isinstance(members, dict) else members
+        if isinstance(members, dict):
+            return all(r.state.is_terminal and _stamp(r.acked_at) <= cutoff for r in _from_columns(members, key))
+        maps = members
     else:
         maps = [raw]
     return all(m.get("state") in _FINISHED and _stamp(m.get("acked_at")) <= cutoff for m in maps)
@@ -205,9 +207,10 @@ def _from_columns(payload: dict[str, Any], key: str, select: Select | None = Non
         raise CorruptRecord(key, f"a group's member count must be an integer from 0 to {MAX_MEMBERS}, not {n!r}")
     rec = _RECORDS.columns(payload.get("rec", {}), n, key)
     counts = rec[_HISTORY_AT]
-    if any(c < 0 for c in counts) or sum(counts) > MAX_TRIED:
+    total = sum(counts)
+    if any(c < 0 for c in counts) or total > MAX_TRIED:
         raise CorruptRecord(key, f"a group's counts of attempts must be from 0 to {MAX_TRIED} in all")
-    tried = _ATTEMPTS.columns(payload.get("tried", {}), sum(counts), key)
+    tried = _ATTEMPTS.columns(payload.get("tried", {}), total, key)
     specs = _SPECS.columns(payload.get("spec", {}), n, key)
     try:
         rec[_STATE_AT] = list(map(State, rec[_STATE_AT]))
